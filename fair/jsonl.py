@@ -60,10 +60,18 @@ def append_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
         os.fsync(f.fileno())
 
 
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Write a whole JSON Lines file atomically (temp file + rename): for outputs rebuilt on every run."""
+    _write_atomic(Path(path), b"".join(orjson.dumps(r) + b"\n" for r in records))
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write a whole JSON document atomically (temp file + rename), pretty-printed for people."""
-    path = Path(path)
+    _write_atomic(Path(path), orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n")
+
+
+def _write_atomic(path: Path, payload: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n")
+    tmp.write_bytes(payload)
     os.replace(tmp, path)

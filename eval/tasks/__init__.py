@@ -28,6 +28,7 @@ OPTION_LETTERS = "ABCD"
 class Example:
     id: str  # stable id: the dataset's own when it has one (SVAMP `chal-777`), else "<split>-<row>"
     index: int  # row number in the split, which is the id the paper's files use
+    split: str
     question: str
     gold: str  # canonical answer: "145" / "yes" / "B"
     solution: str = ""  # reference reasoning where the dataset has one (GSM8K solution, StrategyQA facts)

@@ -13,6 +13,7 @@ def to_example(row: dict, split: str, index: int) -> Example:
     return Example(
         id=f"{split}-{index}",
         index=index,
+        split=split,
         question=require_field(row, "question", where).strip(),
         gold=number_text(solution.rsplit("####", 1)[1], where),
         solution=solution.strip(),

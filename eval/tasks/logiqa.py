@@ -47,6 +47,7 @@ def to_example(row: dict, split: str, index: int) -> Example:
     return Example(
         id=f"{split}-{index}",
         index=index,
+        split=split,
         question=require_field(row, "query", where).strip(),
         gold=OPTION_LETTERS[correct],
         context=require_field(row, "context", where).strip(),

@@ -13,6 +13,7 @@ def to_example(row: dict, split: str, index: int) -> Example:
     return Example(
         id=str(require_field(row, "qid", where)),
         index=index,
+        split=split,
         question=require_field(row, "question", where).strip(),
         gold="yes" if answer else "no",
         solution=str(row.get("facts", "")).strip(),

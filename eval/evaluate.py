@@ -1,0 +1,93 @@
+"""Stage 4, evaluate: accuracy of a student on one or more tasks, with the grader mining uses.
+
+    fair eval --model smollm2-135m --task svamp
+    fair eval --model checkpoints/svamp-mixed/final --task svamp gsm8k strategyqa --engine vllm
+    fair eval --config configs/eval.yaml
+
+For each task, writes to <out>/<task>-<split>/ (default out: data/eval/<student>):
+    predictions.jsonl  every graded answer (StudentAnswer records)
+    wrong.json         the wrong predictions in the shape of the paper's `*_test.json`
+    summary.json       accuracy and counts
+and prints one summary row per task. Greedy decoding by default; sampling is seeded, so runs repeat.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from fair.config import save_config
+from fair.errors import FairError
+from fair.eval.tasks import get_task
+from fair.gen.engine import Engine, EngineName, Sampling, make_engine
+from fair.gen.models import DEFAULT_STUDENT, model_short_name
+from fair.gen.paper_format import export_mistakes
+from fair.gen.records import answer_examples
+from fair.jsonl import write_json, write_jsonl
+
+
+@dataclass
+class EvalConfig:
+    task: tuple[str, ...] = ("svamp",)  # one or more tasks, evaluated with one engine
+    model: str = DEFAULT_STUDENT
+    split: str = "test"
+    limit: int | None = None  # first N examples of each split; None for all
+    engine: EngineName = "auto"
+    batch_size: int = 32
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    chat: bool = True
+    prompt_style: Literal["fair", "paper"] = "fair"
+    data_dir: str | None = None
+    out: str | None = None  # default data/eval/<student>
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+
+    def validate(self) -> None:
+        if isinstance(self.task, str):
+            self.task = (self.task,)
+        for name in self.task:
+            get_task(name)
+        if self.prompt_style not in ("fair", "paper"):
+            raise FairError(f"prompt_style must be 'fair' or 'paper', got {self.prompt_style!r}")
+        if self.limit is not None and self.limit < 1:
+            raise FairError(f"limit must be at least 1, got {self.limit}")
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or Path("data") / "eval" / model_short_name(self.model))
+
+
+def evaluate(config: EvalConfig, engine: Engine | None = None) -> list[dict]:
+    tasks = [get_task(name) for name in config.task]
+    datasets = {task.name: task.load(config.split, config.data_dir)[: config.limit] for task in tasks}
+    engine = engine or make_engine(
+        config.engine, config.model, chat=config.chat, batch_size=config.batch_size, seed=config.seed,
+        tensor_parallel_size=config.tensor_parallel_size, data_parallel_size=config.data_parallel_size,
+    )
+    sampling = Sampling(config.max_new_tokens, config.temperature, config.top_p, config.seed)
+    rows = []
+    for task in tasks:
+        began = time.perf_counter()
+        answers = answer_examples(engine, task, datasets[task.name], sampling, config.prompt_style)
+        seconds = time.perf_counter() - began
+        out = config.out_dir / f"{task.name}-{config.split}"
+        save_config(config, out / "config.yaml")
+        write_jsonl(out / "predictions.jsonl", (a.to_json() for a in answers))
+        write_json(out / "wrong.json", export_mistakes(task, [a for a in answers if a.is_mistake]))
+        correct = sum(a.correct is True for a in answers)
+        row = {
+            "task": task.name, "split": config.split, "model": config.model, "total": len(answers),
+            "correct": correct, "accuracy": correct / len(answers) if answers else 0.0,
+            "unparseable": sum(a.correct is None for a in answers),
+            "generated_tokens": sum(a.generated_tokens for a in answers), "seconds": round(seconds, 2),
+        }
+        write_json(out / "summary.json", row)
+        rows.append(row)
+        print(f"{task.name:<12} {config.split:<10} accuracy {row['accuracy']:7.2%}  {correct:>5}/{len(answers):<5}"
+              f"  unparseable {row['unparseable']:>4}  -> {out}")
+    return rows

@@ -1,0 +1,116 @@
+"""The `fair` command: one subcommand per pipeline stage.
+
+    fair mine    run the student over a train split and keep its mistakes      (gen/mine.py)
+    fair eval    accuracy and wrong predictions on one or more tasks            (eval/evaluate.py)
+    fair grade   re-grade a predictions file, ours or the paper's               (eval/regrade.py)
+    fair import-mistakes   turn the paper's *_false_round0.json into our mistakes.jsonl
+    fair tasks   list the registered tasks
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fair.config import add_config_arguments, build_config
+from fair.errors import FairError
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    from fair.gen.mine import MineConfig, mine
+
+    mine(build_config(MineConfig, args))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fair.eval.evaluate import EvalConfig, evaluate
+
+    evaluate(build_config(EvalConfig, args))
+    return 0
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    from fair.eval import regrade
+
+    return regrade.run(args)
+
+
+def cmd_import_mistakes(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fair.eval.tasks import get_task
+    from fair.gen.models import model_short_name
+    from fair.gen.paper_format import import_mistakes
+    from fair.jsonl import append_jsonl
+
+    task = get_task(args.task)
+    answers = import_mistakes(task, args.file, task.load(args.split, args.data_dir))
+    kept = [a for a in answers if a.is_mistake]
+    student = model_short_name(args.file).split(f"_{args.task}", 1)[0].split("_", 1)[0]
+    out = Path(args.out or Path("data") / task.name / student)
+    path = out / "mistakes.jsonl"
+    if path.exists():
+        raise FairError(f"{path} exists: pass another --out, or remove it to import again")
+    append_jsonl(path, (a.to_json() for a in kept))
+    print(f"imported {len(answers)} records from {args.file}: {len(kept)} mistakes written to {path}; "
+          f"{len(answers) - len(kept)} dropped because our grader judges them correct")
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from fair.eval.tasks import registry, task_names
+
+    for name in task_names():
+        task = registry()[name]
+        print(f"{name:<12} {task.answer_type:<7} splits: {', '.join(task.splits):<24} hub: {task.hub_id}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fair.eval import regrade
+    from fair.eval.evaluate import EvalConfig
+    from fair.gen.mine import MineConfig
+
+    parser = argparse.ArgumentParser(prog="fair", description="FAIR: distil reasoning from a committee of teachers.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("mine", help="run the student over a split and keep its mistakes")
+    add_config_arguments(p, MineConfig)
+    p.set_defaults(run=cmd_mine)
+
+    p = sub.add_parser("eval", help="evaluate a student on one or more tasks")
+    add_config_arguments(p, EvalConfig)
+    p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser("grade", help="re-grade a predictions file (ours or the paper's format)")
+    regrade.add_arguments(p)
+    p.set_defaults(run=cmd_grade)
+
+    p = sub.add_parser("import-mistakes", help="import the paper's *_false_round0.json as mistakes.jsonl")
+    p.add_argument("file", help="the paper's mistake file (JSON array)")
+    p.add_argument("--task", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default=None, help="output folder (default data/<task>/<student from the file name>)")
+    p.set_defaults(run=cmd_import_mistakes)
+
+    p = sub.add_parser("tasks", help="list the registered tasks")
+    p.set_defaults(run=cmd_tasks)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except FairError as e:
+        print(f"fair {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fair {args.command}: interrupted; finished work is saved, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

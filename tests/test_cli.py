@@ -1,0 +1,83 @@
+"""The real `fair` CLI, in-process, with a tiny model: one test per user command, plus its errors."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from fair.cli import main
+from fair.jsonl import read_jsonl
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_mine_then_eval(tmp_path, data_dir, tiny_model_dir, capsys):
+    out = tmp_path / "mined"
+    code, stdout, _ = run(capsys, "mine", "--task", "gsm8k", "--model", str(tiny_model_dir), "--engine", "hf",
+                          "--limit", "5", "--max-new-tokens", "6", "--out", str(out), "--export-seed")
+    assert code == 0 and "accuracy" in stdout
+    assert len(list(read_jsonl(out / "answers.jsonl"))) == 5
+    stats = orjson.loads((out / "stats.json").read_bytes())
+    assert stats["total"] == 5 and stats["this_run"]["generated_tokens"] > 0
+    assert (out / f"{tiny_model_dir.name}_gsm8k_false_round0.json").exists()
+
+    code, stdout, _ = run(capsys, "eval", "--task", "svamp", "strategyqa", "--model", str(tiny_model_dir),
+                          "--engine", "hf", "--limit", "3", "--max-new-tokens", "6", "--out", str(tmp_path / "ev"))
+    assert code == 0 and "svamp" in stdout and "strategyqa" in stdout
+    for task in ("svamp", "strategyqa"):
+        folder = tmp_path / "ev" / f"{task}-test"
+        summary = orjson.loads((folder / "summary.json").read_bytes())
+        assert summary["total"] == 3
+        wrong = orjson.loads((folder / "wrong.json").read_bytes())
+        assert len(wrong) == 3 - summary["correct"]
+
+
+def test_eval_is_deterministic(tmp_path, data_dir, tiny_model_dir, capsys):
+    args = ["eval", "--task", "svamp", "--model", str(tiny_model_dir), "--engine", "hf", "--limit", "3",
+            "--max-new-tokens", "6", "--temperature", "0.9", "--seed", "3"]
+    run(capsys, *args, "--out", str(tmp_path / "a"))
+    run(capsys, *args, "--out", str(tmp_path / "b"))
+    first, second = ((tmp_path / d / "svamp-test" / "predictions.jsonl").read_bytes() for d in "ab")
+    assert first == second
+
+
+def test_import_mistakes_from_the_paper(tmp_path, data_dir, capsys):
+    seed = data_dir / "seed" / "Llama-2-7b-chat-hf_svamp_false_round0.json"
+    code, stdout, _ = run(capsys, "import-mistakes", "--task", "svamp", str(seed), "--out", str(tmp_path))
+    assert code == 0
+    mistakes = list(read_jsonl(tmp_path / "mistakes.jsonl"))
+    dropped = 387 - len(mistakes)
+    assert 0 < dropped < 100 and f"{dropped} dropped" in stdout
+    assert all(m["id"].startswith("chal-") and m["correct"] is not True for m in mistakes)
+    code, _, err = run(capsys, "import-mistakes", "--task", "svamp", str(seed), "--out", str(tmp_path))
+    assert code == 2 and "exists" in err  # never overwrites what is there
+
+
+def test_tasks_lists_the_registry(capsys):
+    code, stdout, _ = run(capsys, "tasks")
+    assert code == 0 and all(name in stdout for name in ("gsm8k", "svamp", "strategyqa", "logiqa"))
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["mine", "--task", "svmap"], "unknown task 'svmap'"),
+    (["mine", "--model", "no/such/dir/here"], "unknown model 'no/such/dir/here'"),
+    (["mine", "--config", "nope.yaml"], "config file nope.yaml not found"),
+    (["mine", "limit=abc"], "setting 'limit' must be int"),
+    (["eval", "--data-dir", "/nonexistent"], "data directory /nonexistent/svamp does not exist"),
+    (["grade", "--task", "svamp", "/nonexistent.jsonl"], "/nonexistent.jsonl"),
+])
+def test_bad_input_is_one_line_naming_the_culprit(capsys, tmp_path, argv, message):
+    code, _, err = run(capsys, *argv, *(["--out", str(tmp_path)] if argv[0] in ("mine", "eval") else []))
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_unknown_yaml_keys_are_rejected(tmp_path, capsys):
+    config = tmp_path / "mine.yaml"
+    config.write_text("task: svamp\nbatchsize: 4\n")
+    code, _, err = run(capsys, "mine", "--config", str(config))
+    assert code == 2 and "unknown setting(s) batchsize" in err
