@@ -1,0 +1,87 @@
+"""The response cache: WAL on, round trips, what the key covers, and in-flight rows left by a killed run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+from fair.gen.cache import ResponseCache, key_for
+from fair.gen.providers import ChatRequest, ChatResponse
+from fair.gen.teachers import Teacher
+
+TEACHER = Teacher(name="t", provider="openai", model="m1", base_url="http://127.0.0.1:8000/v1")
+REQUEST = ChatRequest((("system", "be brief"), ("user", "2+2?")), temperature=0.0, top_p=1.0, max_tokens=64)
+
+
+def test_wal_mode_and_round_trip(tmp_path):
+    with ResponseCache(tmp_path / "c.sqlite") as cache:
+        assert cache.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert cache.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        key = key_for(TEACHER, REQUEST)
+        assert cache.get(key) is None and key not in cache
+        cache.put(key, "t", ChatResponse("4", 12, 1))
+        assert cache.get(key) == ChatResponse("4", 12, 1) and key in cache and len(cache) == 1
+    with ResponseCache(tmp_path / "c.sqlite") as cache:  # and it is still there after reopening
+        assert cache.get(key) == ChatResponse("4", 12, 1)
+
+
+def test_key_covers_what_changes_the_reply():
+    base = key_for(TEACHER, REQUEST)
+    changed = [
+        key_for(TEACHER, replace(REQUEST, messages=(("system", "be verbose"), ("user", "2+2?")))),
+        key_for(TEACHER, replace(REQUEST, messages=(("user", "2+2?"),))),
+        key_for(replace(TEACHER, model="m2"), REQUEST),
+        key_for(replace(TEACHER, provider="gemini"), REQUEST),
+        key_for(TEACHER, replace(REQUEST, temperature=0.7)),
+        key_for(TEACHER, replace(REQUEST, top_p=0.9)),
+        key_for(TEACHER, replace(REQUEST, max_tokens=65)),
+        key_for(TEACHER, replace(REQUEST, sample=1)),
+    ]
+    assert len({base, *changed}) == len(changed) + 1
+    # Not the server's address (a local port changes between runs), the key's variable, or the teacher's name.
+    same = [
+        key_for(replace(TEACHER, base_url="http://127.0.0.1:9999/v1"), REQUEST),
+        key_for(replace(TEACHER, api_key_env="OTHER_KEY", name="u"), REQUEST),
+        key_for(TEACHER, replace(REQUEST, temperature=0)),  # int 0 and float 0.0 alike
+    ]
+    assert set(same) == {base}
+
+
+def test_inflight_rows_survive_a_crash_and_are_counted_once(tmp_path):
+    path = tmp_path / "c.sqlite"
+    cache = ResponseCache(path)
+    cache.begin("a", "t")
+    cache.begin("b", "t")
+    cache.put("b", "t", ChatResponse("done", 1, 1))  # answered: no longer in flight
+    cache.begin("c", "t")
+    cache.finish("c")  # failed for good: no longer in flight
+    assert cache.inflight() == 1
+    cache.db.close()  # "killed": no clean shutdown of the run
+    cache = ResponseCache(path)
+    assert cache.abandoned_inflight() == 1 and cache.inflight() == 0
+    cache.close()
+    with ResponseCache(path) as cache:
+        assert cache.abandoned_inflight() == 0
+
+
+def test_a_put_survives_a_process_kill(tmp_path):
+    path = tmp_path / "c.sqlite"
+    code = (
+        "import os, sys\n"
+        "from fair.gen.cache import ResponseCache\n"
+        "from fair.gen.providers import ChatResponse\n"
+        "c = ResponseCache(sys.argv[1])\n"
+        "c.begin('sent', 't'); c.begin('kept', 't'); c.put('kept', 't', ChatResponse('x', 3, 4))\n"
+        "os._exit(9)  # no close, no atexit, no flush\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code, str(path)], timeout=60).returncode == 9
+    with ResponseCache(path) as cache:
+        assert cache.get("kept") == ChatResponse("x", 3, 4)
+        assert cache.abandoned_inflight() == 1  # 'sent' may have reached the provider
+
+
+def test_put_many(tmp_path):
+    with ResponseCache(tmp_path / "c.sqlite") as cache:
+        cache.put_many([(f"k{i}", "t", ChatResponse(str(i), i, i)) for i in range(1000)])
+        assert len(cache) == 1000 and cache.get("k999") == ChatResponse("999", 999, 999)
