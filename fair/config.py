@@ -41,7 +41,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, help: dict[
         if kind is bool:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif kind in (list, tuple):
-            parser.add_argument(flag, dest=field.name, nargs="+", default=None, help=text)
+            item = typing.get_args(typing.get_type_hints(cls)[field.name])[:1] or (str,)
+            parser.add_argument(flag, dest=field.name, nargs="+", type=item[0], default=None, help=text)
         else:
             parser.add_argument(flag, dest=field.name, type=kind, default=None, help=text)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="more overrides, e.g. batch_size=8")

@@ -17,22 +17,21 @@ from fair.errors import FairError
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Yield records; a malformed line is an error naming file and line, except a torn final line."""
+    """Stream records; a malformed line is an error naming file and line, except a torn final line."""
     path = Path(path)
     with path.open("rb") as f:
-        lines = f.read().split(b"\n")
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError as e:
-            if number == len(lines):  # no newline after it: the write was cut short
-                return
-            raise FairError(f"{path}:{number}: not valid JSON ({e})") from None
-        if not isinstance(record, dict):
-            raise FairError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        yield record
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                if not line.endswith(b"\n"):  # the last line, cut short by a kill: the record was never written
+                    return
+                raise FairError(f"{path}:{number}: not valid JSON ({e})") from None
+            if not isinstance(record, dict):
+                raise FairError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            yield record
 
 
 def repair_torn_tail(path: Path) -> None:

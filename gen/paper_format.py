@@ -63,19 +63,18 @@ def _normalise(text: str) -> str:
 
 
 def import_mistakes(task: Task, path: str | Path, examples: list[Example]) -> list[StudentAnswer]:
-    """Read a paper mistake file and re-grade each record with our grader against the dataset's example.
-
-    Records are matched to examples by row (`id`), except StrategyQA, whose hub row order differs from the
-    current export, so it is matched by question text (see shared/data/seed/PROVENANCE.md).
-    """
+    """Read a paper mistake file and re-grade each record with our grader against the dataset's example."""
     path = Path(path)
+    match = example_matcher(task, examples)
+    return [mistake_from_paper(task, record, match, f"{path} record {i}") for i, record in enumerate(read_json_array(path))]
+
+
+def example_matcher(task: Task, examples: list[Example]):
+    """Records are matched to examples by row (`id`), except StrategyQA, whose hub row order differs from the
+    current export, so it is matched by question text (see shared/data/seed/PROVENANCE.md)."""
     by_question = {_normalise(e.question): e for e in examples}
-    answers = []
-    for i, record in enumerate(read_json_array(path)):
-        where = f"{path} record {i}"
-        for key in ("id", "question", "student_wrong_pred"):
-            if key not in record:
-                raise FairError(f"{where}: missing field {key!r}")
+
+    def match(record: dict[str, Any], where: str) -> Example:
         if task.name == "strategyqa":
             example = by_question.get(_normalise(record["question"]))
         else:
@@ -85,11 +84,20 @@ def import_mistakes(task: Task, path: str | Path, examples: list[Example]) -> li
                 raise FairError(f"{where}: question does not match row {row} of the {task.name} {example.split} split")
         if example is None:
             raise FairError(f"{where}: no example of the {task.name} split matches id {record['id']!r}")
-        grade = task.grade(record["student_wrong_pred"], example)
-        answers.append(StudentAnswer(
-            id=example.id, index=example.index, task=task.name, split=example.split, question=example.question,
-            gold=example.gold, prediction=record["student_wrong_pred"], extracted=grade.extracted,
-            correct=grade.correct, prompt_tokens=0, generated_tokens=0, finish_reason="imported",
-            solution=example.solution, context=example.context, options=example.options,
-        ))
-    return answers
+        return example
+
+    return match
+
+
+def mistake_from_paper(task: Task, record: dict[str, Any], match, where: str) -> StudentAnswer:
+    for key in ("id", "question", "student_wrong_pred"):
+        if key not in record:
+            raise FairError(f"{where}: missing field {key!r}")
+    example = match(record, where)
+    grade = task.grade(record["student_wrong_pred"], example)
+    return StudentAnswer(
+        id=example.id, index=example.index, task=task.name, split=example.split, question=example.question,
+        gold=example.gold, prediction=record["student_wrong_pred"], extracted=grade.extracted,
+        correct=grade.correct, prompt_tokens=0, generated_tokens=0, finish_reason="imported",
+        solution=example.solution, context=example.context, options=example.options,
+    )

@@ -39,6 +39,12 @@ class StudentAnswer:
     def is_mistake(self) -> bool:
         return self.correct is not True
 
+    def example(self) -> Example:
+        return Example(
+            id=self.id, index=self.index, split=self.split, question=self.question, gold=self.gold,
+            solution=self.solution, context=self.context, options=self.options,
+        )
+
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

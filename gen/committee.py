@@ -1,0 +1,247 @@
+"""Stage 2, ask the committee: every teacher writes feedback and a rationale for each mistake, and every
+rationale is peer-reviewed by the other teachers.
+
+    fair committee --task svamp --teachers offline --base-url http://127.0.0.1:8765
+    fair committee --task gsm8k --teachers default --window 128
+
+Streaming, with no stage barriers: each mistake is a small graph of requests (feedback and rationale from
+every teacher at once; each rationale's reviews as soon as it exists), and at most `window` mistakes are
+in flight, read lazily from mistakes.jsonl. Throughput is set by the teachers' rate limits, not latency.
+
+Durable: every response is stored in the SQLite cache the moment it arrives, and each finished mistake is
+appended (fsynced) to committee.jsonl. A rerun skips finished ids and gets every cached response for free,
+so after a kill only the requests in flight at that moment are sent again; the rerun says how many.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from tqdm import tqdm
+
+from fair.config import save_config
+from fair.errors import FairError
+from fair.eval.tasks import Task, get_task
+from fair.gen.cache import ResponseCache
+from fair.gen.client import TeacherClient
+from fair.gen.models import DEFAULT_STUDENT, model_short_name
+from fair.gen.prompts import PROMPT_SETS, PROMPT_VERSION, Messages, PromptSet
+from fair.gen.providers import ChatRequest, ProviderError
+from fair.gen.records import StudentAnswer
+from fair.gen.review import accept, parse_review_score
+from fair.gen.teachers import Teacher, load_committee, missing_keys
+from fair.jsonl import append_jsonl, read_jsonl
+
+
+@dataclass
+class CommitteeConfig:
+    task: str = "svamp"
+    student: str = DEFAULT_STUDENT  # names the default folder data/<task>/<student>/
+    mistakes: str | None = None  # default data/<task>/<student>/mistakes.jsonl
+    teachers: str = "default"  # a committee in configs/teachers/ or a YAML path
+    base_url: str | None = None  # send every teacher to this server (e.g. the offline committee)
+    prompts: Literal["fair", "paper"] = "fair"
+    threshold: float = 3.0  # a rationale is accepted when its mean valid review score is above this
+    window: int = 64  # mistakes in flight at once; bounds memory and what a kill can repeat
+    limit: int | None = None  # first N mistakes; None for all
+    out: str | None = None  # default committee.jsonl beside the mistakes
+    cache: str | None = None  # default requests.sqlite beside the output
+    progress: bool = True
+
+    def validate(self) -> None:
+        get_task(self.task)
+        if self.prompts not in PROMPT_SETS:
+            raise FairError(f"prompts must be one of {', '.join(PROMPT_SETS)}, got {self.prompts!r}")
+        if not 1 <= self.threshold <= 5:
+            raise FairError(f"threshold must be within the 1-5 score range, got {self.threshold}")
+        if self.window < 1:
+            raise FairError(f"window must be at least 1, got {self.window}")
+
+    @property
+    def mistakes_path(self) -> Path:
+        default = Path("data") / get_task(self.task).name / model_short_name(self.student) / "mistakes.jsonl"
+        return Path(self.mistakes or default)
+
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out or self.mistakes_path.with_name("committee.jsonl"))
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache or self.out_path.with_name("requests.sqlite"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One mistake through the committee
+
+
+@dataclass
+class Context:
+    task: Task
+    prompts_name: str
+    prompts: PromptSet
+    clients: dict[str, TeacherClient]
+    teachers: dict[str, Teacher]
+    threshold: float
+    errors: int = 0
+
+
+@dataclass
+class Reply:
+    text: str | None
+    error: str | None
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+async def ask(ctx: Context, teacher: Teacher, messages: Messages) -> Reply:
+    request = ChatRequest(messages, teacher.temperature, teacher.top_p, teacher.max_tokens)
+    try:
+        response = await ctx.clients[teacher.name].complete(request)
+    except ProviderError as e:  # TeacherFailed after retries, or a fatal 4xx: recorded, never a score
+        ctx.errors += 1
+        return Reply(None, str(e))
+    return Reply(response.text, None, response.input_tokens, response.output_tokens)
+
+
+async def rationale_with_reviews(ctx: Context, answer: StudentAnswer, author: Teacher) -> tuple[dict, list[Reply]]:
+    rationale = await ask(ctx, author, ctx.prompts.rationale(ctx.task, answer))
+    record: dict[str, Any] = {"text": rationale.text, "error": rationale.error, "reviews": {}}
+    replies = [rationale]
+    if rationale.text is not None:  # a failed rationale is never sent for review
+        reviewers = [t for name, t in ctx.teachers.items() if name != author.name]
+        reviews = await asyncio.gather(
+            *(ask(ctx, r, ctx.prompts.review(ctx.task, answer, rationale.text)) for r in reviewers)
+        )
+        for reviewer, review in zip(reviewers, reviews, strict=True):
+            score = parse_review_score(review.text)
+            record["reviews"][reviewer.name] = {"score": score, "reply": review.text, "error": review.error}
+            replies.append(review)
+    mean, accepted = accept([r["score"] for r in record["reviews"].values()], ctx.threshold)
+    record |= {"mean_score": mean, "accepted": accepted}
+    return record, replies
+
+
+async def process(ctx: Context, answer: StudentAnswer) -> dict[str, Any]:
+    names = list(ctx.teachers)
+    feedback_jobs = [ask(ctx, ctx.teachers[n], ctx.prompts.feedback(ctx.task, answer)) for n in names]
+    rationale_jobs = [rationale_with_reviews(ctx, answer, ctx.teachers[n]) for n in names]
+    results = await asyncio.gather(*feedback_jobs, *rationale_jobs)
+    feedbacks, rationales = results[: len(names)], results[len(names) :]
+    usage = {n: {"input_tokens": 0, "output_tokens": 0, "cost": 0.0} for n in names}
+
+    def charge(name: str, reply: Reply) -> None:
+        usage[name]["input_tokens"] += reply.input_tokens
+        usage[name]["output_tokens"] += reply.output_tokens
+        usage[name]["cost"] += ctx.teachers[name].cost(reply.input_tokens, reply.output_tokens)
+
+    for name, feedback in zip(names, feedbacks, strict=True):
+        charge(name, feedback)
+    for name, (_, replies) in zip(names, rationales, strict=True):
+        charge(name, replies[0])
+        reviewers = [n for n in names if n != name]
+        for reviewer, reply in zip(reviewers, replies[1:], strict=False):
+            charge(reviewer, reply)
+    return {
+        "id": answer.id,
+        "mistake": answer.to_json(),
+        "feedback": {n: {"text": f.text, "error": f.error} for n, f in zip(names, feedbacks, strict=True)},
+        "rationales": {n: r for n, (r, _) in zip(names, rationales, strict=True)},
+        "usage": usage,
+        "prompts": f"{ctx.prompts_name}-v{PROMPT_VERSION}",
+        "threshold": ctx.threshold,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The run: stream mistakes through a bounded window, append finished records
+
+
+def pending_mistakes(config: CommitteeConfig, done: set[str]) -> Iterator[StudentAnswer]:
+    path = config.mistakes_path
+    if not path.exists():
+        raise FairError(f"no mistakes file {path}: run `fair mine --task {config.task}` first, or pass --mistakes")
+    for i, record in enumerate(read_jsonl(path)):
+        if config.limit is not None and i >= config.limit:
+            return
+        answer = StudentAnswer.from_json(record, f"{path} record {i}")
+        if answer.task != get_task(config.task).name:
+            raise FairError(f"{path} record {i}: task {answer.task!r}, expected {config.task!r}")
+        if answer.id not in done:
+            yield answer
+
+
+def finished_ids(path: Path) -> set[str]:
+    return {r["id"] for r in read_jsonl(path)} if path.exists() else set()
+
+
+async def run_committee(config: CommitteeConfig, teachers: list[Teacher]) -> dict[str, Any]:
+    task = get_task(config.task)
+    done = finished_ids(config.out_path)
+    mistakes = pending_mistakes(config, done)
+    cache = ResponseCache(config.cache_path)
+    repeated = cache.abandoned_inflight()
+    if repeated:
+        print(f"resuming: {repeated} request(s) were in flight when the last run stopped and may be sent again")
+    save_config(config, config.out_path.with_name("committee.yaml"))
+    limits = httpx.Limits(max_connections=sum(t.max_concurrency for t in teachers) + len(teachers))
+    async with httpx.AsyncClient(limits=limits) as http:
+        clients = {t.name: TeacherClient(t, cache, http) for t in teachers}
+        ctx = Context(task, config.prompts, PROMPT_SETS[config.prompts], clients, {t.name: t for t in teachers},
+                      config.threshold)
+        bar = tqdm(desc=f"committee {task.name}", unit="mistake", initial=len(done), disable=not config.progress)
+        started, written = time.perf_counter(), 0
+        in_flight: set[asyncio.Task] = set()
+
+        def write(finished: set[asyncio.Task]) -> None:
+            nonlocal written
+            records = [t.result() for t in finished]
+            append_jsonl(config.out_path, records)
+            written += len(records)
+            bar.update(len(records))
+            bar.set_postfix_str(progress_line(clients, time.perf_counter() - started, ctx.errors), refresh=False)
+
+        for answer in mistakes:
+            if len(in_flight) >= config.window:
+                finished, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                write(finished)
+            in_flight.add(asyncio.create_task(process(ctx, answer)))
+        while in_flight:
+            finished, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            write(finished)
+        bar.close()
+    cache.close()
+    return {"written": written, "skipped": len(done), "repeated_after_kill": repeated,
+            "seconds": time.perf_counter() - started, "stats": {n: c.stats for n, c in clients.items()}}
+
+
+def progress_line(clients: dict[str, TeacherClient], seconds: float, errors: int) -> str:
+    stats = [c.stats for c in clients.values()]
+    sent = sum(s.requests for s in stats)
+    tokens = sum(s.input_tokens + s.output_tokens for s in stats)
+    return (f"req/s={sent / max(seconds, 1e-9):.1f} tokens={tokens} retries={sum(s.retries for s in stats)} "
+            f"errors={errors} ${sum(s.cost for s in stats):.4f}")
+
+
+def committee(config: CommitteeConfig) -> dict[str, Any]:
+    teachers = load_committee(config.teachers, config.base_url)
+    if missing := missing_keys(teachers):
+        raise FairError(f"committee {config.teachers!r} needs the environment variable(s) {', '.join(missing)}; "
+                        f"set them, or use the offline simulator: make gen TEACHERS=offline")
+    result = asyncio.run(run_committee(config, teachers))
+    print_summary(config, teachers, result)
+    return result
+
+
+def print_summary(config: CommitteeConfig, teachers: list[Teacher], result: dict[str, Any]) -> None:
+    from fair.gen.committee_report import teacher_table
+
+    print(f"\n{result['written']} mistakes done this run ({result['skipped']} already done) in "
+          f"{result['seconds']:.1f}s -> {config.out_path}")
+    print(teacher_table(config.out_path, teachers, result["stats"]))

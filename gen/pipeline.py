@@ -1,0 +1,85 @@
+"""`fair gen` / `make gen`: mine the student's mistakes, ask the committee, export the paper's files.
+
+    make gen DATASET=gsm8k                          # default committee (needs its API keys)
+    make gen DATASET=svamp TEACHERS=offline LIMIT=50  # the offline simulator, started and stopped here
+    fair gen --task strategyqa --teachers paper --student meta-llama/Llama-2-7b-chat-hf --engine vllm
+
+Everything lands in data/<task>/<student>/: mistakes.jsonl, committee.jsonl, requests.sqlite, and the
+paper's <student>_<task>_{false,feedback,rationale}_round0.json. Each stage resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Literal
+
+from fair.errors import FairError
+from fair.eval.tasks import get_task
+from fair.gen.committee import CommitteeConfig, committee
+from fair.gen.committee_format import export_committee
+from fair.gen.engine import EngineName
+from fair.gen.mine import MineConfig, mine
+from fair.gen.models import DEFAULT_STUDENT, model_short_name
+from fair.gen.teachers import load_committee, missing_keys
+from fair.jsonl import read_jsonl, write_json
+
+OFFLINE = "offline"
+
+
+@dataclass
+class GenConfig:
+    task: str = "svamp"
+    student: str = DEFAULT_STUDENT
+    teachers: str = "default"  # a committee in configs/teachers/ or a YAML path; "offline" starts the simulator
+    limit: int | None = None  # first N train examples to mine (and so at most N mistakes)
+    engine: EngineName = "auto"
+    prompts: Literal["fair", "paper"] = "fair"
+    threshold: float = 3.0
+    window: int = 64
+    data_dir: str | None = None
+    export_paper: bool = True  # write the paper's feedback and rationale files at the end
+    offline_latency_ms: tuple[int, int] = (50, 500)  # the simulator's reply latency range
+
+    def validate(self) -> None:
+        get_task(self.task)
+
+
+def generate(config: GenConfig) -> None:
+    teachers = load_committee(config.teachers)
+    if config.teachers != OFFLINE and (missing := missing_keys(teachers)):
+        # Before mining: an hour of student inference should not end in a missing-key error.
+        raise FairError(f"committee {config.teachers!r} needs the environment variable(s) {', '.join(missing)}; "
+                        f"set them, or use the offline simulator: make gen DATASET={config.task} TEACHERS=offline")
+    mine(MineConfig(task=config.task, model=config.student, limit=config.limit, engine=config.engine,
+                    data_dir=config.data_dir, export_seed=config.export_paper))
+    committee_config = CommitteeConfig(task=config.task, student=config.student, teachers=config.teachers,
+                                       prompts=config.prompts, threshold=config.threshold, window=config.window)
+    with offline_server(config) as base_url:
+        committee_config.base_url = base_url
+        committee(committee_config)
+    if config.export_paper:
+        export(config, committee_config)
+
+
+@contextlib.contextmanager
+def offline_server(config: GenConfig):
+    """Start the simulator on a free loopback port for an offline committee; nothing for a real one."""
+    if config.teachers != OFFLINE:
+        yield None
+        return
+    from fair.gen.offline_server import OfflineServer
+
+    with OfflineServer(port=0, latency_ms=config.offline_latency_ms, data_dir=config.data_dir) as server:
+        print(f"offline committee (a simulator) listening on {server.url}")
+        yield server.url
+
+
+def export(config: GenConfig, committee_config: CommitteeConfig) -> None:
+    task = get_task(config.task)
+    records = list(read_jsonl(committee_config.out_path))
+    feedback, rationale = export_committee(task, records)
+    stem = committee_config.out_path.parent / f"{model_short_name(config.student)}_{task.name}"
+    write_json(f"{stem}_feedback_round0.json", feedback)
+    write_json(f"{stem}_rationale_round0.json", rationale)
+    print(f"wrote the paper's files: {stem}_feedback_round0.json, {stem}_rationale_round0.json")

@@ -1,0 +1,116 @@
+"""Teacher declarations: configs/teachers/<committee>.yaml lists the committee's members.
+
+    teachers:
+      - name: gpt
+        provider: openai            # openai (and any OpenAI-compatible base_url), gemini, anthropic
+        model: gpt-4.1-mini
+        api_key_env: OPENAI_API_KEY # the key is read from this variable; never written anywhere
+        rpm: 500                    # requests / minute  (the limiter waits; it never rejects)
+        tpm: 200000                 # tokens / minute, estimated before a call, settled after
+        ...
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+from fair.config import make_config
+from fair.errors import FairError
+
+Provider = Literal["openai", "gemini", "anthropic"]
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "gemini": "https://generativelanguage.googleapis.com/v1beta",
+    "anthropic": "https://api.anthropic.com/v1",
+}
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "teachers"
+
+
+@dataclass(frozen=True)
+class Teacher:
+    name: str  # short and unique in the committee: it keys feedback, rationales and reviews
+    provider: Provider
+    model: str
+    base_url: str | None = None  # None = the provider's public endpoint
+    api_key_env: str | None = None  # None for keyless local servers (vllm serve, llama.cpp)
+    rpm: int = 60  # requests per minute
+    tpm: int = 100_000  # tokens per minute (input + output)
+    max_concurrency: int = 16  # requests in flight at once
+    price_input: float = 0.0  # USD per million input tokens
+    price_output: float = 0.0  # USD per million output tokens
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 512
+    timeout_s: float = 60.0  # per attempt
+    max_retries: int = 8  # per request, for 429s, 5xx, timeouts and malformed replies
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.provider not in DEFAULT_BASE_URLS:
+            raise FairError(f"teacher {self.name!r}: unknown provider {self.provider!r} (openai, gemini, anthropic)")
+        for name in ("rpm", "tpm", "max_concurrency", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise FairError(f"teacher {self.name!r}: {name} must be at least 1")
+        if self.timeout_s <= 0 or self.max_retries < 0:
+            raise FairError(f"teacher {self.name!r}: timeout_s must be > 0 and max_retries >= 0")
+
+    @property
+    def url(self) -> str:
+        return (self.base_url or DEFAULT_BASE_URLS[self.provider]).rstrip("/")
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.price_input + output_tokens * self.price_output) / 1e6
+
+
+def committee_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return CONFIG_DIR / f"{name_or_path}.yaml"
+
+
+def load_committee(name_or_path: str, base_url_override: str | None = None) -> list[Teacher]:
+    """Read a committee file; `base_url_override` points every teacher at one server (the offline one)."""
+    path = committee_path(name_or_path)
+    if not path.exists():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise FairError(f"no teacher committee {name_or_path!r} (known: {', '.join(known)}; or a path to a YAML file)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise FairError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    entries = data.get("teachers") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise FairError(f"{path}: expected a non-empty list under 'teachers'")
+    teachers = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise FairError(f"{path}: teacher {i} must be a mapping")
+        if base_url_override:
+            entry = entry | {"base_url": rebase(entry.get("base_url"), base_url_override)}
+        teachers.append(make_config(Teacher, dict(entry), source=f"{path} teacher {i}"))
+    names = [t.name for t in teachers]
+    if len(set(names)) != len(names):
+        raise FairError(f"{path}: teacher names must be unique, got {names}")
+    return teachers
+
+
+def rebase(url: str | None, server: str) -> str:
+    """Point a teacher at another server, keeping its API path: (http://127.0.0.1:8765/v1beta, :9000) -> :9000/v1beta."""
+    target = urlsplit(server)
+    if target.path.strip("/") or not url:
+        return server
+    return urlunsplit(urlsplit(url)._replace(scheme=target.scheme, netloc=target.netloc))
+
+
+def missing_keys(teachers: list[Teacher]) -> list[str]:
+    return sorted({t.api_key_env for t in teachers if t.api_key_env and not os.environ.get(t.api_key_env)})

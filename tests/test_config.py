@@ -1,0 +1,71 @@
+"""Configs: every YAML in configs/ loads into its stage's dataclass, overrides win, unknown keys fail."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from fair.config import add_config_arguments, build_config, save_config
+from fair.errors import FairError
+from fair.eval.evaluate import EvalConfig
+from fair.gen.committee import CommitteeConfig
+from fair.gen.mine import MineConfig
+from fair.gen.pipeline import GenConfig
+from fair.gen.teachers import load_committee, rebase
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+STAGES = {"mine.yaml": MineConfig, "eval.yaml": EvalConfig, "committee.yaml": CommitteeConfig, "gen.yaml": GenConfig}
+
+
+def parse(cls, *argv):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, cls)
+    return build_config(cls, parser.parse_args(list(argv)))
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_each_stage_yaml_loads_and_round_trips(name, tmp_path):
+    cls = STAGES[name]
+    config = parse(cls, "--config", str(CONFIGS / name))
+    assert config == cls() or name == "eval.yaml"  # the YAML files document the defaults
+    save_config(config, tmp_path / "saved.yaml")
+    assert parse(cls, "--config", str(tmp_path / "saved.yaml")) == config
+
+
+def test_precedence_defaults_yaml_flags_overrides(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("task: gsm8k\nbatch_size: 4\nlimit: 10\n")
+    config = parse(MineConfig, "--config", str(path), "--batch-size", "8", "limit=3", "--no-chat")
+    assert (config.task, config.batch_size, config.limit, config.chat) == ("gsm8k", 8, 3, False)
+
+
+def test_typed_flags():
+    assert parse(EvalConfig, "--task", "svamp", "gsm8k").task == ("svamp", "gsm8k")
+    assert parse(GenConfig, "--offline-latency-ms", "5", "9").offline_latency_ms == (5, 9)
+    with pytest.raises(FairError, match="bad override 'nonsense'"):
+        parse(MineConfig, "nonsense")
+
+
+@pytest.mark.parametrize("committee", sorted(p.stem for p in (CONFIGS / "teachers").glob("*.yaml")))
+def test_teacher_committees_load(committee):
+    teachers = load_committee(committee)
+    assert len(teachers) >= 2 and len({t.name for t in teachers}) == len(teachers)
+
+
+def test_bad_committee_files(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("teachers:\n  - name: a\n    provider: openai\n    model: m\n    rpmm: 3\n")
+    with pytest.raises(FairError, match=r"c.yaml teacher 0: unknown setting 'rpmm'"):
+        load_committee(str(path))
+    path.write_text("teachers:\n  - name: a\n    provider: cohere\n    model: m\n")
+    with pytest.raises(FairError, match="unknown provider 'cohere'"):
+        load_committee(str(path))
+    with pytest.raises(FairError, match="no teacher committee 'nope'"):
+        load_committee("nope")
+
+
+def test_rebase_keeps_each_teachers_api_path():
+    assert rebase("http://127.0.0.1:8765/v1beta", "http://127.0.0.1:9000") == "http://127.0.0.1:9000/v1beta"
+    assert rebase("https://api.openai.com/v1", "http://localhost:8000/v1") == "http://localhost:8000/v1"
