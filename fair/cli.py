@@ -1,15 +1,21 @@
 """The `fair` command: one subcommand per pipeline stage.
 
     fair mine    run the student over a train split and keep its mistakes      (gen/mine.py)
+    fair committee   feedback, rationales and peer reviews from the teachers    (gen/committee.py)
+    fair gen     mine + committee + the paper's files, in one go                (gen/pipeline.py)
+    fair teachers serve   the offline committee simulator                       (gen/offline_server.py)
     fair eval    accuracy and wrong predictions on one or more tasks            (eval/evaluate.py)
     fair grade   re-grade a predictions file, ours or the paper's               (eval/regrade.py)
     fair import-mistakes   turn the paper's *_false_round0.json into our mistakes.jsonl
+    fair import-committee  turn the paper's *_feedback/_rationale_round0.json into committee.jsonl
     fair tasks   list the registered tasks
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 from fair.config import add_config_arguments, build_config
@@ -20,6 +26,44 @@ def cmd_mine(args: argparse.Namespace) -> int:
     from fair.gen.mine import MineConfig, mine
 
     mine(build_config(MineConfig, args))
+    return 0
+
+
+def cmd_committee(args: argparse.Namespace) -> int:
+    from fair.gen.committee import CommitteeConfig, committee
+
+    committee(build_config(CommitteeConfig, args))
+    return 0
+
+
+def cmd_gen(args: argparse.Namespace) -> int:
+    from fair.gen.pipeline import GenConfig, generate
+
+    generate(build_config(GenConfig, args))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from fair.gen import offline_server
+
+    return offline_server.run(args)
+
+
+def cmd_import_committee(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fair.eval.tasks import get_task
+    from fair.gen.committee_format import import_committee
+    from fair.jsonl import append_jsonl
+
+    task = get_task(args.task)
+    records = import_committee(task, args.feedback, args.rationale, task.load(args.split, args.data_dir))
+    path = Path(args.out)
+    if path.exists():
+        raise FairError(f"{path} exists: pass another --out, or remove it to import again")
+    append_jsonl(path, records)
+    accepted = sum(r["accepted"] for rec in records for r in rec["rationales"].values())
+    print(f"imported {len(records)} mistakes with {accepted} accepted rationales into {path}")
     return 0
 
 
@@ -70,7 +114,10 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from fair.eval import regrade
     from fair.eval.evaluate import EvalConfig
+    from fair.gen import offline_server
+    from fair.gen.committee import CommitteeConfig
     from fair.gen.mine import MineConfig
+    from fair.gen.pipeline import GenConfig
 
     parser = argparse.ArgumentParser(prog="fair", description="FAIR: distil reasoning from a committee of teachers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -78,6 +125,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mine", help="run the student over a split and keep its mistakes")
     add_config_arguments(p, MineConfig)
     p.set_defaults(run=cmd_mine)
+
+    p = sub.add_parser("committee", help="collect the teachers' feedback, rationales and peer reviews")
+    add_config_arguments(p, CommitteeConfig)
+    p.set_defaults(run=cmd_committee)
+
+    p = sub.add_parser("gen", help="mine + committee + the paper's files (what `make gen` runs)")
+    add_config_arguments(p, GenConfig)
+    p.set_defaults(run=cmd_gen)
+
+    teachers = sub.add_parser("teachers", help="teacher tools").add_subparsers(dest="teachers_command", required=True)
+    p = teachers.add_parser("serve", help="serve the offline committee simulator (OpenAI and Gemini wire formats)")
+    offline_server.add_arguments(p)
+    p.set_defaults(run=cmd_serve)
+
+    p = sub.add_parser("import-committee", help="import the paper's feedback and rationale files")
+    p.add_argument("--task", required=True)
+    p.add_argument("--feedback", required=True, help="the paper's *_feedback_round0.json")
+    p.add_argument("--rationale", required=True, help="the paper's *_rationale_round0.json")
+    p.add_argument("--out", required=True, help="the committee.jsonl to write")
+    p.add_argument("--split", default="train")
+    p.add_argument("--data-dir", default=None)
+    p.set_defaults(run=cmd_import_committee)
 
     p = sub.add_parser("eval", help="evaluate a student on one or more tasks")
     add_config_arguments(p, EvalConfig)
@@ -102,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # FAIR_LOG_LEVEL=INFO shows every retry and cool-down; the default shows warnings (final failures) only.
+    logging.basicConfig(level=os.environ.get("FAIR_LOG_LEVEL", "WARNING").upper(), format="%(name)s: %(message)s")
     try:
         return args.run(args)
     except FairError as e:

@@ -286,5 +286,5 @@ class TeacherClient:
         self.stats.retries += 1
         error = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
-        level = logging.INFO if isinstance(error, RateLimited) else logging.WARNING  # 429s are routine at scale
-        log.log(level, "%s (retry %d in %.2f s)", error, state.attempt_number, wait)
+        # INFO, not WARNING: retries are routine and the progress bar counts them; final failures warn.
+        log.info("%s (retry %d in %.2f s)", error, state.attempt_number, wait)

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import httpx
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fair.config import save_config
 from fair.errors import FairError
@@ -177,6 +178,12 @@ def pending_mistakes(config: CommitteeConfig, done: set[str]) -> Iterator[Studen
             yield answer
 
 
+def count_mistakes(config: CommitteeConfig) -> int:
+    with config.mistakes_path.open("rb") as f:
+        lines = sum(1 for line in f if line.strip())
+    return lines if config.limit is None else min(lines, config.limit)
+
+
 def finished_ids(path: Path) -> set[str]:
     return {r["id"] for r in read_jsonl(path)} if path.exists() else set()
 
@@ -195,7 +202,9 @@ async def run_committee(config: CommitteeConfig, teachers: list[Teacher]) -> dic
         clients = {t.name: TeacherClient(t, cache, http) for t in teachers}
         ctx = Context(task, config.prompts, PROMPT_SETS[config.prompts], clients, {t.name: t for t in teachers},
                       config.threshold)
-        bar = tqdm(desc=f"committee {task.name}", unit="mistake", initial=len(done), disable=not config.progress)
+        total = count_mistakes(config)
+        bar = tqdm(desc=f"committee {task.name}", unit=" mistakes", initial=len(done), total=total,
+                   disable=not config.progress, dynamic_ncols=True)
         started, written = time.perf_counter(), 0
         in_flight: set[asyncio.Task] = set()
 
@@ -234,7 +243,8 @@ def committee(config: CommitteeConfig) -> dict[str, Any]:
     if missing := missing_keys(teachers):
         raise FairError(f"committee {config.teachers!r} needs the environment variable(s) {', '.join(missing)}; "
                         f"set them, or use the offline simulator: make gen TEACHERS=offline")
-    result = asyncio.run(run_committee(config, teachers))
+    with logging_redirect_tqdm():  # log lines print above the progress bar instead of through it
+        result = asyncio.run(run_committee(config, teachers))
     print_summary(config, teachers, result)
     return result
 

@@ -1,0 +1,485 @@
+"""`fair teachers serve`: the offline committee, a local HTTP server that SIMULATES teacher LLM APIs.
+
+It is a simulator for demos, tests and benchmarks, not a model: every response carries the header
+`x-fair-simulator: 1`. It speaks two wire formats,
+
+    OpenAI   POST /v1/chat/completions (or /chat/completions)      key: Authorization: Bearer KEY
+    Gemini   POST /v1beta/models/{model}:generateContent           key: x-goog-api-key or ?key=
+    GET /health -> {"ok": true};  GET /v1/models (or /v1beta/models) lists the persona models
+
+and answers as one of several personas (gen/offline_personas.py: sim-careful, sim-sloppy, sim-harsh) from the
+benchmarks' gold solutions. Like a real API it enforces requests and tokens per minute per (key, model) over
+sliding 60 s windows (429 with Retry-After), and it injects faults at set rates: 5xx, hangs, malformed JSON,
+empty replies. A keyless request is the bucket "anonymous"; keys are bucket ids only and never logged.
+
+Determinism: replies depend only on (seed, model, sha256 of the body); a fault is drawn from (seed, model,
+body hash, attempt), where `attempt` counts how often this exact body arrived, so a retry can succeed and a
+rerun of the same client sees the same sequence of faults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import random
+import re
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+
+from fair.config import load_yaml
+from fair.errors import FairError
+from fair.gen.offline_personas import Persona, QuestionIndex, classify, merge_personas, write_reply
+
+WINDOW_S = 60.0
+MAX_BODY = 4 << 20
+FAULTS = ("5xx", "hang", "malformed", "empty")
+MAX_TRACKED = 1_000_000  # bodies whose attempts are counted
+GEMINI_STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
+                 503: "UNAVAILABLE"}
+GEMINI_RE = re.compile(r"^(?:/v1beta|/v1)?/models/([^/:]+):generateContent$")
+
+
+def tokens(text: str) -> int:
+    return len(text) // 4 + 1
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's reset format: "120ms", "1s", "6m0s"."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    minutes, secs = divmod(seconds, 60)
+    secs_text = f"{round(secs, 3):g}s"
+    return f"{int(minutes)}m{secs_text}" if minutes else secs_text
+
+
+def draw(*parts: Any) -> random.Random:
+    return random.Random(int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "big"))
+
+
+@dataclass
+class Bucket:
+    """One (key, model)'s admitted requests in the last minute, as [time, tokens] events."""
+
+    events: deque = field(default_factory=deque)
+    tokens: int = 0
+
+    def expire(self, now: float) -> None:
+        while self.events and self.events[0][0] <= now - WINDOW_S:
+            self.tokens -= self.events.popleft()[1]
+
+
+class Limiter:
+    """Requests and tokens per minute per (key, model), over sliding 60 s windows, as real APIs enforce them.
+    A request is charged its prompt on admission and its completion once written (max_tokens is not reserved,
+    so one request can never be too large to ever pass)."""
+
+    def __init__(self, rpm: int, tpm: int):
+        self.rpm, self.tpm = rpm, tpm
+        self.buckets: dict[tuple[str, str], Bucket] = {}
+        self.lock = threading.Lock()
+
+    def admit(self, key: str, model: str, cost: int) -> tuple[float | None, dict[str, str], list | None]:
+        """(None, headers, event) when admitted, else (seconds to wait, headers, None)."""
+        now = time.monotonic()
+        with self.lock:
+            b = self.buckets.setdefault((key, model), Bucket())
+            b.expire(now)
+            wait, event = None, None
+            if len(b.events) >= self.rpm:
+                wait = b.events[len(b.events) - self.rpm][0] + WINDOW_S - now
+            elif b.tokens + cost > self.tpm:
+                excess, wait = b.tokens + cost - self.tpm, WINDOW_S  # a request over the whole tpm waits a window
+                for t, n in b.events:
+                    excess -= n
+                    if excess <= 0:
+                        wait = t + WINDOW_S - now
+                        break
+            else:
+                event = [now, cost]
+                b.events.append(event)
+                b.tokens += cost
+            reset = b.events[0][0] + WINDOW_S - now if b.events else 0.0
+            headers = {
+                "x-ratelimit-limit-requests": str(self.rpm), "x-ratelimit-limit-tokens": str(self.tpm),
+                "x-ratelimit-remaining-requests": str(max(0, self.rpm - len(b.events))),
+                "x-ratelimit-remaining-tokens": str(max(0, self.tpm - b.tokens)),
+                "x-ratelimit-reset-requests": duration(reset), "x-ratelimit-reset-tokens": duration(reset),
+            }
+            return wait, headers, event
+
+    def settle(self, key: str, model: str, event: list, actual: int) -> None:
+        with self.lock:
+            b = self.buckets.get((key, model))
+            # Still in the window? Events are in time order, so it is iff it is not older than the first.
+            if b is not None and b.events and event[0] >= b.events[0][0]:
+                b.tokens += actual - event[1]
+                event[1] = actual
+
+
+class OfflineServer:
+    """The simulator in a background thread: `with OfflineServer(port=0) as s: httpx.post(s.url + ...)`.
+    `personas` maps model names to Persona objects or to overrides of a built-in's fields ({"p_wrong": 0})."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, rpm: int = 600, tpm: int = 1_000_000,
+                 latency_ms: tuple[float, float] = (0, 0), p_5xx: float = 0, p_hang: float = 0, hang_s: float = 30,
+                 p_malformed: float = 0, p_empty: float = 0, seed: int = 0, log_path: str | Path | None = None,
+                 data_dir: str | Path | None = None, personas: dict[str, Any] | None = None):
+        self.fault_rates = dict(zip(FAULTS, (p_5xx, p_hang, p_malformed, p_empty), strict=True))
+        if not all(0 <= p <= 1 for p in self.fault_rates.values()) or sum(self.fault_rates.values()) > 1:
+            raise FairError("the fault rates p_5xx, p_hang, p_malformed, p_empty must each be in 0..1, "
+                            "and together at most 1")
+        if rpm < 1 or tpm < 1 or hang_s < 0 or not 0 <= latency_ms[0] <= latency_ms[1]:
+            raise FairError("rpm and tpm must be >= 1, hang_s >= 0, and latency_ms MIN MAX with 0 <= MIN <= MAX")
+        self.host, self.requested_port, self.seed, self.hang_s = host, port, seed, hang_s
+        self.latency_ms = (float(latency_ms[0]), float(latency_ms[1]))
+        self.limiter = Limiter(rpm, tpm)
+        self.personas: dict[str, Persona] = merge_personas(personas)
+        self.index = QuestionIndex.build(data_dir)
+        self.counters = {"completed": 0, "rate_limited": 0, "errors": 0, **{f"fault_{f}": 0 for f in FAULTS}}
+        self.attempts: dict[str, int] = {}  # "model|body sha256" -> times received; oldest forgotten past a bound
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.log_path, self.log_file = log_path, None
+        self.httpd: Server | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> OfflineServer:
+        if self.httpd is None:
+            try:
+                self.httpd = Server((self.host, self.requested_port), Handler)
+            except OSError as e:
+                raise FairError(f"cannot listen on {self.host}:{self.requested_port}: {e.strerror or e}") from None
+            self.httpd.sim = self
+            if self.log_path:
+                self.log_file = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in stop)
+            self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True,
+                                           name="offline-committee")
+            self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()  # wakes handlers that sleep in a latency or a hang
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            if self.thread:
+                self.thread.join(timeout=5)
+        with self.lock:
+            if self.log_file:
+                self.log_file.close()
+                self.log_file = None
+
+    def __enter__(self) -> OfflineServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1] if self.httpd else self.requested_port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def summary(self) -> str:
+        c = self.counters
+        faults = ", ".join(f"{f} {c[f'fault_{f}']}" for f in FAULTS)
+        return (f"offline committee: {c['completed']} completed, {c['rate_limited']} rate-limited (429), "
+                f"faults: {faults}, {c['errors']} other errors")
+
+    def count(self, name: str) -> None:
+        with self.lock:
+            self.counters[name] += 1
+
+    def log(self, record: dict[str, Any]) -> None:
+        """One JSON line per request, built from explicit fields only: never a key, a header or a URL."""
+        with self.lock:
+            if self.log_file:
+                self.log_file.write(orjson.dumps({"t": round(time.time(), 3), **record}).decode() + "\n")
+                self.log_file.flush()
+
+    def attempt(self, model: str, body_sha: str) -> int:
+        key = f"{model}|{body_sha}"
+        with self.lock:
+            n = self.attempts[key] = self.attempts.pop(key, 0) + 1  # re-inserted: the dict stays in LRU order
+            if len(self.attempts) > MAX_TRACKED:
+                del self.attempts[next(iter(self.attempts))]
+            return n
+
+    def fault(self, model: str, body_sha: str, attempt: int) -> str | None:
+        u, edge = draw(self.seed, "fault", model, body_sha, attempt).random(), 0.0
+        for name, p in self.fault_rates.items():
+            edge += p
+            if u < edge:
+                return name
+        return None
+
+
+class Server(ThreadingHTTPServer):
+    # The standard library's threaded server: no extra dependency, and a thread per connection is plenty for a
+    # simulator at a few hundred requests per second. Daemon threads never keep the process alive on exit.
+    daemon_threads = True
+    request_queue_size = 256
+    sim: OfflineServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as clients expect of real APIs
+    disable_nagle_algorithm = True  # headers and body go out in two writes: without this, 40 ms stalls
+    server: Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # the default prints URLs, which may hold ?key=
+        pass
+
+    def send(self, status: int, body: bytes | dict, headers: dict[str, str] | None = None) -> None:
+        data = body if isinstance(body, bytes) else orjson.dumps(body)
+        try:
+            self.send_response(status)
+            for k, v in {"content-type": "application/json", "content-length": str(len(data)),
+                         "x-fair-simulator": "1", **(headers or {})}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (e.g. timed out on a hang)
+            self.close_connection = True
+
+    def error(self, status: int, message: str, gemini: bool, kind: str = "invalid_request_error",
+              code: str | None = None, headers: dict[str, str] | None = None, log: dict | None = None) -> None:
+        sim = self.server.sim
+        sim.count("rate_limited" if status == 429 else "fault_5xx" if log and log.get("fault") else "errors")
+        if gemini:
+            body = {"error": {"code": status, "status": GEMINI_STATUS.get(status, "UNKNOWN"), "message": message}}
+        else:
+            body = {"error": {"message": message, "type": kind, "code": code}}
+        sim.log({"status": status, **(log or {})})
+        self.send(status, body, headers)
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path.rstrip("/")
+        names = sorted(self.server.sim.personas)
+        if path == "/health":
+            self.send(200, {"ok": True})
+        elif path in ("/v1/models", "/models"):
+            self.send(200, {"object": "list", "data": [
+                {"id": n, "object": "model", "owned_by": "fair-simulator"} for n in names]})
+        elif path == "/v1beta/models":
+            self.send(200, {"models": [{"name": f"models/{n}", "displayName": f"{n} (simulated)"} for n in names]})
+        else:
+            self.error(404, f"no route GET {path}", False, code="not_found")
+
+    def do_POST(self) -> None:
+        url = urlsplit(self.path)
+        path = url.path.rstrip("/")
+        gemini_route = GEMINI_RE.match(path)
+        gemini = gemini_route is not None
+        if not gemini and path not in ("/v1/chat/completions", "/chat/completions"):
+            self.error(404, f"no route POST {path}", False, code="not_found")
+            return
+        length = int(n) if (n := self.headers.get("content-length", "")).isdigit() else 0
+        if not 0 < length <= MAX_BODY:
+            self.close_connection = True
+            self.error(400, "a JSON body with a content-length of at most 4 MiB is required", gemini)
+            return
+        raw = self.rfile.read(length)
+        try:
+            body = orjson.loads(raw)
+            if gemini:
+                model, text, max_tokens = gemini_route.group(1), *gemini_text(body)
+                key = self.headers.get("x-goog-api-key") or parse_qs(url.query).get("key", [""])[0]
+            else:
+                model, text, max_tokens = str(body["model"]), *openai_text(body)
+                key = bearer(self.headers.get("authorization", ""))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            self.error(400, "could not read the request body: not the expected JSON shape (streaming is not "
+                            "simulated)", gemini)
+            return
+        try:
+            self.answer(raw, model, key or "anonymous", text, max_tokens, gemini)
+        except Exception:  # a bug in the simulator: say so rather than drop the connection
+            traceback.print_exc()
+            self.error(500, "internal error in the offline committee simulator (see its stderr)", gemini,
+                       kind="server_error")
+
+    def answer(self, raw: bytes, model: str, key: str, text: str, max_tokens: int, gemini: bool) -> None:
+        sim = self.server.sim
+        body_sha = hashlib.sha256(raw).hexdigest()
+        log: dict[str, Any] = {"model": model, "body_sha256": body_sha}
+        if (persona := sim.personas.get(model)) is None:
+            known = ", ".join(sorted(sim.personas))
+            self.error(404, f"The model `{model}` does not exist (simulated models: {known})", gemini,
+                       code="model_not_found", log=log)
+            return
+        log["attempt"] = attempt = sim.attempt(model, body_sha)
+        prompt_tokens = tokens(text)
+        wait, limit_headers, event = sim.limiter.admit(key, model, prompt_tokens)
+        headers = {} if gemini else limit_headers
+        if wait is not None:
+            wait = max(wait, 0.001)
+            retry = {"retry-after": str(math.ceil(wait)), "retry-after-ms": str(math.ceil(wait * 1000))}
+            self.error(429, f"Rate limit reached for {model} (simulated): retry after {wait:.3f}s", gemini,
+                       kind="requests", code="rate_limit_exceeded", headers=retry | headers, log=log)
+            return
+        fault = sim.fault(model, body_sha, attempt)
+        if fault == "5xx":
+            status = draw(sim.seed, "status", model, body_sha, attempt).choice((500, 503))
+            self.error(status, "The server had an error while processing your request (simulated).", gemini,
+                       kind="server_error", log=log | {"fault": fault})
+            return
+        rng = draw(sim.seed, model, body_sha)  # the reply's draws: the same body always gets the same reply
+        pause = rng.uniform(*sim.latency_ms) / 1000 + (sim.hang_s if fault == "hang" else 0.0)
+        if pause and sim.stopping.wait(pause):
+            return
+        entry = sim.index.find(text)
+        kind = classify(text, entry)
+        reply, finish = write_reply(kind, entry, persona, text, rng), "stop"
+        if tokens(reply) > max_tokens:
+            reply, finish = reply[: max(4, (max_tokens - 1) * 4)], "length"  # tokens(reply) <= max_tokens
+        if fault == "empty":
+            reply = ""
+        completion_tokens = tokens(reply) if reply else 0
+        sim.limiter.settle(key, model, event, prompt_tokens + completion_tokens)
+        sim.count(f"fault_{fault}" if fault else "completed")
+        sim.log({"status": 200, **log, "kind": kind, "prompt_tokens": prompt_tokens,
+                 "completion_tokens": completion_tokens, **({"fault": fault} if fault else {})})
+        if fault == "malformed":
+            self.send(200, b'{"id": "chatcmpl-sim", "choices": [{"index": 0, "message": {"role": "assi', headers)
+        else:
+            reply_body = response(model, reply, completion_tokens, prompt_tokens, finish, gemini, body_sha)
+            self.send(200, reply_body, headers)
+
+
+def bearer(header: str) -> str:
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def openai_text(body: dict) -> tuple[str, int]:
+    messages = body["messages"]
+    if not isinstance(messages, list) or not messages or body.get("stream"):
+        raise ValueError("messages")
+    text = "\n\n".join(str(m["content"]) for m in messages)
+    return text, int(body.get("max_tokens") or body.get("max_completion_tokens") or 4096)
+
+
+def gemini_text(body: dict) -> tuple[str, int]:
+    parts = [p["text"] for p in (body.get("systemInstruction") or {}).get("parts", [])]
+    for content in body["contents"]:
+        parts += [p["text"] for p in content["parts"]]
+    if not parts:
+        raise ValueError("contents")
+    config = body.get("generationConfig") or {}
+    return "\n\n".join(map(str, parts)), int(config.get("maxOutputTokens") or 8192)
+
+
+def response(model: str, text: str, completion: int, prompt: int, finish: str, gemini: bool,
+             body_sha: str) -> dict:
+    """The reply in the wire format; an empty text is Gemini's reply with no candidates (as when it blocks one)."""
+    usage_total = prompt + completion
+    if gemini:
+        candidates = [] if not text else [{"content": {"role": "model", "parts": [{"text": text}]},
+                                        "finishReason": "STOP" if finish == "stop" else "MAX_TOKENS", "index": 0}]
+        return {"candidates": candidates, "modelVersion": model, "usageMetadata": {
+            "promptTokenCount": prompt, "candidatesTokenCount": completion, "totalTokenCount": usage_total}}
+    return {"id": f"chatcmpl-sim-{body_sha[:24]}", "object": "chat.completion", "created": int(time.time()),
+            "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                         "finish_reason": finish}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": usage_total}}
+
+
+# --- command line ----------------------------------------------------------------------------------------
+
+SETTINGS = {"rpm": int, "tpm": int, "latency_ms": list, "p_5xx": float, "p_hang": float, "hang_s": float,
+            "p_malformed": float, "p_empty": float, "seed": int, "log": str, "data_dir": str, "personas": dict}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: loopback only)")
+    p.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one (default 8765)")
+    p.add_argument("--port-file", default=None, help="also write the port to this file once listening")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help=f"YAML of settings ({', '.join(SETTINGS)}); flags override it")
+    p.add_argument("--rpm", type=int, default=None, help="requests per minute per (key, model) (default 600)")
+    p.add_argument("--tpm", type=int, default=None, help="tokens per minute per (key, model) (default 1000000)")
+    p.add_argument("--latency-ms", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="uniform latency per reply in milliseconds (default 0 0)")
+    p.add_argument("--p-5xx", type=float, default=None, help="rate of 500/503 replies")
+    p.add_argument("--p-hang", type=float, default=None, help="rate of replies delayed by --hang-s")
+    p.add_argument("--hang-s", type=float, default=None, help="how long a hang lasts (default 30)")
+    p.add_argument("--p-malformed", type=float, default=None, help="rate of 200 replies that are not valid JSON")
+    p.add_argument("--p-empty", type=float, default=None, help="rate of 200 replies with empty content")
+    p.add_argument("--seed", type=int, default=None, help="seed of every draw (default 0)")
+    p.add_argument("--log", default=None, metavar="PATH", help="append one JSON line per request (no keys)")
+    p.add_argument("--data-dir", default=None, help="benchmark data (default $FAIR_DATA_DIR, else shared/data)")
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """OfflineServer's keyword arguments: built-in defaults < the --config YAML < flags."""
+    values = load_yaml(args.config, set(SETTINGS)) if args.config else {}
+    for key, value in values.items():
+        kind = SETTINGS[key]
+        if isinstance(value, bool) or not (isinstance(value, kind) or (kind is float and isinstance(value, int))):
+            raise FairError(f"config file {args.config}: {key} must be {kind.__name__}, got {value!r}")
+    values |= {k: getattr(args, k) for k in SETTINGS if getattr(args, k, None) is not None}
+    if "latency_ms" in values:
+        if len(values["latency_ms"]) != 2:
+            raise FairError("latency_ms must be two numbers, MIN and MAX")
+        values["latency_ms"] = tuple(values["latency_ms"])
+    if "log" in values:
+        values["log_path"] = values.pop("log")
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT, then print the summary; the handlers go in first, so a parent that
+    signals as soon as it reads the port still gets a clean exit."""
+    done = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: done.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    server = None
+    try:
+        server = OfflineServer(args.host, args.port, **settings(args)).start()
+        print(f"offline committee (simulator): {server.index.size} questions indexed from "
+              f"{', '.join(server.index.loaded) or 'no data (generic replies only)'}; "
+              f"models {', '.join(sorted(server.personas))}", file=sys.stderr, flush=True)
+        if args.port_file:
+            tmp = Path(f"{args.port_file}.tmp")
+            tmp.write_text(f"{server.port}\n")
+            tmp.replace(args.port_file)  # atomic: a reader never sees a half-written port
+        print(f"offline committee listening on {server.url}", flush=True)
+        while not done.wait(1.0):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if server is not None:
+            server.stop()
+            print(server.summary(), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fair.gen.offline_server", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except FairError as e:
+        print(f"offline committee: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
