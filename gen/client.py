@@ -149,11 +149,12 @@ class _Call:
 
 class TeacherClient:
     def __init__(self, teacher: Teacher, cache: ResponseCache, http: httpx.AsyncClient,
-                 provider: ChatProvider | None = None, *, backoff_s: float = 1.0, backoff_max_s: float = 60.0):
+                 provider: ChatProvider | None = None, *, backoff_s: float | None = None, backoff_max_s: float = 60.0):
         self.teacher = teacher
         self.cache = cache
         self.provider = provider if provider is not None else make_provider(teacher, http)
-        self.backoff_s = backoff_s  # first retry waits about this long, doubling each time up to backoff_max_s
+        # The first retry waits about this long, doubling each time up to backoff_max_s.
+        self.backoff_s = teacher.retry_backoff_s if backoff_s is None else backoff_s
         self.backoff_max_s = backoff_max_s
         self.stats = TeacherStats(teacher.name)
         self._started: float | None = None

@@ -48,7 +48,8 @@ class Teacher:
     top_p: float = 1.0
     max_tokens: int = 512
     timeout_s: float = 60.0  # per attempt
-    max_retries: int = 8  # per request, for 429s, 5xx, timeouts and malformed replies
+    max_retries: int = 8  # per request, for 5xx, timeouts and malformed replies (429s get twice as many)
+    retry_backoff_s: float = 1.0  # first retry's wait, doubled each retry (with jitter); Retry-After wins if longer
     extra_headers: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:

@@ -1,0 +1,176 @@
+"""`fair grade --task T FILE [--json]`: re-grade a predictions file with our graders.
+
+Two formats are read, told apart by their content:
+  - ours: JSON Lines (or a JSON array) of records with `id`, `gold`, `prediction`, and for LogiQA `options`
+    (when a LogiQA record has no `options`, they are looked up by its id, e.g. "validation-12");
+  - the paper's mistake files: a JSON array of records with `id`, `gold_answer`, `student_wrong_pred`
+    (SVAMP "145"; GSM8K a solution ending in "#### N"; StrategyQA "false.\\t<facts>"; LogiQA an option
+    index "0"-"3" with the record's `options`).
+
+Reproduce the numbers in docs/grader_report.md with
+    python -m fair.eval.regrade --task svamp ../shared/data/seed/Llama-2-7b-chat-hf_svamp_false_round0.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from fair.errors import FairError
+from fair.eval.grading import Grade, grade_number, grade_option, grade_yes_no, normalise_yes_no
+from fair.eval.tasks import OPTION_LETTERS, Task, get_task
+from fair.jsonl import read_jsonl
+
+PAPER_TEXT = "student_wrong_pred"
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """A JSON array or JSON Lines, whichever the file holds."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FairError(f"{path}: no such file") from None
+    except OSError as e:
+        raise FairError(f"{path}: cannot read ({e.strerror})") from None
+    if not data.lstrip().startswith(b"["):
+        return list(read_jsonl(path))
+    try:
+        records = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise FairError(f"{path}: not valid JSON ({e})") from None
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise FairError(f"{path}: record {i}: expected a JSON object, got {type(record).__name__}")
+    return records
+
+
+def _field(record: dict[str, Any], key: str, where: str) -> Any:
+    if record.get(key) is None:
+        raise FairError(f"{where}: missing field {key!r}")
+    return record[key]
+
+
+def _text(record: dict[str, Any], key: str, where: str) -> str:
+    value = _field(record, key, where)
+    if not isinstance(value, str):
+        raise FairError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+    return value  # may be empty: an empty reply is a real (unparseable) prediction
+
+
+def _paper_gold(task: Task, gold: Any, where: str) -> str:
+    """The paper's `gold_answer` in the form our graders take."""
+    gold = str(gold)
+    if task.answer_type == "yesno":
+        return gold.split(".\t", 1)[0]  # "false.\t<facts>"
+    if task.answer_type == "option":
+        if gold.strip() not in ("0", "1", "2", "3"):
+            raise FairError(f"{where}: field 'gold_answer' must be an option index 0-3, got {gold!r}")
+        return OPTION_LETTERS[int(gold)]
+    return gold.rsplit("####", 1)[-1]  # GSM8K keeps the whole solution; the answer follows "####"
+
+
+class _Options:
+    """LogiQA options for records that do not carry them, found through the id "<split>-<row>"."""
+
+    def __init__(self, task: Task, data_dir: str | None):
+        self.task, self.data_dir, self.splits = task, data_dir, {}
+
+    def get(self, record_id: Any, where: str) -> tuple[str, ...]:
+        split, _, row = str(record_id).rpartition("-")
+        if split not in self.task.splits or not row.isdigit():
+            raise FairError(f"{where}: missing field 'options' (and id {record_id!r} is not '<split>-<row>')")
+        if split not in self.splits:
+            try:
+                self.splits[split] = self.task.load(split, self.data_dir)
+            except FairError as e:
+                raise FairError(f"{where}: missing field 'options', and loading them failed: {e}") from None
+        examples = self.splits[split]
+        if int(row) >= len(examples):
+            raise FairError(f"{where}: missing field 'options' (and {split} has no row {row})")
+        return examples[int(row)].options
+
+
+def grade_file(task_name: str, path: str | Path, data_dir: str | None = None) -> list[dict[str, Any]]:
+    """One {"id", "gold", "extracted", "correct"} per record; correct is None when nothing was extracted."""
+    task, path = get_task(task_name), Path(path)
+    records = read_records(path)
+    paper = bool(records) and PAPER_TEXT in records[0]
+    text_key, gold_key = (PAPER_TEXT, "gold_answer") if paper else ("prediction", "gold")
+    lookup = _Options(task, data_dir)
+    results = []
+    for i, record in enumerate(records):
+        where = f"{path}: record {i}"
+        record_id = _field(record, "id", where)
+        text = _text(record, text_key, where)
+        gold = _field(record, gold_key, where)
+        if isinstance(gold, bool):  # our StrategyQA gold may be a JSON boolean
+            gold = "yes" if gold else "no"
+        gold = _paper_gold(task, gold, where) if paper else str(gold)
+        options: tuple[str, ...] = ()
+        if task.answer_type == "option":
+            raw = record.get("options")
+            options = tuple(raw) if isinstance(raw, list) else lookup.get(record_id, where)
+            if len(options) != 4 or not all(isinstance(o, str) for o in options):
+                raise FairError(f"{where}: field 'options' must be a list of 4 strings")
+        try:
+            grade = _grade(task, text, gold, options)
+            if task.answer_type == "yesno":
+                gold = normalise_yes_no(gold)
+        except ValueError as e:  # the grader's message says what is wrong with the gold answer
+            raise FairError(f"{where}: field {gold_key!r}: {e}") from None
+        results.append(dict(id=record_id, gold=gold, extracted=grade.extracted, correct=grade.correct))
+    return results
+
+
+def _grade(task: Task, text: str, gold: str, options: tuple[str, ...]) -> Grade:
+    if task.answer_type == "number":
+        return grade_number(text, gold)
+    if task.answer_type == "yesno":
+        return grade_yes_no(text, gold)
+    return grade_option(text, options, gold)
+
+
+def summary(results: list[dict[str, Any]]) -> str:
+    n = len(results)
+    counts = {
+        "correct": sum(r["correct"] is True for r in results),
+        "wrong": sum(r["correct"] is False for r in results),
+        "unparseable": sum(r["correct"] is None for r in results),
+    }
+    lines = [f"records      {n:6d}"]
+    for name, count in counts.items():
+        share = f"{100 * count / n:5.1f}%" if n else "    -"
+        lines.append(f"{name:<12} {count:6d}  {share}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, help="gsm8k, svamp, strategyqa or logiqa")
+    parser.add_argument("file", help="our JSON Lines (id, gold, prediction) or a paper mistake file")
+    parser.add_argument("--json", action="store_true", help='print {"id", "correct", "extracted"} per record')
+    parser.add_argument("--data-dir", dest="data_dir", default=None, help="data for LogiQA options by id")
+
+
+def run(args: argparse.Namespace) -> int:
+    results = grade_file(args.task, args.file, getattr(args, "data_dir", None))
+    if args.json:  # stdout carries only the records, so that it can be piped; the summary goes to stderr
+        for r in results:
+            print(orjson.dumps({"id": r["id"], "correct": r["correct"], "extracted": r["extracted"]}).decode())
+        print(summary(results), file=sys.stderr)
+    else:
+        print(f"{args.file} ({args.task})\n{summary(results)}")
+    return 0
+
+
+if __name__ == "__main__":
+    main_parser = argparse.ArgumentParser(prog="fair grade", description=__doc__.split("\n")[0])
+    add_arguments(main_parser)
+    try:
+        sys.exit(run(main_parser.parse_args()))
+    except FairError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
