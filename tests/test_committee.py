@@ -29,15 +29,19 @@ from fair.jsonl import append_jsonl, read_jsonl
 PLANTED_KEY = "sk-test-PLANTED-9f8e7d6c"
 
 
-@pytest.fixture(scope="module")
-def seed_mistakes(tmp_path_factory, data_dir) -> Path:
-    """60 of the paper's real SVAMP mistakes, as our mistakes.jsonl."""
+def import_seed_mistakes(folder: Path, data_dir: Path, count: int) -> Path:
+    """The first `count` of the paper's real SVAMP mistakes, as our mistakes.jsonl."""
     task = get_task("svamp")
     answers = import_mistakes(task, data_dir / "seed" / "Llama-2-7b-chat-hf_svamp_false_round0.json",
                               task.load("train", data_dir))
-    path = tmp_path_factory.mktemp("seed") / "mistakes.jsonl"
-    append_jsonl(path, (a.to_json() for a in answers[:60]))
+    path = folder / "mistakes.jsonl"
+    append_jsonl(path, (a.to_json() for a in answers[:count]))
     return path
+
+
+@pytest.fixture(scope="module")
+def seed_mistakes(tmp_path_factory, data_dir) -> Path:
+    return import_seed_mistakes(tmp_path_factory.mktemp("seed"), data_dir, count=60)
 
 
 def fast(teachers, **changes):
