@@ -320,9 +320,10 @@ class GeminiProvider(_Provider):
             parts = data["candidates"][0]["content"]["parts"]
             text = "".join(p.get("text", "") for p in parts if not p.get("thought"))  # skip thinking summaries
         except (KeyError, IndexError, TypeError, AttributeError):
-            block = (data.get("promptFeedback") or {}).get("blockReason")
-            reason = f"prompt blocked ({block})" if block else "no candidates[0].content.parts"
-            raise self._fail(TransientError, f"malformed reply: {reason}") from None
+            if block := (data.get("promptFeedback") or {}).get("blockReason"):
+                # The same prompt is blocked again on every retry: fail fast, recorded as this teacher's error.
+                raise self._fail(FatalError, f"prompt blocked ({block})") from None
+            raise self._fail(TransientError, "malformed reply: no candidates[0].content.parts") from None
         usage = data.get("usageMetadata") or {}
         # Thinking tokens are billed as output tokens.
         output = (usage.get("candidatesTokenCount") or 0) + (usage.get("thoughtsTokenCount") or 0)

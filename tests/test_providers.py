@@ -155,7 +155,7 @@ def test_status_codes_map_to_error_kinds(provider, status, kind):
 @pytest.mark.parametrize(("provider", "body"), [
     ("openai", {"choices": []}), ("openai", {"choices": [{"message": {"content": None}}]}),
     ("openai", {"choices": [{"message": {"content": "  "}}]}), ("openai", [1, 2]),
-    ("gemini", {"promptFeedback": {"blockReason": "SAFETY"}}), ("gemini", {"candidates": [{"content": {}}]}),
+    ("gemini", {"candidates": []}), ("gemini", {"candidates": [{"content": {}}]}),
     ("anthropic", {"content": []}), ("anthropic", {"type": "message"}),
 ])
 def test_malformed_or_empty_replies_are_transient(provider, body):
@@ -268,3 +268,9 @@ def test_make_provider_picks_the_class():
     http = httpx.AsyncClient()
     kinds = {p: type(make_provider(teacher(p), http)) for p in ("openai", "gemini", "anthropic")}
     assert kinds == {"openai": OpenAIProvider, "gemini": GeminiProvider, "anthropic": AnthropicProvider}
+
+
+def test_gemini_blocked_prompt_fails_fast():
+    blocked = {"promptFeedback": {"blockReason": "SAFETY"}}
+    error, _ = call(teacher("gemini"), reply(blocked))
+    assert isinstance(error, FatalError) and "prompt blocked (SAFETY)" in str(error)
