@@ -4,6 +4,7 @@
     fair committee   feedback, rationales and peer reviews from the teachers    (gen/committee.py)
     fair gen     mine + committee + the paper's files, in one go                (gen/pipeline.py)
     fair teachers serve   the offline committee simulator                       (gen/offline_server.py)
+    fair train   alpha * feedback loss + (1 - alpha) * rationale loss            (train/train.py)
     fair eval    accuracy and wrong predictions on one or more tasks            (eval/evaluate.py)
     fair grade   re-grade a predictions file, ours or the paper's               (eval/regrade.py)
     fair import-mistakes   turn the paper's *_false_round0.json into our mistakes.jsonl
@@ -67,6 +68,13 @@ def cmd_import_committee(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from fair.train.train import TrainConfig, train
+
+    train(build_config(TrainConfig, args))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from fair.eval.evaluate import EvalConfig, evaluate
 
@@ -118,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fair.gen.committee import CommitteeConfig
     from fair.gen.mine import MineConfig
     from fair.gen.pipeline import GenConfig
+    from fair.train.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="fair", description="FAIR: distil reasoning from a committee of teachers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -147,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train")
     p.add_argument("--data-dir", default=None)
     p.set_defaults(run=cmd_import_committee)
+
+    p = sub.add_parser("train", help="fine-tune the student on the committee's feedback and rationales")
+    add_config_arguments(p, TrainConfig)
+    p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a student on one or more tasks")
     add_config_arguments(p, EvalConfig)

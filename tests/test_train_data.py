@@ -1,0 +1,330 @@
+"""Training data: the paper's SVAMP committee files -> examples -> tokens -> (packed) batches."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+
+import pytest
+import torch
+
+from fair.errors import FairError
+from fair.eval.tasks import get_task
+from fair.gen.engine import encode_prompt
+from fair.gen.records import StudentAnswer
+from fair.train.data import (
+    FEEDBACK,
+    RATIONALE,
+    Tokenized,
+    TrainExample,
+    attention_mask_4d,
+    build_examples,
+    collate,
+    load_records,
+    single_row,
+    tokenize_examples,
+)
+
+SVAMP = get_task("svamp")
+PREFIX = "Llama-2-7b-chat-hf_svamp_"
+
+
+@pytest.fixture(scope="module")
+def seed_files(data_dir):
+    seed = data_dir / "seed"
+    return seed / f"{PREFIX}feedback_round0.json", seed / f"{PREFIX}rationale_round0.json"
+
+
+@pytest.fixture(scope="module")
+def records(seed_files, data_dir):
+    feedback, rationale = seed_files
+    return load_records(feedback, SVAMP, rationale_path=rationale, data_dir=data_dir)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def kinds_of(examples, kind):
+    return [e for e in examples if e.kind == kind]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Examples from the paper's files
+
+
+def test_mixed_keeps_the_papers_365_and_counts_the_22_skipped(records):
+    examples, report = build_examples(records, SVAMP, "mixed", seed=731, prompt_format="paper")
+    assert len(records) == report.mistakes == 387
+    assert report.rationale_examples == report.feedback_examples == 365
+    assert report.skipped == {"no accepted rationale": 22}
+    accepted = {(r["id"], t["text"].strip()) for r in records for t in r["rationales"].values() if t["accepted"]}
+    assert all((e.mistake_id, e.completion) in accepted for e in kinds_of(examples, "rationale"))
+    assert "22" in report.summary() and "no accepted rationale" in report.summary()
+
+
+def test_mixed_draws_the_same_texts_as_the_papers_code(records, seed_files):
+    """The paper's data.py loop, replayed with its seed: random.choice of a feedback key, then of a correct one."""
+    feedback_file, rationale_file = (json.loads(p.read_text()) for p in seed_files)
+    rng, expected = random.Random(731), []
+    for feedback, rationale in zip(feedback_file, rationale_file, strict=True):
+        chosen = feedback[rng.choice(["gpt_feedback", "gemini_feedback", "mistral_feedback"])]
+        if rationale["correct_rationale"]:
+            expected.append((chosen.strip(), rng.choice(rationale["correct_rationale"]).strip()))
+    examples, _ = build_examples(records, SVAMP, "mixed", seed=731, prompt_format="paper")
+    ours = [e.completion for e in examples]
+    assert list(zip(ours[0::2], ours[1::2], strict=True)) == expected
+
+
+def test_single_teacher_takes_its_raw_unreviewed_texts(records, seed_files):
+    rationale_file = json.loads(seed_files[1].read_text())
+    examples, report = build_examples(records, SVAMP, "gpt", seed=0, prompt_format="chat")
+    assert report.rationale_examples == report.feedback_examples == 387 and report.skipped == {}
+    assert [e.completion for e in kinds_of(examples, "rationale")] == [r["gpt_rationale"][0].strip() for r in rationale_file]
+    assert {e.teacher for e in examples} == {"gpt"}
+    assert report.per_teacher["gpt"] == {"feedback": 387, "rationale": 387}
+
+
+def test_all_takes_every_accepted_rationale_and_every_feedback(records):
+    examples, report = build_examples(records, SVAMP, "all", seed=0, prompt_format="chat")
+    assert report.rationale_examples == 286 + 221 + 319 == 826
+    assert {t: c["rationale"] for t, c in report.per_teacher.items()} == {"gpt": 286, "gemini": 221, "mistral": 319}
+    assert report.feedback_examples == 3 * 365 and report.skipped == {"no accepted rationale": 22}
+
+
+def test_no_review_ignores_the_reviews(records):
+    examples, report = build_examples(records, SVAMP, "no-review", seed=0, prompt_format="chat")
+    assert report.rationale_examples == report.feedback_examples == 387 and report.skipped == {}
+    accepted = {(r["id"], t["text"].strip()) for r in records for t in r["rationales"].values() if t["accepted"]}
+    assert any((e.mistake_id, e.completion) not in accepted for e in kinds_of(examples, "rationale"))
+
+
+def test_unknown_teacher_names_the_teachers(records):
+    with pytest.raises(FairError, match="'claude'.*gpt, gemini, mistral"):
+        build_examples(records, SVAMP, "claude", seed=0, prompt_format="chat")
+
+
+def test_same_seed_same_examples_other_seed_other_choices(records):
+    a, _ = build_examples(records, SVAMP, "mixed", seed=1, prompt_format="chat")
+    b, _ = build_examples(records, SVAMP, "mixed", seed=1, prompt_format="chat")
+    c, _ = build_examples(records, SVAMP, "mixed", seed=2, prompt_format="chat")
+    assert a == b
+    assert [e.mistake_id for e in a] == [e.mistake_id for e in c] and a != c
+
+
+def test_failures_are_skipped_and_counted_by_reason(records):
+    few = copy.deepcopy(records[:4])
+    for entry in few[0]["feedback"].values():
+        entry |= {"text": None, "error": "timeout"}
+    few[1]["rationales"]["gpt"]["text"] = "   "
+    del few[2]["feedback"]["gpt"]
+    for entry in few[3]["rationales"].values():
+        entry["text"] = None
+    _, report = build_examples(few, SVAMP, "gpt", seed=0, prompt_format="chat")
+    assert report.skipped == {"feedback failed": 1, "rationale failed": 2, "teacher missing": 1}
+    _, report = build_examples(few, SVAMP, "no-review", seed=0, prompt_format="chat")
+    assert report.skipped == {"feedback failed": 1, "rationale failed": 1} and report.rationale_examples == 2
+
+
+def test_paper_prompts_are_the_papers_text(records, seed_files):
+    row = json.loads(seed_files[0].read_text())[0]
+    examples, _ = build_examples(records[:1], SVAMP, "mixed", seed=731, prompt_format="paper")
+    feedback, rationale = examples
+    assert feedback.prompt == (
+        "### Instruction:\nImagine you are a teacher, I will give you one student's incorrect answer to a question. "
+        "You should point out the mistakes in the student's answer.\n### Input:\n"
+        f"Question: {row['question']}\nStudent's Answer: {row['student_wrong_pred']}\n"
+        f"Hint: The correct answer should be {row['gold_answer']}.\n\n### Response:"
+    )
+    assert rationale.prompt == (
+        "### Instruction:\nAnswer the following question. Let's think step by step.\n### Input:\n"
+        f"{row['question']}\n### Response:"
+    )
+
+
+def answer(task, **fields):
+    base = dict(id="x", index=0, task=task, split="train", question="Q?", gold="yes", prediction=" wrong ",
+                extracted=None, correct=None, prompt_tokens=0, generated_tokens=0, finish_reason="stop")
+    return {"id": "x", "mistake": base | fields, "feedback": {"gpt": {"text": "F"}},
+            "rationales": {"gpt": {"text": "R", "accepted": True}}}
+
+
+def test_paper_prompts_for_strategyqa_and_logiqa_keep_the_papers_gold():
+    """StrategyQA's hint is its gold field up to the TAB ('true.', so 'true..'); LogiQA's is the option index."""
+    strategyqa = get_task("strategyqa")
+    (feedback, rationale), _ = build_examples([answer("strategyqa", solution="Facts.")], strategyqa, "gpt", 0, "paper")
+    assert feedback.prompt.endswith("Question: Q?\nStudent's Answer:  wrong \nHint: The correct answer should be "
+                                    "true..\n\n### Response:")
+    assert rationale.prompt == ('### Instruction:\nAnswer the following question. Let\'s think step by step. First, '
+                                'you should answer "true" or "false". Then, you should explain how you drew this '
+                                'conclusion.\n### Input:\nQ?\n### Response:')
+    logiqa = get_task("logiqa")
+    record = answer("logiqa", gold="C", context="Ctx.", options=["a", "b", "c", "d"])
+    (feedback, rationale), _ = build_examples([record], logiqa, "gpt", 0, "paper")
+    question = logiqa.paper_prompt(StudentAnswer.from_json(record["mistake"], "t").example())
+    assert f"Question: {question}\nStudent's Answer:  wrong \nHint: The correct answer should be 2.\n" in feedback.prompt
+    assert rationale.prompt == ("### Instruction:\nAnswer the following question based on the given context, query "
+                                f"and options.\n### Input:\n{question}\n### Response:")
+
+
+def test_chat_rationale_prompt_is_the_eval_prompt(records):
+    examples, _ = build_examples(records[:5], SVAMP, "mixed", seed=0, prompt_format="chat")
+    for e in examples:
+        mistake = StudentAnswer.from_json(next(r for r in records if r["id"] == e.mistake_id)["mistake"], "t")
+        if e.kind == "rationale":
+            assert e.prompt == SVAMP.prompt(mistake.example())
+        else:
+            assert mistake.question in e.prompt and mistake.prediction.strip() in e.prompt
+            assert f"correct final answer is {mistake.gold}." in e.prompt
+
+
+# ----------------------------------------------------------------------------------------------------------
+# load_records errors
+
+
+def test_load_records_errors(tmp_path, records):
+    path = tmp_path / "committee.jsonl"
+    with pytest.raises(FairError, match="missing file"):
+        load_records(path, SVAMP)
+    path.write_text("")
+    with pytest.raises(FairError, match=f"{path}: no records"):
+        load_records(path, SVAMP)
+    good = json.dumps(records[0])
+    path.write_text(f"{good}\n{{not json\n")
+    with pytest.raises(FairError, match=f"{path}:2: not valid JSON"):
+        load_records(path, SVAMP)
+    bad = {k: v for k, v in records[1].items() if k != "rationales"}
+    path.write_text(f"{good}\n{json.dumps(bad)}\n")
+    with pytest.raises(FairError, match=rf"record 1 \(id '{bad['id']}'\): missing or malformed field 'rationales'"):
+        load_records(path, SVAMP)
+    path.write_text(f"{good}\n{good}\n")
+    with pytest.raises(FairError, match="duplicate id"):
+        load_records(path, SVAMP)
+    path.write_text(f"{good}\n")
+    with pytest.raises(FairError, match="'svamp' mistake, but training task 'gsm8k'"):
+        load_records(path, get_task("gsm8k"))
+    assert [r["id"] for r in load_records(path, SVAMP)] == [records[0]["id"]]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tokens
+
+
+def example(kind, prompt, completion):
+    return TrainExample(kind, "x", "gpt", prompt, completion)
+
+
+def test_chat_tokens_mask_exactly_the_prompt_and_end_with_im_end(tokenizer):
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert im_end == tokenizer.eos_token_id
+    examples = [example("feedback", "What is 2+2?", "You added wrong."), example("rationale", "Q", "2+2=4")]
+    items, report = tokenize_examples(examples, tokenizer, max_length=512, prompt_format="chat")
+    for item, e, code in zip(items, examples, [FEEDBACK, RATIONALE], strict=True):
+        prompt = encode_prompt(tokenizer, e.prompt, chat=True)
+        n = len(prompt)
+        assert item.kind == code and item.input_ids[:n] == prompt
+        assert item.labels[:n] == [-100] * n and -100 not in item.labels[n:]
+        assert item.labels[n:] == item.input_ids[n:] and item.input_ids[-1] == im_end
+        assert tokenizer.decode(item.input_ids[n:-1]) == e.completion
+    assert report.examples == 2 and report.truncated == 0
+    assert report.target_tokens == {k: sum(x != -100 for x in i.labels) for k, i in zip(["feedback", "rationale"], items, strict=True)}
+
+
+def test_paper_tokens_have_no_chat_template(tokenizer):
+    (item,), _ = tokenize_examples([example("rationale", "### Response:", "4")], tokenizer, 64, "paper")
+    prompt = tokenizer("### Response:")["input_ids"]
+    assert item.input_ids == prompt + tokenizer("4", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def test_truncation_and_too_long_prompts_are_counted(tokenizer):
+    prompt_len = len(encode_prompt(tokenizer, "Q", chat=True))
+    items, report = tokenize_examples(
+        [example("rationale", "Q", "word " * 50), example("rationale", "Q " * 200, "short"), example("feedback", "Q", "ok")],
+        tokenizer, max_length=prompt_len + 10, prompt_format="chat")
+    assert report.examples == 2 and report.truncated == 1 and report.skipped_too_long_prompt == 1
+    assert len(items[0].input_ids) == prompt_len + 10 and items[0].input_ids[-1] != tokenizer.eos_token_id
+    assert report.target_tokens == {"rationale": 10, "feedback": 2}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batches
+
+
+def toy(n_prompt, n_completion, kind=RATIONALE, start=10):
+    ids = list(range(start, start + n_prompt + n_completion))
+    return Tokenized(ids, [-100] * n_prompt + ids[n_prompt:], kind)
+
+
+def test_collate_pads_without_training_on_padding():
+    items = [toy(3, 2, FEEDBACK), toy(2, 5)]
+    batch = collate(items, pad_id=0, pack=False, max_length=16)
+    assert batch["input_ids"].shape == (2, 7) and int(batch["num_rows"]) == 2
+    assert batch["labels"][0, 5:].tolist() == [-100, -100] and batch["input_ids"][0, 5:].tolist() == [0, 0]
+    assert batch["attention_mask"].tolist() == [[1] * 5 + [0] * 2, [1] * 7]
+    assert batch["kinds"].tolist() == [[-1, -1, -1, 0, 0, -1, -1], [-1, -1, 1, 1, 1, 1, 1]]
+    assert ((batch["kinds"] == -1) == (batch["labels"] == -100)).all()
+
+
+def test_packing_first_fit():
+    items = [toy(3, 3), toy(2, 4, FEEDBACK), toy(4, 4), toy(1, 2, FEEDBACK)]  # lengths 6, 6, 8, 3
+    batch = collate(items, pad_id=0, pack=True, max_length=12)
+    assert int(batch["num_rows"]) == 2 and batch["input_ids"].shape == (2, 12)
+    assert batch["seq_ids"].tolist() == [[0] * 6 + [1] * 6, [0] * 8 + [1] * 3 + [-1]]
+    assert batch["position_ids"].tolist() == [[*range(6), *range(6)], [*range(8), *range(3), 0]]
+    assert batch["labels"][1, -1] == -100 and batch["kinds"][1, -1] == -1
+    unpacked = collate(items, pad_id=0, pack=False, max_length=12)
+    for key in ("labels", "kinds"):
+        assert sorted(batch[key][batch[key] != -100 if key == "labels" else batch[key] >= 0].tolist()) == sorted(
+            unpacked[key][unpacked[key] != -100 if key == "labels" else unpacked[key] >= 0].tolist())
+    assert ((batch["kinds"] == -1) == (batch["labels"] == -100)).all()
+
+
+def test_attention_mask_4d():
+    mask = attention_mask_4d(torch.tensor([[0, 0, 1, 1, -1]]))
+    assert mask.shape == (1, 1, 5, 5) and mask.dtype == torch.bool
+    assert mask[0, 0].int().tolist() == [
+        [1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 1]]
+    additive = attention_mask_4d(torch.tensor([[0, 1]]), dtype=torch.float32)
+    assert additive[0, 0].tolist() == [[0.0, torch.finfo(torch.float32).min], [torch.finfo(torch.float32).min, 0.0]]
+
+
+def target_loss_sum(model, batch, **inputs):
+    """Sum of per-token cross-entropy over the target tokens; the LM head runs only where there is a target."""
+    hidden = model.model(input_ids=batch["input_ids"], **inputs).last_hidden_state[:, :-1]
+    labels = batch["labels"][:, 1:]
+    logits = model.lm_head(hidden[labels != -100])
+    return torch.nn.functional.cross_entropy(logits.double(), labels[labels != -100], reduction="sum")
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_loss_equals_unpacked_loss(attn, records, tokenizer, tiny_model_dir):
+    """No attention across packed examples: the packed batch gives the same per-token losses as a padded one."""
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attn).eval()
+    examples, _ = build_examples(records[:4], SVAMP, "mixed", seed=0, prompt_format="chat")
+    items, _ = tokenize_examples(examples, tokenizer, max_length=160, prompt_format="chat")
+    unpacked, packed = collate(items, tokenizer.pad_token_id, False, 320), collate(items, tokenizer.pad_token_id, True, 320)
+    assert int(packed["num_rows"]) < len(items)
+    dtype = None if attn == "sdpa" else torch.float32
+    with torch.no_grad():
+        reference = target_loss_sum(model, unpacked, attention_mask=unpacked["attention_mask"])
+        mask = attention_mask_4d(packed["seq_ids"], dtype=dtype)
+        loss = target_loss_sum(model, packed, attention_mask=mask, position_ids=packed["position_ids"])
+        causal_only = attention_mask_4d(torch.where(packed["seq_ids"] >= 0, 0, -1), dtype)  # one sequence per row
+        leaky = target_loss_sum(model, packed, attention_mask=causal_only, position_ids=packed["position_ids"])
+    assert loss == pytest.approx(reference.item(), rel=1e-4)
+    assert leaky != pytest.approx(reference.item(), rel=1e-4)  # the comparison can see cross-example attention
+    flat = single_row(packed)  # the layout flash attention needs; the 4D mask works on it too
+    with torch.no_grad():
+        mask = attention_mask_4d(flat["seq_ids"], dtype=dtype)
+        flat_loss = target_loss_sum(model, flat, attention_mask=mask, position_ids=flat["position_ids"])
+        # Transformers also finds packed examples from position_ids alone, but only without a KV cache: with the
+        # default use_cache=True (even in train mode) it builds a cache and skips that check, attending across.
+        by_positions = target_loss_sum(model, packed, position_ids=packed["position_ids"], use_cache=False)
+    assert flat_loss == pytest.approx(reference.item(), rel=1e-4)
+    assert by_positions == pytest.approx(reference.item(), rel=1e-4)

@@ -1,0 +1,133 @@
+"""Checkpoints in safetensors only, identical for one process and for DeepSpeed ZeRO-1/2/3.
+
+A checkpoint is a folder:
+    model.safetensors       every trainable parameter, full and fp32, by name (LoRA: the adapter only)
+    optimizer.safetensors   AdamW's exp_avg / exp_avg_sq per trainable parameter, same names
+    state.json              step, the config that made it, and the RNG states (base64)
+Under ZeRO the tensors are partitioned across ranks; DeepSpeed's documented safe_get_full_* /
+safe_set_full_* calls assemble and scatter them (collectives: every rank calls them), so a checkpoint does
+not depend on the number of ranks or the ZeRO stage, and no pickle is ever written or read.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+OPTIMIZER_KEYS = ("exp_avg", "exp_avg_sq")
+
+
+def trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
+def full_param(param: torch.nn.Parameter, zero: bool) -> torch.Tensor:
+    if zero:
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        return safe_get_full_fp32_param(param).detach().float().cpu()
+    return param.detach().float().cpu()
+
+
+def gather_state(model, optimizer, zero: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Full trainable weights and optimizer moments, by parameter name (collective under ZeRO)."""
+    weights, moments = {}, {}
+    for name, param in trainable(model):
+        weights[name] = full_param(param, zero)
+        for key in OPTIMIZER_KEYS:
+            if zero:
+                from deepspeed.utils import safe_get_full_optimizer_state
+
+                value = safe_get_full_optimizer_state(param, key)
+            else:
+                value = optimizer.state.get(param, {}).get(key)
+            if value is not None:
+                moments[f"{key}.{name}"] = value.detach().float().cpu().contiguous()
+    return weights, moments
+
+
+def save_checkpoint(folder: Path, model, optimizer, zero: bool, step: int, config: dict, rank: int) -> None:
+    weights, moments = gather_state(model, optimizer, zero)
+    if rank != 0:
+        return
+    tmp = folder.with_name(folder.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
+    save_file(moments, tmp / "optimizer.safetensors")
+    rng = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    (tmp / "state.json").write_text(json.dumps({"step": step, "config": config, "rng": rng}, indent=2))
+    if folder.exists():  # the same step saved again after a resume: replace it whole
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)  # a kill mid-save leaves only a .partial folder, never a half checkpoint
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    steps = [(int(p.name.removeprefix("step-")), p) for p in folder.glob("step-*") if p.is_dir()] if folder.exists() else []
+    return max(steps)[1] if steps else None
+
+
+def load_weights(folder: Path, model) -> dict[str, Any]:
+    """Put a checkpoint's weights into the model, before DeepSpeed wraps it (its fp32 partitions are copied
+    from the model at initialisation, so the forward weights and the optimizer's master copy agree)."""
+    weights = load_file(folder / "model.safetensors")
+    params = dict(trainable(model))
+    if set(weights) != set(params):
+        missing, extra = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
+        raise ValueError(f"{folder}: checkpoint does not fit the model (missing {missing[:3]}, unexpected {extra[:3]})")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(weights[name])
+    return json.loads((folder / "state.json").read_text())
+
+
+def load_optimizer(folder: Path, model, optimizer, zero: bool, step: int) -> None:
+    """Restore AdamW's moments and step count, and the RNG (after DeepSpeed has built its optimizer)."""
+    moments = load_file(folder / "optimizer.safetensors")
+    if zero:
+        materialize_adam_state(optimizer)
+    for name, param in trainable(model):
+        if f"exp_avg.{name}" not in moments:
+            continue
+        if zero:
+            from deepspeed.utils import safe_set_full_optimizer_state
+
+            for key in OPTIMIZER_KEYS:
+                safe_set_full_optimizer_state(param, moments[f"{key}.{name}"].to(param.device), key)
+        else:
+            optimizer.state[param] = {key: moments[f"{key}.{name}"].clone() for key in OPTIMIZER_KEYS}
+    set_adam_step(optimizer, zero, step)
+    state = json.loads((folder / "state.json").read_text())
+    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["rng"]["torch"])), dtype=torch.uint8))
+
+
+def materialize_adam_state(zero_optimizer) -> None:
+    """AdamW creates its moments at the first step, but a resume sets them before any step: create them now
+    (zeros, as AdamW would) on ZeRO's flat fp32 partitions so that safe_set_full_optimizer_state has a target.
+    ZeRO-1/2 then link the new state to each parameter's fragment (a DeepSpeed internal, done at first step)."""
+    base = zero_optimizer.optimizer
+    flats = getattr(zero_optimizer, "fp32_partitioned_groups_flat", None)  # ZeRO-3 keeps its own list
+    flats = flats if flats is not None else [p for group in base.param_groups for p in group["params"]]
+    for flat in flats:
+        state = base.state[flat]  # ZeRO-3 may already hold an entry without the moments
+        state.setdefault("step", torch.tensor(0.0))
+        for key in OPTIMIZER_KEYS:
+            state.setdefault(key, torch.zeros_like(flat))
+    if hasattr(zero_optimizer, "_lazy_init_hp_params_optimizer_state"):
+        zero_optimizer._lazy_init_hp_params_optimizer_state()
+
+
+def set_adam_step(optimizer, zero: bool, step: int) -> None:
+    """AdamW's bias correction depends on its step count; it lives beside the moments."""
+    base = optimizer.optimizer if zero else optimizer  # ZeRO wraps the torch optimizer
+    for param_state in base.state.values():
+        if "step" in param_state:
+            param_state["step"] = torch.tensor(float(step)) if torch.is_tensor(param_state["step"]) else step
+        elif "exp_avg" in param_state:
+            param_state["step"] = torch.tensor(float(step))
