@@ -7,15 +7,17 @@ PY      := $(VENV)/bin/python
 FAIR    := $(VENV)/bin/fair
 STAMP   := $(VENV)/.installed
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+NGPU    := $(if $(HAS_GPU),$(shell nvidia-smi -L | wc -l),0)
 
 DATASET ?= svamp
 STUDENT ?= smollm2-135m
 LIMIT   ?=
 ENGINE  ?= auto
+TRAIN_ARGS ?=
 TEACHERS ?= default
 limit_flag = $(if $(LIMIT),--limit $(LIMIT))
 
-.PHONY: help setup demo gen mine committee eval test test-fast lint bench-mine bench-gen clean
+.PHONY: help setup demo gen mine committee train eval test test-fast lint bench-mine bench-gen bench-train clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,6 +54,18 @@ mine: $(STAMP) ## mine a student's mistakes: make mine DATASET=gsm8k [STUDENT=..
 committee: $(STAMP) ## the committee stage alone, on data/<task>/<student>/mistakes.jsonl
 	$(FAIR) committee --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) $(limit_flag)
 
+# Defaults by machine: several GPUs -> DeepSpeed ZeRO-2 on all of them; one GPU -> plain bf16;
+# CPU -> LoRA + packing (configs/train/cpu.yaml). TRAIN_ARGS adds flags, e.g. TRAIN_ARGS="--teacher gpt".
+train: $(STAMP) ## train the student on data/<task>/<student>/committee.jsonl with defaults for this machine
+ifeq ($(shell [ $(NGPU) -gt 1 ] && echo multi),multi)
+	launch/single_node.sh $(NGPU) --config configs/train/default.yaml --task $(DATASET) --student $(STUDENT) \
+	  --deepspeed configs/deepspeed/zero2.json $(TRAIN_ARGS)
+else ifeq ($(HAS_GPU),1)
+	$(FAIR) train --config configs/train/default.yaml --task $(DATASET) --student $(STUDENT) $(TRAIN_ARGS)
+else
+	$(FAIR) train --config configs/train/cpu.yaml --task $(DATASET) --student $(STUDENT) $(TRAIN_ARGS)
+endif
+
 eval: $(STAMP) ## evaluate a student on a test split: make eval DATASET=svamp [STUDENT=dir]
 	$(FAIR) eval --task $(DATASET) --model $(STUDENT) --engine $(ENGINE) $(limit_flag)
 
@@ -69,6 +83,9 @@ bench-mine: $(STAMP) ## paper's one-at-a-time loop vs our batched transformers v
 
 bench-gen: $(STAMP) ## committee throughput vs the paper's sequential loop and peer clients, on the offline server
 	$(PY) bench/bench_gen.py
+
+bench-train: $(STAMP) ## SmolLM2 training throughput and memory: padding vs packing, ZeRO-2 x2 vs one process
+	$(PY) bench/bench_train.py
 
 clean: ## remove caches and outputs under data/ (keeps .venv and converted models)
 	find data -mindepth 1 ! -name README.md -exec rm -rf {} +

@@ -69,3 +69,23 @@ def test_bad_committee_files(tmp_path):
 def test_rebase_keeps_each_teachers_api_path():
     assert rebase("http://127.0.0.1:8765/v1beta", "http://127.0.0.1:9000") == "http://127.0.0.1:9000/v1beta"
     assert rebase("https://api.openai.com/v1", "http://localhost:8000/v1") == "http://localhost:8000/v1"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (CONFIGS / "train").glob("*.yaml")))
+def test_train_yamls_load(name):
+    from fair.train.train import TrainConfig
+
+    config = parse(TrainConfig, "--config", str(CONFIGS / "train" / name))
+    assert 0 <= config.alpha <= 1
+    if name == "default.yaml":
+        assert config == TrainConfig()  # the file documents the defaults
+    if name == "paper.yaml":  # the paper's settings
+        assert (config.lr, config.batch_size, config.max_length, config.epochs, config.alpha) == (1e-5, 8, 512, 10, 0.5)
+
+
+@pytest.mark.parametrize("name", ["zero2.json", "zero3.json", "zero3_offload.json"])
+def test_deepspeed_configs_are_valid_json_with_a_zero_stage(name):
+    import json
+
+    config = json.loads((CONFIGS / "deepspeed" / name).read_text())
+    assert config["zero_optimization"]["stage"] in (2, 3)
