@@ -9,6 +9,7 @@
     fair grade   re-grade a predictions file, ours or the paper's               (eval/regrade.py)
     fair import-mistakes   turn the paper's *_false_round0.json into our mistakes.jsonl
     fair import-committee  turn the paper's *_feedback/_rationale_round0.json into committee.jsonl
+    fair report  one Markdown page with plots for a whole run                   (eval/report.py)
     fair tasks   list the registered tasks
 """
 
@@ -110,6 +111,12 @@ def cmd_import_mistakes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from fair.eval import report
+
+    return report.run(args)
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     from fair.eval.tasks import registry, task_names
 
@@ -120,7 +127,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fair.eval import regrade
+    from fair.eval import regrade, report
     from fair.eval.evaluate import EvalConfig
     from fair.gen import offline_server
     from fair.gen.committee import CommitteeConfig
@@ -176,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=None, help="output folder (default data/<task>/<student from the file name>)")
     p.set_defaults(run=cmd_import_mistakes)
+
+    p = sub.add_parser("report", help="write report.md with plots for a run (accuracy, reviews, loss, time)")
+    report.add_arguments(p)
+    p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("tasks", help="list the registered tasks")
     p.set_defaults(run=cmd_tasks)

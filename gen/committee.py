@@ -16,6 +16,7 @@ so after a kill only the requests in flight at that moment are sent again; the r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from fair.gen.providers import ChatRequest, ProviderError
 from fair.gen.records import StudentAnswer
 from fair.gen.review import accept, parse_review_score
 from fair.gen.teachers import Teacher, load_committee, missing_keys
-from fair.jsonl import append_jsonl, read_jsonl
+from fair.jsonl import append_jsonl, read_jsonl, write_json
 
 
 @dataclass
@@ -246,6 +247,11 @@ def committee(config: CommitteeConfig) -> dict[str, Any]:
     with logging_redirect_tqdm():  # log lines print above the progress bar instead of through it
         result = asyncio.run(run_committee(config, teachers))
     print_summary(config, teachers, result)
+    write_json(config.out_path.with_name("committee_stats.json"), {
+        "written": result["written"], "skipped": result["skipped"], "seconds": round(result["seconds"], 2),
+        "repeated_after_kill": result["repeated_after_kill"],
+        "teachers": {name: dataclasses.asdict(stats) for name, stats in result["stats"].items()},
+    })
     return result
 
 

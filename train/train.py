@@ -291,6 +291,7 @@ def train(config: TrainConfig) -> Path:
               f"{config.batch_size} ({dist.world} process(es) x {accumulation} x {config.micro_batch_size}), "
               f"alpha={config.alpha}, {'LoRA' if config.lora else 'full'}, from step {start}")
     model.train()
+    run_began = time.perf_counter()
     for step in range(start, total):
         began = time.perf_counter()
         batch = [items[i] for i in step_plan(len(items), config, step, steps_per_epoch)]
@@ -338,6 +339,11 @@ def train(config: TrainConfig) -> Path:
                 or step + 1 == total:
             save_checkpoint(config.out_dir / "checkpoints" / f"step-{step + 1}", model, optimizer, dist.zero,
                             step + 1, asdict(config), dist.rank)
+    if dist.rank == 0:
+        write_json(config.out_dir / "train_summary.json", {
+            "steps": total, "resumed_from": start, "seconds_this_run": round(time.perf_counter() - run_began, 2),
+            "examples": len(items), "processes": dist.world,
+        })
     return export(config, model, tokenizer, dist)
 
 

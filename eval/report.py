@@ -1,0 +1,234 @@
+"""`fair report`: one Markdown page and its plots for a whole FAIR run.
+
+    fair report --gen-dir data/svamp/smollm2-135m --train-dir checkpoints/svamp-smollm2-135m-mixed \
+        --before data/demo/eval-before/svamp-test --after data/demo/eval-after/svamp-test --out data/demo
+
+Reads what the stages leave behind (stats.json, committee.jsonl, committee_stats.json, log.jsonl,
+train_summary.json, summary.json) and writes <out>/report.md with accuracy.png, reviews.png and loss.png.
+Any part whose inputs are missing is left out of the page, with a line saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from fair.eval.tasks import get_task
+from fair.gen.records import StudentAnswer
+from fair.jsonl import read_jsonl
+
+
+def load_json(path: Path) -> dict | None:
+    return orjson.loads(path.read_bytes()) if path.exists() else None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Numbers
+
+
+def review_numbers(records: list[dict], threshold: float) -> dict[str, Any]:
+    """Per teacher: acceptance and scores received; overall: do reviewers agree, and with the gold answer?"""
+    per_teacher: dict[str, dict[str, Any]] = defaultdict(lambda: {"written": 0, "accepted": 0, "scores": []})
+    agree = disagree = 0
+    verdicts = Counter()  # (accepted, rationale reaches the gold answer) -> count
+    for record in records:
+        mistake = StudentAnswer.from_json(record["mistake"], f"committee record {record['id']}")
+        task = get_task(mistake.task)
+        for author, rationale in record["rationales"].items():
+            if rationale["text"] is None:
+                continue
+            entry = per_teacher[author]
+            entry["written"] += 1
+            entry["accepted"] += bool(rationale["accepted"])
+            scores = [r["score"] for r in rationale["reviews"].values() if r["score"] is not None]
+            entry["scores"] += scores
+            if len(scores) >= 2:
+                passes = {s > threshold for s in scores}
+                agree, disagree = agree + (len(passes) == 1), disagree + (len(passes) > 1)
+            correct = task.grade(rationale["text"], mistake.example()).correct is True
+            verdicts[(bool(rationale["accepted"]), correct)] += 1
+    accepted = verdicts[(True, True)] + verdicts[(True, False)]
+    correct = verdicts[(True, True)] + verdicts[(False, True)]
+    return {
+        "per_teacher": dict(per_teacher),
+        "agreement": agree / (agree + disagree) if agree + disagree else None,
+        "accepted_correct": verdicts[(True, True)] / accepted if accepted else None,
+        "correct_accepted": verdicts[(True, True)] / correct if correct else None,
+        "verdicts": {f"accepted={a} correct={c}": n for (a, c), n in sorted(verdicts.items())},
+    }
+
+
+def usage_numbers(records: list[dict]) -> dict[str, dict[str, float]]:
+    totals: dict[str, dict[str, float]] = defaultdict(lambda: {"input_tokens": 0, "output_tokens": 0, "cost": 0.0})
+    for record in records:
+        for teacher, usage in record.get("usage", {}).items():
+            for key in totals[teacher]:
+                totals[teacher][key] += usage.get(key, 0)
+    return dict(totals)
+
+
+def example_rationales(records: list[dict]) -> tuple[dict | None, dict | None]:
+    """The first accepted and the first rejected (but reviewed) rationale, for the page."""
+    accepted = rejected = None
+    for record in records:
+        for author, rationale in record["rationales"].items():
+            if rationale["text"] is None or not rationale["reviews"]:
+                continue
+            item = {"question": record["mistake"]["question"], "gold": record["mistake"]["gold"], "author": author,
+                    "text": rationale["text"], "scores": {r: v["score"] for r, v in rationale["reviews"].items()}}
+            if rationale["accepted"] and accepted is None:
+                accepted = item
+            elif not rationale["accepted"] and rationale["mean_score"] is not None and rejected is None:
+                rejected = item
+        if accepted and rejected:
+            break
+    return accepted, rejected
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Plots
+
+
+def plot_all(out: Path, before: dict | None, after: dict | None, reviews: dict, log: list[dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    written = []
+    if before and after:
+        fig, ax = plt.subplots(figsize=(4.5, 3.5))
+        bars = ax.bar(["before", "after"], [before["accuracy"] * 100, after["accuracy"] * 100], color=["#999", "#2a7"])
+        for bar, summary in zip(bars, (before, after), strict=True):
+            ax.annotate(f"{summary['accuracy']:.1%}\n{summary['correct']}/{summary['total']}",
+                        (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=9)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, max(5, max(before["accuracy"], after["accuracy"]) * 130))
+        ax.set_title(f"{after['task']} {after['split']}: before and after training")
+        fig.tight_layout()
+        fig.savefig(out / "accuracy.png", dpi=120)
+        written.append("accuracy.png")
+    teachers = sorted(reviews["per_teacher"])
+    if teachers:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        for k, teacher in enumerate(teachers):
+            counts = Counter(round(s) for s in reviews["per_teacher"][teacher]["scores"])
+            axes[0].bar([s + (k - len(teachers) / 2 + 0.5) * 0.25 for s in range(1, 6)],
+                        [counts[s] for s in range(1, 6)], width=0.25, label=teacher)
+        axes[0].set(xlabel="score received from peers", ylabel="reviews", title="review scores")
+        axes[0].legend()
+        rates = [reviews["per_teacher"][t]["accepted"] / max(1, reviews["per_teacher"][t]["written"]) for t in teachers]
+        axes[1].bar(teachers, [r * 100 for r in rates], color="#47a")
+        axes[1].set(ylabel="accepted (%)", ylim=(0, 105), title="rationales accepted by peer review")
+        fig.tight_layout()
+        fig.savefig(out / "reviews.png", dpi=120)
+        written.append("reviews.png")
+    if log:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        steps = [r["step"] for r in log]
+        ax.plot(steps, [r["loss"] for r in log], label="total (alpha-weighted)")
+        for key in ("feedback_loss", "rationale_loss"):
+            if any(r[key] is not None for r in log):
+                ax.plot(steps, [r[key] for r in log], label=key.replace("_", " "), alpha=0.7)
+        ax.set(xlabel="optimizer step", ylabel="cross-entropy per target token", title="training loss")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "loss.png", dpi=120)
+        written.append("loss.png")
+    return written
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The page
+
+
+def percent(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def build_report(gen_dir: Path, train_dir: Path | None, before_dir: Path | None, after_dir: Path | None,
+                 out: Path, threshold: float = 3.0) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    records = list(read_jsonl(gen_dir / "committee.jsonl")) if (gen_dir / "committee.jsonl").exists() else []
+    mine_stats = load_json(gen_dir / "stats.json")
+    committee_stats = load_json(gen_dir / "committee_stats.json")
+    before = load_json(before_dir / "summary.json") if before_dir else None
+    after = load_json(after_dir / "summary.json") if after_dir else None
+    log = list(read_jsonl(train_dir / "log.jsonl")) if train_dir and (train_dir / "log.jsonl").exists() else []
+    train_summary = load_json(train_dir / "train_summary.json") if train_dir else None
+    reviews = review_numbers(records, threshold)
+    plots = plot_all(out, before, after, reviews, log)
+
+    lines = ["# FAIR run report", ""]
+    lines += ["## Accuracy", ""]
+    if before and after:
+        delta = (after["accuracy"] - before["accuracy"]) * 100
+        lines += [f"| model | {after['task']} {after['split']} accuracy | correct | unparseable |", "| --- | ---: | ---: | ---: |",
+                  f"| before: `{before['model']}` | {before['accuracy']:.1%} | {before['correct']}/{before['total']} | {before['unparseable']} |",
+                  f"| after: `{after['model']}` | {after['accuracy']:.1%} | {after['correct']}/{after['total']} | {after['unparseable']} |",
+                  "", f"Change: {delta:+.1f} points.", "", "![accuracy](accuracy.png)", ""]
+    else:
+        lines += ["(no before/after evaluation given)", ""]
+    if mine_stats:
+        lines += [f"Mining: the student was right on {mine_stats['correct']} of {mine_stats['total']} train questions "
+                  f"({mine_stats['accuracy']:.1%}); {mine_stats['mistakes']} mistakes went to the committee.", ""]
+    lines += ["## Committee", ""]
+    if records:
+        usage = usage_numbers(records)
+        lines += ["| teacher | rationales | accepted | mean score received | input tokens | output tokens | cost $ |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for teacher, entry in sorted(reviews["per_teacher"].items()):
+            scores, used = entry["scores"], usage.get(teacher, {})
+            mean = f"{sum(scores) / len(scores):.2f}" if scores else "-"
+            lines.append(f"| {teacher} | {entry['written']} | {percent(entry['accepted'] / max(1, entry['written']))} | "
+                         f"{mean} | {used.get('input_tokens', 0):,} | {used.get('output_tokens', 0):,} | "
+                         f"{used.get('cost', 0):.4f} |")
+        lines += ["", f"Review agreement: on {percent(reviews['agreement'])} of the rationales with two or more valid "
+                  f"scores, every reviewer gave the same verdict (above {threshold} or not).",
+                  f"Peer review against the gold answer: {percent(reviews['accepted_correct'])} of accepted rationales "
+                  f"reach the gold answer, and {percent(reviews['correct_accepted'])} of the rationales that reach it were "
+                  f"accepted ({reviews['verdicts']}).", "", "![reviews](reviews.png)", ""]
+        accepted, rejected = example_rationales(records)
+        for title, item in (("An accepted rationale", accepted), ("A rejected rationale", rejected)):
+            if item:
+                text = item["text"].strip().replace("\n", "\n> ")
+                lines += [f"### {title} (by {item['author']}; scores {item['scores']})", "",
+                          f"Question: {item['question']} (gold: {item['gold']})", "", f"> {text[:1200]}", ""]
+    else:
+        lines += [f"(no committee.jsonl in {gen_dir})", ""]
+    lines += ["## Training", ""]
+    if log:
+        lines += [f"{len(log)} optimizer steps; loss {log[0]['loss']:.3f} at step 1, {log[-1]['loss']:.3f} at step "
+                  f"{log[-1]['step']}.", "", "![loss](loss.png)", ""]
+    else:
+        lines += ["(no training log given)", ""]
+    lines += ["## Time per stage", "", "| stage | seconds |", "| --- | ---: |"]
+    stages = [("mine (student inference)", (mine_stats or {}).get("this_run", {}).get("seconds")),
+              ("committee", (committee_stats or {}).get("seconds")),
+              ("train", (train_summary or {}).get("seconds_this_run")),
+              ("evaluate before", (before or {}).get("seconds")), ("evaluate after", (after or {}).get("seconds"))]
+    lines += [f"| {name} | {'-' if value is None else f'{value:.1f}'} |" for name, value in stages]
+    lines += ["", "Times are those of the last run of each stage; a rerun that found its work done shows 0.", ""]
+    page = out / "report.md"
+    page.write_text("\n".join(lines))
+    print(f"wrote {page} and {', '.join(plots) or 'no plots'}")
+    return page
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gen-dir", required=True, help="data/<task>/<student>: stats.json, committee.jsonl")
+    parser.add_argument("--train-dir", help="the training output folder: log.jsonl, train_summary.json")
+    parser.add_argument("--before", help="fair eval output folder of the untrained student (<out>/<task>-<split>)")
+    parser.add_argument("--after", help="fair eval output folder of the trained student")
+    parser.add_argument("--threshold", type=float, default=3.0)
+    parser.add_argument("--out", required=True, help="where report.md and the PNGs go")
+
+
+def run(args: argparse.Namespace) -> int:
+    optional = (Path(p) if p else None for p in (args.train_dir, args.before, args.after))
+    build_report(Path(args.gen_dir), *optional, Path(args.out), args.threshold)
+    return 0
