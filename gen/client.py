@@ -15,7 +15,9 @@ Limits are shared by every client for the same provider, base_url, API key and m
 that is the unit the provider limits:
   * requests: a token bucket refilled at rpm/60 per second that holds one second's worth (or one request
     when rpm < 60): providers enforce per-minute limits at sub-minute granularity, so a full minute's
-    burst at start-up would earn 429s.
+    burst at start-up would earn 429s. The bucket alone lets one second's worth more than rpm into the first
+    minute, which a provider's sliding window answers with a 429 at second 59; so the gate also keeps the
+    send times of the last minute (plus a margin for network jitter) and never sends more than rpm in it.
   * tokens: a one-minute bucket of tpm. Before a call we reserve an estimate: prompt chars / 4 (+4 per
     message) + max_tokens. Counting max_tokens is what OpenAI's own limiter does at request time, so the
     estimate is never below what the provider charges and concurrent calls cannot overshoot TPM (litellm
@@ -24,7 +26,8 @@ that is the unit the provider limits:
     charged to them. Failed attempts give their whole estimate back.
   * 429: the gate cools down until now + retry_after (or one backoff step when the provider gave none),
     and every request for that gate waits it out before sending (not curator's fixed 10 s for everyone);
-    for the next SLOW_S seconds each request also takes two request tokens, halving the request rate.
+    for the next SLOW_S seconds the gate's per-minute cap is SLOW_FACTOR of rpm: gentle, since one 429 is
+    more often a collision at a window's edge than a wrong limit.
   * x-ratelimit-* / anthropic-ratelimit-* headers on every reply: when requests remaining is 0, or tokens
     remaining are below this request's estimate, the gate cools down until the reported reset.
 """
@@ -36,7 +39,8 @@ import hashlib
 import logging
 import random
 import weakref
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import httpx
@@ -63,7 +67,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fair.gen.client")
 
-SLOW_S = 60.0  # after a 429, run this gate at half the request rate for this long
+SLOW_S = 60.0  # after a 429, run this gate at SLOW_FACTOR of its request rate for this long
+SLOW_FACTOR = 0.9
+WINDOW_S = 60.5  # the per-minute window, with a margin for requests that arrive later than they left
 MAX_COOLDOWN_S = 300.0  # a longer Retry-After (a daily quota) is capped: the retry budget then decides
 
 
@@ -103,11 +109,13 @@ def estimate_tokens(request: ChatRequest) -> int:
 
 @dataclass
 class _Gate:
+    rpm: int
     requests: AsyncLimiter
     tokens: AsyncLimiter
     slots: asyncio.Semaphore
+    sent: deque = field(default_factory=deque)  # loop.time() of each request sent in the last WINDOW_S
     cooldown_until: float = 0.0  # loop.time() before which nobody sends
-    slow_until: float = 0.0  # loop.time() before which each request takes two request tokens
+    slow_until: float = 0.0  # loop.time() before which the per-minute cap is SLOW_FACTOR * rpm
     token_balance: float = 0.0  # > 0: over-reserved tokens to credit; < 0: usage still to charge
 
 
@@ -123,6 +131,7 @@ def _gate_for(teacher: Teacher) -> _Gate:
     if ident not in gates:  # the first teacher to use a gate sets its limits
         burst = max(1.0, teacher.rpm / 60)
         gates[ident] = _Gate(
+            rpm=teacher.rpm,
             requests=AsyncLimiter(burst, burst * 60 / teacher.rpm),
             tokens=AsyncLimiter(teacher.tpm, 60),
             slots=asyncio.Semaphore(teacher.max_concurrency),
@@ -231,10 +240,18 @@ class TeacherClient:
     # -- limits ------------------------------------------------------------------------------------------
 
     async def _reserve(self, gate: _Gate, estimate: int) -> None:
-        """Take a request token (two while slowed down) and the token estimate net of the balance."""
+        """Take a request token, a place in the last minute's quota, and the token estimate net of the balance."""
         await gate.requests.acquire()
-        if asyncio.get_running_loop().time() < gate.slow_until:
-            await gate.requests.acquire()
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            while gate.sent and gate.sent[0] <= now - WINDOW_S:
+                gate.sent.popleft()
+            cap = gate.rpm if now >= gate.slow_until else max(1, int(gate.rpm * SLOW_FACTOR))
+            if len(gate.sent) < cap:
+                gate.sent.append(now)  # no await since the check: no other request can slip in between
+                break
+            await asyncio.sleep(gate.sent[len(gate.sent) - cap] + WINDOW_S - now)
         want = estimate - gate.token_balance
         charge = min(max(want, 0.0), gate.tokens.max_rate)  # the bucket cannot take more than it holds
         gate.token_balance = charge - want  # what is left: credit (want < 0) or debt (want > capacity)

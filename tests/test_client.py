@@ -249,3 +249,28 @@ def test_usage_above_the_estimate_is_charged_to_the_next_reservation(tmp_path):
     charged = run(go, tmp_path, teacher(tpm=60_000), script)[1]
     estimate = estimate_tokens(request(0, max_tokens=100))
     assert charged == [estimate, estimate + (4000 - estimate)]  # its own estimate plus the first call's debt
+
+
+def test_never_more_than_rpm_in_any_window(tmp_path, monkeypatch):
+    """The per-second bucket alone would let rpm + one second's worth into the first minute (a 429 at second 59
+    from a sliding-window provider); the gate's send log caps every window at rpm."""
+    import fair.gen.client as client_module
+
+    monkeypatch.setattr(client_module, "WINDOW_S", 0.4)  # a "minute" of 0.4 s keeps the test short
+    t = teacher(rpm=600)  # the bucket allows 10 at once: far more than the window below
+    gate_rpm = 3
+
+    async def go(client):
+        gate = _gate_for(t)
+        gate.rpm = gate_rpm
+        loop = asyncio.get_running_loop()
+        times = []
+        for _ in range(7):
+            await client._reserve(gate, 1)
+            times.append(loop.time())
+        return times
+
+    _, times = run(go, tmp_path, t)
+    assert len(times) == 7
+    for i in range(len(times) - gate_rpm):
+        assert times[i + gate_rpm] - times[i] >= 0.4 - 1e-3  # any 4 sends span a whole window
