@@ -5,7 +5,7 @@
     fair eval --config configs/eval.yaml
 
 For each task, writes to <out>/<task>-<split>/ (default out: data/eval/<student>):
-    predictions.jsonl  every graded answer (StudentAnswer records)
+    predictions.jsonl  every graded answer (StudentAnswer records), appended; a rerun answers only what is missing
     wrong.json         the wrong predictions in the shape of the paper's `*_test.json`
     summary.json       accuracy and counts
 and prints one summary row per task. Greedy decoding by default; sampling is seeded, so runs repeat.
@@ -24,8 +24,10 @@ from fair.eval.tasks import get_task
 from fair.gen.engine import Engine, EngineName, Sampling, make_engine
 from fair.gen.models import DEFAULT_STUDENT, model_short_name
 from fair.gen.paper_format import export_mistakes
-from fair.gen.records import answer_examples
-from fair.jsonl import write_json, write_jsonl
+from fair.gen.records import answer_examples, check_resumable, finished_answers
+from fair.jsonl import append_jsonl, write_json
+
+CHUNK = 256  # answers per engine call and per append: a kill loses at most one chunk
 
 
 @dataclass
@@ -63,21 +65,30 @@ class EvalConfig:
 
 
 def evaluate(config: EvalConfig, engine: Engine | None = None) -> list[dict]:
+    """Each task's predictions are appended as they are graded; a rerun with the same settings and the same
+    model weights answers only what is missing (nothing, the second time: the engine is not even started)."""
     tasks = [get_task(name) for name in config.task]
     datasets = {task.name: task.load(config.split, config.data_dir)[: config.limit] for task in tasks}
-    engine = engine or make_engine(
-        config.engine, config.model, chat=config.chat, batch_size=config.batch_size, seed=config.seed,
-        tensor_parallel_size=config.tensor_parallel_size, data_parallel_size=config.data_parallel_size,
-    )
     sampling = Sampling(config.max_new_tokens, config.temperature, config.top_p, config.seed)
     rows = []
     for task in tasks:
-        began = time.perf_counter()
-        answers = answer_examples(engine, task, datasets[task.name], sampling, config.prompt_style)
-        seconds = time.perf_counter() - began
         out = config.out_dir / f"{task.name}-{config.split}"
+        check_resumable(config, out / "config.yaml")
         save_config(config, out / "config.yaml")
-        write_jsonl(out / "predictions.jsonl", (a.to_json() for a in answers))
+        done = finished_answers(out / "predictions.jsonl")
+        todo = [e for e in datasets[task.name] if e.id not in done]
+        began = time.perf_counter()
+        if todo:
+            engine = engine or make_engine(
+                config.engine, config.model, chat=config.chat, batch_size=config.batch_size, seed=config.seed,
+                tensor_parallel_size=config.tensor_parallel_size, data_parallel_size=config.data_parallel_size,
+            )
+            for start in range(0, len(todo), CHUNK):
+                chunk = answer_examples(engine, task, todo[start : start + CHUNK], sampling, config.prompt_style)
+                append_jsonl(out / "predictions.jsonl", (a.to_json() for a in chunk))
+        seconds = time.perf_counter() - began
+        wanted = {e.id for e in datasets[task.name]}
+        answers = [a for a in finished_answers(out / "predictions.jsonl").values() if a.id in wanted]
         write_json(out / "wrong.json", export_mistakes(task, [a for a in answers if a.is_mistake]))
         correct = sum(a.correct is True for a in answers)
         row = {

@@ -59,11 +59,6 @@ def append_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
         os.fsync(f.fileno())
 
 
-def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
-    """Write a whole JSON Lines file atomically (temp file + rename): for outputs rebuilt on every run."""
-    _write_atomic(Path(path), b"".join(orjson.dumps(r) + b"\n" for r in records))
-
-
 def write_json(path: str | Path, obj: Any) -> None:
     """Write a whole JSON document atomically (temp file + rename), pretty-printed for people."""
     _write_atomic(Path(path), orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n")

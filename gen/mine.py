@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from tqdm import tqdm
 
 from fair.config import save_config
@@ -28,11 +27,8 @@ from fair.eval.tasks import get_task
 from fair.gen.engine import Engine, EngineName, Sampling, make_engine
 from fair.gen.models import DEFAULT_STUDENT, model_short_name
 from fair.gen.paper_format import export_mistakes
-from fair.gen.records import StudentAnswer, answer_examples
-from fair.jsonl import append_jsonl, read_jsonl, write_json
-
-# Settings that change what the student answers: a resumed run must match the finished part on all of them.
-OUTPUT_DEFINING = ("task", "model", "split", "max_new_tokens", "temperature", "top_p", "seed", "chat", "prompt_style")
+from fair.gen.records import StudentAnswer, answer_examples, check_resumable, finished_answers
+from fair.jsonl import append_jsonl, write_json
 
 
 @dataclass
@@ -80,10 +76,10 @@ class MineConfig:
 def mine(config: MineConfig, engine: Engine | None = None) -> dict:
     task = get_task(config.task)
     out = config.out_dir
-    check_resumable(config, out / "config.yaml")
+    check_resumable(config, out / "config.yaml", ("task",))
     examples = task.load(config.split, config.data_dir)[: config.limit]
     answers_path, mistakes_path = out / "answers.jsonl", out / "mistakes.jsonl"
-    done = finished_answers(answers_path, mistakes_path)
+    done = finished_answers(mistakes_path, answers_path)
     todo = [e for e in examples if e.id not in done]
     save_config(config, out / "config.yaml")
 
@@ -108,7 +104,7 @@ def mine(config: MineConfig, engine: Engine | None = None) -> dict:
         progress.close()
 
     wanted = {e.id for e in examples}
-    answers = [a for a in finished_answers(answers_path, mistakes_path).values() if a.id in wanted]
+    answers = [a for a in finished_answers(mistakes_path, answers_path).values() if a.id in wanted]
     stats = summarize(answers, generated_tokens, seconds)
     write_json(out / "stats.json", stats)
     if config.export_seed:
@@ -121,28 +117,6 @@ def mine(config: MineConfig, engine: Engine | None = None) -> dict:
         f"{stats['mistakes']} mistakes ({stats['unparseable']} unparseable) -> {mistakes_path}"
     )
     return stats
-
-
-def finished_answers(answers_path: Path, mistakes_path: Path) -> dict[str, StudentAnswer]:
-    """Every answered id, from the resume log and from mistakes written just before a kill."""
-    done: dict[str, StudentAnswer] = {}
-    for path in (mistakes_path, answers_path):
-        if path.exists():
-            for i, record in enumerate(read_jsonl(path)):
-                answer = StudentAnswer.from_json(record, f"{path} record {i}")
-                done[answer.id] = answer
-    return done
-
-
-def check_resumable(config: MineConfig, saved_path: Path) -> None:
-    """Refuse to append answers made with other settings to an existing output folder."""
-    if not saved_path.exists():
-        return
-    saved = yaml.safe_load(saved_path.read_text()) or {}
-    changed = [k for k in OUTPUT_DEFINING if k in saved and saved[k] != getattr(config, k)]
-    if changed:
-        diffs = ", ".join(f"{k}: {saved[k]!r} -> {getattr(config, k)!r}" for k in changed)
-        raise FairError(f"{saved_path.parent} holds answers made with other settings ({diffs}); use another --out")
 
 
 def summarize(answers: list[StudentAnswer], generated_tokens: int, seconds: float) -> dict:

@@ -11,9 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fair.errors import FairError
 from fair.eval.tasks import Example, Task
 from fair.gen.engine import Engine, Sampling
+from fair.gen.models import resolve_model
 from fair.jsonl import read_jsonl
 
 
@@ -62,6 +65,46 @@ def read_answers(path: str | Path) -> list[StudentAnswer]:
     if not path.exists():
         raise FairError(f"missing file {path}")
     return [StudentAnswer.from_json(r, f"{path} record {i}") for i, r in enumerate(read_jsonl(path))]
+
+
+# Settings that change what a student answers: resumed work must match the finished part on all of them.
+ANSWER_DEFINING = ("model", "split", "max_new_tokens", "temperature", "top_p", "seed", "chat", "prompt_style")
+
+
+def finished_answers(*paths: Path) -> dict[str, StudentAnswer]:
+    """Every answered id in these logs (later files win): how `fair mine` and `fair eval` resume."""
+    done: dict[str, StudentAnswer] = {}
+    for path in paths:
+        if path.exists():
+            for i, record in enumerate(read_jsonl(path)):
+                answer = StudentAnswer.from_json(record, f"{path} record {i}")
+                done[answer.id] = answer
+    return done
+
+
+def model_fingerprint(model: str) -> str:
+    """Names, sizes and times of a local model's weight files (a retrained model in the same folder differs)."""
+    path = Path(resolve_model(model))
+    if not path.is_dir():
+        return model
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+    return ";".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files)
+
+
+def check_resumable(config: Any, saved_path: Path, extra: tuple[str, ...] = ()) -> None:
+    """Refuse to add answers made with other settings (or another build of the model) to an output folder."""
+    fingerprint_path = saved_path.with_name("model_fingerprint")
+    fingerprint = model_fingerprint(config.model)
+    if saved_path.exists():
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+        changed = [k for k in (*extra, *ANSWER_DEFINING) if k in saved and saved[k] != getattr(config, k)]
+        if fingerprint_path.exists() and fingerprint_path.read_text() != fingerprint:
+            changed.append("model weights")
+        if changed:
+            raise FairError(f"{saved_path.parent} holds answers made with other settings ({', '.join(changed)} "
+                            "changed); use another --out, or delete that folder")
+    fingerprint_path.parent.mkdir(parents=True, exist_ok=True)
+    fingerprint_path.write_text(fingerprint)
 
 
 def answer_examples(

@@ -107,3 +107,21 @@ def test_gen_without_api_keys_names_them_before_mining(tmp_path, capsys, monkeyp
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "ANTHROPIC_API_KEY, GEMINI_API_KEY, OPENAI_API_KEY" in err and "TEACHERS=offline" in err
     assert not (tmp_path / "data").exists()  # nothing was mined
+
+
+def test_eval_rerun_reuses_predictions_without_an_engine(tmp_path, data_dir, tiny_model_dir, capsys, monkeypatch):
+    args = ["eval", "--task", "svamp", "--model", str(tiny_model_dir), "--engine", "hf", "--limit", "3",
+            "--max-new-tokens", "4", "--out", str(tmp_path)]
+    assert main(args) == 0
+    first = (tmp_path / "svamp-test" / "summary.json").read_bytes()
+
+    def no_engine(*a, **k):
+        raise AssertionError("the engine must not start when every answer exists")
+    monkeypatch.setattr("fair.eval.evaluate.make_engine", no_engine)
+    assert main(args) == 0
+    assert orjson.loads((tmp_path / "svamp-test" / "summary.json").read_bytes())["correct"] == orjson.loads(first)["correct"]
+    assert len(list(read_jsonl(tmp_path / "svamp-test" / "predictions.jsonl"))) == 3
+    (tiny_model_dir / "config.json").touch()  # same folder, other weights (as after retraining): refused
+    import os
+    os.utime(tiny_model_dir / "model.safetensors", (1, 1))
+    assert main(args) == 2 and "model weights" in capsys.readouterr().err
