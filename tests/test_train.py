@@ -87,6 +87,10 @@ def test_loss_falls_and_resume_equals_uninterrupted(config, tmp_path, monkeypatc
     assert [r["step"] for r in read_jsonl(tmp_path / "killed" / "log.jsonl")] == [1, 2, 3, 4, 5, 6]
     assert resumed == pytest.approx(uninterrupted, rel=1e-5)
     assert not list((tmp_path / "killed").rglob("*.bin")) and not list((tmp_path / "killed").rglob("*.pt"))
+    exported = (tmp_path / "killed" / "final" / "model.safetensors").stat().st_mtime_ns
+    train(killed)  # finished: a rerun neither trains nor exports again
+    assert (tmp_path / "killed" / "final" / "model.safetensors").stat().st_mtime_ns == exported
+    assert len(losses(tmp_path / "killed")) == 6
 
 
 def test_alpha_zero_trains_on_rationales_only(config, tmp_path):

@@ -282,6 +282,10 @@ def train(config: TrainConfig) -> Path:
     attention = getattr(model.config, "_attn_implementation", "sdpa")
 
     if resume_from:
+        if start >= total and (config.out_dir / "final" / "config.json").exists():
+            if dist.rank == 0:
+                print(f"{config.out_dir} is trained ({start} steps); nothing to do")
+            return config.out_dir / "final"  # not exported again: its weights (and evaluations of them) stand
         load_optimizer(resume_from, model, optimizer, dist.zero, start)
         if dist.rank == 0:
             print(f"resumed from {resume_from}")
