@@ -17,7 +17,7 @@ TRAIN_ARGS ?=
 TEACHERS ?= default
 limit_flag = $(if $(LIMIT),--limit $(LIMIT))
 
-.PHONY: help setup demo gen mine committee train eval test test-fast lint bench-mine bench-gen bench-train clean
+.PHONY: help setup demo experiment gen mine committee train eval test test-fast lint bench-mine bench-gen bench-train clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -85,6 +85,9 @@ test-fast: $(STAMP) ## run the tests without the slow (model-loading) ones
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check .
+
+experiment: $(STAMP) ## does distillation help? six variants on the full SVAMP test split (hours on a CPU)
+	$(PY) -m fair.eval.experiment --publish
 
 bench-mine: $(STAMP) ## paper's one-at-a-time loop vs our batched transformers vs vLLM on 64 SVAMP questions
 	$(PY) bench/bench_mine.py
