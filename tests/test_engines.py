@@ -71,7 +71,7 @@ def test_data_parallel_engine_matches_a_single_engine(engine, tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_vllm_engine_agrees_with_transformers_on_smollm2():
+def test_vllm_engine_agrees_with_transformers_on_smollm2(data_dir):
     """The real thing: vllm(-cpu) and transformers on SmolLM2-135M, same token ids, greedy, float32."""
     pytest.importorskip("vllm")
     from fair.eval.tasks import get_task
