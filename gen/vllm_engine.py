@@ -8,6 +8,8 @@ the `if __name__ == "__main__":` guard.
 
 from __future__ import annotations
 
+import os
+
 from fair.gen.engine import Generation, Sampling, encode_prompt
 from fair.gen.models import resolve_model
 
@@ -25,6 +27,9 @@ class VLLMEngine:
         gpu_memory_utilization: float | None = None,
     ):
         import torch
+
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines would bury our progress output
+        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")  # no usage reports sent from users' clusters by default
         from vllm import LLM
 
         if gpu_memory_utilization is None:
