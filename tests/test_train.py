@@ -146,3 +146,14 @@ def test_deepspeed_two_processes_match_one(config, tmp_path, zero):
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "single" / "final")
     for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-4), name
+
+
+def test_tokenizer_model_mismatch_is_refused(config, tmp_path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    small = tmp_path / "small-vocab"
+    LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(small)
+    AutoTokenizer.from_pretrained(config.student).save_pretrained(small)  # 49,152 tokens for 100 embeddings
+    with pytest.raises(FairError, match="do not belong together"):
+        train(dataclasses.replace(config, student=str(small)))
