@@ -60,7 +60,7 @@ def build_config(cls: type[C], args: argparse.Namespace) -> C:
         if not sep or key not in names:
             raise FairError(f"bad override {item!r}: expected key=value with key one of {', '.join(sorted(names))}")
         values[key] = yaml.safe_load(raw)
-    return make_config(cls, values, source="command line")
+    return make_config(cls, values, source=f"{args.config} or the command line" if args.config else "command line")
 
 
 def make_config(cls: type[C], values: dict[str, Any], source: str) -> C:

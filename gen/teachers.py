@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-import yaml
-
-from fair.config import make_config
+from fair.config import load_yaml, make_config
 from fair.errors import FairError
 
 Provider = Literal["openai", "gemini", "anthropic"]
@@ -85,11 +83,7 @@ def load_committee(name_or_path: str, base_url_override: str | None = None) -> l
     if not path.exists():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise FairError(f"no teacher committee {name_or_path!r} (known: {', '.join(known)}; or a path to a YAML file)")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise FairError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    entries = data.get("teachers") if isinstance(data, dict) else None
+    entries = load_yaml(path, {"teachers"}).get("teachers")  # unknown top-level keys are errors there
     if not isinstance(entries, list) or not entries:
         raise FairError(f"{path}: expected a non-empty list under 'teachers'")
     teachers = []

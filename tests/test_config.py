@@ -89,3 +89,10 @@ def test_deepspeed_configs_are_valid_json_with_a_zero_stage(name):
 
     config = json.loads((CONFIGS / "deepspeed" / name).read_text())
     assert config["zero_optimization"]["stage"] in (2, 3)
+
+
+def test_unknown_top_level_committee_keys_are_rejected(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("teacher:\n  - name: a\n    provider: openai\n    model: m\n")
+    with pytest.raises(FairError, match="unknown setting\\(s\\) teacher"):
+        load_committee(str(path))
