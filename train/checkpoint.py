@@ -62,6 +62,8 @@ def save_checkpoint(folder: Path, model, optimizer, zero: bool, step: int, confi
     save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
     save_file(moments, tmp / "optimizer.safetensors")
     rng = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    if torch.cuda.is_available():  # LoRA dropout on a GPU draws from the CUDA generator
+        rng["cuda"] = base64.b64encode(torch.cuda.get_rng_state().numpy().tobytes()).decode()
     (tmp / "state.json").write_text(json.dumps({"step": step, "config": config, "rng": rng}, indent=2))
     if folder.exists():  # the same step saved again after a resume: replace it whole
         shutil.rmtree(folder)
@@ -105,6 +107,8 @@ def load_optimizer(folder: Path, model, optimizer, zero: bool, step: int) -> Non
     set_adam_step(optimizer, zero, step)
     state = json.loads((folder / "state.json").read_text())
     torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["rng"]["torch"])), dtype=torch.uint8))
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["rng"]["cuda"])), dtype=torch.uint8))
 
 
 def materialize_adam_state(zero_optimizer) -> None:
