@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -37,13 +40,16 @@ VARIANTS = {
 def run(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     timings: dict[str, float] = {}
-    began = time.perf_counter()
-    generate(GenConfig(task="svamp", teachers="offline", limit=args.limit, engine=args.engine))
-    timings["mine + committee"] = time.perf_counter() - began
+    if not args.skip_gen:
+        began = time.perf_counter()
+        generate(GenConfig(task="svamp", teachers="offline", limit=args.limit, engine=args.engine,
+                           batch_size=args.batch_size))
+        timings["mine + committee"] = time.perf_counter() - began
 
     def score(name: str, model: str) -> dict:
         began = time.perf_counter()
-        [row] = evaluate(EvalConfig(task=("svamp",), model=model, engine=args.engine, limit=args.test_limit,
+        [row] = evaluate(EvalConfig(task=("svamp",), model=model, engine=args.engine, batch_size=args.batch_size,
+                                    limit=args.test_limit,
                                     out=str(out / name / "eval")))
         timings[f"evaluate {name}"] = time.perf_counter() - began
         return row
@@ -72,15 +78,13 @@ def write_results(path: Path, rows: list, args: argparse.Namespace, timings: dic
              f"solutions with set error rates; `configs/teachers/offline.yaml`); test: SVAMP test "
              f"({rows[0][2]['total']} questions), greedy decoding, our grader. Training: LoRA r16 on every linear "
              f"layer, packing, lr {args.lr}, {args.epochs} epoch(s){f', at most {args.max_steps} steps' if args.max_steps else ''}, "
-             f"batch 8, seed {args.seed}.", "",
+             f"batch 8, seed {args.seed}.", "", f"Trained and evaluated on: {machine()}.", "",
              "| variant | accuracy | correct | change vs no training | unparseable |", "| --- | ---: | ---: | ---: | ---: |"]
     for _, description, row, _ in rows:
         lines.append(f"| {description} | {row['accuracy']:.1%} | {row['correct']}/{row['total']} | "
                      f"{(row['accuracy'] - baseline) * 100:+.1f} pt | {row['unparseable']} |")
     lines += ["", "## Commands", "", "```bash",
-              f".venv/bin/python -m fair.eval.experiment --out {args.out} --epochs {args.epochs}"
-              + (f" --max-steps {args.max_steps}" if args.max_steps else "") + (f" --limit {args.limit}" if args.limit else "")
-              + (f" --test-limit {args.test_limit}" if args.test_limit else ""), "# which runs, per variant:",
+              ".venv/bin/python -m fair.eval.experiment " + shlex.join(sys.argv[1:]), "# which runs, per variant:",
               f"fair gen --task svamp --teachers offline{f' --limit {args.limit}' if args.limit else ''}",
               f"fair eval --task svamp --out {args.out}/no-training/eval"]
     for name, _, _, config in rows[1:]:
@@ -96,6 +100,14 @@ def write_results(path: Path, rows: list, args: argparse.Namespace, timings: dic
     return path
 
 
+def machine() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (bf16 autocast, transformers engine), torch {torch.__version__}"
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="data/experiment")
@@ -106,6 +118,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine", default="auto")
+    parser.add_argument("--batch-size", type=int, default=32, help="transformers engine: prompts per batch")
+    parser.add_argument("--skip-gen", action="store_true",
+                        help="use the corpus already in data/svamp/smollm2-135m (made on another machine)")
     parser.add_argument("--publish", action="store_true", help="also write docs/results.md")
     run(parser.parse_args())
 

@@ -8,6 +8,7 @@ the caller's order.
 from __future__ import annotations
 
 import torch
+from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fair.gen.engine import Generation, Sampling, cut_at_stop, encode_prompt
@@ -34,7 +35,8 @@ class HFEngine:
         results: list[Generation | None] = [None] * len(prompts)
         if not sampling.greedy:
             torch.manual_seed(sampling.seed)
-        for start in range(0, len(order), self.batch_size):
+        starts = range(0, len(order), self.batch_size)
+        for start in tqdm(starts, desc="batches", unit="batch", leave=False, disable=len(starts) < 2):
             batch = order[start : start + self.batch_size]
             for i, generation in zip(batch, self._generate_batch([encoded[i] for i in batch], sampling), strict=True):
                 results[i] = generation

@@ -59,7 +59,7 @@ class VLLMEngine:
             stop=list(sampling.stop) or None,
         )
         requests = [{"prompt_token_ids": encode_prompt(self.tokenizer, p, self.chat)} for p in prompts]
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        outputs = self.llm.generate(requests, params, use_tqdm=True)  # per-request progress within a long chunk
         return [
             Generation(
                 text=out.outputs[0].text,
