@@ -1,12 +1,14 @@
 """Append-only JSON Lines, the on-disk format of every pipeline stage.
 
-Writers flush and fsync after each batch so that a kill -9 loses at most the batch being written; readers
-tolerate (and repair) a torn last line, which is what such a kill leaves behind.
+Writers flush after each batch so that a kill -9 loses at most the batch being written, and fsync (against a
+power cut) after each batch (append_jsonl) or every second (JsonlAppender); readers tolerate (and repair) a
+torn last line, which is what such a kill leaves behind.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,17 @@ from fair.errors import FairError
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """Stream records; a malformed line is an error naming file and line, except a torn final line."""
+    for _, record in scan_jsonl(path):
+        yield record
+
+
+def scan_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """read_jsonl's records with the byte offset each line starts at, to read a record again with seek()."""
     path = Path(path)
+    offset = 0
     with path.open("rb") as f:
         for number, line in enumerate(f, start=1):
+            start, offset = offset, offset + len(line)
             if not line.strip():
                 continue
             try:
@@ -31,32 +41,74 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                 raise FairError(f"{path}:{number}: not valid JSON ({e})") from None
             if not isinstance(record, dict):
                 raise FairError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-            yield record
+            yield start, record
 
 
-def repair_torn_tail(path: Path) -> None:
-    """Drop an unterminated last line so that the next append starts on a fresh line."""
-    if not path.exists() or path.stat().st_size == 0:
+def repair_torn_tail(path: Path, chunk: int = 1 << 16) -> None:
+    """Drop an unterminated last line so that the next append starts on a fresh line. Reads from the end only:
+    the file may hold millions of records."""
+    if not path.exists():
         return
     with path.open("rb+") as f:
-        data = f.read()
-        if data.endswith(b"\n"):
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
             return
-        f.truncate(data.rfind(b"\n") + 1)
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return
+        while end > 0:
+            start = max(0, end - chunk)
+            f.seek(start)
+            newline = f.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                f.truncate(start + newline + 1)
+                return
+            end = start
+        f.truncate(0)
+
+
+class JsonlAppender:
+    """An open JSONL file for a long stream of appends. Each write() reaches the operating system at once, so
+    a kill -9 loses nothing written; fsync, which only a power cut needs, runs at most every `sync_s` seconds
+    (and at close): one per record would cap a fast stage at a few thousand records a second."""
+
+    def __init__(self, path: str | Path, sync_s: float = 1.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        repair_torn_tail(self.path)
+        self.file = self.path.open("ab")
+        self.sync_s = sync_s
+        self.synced_at, self.unsynced = time.monotonic(), False
+
+    def write(self, records: Iterable[dict[str, Any]]) -> None:
+        self.file.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
+        self.file.flush()
+        self.unsynced = True
+        if time.monotonic() - self.synced_at >= self.sync_s:
+            self.sync()
+
+    def sync(self) -> None:
+        if self.unsynced:
+            os.fsync(self.file.fileno())
+        self.synced_at, self.unsynced = time.monotonic(), False
+
+    def close(self) -> None:
+        self.sync()
+        self.file.close()
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def append_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
-    """Append records durably: one write, then flush and fsync."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = b"".join(orjson.dumps(r) + b"\n" for r in records)
-    if not payload:
-        return
-    repair_torn_tail(path)
-    with path.open("ab") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
+    """Append records durably: one write, then flush and fsync (JsonlAppender for a long stream of them)."""
+    records = list(records)
+    if records:
+        with JsonlAppender(path) as out:
+            out.write(records)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -6,13 +6,17 @@
         response = await client.complete(ChatRequest.for_teacher(teacher, messages))   # or TeacherFailed
 
 Per request: a cache hit returns at once (no network). Otherwise each attempt takes a concurrency slot, waits
-for the request and token buckets, waits out any cool-down, records the request as in flight, sends it, and
-stores the reply the moment it arrives. Failures are retried with exponential backoff and jitter; 429s have
-their own budget (2 x max_retries) so that a burst of them cannot use up the retries meant for 5xx and
-timeouts (curator #205), and the rest get max_retries. FatalError (other 4xx) is never retried.
+for the request and token buckets, waits out any cool-down, records the request as in flight (committed
+before it is sent), sends it, and hands the reply to the cache the moment it arrives. Failures are retried
+with exponential backoff and jitter; 429s have their own budget (2 x max_retries) so that a burst of them
+cannot use up the retries meant for 5xx and timeouts (curator #205), and the rest get max_retries.
+FatalError (other 4xx) is never retried.
 
 Limits are shared by every client for the same provider, base_url, API key and model (one "gate"), because
-that is the unit the provider limits:
+that is the unit the provider limits. A teacher with several API keys has one gate per key, each with the
+teacher's rpm, tpm and max_concurrency; every attempt goes to the key that can send soonest: the one with the
+fewest requests waiting or in flight, among keys not cooling down after a 429 (if all are, the one whose
+cool-down ends first). A retry picks again, so a 429 moves the work to the other keys. Per gate:
   * requests: a token bucket refilled at rpm/60 per second that holds one second's worth (or one request
     when rpm < 60): providers enforce per-minute limits at sub-minute granularity, so a full minute's
     burst at start-up would earn 429s. The bucket alone lets one second's worth more than rpm into the first
@@ -87,6 +91,7 @@ class TeacherStats:
     teacher: str
     requests: int = 0  # HTTP attempts sent, retries included
     cache_hits: int = 0
+    batched: int = 0  # replies from the Batch API this run (gen/batch.py): tokens and cost below, at batch price
     successes: int = 0  # replies received from the provider (cache hits not included)
     failures: int = 0  # requests that raised TeacherFailed
     retries: int = 0
@@ -113,6 +118,7 @@ class _Gate:
     requests: AsyncLimiter
     tokens: AsyncLimiter
     slots: asyncio.Semaphore
+    load: int = 0  # attempts waiting for this gate or in flight through it: how keys share the work
     sent: deque = field(default_factory=deque)  # loop.time() of each request sent in the last WINDOW_S
     cooldown_until: float = 0.0  # loop.time() before which nobody sends
     slow_until: float = 0.0  # loop.time() before which the per-minute cap is SLOW_FACTOR * rpm
@@ -124,6 +130,7 @@ _GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, _Gate]]
 
 
 def _gate_for(teacher: Teacher) -> _Gate:
+    """The gate of a one-key teacher (one of Teacher.per_key()): the same key and model share one."""
     key = teacher.api_key()
     ident = (teacher.provider, teacher.url, hashlib.sha256(key.encode()).hexdigest()[:16] if key else "",
              teacher.model)
@@ -161,7 +168,8 @@ class TeacherClient:
                  provider: ChatProvider | None = None, *, backoff_s: float | None = None, backoff_max_s: float = 60.0):
         self.teacher = teacher
         self.cache = cache
-        self.provider = provider if provider is not None else make_provider(teacher, http)
+        # One provider per API key, each seeing a one-key teacher; a given `provider` (tests) serves all keys.
+        self.keys = [(view, provider or make_provider(view, http)) for view in teacher.per_key()]
         # The first retry waits about this long, doubling each time up to backoff_max_s.
         self.backoff_s = teacher.retry_backoff_s if backoff_s is None else backoff_s
         self.backoff_max_s = backoff_max_s
@@ -202,36 +210,46 @@ class TeacherClient:
             self.cache.finish(call.key)
             self.stats.failures += 1
             why = "fatal" if isinstance(e, FatalError) else f"gave up after {call.attempts} attempts"
-            reason = redact(f"{why}: {e}", [self.teacher.api_key()])
+            reason = redact(f"{why}: {e}", self.teacher.api_keys())
             log.warning("%s", reason)
             raise TeacherFailed(self.teacher.name, reason) from None
         raise AssertionError("unreachable: tenacity either returns or raises")
 
+    def _pick_key(self) -> tuple[ChatProvider, _Gate]:
+        """The key that can send soonest (see the module docstring)."""
+        now = asyncio.get_running_loop().time()
+        gates = [(provider, _gate_for(view)) for view, provider in self.keys]
+        return min(gates, key=lambda pg: (max(pg[1].cooldown_until - now, 0.0), pg[1].load))
+
     async def _attempt(self, call: _Call) -> ChatResponse:
         loop = asyncio.get_running_loop()
-        gate = _gate_for(self.teacher)
-        async with gate.slots:
-            t0 = loop.time()
-            await self._reserve(gate, call.estimate)
-            while (delay := gate.cooldown_until - loop.time()) > 0:  # re-checked: another 429 may extend it
-                await asyncio.sleep(delay)
-            self.stats.wait_s += loop.time() - t0
-            if not call.begun:  # right before the first send: a kill from here on may mean a double send
-                self.cache.begin(call.key, self.teacher.name)
-                call.begun = True
-            call.attempts += 1
-            self.stats.requests += 1
-            try:
-                response = await self.provider.complete(call.request)
-            except ProviderError as e:
-                gate.token_balance = min(gate.token_balance + call.estimate, gate.tokens.max_rate)
-                if isinstance(e, RateLimited):
-                    call.rate_limited += 1
-                    self.stats.rate_limited += 1
-                    self._on_rate_limited(gate, e.retry_after)
-                elif not isinstance(e, FatalError):
-                    call.other_failures += 1
-                raise
+        provider, gate = self._pick_key()
+        gate.load += 1
+        try:
+            async with gate.slots:
+                t0 = loop.time()
+                await self._reserve(gate, call.estimate)
+                while (delay := gate.cooldown_until - loop.time()) > 0:  # re-checked: a 429 may extend it
+                    await asyncio.sleep(delay)
+                self.stats.wait_s += loop.time() - t0
+                if not call.begun:  # right before the first send: a kill from here on may mean a double send
+                    await self.cache.mark_inflight(call.key, self.teacher.name)
+                    call.begun = True
+                call.attempts += 1
+                self.stats.requests += 1
+                try:
+                    response = await provider.complete(call.request)
+                except ProviderError as e:
+                    gate.token_balance = min(gate.token_balance + call.estimate, gate.tokens.max_rate)
+                    if isinstance(e, RateLimited):
+                        call.rate_limited += 1
+                        self.stats.rate_limited += 1
+                        self._on_rate_limited(gate, e.retry_after)
+                    elif not isinstance(e, FatalError):
+                        call.other_failures += 1
+                    raise
+        finally:
+            gate.load -= 1
         self.cache.put(call.key, self.teacher.name, response)  # first, before anything else can fail
         self._settle(gate, call.estimate, response)
         self._read_limits(gate, response.limits, call.estimate)
@@ -292,11 +310,12 @@ class TeacherClient:
     # -- retries -----------------------------------------------------------------------------------------
 
     def _backoff(self, state: RetryCallState, call: _Call) -> float:
-        """Exponential with equal jitter; after a 429, at least the provider's retry_after."""
+        """Exponential with equal jitter; after a 429, at least the provider's retry_after, unless the teacher
+        has other keys: then the retry may go to one of them at once (the limited key's gate cools down)."""
         step = min(self.backoff_max_s, self.backoff_s * 2 ** (state.attempt_number - 1))
         wait = step / 2 + random.uniform(0, step / 2)
         error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, RateLimited) and error.retry_after is not None:
+        if isinstance(error, RateLimited) and error.retry_after is not None and len(self.keys) == 1:
             wait = max(wait, min(error.retry_after, MAX_COOLDOWN_S))
         return wait
 

@@ -3,19 +3,26 @@ rationale is peer-reviewed by the other teachers.
 
     fair committee --task svamp --teachers offline --base-url http://127.0.0.1:8765
     fair committee --task gsm8k --teachers default --window 128
+    fair committee --task gsm8k --teachers default --batch-api   # OpenAI's Batch API first: half price, slower
 
 Streaming, with no stage barriers: each mistake is a small graph of requests (feedback and rationale from
 every teacher at once; each rationale's reviews as soon as it exists), and at most `window` mistakes are
 in flight, read lazily from mistakes.jsonl. Throughput is set by the teachers' rate limits, not latency.
 
-Durable: every response is stored in the SQLite cache the moment it arrives, and each finished mistake is
-appended (fsynced) to committee.jsonl. A rerun skips finished ids and gets every cached response for free,
-so after a kill only the requests in flight at that moment are sent again; the rerun says how many.
+Durable: every response goes to the SQLite cache the moment it arrives, and each finished mistake is appended
+to committee.jsonl at once (fsynced every second; gen/cache.py and fair/jsonl.py say why in groups). A rerun
+skips finished ids and gets every cached response for free, so after a kill only the requests in flight at
+that moment are sent again; the rerun says how many. Memory stays flat whatever the corpus: the window,
+the set of finished ids (tens of bytes each) and counters (make bench-scale measures it).
+
+With batch_api, the feedback and rationales of teachers with batch_api: true are first asked through OpenAI's
+Batch API, which only fills the cache (gen/batch.py); the streaming run then finds them there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator
@@ -30,6 +37,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from fair.config import save_config
 from fair.errors import FairError
 from fair.eval.tasks import Task, get_task
+from fair.gen.batch import BatchRun, drafts
 from fair.gen.cache import ResponseCache
 from fair.gen.client import TeacherClient
 from fair.gen.models import DEFAULT_STUDENT, model_short_name
@@ -38,7 +46,7 @@ from fair.gen.providers import ChatRequest, ProviderError
 from fair.gen.records import StudentAnswer
 from fair.gen.review import accept, parse_review_score
 from fair.gen.teachers import Teacher, load_committee, missing_keys
-from fair.jsonl import append_jsonl, read_jsonl, write_json
+from fair.jsonl import JsonlAppender, read_jsonl, write_json
 
 
 @dataclass
@@ -54,6 +62,8 @@ class CommitteeConfig:
     limit: int | None = None  # first N mistakes; None for all
     out: str | None = None  # default committee.jsonl beside the mistakes
     cache: str | None = None  # default requests.sqlite beside the output
+    batch_api: bool = False  # feedback and rationales of batch_api teachers via OpenAI's Batch API (half price)
+    batch_poll_s: float = 60.0  # longest wait between a batch's status checks (from 1 s, doubling)
     progress: bool = True
 
     def validate(self) -> None:
@@ -64,6 +74,8 @@ class CommitteeConfig:
             raise FairError(f"threshold must be within the 1-5 score range, got {self.threshold}")
         if self.window < 1:
             raise FairError(f"window must be at least 1, got {self.window}")
+        if self.batch_poll_s <= 0:
+            raise FairError(f"batch_poll_s must be positive, got {self.batch_poll_s}")
 
     @property
     def mistakes_path(self) -> Path:
@@ -100,16 +112,17 @@ class Reply:
     error: str | None
     input_tokens: int = 0
     output_tokens: int = 0
+    batch: bool = False  # answered through the Batch API: billed at half price
 
 
 async def ask(ctx: Context, teacher: Teacher, messages: Messages) -> Reply:
-    request = ChatRequest(messages, teacher.temperature, teacher.top_p, teacher.max_tokens)
+    request = ChatRequest.for_teacher(teacher, messages)  # as gen/batch.py builds it: the same cache key
     try:
         response = await ctx.clients[teacher.name].complete(request)
     except ProviderError as e:  # TeacherFailed after retries, or a fatal 4xx: recorded, never a score
         ctx.errors += 1
         return Reply(None, str(e))
-    return Reply(response.text, None, response.input_tokens, response.output_tokens)
+    return Reply(response.text, None, response.input_tokens, response.output_tokens, response.batch)
 
 
 async def rationale_with_reviews(ctx: Context, answer: StudentAnswer, author: Teacher) -> tuple[dict, list[Reply]]:
@@ -141,7 +154,7 @@ async def process(ctx: Context, answer: StudentAnswer) -> dict[str, Any]:
     def charge(name: str, reply: Reply) -> None:
         usage[name]["input_tokens"] += reply.input_tokens
         usage[name]["output_tokens"] += reply.output_tokens
-        usage[name]["cost"] += ctx.teachers[name].cost(reply.input_tokens, reply.output_tokens)
+        usage[name]["cost"] += ctx.teachers[name].cost(reply.input_tokens, reply.output_tokens, reply.batch)
 
     for name, feedback in zip(names, feedbacks, strict=True):
         charge(name, feedback)
@@ -198,37 +211,48 @@ async def run_committee(config: CommitteeConfig, teachers: list[Teacher]) -> dic
     if repeated:
         print(f"resuming: {repeated} request(s) were in flight when the last run stopped and may be sent again")
     save_config(config, config.out_path.with_name("committee.yaml"))
-    limits = httpx.Limits(max_connections=sum(t.max_concurrency for t in teachers) + len(teachers))
-    async with httpx.AsyncClient(limits=limits) as http:
-        clients = {t.name: TeacherClient(t, cache, http) for t in teachers}
-        ctx = Context(task, config.prompts, PROMPT_SETS[config.prompts], clients, {t.name: t for t in teachers},
-                      config.threshold)
-        total = count_mistakes(config)
-        bar = tqdm(desc=f"committee {task.name}", unit=" mistakes", initial=len(done), total=total,
-                   disable=not config.progress, dynamic_ncols=True)
-        started, written = time.perf_counter(), 0
-        in_flight: set[asyncio.Task] = set()
+    with cache, JsonlAppender(config.out_path) as out:  # closing commits what is pending, also on Ctrl-C
+        async with httpx.AsyncClient() as http, contextlib.AsyncExitStack() as pools:
+            # A connection pool per teacher, sized to its keys' concurrency: httpx's pool spends CPU on every
+            # request in proportion to its size (one shared pool: 40% more CPU per request, make bench-scale).
+            clients = {t.name: TeacherClient(t, cache, await pools.enter_async_context(httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=t.max_concurrency * len(t.per_key())))))
+                for t in teachers}
+            ctx = Context(task, config.prompts, PROMPT_SETS[config.prompts], clients,
+                          {t.name: t for t in teachers}, config.threshold)
+            batch = None
+            if config.batch_api:  # fills the cache; the streaming run below then sends only what it still lacks
+                batched = [t for t in teachers if t.batch_api]
+                stats = {t.name: clients[t.name].stats for t in batched}
+                batch = await BatchRun(batched, cache, http, stats, config.batch_poll_s).run(
+                    drafts(pending_mistakes(config, done), task, ctx.prompts, batched))
+            total = count_mistakes(config)
+            bar = tqdm(desc=f"committee {task.name}", unit=" mistakes", initial=len(done), total=total,
+                       disable=not config.progress, dynamic_ncols=True)
+            started, written = time.perf_counter(), 0
+            in_flight: set[asyncio.Task] = set()
 
-        def write(finished: set[asyncio.Task]) -> None:
-            nonlocal written
-            records = [t.result() for t in finished]
-            append_jsonl(config.out_path, records)
-            written += len(records)
-            bar.update(len(records))
-            bar.set_postfix_str(progress_line(clients, time.perf_counter() - started, ctx.errors), refresh=False)
+            def write(finished: set[asyncio.Task]) -> None:
+                nonlocal written
+                records = [t.result() for t in finished]
+                out.write(records)
+                written += len(records)
+                bar.update(len(records))
+                line = progress_line(clients, time.perf_counter() - started, ctx.errors)
+                bar.set_postfix_str(line, refresh=False)
 
-        for answer in mistakes:
-            if len(in_flight) >= config.window:
+            for answer in mistakes:
+                if len(in_flight) >= config.window:
+                    finished, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    write(finished)
+                in_flight.add(asyncio.create_task(process(ctx, answer)))
+            while in_flight:
                 finished, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 write(finished)
-            in_flight.add(asyncio.create_task(process(ctx, answer)))
-        while in_flight:
-            finished, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-            write(finished)
-        bar.close()
-    cache.close()
+            bar.close()
     return {"written": written, "skipped": len(done), "repeated_after_kill": repeated,
-            "seconds": time.perf_counter() - started, "stats": {n: c.stats for n, c in clients.items()}}
+            "seconds": time.perf_counter() - started, "cache_commits": cache.commits,
+            "stats": {n: c.stats for n, c in clients.items()}, "batch": batch}
 
 
 def progress_line(clients: dict[str, TeacherClient], seconds: float, errors: int) -> str:
@@ -241,6 +265,9 @@ def progress_line(clients: dict[str, TeacherClient], seconds: float, errors: int
 
 def committee(config: CommitteeConfig) -> dict[str, Any]:
     teachers = load_committee(config.teachers, config.base_url)
+    if config.batch_api and not any(t.batch_api for t in teachers):
+        raise FairError(f"batch_api: no teacher of committee {config.teachers!r} has batch_api: true (an OpenAI "
+                        f"endpoint that serves the Batch API)")
     if missing := missing_keys(teachers):
         raise FairError(f"committee {config.teachers!r} needs the environment variable(s) {', '.join(missing)}; "
                         f"set them, or use the offline simulator: make gen TEACHERS=offline")
@@ -249,7 +276,8 @@ def committee(config: CommitteeConfig) -> dict[str, Any]:
     print_summary(config, teachers, result)
     write_json(config.out_path.with_name("committee_stats.json"), {
         "written": result["written"], "skipped": result["skipped"], "seconds": round(result["seconds"], 2),
-        "repeated_after_kill": result["repeated_after_kill"],
+        "repeated_after_kill": result["repeated_after_kill"], "cache_commits": result["cache_commits"],
+        "batch": dataclasses.asdict(result["batch"]) if result["batch"] else None,
         "teachers": {name: dataclasses.asdict(stats) for name, stats in result["stats"].items()},
     })
     return result
@@ -258,6 +286,9 @@ def committee(config: CommitteeConfig) -> dict[str, Any]:
 def print_summary(config: CommitteeConfig, teachers: list[Teacher], result: dict[str, Any]) -> None:
     from fair.gen.committee_report import teacher_table
 
+    if batch := result["batch"]:
+        print(f"\nBatch API: {batch.answered} replies from {batch.batches} batch(es) in {batch.seconds:.1f}s; "
+              f"{batch.fell_back} left to the live path")
     print(f"\n{result['written']} mistakes done this run ({result['skipped']} already done) in "
           f"{result['seconds']:.1f}s -> {config.out_path}")
     print(teacher_table(config.out_path, teachers, result["stats"]))

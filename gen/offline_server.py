@@ -6,6 +6,7 @@ It is a simulator for demos, tests and benchmarks, not a model: every response c
     OpenAI   POST /v1/chat/completions (or /chat/completions)      key: Authorization: Bearer KEY
     Gemini   POST /v1beta/models/{model}:generateContent           key: x-goog-api-key or ?key=
     GET /health -> {"ok": true};  GET /v1/models (or /v1beta/models) lists the persona models
+    OpenAI's Batch API: /v1/files, /v1/batches, ... (gen/offline_batch.py), done after --batch-delay-s
 
 and answers as one of several personas (gen/offline_personas.py: sim-careful, sim-sloppy, sim-harsh) from the
 benchmarks' gold solutions. Like a real API it enforces requests and tokens per minute per (key, model) over
@@ -40,7 +41,8 @@ import orjson
 
 from fair.config import load_yaml
 from fair.errors import FairError
-from fair.gen.offline_personas import Persona, QuestionIndex, classify, merge_personas, write_reply
+from fair.gen.offline_batch import BatchStore, route_batch
+from fair.gen.offline_personas import Kind, Persona, QuestionIndex, classify, merge_personas, write_reply
 
 WINDOW_S = 60.0
 MAX_BODY = 4 << 20
@@ -135,19 +137,23 @@ class OfflineServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, rpm: int = 600, tpm: int = 1_000_000,
                  latency_ms: tuple[float, float] = (0, 0), p_5xx: float = 0, p_hang: float = 0, hang_s: float = 30,
                  p_malformed: float = 0, p_empty: float = 0, seed: int = 0, log_path: str | Path | None = None,
-                 data_dir: str | Path | None = None, personas: dict[str, Any] | None = None):
+                 data_dir: str | Path | None = None, personas: dict[str, Any] | None = None,
+                 batch_delay_s: float = 1.0):
         self.fault_rates = dict(zip(FAULTS, (p_5xx, p_hang, p_malformed, p_empty), strict=True))
         if not all(0 <= p <= 1 for p in self.fault_rates.values()) or sum(self.fault_rates.values()) > 1:
             raise FairError("the fault rates p_5xx, p_hang, p_malformed, p_empty must each be in 0..1, "
                             "and together at most 1")
-        if rpm < 1 or tpm < 1 or hang_s < 0 or not 0 <= latency_ms[0] <= latency_ms[1]:
-            raise FairError("rpm and tpm must be >= 1, hang_s >= 0, and latency_ms MIN MAX with 0 <= MIN <= MAX")
+        if rpm < 1 or tpm < 1 or hang_s < 0 or batch_delay_s < 0 or not 0 <= latency_ms[0] <= latency_ms[1]:
+            raise FairError("rpm and tpm must be >= 1, hang_s and batch_delay_s >= 0, and latency_ms MIN MAX "
+                            "with 0 <= MIN <= MAX")
         self.host, self.requested_port, self.seed, self.hang_s = host, port, seed, hang_s
         self.latency_ms = (float(latency_ms[0]), float(latency_ms[1]))
         self.limiter = Limiter(rpm, tpm)
         self.personas: dict[str, Persona] = merge_personas(personas)
         self.index = QuestionIndex.build(data_dir)
-        self.counters = {"completed": 0, "rate_limited": 0, "errors": 0, **{f"fault_{f}": 0 for f in FAULTS}}
+        self.counters = {"completed": 0, "rate_limited": 0, "errors": 0, **{f"fault_{f}": 0 for f in FAULTS},
+                         "batch_files": 0, "batches": 0, "batch_lines": 0, "batch_line_errors": 0}
+        self.batches = BatchStore(self, batch_delay_s)
         self.attempts: dict[str, int] = {}  # "model|body sha256" -> times received; oldest forgotten past a bound
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -199,7 +205,8 @@ class OfflineServer:
         c = self.counters
         faults = ", ".join(f"{f} {c[f'fault_{f}']}" for f in FAULTS)
         return (f"offline committee: {c['completed']} completed, {c['rate_limited']} rate-limited (429), "
-                f"faults: {faults}, {c['errors']} other errors")
+                f"faults: {faults}, {c['errors']} other errors; {c['batches']} batches of {c['batch_lines']} "
+                f"requests ({c['batch_line_errors']} failed)")
 
     def count(self, name: str) -> None:
         with self.lock:
@@ -219,6 +226,21 @@ class OfflineServer:
             if len(self.attempts) > MAX_TRACKED:
                 del self.attempts[next(iter(self.attempts))]
             return n
+
+    def reply_draws(self, model: str, body_sha: str) -> tuple[random.Random, float]:
+        """A body's latency in seconds, then the rng its reply is written from: the same body gets the same reply
+        on the live path and in a batch."""
+        rng = draw(self.seed, model, body_sha)
+        return rng, rng.uniform(*self.latency_ms) / 1000
+
+    def compose(self, persona: Persona, text: str, max_tokens: int, rng: random.Random) -> tuple[str, str, Kind]:
+        """The persona's reply to a prompt, cut at max_tokens: (reply, finish reason, kind of request)."""
+        entry = self.index.find(text)
+        kind = classify(text, entry)
+        reply, finish = write_reply(kind, entry, persona, text, rng), "stop"
+        if tokens(reply) > max_tokens:
+            reply, finish = reply[: max(4, (max_tokens - 1) * 4)], "length"  # tokens(reply) <= max_tokens
+        return reply, finish, kind
 
     def fault(self, model: str, body_sha: str, attempt: int) -> str | None:
         u, edge = draw(self.seed, "fault", model, body_sha, attempt).random(), 0.0
@@ -278,12 +300,14 @@ class Handler(BaseHTTPRequestHandler):
                 {"id": n, "object": "model", "owned_by": "fair-simulator"} for n in names]})
         elif path == "/v1beta/models":
             self.send(200, {"models": [{"name": f"models/{n}", "displayName": f"{n} (simulated)"} for n in names]})
-        else:
+        elif not route_batch(self, "GET", path):
             self.error(404, f"no route GET {path}", False, code="not_found")
 
     def do_POST(self) -> None:
         url = urlsplit(self.path)
         path = url.path.rstrip("/")
+        if route_batch(self, "POST", path):
+            return
         gemini_route = GEMINI_RE.match(path)
         gemini = gemini_route is not None
         if not gemini and path not in ("/v1/chat/completions", "/chat/completions"):
@@ -339,15 +363,11 @@ class Handler(BaseHTTPRequestHandler):
             self.error(status, "The server had an error while processing your request (simulated).", gemini,
                        kind="server_error", log=log | {"fault": fault})
             return
-        rng = draw(sim.seed, model, body_sha)  # the reply's draws: the same body always gets the same reply
-        pause = rng.uniform(*sim.latency_ms) / 1000 + (sim.hang_s if fault == "hang" else 0.0)
+        rng, latency = sim.reply_draws(model, body_sha)
+        pause = latency + (sim.hang_s if fault == "hang" else 0.0)
         if pause and sim.stopping.wait(pause):
             return
-        entry = sim.index.find(text)
-        kind = classify(text, entry)
-        reply, finish = write_reply(kind, entry, persona, text, rng), "stop"
-        if tokens(reply) > max_tokens:
-            reply, finish = reply[: max(4, (max_tokens - 1) * 4)], "length"  # tokens(reply) <= max_tokens
+        reply, finish, kind = sim.compose(persona, text, max_tokens, rng)
         if fault == "empty":
             reply = ""
         completion_tokens = tokens(reply) if reply else 0
@@ -403,7 +423,8 @@ def response(model: str, text: str, completion: int, prompt: int, finish: str, g
 # --- command line ----------------------------------------------------------------------------------------
 
 SETTINGS = {"rpm": int, "tpm": int, "latency_ms": list, "p_5xx": float, "p_hang": float, "hang_s": float,
-            "p_malformed": float, "p_empty": float, "seed": int, "log": str, "data_dir": str, "personas": dict}
+            "p_malformed": float, "p_empty": float, "seed": int, "log": str, "data_dir": str, "personas": dict,
+            "batch_delay_s": float}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -422,6 +443,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--p-malformed", type=float, default=None, help="rate of 200 replies that are not valid JSON")
     p.add_argument("--p-empty", type=float, default=None, help="rate of 200 replies with empty content")
     p.add_argument("--seed", type=int, default=None, help="seed of every draw (default 0)")
+    p.add_argument("--batch-delay-s", type=float, default=None,
+                   help="a Batch API batch completes this long after it is created (default 1)")
     p.add_argument("--log", default=None, metavar="PATH", help="append one JSON line per request (no keys)")
     p.add_argument("--data-dir", default=None, help="benchmark data (default $FAIR_DATA_DIR, else shared/data)")
 

@@ -34,6 +34,7 @@ class GenConfig:
     teachers: str = "default"  # a committee in configs/teachers/ or a YAML path; "offline" starts the simulator
     limit: int | None = None  # first N train examples to mine (and so at most N mistakes)
     engine: EngineName = "auto"
+    batch_size: int = 32  # transformers engine: prompts per forward batch while mining (vLLM batches on its own)
     max_new_tokens: int = 512  # the student's answer length while mining
     prompts: Literal["fair", "paper"] = "fair"
     threshold: float = 3.0
@@ -41,6 +42,7 @@ class GenConfig:
     data_dir: str | None = None
     export_paper: bool = True  # write the paper's feedback and rationale files at the end
     offline_latency_ms: tuple[int, int] = (50, 500)  # the simulator's reply latency range
+    batch_api: bool = False  # the committee's feedback and rationales through OpenAI's Batch API (gen/batch.py)
 
     def validate(self) -> None:
         get_task(self.task)
@@ -53,9 +55,11 @@ def generate(config: GenConfig) -> None:
         raise FairError(f"committee {config.teachers!r} needs the environment variable(s) {', '.join(missing)}; "
                         f"set them, or use the offline simulator: make gen DATASET={config.task} TEACHERS=offline")
     mine(MineConfig(task=config.task, model=config.student, limit=config.limit, engine=config.engine,
-                    max_new_tokens=config.max_new_tokens, data_dir=config.data_dir, export_seed=config.export_paper))
+                    batch_size=config.batch_size, max_new_tokens=config.max_new_tokens, data_dir=config.data_dir,
+                    export_seed=config.export_paper))
     committee_config = CommitteeConfig(task=config.task, student=config.student, teachers=config.teachers,
-                                       prompts=config.prompts, threshold=config.threshold, window=config.window)
+                                       prompts=config.prompts, threshold=config.threshold, window=config.window,
+                                       batch_api=config.batch_api)
     with offline_server(config) as base_url:
         committee_config.base_url = base_url
         committee(committee_config)

@@ -60,6 +60,7 @@ class ChatResponse:
     input_tokens: int
     output_tokens: int
     limits: RateLimitInfo | None = field(default=None, compare=False)  # not cached: only for the limiter
+    batch: bool = False  # answered through OpenAI's Batch API, billed at half price (gen/batch.py)
 
 
 class ProviderError(Exception):
@@ -230,38 +231,54 @@ class _Provider:
     def _fail(self, cls: type[ProviderError], reason: str, **kw: Any) -> ProviderError:
         return cls(redact(f"{self.teacher.name}: {reason}", [self.teacher.api_key()]), **kw)
 
-    async def _post(self, url: str, headers: dict[str, str], body: dict) -> tuple[Any, RateLimitInfo | None]:
+    async def send(self, method: str, url: str, headers: dict[str, str], stream: bool = False,
+                   **kwargs: Any) -> httpx.Response:
+        """One HTTP call with the teacher's timeout and extra headers; a reply below 400 is returned, transport
+        failures and HTTP errors raise RateLimited, TransientError or FatalError (also used by gen/batch.py).
+        With stream=True a good reply's body is left unread, for the caller to iterate and close."""
         t = self.teacher
-        headers = {"content-type": "application/json", **headers, **t.extra_headers}
+        request = self.http.build_request(method, url, headers={**headers, **t.extra_headers}, timeout=t.timeout_s,
+                                          **kwargs)
         try:
-            resp = await self.http.post(url, content=orjson.dumps(body), headers=headers, timeout=t.timeout_s)
+            resp = await self.http.send(request, stream=stream)
+            if resp.status_code >= 400 and stream:
+                await resp.aread()  # the error text; reading to the end also closes it
         except httpx.TimeoutException as e:
             raise self._fail(TransientError, f"timed out after {t.timeout_s:g} s ({type(e).__name__})") from None
         except httpx.RequestError as e:  # connection refused, reset, DNS: str(e) may name the URL, so redact
             raise self._fail(TransientError, f"{type(e).__name__}: {str(e)[:MAX_ERROR_CHARS]}") from None
-        now = time.time()
-        limits = parse_limits(resp.headers, now)
+        status = resp.status_code
+        if status < 400:
+            return resp
         try:
             data = orjson.loads(resp.content) if resp.content else None
         except orjson.JSONDecodeError:
             data = None
-            if resp.status_code < 400:
-                raise self._fail(TransientError, f"HTTP {resp.status_code}: reply is not valid JSON") from None
-        status = resp.status_code
         if status == 429:
+            now = time.time()
             retry_after = parse_retry_after(resp.headers, now)
             if retry_after is None:
                 retry_after = _gemini_retry_delay(data)
             if retry_after is None:
-                retry_after = _retry_after_from_limits(limits)
+                retry_after = _retry_after_from_limits(parse_limits(resp.headers, now))
             raise self._fail(RateLimited, f"HTTP 429: {_error_text(data, resp.content)}", retry_after=retry_after)
         if status >= 500 or status in (408, 409):  # 409: OpenAI's "conflict, try again"; 529: Anthropic overloaded
             raise self._fail(TransientError, f"HTTP {status}: {_error_text(data, resp.content)}")
-        if status >= 400:
-            raise self._fail(FatalError, f"HTTP {status}: {_error_text(data, resp.content)}")
+        raise self._fail(FatalError, f"HTTP {status}: {_error_text(data, resp.content)}")
+
+    def json_object(self, resp: httpx.Response) -> dict:
+        """A successful reply's JSON object; anything else is a TransientError."""
+        try:
+            data = orjson.loads(resp.content) if resp.content else None
+        except orjson.JSONDecodeError:
+            raise self._fail(TransientError, f"HTTP {resp.status_code}: reply is not valid JSON") from None
         if not isinstance(data, dict):
-            raise self._fail(TransientError, f"HTTP {status}: reply is not a JSON object")
-        return data, limits
+            raise self._fail(TransientError, f"HTTP {resp.status_code}: reply is not a JSON object")
+        return data
+
+    async def _post(self, url: str, headers: dict[str, str], body: dict) -> tuple[dict, RateLimitInfo | None]:
+        resp = await self.send("POST", url, {"content-type": "application/json", **headers}, content=orjson.dumps(body))
+        return self.json_object(resp), parse_limits(resp.headers)
 
     def _response(self, text: Any, input_tokens: Any, output_tokens: Any, limits: RateLimitInfo | None):
         if not isinstance(text, str) or not text.strip():
@@ -281,16 +298,24 @@ def _split_system(request: ChatRequest) -> tuple[str | None, list[tuple[str, str
 
 class OpenAIProvider(_Provider):
     async def complete(self, request: ChatRequest) -> ChatResponse:
-        t, key = self.teacher, self.teacher.api_key()
-        body = {
-            "model": t.model,
+        data, limits = await self._post(f"{self.teacher.url}/chat/completions", self.auth(), self.body(request))
+        return self.parse(data, limits)
+
+    def auth(self) -> dict[str, str]:
+        key = self.teacher.api_key()
+        return {"authorization": f"Bearer {key}"} if key else {}
+
+    def body(self, request: ChatRequest) -> dict[str, Any]:
+        """The chat-completions body: sent as is, or as one line of a Batch API input file (gen/batch.py)."""
+        return {
+            "model": self.teacher.model,
             "messages": [{"role": r, "content": c} for r, c in request.messages],
             "temperature": request.temperature,
             "top_p": request.top_p,
             "max_tokens": request.max_tokens,
         }
-        headers = {"authorization": f"Bearer {key}"} if key else {}
-        data, limits = await self._post(f"{t.url}/chat/completions", headers, body)
+
+    def parse(self, data: dict, limits: RateLimitInfo | None = None) -> ChatResponse:
         try:
             text = data["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):

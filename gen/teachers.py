@@ -7,11 +7,19 @@
         api_key_env: OPENAI_API_KEY # the key is read from this variable; never written anywhere
         rpm: 500                    # requests / minute  (the limiter waits; it never rejects)
         tpm: 200000                 # tokens / minute, estimated before a call, settled after
+        batch_api: true             # (openai) serves the Batch API: `fair committee --batch-api` uses it
         ...
+
+Several keys: `api_key_env: [OPENAI_KEY_A, OPENAI_KEY_B]`. Each key gets the whole rpm, tpm and
+max_concurrency above and its own rate-limit gate; each request goes to the key that can send soonest
+(gen/client.py), and a 429 cools only the key that got it. Providers limit a project or organization rather
+than a key string, so only keys with quotas of their own (other projects, other accounts) add throughput.
+Which key answered changes nothing in the cache key or the outputs. Every missing variable is reported.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +36,7 @@ DEFAULT_BASE_URLS = {
     "anthropic": "https://api.anthropic.com/v1",
 }
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "teachers"
+BATCH_PRICE = 0.5  # OpenAI's Batch API bills input and output tokens at half the synchronous price
 
 
 @dataclass(frozen=True)
@@ -36,7 +45,9 @@ class Teacher:
     provider: Provider
     model: str
     base_url: str | None = None  # None = the provider's public endpoint
-    api_key_env: str | None = None  # None for keyless local servers (vllm serve, llama.cpp)
+    # A variable name, or several (one API key each); None for keyless local servers (vllm serve, llama.cpp).
+    # The tuple comes first because make_config coerces by the first type: a YAML list becomes a tuple.
+    api_key_env: tuple[str, ...] | str | None = None
     rpm: int = 60  # requests per minute
     tpm: int = 100_000  # tokens per minute (input + output)
     max_concurrency: int = 16  # requests in flight at once
@@ -49,6 +60,7 @@ class Teacher:
     max_retries: int = 8  # per request, for 5xx, timeouts and malformed replies (429s get twice as many)
     retry_backoff_s: float = 1.0  # first retry's wait, doubled each retry (with jitter); Retry-After wins if longer
     extra_headers: dict[str, str] = field(default_factory=dict)
+    batch_api: bool = False  # the endpoint serves OpenAI's Batch API: `fair committee --batch-api` may use it
 
     def validate(self) -> None:
         if self.provider not in DEFAULT_BASE_URLS:
@@ -58,16 +70,39 @@ class Teacher:
                 raise FairError(f"teacher {self.name!r}: {name} must be at least 1")
         if self.timeout_s <= 0 or self.max_retries < 0:
             raise FairError(f"teacher {self.name!r}: timeout_s must be > 0 and max_retries >= 0")
+        env = self.api_key_env
+        names = (env,) if isinstance(env, str) else env if isinstance(env, tuple) and env else None
+        if env is not None and (names is None or not all(isinstance(n, str) and n for n in names)
+                                or len(set(names)) != len(names)):
+            raise FairError(f"teacher {self.name!r}: api_key_env must be a variable name or a list of "
+                            f"distinct names, got {env!r}")
+        if self.batch_api and self.provider != "openai":
+            raise FairError(f"teacher {self.name!r}: batch_api needs provider openai (OpenAI's Batch API)")
 
     @property
     def url(self) -> str:
         return (self.base_url or DEFAULT_BASE_URLS[self.provider]).rstrip("/")
 
-    def api_key(self) -> str | None:
-        return os.environ.get(self.api_key_env) if self.api_key_env else None
+    @property
+    def key_envs(self) -> tuple[str, ...]:
+        env = self.api_key_env
+        return (env,) if isinstance(env, str) else tuple(env or ())
 
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
-        return (input_tokens * self.price_input + output_tokens * self.price_output) / 1e6
+    def api_key(self) -> str | None:
+        """The key of a one-key teacher; providers only ever see those (see `per_key`)."""
+        return os.environ.get(self.key_envs[0]) if self.key_envs else None
+
+    def api_keys(self) -> list[str | None]:
+        """Every key's value, for redaction."""
+        return [os.environ.get(env) for env in self.key_envs]
+
+    def per_key(self) -> list[Teacher]:
+        """One one-key teacher per API key (the teacher itself when keyless): the unit providers limit."""
+        return [dataclasses.replace(self, api_key_env=env) for env in self.key_envs] or [self]
+
+    def cost(self, input_tokens: int, output_tokens: int, batch: bool = False) -> float:
+        full = (input_tokens * self.price_input + output_tokens * self.price_output) / 1e6
+        return full * BATCH_PRICE if batch else full
 
 
 def committee_path(name_or_path: str) -> Path:
@@ -108,4 +143,4 @@ def rebase(url: str | None, server: str) -> str:
 
 
 def missing_keys(teachers: list[Teacher]) -> list[str]:
-    return sorted({t.api_key_env for t in teachers if t.api_key_env and not os.environ.get(t.api_key_env)})
+    return sorted({env for t in teachers for env in t.key_envs if not os.environ.get(env)})

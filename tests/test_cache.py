@@ -1,7 +1,8 @@
-"""The response cache: WAL on, round trips, what the key covers, and in-flight rows left by a killed run."""
+"""The response cache: WAL, round trips, what the key covers, in-flight rows after a kill, group commits."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from dataclasses import replace
@@ -51,11 +52,14 @@ def test_key_covers_what_changes_the_reply():
 def test_inflight_rows_survive_a_crash_and_are_counted_once(tmp_path):
     path = tmp_path / "c.sqlite"
     cache = ResponseCache(path)
-    cache.begin("a", "t")
-    cache.begin("b", "t")
-    cache.put("b", "t", ChatResponse("done", 1, 1))  # answered: no longer in flight
-    cache.begin("c", "t")
-    cache.finish("c")  # failed for good: no longer in flight
+
+    async def go():
+        await asyncio.gather(cache.mark_inflight("a", "t"), cache.mark_inflight("b", "t"))
+        cache.put("b", "t", ChatResponse("done", 1, 1))  # answered: no longer in flight
+        await cache.mark_inflight("c", "t")
+        cache.finish("c")  # failed for good: no longer in flight
+
+    asyncio.run(go())
     assert cache.inflight() == 1
     cache.db.close()  # "killed": no clean shutdown of the run
     cache = ResponseCache(path)
@@ -68,11 +72,14 @@ def test_inflight_rows_survive_a_crash_and_are_counted_once(tmp_path):
 def test_a_put_survives_a_process_kill(tmp_path):
     path = tmp_path / "c.sqlite"
     code = (
-        "import os, sys\n"
+        "import asyncio, os, sys\n"
         "from fair.gen.cache import ResponseCache\n"
         "from fair.gen.providers import ChatResponse\n"
         "c = ResponseCache(sys.argv[1])\n"
-        "c.begin('sent', 't'); c.begin('kept', 't'); c.put('kept', 't', ChatResponse('x', 3, 4))\n"
+        "async def go():\n"
+        "    await c.mark_inflight('sent', 't'); await c.mark_inflight('kept', 't')\n"
+        "    c.put('kept', 't', ChatResponse('x', 3, 4)); c.flush()\n"
+        "asyncio.run(go())\n"
         "os._exit(9)  # no close, no atexit, no flush\n"
     )
     assert subprocess.run([sys.executable, "-c", code, str(path)], timeout=60).returncode == 9
@@ -81,7 +88,14 @@ def test_a_put_survives_a_process_kill(tmp_path):
         assert cache.abandoned_inflight() == 1  # 'sent' may have reached the provider
 
 
-def test_put_many(tmp_path):
-    with ResponseCache(tmp_path / "c.sqlite") as cache:
-        cache.put_many([(f"k{i}", "t", ChatResponse(str(i), i, i)) for i in range(1000)])
-        assert len(cache) == 1000 and cache.get("k999") == ChatResponse("999", 999, 999)
+def test_many_puts_in_a_loop_commit_in_groups(tmp_path):
+    async def go(cache):
+        for i in range(1000):
+            cache.put(f"k{i}", "t", ChatResponse(str(i), i, i))
+        assert cache.get("k999") == ChatResponse("999", 999, 999) and "k999" in cache  # before its commit
+        return cache.commits
+
+    with ResponseCache(tmp_path / "c.sqlite", max_pending=300) as cache:
+        assert asyncio.run(go(cache)) == 3  # 3 full groups of 300; the last 100 wait for the flush interval
+    with ResponseCache(tmp_path / "c.sqlite") as cache:  # and close() committed those
+        assert len(cache) == 1000
