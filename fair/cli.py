@@ -1,7 +1,9 @@
 """The `fair` command: one subcommand per pipeline stage.
 
     fair mine    run the student over a train split and keep its mistakes      (gen/mine.py)
+    fair merge   join the shards of `fair mine --shard i/N` runs, checked       (gen/merge.py)
     fair committee   feedback, rationales and peer reviews from the teachers    (gen/committee.py)
+    fair estimate    requests, tokens, USD and hours a committee run will take  (gen/estimate.py)
     fair gen     mine + committee + the paper's files, in one go                (gen/pipeline.py)
     fair teachers serve   the offline committee simulator                       (gen/offline_server.py)
     fair train   alpha * feedback loss + (1 - alpha) * rationale loss            (train/train.py)
@@ -28,6 +30,21 @@ def cmd_mine(args: argparse.Namespace) -> int:
     from fair.gen.mine import MineConfig, mine
 
     mine(build_config(MineConfig, args))
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from fair.gen.merge import merge
+    from fair.gen.mine import MineConfig
+
+    merge(build_config(MineConfig, args), force=args.force)
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from fair.gen.estimate import EstimateConfig, estimate
+
+    estimate(build_config(EstimateConfig, args))
     return 0
 
 
@@ -126,14 +143,16 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand; `train`'s flags only when it is the command: its module imports torch (seconds, and
+    200 MB that a long committee run would otherwise carry)."""
     from fair.eval import regrade, report
     from fair.eval.evaluate import EvalConfig
     from fair.gen import offline_server
     from fair.gen.committee import CommitteeConfig
+    from fair.gen.estimate import EstimateConfig
     from fair.gen.mine import MineConfig
     from fair.gen.pipeline import GenConfig
-    from fair.train.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="fair", description="FAIR: distil reasoning from a committee of teachers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -142,9 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p, MineConfig)
     p.set_defaults(run=cmd_mine)
 
+    p = sub.add_parser("merge", help="join the shards of a sharded `fair mine` run (give it the same flags)")
+    add_config_arguments(p, MineConfig)
+    p.add_argument("--force", action="store_true", help="replace an earlier merge's answers and mistakes")
+    p.set_defaults(run=cmd_merge)
+
     p = sub.add_parser("committee", help="collect the teachers' feedback, rationales and peer reviews")
     add_config_arguments(p, CommitteeConfig)
     p.set_defaults(run=cmd_committee)
+
+    p = sub.add_parser("estimate", help="requests, tokens, cost and hours of a committee run, before it runs")
+    add_config_arguments(p, EstimateConfig)
+    p.set_defaults(run=cmd_estimate)
 
     p = sub.add_parser("gen", help="mine + committee + the paper's files (what `make gen` runs)")
     add_config_arguments(p, GenConfig)
@@ -165,7 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_import_committee)
 
     p = sub.add_parser("train", help="fine-tune the student on the committee's feedback and rationales")
-    add_config_arguments(p, TrainConfig)
+    if command == "train":
+        from fair.train.train import TrainConfig
+
+        add_config_arguments(p, TrainConfig)
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a student on one or more tasks")
@@ -194,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     # FAIR_LOG_LEVEL=INFO shows every retry and cool-down; the default shows warnings (final failures) only.
     logging.basicConfig(level=os.environ.get("FAIR_LOG_LEVEL", "WARNING").upper(), format="%(name)s: %(message)s")
     try:

@@ -3,6 +3,7 @@
     fair mine --task svamp --limit 32                      # default student (SmolLM2-135M), auto engine
     fair mine --task gsm8k --model meta-llama/Llama-2-7b-chat-hf --engine vllm --tensor-parallel-size 2
     fair mine --config configs/mine.yaml task=strategyqa
+    fair mine --task gsm8k --shard 1/4                     # one of 4 independent slices; then `fair merge`
 
 Writes to data/<task>/<student>/ (or --out):
     answers.jsonl   every graded answer (StudentAnswer records), the resume log
@@ -10,11 +11,19 @@ Writes to data/<task>/<student>/ (or --out):
     stats.json      accuracy, counts, tokens/s        config.yaml  the resolved settings
 Each chunk of answers is appended and fsynced as soon as it is graded; a rerun skips finished ids, so a
 killed run loses at most the chunk in flight and never duplicates a record.
+
+Sharding (`--shard i/N`, 0-based): shard i takes the examples whose row in the split is i modulo N, after
+--limit. Strided rather than hashed or in blocks: shards differ in size by at most one and see the same mix of
+the split; a row's shard never depends on --limit, so raising the limit only extends each shard, and its
+existing answers still resume. A shard writes to <out>/shard-<i>-of-<N>/, so shards never share a file and
+each resumes on its own; `fair merge` (gen/merge.py) then checks and joins them into <out>/.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,7 +32,7 @@ from tqdm import tqdm
 
 from fair.config import save_config
 from fair.errors import FairError
-from fair.eval.tasks import get_task
+from fair.eval.tasks import Example, get_task
 from fair.gen.engine import Engine, EngineName, Sampling, make_engine
 from fair.gen.models import DEFAULT_STUDENT, model_short_name
 from fair.gen.paper_format import export_mistakes
@@ -51,6 +60,7 @@ class MineConfig:
     tensor_parallel_size: int = 1  # vLLM: GPUs per replica
     data_parallel_size: int = 1  # replicas, each in its own process on its own GPUs
     export_seed: bool = False  # also write the paper's <student>_<task>_false_round0.json
+    shard: str | None = None  # "i/N": mine only rows i, i+N, i+2N, ... into <out>/shard-<i>-of-<N>/
 
     def validate(self) -> None:
         get_task(self.task)
@@ -63,10 +73,23 @@ class MineConfig:
             raise FairError(f"limit must be at least 1, got {self.limit}")
         if not 0 <= self.temperature <= 2 or not 0 < self.top_p <= 1:
             raise FairError("temperature must be in [0, 2] and top_p in (0, 1]")
+        if self.shard is not None:
+            parse_shard(self.shard)
+
+    @property
+    def shard_index_count(self) -> tuple[int, int] | None:
+        return None if self.shard is None else parse_shard(self.shard)
+
+    @property
+    def run_dir(self) -> Path:
+        """The whole run's folder: where an unsharded run writes and where `fair merge` joins the shards."""
+        return Path(self.out or Path("data") / get_task(self.task).name / model_short_name(self.model))
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.out or Path("data") / get_task(self.task).name / model_short_name(self.model))
+        if (shard := self.shard_index_count) is None:
+            return self.run_dir
+        return self.run_dir / shard_folder_name(*shard)
 
     @property
     def sampling(self) -> Sampling:
@@ -76,8 +99,9 @@ class MineConfig:
 def mine(config: MineConfig, engine: Engine | None = None) -> dict:
     task = get_task(config.task)
     out = config.out_dir
-    check_resumable(config, out / "config.yaml", ("task",))
+    check_resumable(config, out / "config.yaml", ("task", "shard"))
     examples = task.load(config.split, config.data_dir)[: config.limit]
+    examples = shard_examples(examples, config.shard_index_count)
     answers_path, mistakes_path = out / "answers.jsonl", out / "mistakes.jsonl"
     done = finished_answers(mistakes_path, answers_path)
     todo = [e for e in examples if e.id not in done]
@@ -119,16 +143,40 @@ def mine(config: MineConfig, engine: Engine | None = None) -> dict:
     return stats
 
 
-def summarize(answers: list[StudentAnswer], generated_tokens: int, seconds: float) -> dict:
-    total = len(answers)
-    correct = sum(a.correct is True for a in answers)
+def parse_shard(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match or not int(match[1]) < int(match[2]):
+        raise FairError(f"shard must be 'i/N' with 0 <= i < N (i counts from 0), got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def shard_folder_name(index: int, count: int) -> str:
+    return f"shard-{index}-of-{count}"
+
+
+def shard_examples(examples: list[Example], shard: tuple[int, int] | None) -> list[Example]:
+    """Shard i of N: the rows i modulo N (see the module docstring for why strided)."""
+    if shard is None:
+        return examples
+    index, count = shard
+    return [e for e in examples if e.index % count == index]
+
+
+def summarize(answers: Iterable[StudentAnswer], generated_tokens: int, seconds: float) -> dict:
+    """Accuracy and counts in one pass, so that `fair merge` can stream a merged file through it."""
+    total = correct = unparseable = truncated = 0
+    for a in answers:
+        total += 1
+        correct += a.correct is True
+        unparseable += a.correct is None
+        truncated += a.finish_reason == "length"
     return {
         "total": total,
         "correct": correct,
         "mistakes": total - correct,
-        "unparseable": sum(a.correct is None for a in answers),
+        "unparseable": unparseable,
         "accuracy": correct / total if total else 0.0,
-        "truncated": sum(a.finish_reason == "length" for a in answers),
+        "truncated": truncated,
         "this_run": {
             "generated_tokens": generated_tokens,
             "seconds": round(seconds, 2),
