@@ -31,6 +31,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from fair.gen.offline_api import openai_text, response, tokens
+
 if TYPE_CHECKING:
     from fair.gen.offline_server import Handler, OfflineServer
 
@@ -174,8 +176,6 @@ def validate(content: bytes) -> tuple[list[dict], list[dict]]:
 
 def answer_line(sim: OfflineServer, body: dict, batch_id: str) -> tuple[int, dict]:
     """One line, answered as the live route would answer the same body, or an error if a fault is drawn."""
-    from fair.gen.offline_server import openai_text, response, tokens  # that module imports this one
-
     raw = orjson.dumps(body)  # the bytes the live route would hash: the client serialises bodies with orjson
     body_sha = hashlib.sha256(raw).hexdigest()
     model = str(body["model"])

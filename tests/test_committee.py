@@ -74,9 +74,9 @@ def assert_complete(records, n):
     ("429", {"rpm": 6}, "rate_limited"),
 ])
 def test_each_fault_class_is_survived(tmp_path, seed_mistakes, fault, server_settings, counter, monkeypatch):
-    from fair.gen import offline_server
+    from fair.gen import offline_api
 
-    monkeypatch.setattr(offline_server, "WINDOW_S", 2.0)  # "per minute" becomes per 2 s: Retry-After stays short
+    monkeypatch.setattr(offline_api, "WINDOW_S", 2.0)  # "per minute" becomes per 2 s: Retry-After stays short
     with OfflineServer(port=0, seed=1, **server_settings) as server:
         teachers = fast(load_committee("offline", server.url), timeout_s=1.0)
         result, records = run(tmp_path, seed_mistakes, teachers, limit=6 if fault == "429" else 12)

@@ -15,7 +15,8 @@ import pytest
 
 from fair.errors import FairError
 from fair.eval.tasks import get_task
-from fair.gen.offline_server import OfflineServer, duration
+from fair.gen.offline_api import duration
+from fair.gen.offline_server import OfflineServer
 from fair.gen.prompts import PROMPT_SETS
 from fair.gen.records import StudentAnswer
 
