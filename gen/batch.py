@@ -43,6 +43,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from fair.errors import FairError
 from fair.gen.cache import key_for
+from fair.gen.keys import redact
 from fair.gen.providers import (
     ChatRequest,
     FatalError,
@@ -334,6 +335,7 @@ class BatchRun:
         self.report.fell_back += requests - answered
         if answered < requests:
             errors = ((batch or {}).get("errors") or {}).get("data") or [{}]  # why a batch failed validation
-            why = f" ({errors[0].get('message')})" if errors[0].get("message") else ""
+            # The server's words: redacted, since a validation error may quote the request's key.
+            why = f" ({redact(str(errors[0]['message']), api.teacher.api_keys())})" if errors[0].get("message") else ""
             print(f"batch: {batch['id'] if batch else input_file} {status}{why}: {answered} of {requests} "
                   f"answered, {requests - answered} left to the live path")

@@ -52,6 +52,7 @@ from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from fair.gen.cache import key_for
+from fair.gen.keys import redact
 from fair.gen.providers import (
     ChatProvider,
     ChatRequest,
@@ -62,7 +63,6 @@ from fair.gen.providers import (
     RateLimitInfo,
     TransientError,
     make_provider,
-    redact,
 )
 
 if TYPE_CHECKING:

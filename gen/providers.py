@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 import orjson
 
+from fair.gen.keys import redact
+
 if TYPE_CHECKING:
     from fair.gen.teachers import Teacher
 
@@ -88,20 +90,11 @@ class ChatProvider(Protocol):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Redaction and header parsing
+# Header parsing
 
-_KEY_IN_QUERY = re.compile(r"([?&](?:key|api_key|apikey|access_token)=)[^&\s\"']+", re.IGNORECASE)
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 MAX_ERROR_CHARS = 300
-
-
-def redact(text: str, secrets: list[str | None] | tuple[str | None, ...] = ()) -> str:
-    """Replace every secret (and any key=... query parameter) in `text` with ***."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:  # a 1-3 character "secret" would shred the message and hide nothing
-            text = text.replace(secret, "***")
-    return _KEY_IN_QUERY.sub(r"\1***", text)
 
 
 def _seconds(value: str, scale: float = 1.0) -> float | None:
@@ -207,8 +200,7 @@ def _error_text(data: Any, raw: bytes) -> str:
         err = data.get("error")
         message = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else None
     text = str(message) if message else raw.decode("utf-8", "replace")
-    text = " ".join(text.split())
-    return text[:MAX_ERROR_CHARS] + ("..." if len(text) > MAX_ERROR_CHARS else "")
+    return " ".join(text.split())  # cut to length in _Provider._fail, after redaction: a cut key is no key
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -229,7 +221,10 @@ class _Provider:
         raise NotImplementedError
 
     def _fail(self, cls: type[ProviderError], reason: str, **kw: Any) -> ProviderError:
-        return cls(redact(f"{self.teacher.name}: {reason}", [self.teacher.api_key()]), **kw)
+        """The error, redacted before it is cut to length (a key cut in two would escape redaction)."""
+        reason = redact(reason, self.teacher.api_keys())
+        reason = reason[:MAX_ERROR_CHARS] + ("..." if len(reason) > MAX_ERROR_CHARS else "")
+        return cls(f"{self.teacher.name}: {reason}", **kw)
 
     async def send(self, method: str, url: str, headers: dict[str, str], stream: bool = False,
                    **kwargs: Any) -> httpx.Response:
@@ -246,7 +241,7 @@ class _Provider:
         except httpx.TimeoutException as e:
             raise self._fail(TransientError, f"timed out after {t.timeout_s:g} s ({type(e).__name__})") from None
         except httpx.RequestError as e:  # connection refused, reset, DNS: str(e) may name the URL, so redact
-            raise self._fail(TransientError, f"{type(e).__name__}: {str(e)[:MAX_ERROR_CHARS]}") from None
+            raise self._fail(TransientError, f"{type(e).__name__}: {e}") from None
         status = resp.status_code
         if status < 400:
             return resp

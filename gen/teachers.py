@@ -14,7 +14,9 @@ Several keys: `api_key_env: [OPENAI_KEY_A, OPENAI_KEY_B]`. Each key gets the who
 max_concurrency above and its own rate-limit gate; each request goes to the key that can send soonest
 (gen/client.py), and a 429 cools only the key that got it. Providers limit a project or organization rather
 than a key string, so only keys with quotas of their own (other projects, other accounts) add throughput.
-Which key answered changes nothing in the cache key or the outputs. Every missing variable is reported.
+Which key answered changes nothing in the cache key or the outputs. Every missing variable is reported;
+whitespace around a key (a .env written on Windows) is stripped, and a key with other stray characters is
+refused (gen/keys.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from fair.config import load_yaml, make_config
 from fair.errors import FairError
+from fair.gen.keys import read_key
 
 Provider = Literal["openai", "gemini", "anthropic"]
 DEFAULT_BASE_URLS = {
@@ -89,11 +92,11 @@ class Teacher:
         return (env,) if isinstance(env, str) else tuple(env or ())
 
     def api_key(self) -> str | None:
-        """The key of a one-key teacher; providers only ever see those (see `per_key`)."""
-        return os.environ.get(self.key_envs[0]) if self.key_envs else None
+        """The key of a one-key teacher, stripped (gen/keys.py); providers only ever see those (see `per_key`)."""
+        return read_key(self.key_envs[0]) if self.key_envs else None
 
     def api_keys(self) -> list[str | None]:
-        """Every key's value, for redaction."""
+        """Every key's raw value, for redaction: never refused, so that even an unusable key is redacted."""
         return [os.environ.get(env) for env in self.key_envs]
 
     def per_key(self) -> list[Teacher]:
@@ -143,4 +146,5 @@ def rebase(url: str | None, server: str) -> str:
 
 
 def missing_keys(teachers: list[Teacher]) -> list[str]:
-    return sorted({env for t in teachers for env in t.key_envs if not os.environ.get(env)})
+    """The variables that are unset or blank; FairError (naming it) for one whose key is unusable."""
+    return sorted({env for t in teachers for env in t.key_envs if read_key(env) is None})
