@@ -34,7 +34,8 @@ import orjson
 from fair.gen.offline_api import openai_text, response, tokens
 
 if TYPE_CHECKING:
-    from fair.gen.offline_server import Handler, OfflineServer
+    from fair.gen.offline_http import Handler
+    from fair.gen.offline_server import OfflineServer
 
 ENDPOINT = "/v1/chat/completions"
 MAX_UPLOAD = 200 << 20  # OpenAI's limit on one batch input file

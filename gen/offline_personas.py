@@ -5,7 +5,8 @@ found in the prompt (GSM8K solution text, SVAMP equation, StrategyQA facts, Logi
 spoiled at each persona's error rates, so that the committee code downstream sees realistic variety: wrong
 final answers, terse rationales, biased or noisy review scores, reviews with no score at all. Every draw
 comes from the `random.Random` the server seeds per request, so the same request always gets the same reply.
-The HTTP side (wire formats, rate limits, faults) lives in gen/offline_server.py.
+The HTTP side lives in gen/offline_server.py (faults), gen/offline_http.py (routes) and gen/offline_api.py
+(wire formats, rate limits).
 """
 
 from __future__ import annotations
