@@ -13,6 +13,7 @@ and prints one summary row per task. Greedy decoding by default; sampling is see
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from fair.gen.models import DEFAULT_STUDENT, model_short_name
 from fair.gen.paper_format import export_mistakes
 from fair.gen.records import answer_examples, check_resumable, finished_answers
 from fair.jsonl import append_jsonl, write_json
+from fair.lock import folder_lock
 
 CHUNK = 256  # answers per engine call and per append: a kill loses at most one chunk
 
@@ -65,6 +67,13 @@ class EvalConfig:
 
 
 def evaluate(config: EvalConfig, engine: Engine | None = None) -> list[dict]:
+    with contextlib.ExitStack() as locks:  # every task's folder before any is read: one run per folder
+        for name in config.task:
+            locks.enter_context(folder_lock(config.out_dir / f"{get_task(name).name}-{config.split}", "eval"))
+        return evaluate_locked(config, engine)
+
+
+def evaluate_locked(config: EvalConfig, engine: Engine | None = None) -> list[dict]:
     """Each task's predictions are appended as they are graded; a rerun with the same settings and the same
     model weights answers only what is missing (nothing, the second time: the engine is not even started)."""
     tasks = [get_task(name) for name in config.task]

@@ -13,7 +13,8 @@ Durable: every response goes to the SQLite cache the moment it arrives, and each
 to committee.jsonl at once (fsynced every second; gen/cache.py and fair/jsonl.py say why in groups). A rerun
 skips finished ids and gets every cached response for free, so after a kill only the requests in flight at
 that moment are sent again; the rerun says how many. Memory stays flat whatever the corpus: the window,
-the set of finished ids (tens of bytes each) and counters (make bench-scale measures it).
+the set of finished ids (tens of bytes each) and counters (make bench-scale measures it). One run per
+folder: a second `fair committee` on a folder in use fails at once, naming the first one's pid (fair/lock.py).
 
 With batch_api, the feedback and rationales of teachers with batch_api: true are first asked through OpenAI's
 Batch API, which only fills the cache (gen/batch.py); the streaming run then finds them there.
@@ -47,6 +48,7 @@ from fair.gen.records import StudentAnswer
 from fair.gen.review import accept, parse_review_score
 from fair.gen.teachers import Teacher, load_committee, missing_keys
 from fair.jsonl import JsonlAppender, read_jsonl, write_json
+from fair.lock import folder_lock
 
 
 @dataclass
@@ -203,6 +205,13 @@ def finished_ids(path: Path) -> set[str]:
 
 
 async def run_committee(config: CommitteeConfig, teachers: list[Teacher]) -> dict[str, Any]:
+    # Before the finished ids and the cache's in-flight marks are read: a second run would take the first
+    # one's requests in flight for a crash's leftovers, and answer (and pay for) every mistake again.
+    with folder_lock(config.out_path.parent, "committee"):
+        return await stream_committee(config, teachers)
+
+
+async def stream_committee(config: CommitteeConfig, teachers: list[Teacher]) -> dict[str, Any]:
     task = get_task(config.task)
     done = finished_ids(config.out_path)
     mistakes = pending_mistakes(config, done)

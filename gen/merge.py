@@ -8,7 +8,8 @@ Reads <run>/shard-<i>-of-<N>/ for i = 0..N-1 and writes <run>/answers.jsonl, mis
 config.yaml: what one unsharded run would have written, records in the split's order, so `fair committee`
 reads the mistakes as usual and `fair mine` without --shard finds nothing left to do there.
 
-Refused, in one line that names the shard folders: a missing shard folder; shards made with other settings
+Refused, in one line that names the shard folders: a shard (or the run folder) in use by a `fair mine`; a
+missing shard folder; shards made with other settings
 than these flags or than each other (config.yaml, model_fingerprint); an id of the (limited) split that no
 shard answered, or that two shards answered. Answers beyond --limit (a shard mined with a larger one earlier)
 are left out, as `fair mine` leaves them out of its stats.
@@ -35,6 +36,7 @@ from fair.eval.tasks import Example, get_task
 from fair.gen.mine import MineConfig, shard_folder_name, summarize
 from fair.gen.records import ANSWER_DEFINING, StudentAnswer
 from fair.jsonl import read_jsonl, scan_jsonl, write_json
+from fair.lock import folder_lock
 
 # Shards must agree on these (and the model's weights) to be one run; engine and batching settings may differ.
 SHARED_SETTINGS = ("task", "limit", "data_dir", *ANSWER_DEFINING)
@@ -52,6 +54,14 @@ class Line:
 def merge(config: MineConfig, force: bool = False) -> dict:
     if config.shard is not None:
         raise FairError(f"fair merge joins every shard: leave out --shard (got {config.shard!r})")
+    with contextlib.ExitStack() as locks:  # the run folder, and no shard may still be mining
+        locks.enter_context(folder_lock(config.run_dir, "mine"))
+        for shard in sorted(p for p in config.run_dir.glob("shard-*-of-*") if p.is_dir()):
+            locks.enter_context(folder_lock(shard, "mine"))
+        return merge_unlocked(config, force)
+
+
+def merge_unlocked(config: MineConfig, force: bool) -> dict:
     task = get_task(config.task)
     run = config.run_dir
     answers_path, mistakes_path = run / "answers.jsonl", run / "mistakes.jsonl"

@@ -10,7 +10,8 @@ Writes to data/<task>/<student>/ (or --out):
     mistakes.jsonl  the wrong or unparseable ones, read by the committee stage
     stats.json      accuracy, counts, tokens/s        config.yaml  the resolved settings
 Each chunk of answers is appended and fsynced as soon as it is graded; a rerun skips finished ids, so a
-killed run loses at most the chunk in flight and never duplicates a record.
+killed run loses at most the chunk in flight and never duplicates a record. One run per folder: a second
+`fair mine` on a folder (or shard) in use fails at once, naming the first one's pid (fair/lock.py).
 
 Sharding (`--shard i/N`, 0-based): shard i takes the examples whose row in the split is i modulo N, after
 --limit. Strided rather than hashed or in blocks: shards differ in size by at most one and see the same mix of
@@ -38,6 +39,7 @@ from fair.gen.models import DEFAULT_STUDENT, model_short_name
 from fair.gen.paper_format import export_mistakes
 from fair.gen.records import StudentAnswer, answer_examples, check_resumable, finished_answers
 from fair.jsonl import append_jsonl, write_json
+from fair.lock import folder_lock
 
 
 @dataclass
@@ -97,6 +99,11 @@ class MineConfig:
 
 
 def mine(config: MineConfig, engine: Engine | None = None) -> dict:
+    with folder_lock(config.out_dir, "mine"):  # before the resume log is read: one run per folder
+        return mine_unlocked(config, engine)
+
+
+def mine_unlocked(config: MineConfig, engine: Engine | None) -> dict:
     task = get_task(config.task)
     out = config.out_dir
     check_resumable(config, out / "config.yaml", ("task", "shard"))
