@@ -2,7 +2,8 @@
 
 Writers flush after each batch so that a kill -9 loses at most the batch being written, and fsync (against a
 power cut) after each batch (append_jsonl) or every second (JsonlAppender); readers tolerate (and repair) a
-torn last line, which is what such a kill leaves behind.
+torn last line, which is what such a kill leaves behind. A last line that parses is a finished record
+whatever its newline: readers count it, and the repair before the next append keeps it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -45,8 +46,9 @@ def scan_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def repair_torn_tail(path: Path, chunk: int = 1 << 16) -> None:
-    """Drop an unterminated last line so that the next append starts on a fresh line. Reads from the end only:
-    the file may hold millions of records."""
+    """End the file on a fresh line before an append. An unterminated last line that parses gets its newline:
+    the record was written whole (only its newline was not), and readers count it as done; a torn one, which
+    readers skip, is dropped. Reads from the end only: the file may hold millions of records."""
     if not path.exists():
         return
     with path.open("rb+") as f:
@@ -56,15 +58,26 @@ def repair_torn_tail(path: Path, chunk: int = 1 << 16) -> None:
         f.seek(end - 1)
         if f.read(1) == b"\n":
             return
-        while end > 0:
-            start = max(0, end - chunk)
-            f.seek(start)
-            newline = f.read(end - start).rfind(b"\n")
-            if newline >= 0:
-                f.truncate(start + newline + 1)
-                return
-            end = start
-        f.truncate(0)
+        start = _last_line_start(f, end, chunk)
+        f.seek(start)
+        try:
+            orjson.loads(f.read(end - start))
+        except orjson.JSONDecodeError:
+            f.truncate(start)
+            return
+        f.seek(end)
+        f.write(b"\n")
+
+
+def _last_line_start(f: BinaryIO, end: int, chunk: int) -> int:
+    while end > 0:
+        start = max(0, end - chunk)
+        f.seek(start)
+        newline = f.read(end - start).rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        end = start
+    return 0
 
 
 class JsonlAppender:

@@ -1,0 +1,40 @@
+"""JSON Lines: the reader and the tail repair agree on which records are finished."""
+
+from __future__ import annotations
+
+import pytest
+
+from fair.errors import FairError
+from fair.jsonl import JsonlAppender, append_jsonl, read_jsonl
+
+
+def ids(path) -> list[str]:
+    return [r["id"] for r in read_jsonl(path)]
+
+
+@pytest.mark.parametrize("tail", [b'{"id": "b"}', b'{"id": "b"}  ', b'{"id": "b", "text": "x}"}'])
+def test_a_complete_last_record_without_its_newline_survives_the_next_append(tmp_path, tail):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"id": "a"}\n' + tail)  # a kill between the record and its newline, or a hand edit
+    assert ids(path) == ["a", "b"]  # the reader counts b as done, so a resumed run will not redo it ...
+    append_jsonl(path, [{"id": "c"}])
+    assert ids(path) == ["a", "b", "c"]  # ... and the repair before the append must not drop it
+    with JsonlAppender(path) as out:  # the streaming writer repairs the same way
+        out.write([{"id": "d"}])
+    assert ids(path) == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize("tail", [b'{"id": "b", "te', b'{"id": "b"', b'{"id": "b", "text": "}'])
+def test_a_torn_last_record_is_not_done_and_is_dropped(tmp_path, tail):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"id": "a"}\n' + tail)
+    assert ids(path) == ["a"]
+    append_jsonl(path, [{"id": "b"}])
+    assert ids(path) == ["a", "b"]
+
+
+def test_a_bad_line_inside_the_file_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"id": "a"}\n{"id": \n{"id": "c"}\n')
+    with pytest.raises(FairError, match=r"a.jsonl:2: not valid JSON"):
+        ids(path)
