@@ -16,8 +16,10 @@ was most of the cache's cost per request (make bench-scale times it at 1M rows).
 SQLite runs in WAL mode with synchronous=NORMAL: every commit survives a process kill (only a power cut can
 lose the last few).
 
-The key covers provider, model, every message (system prompt included), temperature, top_p, max_tokens and
-the sample salt. It leaves out the base_url (a local server's port changes between runs) and never sees the
+The key covers provider, endpoint, model, every message (system prompt included), temperature, top_p,
+max_tokens and the sample salt. The endpoint is the base URL's host and path, so that a mock's or a proxy's
+replies are never reused for the real API under the same model name; on a loopback host it leaves out the
+port, which changes between runs (the offline simulator takes a free one each time). The key never sees the
 API key (a teacher's several keys share one cache). Prompt changes reach the key through the messages.
 
 A reply answered through the Batch API is stored with batch = 1, so its cost is counted at the batch price
@@ -28,10 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import sqlite3
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -51,12 +55,14 @@ CREATE TABLE IF NOT EXISTS responses (
 CREATE TABLE IF NOT EXISTS inflight (key TEXT PRIMARY KEY, teacher TEXT NOT NULL, started REAL NOT NULL)
     WITHOUT ROWID;
 """
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def key_for(teacher: Teacher, request: ChatRequest) -> str:
     """sha256 of a canonical JSON of exactly the fields that change the reply (see the module docstring)."""
     fields = {
         "provider": teacher.provider,
+        "endpoint": endpoint(teacher.url),
         "model": teacher.model,
         "messages": [[role, content] for role, content in request.messages],
         "temperature": float(request.temperature),  # 0 and 0.0 must hash alike
@@ -65,6 +71,23 @@ def key_for(teacher: Teacher, request: ChatRequest) -> str:
         "sample": int(request.sample),
     }
     return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def endpoint(url: str) -> str:
+    """host[:port]/path, as the cache key sees a base URL: a loopback host's port left out (see above)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if is_loopback(host):
+        return f"loopback{parts.path.rstrip('/')}"
+    port = f":{parts.port}" if parts.port not in (None, DEFAULT_PORTS.get(parts.scheme)) else ""
+    return f"{host}{port}{parts.path.rstrip('/')}"
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ResponseCache:

@@ -40,13 +40,28 @@ def test_key_covers_what_changes_the_reply():
         key_for(TEACHER, replace(REQUEST, sample=1)),
     ]
     assert len({base, *changed}) == len(changed) + 1
-    # Not the server's address (a local port changes between runs), the key's variable, or the teacher's name.
+    # Not a local server's port (it changes between runs), the key's variable, or the teacher's name.
     same = [
         key_for(replace(TEACHER, base_url="http://127.0.0.1:9999/v1"), REQUEST),
         key_for(replace(TEACHER, api_key_env="OTHER_KEY", name="u"), REQUEST),
         key_for(TEACHER, replace(REQUEST, temperature=0)),  # int 0 and float 0.0 alike
     ]
     assert set(same) == {base}
+
+
+def test_key_tells_endpoints_apart_but_not_a_local_servers_port():
+    """A mock's or a proxy's replies are never reused for the real API (same model name, same folder); the
+    simulator's port, new each run, changes nothing."""
+    local = key_for(TEACHER, REQUEST)  # http://127.0.0.1:8000/v1
+    real = key_for(replace(TEACHER, base_url=None), REQUEST)  # the provider's public endpoint
+    proxy = key_for(replace(TEACHER, base_url="https://proxy.example.com/v1"), REQUEST)
+    proxy_port = key_for(replace(TEACHER, base_url="https://proxy.example.com:8443/v1"), REQUEST)
+    local_path = key_for(replace(TEACHER, base_url="http://127.0.0.1:8000/openai/v1"), REQUEST)
+    assert len({local, real, proxy, proxy_port, local_path}) == 5
+    for url in ("http://127.0.0.1:45123/v1", "http://localhost:8765/v1/", "http://[::1]:9000/v1"):
+        assert key_for(replace(TEACHER, base_url=url), REQUEST) == local, url
+    for url in ("https://api.openai.com/v1", "https://API.openai.com:443/v1/"):
+        assert key_for(replace(TEACHER, base_url=url), REQUEST) == real, url
 
 
 def test_inflight_rows_survive_a_crash_and_are_counted_once(tmp_path):
