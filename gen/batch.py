@@ -46,11 +46,13 @@ from fair.gen.cache import key_for
 from fair.gen.keys import redact
 from fair.gen.providers import (
     ChatRequest,
+    ChatResponse,
     FatalError,
     OpenAIProvider,
     ProviderError,
     RateLimited,
     TransientError,
+    lookup,
 )
 
 if TYPE_CHECKING:
@@ -163,9 +165,17 @@ class BatchAPI:
                 return await self.provider.send(method, f"{t.url}/{path}", self.provider.auth(), **kwargs)
         raise AssertionError("unreachable: tenacity either returns or raises")
 
+    def text(self, data: Any, name: str) -> str:
+        """A string field of a reply (an id, a status): anything else is a malformed reply."""
+        value = lookup(data, name)
+        if not isinstance(value, str) or not value:
+            raise self.provider.malformed(f"no {name}")
+        return value
+
     async def upload(self, file: IO[bytes]) -> str:
-        resp = await self._call("POST", "files", upload=file, data={"purpose": "batch"})
-        return str(self.provider.json_object(resp)["id"])
+        # No deadline but httpx's per-read timeouts: 200 MB may rightly take longer than timeout_s to send.
+        resp = await self._call("POST", "files", upload=file, data={"purpose": "batch"}, deadline=False)
+        return self.text(self.provider.json_object(resp), "id")
 
     async def create(self, input_file: str) -> dict:
         body = {"input_file_id": input_file, "endpoint": ENDPOINT, "completion_window": "24h",
@@ -180,12 +190,13 @@ class BatchAPI:
         params: dict[str, Any] = {"limit": 100}
         while True:
             page = self.provider.json_object(await self._call("GET", "batches", params=params))
-            for batch in page.get("data") or []:
-                if batch.get("input_file_id") == input_file:
+            batches = page.get("data") if isinstance(page.get("data"), list) else []
+            for batch in batches:
+                if lookup(batch, "input_file_id") == input_file:
                     return batch
-            if not page.get("has_more") or not page.get("data"):
+            if not page.get("has_more") or not batches:
                 return None
-            params["after"] = page["data"][-1]["id"]
+            params["after"] = self.text(batches[-1], "id")
 
     async def lines(self, file_id: str) -> AsyncIterator[str]:
         """A result file, line by line as it downloads: one can hold hundreds of MB."""
@@ -283,8 +294,8 @@ class BatchRun:
         api = self.apis[teacher]
         if batch_id is None:
             batch = (await api.find(input_file) if resumed else None) or await api.create(input_file)
-            batch_id = str(batch["id"])
-            self.ledger.created(input_file, batch_id, str(batch["status"]))
+            batch_id = api.text(batch, "id")
+            self.ledger.created(input_file, batch_id, str(batch.get("status")))
             print(f"batch: {batch_id} for {teacher}: {self.ledger.requests(input_file)} requests")
         await self.collect(api, input_file, await self.wait(api, batch_id))
 
@@ -296,31 +307,39 @@ class BatchRun:
                 batch = await api.get(batch_id)
             except FatalError:
                 return None
-            if batch.get("status") in TERMINAL:
+            if (current := api.text(batch, "status")) in TERMINAL:
                 return batch
-            if batch.get("status") != status:
-                status = batch.get("status")
-                counts = batch.get("request_counts") or {}
-                done, total = counts.get("completed", 0), counts.get("total", "?")
-                print(f"batch: {batch_id} is {status} ({done}/{total} done)")
+            if current != status:
+                status = current
+                done, total = lookup(batch, "request_counts", "completed"), lookup(batch, "request_counts", "total")
+                print(f"batch: {batch_id} is {status} ({done or 0}/{total or '?'} done)")
             await asyncio.sleep(delay)
             delay = min(2 * delay, self.poll_s)
+
+    def answer(self, api: BatchAPI, input_file: str, raw: str) -> tuple[str, ChatResponse] | None:
+        """A result line's (cache key, reply), or None when it is not a good reply to a request of this file."""
+        try:
+            line = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        key, response = lookup(line, "custom_id"), lookup(line, "response")
+        if not isinstance(key, str) or not self.ledger.holds(key, input_file) or lookup(response, "status_code") != 200:
+            return None
+        try:
+            return key, dataclasses.replace(api.provider.parse(lookup(response, "body")), batch=True)
+        except TransientError:
+            return None
 
     async def collect(self, api: BatchAPI, input_file: str, batch: dict | None) -> None:
         """Put the batch's good replies in the cache as they download; whatever is left goes live."""
         stats, answered = self.stats[api.teacher.name], 0
-        for file_id in (batch.get("output_file_id"), batch.get("error_file_id")) if batch else ():
-            if not file_id:
+        for file_id in (lookup(batch, "output_file_id"), lookup(batch, "error_file_id")):
+            if not isinstance(file_id, str) or not file_id:
                 continue
-            async for raw in api.lines(str(file_id)):
-                try:
-                    line = orjson.loads(raw)
-                    key, response = line.get("custom_id"), line.get("response") or {}
-                    if not self.ledger.holds(key, input_file) or response.get("status_code") != 200:
-                        continue
-                    reply = dataclasses.replace(api.provider.parse(response["body"]), batch=True)
-                except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, TransientError):
+            async for raw in api.lines(file_id):
+                if (answer := self.answer(api, input_file, raw)) is None:
                     continue  # a line we cannot read is left to the live path
+                key, reply = answer
                 self.cache.put(key, api.teacher.name, reply)
                 answered += 1
                 stats.batched += 1
@@ -334,8 +353,8 @@ class BatchRun:
         self.report.answered += answered
         self.report.fell_back += requests - answered
         if answered < requests:
-            errors = ((batch or {}).get("errors") or {}).get("data") or [{}]  # why a batch failed validation
-            # The server's words: redacted, since a validation error may quote the request's key.
-            why = f" ({redact(str(errors[0]['message']), api.teacher.api_keys())})" if errors[0].get("message") else ""
+            # Why a batch failed validation, in the server's words: redacted, since they may quote the key.
+            message = lookup(batch, "errors", "data", 0, "message")
+            why = f" ({redact(str(message), api.teacher.api_keys())})" if message else ""
             print(f"batch: {batch['id'] if batch else input_file} {status}{why}: {answered} of {requests} "
                   f"answered, {requests - answered} left to the live path")

@@ -10,23 +10,28 @@ A provider makes only the raw call and maps every failure onto three exception t
 
 Failures: HTTP 429 -> RateLimited(retry_after); 5xx, 408, 409, timeouts, connection errors, invalid JSON,
 missing fields, empty text -> TransientError; other 4xx -> FatalError. Messages are built from the teacher's
-name, the status and the provider's error text only (never from the URL or headers), and then redacted.
+name, the status and the provider's error text only (never from the URL or headers), redacted (gen/keys.py),
+then cut to one line of MAX_ERROR_CHARS.
+
+Replies are untrusted: the parsers read them through `lookup`, so that a reply of any shape (usage a string,
+counts "n/a", null objects, text a number, nested lists) becomes a TransientError for that request and never
+a ValueError, TypeError or AttributeError that would end the run. Token counts that are absent or null count 0
+(some local servers send none; the text is good and paid for); any other non-count is a malformed reply. Each
+attempt has one deadline, timeout_s from connect to the last byte (httpx's timeouts are per read, so a server
+that drips bytes would hold it forever), and a body over MAX_REPLY_BYTES is cut off.
 """
 
 from __future__ import annotations
 
-import email.utils
-import math
-import re
-import time
+import asyncio
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 import orjson
 
 from fair.gen.keys import redact
+from fair.gen.ratelimits import RateLimitInfo, parse_limits, retry_after
 
 if TYPE_CHECKING:
     from fair.gen.teachers import Teacher
@@ -44,16 +49,6 @@ class ChatRequest:
     def for_teacher(cls, teacher: Teacher, messages: tuple[tuple[str, str], ...], sample: int = 0) -> ChatRequest:
         """The request with the teacher's sampling settings: the request's values are what is sent and hashed."""
         return cls(messages, teacher.temperature, teacher.top_p, teacher.max_tokens, sample)
-
-
-@dataclass(frozen=True)
-class RateLimitInfo:
-    """What the provider's rate-limit headers said on the latest reply (None = header absent)."""
-
-    remaining_requests: int | None = None
-    remaining_tokens: int | None = None
-    reset_requests_s: float | None = None  # seconds from now until the request budget refills
-    reset_tokens_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -90,117 +85,28 @@ class ChatProvider(Protocol):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Header parsing
+# Reading untrusted replies
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
-_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 MAX_ERROR_CHARS = 300
+MAX_REPLY_BYTES = 8 * 1024 * 1024  # a chat reply or a Batch API status is a few KB; more is a broken server
+MAX_COUNT = 2**40  # no reply is a trillion tokens: a bigger "count" is garbage
 
 
-def _seconds(value: str, scale: float = 1.0) -> float | None:
-    """A plain number of seconds (or milliseconds with scale=1e-3); None unless finite."""
-    try:
-        x = float(value) * scale
-    except ValueError:
-        return None
-    return max(x, 0.0) if math.isfinite(x) else None
-
-
-def parse_duration(value: str | None) -> float | None:
-    """OpenAI's reset durations ("1s", "6m0s", "120ms", "1h2m3.5s") or plain seconds ("1.5") -> seconds."""
-    if not value:
-        return None
-    value = value.strip()
-    if (plain := _seconds(value)) is not None:
-        return plain
-    parts = _DURATION_PART.findall(value)
-    if not parts or "".join(n + u for n, u in parts) != value:
-        return None
-    return sum(float(n) * _UNIT_S[u] for n, u in parts)
-
-
-def _seconds_until(stamp: str, now: float) -> float | None:
-    """An RFC 3339 timestamp (Anthropic's resets) or an HTTP date (Retry-After) -> seconds from `now`."""
-    try:
-        when = datetime.fromisoformat(stamp.strip()).timestamp()
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(stamp).timestamp()
-        except (TypeError, ValueError, IndexError):
-            return None
-    return max(when - now, 0.0)
-
-
-def parse_retry_after(headers: httpx.Headers, now: float | None = None) -> float | None:
-    """retry-after-ms (preferred, OpenAI) or Retry-After (seconds or an HTTP date) -> seconds."""
-    now = time.time() if now is None else now
-    if (ms := headers.get("retry-after-ms")) and (seconds := _seconds(ms, 1e-3)) is not None:
-        return seconds
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    seconds = _seconds(value)
-    return seconds if seconds is not None else _seconds_until(value, now)
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-def parse_limits(headers: httpx.Headers, now: float | None = None) -> RateLimitInfo | None:
-    """OpenAI-style x-ratelimit-* headers (durations) or Anthropic's anthropic-ratelimit-* (RFC 3339 times)."""
-    now = time.time() if now is None else now
-    if "anthropic-ratelimit-requests-remaining" in headers or "anthropic-ratelimit-tokens-remaining" in headers:
-        h = "anthropic-ratelimit-"
-        reset_req, reset_tok = headers.get(h + "requests-reset"), headers.get(h + "tokens-reset")
-        return RateLimitInfo(
-            _int(headers.get(h + "requests-remaining")), _int(headers.get(h + "tokens-remaining")),
-            _seconds_until(reset_req, now) if reset_req else None,
-            _seconds_until(reset_tok, now) if reset_tok else None,
-        )
-    if any(k.startswith("x-ratelimit-") for k in headers):
-        return RateLimitInfo(
-            _int(headers.get("x-ratelimit-remaining-requests")), _int(headers.get("x-ratelimit-remaining-tokens")),
-            parse_duration(headers.get("x-ratelimit-reset-requests")),
-            parse_duration(headers.get("x-ratelimit-reset-tokens")),
-        )
-    return None
-
-
-def _retry_after_from_limits(limits: RateLimitInfo | None) -> float | None:
-    """Without Retry-After: wait for the exhausted budget's reset, else the sooner of the two resets."""
-    if limits is None:
-        return None
-    exhausted = [r for n, r in ((limits.remaining_requests, limits.reset_requests_s),
-                                (limits.remaining_tokens, limits.reset_tokens_s)) if n == 0 and r is not None]
-    if exhausted:
-        return max(exhausted)
-    resets = [r for r in (limits.reset_requests_s, limits.reset_tokens_s) if r is not None]
-    return min(resets) if resets else None
-
-
-def _gemini_retry_delay(data: Any) -> float | None:
-    """Gemini puts its wait in the 429 body: error.details[].retryDelay = "17s" (google.rpc.RetryInfo)."""
-    try:
-        for detail in data["error"]["details"]:
-            if str(detail.get("@type", "")).endswith("RetryInfo"):
-                return parse_duration(detail.get("retryDelay"))
-    except (KeyError, TypeError, AttributeError):
-        pass
-    return None
+def lookup(data: Any, *path: str | int) -> Any:
+    """data[path[0]][path[1]]...: None where a step is missing or the data has another shape."""
+    for step in path:
+        if isinstance(step, int):
+            data = data[step] if isinstance(data, list) and -len(data) <= step < len(data) else None
+        else:
+            data = data.get(step) if isinstance(data, dict) else None
+    return data
 
 
 def _error_text(data: Any, raw: bytes) -> str:
     """The provider's own error message ({"error": {"message": ...}} in all three APIs), else the raw body."""
-    message = None
-    if isinstance(data, dict):
-        err = data.get("error")
-        message = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else None
-    text = str(message) if message else raw.decode("utf-8", "replace")
-    return " ".join(text.split())  # cut to length in _Provider._fail, after redaction: a cut key is no key
+    error = lookup(data, "error")
+    message = lookup(error, "message") if isinstance(error, dict) else error if isinstance(error, str) else None
+    return str(message) if message else raw.decode("utf-8", "replace")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -221,45 +127,62 @@ class _Provider:
         raise NotImplementedError
 
     def _fail(self, cls: type[ProviderError], reason: str, **kw: Any) -> ProviderError:
-        """The error, redacted before it is cut to length (a key cut in two would escape redaction)."""
-        reason = redact(reason, self.teacher.api_keys())
+        """The error on one line, redacted before it is cut to length (a key cut in two would escape redaction)."""
+        reason = " ".join(redact(reason, self.teacher.api_keys()).split())
         reason = reason[:MAX_ERROR_CHARS] + ("..." if len(reason) > MAX_ERROR_CHARS else "")
         return cls(f"{self.teacher.name}: {reason}", **kw)
 
+    def malformed(self, what: str) -> ProviderError:
+        return self._fail(TransientError, f"malformed reply: {what}")
+
     async def send(self, method: str, url: str, headers: dict[str, str], stream: bool = False,
-                   **kwargs: Any) -> httpx.Response:
+                   deadline: bool = True, **kwargs: Any) -> httpx.Response:
         """One HTTP call with the teacher's timeout and extra headers; a reply below 400 is returned, transport
         failures and HTTP errors raise RateLimited, TransientError or FatalError (also used by gen/batch.py).
-        With stream=True a good reply's body is left unread, for the caller to iterate and close."""
+        The body is read (up to MAX_REPLY_BYTES) within the attempt's deadline, except that with stream=True a
+        good reply's body is left unread, for the caller to iterate and close. deadline=False leaves only httpx's
+        per-read timeouts: for an upload that may rightly take longer than timeout_s."""
         t = self.teacher
         request = self.http.build_request(method, url, headers={**headers, **t.extra_headers}, timeout=t.timeout_s,
                                           **kwargs)
         try:
-            resp = await self.http.send(request, stream=stream)
-            if resp.status_code >= 400 and stream:
-                await resp.aread()  # the error text; reading to the end also closes it
-        except httpx.TimeoutException as e:
+            async with asyncio.timeout(t.timeout_s if deadline else None):
+                resp = await self.http.send(request, stream=True)
+                if resp.status_code >= 400 or not stream:
+                    await self._read(resp)
+        except (httpx.TimeoutException, TimeoutError) as e:
             raise self._fail(TransientError, f"timed out after {t.timeout_s:g} s ({type(e).__name__})") from None
         except httpx.RequestError as e:  # connection refused, reset, DNS: str(e) may name the URL, so redact
             raise self._fail(TransientError, f"{type(e).__name__}: {e}") from None
-        status = resp.status_code
-        if status < 400:
+        if resp.status_code < 400:
             return resp
+        raise self._status_error(resp)
+
+    async def _read(self, resp: httpx.Response) -> None:
+        """Read the body into resp.content, giving up past MAX_REPLY_BYTES (decoded: a gzip bomb counts too)."""
+        chunks, size = [], 0
+        try:
+            async for chunk in resp.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_REPLY_BYTES:
+                    raise self._fail(TransientError, f"HTTP {resp.status_code}: reply over {MAX_REPLY_BYTES} bytes")
+                chunks.append(chunk)
+        finally:
+            await resp.aclose()
+        resp._content = b"".join(chunks)  # where httpx's own aread() keeps the body; ours stops at the cap
+
+    def _status_error(self, resp: httpx.Response) -> ProviderError:
+        status = resp.status_code
         try:
             data = orjson.loads(resp.content) if resp.content else None
         except orjson.JSONDecodeError:
             data = None
+        text = f"HTTP {status}: {_error_text(data, resp.content)}"
         if status == 429:
-            now = time.time()
-            retry_after = parse_retry_after(resp.headers, now)
-            if retry_after is None:
-                retry_after = _gemini_retry_delay(data)
-            if retry_after is None:
-                retry_after = _retry_after_from_limits(parse_limits(resp.headers, now))
-            raise self._fail(RateLimited, f"HTTP 429: {_error_text(data, resp.content)}", retry_after=retry_after)
+            return self._fail(RateLimited, text, retry_after=retry_after(resp.headers, data))
         if status >= 500 or status in (408, 409):  # 409: OpenAI's "conflict, try again"; 529: Anthropic overloaded
-            raise self._fail(TransientError, f"HTTP {status}: {_error_text(data, resp.content)}")
-        raise self._fail(FatalError, f"HTTP {status}: {_error_text(data, resp.content)}")
+            return self._fail(TransientError, text)
+        return self._fail(FatalError, text)
 
     def json_object(self, resp: httpx.Response) -> dict:
         """A successful reply's JSON object; anything else is a TransientError."""
@@ -275,11 +198,31 @@ class _Provider:
         resp = await self.send("POST", url, {"content-type": "application/json", **headers}, content=orjson.dumps(body))
         return self.json_object(resp), parse_limits(resp.headers)
 
-    def _response(self, text: Any, input_tokens: Any, output_tokens: Any, limits: RateLimitInfo | None):
-        if not isinstance(text, str) or not text.strip():
+    def _usage(self, data: Any, name: str) -> dict:
+        """The reply's usage object; absent or null is {} (every count 0)."""
+        usage = lookup(data, name)
+        if usage is not None and not isinstance(usage, dict):
+            raise self.malformed(f"{name} is not an object")
+        return usage or {}
+
+    def _count(self, usage: dict, *names: str) -> int:
+        """The sum of the named token counts: absent or null counts 0, anything but a whole number >= 0 is malformed."""
+        total = 0
+        for name in names:
+            n = usage.get(name)
+            if n is None:
+                continue
+            if isinstance(n, bool) or not isinstance(n, int | float) or not 0 <= n <= MAX_COUNT or n != int(n):
+                raise self.malformed(f"{name} is not a token count")
+            total += int(n)
+        return total
+
+    def _response(self, text: Any, input_tokens: int, output_tokens: int, limits: RateLimitInfo | None):
+        if not isinstance(text, str):
+            raise self.malformed("the text is not a string")
+        if not text.strip():
             raise self._fail(TransientError, "empty reply (no text in the response)")
-        # Usage missing (some local servers) counts as 0 rather than a retry: the text is good and paid for.
-        return ChatResponse(text, int(input_tokens or 0), int(output_tokens or 0), limits)
+        return ChatResponse(text, input_tokens, output_tokens, limits)
 
 
 def _split_system(request: ChatRequest) -> tuple[str | None, list[tuple[str, str]]]:
@@ -310,13 +253,14 @@ class OpenAIProvider(_Provider):
             "max_tokens": request.max_tokens,
         }
 
-    def parse(self, data: dict, limits: RateLimitInfo | None = None) -> ChatResponse:
-        try:
-            text = data["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            raise self._fail(TransientError, "malformed reply: no choices[0].message.content") from None
-        usage = data.get("usage") or {}
-        return self._response(text, usage.get("prompt_tokens"), usage.get("completion_tokens"), limits)
+    def parse(self, data: Any, limits: RateLimitInfo | None = None) -> ChatResponse:
+        """A chat-completions reply (live, or a Batch API result line's body) -> ChatResponse or TransientError."""
+        text = lookup(data, "choices", 0, "message", "content")
+        if text is None:
+            raise self.malformed("no choices[0].message.content")
+        usage = self._usage(data, "usage")
+        return self._response(text, self._count(usage, "prompt_tokens"), self._count(usage, "completion_tokens"),
+                              limits)
 
 
 class GeminiProvider(_Provider):
@@ -336,18 +280,22 @@ class GeminiProvider(_Provider):
         headers = {"x-goog-api-key": key} if key else {}  # a header, so the key never lands in a logged URL
         model = t.model.removeprefix("models/")
         data, limits = await self._post(f"{t.url}/models/{model}:generateContent", headers, body)
-        try:
-            parts = data["candidates"][0]["content"]["parts"]
-            text = "".join(p.get("text", "") for p in parts if not p.get("thought"))  # skip thinking summaries
-        except (KeyError, IndexError, TypeError, AttributeError):
-            if block := (data.get("promptFeedback") or {}).get("blockReason"):
+        return self.parse(data, limits)
+
+    def parse(self, data: Any, limits: RateLimitInfo | None = None) -> ChatResponse:
+        parts = lookup(data, "candidates", 0, "content", "parts")
+        if not isinstance(parts, list):
+            if block := lookup(data, "promptFeedback", "blockReason"):
                 # The same prompt is blocked again on every retry: fail fast, recorded as this teacher's error.
-                raise self._fail(FatalError, f"prompt blocked ({block})") from None
-            raise self._fail(TransientError, "malformed reply: no candidates[0].content.parts") from None
-        usage = data.get("usageMetadata") or {}
+                raise self._fail(FatalError, f"prompt blocked ({block})")
+            raise self.malformed("no candidates[0].content.parts")
+        if not all(isinstance(p, dict) and isinstance(p.get("text", ""), str) for p in parts):
+            raise self.malformed("a part in candidates[0].content.parts is not an object with a text")
+        text = "".join(p.get("text", "") for p in parts if not p.get("thought"))  # skip thinking summaries
+        usage = self._usage(data, "usageMetadata")
         # Thinking tokens are billed as output tokens.
-        output = (usage.get("candidatesTokenCount") or 0) + (usage.get("thoughtsTokenCount") or 0)
-        return self._response(text, usage.get("promptTokenCount"), output, limits)
+        output = self._count(usage, "candidatesTokenCount", "thoughtsTokenCount")
+        return self._response(text, self._count(usage, "promptTokenCount"), output, limits)
 
 
 class AnthropicProvider(_Provider):
@@ -368,15 +316,20 @@ class AnthropicProvider(_Provider):
             body["system"] = system
         headers = {"anthropic-version": self.VERSION, **({"x-api-key": key} if key else {})}
         data, limits = await self._post(f"{t.url}/messages", headers, body)
-        content = data.get("content")
+        return self.parse(data, limits)
+
+    def parse(self, data: Any, limits: RateLimitInfo | None = None) -> ChatResponse:
+        content = lookup(data, "content")
         if not isinstance(content, list):
-            raise self._fail(TransientError, "malformed reply: no content list")
-        text = "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
-        usage = data.get("usage") or {}
+            raise self.malformed("no content list")
+        blocks = [b for b in content if isinstance(b, dict) and b.get("type") == "text"]
+        if not all(isinstance(b.get("text"), str) for b in blocks):
+            raise self.malformed("a text block's text is not a string")
+        usage = self._usage(data, "usage")
         # Prompt-cache reads and writes are input tokens too (billed at other rates; counted at the base rate here).
-        input_tokens = sum(usage.get(k) or 0 for k in
-                           ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
-        return self._response(text, input_tokens, usage.get("output_tokens"), limits)
+        input_tokens = self._count(usage, "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+        return self._response("".join(b["text"] for b in blocks), input_tokens, self._count(usage, "output_tokens"),
+                              limits)
 
 
 PROVIDERS: dict[str, type[_Provider]] = {

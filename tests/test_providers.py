@@ -23,10 +23,9 @@ from fair.gen.providers import (
     RateLimited,
     TransientError,
     make_provider,
-    parse_duration,
-    parse_retry_after,
     redact,
 )
+from fair.gen.ratelimits import parse_duration, parse_retry_after
 from fair.gen.teachers import Teacher
 
 KEY = "sk-test-PLANTED-123"
