@@ -18,7 +18,8 @@ from fair.config import make_config
 from fair.errors import FairError
 from fair.jsonl import read_jsonl
 from fair.train.data import FEEDBACK, RATIONALE
-from fair.train.train import TrainConfig, train, weighted_loss
+from fair.train.step import weighted_loss
+from fair.train.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@
 A checkpoint is a folder:
     model.safetensors       every trainable parameter, full and fp32, by name (LoRA: the adapter only)
     optimizer.safetensors   AdamW's exp_avg / exp_avg_sq per trainable parameter, same names
-    state.json              step, the config that made it, and the RNG states (base64)
+    state.json              step, the config that made it, a digest of the training data, the RNG states (base64)
 Under ZeRO the tensors are partitioned across ranks; DeepSpeed's documented safe_get_full_* /
 safe_set_full_* calls assemble and scatter them (collectives: every rank calls them), so a checkpoint does
 not depend on the number of ranks or the ZeRO stage, and no pickle is ever written or read.
@@ -14,12 +14,15 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from fair.errors import FairError
 
 OPTIMIZER_KEYS = ("exp_avg", "exp_avg_sq")
 
@@ -53,26 +56,43 @@ def gather_state(model, optimizer, zero: bool) -> tuple[dict[str, torch.Tensor],
     return weights, moments
 
 
-def save_checkpoint(folder: Path, model, optimizer, zero: bool, step: int, config: dict, rank: int) -> None:
+def save_checkpoint(folder: Path, model, optimizer, zero: bool, step: int, config: dict, rank: int,
+                    data: str | None = None) -> None:
+    """`data`: the digest of the training examples (train/resume.py), checked when a run resumes from here."""
     weights, moments = gather_state(model, optimizer, zero)
+    require_finite(weights, f"checkpoint {folder}")  # on every rank (each holds the full weights): all stop
     if rank != 0:
         return
     tmp = folder.with_name(folder.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
+    if tmp.exists():  # a save cut short by a kill: nothing of it is reused
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
     save_file(moments, tmp / "optimizer.safetensors")
     rng = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
     if torch.cuda.is_available():  # LoRA dropout on a GPU draws from the CUDA generator
         rng["cuda"] = base64.b64encode(torch.cuda.get_rng_state().numpy().tobytes()).decode()
-    (tmp / "state.json").write_text(json.dumps({"step": step, "config": config, "rng": rng}, indent=2))
-    if folder.exists():  # the same step saved again after a resume: replace it whole
-        shutil.rmtree(folder)
+    (tmp / "state.json").write_text(json.dumps({"step": step, "config": config, "data": data, "rng": rng}, indent=2))
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():  # the same step saved again after a resume: set aside whole, never half deleted
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
     os.replace(tmp, folder)  # a kill mid-save leaves only a .partial folder, never a half checkpoint
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    steps = [(int(p.name.removeprefix("step-")), p) for p in folder.glob("step-*") if p.is_dir()] if folder.exists() else []
+    """The last complete save: step-N folders only (not the .partial or .old a kill mid-save leaves)."""
+    steps = [(int(match[1]), p) for p in (folder.iterdir() if folder.exists() else ())
+             if (match := re.fullmatch(r"step-(\d+)", p.name)) and (p / "state.json").is_file()]
     return max(steps)[1] if steps else None
+
+
+def require_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Never write weights that are NaN or infinite: a model that only produces garbage, or poisons a resume."""
+    bad = [name for name, t in tensors.items() if not torch.isfinite(t).all()]
+    if bad:
+        raise FairError(f"{what}: {len(bad)} tensor(s) not finite, e.g. {bad[0]}: not saved")
 
 
 def load_weights(folder: Path, model) -> dict[str, Any]:

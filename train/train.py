@@ -18,6 +18,7 @@ under <out>/checkpoints/step-N (resumable: rerun the same command) and a plain H
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -28,31 +29,29 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from fair.config import save_config
 from fair.errors import FairError
 from fair.eval.tasks import get_task
 from fair.gen.models import DEFAULT_STUDENT, model_short_name, resolve_model
 from fair.jsonl import append_jsonl, write_json
+from fair.lock import folder_lock
 from fair.train.checkpoint import (
     full_param,
-    latest_checkpoint,
     load_optimizer,
-    load_weights,
+    require_finite,
     save_checkpoint,
     trainable,
 )
 from fair.train.data import (
     FEEDBACK,
     RATIONALE,
-    attention_mask_4d,
     build_examples,
-    collate,
     load_records,
-    single_row,
     tokenize_examples,
 )
+from fair.train.resume import check_settings, data_digest, resume_point
+from fair.train.step import Run, take_step
 
 
 @dataclass
@@ -124,6 +123,22 @@ class Dist:
     rank: int = 0
     world: int = 1
     zero: bool = False  # DeepSpeed ZeRO engine in use
+
+    def on_rank_zero(self, action) -> None:
+        """Run `action` on rank 0 only; if it fails, every rank raises its error together (a rank left
+        behind would wait in the next collective for ever)."""
+        error = None
+        if self.rank == 0:
+            try:
+                action()
+            except FairError as e:
+                error = str(e)
+        if self.world > 1:
+            box = [error]
+            torch.distributed.broadcast_object_list(box, src=0)
+            error = box[0]
+        if error:
+            raise FairError(error)
 
     def all_sum(self, values: list[float]) -> list[float]:
         if self.world == 1:
@@ -200,47 +215,6 @@ def learning_rate(config: TrainConfig, step: int, total: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The loss
-
-
-def target_tokens(items) -> tuple[int, int]:
-    counts = [0, 0]
-    for item in items:
-        counts[item.kind] += sum(label != -100 for label in item.labels)
-    return counts[FEEDBACK], counts[RATIONALE]
-
-
-def weighted_loss(logits, labels, kinds, n_feedback: int, n_rationale: int, alpha: float):
-    """This micro-batch's share of alpha * mean CE(feedback tokens) + (1 - alpha) * mean CE(rationale tokens),
-    where the means are over the whole step's tokens of each kind (n_feedback, n_rationale)."""
-    # Token t predicts token t + 1: shift the (small) labels left rather than slicing the (large) logits, whose
-    # slice would be copied; then only target positions go through the softmax (prompt and padding don't).
-    labels = F.pad(labels[:, 1:], (0, 1), value=-100).reshape(-1)
-    kinds = F.pad(kinds[:, 1:], (0, 1), value=-1).reshape(-1)
-    targets = labels != -100
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1])[targets].float(), labels[targets], reduction="none")
-    kinds = kinds[targets]
-    feedback_sum, rationale_sum = ce[kinds == FEEDBACK].sum(), ce[kinds == RATIONALE].sum()
-    loss = alpha * feedback_sum / max(n_feedback, 1) + (1 - alpha) * rationale_sum / max(n_rationale, 1)
-    return loss, feedback_sum.item(), rationale_sum.item()
-
-
-def forward(model, batch: dict, device: str, attention: str, autocast: bool):
-    """Logits for a batch; packed rows get restarted positions and no attention across their examples."""
-    inputs = {"input_ids": batch["input_ids"].to(device)}
-    if "seq_ids" in batch:
-        inputs["position_ids"] = batch["position_ids"].to(device)
-        if attention != "flash_attention_2":  # flash finds the boundaries from position_ids (one row: single_row)
-            # Eager attention adds the mask to its scores, so it needs the additive form; sdpa takes either.
-            inputs["attention_mask"] = attention_mask_4d(batch["seq_ids"], torch.float32).to(device)
-    else:
-        inputs["attention_mask"] = batch["attention_mask"].to(device)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-        # use_cache=False: no KV cache in training, and with one transformers would ignore packed positions.
-        return model(**inputs, use_cache=False).logits
-
-
-# ----------------------------------------------------------------------------------------------------------
 # The run
 
 
@@ -252,19 +226,17 @@ def step_plan(n: int, config: TrainConfig, step: int, steps_per_epoch: int) -> l
     return order[within * config.batch_size : (within + 1) * config.batch_size]
 
 
-def my_micro_batches(batch: list, size: int, dist: Dist) -> list[list]:
-    """This rank's micro-batches of a step. Examples are sorted by length first, so each micro-batch pads to
-    a similar length (a third fewer padded positions here), and dealt to the ranks in snake order (0,1,1,0,...)
-    so that no rank waits on one with all the long ones. The loss divides by the step's token counts, so
-    neither choice changes the result."""
-    ordered = sorted(batch, key=lambda item: len(item.input_ids))
-    micro = [ordered[k : k + size] for k in range(0, len(ordered), size)]
-    period = 2 * dist.world
-    return [chunk for i, chunk in enumerate(micro) if min(i % period, period - 1 - i % period) == dist.rank]
-
-
 def train(config: TrainConfig) -> Path:
     dist = setup_distributed(config)
+    with contextlib.ExitStack() as stack:
+        # One run per folder, held by rank 0 for all ranks (they share the folder, so each taking the lock
+        # would shut out the others); then nothing in the folder changes unless the settings are its own.
+        dist.on_rank_zero(lambda: stack.enter_context(folder_lock(config.out_dir, "train")))
+        dist.on_rank_zero(lambda: check_settings(config, config.out_dir / "train.yaml"))
+        return train_locked(config, dist)
+
+
+def train_locked(config: TrainConfig, dist: Dist) -> Path:
     torch.manual_seed(config.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and dist.zero:
@@ -272,8 +244,6 @@ def train(config: TrainConfig) -> Path:
     bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and device == "cuda")
     tokenizer, model = load_model(config, device)
     items = load_data(config, tokenizer, dist)
-    if dist.rank == 0:
-        save_config(config, config.out_dir / "train.yaml")
 
     micro_per_step = config.batch_size // config.micro_batch_size
     if micro_per_step % dist.world:
@@ -283,8 +253,10 @@ def train(config: TrainConfig) -> Path:
     steps_per_epoch = len(items) // config.batch_size  # the remainder (< one batch) is reshuffled into the next epoch
     total = min(config.max_steps or math.inf, config.epochs * steps_per_epoch)
 
-    resume_from = latest_checkpoint(config.out_dir / "checkpoints")
-    start = load_weights(resume_from, model)["step"] if resume_from else 0
+    digest = data_digest(items)
+    resume_from, start = resume_point(config, model, digest, dist.rank)
+    if dist.rank == 0:  # once the checks passed: a refused run leaves the folder's settings as they were
+        save_config(config, config.out_dir / "train.yaml")
     params = [p for _, p in trainable(model)]
     if dist.zero:
         engine, optimizer = deepspeed_engine(config, model, params, accumulation, bf16)
@@ -303,52 +275,22 @@ def train(config: TrainConfig) -> Path:
         load_optimizer(resume_from, model, optimizer, dist.zero, start)
         if dist.rank == 0:
             print(f"resumed from {resume_from}")
-    log_path = config.out_dir / "log.jsonl"
     if dist.rank == 0:
         print(f"training {model_short_name(config.student)} on {len(items)} examples: {total} steps of "
               f"{config.batch_size} ({dist.world} process(es) x {accumulation} x {config.micro_batch_size}), "
               f"alpha={config.alpha}, {'LoRA' if config.lora else 'full'}, from step {start}")
     model.train()
     run_began = time.perf_counter()
+    run = Run(config, dist, tokenizer, engine, optimizer, params, device, attention, autocast, accumulation)
     for step in range(start, total):
         began = time.perf_counter()
         batch = [items[i] for i in step_plan(len(items), config, step, steps_per_epoch)]
-        n_feedback, n_rationale = target_tokens(batch)
         lr = learning_rate(config, step, total)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        sums = [0.0, 0.0]
-        for chunk in my_micro_batches(batch, config.micro_batch_size, dist):
-            tensors = collate(chunk, tokenizer.pad_token_id, config.pack, config.max_length)
-            if config.pack and attention == "flash_attention_2":
-                tensors = single_row(tensors)
-            logits = forward(engine, tensors, device, attention, autocast)
-            loss, feedback_sum, rationale_sum = weighted_loss(logits, tensors["labels"].to(device),
-                                                              tensors["kinds"].to(device), n_feedback, n_rationale,
-                                                              config.alpha)
-            sums[0] += feedback_sum
-            sums[1] += rationale_sum
-            if dist.zero:  # DeepSpeed divides by accumulation steps and averages over ranks: undo both
-                engine.backward(loss * accumulation * dist.world)
-                engine.step()
-            else:
-                loss.backward()
-        if not dist.zero:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        feedback_total, rationale_total = dist.all_sum(sums)
-        record = {
-            "step": step + 1, "lr": lr,
-            "loss": config.alpha * feedback_total / max(n_feedback, 1)
-            + (1 - config.alpha) * rationale_total / max(n_rationale, 1),
-            "feedback_loss": feedback_total / n_feedback if n_feedback else None,
-            "rationale_loss": rationale_total / n_rationale if n_rationale else None,
-            "target_tokens": n_feedback + n_rationale, "step_s": round(time.perf_counter() - began, 3),
-            "target_tokens_per_s": (n_feedback + n_rationale) / (time.perf_counter() - began),
-        }
+        record = take_step(run, batch, step, lr)
+        record["step_s"] = round(time.perf_counter() - began, 3)
+        record["target_tokens_per_s"] = record["target_tokens"] / (time.perf_counter() - began)
         if dist.rank == 0:
-            append_jsonl(log_path, [record])
+            append_jsonl(config.out_dir / "log.jsonl", [record])
             if (step + 1) % config.log_every == 0 or step + 1 == total:
                 print(f"step {step + 1}/{total} loss {record['loss']:.4f} lr {lr:.2e} "
                       f"{record['target_tokens_per_s']:.0f} target tok/s", flush=True)
@@ -356,7 +298,7 @@ def train(config: TrainConfig) -> Path:
         if (config.save_every and (step + 1) % config.save_every == 0) or (not config.save_every and epoch_end) \
                 or step + 1 == total:
             save_checkpoint(config.out_dir / "checkpoints" / f"step-{step + 1}", model, optimizer, dist.zero,
-                            step + 1, asdict(config), dist.rank)
+                            step + 1, asdict(config), dist.rank, digest)
     if dist.rank == 0:
         write_json(config.out_dir / "train_summary.json", {
             "steps": total, "resumed_from": start, "seconds_this_run": round(time.perf_counter() - run_began, 2),
@@ -385,6 +327,7 @@ def deepspeed_engine(config: TrainConfig, model, params, accumulation: int, bf16
 def export(config: TrainConfig, model, tokenizer, dist: Dist) -> Path:
     """A plain HF directory (safetensors) that `fair eval` and vLLM load: LoRA merged, ZeRO-3 shards gathered."""
     weights = full_state(model, dist.zero)  # collective under ZeRO
+    require_finite(weights, f"export to {config.out_dir / 'final'}")  # every rank holds them all: all stop
     target = config.out_dir / "final"
     if dist.rank == 0:
         from transformers import AutoModelForCausalLM

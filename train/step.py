@@ -1,0 +1,127 @@
+"""One optimizer step: the two-part loss, the forward pass, this rank's micro-batches, and the guard that
+stops a run on a loss or gradient that is not finite (before anything is saved, so the last checkpoint on
+disk is the last good one)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fair.errors import FairError
+from fair.train.checkpoint import latest_checkpoint
+from fair.train.data import FEEDBACK, RATIONALE, attention_mask_4d, collate, single_row
+
+
+def target_tokens(items) -> tuple[int, int]:
+    counts = [0, 0]
+    for item in items:
+        counts[item.kind] += sum(label != -100 for label in item.labels)
+    return counts[FEEDBACK], counts[RATIONALE]
+
+
+def weighted_loss(logits, labels, kinds, n_feedback: int, n_rationale: int, alpha: float):
+    """This micro-batch's share of alpha * mean CE(feedback tokens) + (1 - alpha) * mean CE(rationale tokens),
+    where the means are over the whole step's tokens of each kind (n_feedback, n_rationale)."""
+    # Token t predicts token t + 1: shift the (small) labels left rather than slicing the (large) logits, whose
+    # slice would be copied; then only target positions go through the softmax (prompt and padding don't).
+    labels = F.pad(labels[:, 1:], (0, 1), value=-100).reshape(-1)
+    kinds = F.pad(kinds[:, 1:], (0, 1), value=-1).reshape(-1)
+    targets = labels != -100
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1])[targets].float(), labels[targets], reduction="none")
+    kinds = kinds[targets]
+    feedback_sum, rationale_sum = ce[kinds == FEEDBACK].sum(), ce[kinds == RATIONALE].sum()
+    loss = alpha * feedback_sum / max(n_feedback, 1) + (1 - alpha) * rationale_sum / max(n_rationale, 1)
+    return loss, feedback_sum.item(), rationale_sum.item()
+
+
+def forward(model, batch: dict, device: str, attention: str, autocast: bool):
+    """Logits for a batch; packed rows get restarted positions and no attention across their examples."""
+    inputs = {"input_ids": batch["input_ids"].to(device)}
+    if "seq_ids" in batch:
+        inputs["position_ids"] = batch["position_ids"].to(device)
+        if attention != "flash_attention_2":  # flash finds the boundaries from position_ids (one row: single_row)
+            # Eager attention adds the mask to its scores, so it needs the additive form; sdpa takes either.
+            inputs["attention_mask"] = attention_mask_4d(batch["seq_ids"], torch.float32).to(device)
+    else:
+        inputs["attention_mask"] = batch["attention_mask"].to(device)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        # use_cache=False: no KV cache in training, and with one transformers would ignore packed positions.
+        return model(**inputs, use_cache=False).logits
+
+
+def my_micro_batches(batch: list, size: int, dist) -> list[list]:
+    """This rank's micro-batches of a step. Examples are sorted by length first, so each micro-batch pads to
+    a similar length (a third fewer padded positions here), and dealt to the ranks in snake order (0,1,1,0,...)
+    so that no rank waits on one with all the long ones. The loss divides by the step's token counts, so
+    neither choice changes the result."""
+    ordered = sorted(batch, key=lambda item: len(item.input_ids))
+    micro = [ordered[k : k + size] for k in range(0, len(ordered), size)]
+    period = 2 * dist.world
+    return [chunk for i, chunk in enumerate(micro) if min(i % period, period - 1 - i % period) == dist.rank]
+
+
+@dataclass
+class Run:
+    """What every step needs, built once by train_locked."""
+    config: Any  # TrainConfig
+    dist: Any  # Dist
+    tokenizer: Any
+    engine: Any  # the model, or DeepSpeed's engine around it
+    optimizer: Any
+    params: list
+    device: str
+    attention: str
+    autocast: bool
+    accumulation: int
+
+
+def take_step(run: Run, batch: list, step: int, lr: float) -> dict:
+    """One optimizer step on this rank's share of `batch`; its log record. A loss or gradient that is not
+    finite stops the run before anything is saved, so the last checkpoint on disk stays the last good one."""
+    config, dist = run.config, run.dist
+    n_feedback, n_rationale = target_tokens(batch)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    sums = [0.0, 0.0]
+    for chunk in my_micro_batches(batch, config.micro_batch_size, dist):
+        tensors = collate(chunk, run.tokenizer.pad_token_id, config.pack, config.max_length)
+        if config.pack and run.attention == "flash_attention_2":
+            tensors = single_row(tensors)
+        logits = forward(run.engine, tensors, run.device, run.attention, run.autocast)
+        loss, feedback_sum, rationale_sum = weighted_loss(logits, tensors["labels"].to(run.device),
+                                                          tensors["kinds"].to(run.device), n_feedback, n_rationale,
+                                                          config.alpha)
+        sums[0] += feedback_sum
+        sums[1] += rationale_sum
+        if dist.zero:  # DeepSpeed divides by accumulation steps and averages over ranks: undo both
+            run.engine.backward(loss * run.accumulation * dist.world)
+            run.engine.step()
+        else:
+            loss.backward()
+    feedback_total, rationale_total = dist.all_sum(sums)  # every rank sees the same sums: all stop together
+    total_loss = config.alpha * feedback_total / max(n_feedback, 1) + (1 - config.alpha) * rationale_total / max(n_rationale, 1)
+    require_finite_step(step, "loss", total_loss, config)
+    if dist.zero:  # DeepSpeed has stepped already (on bf16 it does not skip): the weights in memory are lost
+        require_finite_step(step, "gradient norm", run.engine.get_global_grad_norm(), config)
+    else:
+        norm = torch.nn.utils.clip_grad_norm_(run.params, config.grad_clip)
+        require_finite_step(step, "gradient norm", norm.item(), config)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    return {
+        "step": step + 1, "lr": lr, "loss": total_loss,
+        "feedback_loss": feedback_total / n_feedback if n_feedback else None,
+        "rationale_loss": rationale_total / n_rationale if n_rationale else None,
+        "target_tokens": n_feedback + n_rationale,
+    }
+
+
+def require_finite_step(step: int, what: str, value, config) -> None:
+    if value is not None and not math.isfinite(float(value)):  # DeepSpeed's norm may be a tensor
+        last = latest_checkpoint(config.out_dir / "checkpoints")
+        raise FairError(f"step {step + 1}: the {what} is {value}, not finite; stopped without saving (last good "
+                        f"checkpoint: {last or 'none'}); try a lower lr or grad_clip, or dtype=float32")
