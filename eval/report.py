@@ -19,7 +19,7 @@ import orjson
 
 from fair.eval.tasks import get_task
 from fair.gen.records import StudentAnswer
-from fair.jsonl import read_jsonl
+from fair.jsonl import read_jsonl, unique_ids
 
 
 def load_json(path: Path) -> dict | None:
@@ -153,7 +153,8 @@ def percent(x: float | None) -> str:
 def build_report(gen_dir: Path, train_dir: Path | None, before_dir: Path | None, after_dir: Path | None,
                  out: Path, threshold: float = 3.0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    records = list(read_jsonl(gen_dir / "committee.jsonl")) if (gen_dir / "committee.jsonl").exists() else []
+    committee = gen_dir / "committee.jsonl"
+    records = list(unique_ids(read_jsonl(committee))) if committee.exists() else []
     mine_stats = load_json(gen_dir / "stats.json")
     committee_stats = load_json(gen_dir / "committee_stats.json")
     before = load_json(before_dir / "summary.json") if before_dir else None

@@ -116,6 +116,18 @@ class JsonlAppender:
         self.close()
 
 
+def unique_ids(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The first record of each id (records without one pass through). Runs are kept apart by fair/lock.py, but a
+    file written before that lock, or joined by hand, may hold an id twice; counting it twice would skew every
+    total and train on it twice."""
+    seen: set[Any] = set()
+    for record in records:
+        key = record.get("id")
+        if key is None or key not in seen:
+            seen.add(key)
+            yield record
+
+
 def append_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
     """Append records durably: one write, then flush and fsync (JsonlAppender for a long stream of them)."""
     records = list(records)

@@ -47,7 +47,7 @@ from fair.gen.providers import ChatRequest, ProviderError
 from fair.gen.records import StudentAnswer
 from fair.gen.review import accept, parse_review_score
 from fair.gen.teachers import Teacher, load_committee, missing_keys
-from fair.jsonl import JsonlAppender, read_jsonl, write_json
+from fair.jsonl import JsonlAppender, read_jsonl, unique_ids, write_json
 from fair.lock import folder_lock
 
 
@@ -184,7 +184,7 @@ def pending_mistakes(config: CommitteeConfig, done: set[str]) -> Iterator[Studen
     path = config.mistakes_path
     if not path.exists():
         raise FairError(f"no mistakes file {path}: run `fair mine --task {config.task}` first, or pass --mistakes")
-    for i, record in enumerate(read_jsonl(path)):
+    for i, record in enumerate(unique_ids(read_jsonl(path))):  # --limit counts distinct mistakes
         if config.limit is not None and i >= config.limit:
             return
         answer = StudentAnswer.from_json(record, f"{path} record {i}")

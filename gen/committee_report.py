@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fair.gen.teachers import Teacher
-from fair.jsonl import read_jsonl
+from fair.jsonl import read_jsonl, unique_ids
 
 
 def review_outcomes(path: Path) -> dict[str, dict[str, Any]]:
@@ -16,7 +16,7 @@ def review_outcomes(path: Path) -> dict[str, dict[str, Any]]:
     outcome: dict[str, dict[str, Any]] = defaultdict(
         lambda: {"written": 0, "accepted": 0, "failed": 0, "score_sum": 0, "scores": 0})
     if path.exists():
-        for record in read_jsonl(path):
+        for record in unique_ids(read_jsonl(path)):
             for author, rationale in record["rationales"].items():
                 entry = outcome[author]
                 if rationale["text"] is None:

@@ -22,7 +22,7 @@ from fair.gen.engine import EngineName
 from fair.gen.mine import MineConfig, mine
 from fair.gen.models import DEFAULT_STUDENT, model_short_name
 from fair.gen.teachers import load_committee, missing_keys
-from fair.jsonl import read_jsonl, write_json
+from fair.jsonl import read_jsonl, unique_ids, write_json
 
 OFFLINE = "offline"
 
@@ -82,7 +82,7 @@ def offline_server(config: GenConfig):
 
 def export(config: GenConfig, committee_config: CommitteeConfig) -> None:
     task = get_task(config.task)
-    records = list(read_jsonl(committee_config.out_path))
+    records = list(unique_ids(read_jsonl(committee_config.out_path)))
     feedback, rationale = export_committee(task, records)
     stem = committee_config.out_path.parent / f"{model_short_name(config.student)}_{task.name}"
     write_json(f"{stem}_feedback_round0.json", feedback)

@@ -110,3 +110,39 @@ def test_merge_refuses_while_a_shard_is_being_mined(tmp_path, data_dir):
             pytest.raises(FairError, match=r"shard-1-of-2 is in use by another `fair mine` run"):
         merge(make_config(MineConfig, {"task": "svamp", "out": str(tmp_path)}, "test"))
     assert not Path(tmp_path / "answers.jsonl").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Readers drop an id written twice (a file from before the lock, or joined by hand)
+
+
+def test_readers_count_an_id_written_twice_once(tmp_path, data_dir):
+    from fair.eval.report import build_report
+    from fair.gen.committee import CommitteeConfig
+    from fair.gen.committee import run_committee as run
+    from fair.gen.committee_report import review_outcomes
+    from fair.gen.offline_server import OfflineServer
+    from fair.gen.pipeline import GenConfig, export
+    from fair.gen.teachers import load_committee
+    from fair.jsonl import append_jsonl, read_jsonl
+    from tests.test_committee import import_seed_mistakes
+
+    once = import_seed_mistakes(tmp_path / "once", data_dir, count=3)
+    twice = tmp_path / "mistakes.jsonl"
+    append_jsonl(twice, (r for r in read_jsonl(once) for _ in range(2)))  # a, a, b, b, c, c
+    config = CommitteeConfig(task="svamp", mistakes=str(twice), out=str(tmp_path / "committee.jsonl"), limit=3,
+                             progress=False)
+    with OfflineServer(port=0) as server:
+        asyncio.run(run(config, load_committee("offline", server.url)))
+    records = list(read_jsonl(config.out_path))
+    assert sorted(r["id"] for r in records) == sorted(r["id"] for r in read_jsonl(once))  # 3 distinct, once each
+
+    def outputs() -> tuple:
+        export(GenConfig(task="svamp"), config)  # the paper's two files, beside committee.jsonl
+        paper = sorted((p.name, p.read_bytes()) for p in tmp_path.glob("*_round0.json"))
+        report = build_report(tmp_path, None, None, None, tmp_path / "report").read_text()
+        return review_outcomes(config.out_path), paper, report
+
+    single = outputs()
+    append_jsonl(config.out_path, records)  # as two unlocked committee runs would have written them
+    assert outputs() == single
