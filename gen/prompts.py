@@ -13,13 +13,14 @@ answered from the cache; bump PROMPT_VERSION with any edit so that committee rec
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from fair.eval.tasks import OPTION_LETTERS, Task
 from fair.gen.records import StudentAnswer
 
-PROMPT_VERSION = 1
+PROMPT_VERSION = 2  # 2: fences longer than any run of '>' in the fenced text (the same prompts otherwise)
 Messages = tuple[tuple[str, str], ...]
 
 SYSTEM = "You are an expert teacher. You are precise, concise and never invent facts."
@@ -40,11 +41,19 @@ def question_block(task: Task, answer: StudentAnswer) -> str:
     return f"{answer.context}\n\nQuestion: {answer.question}\n{options}"
 
 
+def fence(text: str) -> str:
+    """The text between a line of '<'s and a line of '>'s, three each unless the text holds a run as long (a
+    Python session's ">>>", or a rationale that ends our fence and writes its own hint): then one more than its
+    longest run, as Markdown lengthens a code fence. The text cannot close its fence and pass for our prompt."""
+    n = max([3] + [len(run) + 1 for run in re.findall(r">{3,}", text)])
+    return f"{'<' * n}\n{text.strip()}\n{'>' * n}"
+
+
 def fair_feedback(task: Task, answer: StudentAnswer) -> Messages:
     return (("system", SYSTEM), ("user", (
         "A student answered the question below incorrectly.\n\n"
         f"Question:\n{question_block(task, answer)}\n\n"
-        f"Student's answer:\n<<<\n{answer.prediction.strip()}\n>>>\n\n"
+        f"Student's answer:\n{fence(answer.prediction)}\n\n"
         f"Hint: the correct final answer is {gold_hint(task, answer)}.\n\n"
         "Point out the specific mistakes in the student's reasoning and explain how to correct them, step by "
         "step. Do not just restate the correct answer."
@@ -59,7 +68,7 @@ def fair_review(task: Task, answer: StudentAnswer, rationale: str) -> Messages:
     return (("system", SYSTEM), ("user", (
         "You are reviewing another teacher's solution to a question, as in a peer review.\n\n"
         f"Question:\n{question_block(task, answer)}\n\n"
-        f"Solution under review:\n<<<\n{rationale.strip()}\n>>>\n\n"
+        f"Solution under review:\n{fence(rationale)}\n\n"
         f"Hint: the correct final answer is {gold_hint(task, answer)}.\n\n"
         "Judge whether the reasoning is correct and sound and whether it reaches the correct answer. Score it "
         "from 1 (wrong) to 5 (correct, clear and complete). Think briefly, then end with the score alone in "
