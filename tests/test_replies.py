@@ -300,3 +300,45 @@ def test_the_graders_read_any_text_without_raising(text):
     options = ("alpha", "beta gamma", "delta", "alpha beta")
     assert extract_option(text, options) in (*"ABCD", None)
     assert grade_option(text, options, "B").correct in (True, False, None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A whole committee run against a server whose replies have the wrong types
+
+
+def test_a_committee_run_records_wrong_typed_replies_and_finishes(tmp_path, data_dir):
+    import http.server
+    import threading
+
+    from fair.gen.committee import CommitteeConfig, run_committee
+    from fair.jsonl import read_jsonl
+    from tests.test_committee import import_seed_mistakes
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the name http.server calls
+            self.rfile.read(int(self.headers["content-length"]))
+            body = orjson.dumps({"choices": [{"message": {"content": "4"}}], "usage": {"prompt_tokens": "n/a"}})
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        teachers = [Teacher(name=n, provider="openai", model="m", base_url=url, rpm=60_000, max_retries=1,
+                            retry_backoff_s=0.001) for n in ("a", "b")]
+        (tmp_path / "seed").mkdir()
+        config = CommitteeConfig(task="svamp", mistakes=str(import_seed_mistakes(tmp_path / "seed", data_dir, 2)),
+                                 out=str(tmp_path / "committee.jsonl"), limit=2, progress=False)
+        asyncio.run(run_committee(config, teachers))
+    finally:
+        server.shutdown()
+    records = list(read_jsonl(config.out_path))
+    assert len(records) == 2
+    errors = [f["error"] for r in records for f in r["feedback"].values()]
+    assert errors and all("malformed reply: prompt_tokens is not a token count" in e for e in errors), errors
