@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from fair.config import save_config
+from fair.config import Validated, at_least, save_config
 from fair.errors import FairError
 from fair.eval.tasks import get_task
 from fair.gen.engine import Engine, EngineName, Sampling, make_engine
@@ -33,7 +33,7 @@ CHUNK = 256  # answers per engine call and per append: a kill loses at most one 
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Validated):
     task: tuple[str, ...] = ("svamp",)  # one or more tasks, evaluated with one engine
     model: str = DEFAULT_STUDENT
     split: str = "test"
@@ -51,15 +51,18 @@ class EvalConfig:
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
 
-    def validate(self) -> None:
-        if isinstance(self.task, str):
+    def __post_init__(self) -> None:
+        if isinstance(self.task, str):  # `task: svamp` in a YAML file, or EvalConfig(task="svamp")
             self.task = (self.task,)
+        super().__post_init__()
+
+    def validate(self) -> None:
         for name in self.task:
             get_task(name)
-        if self.prompt_style not in ("fair", "paper"):
-            raise FairError(f"prompt_style must be 'fair' or 'paper', got {self.prompt_style!r}")
-        if self.limit is not None and self.limit < 1:
-            raise FairError(f"limit must be at least 1, got {self.limit}")
+        at_least(self, 1, "limit", "batch_size", "max_new_tokens", "tensor_parallel_size", "data_parallel_size")
+        if not 0 <= self.temperature <= 2 or not 0 < self.top_p <= 1:
+            raise FairError(f"temperature must be in [0, 2] and top_p in (0, 1], got {self.temperature} and "
+                            f"{self.top_p}")
 
     @property
     def out_dir(self) -> Path:

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from fair.errors import FairError
 from fair.eval.tasks import get_task
 from fair.gen.records import StudentAnswer
 from fair.jsonl import read_jsonl, unique_ids
@@ -230,6 +231,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not 1 <= args.threshold <= 5:
+        raise FairError(f"threshold must be within the 1-5 score range, got {args.threshold}")
+    for name in ("gen_dir", "train_dir", "before", "after"):  # a typo would give a report of nothing
+        if getattr(args, name) and not Path(getattr(args, name)).is_dir():
+            raise FairError(f"--{name.replace('_', '-')} {getattr(args, name)}: no such folder")
     optional = (Path(p) if p else None for p in (args.train_dir, args.before, args.after))
     build_report(Path(args.gen_dir), *optional, Path(args.out), args.threshold)
     return 0

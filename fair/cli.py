@@ -21,6 +21,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import NoReturn
 
 from fair.config import add_config_arguments, build_config
 from fair.errors import FairError
@@ -143,6 +144,13 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error: the usage of a command with 30 flags would bury it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} -h` lists the settings)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Every subcommand; `train`'s flags only when it is the command: its module imports torch (seconds, and
     200 MB that a long committee run would otherwise carry)."""
@@ -154,7 +162,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from fair.gen.mine import MineConfig
     from fair.gen.pipeline import GenConfig
 
-    parser = argparse.ArgumentParser(prog="fair", description="FAIR: distil reasoning from a committee of teachers.")
+    parser = Parser(prog="fair", description="FAIR: distil reasoning from a committee of teachers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("mine", help="run the student over a split and keep its mistakes")

@@ -35,7 +35,7 @@ import httpx
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from fair.config import save_config
+from fair.config import Validated, at_least, save_config
 from fair.errors import FairError
 from fair.eval.tasks import Task, get_task
 from fair.gen.batch import BatchRun, drafts
@@ -52,7 +52,7 @@ from fair.lock import folder_lock
 
 
 @dataclass
-class CommitteeConfig:
+class CommitteeConfig(Validated):
     task: str = "svamp"
     student: str = DEFAULT_STUDENT  # names the default folder data/<task>/<student>/
     mistakes: str | None = None  # default data/<task>/<student>/mistakes.jsonl
@@ -70,12 +70,9 @@ class CommitteeConfig:
 
     def validate(self) -> None:
         get_task(self.task)
-        if self.prompts not in PROMPT_SETS:
-            raise FairError(f"prompts must be one of {', '.join(PROMPT_SETS)}, got {self.prompts!r}")
         if not 1 <= self.threshold <= 5:
             raise FairError(f"threshold must be within the 1-5 score range, got {self.threshold}")
-        if self.window < 1:
-            raise FairError(f"window must be at least 1, got {self.window}")
+        at_least(self, 1, "window", "limit")
         if self.batch_poll_s <= 0:
             raise FairError(f"batch_poll_s must be positive, got {self.batch_poll_s}")
 

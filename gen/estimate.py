@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import orjson
 
+from fair.config import Validated, at_least
 from fair.errors import FairError
 from fair.eval.tasks import Example, Task, get_task
 from fair.gen.client import estimate_tokens
@@ -54,7 +55,7 @@ DEFAULT_OUTPUT_TOKENS = {"feedback": 300, "rationale": 300, "review": 150}
 
 
 @dataclass
-class EstimateConfig:
+class EstimateConfig(Validated):
     task: str = "svamp"
     teachers: str = "default"  # a committee in configs/teachers/ or a YAML path
     student: str = DEFAULT_STUDENT  # names the default mistakes file data/<task>/<student>/mistakes.jsonl
@@ -71,15 +72,10 @@ class EstimateConfig:
 
     def validate(self) -> None:
         get_task(self.task)
-        if self.prompts not in PROMPT_SETS:
-            raise FairError(f"prompts must be one of {', '.join(PROMPT_SETS)}, got {self.prompts!r}")
         if not 0 <= self.mistake_rate <= 1:
             raise FairError(f"mistake_rate must be in [0, 1], got {self.mistake_rate}")
-        for name in ("sample", "answer_tokens", "limit"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise FairError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.num_mistakes is not None and self.num_mistakes < 0:
-            raise FairError(f"num_mistakes must be at least 0, got {self.num_mistakes}")
+        at_least(self, 1, "sample", "answer_tokens", "limit")
+        at_least(self, 0, "num_mistakes")
 
     @property
     def committee(self) -> CommitteeConfig:

@@ -31,7 +31,7 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from fair.config import save_config
+from fair.config import Validated, at_least, save_config
 from fair.errors import FairError
 from fair.eval.tasks import Example, get_task
 from fair.gen.engine import Engine, EngineName, Sampling, make_engine
@@ -43,7 +43,7 @@ from fair.lock import folder_lock
 
 
 @dataclass
-class MineConfig:
+class MineConfig(Validated):
     task: str = "svamp"
     model: str = DEFAULT_STUDENT  # the bundled SmolLM2-135M-Instruct, a local directory or a hub id
     split: str = "train"
@@ -66,13 +66,8 @@ class MineConfig:
 
     def validate(self) -> None:
         get_task(self.task)
-        if self.prompt_style not in ("fair", "paper"):
-            raise FairError(f"prompt_style must be 'fair' or 'paper', got {self.prompt_style!r}")
-        for name in ("batch_size", "chunk_size", "max_new_tokens", "tensor_parallel_size", "data_parallel_size"):
-            if getattr(self, name) < 1:
-                raise FairError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.limit is not None and self.limit < 1:
-            raise FairError(f"limit must be at least 1, got {self.limit}")
+        at_least(self, 1, "batch_size", "chunk_size", "max_new_tokens", "tensor_parallel_size",
+                 "data_parallel_size", "limit")
         if not 0 <= self.temperature <= 2 or not 0 < self.top_p <= 1:
             raise FairError("temperature must be in [0, 2] and top_p in (0, 1]")
         if self.shard is not None:

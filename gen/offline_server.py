@@ -64,6 +64,8 @@ class OfflineServer:
         if rpm < 1 or tpm < 1 or hang_s < 0 or batch_delay_s < 0 or not 0 <= latency_ms[0] <= latency_ms[1]:
             raise FairError("rpm and tpm must be >= 1, hang_s and batch_delay_s >= 0, and latency_ms MIN MAX "
                             "with 0 <= MIN <= MAX")
+        if not 0 <= port <= 65535:
+            raise FairError(f"port must be in 0..65535 (0 picks a free one), got {port}")
         self.host, self.requested_port, self.seed, self.hang_s = host, port, seed, hang_s
         self.latency_ms = (float(latency_ms[0]), float(latency_ms[1]))
         self.limiter = Limiter(rpm, tpm)

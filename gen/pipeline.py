@@ -14,6 +14,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Literal
 
+from fair.config import Validated
 from fair.errors import FairError
 from fair.eval.tasks import get_task
 from fair.gen.committee import CommitteeConfig, committee
@@ -28,7 +29,7 @@ OFFLINE = "offline"
 
 
 @dataclass
-class GenConfig:
+class GenConfig(Validated):
     task: str = "svamp"
     student: str = DEFAULT_STUDENT
     teachers: str = "default"  # a committee in configs/teachers/ or a YAML path; "offline" starts the simulator
@@ -45,7 +46,23 @@ class GenConfig:
     batch_api: bool = False  # the committee's feedback and rationales through OpenAI's Batch API (gen/batch.py)
 
     def validate(self) -> None:
-        get_task(self.task)
+        """The settings are its stages': building their configs checks them by the stages' own rules, before
+        an hour of mining rather than at the committee."""
+        self.mine_config()
+        self.committee_config()
+        low, high = self.offline_latency_ms
+        if not 0 <= low <= high:
+            raise FairError(f"offline_latency_ms must be MIN MAX with 0 <= MIN <= MAX, got {low} {high}")
+
+    def mine_config(self) -> MineConfig:
+        return MineConfig(task=self.task, model=self.student, limit=self.limit, engine=self.engine,
+                          batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, data_dir=self.data_dir,
+                          export_seed=self.export_paper)
+
+    def committee_config(self, base_url: str | None = None) -> CommitteeConfig:
+        return CommitteeConfig(task=self.task, student=self.student, teachers=self.teachers, base_url=base_url,
+                               prompts=self.prompts, threshold=self.threshold, window=self.window,
+                               batch_api=self.batch_api)
 
 
 def generate(config: GenConfig) -> None:
@@ -54,14 +71,9 @@ def generate(config: GenConfig) -> None:
         # Before mining: an hour of student inference should not end in a missing-key error.
         raise FairError(f"committee {config.teachers!r} needs the environment variable(s) {', '.join(missing)}; "
                         f"set them, or use the offline simulator: make gen DATASET={config.task} TEACHERS=offline")
-    mine(MineConfig(task=config.task, model=config.student, limit=config.limit, engine=config.engine,
-                    batch_size=config.batch_size, max_new_tokens=config.max_new_tokens, data_dir=config.data_dir,
-                    export_seed=config.export_paper))
-    committee_config = CommitteeConfig(task=config.task, student=config.student, teachers=config.teachers,
-                                       prompts=config.prompts, threshold=config.threshold, window=config.window,
-                                       batch_api=config.batch_api)
+    mine(config.mine_config())
     with offline_server(config) as base_url:
-        committee_config.base_url = base_url
+        committee_config = config.committee_config(base_url)
         committee(committee_config)
     if config.export_paper:
         export(config, committee_config)

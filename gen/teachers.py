@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from fair.config import load_yaml, make_config
+from fair.config import Validated, load_yaml, make_config
 from fair.errors import FairError
 from fair.gen.keys import read_key
 
@@ -43,13 +43,13 @@ BATCH_PRICE = 0.5  # OpenAI's Batch API bills input and output tokens at half th
 
 
 @dataclass(frozen=True)
-class Teacher:
+class Teacher(Validated):
     name: str  # short and unique in the committee: it keys feedback, rationales and reviews
     provider: Provider
     model: str
     base_url: str | None = None  # None = the provider's public endpoint
     # A variable name, or several (one API key each); None for keyless local servers (vllm serve, llama.cpp).
-    # The tuple comes first because make_config coerces by the first type: a YAML list becomes a tuple.
+    # A YAML list becomes a tuple wherever a Teacher is built (fair/config.py's Validated).
     api_key_env: tuple[str, ...] | str | None = None
     rpm: int = 60  # requests per minute
     tpm: int = 100_000  # tokens per minute (input + output)
@@ -59,15 +59,13 @@ class Teacher:
     temperature: float = 0.0
     top_p: float = 1.0
     max_tokens: int = 512
-    timeout_s: float = 60.0  # per attempt
+    timeout_s: float = 60.0  # per attempt, from connect to the last byte of the reply
     max_retries: int = 8  # per request, for 5xx, timeouts and malformed replies (429s get twice as many)
     retry_backoff_s: float = 1.0  # first retry's wait, doubled each retry (with jitter); Retry-After wins if longer
     extra_headers: dict[str, str] = field(default_factory=dict)
     batch_api: bool = False  # the endpoint serves OpenAI's Batch API: `fair committee --batch-api` may use it
 
     def validate(self) -> None:
-        if self.provider not in DEFAULT_BASE_URLS:
-            raise FairError(f"teacher {self.name!r}: unknown provider {self.provider!r} (openai, gemini, anthropic)")
         for name in ("rpm", "tpm", "max_concurrency", "max_tokens"):
             if getattr(self, name) < 1:
                 raise FairError(f"teacher {self.name!r}: {name} must be at least 1")

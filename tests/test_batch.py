@@ -278,9 +278,8 @@ def test_an_old_cache_file_opens_and_keeps_the_batch_flag(tmp_path):
 
 
 def test_cli_batch_api_and_its_errors(tmp_path, mistakes, capsys):
-    teacher = Teacher(name="g", provider="gemini", model="m", batch_api=True)
     with pytest.raises(FairError, match="batch_api needs provider openai"):
-        teacher.validate()
+        Teacher(name="g", provider="gemini", model="m", batch_api=True)
     with OfflineServer(port=0, batch_delay_s=0.05) as server:
         common = ["committee", "--task", "svamp", "--mistakes", str(mistakes), "--out", str(tmp_path / "c.jsonl"),
                   "--base-url", server.url, "--limit", "2", "--no-progress", "--batch-api",

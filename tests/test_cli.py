@@ -66,7 +66,7 @@ def test_tasks_lists_the_registry(capsys):
     (["mine", "--task", "svmap"], "unknown task 'svmap'"),
     (["mine", "--model", "no/such/dir/here"], "unknown model 'no/such/dir/here'"),
     (["mine", "--config", "nope.yaml"], "config file nope.yaml not found"),
-    (["mine", "limit=abc"], "setting 'limit' must be int"),
+    (["mine", "limit=abc"], "command line: limit must be int or None, got 'abc'"),
     (["eval", "--data-dir", "/nonexistent"], "data directory /nonexistent/svamp does not exist"),
     (["grade", "--task", "svamp", "/nonexistent.jsonl"], "/nonexistent.jsonl"),
 ])

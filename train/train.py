@@ -30,7 +30,7 @@ from typing import Literal
 
 import torch
 
-from fair.config import save_config
+from fair.config import Validated, at_least, save_config
 from fair.errors import FairError
 from fair.eval.tasks import get_task
 from fair.gen.models import DEFAULT_STUDENT, model_short_name, resolve_model
@@ -55,7 +55,7 @@ from fair.train.step import Run, take_step
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Validated):
     # --- data
     task: str = "svamp"
     student: str = DEFAULT_STUDENT  # the model to train: bundled SmolLM2, a local directory or a hub id
@@ -102,6 +102,15 @@ class TrainConfig:
             raise FairError("paper_feedback and paper_rationale go together")
         if self.max_length < 8 or self.lr <= 0 or self.epochs < 1:
             raise FairError("max_length must be >= 8, lr > 0 and epochs >= 1")
+        at_least(self, 1, "max_steps", "lora_r", "lora_alpha", "log_every")  # log_every 0 divides by zero
+        at_least(self, 0, "save_every")
+        if self.grad_clip <= 0 or self.weight_decay < 0:
+            raise FairError(f"grad_clip must be positive and weight_decay >= 0, got {self.grad_clip} and "
+                            f"{self.weight_decay}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise FairError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+        if not 0 <= self.lora_dropout < 1:
+            raise FairError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
 
     @property
     def out_dir(self) -> Path:
