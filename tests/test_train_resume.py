@@ -191,3 +191,19 @@ def test_steps_taken_again_after_a_kill_are_logged_once(config, monkeypatch):
     monkeypatch.undo()
     train(six)
     assert steps(six) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.slow
+def test_a_held_folder_stops_every_rank_of_a_deepspeed_run(config, tmp_path):
+    """Only rank 0 takes the lock; its refusal reaches rank 1, which would otherwise wait in a collective."""
+    import os
+
+    from fair.lock import folder_lock
+    from tests.test_train import ROOT, cli_args, torchrun
+
+    out = tmp_path / "ds"
+    with folder_lock(out, "train"):
+        result = torchrun(cli_args(config, max_steps=2, deepspeed=str(ROOT / "configs/deepspeed/zero2.json")), out, 2)
+    assert result.returncode != 0
+    assert result.stderr.count(f"in use by another `fair train` run (pid {os.getpid()},") == 2, result.stderr[-3000:]
+    assert not (out / "train.yaml").exists()
