@@ -18,6 +18,9 @@ WINDOW_S = 60.0
 GEMINI_STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
                  503: "UNAVAILABLE"}
 GEMINI_RE = re.compile(r"^(?:/v1beta|/v1)?/models/([^/:]+):generateContent$")
+# What reading a body of the wrong shape raises (orjson.JSONDecodeError is a ValueError): a 400, on the live
+# routes and for a batch line alike, never a crashed handler or batch.
+SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError)
 
 
 def tokens(text: str) -> int:
@@ -110,7 +113,7 @@ def gemini_text(body: dict) -> tuple[str, int]:
     parts = [p["text"] for p in (body.get("systemInstruction") or {}).get("parts", [])]
     for content in body["contents"]:
         parts += [p["text"] for p in content["parts"]]
-    if not parts:
+    if not parts or not all(isinstance(p, str) for p in parts):
         raise ValueError("contents")
     config = body.get("generationConfig") or {}
     return "\n\n".join(map(str, parts)), int(config.get("maxOutputTokens") or 8192)

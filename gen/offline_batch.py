@@ -12,8 +12,11 @@
 than one model fails validation, as OpenAI's does. A batch stays in_progress for the server's batch_delay_s,
 then every line is answered by the live route's persona logic (the same body gets the same reply either way)
 and the batch completes. Fault injection fails lines instead of requests: a line that draws any fault (or
-names an unknown model) lands in the error file; no latency or rate limit applies. Files and batches live in
-memory and die with the server, so a client that comes back to a restarted server finds its batch gone (404).
+names an unknown model) lands in the error file, and so does a line whose body cannot be read (400); no latency
+or rate limit applies. Files and batches live in memory and die with the server, so a client that comes back
+to a restarted server finds its batch gone (404). Memory is bounded for a server that runs for weeks: files
+past the store's size go oldest first (a later download is a 404, as for a deleted file), a finished batch
+keeps its counts but not its lines, and only the newest MAX_BATCHES batches are kept.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import hashlib
 import re
 import threading
 import time
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from email import policy
@@ -31,7 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from fair.gen.offline_api import openai_text, response, tokens
+from fair.gen.offline_api import SHAPE_ERRORS, openai_text, response, tokens
 
 if TYPE_CHECKING:
     from fair.gen.offline_http import Handler
@@ -40,6 +44,8 @@ if TYPE_CHECKING:
 ENDPOINT = "/v1/chat/completions"
 MAX_UPLOAD = 200 << 20  # OpenAI's limit on one batch input file
 MAX_JSON = 1 << 20
+MAX_BATCHES = 10_000  # batch objects kept (a finished one is a few hundred bytes); the oldest go first
+MAX_LIST = 100  # OpenAI's largest page of GET /batches
 ROUTE = re.compile(r"^(?:/v1)?/(files|batches)(?:/([A-Za-z0-9_-]+))?(?:/(content|cancel))?$")
 
 
@@ -53,7 +59,7 @@ class ApiError(Exception):
 class Batch:
     id: str
     input_file_id: str
-    lines: list[dict]
+    lines: list[dict]  # emptied once answered: the counts below keep what the batch object reports
     created_at: float
     metadata: dict | None = None
     status: str = "in_progress"
@@ -63,6 +69,10 @@ class Batch:
     output_file_id: str | None = None
     error_file_id: str | None = None
     finished_at: float | None = None
+    total: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.total = len(self.lines)
 
     def to_json(self) -> dict[str, Any]:
         stamp = int(self.finished_at or self.created_at)  # in_progress_at: lines are queued at once
@@ -73,7 +83,7 @@ class Batch:
             "errors": {"object": "list", "data": self.errors} if self.errors else None,
             "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
             f"{self.status}_at": stamp,
-            "request_counts": {"total": len(self.lines), "completed": self.completed, "failed": self.failed},
+            "request_counts": {"total": self.total, "completed": self.completed, "failed": self.failed},
         }
 
 
@@ -81,20 +91,30 @@ class Batch:
 class BatchStore:
     sim: OfflineServer
     delay_s: float
-    files: dict[str, bytes] = field(default_factory=dict)
+    max_bytes: int  # the files' total size; the oldest are dropped to make room
+    files: dict[str, bytes] = field(default_factory=dict)  # in creation order
     batches: dict[str, Batch] = field(default_factory=dict)  # in creation order
+    stored_bytes: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add_file(self, content: bytes) -> str:
+        if len(content) > self.max_bytes:
+            raise ApiError(400, f"the file ({len(content)} bytes) is larger than the simulator's file store "
+                                f"({self.max_bytes} bytes: --batch-store-mb)", "invalid_request")
         file_id = f"file-{uuid.uuid4().hex[:24]}"
         with self.lock:
+            while self.stored_bytes + len(content) > self.max_bytes:
+                self.stored_bytes -= len(self.files.pop(next(iter(self.files))))
             self.files[file_id] = content
+            self.stored_bytes += len(content)
         return file_id
 
     def create(self, request: dict) -> Batch:
         file_id = request.get("input_file_id")
         if request.get("endpoint") != ENDPOINT or request.get("completion_window") != "24h":
             raise ApiError(400, f"endpoint must be {ENDPOINT} and completion_window 24h", "invalid_request")
+        if not isinstance(file_id, str):
+            raise ApiError(400, f"input_file_id must be a file id (a string), got {file_id!r}", "invalid_request")
         with self.lock:
             content = self.files.get(file_id)
         if content is None:
@@ -103,8 +123,11 @@ class BatchStore:
         batch = Batch(f"batch_{uuid.uuid4().hex[:24]}", file_id, lines, time.time(), request.get("metadata"))
         if errors:
             batch.status, batch.errors, batch.finished_at = "failed", errors, batch.created_at
+            batch.lines = []
         with self.lock:
             self.batches[batch.id] = batch
+            if len(self.batches) > MAX_BATCHES:
+                del self.batches[next(iter(self.batches))]
         self.sim.count("batches")
         if not errors:
             threading.Thread(target=self.run, args=(batch,), daemon=True, name=f"offline-{batch.id}").start()
@@ -124,9 +147,24 @@ class BatchStore:
         return batch
 
     def run(self, batch: Batch) -> None:
-        """Wait out the delay, answer every line, then publish the output and error files."""
+        """Wait out the delay, then answer the batch; a bug on the way fails it rather than leave it
+        in_progress, which a client would poll until its own deadline."""
         if self.sim.stopping.wait(self.delay_s) or batch.status != "in_progress":
             return
+        try:
+            self.answer(batch)
+        except Exception:
+            traceback.print_exc()
+            error = {"code": "server_error", "line": None,
+                     "message": "internal error in the offline committee simulator (see its stderr)"}
+            with self.lock:
+                if batch.status == "in_progress":
+                    batch.status, batch.errors, batch.finished_at = "failed", [error], time.time()
+        finally:
+            batch.lines = []  # answered or failed: only the counts are reported from now on
+
+    def answer(self, batch: Batch) -> None:
+        """Answer every line, then publish the output and error files."""
         outputs, failures = [], []
         for line in batch.lines:
             status, body = answer_line(self.sim, line["body"], batch.id)
@@ -154,9 +192,9 @@ def validate(content: bytes) -> tuple[list[dict], list[dict]]:
             line = orjson.loads(raw)
             body = line["body"]
             custom_id, model = line["custom_id"], body["model"]
-            ok = (isinstance(custom_id, str) and line.get("method") == "POST" and line.get("url") == ENDPOINT
-                  and isinstance(body.get("messages"), list) and body["messages"])
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            ok = (isinstance(custom_id, str) and isinstance(model, str) and line.get("method") == "POST"
+                  and line.get("url") == ENDPOINT and isinstance(body.get("messages"), list) and body["messages"])
+        except SHAPE_ERRORS:
             ok = False
         if not ok:
             errors.append({"code": "invalid_request", "line": number,
@@ -190,7 +228,12 @@ def answer_line(sim: OfflineServer, body: dict, batch_id: str) -> tuple[int, dic
         sim.log({"status": 500, **log, "fault": fault})
         return 500, {"error": {"message": "The server had an error while processing your request (simulated).",
                                "type": "server_error", "code": None}}
-    text, max_tokens = openai_text(body)
+    try:
+        text, max_tokens = openai_text(body)
+    except SHAPE_ERRORS:  # the live route's 400, for this line only
+        sim.log({"status": 400, **log})
+        return 400, {"error": {"message": "could not read the request body: not the expected JSON shape",
+                               "type": "invalid_request_error", "code": None}}
     rng, _ = sim.reply_draws(model, body_sha)  # the latency draw is taken but not waited for
     reply, finish, kind = sim.compose(persona, text, max_tokens, rng)
     prompt_tokens, completion_tokens = tokens(text), tokens(reply)
@@ -240,12 +283,20 @@ def route_batch(handler: Handler, method: str, path: str) -> bool:
     except ApiError as e:
         handler.close_connection = method == "POST"  # its body may be unread: never parse it as a request
         handler.error(e.status, str(e), False, code=e.code)
+    except Exception:  # a bug in the simulator: say so rather than drop the connection (as the live route does)
+        traceback.print_exc()
+        handler.close_connection = True
+        handler.error(500, "internal error in the offline committee simulator (see its stderr)", False,
+                      kind="server_error")
     return True
 
 
 def listing(store: BatchStore, url: str) -> dict:
     query = parse_qs(urlsplit(url).query)
-    limit = int(query.get("limit", ["20"])[0])
+    text = query.get("limit", ["20"])[0]
+    limit = int(text) if text.isdigit() else 0
+    if not 1 <= limit <= MAX_LIST:
+        raise ApiError(400, f"limit must be a whole number from 1 to {MAX_LIST}, got {text!r}", "invalid_request")
     with store.lock:
         newest_first = list(reversed(store.batches.values()))
     if after := query.get("after", [None])[0]:

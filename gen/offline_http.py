@@ -16,7 +16,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from fair.gen.offline_api import GEMINI_RE, GEMINI_STATUS, bearer, gemini_text, openai_text, response, tokens
+from fair.gen.offline_api import (
+    GEMINI_RE,
+    GEMINI_STATUS,
+    SHAPE_ERRORS,
+    bearer,
+    gemini_text,
+    openai_text,
+    response,
+    tokens,
+)
 from fair.gen.offline_batch import route_batch
 
 if TYPE_CHECKING:
@@ -37,6 +46,12 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as clients expect of real APIs
     disable_nagle_algorithm = True  # headers and body go out in two writes: without this, 40 ms stalls
     server: Server
+
+    def setup(self) -> None:
+        # Without a timeout, a client that stalls mid-request (or idles on a keep-alive connection) holds its
+        # thread forever; the standard handler closes the connection when a read or write times out.
+        self.timeout = self.server.sim.socket_timeout_s
+        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:  # the default prints URLs, which may hold ?key=
         pass
@@ -101,7 +116,7 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 model, text, max_tokens = str(body["model"]), *openai_text(body)
                 key = bearer(self.headers.get("authorization", ""))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        except SHAPE_ERRORS:
             self.error(400, "could not read the request body: not the expected JSON shape (streaming is not "
                             "simulated)", gemini)
             return

@@ -14,6 +14,10 @@ sliding 60 s windows (429 with Retry-After), and it injects faults at set rates:
 empty replies. A keyless request is the bucket "anonymous"; keys are bucket ids only and never logged. The wire
 formats and the limiter live in gen/offline_api.py, the HTTP routes in gen/offline_http.py.
 
+A server may run for weeks: a connection that stalls (or idles) for socket_timeout_s is closed, the Batch API's
+files are kept up to batch_store_mb (oldest dropped first), and a malformed request, live or in a batch, gets a
+400 rather than a crashed handler or a batch left in progress.
+
 Determinism: replies depend only on (seed, model, sha256 of the body); a fault is drawn from (seed, model,
 body hash, attempt), where `attempt` counts how often this exact body arrived, so a retry can succeed and a
 rerun of the same client sees the same sequence of faults.
@@ -56,7 +60,7 @@ class OfflineServer:
                  latency_ms: tuple[float, float] = (0, 0), p_5xx: float = 0, p_hang: float = 0, hang_s: float = 30,
                  p_malformed: float = 0, p_empty: float = 0, seed: int = 0, log_path: str | Path | None = None,
                  data_dir: str | Path | None = None, personas: dict[str, Any] | None = None,
-                 batch_delay_s: float = 1.0):
+                 batch_delay_s: float = 1.0, batch_store_mb: float = 1024, socket_timeout_s: float = 60):
         self.fault_rates = dict(zip(FAULTS, (p_5xx, p_hang, p_malformed, p_empty), strict=True))
         if not all(0 <= p <= 1 for p in self.fault_rates.values()) or sum(self.fault_rates.values()) > 1:
             raise FairError("the fault rates p_5xx, p_hang, p_malformed, p_empty must each be in 0..1, "
@@ -66,14 +70,18 @@ class OfflineServer:
                             "with 0 <= MIN <= MAX")
         if not 0 <= port <= 65535:
             raise FairError(f"port must be in 0..65535 (0 picks a free one), got {port}")
+        if batch_store_mb <= 0 or socket_timeout_s <= 0:
+            raise FairError(f"batch_store_mb and socket_timeout_s must be positive, got {batch_store_mb} and "
+                            f"{socket_timeout_s}")
         self.host, self.requested_port, self.seed, self.hang_s = host, port, seed, hang_s
+        self.socket_timeout_s = socket_timeout_s  # a client that stalls or idles longer is disconnected
         self.latency_ms = (float(latency_ms[0]), float(latency_ms[1]))
         self.limiter = Limiter(rpm, tpm)
         self.personas: dict[str, Persona] = merge_personas(personas)
         self.index = QuestionIndex.build(data_dir)
         self.counters = {"completed": 0, "rate_limited": 0, "errors": 0, **{f"fault_{f}": 0 for f in FAULTS},
                          "batch_files": 0, "batches": 0, "batch_lines": 0, "batch_line_errors": 0}
-        self.batches = BatchStore(self, batch_delay_s)
+        self.batches = BatchStore(self, batch_delay_s, int(batch_store_mb * 2**20))
         self.attempts: dict[str, int] = {}  # "model|body sha256" -> times received; oldest forgotten past a bound
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -178,7 +186,7 @@ class OfflineServer:
 
 SETTINGS = {"rpm": int, "tpm": int, "latency_ms": list, "p_5xx": float, "p_hang": float, "hang_s": float,
             "p_malformed": float, "p_empty": float, "seed": int, "log": str, "data_dir": str, "personas": dict,
-            "batch_delay_s": float}
+            "batch_delay_s": float, "batch_store_mb": float, "socket_timeout_s": float}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -199,6 +207,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of every draw (default 0)")
     p.add_argument("--batch-delay-s", type=float, default=None,
                    help="a Batch API batch completes this long after it is created (default 1)")
+    p.add_argument("--batch-store-mb", type=float, default=None,
+                   help="the Batch API's files kept in memory, oldest dropped first past it (default 1024)")
+    p.add_argument("--socket-timeout-s", type=float, default=None,
+                   help="close a connection that stalls (sends or reads nothing) this long (default 60)")
     p.add_argument("--log", default=None, metavar="PATH", help="append one JSON line per request (no keys)")
     p.add_argument("--data-dir", default=None, help="benchmark data (default $FAIR_DATA_DIR, else shared/data)")
 
