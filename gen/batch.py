@@ -9,8 +9,10 @@ cache key, and OpenAIProvider's own body), skip those already cached, and write 
 custom_id = cache key, one model per file, split under OpenAI's 50,000 requests and 200 MB per file, written
 to an unlinked temporary file as they are built. Each file is uploaded (POST /files) and made a batch
 (POST /batches), which is polled (GET /batches/{id}; the waits double from 1 s up to batch_poll_s) until it is
-completed, failed, expired or cancelled. Each line of its output and error files is parsed as the live reply
-would be, and the good ones go into the cache marked batch = 1, so that their cost is counted at BATCH_PRICE.
+completed, failed, expired or cancelled, or until batch_deadline_s (25 h) after its creation, when the run
+cancels it itself (a server that never ends a batch must not hang the run). Each line of its output and error
+files is parsed as the live reply would be, and the good ones go into the cache marked batch = 1, so that their
+cost is counted at BATCH_PRICE.
 Then the committee runs as usual: feedback and rationales come from the cache, peer reviews go live (they need
 the rationales). The records are the same as a live run's by construction, but for the lower cost.
 
@@ -69,6 +71,9 @@ MAX_BYTES = 200 * 1024 * 1024
 FIRST_POLL_S = 1.0  # the first status check comes this soon; the waits double up to the run's batch_poll_s
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 CLOSED = TERMINAL | {"lost"}  # lost: the server does not know the batch (404)
+# A batch still open this long after its creation is cancelled and its requests go live: OpenAI expires one
+# after 24 h, so this leaves an hour's grace, and a server that never ends a batch cannot hang the run.
+DEADLINE_S = 25 * 3600.0
 
 LEDGER = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -185,6 +190,9 @@ class BatchAPI:
     async def get(self, batch: str) -> dict:
         return self.provider.json_object(await self._call("GET", f"batches/{batch}"))
 
+    async def cancel(self, batch: str) -> dict:
+        return self.provider.json_object(await self._call("POST", f"batches/{batch}/cancel"))
+
     async def find(self, input_file: str) -> dict | None:
         """The batch made from `input_file`, if a killed run created one: the listing is newest first."""
         params: dict[str, Any] = {"limit": 100}
@@ -234,9 +242,9 @@ class BatchRun:
     """One run's batches: `await BatchRun(teachers, cache, http, stats, poll_s).run(drafts(...))`."""
 
     def __init__(self, teachers: list[Teacher], cache: ResponseCache, http: httpx.AsyncClient,
-                 stats: dict[str, TeacherStats], poll_s: float):
+                 stats: dict[str, TeacherStats], poll_s: float, deadline_s: float = DEADLINE_S):
         self.apis = {t.name: BatchAPI(t, http) for t in teachers}
-        self.cache, self.stats, self.poll_s = cache, stats, poll_s
+        self.cache, self.stats, self.poll_s, self.deadline_s = cache, stats, poll_s, deadline_s
         self.ledger = Ledger(cache.db)
         self.report = BatchReport()
         self.follows: list[asyncio.Task] = []
@@ -300,8 +308,8 @@ class BatchRun:
         await self.collect(api, input_file, await self.wait(api, batch_id))
 
     async def wait(self, api: BatchAPI, batch_id: str) -> dict | None:
-        """The batch once it has ended; None when the server does not know it."""
-        delay, status = min(FIRST_POLL_S, self.poll_s), None
+        """The batch once it has ended or was given up at the deadline; None when the server does not know it."""
+        delay, status, started = min(FIRST_POLL_S, self.poll_s), None, time.time()
         while True:
             try:
                 batch = await api.get(batch_id)
@@ -309,12 +317,26 @@ class BatchRun:
                 return None
             if (current := api.text(batch, "status")) in TERMINAL:
                 return batch
+            # From the batch's creation, so that a rerun after a kill does not start the clock again.
+            created = lookup(batch, "created_at")
+            if time.time() - (created if isinstance(created, int | float) else started) > self.deadline_s:
+                return await self.give_up(api, batch_id, batch)
             if current != status:
                 status = current
                 done, total = lookup(batch, "request_counts", "completed"), lookup(batch, "request_counts", "total")
                 print(f"batch: {batch_id} is {status} ({done or 0}/{total or '?'} done)")
             await asyncio.sleep(delay)
             delay = min(2 * delay, self.poll_s)
+
+    async def give_up(self, api: BatchAPI, batch_id: str, batch: dict) -> dict:
+        """Cancel a batch past the deadline; it counts as cancelled (what it has answered is still collected)."""
+        print(f"batch: {batch_id} still {api.text(batch, 'status')} {self.deadline_s:g}s after its creation: "
+              f"cancelled, its requests go live")
+        try:
+            batch = await api.cancel(batch_id)
+        except ProviderError as e:  # the run goes on without it: at worst the server finishes it unread
+            print(f"batch: cancelling {batch_id} failed ({e})")
+        return batch | {"status": "cancelled"}
 
     def answer(self, api: BatchAPI, input_file: str, raw: str) -> tuple[str, ChatResponse] | None:
         """A result line's (cache key, reply), or None when it is not a good reply to a request of this file."""

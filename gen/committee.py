@@ -38,7 +38,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from fair.config import Validated, at_least, save_config
 from fair.errors import FairError
 from fair.eval.tasks import Task, get_task
-from fair.gen.batch import BatchRun, drafts
+from fair.gen.batch import DEADLINE_S, BatchRun, drafts
 from fair.gen.cache import ResponseCache
 from fair.gen.client import TeacherClient
 from fair.gen.models import DEFAULT_STUDENT, model_short_name
@@ -66,6 +66,7 @@ class CommitteeConfig(Validated):
     cache: str | None = None  # default requests.sqlite beside the output
     batch_api: bool = False  # feedback and rationales of batch_api teachers via OpenAI's Batch API (half price)
     batch_poll_s: float = 60.0  # longest wait between a batch's status checks (from 1 s, doubling)
+    batch_deadline_s: float = DEADLINE_S  # a batch still open this long after its creation is cancelled: live
     progress: bool = True
 
     def validate(self) -> None:
@@ -73,8 +74,9 @@ class CommitteeConfig(Validated):
         if not 1 <= self.threshold <= 5:
             raise FairError(f"threshold must be within the 1-5 score range, got {self.threshold}")
         at_least(self, 1, "window", "limit")
-        if self.batch_poll_s <= 0:
-            raise FairError(f"batch_poll_s must be positive, got {self.batch_poll_s}")
+        if self.batch_poll_s <= 0 or self.batch_deadline_s <= 0:
+            raise FairError(f"batch_poll_s and batch_deadline_s must be positive, got {self.batch_poll_s} and "
+                            f"{self.batch_deadline_s}")
 
     @property
     def mistakes_path(self) -> Path:
@@ -230,7 +232,8 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher]) -> 
             if config.batch_api:  # fills the cache; the streaming run below then sends only what it still lacks
                 batched = [t for t in teachers if t.batch_api]
                 stats = {t.name: clients[t.name].stats for t in batched}
-                batch = await BatchRun(batched, cache, http, stats, config.batch_poll_s).run(
+                batch = await BatchRun(batched, cache, http, stats, config.batch_poll_s,
+                                       deadline_s=config.batch_deadline_s).run(
                     drafts(pending_mistakes(config, done), task, ctx.prompts, batched))
             total = count_mistakes(config)
             bar = tqdm(desc=f"committee {task.name}", unit=" mistakes", initial=len(done), total=total,

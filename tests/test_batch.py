@@ -234,6 +234,21 @@ def test_a_cancelled_batch_falls_back_to_live(tmp_path, mistakes):
     assert_complete(list(records.values()), LIMIT)
 
 
+def test_a_batch_that_never_ends_is_cancelled_at_the_deadline_and_goes_live(tmp_path, mistakes):
+    """A server that never finishes a batch (a stuck one, or OpenAI past its window): the client gives up
+    batch_deadline_s after the batch's creation instead of polling forever, cancels it, and the run goes live."""
+    with OfflineServer(port=0, batch_delay_s=3600) as server:
+        config = config_for(tmp_path, mistakes, batch_api=True, batch_deadline_s=0.5)
+        result, records = run(config, fast(load_committee("offline", server.url)))
+        statuses = {batch.status for batch in server.batches.batches.values()}
+    requests = 2 * len(BATCHED) * LIMIT
+    assert (result["batch"].fell_back, result["batch"].answered) == (requests, 0)
+    assert statuses == {"cancelled"}
+    assert_complete(list(records.values()), LIMIT)
+    with sqlite3.connect(config.cache_path) as db:
+        assert Ledger(db).open_batches() == []  # closed: a rerun does not wait for them again
+
+
 def test_simulator_validates_input_files_like_openai(tmp_path):
     def line(custom_id: str, model: str = "sim-careful", url: str = "/v1/chat/completions") -> bytes:
         body = {"model": model, "messages": [{"role": "user", "content": "What is 2 + 2?"}], "max_tokens": 64}
