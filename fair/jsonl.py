@@ -141,6 +141,38 @@ def write_json(path: str | Path, obj: Any) -> None:
     _write_atomic(Path(path), orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n")
 
 
+class JsonArrayWriter:
+    """write_json's bytes for a JSON array, written one element at a time: an export of a corpus need not hold
+    it in memory. Like write_json, it goes to a temp file renamed into place, and only if the `with` ends well."""
+
+    OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.file = self.tmp.open("wb")
+        self.count = 0
+
+    def add(self, item: Any) -> None:
+        # orjson's indented array: each element indented one level more; strings never hold a raw newline
+        text = orjson.dumps(item, option=self.OPTIONS).replace(b"\n", b"\n  ")
+        self.file.write((b",\n  " if self.count else b"[\n  ") + text)
+        self.count += 1
+
+    def __enter__(self) -> JsonArrayWriter:
+        return self
+
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        if exc_type is None:
+            self.file.write(b"\n]\n" if self.count else b"[]\n")
+        self.file.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink()
+
+
 def _write_atomic(path: Path, payload: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -8,6 +8,7 @@ and mistral; ours are whatever the committee names, in its order.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +24,21 @@ def teacher_names(record: dict[str, Any]) -> list[str]:
     return [k.removesuffix("_rationale") for k in record if k.endswith("_rationale") and k != "correct_rationale"]
 
 
-def export_committee(task: Task, records: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
-    """Our committee records -> (feedback file records, rationale file records), in the paper's shapes."""
-    feedback_file, rationale_file = [], []
+def export_committee(task: Task, records: Iterable[dict[str, Any]]) -> Iterator[tuple[dict, dict]]:
+    """Our committee records -> (feedback file record, rationale file record) pairs in the paper's shapes, one
+    record at a time: a corpus's committee file need not fit in memory."""
     for record in records:
         mistake = StudentAnswer.from_json(record["mistake"], f"committee record {record['id']}")
         base = export_mistakes(task, [mistake])[0]
         names = list(record["rationales"])
-        feedback_file.append(base | {f"{n}_feedback": record["feedback"][n]["text"] for n in names})
+        feedback = base | {f"{n}_feedback": record["feedback"][n]["text"] for n in names}
         rationale = dict(base)
         for author in names:
             entry = record["rationales"][author]
             scores = [entry["reviews"].get(r, {}).get("score") for r in names if r != author]
             rationale[f"{author}_rationale"] = [entry["text"], *(int(round(s)) if s else 0 for s in scores)]
         rationale["correct_rationale"] = [record["rationales"][n]["text"] for n in names if record["rationales"][n]["accepted"]]
-        rationale_file.append(rationale)
-    return feedback_file, rationale_file
+        yield feedback, rationale
 
 
 def import_committee(

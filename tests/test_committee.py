@@ -132,7 +132,7 @@ def test_paper_files_round_trip(tmp_path, data_dir):
     for r in records:  # our acceptance rule reproduces the paper's decisions exactly
         for v in r["rationales"].values():
             assert accept([x["score"] for x in v["reviews"].values()], 3.0)[1] == v["accepted"]
-    feedback, rationale = export_committee(task, records)
+    feedback, rationale = map(list, zip(*export_committee(task, records), strict=True))
     original = orjson.loads((seed / "Llama-2-7b-chat-hf_svamp_rationale_round0.json").read_bytes())
     for ours, theirs in zip(rationale, original, strict=True):
         # Everything but the final answer, which our grader re-extracts, survives the round trip.
