@@ -60,8 +60,10 @@ class Handler(BaseHTTPRequestHandler):
         data = body if isinstance(body, bytes) else orjson.dumps(body)
         try:
             self.send_response(status)
+            # A connection closed after this reply must say so, or a keep-alive client reuses it and fails.
+            closing = {"connection": "close"} if self.close_connection else {}
             for k, v in {"content-type": "application/json", "content-length": str(len(data)),
-                         "x-fair-simulator": "1", **(headers or {})}.items():
+                         "x-fair-simulator": "1", **closing, **(headers or {})}.items():
                 self.send_header(k, v)
             self.end_headers()
             self.wfile.write(data)

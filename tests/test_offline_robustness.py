@@ -70,6 +70,14 @@ def test_a_malformed_request_gets_a_4xx_and_the_connection_lives(method, path, b
         assert server.counters["errors"] >= 1
 
 
+def test_a_reply_before_the_server_closes_the_connection_says_so():
+    """A client that reused a connection the server closes after its reply would see a disconnect."""
+    with OfflineServer(port=0) as server, httpx.Client(base_url=server.url, timeout=5) as client:
+        bad_batch = {"input_file_id": [1], "endpoint": CHAT, "completion_window": "24h"}
+        for reply in (client.post("/v1/batches", json=bad_batch), client.post(CHAT, content=b"")):
+            assert reply.status_code == 400 and reply.headers.get("connection") == "close", reply.headers
+
+
 def test_bad_lines_in_a_batch_fail_alone_and_the_batch_ends():
     bad_bodies = [{"model": "sim-careful", "messages": [1]},
                   {"model": "sim-careful", "messages": [{"role": "user"}]},
