@@ -1,8 +1,9 @@
 """Batched generation with transformers: the engine for CPUs, tests and any model vLLM cannot load.
 
-Prompts are sorted by length so each batch holds prompts of similar size (little padding), padded on the
-left so that every row's next token sits in the last column, and generated together; results come back in
-the caller's order.
+Decoder models with plain causal attention (Llama, Qwen2/3, Mistral without a sliding window) are served by
+continuous batching (gen/continuous.py): `batch_size` rows decode together and a finished row takes the next
+prompt at once. Other models go through `model.generate` in batches of prompts of similar length, padded on
+the left so that every row's next token sits in the last column. Results come back in the caller's order.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from fair.gen.continuous import ContinuousBatcher, supports
 from fair.gen.engine import Generation, Sampling, cut_at_stop, encode_prompt
 from fair.gen.models import resolve_model
 
@@ -28,9 +30,15 @@ class HFEngine:
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device).eval()
         self.chat = chat
         self.batch_size = batch_size
+        self.continuous = ContinuousBatcher(self.model, self.tokenizer, self._eos_ids(), batch_size) \
+            if supports(self.model) else None
 
     def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
         encoded = [encode_prompt(self.tokenizer, p, self.chat) for p in prompts]
+        if self.continuous is not None:
+            with tqdm(total=len(prompts), desc="answers", unit="answer", leave=False,
+                      disable=len(prompts) < 2 * self.batch_size) as progress:
+                return self.continuous.generate(encoded, sampling, progress)
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
         results: list[Generation | None] = [None] * len(prompts)
         if not sampling.greedy:

@@ -1,0 +1,64 @@
+"""Continuous batching: refilled slots give exactly what `model.generate` gives one prompt at a time."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fair.gen.continuous import ContinuousBatcher
+from fair.gen.engine import Sampling, encode_prompt
+from fair.gen.hf_engine import HFEngine
+
+PROMPTS = ["What is 2 + 2?", "Name a colour.", "A much longer prompt: " + "count the apples and pears " * 6, "Hi",
+           "Seven", "How many legs has a spider? Think step by step.", "x " * 30]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir) -> HFEngine:
+    return HFEngine(str(tiny_model_dir), batch_size=2)
+
+
+def alone(engine: HFEngine, prompt: str, max_new_tokens: int) -> list[int]:
+    ids = torch.tensor([encode_prompt(engine.tokenizer, prompt, chat=True)])
+    out = engine.model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                temperature=None, top_p=None, top_k=None, pad_token_id=engine.tokenizer.pad_token_id)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def test_slots_refilled_as_answers_end_match_one_at_a_time(engine):
+    """Some tokens of the random model's answers play EOS, so answers end at different steps and two slots serve
+    seven prompts; each answer must equal the unbatched one cut after the same token (greedy decoding: ending
+    an answer early does not change its earlier tokens)."""
+    free = [alone(engine, prompt, 24) for prompt in PROMPTS]
+    eos = {tokens[3 * i % 20 + 1] for i, tokens in enumerate(free)}  # answer i ends by token 3i % 20 + 1
+    batcher = ContinuousBatcher(engine.model, engine.tokenizer, eos, slots=2)
+    encoded = [encode_prompt(engine.tokenizer, p, chat=True) for p in PROMPTS]
+    results = batcher.generate(encoded, Sampling(max_new_tokens=24))
+    lengths = set()
+    for tokens, generation in zip(free, results, strict=True):
+        end = next((k + 1 for k, t in enumerate(tokens) if t in eos), len(tokens))
+        assert generation.generated_tokens == end
+        assert generation.text == engine.tokenizer.decode(tokens[:end], skip_special_tokens=True)
+        assert generation.finish_reason == ("stop" if tokens[end - 1] in eos else "length")
+        lengths.add(end)
+    assert len(lengths) > 2, "answers must end at different steps for this test to mean anything"
+
+
+def test_continuous_and_generate_paths_agree(engine):
+    sampling = Sampling(max_new_tokens=10)
+    continuous = engine.generate(PROMPTS, sampling)
+    batcher, engine.continuous = engine.continuous, None
+    try:
+        plain = engine.generate(PROMPTS, sampling)
+    finally:
+        engine.continuous = batcher
+    assert [g.text for g in continuous] == [g.text for g in plain]
+    assert engine.model.config._attn_implementation != "fair_slots"  # the model is left as it was
+
+
+def test_sampling_is_seeded_and_top_p_narrows(engine):
+    wide = engine.generate(PROMPTS, Sampling(max_new_tokens=8, temperature=1.0, seed=3))
+    assert [g.text for g in wide] == [g.text for g in engine.generate(PROMPTS, Sampling(8, 1.0, seed=3))]
+    greedy = engine.generate(PROMPTS, Sampling(max_new_tokens=8))
+    narrow = engine.generate(PROMPTS, Sampling(max_new_tokens=8, temperature=1.0, top_p=1e-6, seed=3))
+    assert [g.text for g in narrow] == [g.text for g in greedy]  # top_p near 0 keeps only the likeliest token
