@@ -1,129 +1,204 @@
-"""`make experiment`: does FAIR distillation help a real student? One table, same seeds, every variant.
+"""`make experiment`: does FAIR distillation help a real student? Units of work that a 2-core CPU finishes.
 
-    .venv/bin/python -m fair.eval.experiment                       # the full run (hours on a 2-core CPU)
-    .venv/bin/python -m fair.eval.experiment --limit 40 --max-steps 4 --test-limit 20 --out data/exp-smoke
+    .venv/bin/python -m fair.eval.experiment                     # every unit whose result file is missing
+    .venv/bin/python -m fair.eval.experiment --units paper-fair-s0 base
+    .venv/bin/python -m fair.eval.experiment --list              # the units and which are done
+    .venv/bin/python -m fair.eval.experiment --render            # only rebuild docs/results.md
 
-SmolLM2-135M-Instruct mines its mistakes on the SVAMP train split, the offline committee (a simulator)
-answers them, and the student is trained once per variant, then evaluated on the whole SVAMP test split:
+One unit trains one variant of SmolLM2-135M-Instruct with the frozen budget below, then evaluates it on the
+300 SVAMP test questions (`base` only evaluates). A finished unit writes two small files, meant to be
+committed: docs/results/<unit>.json (accuracy, the ids answered correctly, data report, losses, wall time,
+command, commit, machine) and docs/results/<unit>.predictions.jsonl.gz (every answer: id, raw output,
+extracted answer), so anyone can re-grade a unit without rerunning it. Weights stay in data/experiment/.
+A run skips units whose file exists and rebuilds docs/results.md from the files (eval/results.py): the
+experiment can be completed over several sessions and a lost machine loses at most one unit.
 
-    no training | single teacher (raw) | mixed, peer-reviewed (FAIR) | mixed, no review | alpha 0 | alpha 1
-
-Each stage resumes, so an interrupted experiment continues where it stopped. The table goes to
-<out>/results.md (and to docs/results.md with --publish) with the exact commands behind each row.
+Two data sources. `paper`: the paper's published SVAMP files (real GPT-3.5, Gemini and Mixtral texts with
+their peer-review scores, ../shared/data/seed). `own`: our loop, the offline committee on SmolLM2's own
+SVAMP train mistakes (mined once into data/svamp/smollm2-135m, then reused by both units).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
+import json
 import platform
 import shlex
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from fair.config import make_config
+from fair.errors import FairError
 from fair.eval.evaluate import EvalConfig, evaluate
+from fair.eval.results import render_results
+from fair.eval.tasks import default_data_dir
 from fair.gen.pipeline import GenConfig, generate
 from fair.train.train import TrainConfig, train
 
-# name -> (description, TrainConfig overrides)
-VARIANTS = {
-    "single-careful": ("single teacher (careful), raw", {"teacher": "careful"}),
-    "mixed": ("mixed, peer-reviewed (FAIR)", {"teacher": "mixed"}),
-    "mixed-no-review": ("mixed, no peer review", {"teacher": "no-review"}),
-    "mixed-alpha0": ("mixed, alpha = 0 (rationales only)", {"teacher": "mixed", "alpha": 0.0}),
-    "mixed-alpha1": ("mixed, alpha = 1 (feedback only)", {"teacher": "mixed", "alpha": 1.0}),
-}
+SEED_DIR = default_data_dir() / "seed"
+PAPER_FILES = {"paper_feedback": str(SEED_DIR / "Llama-2-7b-chat-hf_svamp_feedback_round0.json"),
+               "paper_rationale": str(SEED_DIR / "Llama-2-7b-chat-hf_svamp_rationale_round0.json")}
+TEST_MAX_NEW_TOKENS = 256  # SVAMP: the base model's accuracy is the same at 256 as at 512 (13/300), at 77% of the cost
+
+# The frozen training budget, chosen on a pilot (docs/results.md says why) and the same for every unit:
+# LoRA r16 on every linear layer, one epoch, batch 8, lr 3e-4 cosine with 3% warm-up, packed rows of 512 tokens.
+BUDGET = {"lora": True, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "epochs": 1, "batch_size": 8,
+          "micro_batch_size": 8, "lr": 3e-4, "schedule": "cosine", "warmup_ratio": 0.03, "max_length": 512,
+          "pack": True, "prompt_format": "chat"}
 
 
-def run(args: argparse.Namespace) -> Path:
-    out = Path(args.out)
-    timings: dict[str, float] = {}
-    if not args.skip_gen:
-        began = time.perf_counter()
-        generate(GenConfig(task="svamp", teachers="offline", limit=args.limit, engine=args.engine,
-                           batch_size=args.batch_size))
-        timings["mine + committee"] = time.perf_counter() - began
-
-    def score(name: str, model: str) -> dict:
-        began = time.perf_counter()
-        [row] = evaluate(EvalConfig(task=("svamp",), model=model, engine=args.engine, batch_size=args.batch_size,
-                                    limit=args.test_limit,
-                                    out=str(out / name / "eval")))
-        timings[f"evaluate {name}"] = time.perf_counter() - began
-        return row
-
-    rows = [("no-training", "no training", score("no-training", "smollm2-135m"), None)]
-    base = TrainConfig()
-    for name, (description, overrides) in VARIANTS.items():
-        values = dataclasses.asdict(base) | {"epochs": args.epochs, "max_steps": args.max_steps, "lora": True,
-                                             "lr": args.lr, "pack": True, "max_length": 384, "micro_batch_size": 8,
-                                             "schedule": "cosine", "seed": args.seed, "out": str(out / name)}
-        config = make_config(TrainConfig, values | overrides, source=f"experiment variant {name}")
-        began = time.perf_counter()
-        final = train(config)
-        timings[f"train {name}"] = time.perf_counter() - began
-        rows.append((name, description, score(name, str(final)), config))
-    page = write_results(out / "results.md", rows, args, timings)
-    if args.publish:
-        Path("docs/results.md").write_text(page.read_text())
-    return page
+@dataclass(frozen=True)
+class Unit:
+    name: str
+    source: str  # "paper", "own" or "none"
+    description: str
+    train: dict | None  # TrainConfig overrides on top of BUDGET; None: no training
 
 
-def write_results(path: Path, rows: list, args: argparse.Namespace, timings: dict[str, float]) -> Path:
-    baseline = rows[0][2]["accuracy"]
-    lines = ["# Does FAIR distillation help SmolLM2-135M on SVAMP?", "",
-             f"Student SmolLM2-135M-Instruct; teachers: the offline committee (a simulator answering from the gold "
-             f"solutions with set error rates; `configs/teachers/offline.yaml`); test: SVAMP test "
-             f"({rows[0][2]['total']} questions), greedy decoding, our grader. Training: LoRA r16 on every linear "
-             f"layer, packing, lr {args.lr}, {args.epochs} epoch(s){f', at most {args.max_steps} steps' if args.max_steps else ''}, "
-             f"batch 8, seed {args.seed}.", "", f"Trained and evaluated on: {machine()}.", "",
-             "| variant | accuracy | correct | change vs no training | unparseable |", "| --- | ---: | ---: | ---: | ---: |"]
-    for _, description, row, _ in rows:
-        lines.append(f"| {description} | {row['accuracy']:.1%} | {row['correct']}/{row['total']} | "
-                     f"{(row['accuracy'] - baseline) * 100:+.1f} pt | {row['unparseable']} |")
-    lines += ["", "## Commands", "", "```bash",
-              ".venv/bin/python -m fair.eval.experiment " + shlex.join(sys.argv[1:]), "# which runs, per variant:",
-              f"fair gen --task svamp --teachers offline{f' --limit {args.limit}' if args.limit else ''}",
-              f"fair eval --task svamp --out {args.out}/no-training/eval"]
-    for name, _, _, config in rows[1:]:
-        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(dataclasses.asdict(config).items())
-                         if v != getattr(TrainConfig(), k) and k != "out")
-        lines += [f"fair train {flags} --out {args.out}/{name}",
-                  f"fair eval --task svamp --model {args.out}/{name}/final --out {args.out}/{name}/eval"]
-    lines += ["```", "", "## Time", "", "| stage | seconds |", "| --- | ---: |"]
-    lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in timings.items()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    print(f"wrote {path}")
+def _units() -> dict[str, Unit]:
+    """In the order they run: one of each comparison first, then the other seeds."""
+    fair, noreview = "FAIR: mixed, peer-reviewed, alpha 0.5", "mixed, no peer review"
+    units = [Unit("base", "none", "no training", None),
+             Unit("paper-fair-s0", "paper", fair, {"teacher": "mixed", "seed": 0}),
+             Unit("paper-noreview-s0", "paper", noreview, {"teacher": "no-review", "seed": 0}),
+             # GPT-3.5 is the single best teacher by the committee's own measure, chosen before any test result:
+             # the most rationales accepted by its peers in the paper's file (355 of 387, Mixtral 352, Gemini 267).
+             Unit("paper-single-gpt", "paper", "single best teacher (GPT-3.5), raw", {"teacher": "gpt"}),
+             Unit("paper-alpha0", "paper", "FAIR with alpha 0 (rationales only)", {"teacher": "mixed", "alpha": 0.0}),
+             Unit("paper-alpha1", "paper", "FAIR with alpha 1 (feedback only)", {"teacher": "mixed", "alpha": 1.0}),
+             Unit("own-fair", "own", fair, {"teacher": "mixed"}),
+             Unit("own-noreview", "own", noreview, {"teacher": "no-review"})]
+    for seed in (1, 2):
+        units += [Unit(f"paper-fair-s{seed}", "paper", fair, {"teacher": "mixed", "seed": seed}),
+                  Unit(f"paper-noreview-s{seed}", "paper", noreview, {"teacher": "no-review", "seed": seed})]
+    return {u.name: u for u in units}
+
+
+UNITS = _units()
+
+
+def run_unit(unit: Unit, args: argparse.Namespace) -> Path:
+    results, work = Path(args.results), Path(args.work)
+    began = time.perf_counter()
+    model, data_report, losses = "smollm2-135m", None, None
+    if unit.train is not None:
+        config = train_config(unit, args, work)
+        model = str(train(config))
+        data_report = json.loads((config.out_dir / "data_report.json").read_text())
+        losses = loss_summary(config.out_dir / "log.jsonl")
+    [row] = evaluate(EvalConfig(task=("svamp",), model=model, engine=args.engine, batch_size=args.batch_size,
+                                max_new_tokens=TEST_MAX_NEW_TOKENS, limit=args.test_limit,
+                                out=str(work / unit.name / "eval")))
+    answers = [json.loads(line) for line in (work / unit.name / "eval" / "svamp-test" / "predictions.jsonl").open()]
+    answers.sort(key=lambda a: a["index"])
+    results.mkdir(parents=True, exist_ok=True)
+    with gzip.open(results / f"{unit.name}.predictions.jsonl.gz.partial", "wt") as out:
+        for a in answers:
+            out.write(json.dumps({k: a[k] for k in ("id", "prediction", "extracted", "correct")}) + "\n")
+    result = {
+        "unit": unit.name, "source": unit.source, "description": unit.description, "train": unit.train,
+        "budget": BUDGET if unit.train is not None else None, "accuracy": row["accuracy"], "correct": row["correct"],
+        "total": row["total"], "unparseable": row["unparseable"], "max_new_tokens": TEST_MAX_NEW_TOKENS,
+        "correct_ids": [a["id"] for a in answers if a["correct"] is True], "data_report": data_report,
+        "loss": losses, "wall_s": round(time.perf_counter() - began, 1), "command": command(),
+        "commit": commit(), "machine": machine(), "device": device(),
+    }
+    (results / f"{unit.name}.predictions.jsonl.gz.partial").rename(results / f"{unit.name}.predictions.jsonl.gz")
+    path = results / f"{unit.name}.json"
+    path.with_suffix(".json.partial").write_text(json.dumps(result, indent=1) + "\n")
+    path.with_suffix(".json.partial").rename(path)  # last: a unit counts as done only with both files whole
+    print(f"unit {unit.name}: {row['correct']}/{row['total']} in {result['wall_s']:.0f} s -> {path}")
     return path
 
 
+def train_config(unit: Unit, args: argparse.Namespace, work: Path) -> TrainConfig:
+    values = dataclasses.asdict(TrainConfig()) | BUDGET | unit.train | {"out": str(work / unit.name / "train")}
+    if unit.source == "paper":
+        values |= PAPER_FILES
+    else:
+        own_corpus(args)
+    if args.max_steps:
+        values["max_steps"] = args.max_steps
+    return make_config(TrainConfig, values, source=f"experiment unit {unit.name}")
+
+
+def own_corpus(args: argparse.Namespace) -> None:
+    """Mine SmolLM2's SVAMP train mistakes and ask the offline committee; both resume, so once is enough."""
+    if not Path("data/svamp/smollm2-135m/committee.jsonl").exists() or args.train_limit:
+        generate(GenConfig(task="svamp", teachers="offline", engine=args.engine, batch_size=args.batch_size,
+                           max_new_tokens=TEST_MAX_NEW_TOKENS, limit=args.train_limit))
+
+
+def loss_summary(log: Path) -> dict:
+    steps = [json.loads(line) for line in log.open()]
+    head, tail = steps[: max(1, len(steps) // 10)], steps[-max(1, len(steps) // 10):]
+    mean = lambda rows: round(sum(r["loss"] for r in rows) / len(rows), 4)  # noqa: E731
+    return {"steps": len(steps), "first_10pct": mean(head), "last_10pct": mean(tail)}
+
+
+def command() -> str:
+    return shlex.join([Path(sys.executable).name, "-m", "fair.eval.experiment", *sys.argv[1:]])
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def device() -> str:
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
 def machine() -> str:
+    import os
+
     import torch
 
     if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (bf16 autocast, transformers engine), torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    return (f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} threads, torch {torch.__version__}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="data/experiment")
-    parser.add_argument("--limit", type=int, default=None, help="SVAMP train questions to mine (default all 700)")
-    parser.add_argument("--test-limit", type=int, default=None, help="SVAMP test questions (default all 300)")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--engine", default="auto")
-    parser.add_argument("--batch-size", type=int, default=32, help="transformers engine: prompts per batch")
-    parser.add_argument("--skip-gen", action="store_true",
-                        help="use the corpus already in data/svamp/smollm2-135m (made on another machine)")
-    parser.add_argument("--publish", action="store_true", help="also write docs/results.md")
-    run(parser.parse_args())
+    parser.add_argument("--units", nargs="*", default=None, help="units to run (default: every missing one)")
+    parser.add_argument("--list", action="store_true", help="list the units and which are done")
+    parser.add_argument("--render", action="store_true", help="only rebuild docs/results.md from docs/results/")
+    parser.add_argument("--results", default="docs/results", help="unit files; the page goes to <results>.md")
+    parser.add_argument("--work", default="data/experiment", help="weights, logs and predictions of each unit")
+    parser.add_argument("--engine", default="hf", help="the transformers engine: no vLLM start-up per unit")
+    parser.add_argument("--batch-size", type=int, default=64, help="rows decoding together")
+    parser.add_argument("--test-limit", type=int, default=None, help="smoke runs: first N test questions")
+    parser.add_argument("--train-limit", type=int, default=None, help="smoke runs: mine only N train questions")
+    parser.add_argument("--max-steps", type=int, default=None, help="smoke runs: stop training early")
+    args = parser.parse_args(argv)
+    unknown = [u for u in args.units or [] if u not in UNITS]
+    if unknown:
+        print(f"experiment: unknown unit(s) {', '.join(unknown)}; --list shows them", file=sys.stderr)
+        return 2
+    if args.list:
+        for unit in UNITS.values():
+            done = "done" if (Path(args.results) / f"{unit.name}.json").exists() else "missing"
+            print(f"{unit.name:<20} {done:<8} {unit.source:<6} {unit.description}")
+        return 0
+    try:
+        if not args.render:
+            for name in args.units or [u for u in UNITS if not (Path(args.results) / f"{u}.json").exists()]:
+                run_unit(UNITS[name], args)
+        print(f"wrote {render_results(Path(args.results), UNITS, Path(args.results).with_suffix('.md'))}")
+    except FairError as e:
+        print(f"experiment: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
-if __name__ == "__main__":  # vLLM spawns processes
-    main()
+if __name__ == "__main__":
+    sys.exit(main())

@@ -230,7 +230,7 @@ def test_chat_tokens_mask_exactly_the_prompt_and_end_with_im_end(tokenizer):
         assert item.labels[:n] == [-100] * n and -100 not in item.labels[n:]
         assert item.labels[n:] == item.input_ids[n:] and item.input_ids[-1] == im_end
         assert tokenizer.decode(item.input_ids[n:-1]) == e.completion
-    assert report.examples == 2 and report.truncated == 0
+    assert report.examples == 2 and report.skipped_too_long == 0
     assert report.target_tokens == {k: sum(x != -100 for x in i.labels) for k, i in zip(["feedback", "rationale"], items, strict=True)}
 
 
@@ -240,14 +240,16 @@ def test_paper_tokens_have_no_chat_template(tokenizer):
     assert item.input_ids == prompt + tokenizer("4", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
-def test_truncation_and_too_long_prompts_are_counted(tokenizer):
+def test_examples_that_do_not_fit_are_left_out_never_cut(tokenizer):
+    """A completion cut at max_length would be trained without its end token (the paper cut them): left out."""
     prompt_len = len(encode_prompt(tokenizer, "Q", chat=True))
+    fits = example("feedback", "Q", "ok")
     items, report = tokenize_examples(
-        [example("rationale", "Q", "word " * 50), example("rationale", "Q " * 200, "short"), example("feedback", "Q", "ok")],
+        [example("rationale", "Q", "word " * 50), example("rationale", "Q " * 200, "short"), fits],
         tokenizer, max_length=prompt_len + 10, prompt_format="chat")
-    assert report.examples == 2 and report.truncated == 1 and report.skipped_too_long_prompt == 1
-    assert len(items[0].input_ids) == prompt_len + 10 and items[0].input_ids[-1] != tokenizer.eos_token_id
-    assert report.target_tokens == {"rationale": 10, "feedback": 2}
+    assert report.examples == 1 and report.skipped_too_long == 2
+    assert all(item.input_ids[-1] == tokenizer.eos_token_id for item in items)  # every kept example ends
+    assert report.target_tokens == {"rationale": 0, "feedback": 2}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -306,9 +308,9 @@ def test_packed_loss_equals_unpacked_loss(attn, records, tokenizer, tiny_model_d
     from transformers import LlamaForCausalLM
 
     model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attn).eval()
-    examples, _ = build_examples(records[:4], SVAMP, "mixed", seed=0, prompt_format="chat")
-    items, _ = tokenize_examples(examples, tokenizer, max_length=160, prompt_format="chat")
-    unpacked, packed = collate(items, tokenizer.pad_token_id, False, 320), collate(items, tokenizer.pad_token_id, True, 320)
+    examples, _ = build_examples(records[:8], SVAMP, "mixed", seed=0, prompt_format="chat")
+    items, _ = tokenize_examples(examples, tokenizer, max_length=256, prompt_format="chat")
+    unpacked, packed = collate(items, tokenizer.pad_token_id, False, 512), collate(items, tokenizer.pad_token_id, True, 512)
     assert int(packed["num_rows"]) < len(items)
     dtype = None if attn == "sdpa" else torch.float32
     with torch.no_grad():

@@ -238,14 +238,13 @@ class Tokenized:
 @dataclass
 class TokenizeReport:
     examples: int  # kept
-    truncated: int  # completions cut at max_length (they lose their end token)
-    skipped_too_long_prompt: int
+    skipped_too_long: int  # prompt + completion + end token over max_length: left out whole
     target_tokens: dict[str, int]  # kind -> tokens with a label
 
     def summary(self) -> str:
         targets = ", ".join(f"{n} {k}" for k, n in self.target_tokens.items())
-        return (f"{self.examples} tokenized examples ({targets} target tokens); {self.truncated} truncated, "
-                f"{self.skipped_too_long_prompt} skipped for a prompt of max_length tokens or more")
+        return (f"{self.examples} tokenized examples ({targets} target tokens); {self.skipped_too_long} left out "
+                "for not fitting in max_length with their end token")
 
 
 def completion_end_id(tokenizer: Any, chat: bool) -> int:
@@ -266,21 +265,19 @@ def completion_end_id(tokenizer: Any, chat: bool) -> int:
 def tokenize_examples(examples: list[TrainExample], tokenizer: Any, max_length: int,
                       prompt_format: PromptFormat = "chat") -> tuple[list[Tokenized], TokenizeReport]:
     """Prompt ids exactly as the engines encode them at evaluation (fair.gen.engine.encode_prompt), then the
-    completion and its end token; the paper's format has no chat template and the BOS the tokenizer adds."""
+    completion and its end token; the paper's format has no chat template and the BOS the tokenizer adds.
+    An example that does not fit in max_length is left out and counted, not cut as the paper cut it: a
+    completion trained without its end token teaches the student not to stop."""
     chat = prompt_format == "chat"
     end = completion_end_id(tokenizer, chat)
     out: list[Tokenized] = []
-    report = TokenizeReport(0, 0, 0, {"feedback": 0, "rationale": 0})
+    report = TokenizeReport(0, 0, {"feedback": 0, "rationale": 0})
     for example in examples:
         prompt = encode_prompt(tokenizer, example.prompt, chat=chat)
         completion = tokenizer(example.completion, add_special_tokens=False)["input_ids"] + [end]
-        room = max_length - len(prompt)
-        if room < 1:
-            report.skipped_too_long_prompt += 1
+        if len(prompt) + len(completion) > max_length:
+            report.skipped_too_long += 1
             continue
-        if len(completion) > room:  # cut from the right, as the paper did, but say how often
-            completion = completion[:room]
-            report.truncated += 1
         out.append(Tokenized(prompt + completion, [-100] * len(prompt) + completion, KIND_CODES[example.kind]))
         report.target_tokens[example.kind] += len(completion)
     report.examples = len(out)

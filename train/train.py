@@ -206,8 +206,7 @@ def load_data(config: TrainConfig, tokenizer, dist: Dist):
         tokenized = [t for t in tokenized if t.kind == keep]
     if dist.rank == 0:
         print(report.summary())
-        print(f"tokenized {token_report.examples} examples: {token_report.truncated} truncated to "
-              f"{config.max_length} tokens, {token_report.skipped_too_long_prompt} skipped (prompt too long)")
+        print(token_report.summary())
         write_json(config.out_dir / "data_report.json", {"build": asdict(report), "tokenize": asdict(token_report)})
     if len(tokenized) < config.batch_size:
         raise FairError(f"{len(tokenized)} training examples is fewer than one batch of {config.batch_size}")
