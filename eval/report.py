@@ -15,9 +15,11 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from fair.errors import FairError
+from fair.eval.results import mcnemar_exact, paired_bootstrap
 from fair.eval.tasks import get_task
 from fair.gen.records import StudentAnswer
 from fair.jsonl import read_jsonl, unique_ids
@@ -151,6 +153,33 @@ def percent(x: float | None) -> str:
     return "-" if x is None else f"{x:.1%}"
 
 
+def wilson(correct: int, total: int, z: float = 1.96) -> str:
+    """Wilson's 95% interval for an accuracy: sound at the low accuracies of a small student, unlike p +- 2 sd."""
+    if not total:
+        return "-"
+    p = correct / total
+    centre, half = p + z * z / (2 * total), z * (p * (1 - p) / total + z * z / (4 * total * total)) ** 0.5
+    scale = 1 + z * z / total
+    return f"{(centre - half) / scale:.1%}, {(centre + half) / scale:.1%}"
+
+
+def change_line(before_dir: Path, after_dir: Path) -> str:
+    """After minus before, paired on the questions both answered: bootstrap interval and McNemar's exact p."""
+    before, after = (finished_correct(d / "predictions.jsonl") for d in (before_dir, after_dir))
+    shared = sorted(set(before) & set(after))
+    if not shared:
+        return "(no question answered by both)"
+    a, b = (np.array([side[i] for i in shared]) for side in (after, before))
+    diff, low, high = paired_bootstrap(a, b)
+    return (f"{diff * 100:+.1f} points [{low * 100:+.1f}, {high * 100:+.1f}] (95% paired bootstrap over {len(shared)} "
+            f"questions); right only after: {int((a & ~b).sum())}, right only before: {int((~a & b).sum())}, "
+            f"McNemar exact p = {mcnemar_exact(a, b):.3g}.")
+
+
+def finished_correct(path: Path) -> dict[str, bool]:
+    return {r["id"]: r.get("correct") is True for r in unique_ids(read_jsonl(path))} if path.exists() else {}
+
+
 def build_report(gen_dir: Path, train_dir: Path | None, before_dir: Path | None, after_dir: Path | None,
                  out: Path, threshold: float = 3.0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
@@ -168,11 +197,11 @@ def build_report(gen_dir: Path, train_dir: Path | None, before_dir: Path | None,
     lines = ["# FAIR run report", ""]
     lines += ["## Accuracy", ""]
     if before and after:
-        delta = (after["accuracy"] - before["accuracy"]) * 100
-        lines += [f"| model | {after['task']} {after['split']} accuracy | correct | unparseable |", "| --- | ---: | ---: | ---: |",
-                  f"| before: `{before['model']}` | {before['accuracy']:.1%} | {before['correct']}/{before['total']} | {before['unparseable']} |",
-                  f"| after: `{after['model']}` | {after['accuracy']:.1%} | {after['correct']}/{after['total']} | {after['unparseable']} |",
-                  "", f"Change: {delta:+.1f} points.", "", "![accuracy](accuracy.png)", ""]
+        lines += [f"| model | {after['task']} {after['split']} accuracy [95% CI] | correct | unparseable |",
+                  "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {when}: `{s['model']}` | {s['accuracy']:.1%} [{wilson(s['correct'], s['total'])}] | "
+                  f"{s['correct']}/{s['total']} | {s['unparseable']} |" for when, s in (("before", before), ("after", after))]
+        lines += ["", f"Change: {change_line(before_dir, after_dir)}", "", "![accuracy](accuracy.png)", ""]
     else:
         lines += ["(no before/after evaluation given)", ""]
     if mine_stats:

@@ -48,7 +48,7 @@ class MineConfig(Validated):
     model: str = DEFAULT_STUDENT  # the bundled SmolLM2-135M-Instruct, a local directory or a hub id
     split: str = "train"
     limit: int | None = None  # first N examples of the split; None for all
-    engine: EngineName = "auto"  # auto = vLLM when installed, else transformers
+    engine: EngineName = "auto"  # auto = vLLM on a GPU where installed, else transformers
     batch_size: int = 32  # transformers engine: prompts per forward batch (vLLM batches on its own)
     chunk_size: int = 256  # prompts per engine call and per durable write: a kill loses at most one chunk
     max_new_tokens: int = 512

