@@ -8,7 +8,9 @@ is copied every step. Here a fixed set of `slots` decodes together over a KV cac
               land at positions 0..len-1 of its row, and the last prompt position gives the first token;
     decode    every slot feeds its last token at its own position (position_ids per row); the cache writes
               it in place and attention reads positions 0..len of each row (a boolean mask per row);
-    refill    a slot whose answer ended (EOS, a stop string or max_new_tokens) takes the next prompt.
+    refill    a slot whose answer ended (EOS, a stop string or max_new_tokens) takes the next prompt;
+    shrink    once no prompt is left to refill with, the cache keeps only the rows still answering whenever
+              half of them are idle, so that the last long answers do not pay for empty rows.
 
 The model itself is transformers' own, unchanged: attention modules call `cache.update(k, v, layer)` and a
 registered attention function (`slot_attention`) that handles grouped-query heads without copying the keys.
@@ -69,6 +71,11 @@ class SlotCache:
         self.rows: torch.Tensor = torch.arange(slots)
         self.positions: torch.Tensor | None = None  # decode: where each row writes
         self.width = 0  # decode: positions visible to attention this step
+
+    def keep(self, rows: list[int]) -> None:
+        """Only these rows, renumbered 0..len(rows)-1 (indexing with a list copies them: the old cache goes)."""
+        self.keys = [k[rows] for k in self.keys]
+        self.values = [v[rows] for v in self.values]
 
     def prefill(self, rows: list[int]) -> None:
         self.rows, self.positions = torch.tensor(rows), None
@@ -131,6 +138,10 @@ class ContinuousBatcher:
                     slots[k] = Slot()
                     if progress is not None:
                         progress.update(1)
+            busy = [k for k, s in enumerate(slots) if s.request >= 0]
+            if not queue and busy and len(busy) <= len(slots) // 2:
+                self.cache.keep(busy)
+                slots, next_tokens = [slots[k] for k in busy], next_tokens[busy]
         return results  # type: ignore[return-value]
 
     def _prefill(self, taken: list[tuple[int, int]], encoded, slots: list[Slot], next_tokens) -> None:

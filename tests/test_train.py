@@ -18,7 +18,7 @@ from fair.config import make_config
 from fair.errors import FairError
 from fair.jsonl import read_jsonl
 from fair.train.data import FEEDBACK, RATIONALE
-from fair.train.step import weighted_loss
+from fair.train.step import forward, shifted_targets, weighted_loss
 from fair.train.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def config(tmp_path, tiny_model_dir, data_dir) -> TrainConfig:
     seed = data_dir / "seed"
     return make_config(TrainConfig, {
         "task": "svamp", "student": str(tiny_model_dir), "paper_feedback": str(seed / "Llama-2-7b-chat-hf_svamp_feedback_round0.json"),
-        "paper_rationale": str(seed / "Llama-2-7b-chat-hf_svamp_rationale_round0.json"), "max_length": 96,
+        "paper_rationale": str(seed / "Llama-2-7b-chat-hf_svamp_rationale_round0.json"), "max_length": 384,
         "batch_size": 8, "micro_batch_size": 2, "max_steps": 4, "lr": 1e-3, "warmup_ratio": 0.0, "out": str(tmp_path / "run"),
     }, source="test")
 
@@ -50,6 +50,32 @@ def test_weighted_loss_is_alpha_mix_of_per_token_means():
     assert feedback_sum == pytest.approx(feedback.item(), rel=1e-6)
     assert rationale_sum == pytest.approx(rationale.item(), rel=1e-6)
     assert loss.item() == pytest.approx(0.25 * feedback.item() / 2 + 0.75 * rationale.item() / 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_output_layer_on_target_positions_only_gives_the_same_loss_and_gradients(lora, config):
+    """The trainer runs the output layer only where a label is predicted; loss and gradients must not change."""
+    from fair.train.data import build_examples, collate, load_records, tokenize_examples
+    from fair.train.train import load_model
+
+    config = dataclasses.replace(config, lora=lora, lora_dropout=0.0, max_length=160)  # no dropout: two equal passes
+    tokenizer, model = load_model(config, "cpu")
+    task = trainer.get_task("svamp")
+    records = load_records(config.paper_feedback, task, rationale_path=config.paper_rationale)[:4]
+    items, _ = tokenize_examples(build_examples(records, task, "mixed", 0)[0], tokenizer, 160)
+    batch = collate(items, tokenizer.pad_token_id, pack=True, max_length=320)
+    results = []
+    for targets in (None, shifted_targets(batch["labels"], batch["kinds"])[0]):
+        model.zero_grad()
+        logits = forward(model, batch, "cpu", "sdpa", False, targets)
+        loss, *_ = weighted_loss(logits, batch["labels"], batch["kinds"], 100, 100, 0.5)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        results.append((logits.shape, loss.item(), grads))
+    (full_shape, full_loss, full_grads), (only_shape, only_loss, only_grads) = results
+    assert len(full_shape) == 3 and len(only_shape) == 2 and only_shape[0] < full_shape[0] * full_shape[1] / 2
+    assert only_loss == pytest.approx(full_loss, rel=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(full_grads, only_grads, strict=True))
 
 
 def test_alpha_out_of_range_is_refused(config):

@@ -34,7 +34,7 @@ CHANGES = {
 def config(tmp_path, tiny_model_dir, data_dir) -> TrainConfig:
     seed = data_dir / "seed"
     return make_config(TrainConfig, {
-        "task": "svamp", "student": str(tiny_model_dir), "max_length": 96, "batch_size": 8, "micro_batch_size": 4,
+        "task": "svamp", "student": str(tiny_model_dir), "max_length": 384, "batch_size": 8, "micro_batch_size": 4,
         "paper_feedback": str(seed / "Llama-2-7b-chat-hf_svamp_feedback_round0.json"),
         "paper_rationale": str(seed / "Llama-2-7b-chat-hf_svamp_rationale_round0.json"),
         "max_steps": 4, "save_every": 2, "lr": 1e-3, "warmup_ratio": 0.0, "out": str(tmp_path / "run"),

@@ -23,23 +23,36 @@ def target_tokens(items) -> tuple[int, int]:
     return counts[FEEDBACK], counts[RATIONALE]
 
 
+def shifted_targets(labels, kinds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token t predicts token t + 1: the (small) labels move left rather than the (large) logits, whose slice
+    would be copied. Returns the [B,T] mask of positions that predict a target, and their labels and kinds."""
+    labels = F.pad(labels[:, 1:], (0, 1), value=-100)
+    kinds = F.pad(kinds[:, 1:], (0, 1), value=-1)
+    targets = labels != -100
+    return targets, labels[targets], kinds[targets]
+
+
 def weighted_loss(logits, labels, kinds, n_feedback: int, n_rationale: int, alpha: float):
     """This micro-batch's share of alpha * mean CE(feedback tokens) + (1 - alpha) * mean CE(rationale tokens),
-    where the means are over the whole step's tokens of each kind (n_feedback, n_rationale)."""
-    # Token t predicts token t + 1: shift the (small) labels left rather than slicing the (large) logits, whose
-    # slice would be copied; then only target positions go through the softmax (prompt and padding don't).
-    labels = F.pad(labels[:, 1:], (0, 1), value=-100).reshape(-1)
-    kinds = F.pad(kinds[:, 1:], (0, 1), value=-1).reshape(-1)
-    targets = labels != -100
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1])[targets].float(), labels[targets], reduction="none")
-    kinds = kinds[targets]
+    where the means are over the whole step's tokens of each kind (n_feedback, n_rationale). `labels` and
+    `kinds` are the batch's [B,T]; `logits` those of every position ([B,T,vocab]) or of the positions that
+    predict a target only ([N,vocab], in the order of `shifted_targets`)."""
+    targets, labels, kinds = shifted_targets(labels, kinds)
+    if logits.dim() == 3:
+        logits = logits[targets]
+    ce = F.cross_entropy(logits.float(), labels, reduction="none")
     feedback_sum, rationale_sum = ce[kinds == FEEDBACK].sum(), ce[kinds == RATIONALE].sum()
     loss = alpha * feedback_sum / max(n_feedback, 1) + (1 - alpha) * rationale_sum / max(n_rationale, 1)
     return loss, feedback_sum.item(), rationale_sum.item()
 
 
-def forward(model, batch: dict, device: str, attention: str, autocast: bool):
-    """Logits for a batch; packed rows get restarted positions and no attention across their examples."""
+TARGET_ONLY = {"llama", "qwen2", "qwen3", "mistral"}  # output = lm_head(final hidden): no scaling or soft-capping
+
+
+def forward(model, batch: dict, device: str, attention: str, autocast: bool, targets: torch.Tensor | None = None):
+    """Logits for a batch; packed rows get restarted positions and no attention across their examples.
+    With `targets` (a [B,T] mask), only those positions go through the output layer: [N, vocab]. On SmolLM2
+    the output layer (49,152 x 576) is a fifth of the model's compute, and most positions are prompt."""
     inputs = {"input_ids": batch["input_ids"].to(device)}
     if "seq_ids" in batch:
         inputs["position_ids"] = batch["position_ids"].to(device)
@@ -50,7 +63,12 @@ def forward(model, batch: dict, device: str, attention: str, autocast: bool):
         inputs["attention_mask"] = batch["attention_mask"].to(device)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         # use_cache=False: no KV cache in training, and with one transformers would ignore packed positions.
-        return model(**inputs, use_cache=False).logits
+        if targets is None:
+            return model(**inputs, use_cache=False).logits
+        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps it
+        body = getattr(causal_lm, causal_lm.base_model_prefix)
+        hidden = body(**inputs, use_cache=False).last_hidden_state
+        return causal_lm.get_output_embeddings()(hidden[targets.to(device)])
 
 
 def my_micro_batches(batch: list, size: int, dist) -> list[list]:
@@ -91,7 +109,10 @@ def take_step(run: Run, batch: list, step: int, lr: float) -> dict:
         tensors = collate(chunk, run.tokenizer.pad_token_id, config.pack, config.max_length)
         if config.pack and run.attention == "flash_attention_2":
             tensors = single_row(tensors)
-        logits = forward(run.engine, tensors, run.device, run.attention, run.autocast)
+        targets = None
+        if not dist.zero and run.engine.config.model_type in TARGET_ONLY:  # ZeRO hooks need the engine's forward
+            targets = shifted_targets(tensors["labels"], tensors["kinds"])[0]
+        logits = forward(run.engine, tensors, run.device, run.attention, run.autocast, targets)
         loss, feedback_sum, rationale_sum = weighted_loss(logits, tensors["labels"].to(run.device),
                                                           tensors["kinds"].to(run.device), n_feedback, n_rationale,
                                                           config.alpha)

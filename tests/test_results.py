@@ -1,0 +1,78 @@
+"""The experiment's statistics and pages: paired intervals, McNemar's exact p, Wilson intervals, results.md."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fair.eval.experiment import UNITS
+from fair.eval.report import change_line, wilson
+from fair.eval.results import mcnemar_exact, paired_bootstrap, render_results
+
+
+def test_mcnemar_exact_counts_only_the_discordant_questions():
+    a = np.array([True] * 10 + [False] * 5 + [True] * 50)
+    b = np.array([False] * 10 + [False] * 5 + [True] * 50)
+    assert mcnemar_exact(a, b) == pytest.approx(2 / 2**10)  # 10 to 0: both tails of Binomial(10, 1/2)
+    assert mcnemar_exact(a, a) == 1.0
+    c = np.array([True, False] * 10)
+    assert mcnemar_exact(c, ~c) == 1.0  # 10 to 10: no evidence either way
+
+
+def test_paired_bootstrap_interval_brackets_the_difference_and_shrinks_with_agreement():
+    rng = np.random.default_rng(1)
+    a = rng.random(300) < 0.3
+    flips = rng.random(300) < 0.1
+    b = a ^ flips  # b differs from a on about 10% of the questions
+    diff, low, high = paired_bootstrap(a, b)
+    assert diff == pytest.approx(a.mean() - b.mean()) and low <= diff <= high
+    assert high - low < 0.1  # paired: much tighter than two independent 300-question intervals (about 0.15)
+    assert paired_bootstrap(a, a) == (0.0, 0.0, 0.0)
+
+
+def test_wilson_interval_matches_the_formula_at_the_edges():
+    low, high = (float(x.rstrip("%")) / 100 for x in wilson(0, 10).split(", "))
+    assert low == 0 and high == pytest.approx(0.2775, abs=1e-3)  # z^2 / (n + z^2), printed to 0.1%
+    low, high = (float(x.rstrip("%")) / 100 for x in wilson(13, 300).split(", "))
+    assert low < 13 / 300 < high and high - low == pytest.approx(2 * 1.96 * math.sqrt(0.0433 * 0.9567 / 300), abs=0.01)
+
+
+def write_unit(folder, name, correct_ids, ids, **extra):
+    with gzip.open(folder / f"{name}.predictions.jsonl.gz", "wt") as f:
+        for i in ids:
+            f.write(json.dumps({"id": i, "prediction": "x", "extracted": "1", "correct": i in correct_ids}) + "\n")
+    result = {"unit": name, "source": UNITS[name].source, "description": UNITS[name].description,
+              "accuracy": len(correct_ids) / len(ids), "correct": len(correct_ids), "total": len(ids),
+              "correct_ids": sorted(correct_ids), "max_new_tokens": 256, "wall_s": 60.0, "machine": "test",
+              "device": "cpu", "budget": {"epochs": 1}, **extra}
+    (folder / f"{name}.json").write_text(json.dumps(result))
+
+
+def test_results_page_has_every_unit_and_paired_comparisons(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    ids = [f"q{i}" for i in range(40)]
+    write_unit(folder, "base", {"q0", "q1"}, ids)
+    write_unit(folder, "paper-fair-s0", {f"q{i}" for i in range(12)}, ids, loss={"first_10pct": 1.2, "last_10pct": 0.7})
+    write_unit(folder, "paper-fair-s1", {f"q{i}" for i in range(10)}, ids)
+    page = render_results(folder, UNITS, tmp_path / "results.md").read_text()
+    for name in UNITS:
+        assert f"| {name} |" in page
+    assert page.count("not yet run") == len(UNITS) - 3
+    assert "+25.0 [" in page and "p=0.00195" in page  # 10 questions right only after training, 0 only before
+    assert "paper-fair: 27.5% ± 3.5 (sd) over 2 seed(s)" in page
+    assert "Units done: 3 of 12" in page
+
+
+def test_report_change_line_is_paired_on_the_shared_questions(tmp_path):
+    for name, right in (("before", {"a"}), ("after", {"a", "b", "c"})):
+        (tmp_path / name).mkdir()
+        rows = [{"id": i, "correct": i in right} for i in "abcdef"]
+        (tmp_path / name / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = change_line(tmp_path / "before", tmp_path / "after")
+    assert line.startswith("+33.3 points [") and "right only after: 2, right only before: 0" in line
+    assert "p = 0.5" in line
