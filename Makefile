@@ -19,7 +19,7 @@ BATCH_API ?=
 limit_flag = $(if $(LIMIT),--limit $(LIMIT))
 batch_flag = $(if $(BATCH_API),--batch-api)
 
-.PHONY: help setup demo experiment gen mine committee train eval test test-fast lint bench-mine bench-gen bench-train bench-scale clean
+.PHONY: help setup demo experiment gen mine committee train eval test test-fast lint bench-mine bench-gen bench-train bench-scale soak clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -96,6 +96,11 @@ bench-train: $(STAMP) ## SmolLM2 training throughput and memory: padding vs pack
 
 bench-scale: $(STAMP) ## committee at 10k and 100k mistakes: peak RSS, req/s, resume after a kill; cache at 1M rows
 	$(PY) bench/bench_scale.py
+
+# bench/soak.py: loopback only, seeded (SOAK_ARGS="--seed 3"), killed with everything it started past 14 minutes.
+SOAK_ARGS ?=
+soak: $(STAMP) ## the committee under every fault, 4 SIGKILLs, a full disk, a rival run, then resume: 0 lost, 0 duplicated
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean: ## remove caches and outputs under data/ (keeps .venv and converted models)
 	find data -mindepth 1 ! -name README.md -exec rm -rf {} +

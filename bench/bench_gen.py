@@ -67,13 +67,14 @@ PROMPTS = PROMPT_SETS["paper"]
 class Server:
     """A fresh offline_server process with its own log; stopped with SIGTERM."""
 
-    def __init__(self, workdir: Path, name: str, args: argparse.Namespace):
+    def __init__(self, workdir: Path, name: str, args: argparse.Namespace, extra: tuple[str, ...] = ()):
+        """`extra`: more offline_server flags (bench/soak.py's fault rates)."""
         self.log = workdir / f"server-{name}.log"
         port_file = workdir / f"port-{name}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fair.gen.offline_server", "--port", "0", "--port-file", str(port_file),
              "--rpm", str(args.rpm), "--tpm", str(args.tpm), "--latency-ms", *map(str, args.latency_ms),
-             "--seed", "0", "--log", str(self.log)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--seed", "0", "--log", str(self.log), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(600):  # at most 60 s to start
             if port_file.exists():
                 self.url = f"http://127.0.0.1:{int(port_file.read_text())}"

@@ -80,9 +80,10 @@ def mistake(task, examples, i: int) -> StudentAnswer:
     )
 
 
-def write_teachers(path: Path, rpm: int, tpm: int) -> None:
-    """The offline committee with limits it never reaches, so the run shows our own throughput."""
-    teachers = [dataclasses.asdict(t) | {"rpm": rpm, "tpm": tpm} for t in load_committee("offline")]
+def write_teachers(path: Path, rpm: int, tpm: int, **fields) -> None:
+    """The offline committee with limits it never reaches, so the run shows our own throughput; `fields` set
+    other Teacher fields of all three (bench/soak.py: short timeouts and backoff)."""
+    teachers = [dataclasses.asdict(t) | {"rpm": rpm, "tpm": tpm, **fields} for t in load_committee("offline")]
     path.write_text(yaml.safe_dump({"teachers": teachers}, sort_keys=False))
 
 
@@ -99,12 +100,16 @@ class Run:
     stdout: str
 
 
+def committee_command(workdir: Path, task: str, url: str, window: int) -> list[str]:
+    """The `fair committee` command line on workdir's mistakes.jsonl and teachers.yaml."""
+    return [sys.executable, "-m", "fair.cli", "committee", "--task", task, "--mistakes",
+            str(workdir / "mistakes.jsonl"), "--out", str(workdir / "committee.jsonl"), "--teachers",
+            str(workdir / "teachers.yaml"), "--base-url", url, "--window", str(window), "--no-progress"]
+
+
 def committee(workdir: Path, name: str, args, server: Server, kill_at: int | None = None) -> Run:
     """Run `fair committee`; with kill_at, SIGKILL it once committee.jsonl holds that many records."""
-    command = [sys.executable, "-m", "fair.cli", "committee", "--task", args.task, "--mistakes",
-               str(workdir / "mistakes.jsonl"), "--out", str(workdir / "committee.jsonl"), "--teachers",
-               str(workdir / "teachers.yaml"), "--base-url", server.url, "--window", str(args.window),
-               "--no-progress"]
+    command = committee_command(workdir, args.task, server.url, args.window)
     out_log = workdir / f"{name}.out"
     began = time.perf_counter()
     with out_log.open("wb") as stdout:

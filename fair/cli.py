@@ -18,8 +18,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import sqlite3
 import sys
 from typing import NoReturn
 
@@ -245,6 +247,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fair {args.command}: interrupted; finished work is saved, rerun to resume", file=sys.stderr)
         return 130
+    except (OSError, sqlite3.Error) as e:
+        if not storage_full(e):
+            raise
+        print(f"fair {args.command}: error: a write failed ({e}): the disk is full or a file is over its size "
+              "limit; finished work is saved, free some space and rerun to resume", file=sys.stderr)
+        return 1
+
+
+def storage_full(e: BaseException) -> bool:
+    """A write refused for want of space: ENOSPC, EFBIG (RLIMIT_FSIZE), EDQUOT, or SQLite's FULL and IOERR
+    (SQLite reports a refused write as a generic I/O error). Any other error keeps its traceback."""
+    if isinstance(e, sqlite3.Error):
+        return getattr(e, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,7 @@ class ResponseCache:
         self._replies: dict[str, tuple[str, ChatResponse, float]] = {}
         self._finished: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._failed: sqlite3.Error | None = None  # a commit the event loop's timer ran failed (disk full)
         self.commits = 0  # transactions so far: the benchmarks report commits per request
 
     def abandoned_inflight(self) -> int:
@@ -130,6 +131,8 @@ class ResponseCache:
 
     async def mark_inflight(self, key: str, teacher: str) -> None:
         """Record a request as in flight; returns once that is committed, so the caller may send it."""
+        if self._failed is not None:  # the cache can no longer record what is sent: send nothing more
+            raise self._failed
         waiter = asyncio.get_running_loop().create_future()
         self._begins.append((key, teacher, time.time()))
         self._waiting.append(waiter)
@@ -190,7 +193,15 @@ class ResponseCache:
         if self._timer is None or self._timer.when() > loop.time() + delay:
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = loop.call_later(delay, self.flush)
+            self._timer = loop.call_later(delay, self._flush_from_timer)
+
+    def _flush_from_timer(self) -> None:
+        """The timer's commit: a failure (disk full) reaches the requests waiting on it and every later
+        mark_inflight, which stop the run with it, rather than asyncio's log of a callback's traceback."""
+        try:
+            self.flush()
+        except sqlite3.Error as e:
+            self._failed = e
 
     def inflight(self) -> int:
         """Requests sent and not yet answered or given up on."""

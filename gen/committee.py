@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -239,29 +239,47 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher]) -> 
             bar = tqdm(desc=f"committee {task.name}", unit=" mistakes", initial=len(done), total=total,
                        disable=not config.progress, dynamic_ncols=True)
             started, written = time.perf_counter(), 0
-            in_flight: set[asyncio.Task] = set()
 
             def write(finished: set[asyncio.Task]) -> None:
                 nonlocal written
-                records = [t.result() for t in finished]
+                # Every outcome is read (one left unread is a traceback in asyncio's log at exit), and what did
+                # finish is written before a failure (a full disk) stops the run.
+                errors = [e for t in finished if (e := t.exception()) is not None]
+                records = [t.result() for t in finished if t.exception() is None]
                 out.write(records)
                 written += len(records)
                 bar.update(len(records))
                 line = progress_line(clients, time.perf_counter() - started, ctx.errors)
                 bar.set_postfix_str(line, refresh=False)
+                if errors:
+                    raise errors[0]
 
-            for answer in mistakes:
-                if len(in_flight) >= config.window:
-                    finished, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                    write(finished)
-                in_flight.add(asyncio.create_task(process(ctx, answer)))
-            while in_flight:
-                finished, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                write(finished)
+            await stream_window(ctx, mistakes, config.window, write)
             bar.close()
     return {"written": written, "skipped": len(done), "repeated_after_kill": repeated,
             "seconds": time.perf_counter() - started, "cache_commits": cache.commits,
             "stats": {n: c.stats for n, c in clients.items()}, "batch": batch}
+
+
+async def stream_window(ctx: Context, mistakes: Iterator[StudentAnswer], window: int,
+                        write: Callable[[set[asyncio.Task]], None]) -> None:
+    """At most `window` mistakes in flight; `write` gets each group that finishes. When anything fails (or on
+    Ctrl-C), the rest are cancelled and awaited, so that none is left running or unread for asyncio's log."""
+    in_flight: set[asyncio.Task] = set()
+    try:
+        for answer in mistakes:
+            if len(in_flight) >= window:
+                finished, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                write(finished)
+            in_flight.add(asyncio.create_task(process(ctx, answer)))
+        while in_flight:
+            finished, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            write(finished)
+    except BaseException:
+        for task in in_flight:
+            task.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
+        raise
 
 
 def progress_line(clients: dict[str, TeacherClient], seconds: float, errors: int) -> str:
