@@ -10,8 +10,9 @@
     5. after      the trained student on the same 300 questions
     6. report     data/demo/report.md: accuracy before and after with 95% intervals, the committee, the loss
 
-Every stage resumes, so a second run reuses what exists and takes seconds. Answers are capped at 256 new
-tokens (SVAMP's base accuracy is the same as at 512; eval/experiment.py). On a CPU the transformers engine
+Every stage resumes, so a second run reuses what exists and takes seconds. Everything goes to data/demo/,
+the corpus to data/demo/gen/. Answers are capped at 256 new tokens (eval/experiment.py: MAX_NEW_TOKENS).
+On a CPU the transformers engine
 with continuous batching is used: on 2 cores it answers faster than vLLM-CPU, which reserves one core for
 its scheduler and compiles the model for minutes at every start (README, Benchmarks).
 """
@@ -28,14 +29,14 @@ from pathlib import Path
 from fair.config import load_yaml, make_config
 from fair.errors import FairError
 from fair.eval.evaluate import EvalConfig, evaluate
+from fair.eval.experiment import MAX_NEW_TOKENS
 from fair.eval.report import build_report
 from fair.gen.models import smollm2_dir
 from fair.gen.pipeline import GenConfig, generate
 from fair.train.train import TrainConfig, train
 
 OUT = Path("data/demo")
-GEN_DIR = Path("data/svamp/smollm2-135m")
-MAX_NEW_TOKENS = 256
+GEN_DIR = OUT / "gen"  # its own corpus: never the experiment's or a `fair gen` run's
 
 
 def timed(stages: dict[str, float], name: str, work):
@@ -49,7 +50,7 @@ def timed(stages: dict[str, float], name: str, work):
 def run(args: argparse.Namespace) -> dict[str, float]:
     stages: dict[str, float] = {}
     gen = GenConfig(task="svamp", teachers="offline", limit=args.limit, engine=args.engine,
-                    batch_size=args.batch_size, max_new_tokens=MAX_NEW_TOKENS)
+                    batch_size=args.batch_size, max_new_tokens=MAX_NEW_TOKENS, out=str(GEN_DIR))
 
     def score(model: str, name: str) -> None:
         evaluate(EvalConfig(task=("svamp",), model=model, engine=args.engine, batch_size=args.batch_size,
@@ -59,8 +60,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     timed(stages, "mine + committee", lambda: generate(gen))
     timed(stages, "evaluate before", lambda: score("smollm2-135m", "eval-before"))
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = make_config(TrainConfig, load_yaml(args.train_config, names) | {"out": str(OUT / "train")},
-                         source=args.train_config)
+    overrides = {"out": str(OUT / "train"), "committee": str(GEN_DIR / "committee.jsonl")}
+    config = make_config(TrainConfig, load_yaml(args.train_config, names) | overrides, source=args.train_config)
     final = timed(stages, "train", lambda: train(config))
     timed(stages, "evaluate after", lambda: score(str(final), "eval-after"))
     timed(stages, "report", lambda: build_report(GEN_DIR, OUT / "train", OUT / "eval-before" / "svamp-test",

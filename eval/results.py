@@ -73,7 +73,7 @@ def source_table(source: str, units: dict, results: dict[str, dict], order: list
         if r is None:
             lines.append(f"| {name} | {units[name].description} | not yet run | | | | | | |")
             continue
-        fair = results.get(fair_reference(source, name))
+        fair = results.get(fair_reference(source, name, units))
         report = (r.get("data_report") or {}).get("tokenize", {})
         loss = r.get("loss") or {}
         lines.append(
@@ -83,11 +83,11 @@ def source_table(source: str, units: dict, results: dict[str, dict], order: list
     return lines
 
 
-def fair_reference(source: str, name: str) -> str:
+def fair_reference(source: str, name: str, units: dict) -> str:
+    """The FAIR unit trained with the same seed (the paired comparison: only the variant differs)."""
     if source == "own":
         return "own-fair"
-    seed = name.rsplit("-s", 1)[-1] if name.rsplit("-s", 1)[-1].isdigit() else "0"
-    return f"paper-fair-s{seed}"
+    return f"paper-fair-s{(units[name].train or {}).get('seed', 0)}"
 
 
 def seed_summary(results: dict[str, dict], prefix: str) -> str | None:
@@ -95,7 +95,7 @@ def seed_summary(results: dict[str, dict], prefix: str) -> str | None:
     if not done:
         return None
     spread = f" ± {statistics.stdev(done):.1f} (sd)" if len(done) > 1 else ""
-    return f"{prefix.rstrip('-s')}: {statistics.mean(done):.1f}%{spread} over {len(done)} seed(s): " + \
+    return f"{prefix.removesuffix('-s')}: {statistics.mean(done):.1f}%{spread} over {len(done)} seed(s): " + \
         ", ".join(f"{a:.1f}%" for a in done)
 
 
@@ -111,6 +111,8 @@ def render_results(folder: Path, units: dict, target: Path) -> Path:
     order = question_order(folder, results)
     any_result = next(iter(results.values()))
     budget = next((r["budget"] for r in results.values() if r.get("budget")), None)
+    lines += ["The intervals cover the variation over test questions only, not over training runs (the seeds "
+              "show that), and each table makes about ten comparisons without correction.", ""]
     lines += [f"Student SmolLM2-135M-Instruct; test: the {any_result['total']} SVAMP test questions, greedy, at most "
               f"{any_result['max_new_tokens']} new tokens, graded as in mining. Units done: {len(results)} of "
               f"{len(units)}. Machines: {'; '.join(sorted({r['device'] + ': ' + r['machine'] for r in results.values()}))}.",

@@ -48,7 +48,8 @@ def slot_attention(module, query, key, value, attention_mask, scaling=None, drop
     scores = torch.matmul(q, key.transpose(-1, -2)) * (scaling if scaling is not None else dim**-0.5)
     mask = attention_mask.repeat(1, 1, groups, 1) if groups > 1 else attention_mask
     scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    out = torch.matmul(scores.softmax(dim=-1), value)  # [B, Hkv, groups * L, D]
+    weights = scores.float().softmax(dim=-1).to(value.dtype)  # in fp32, as transformers' own attention does
+    out = torch.matmul(weights, value)  # [B, Hkv, groups * L, D]
     return out.view(b, heads, length, dim).transpose(1, 2).contiguous(), None
 
 
@@ -64,11 +65,10 @@ class SlotCache:
         config = model.config
         heads = config.num_key_value_heads
         dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        shape = (slots, heads, length, dim)
-        dtype = model.dtype
-        self.keys = [torch.zeros(shape, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.rows: torch.Tensor = torch.arange(slots)
+        shape, dtype, device = (slots, heads, length, dim), model.dtype, model.device
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.rows: torch.Tensor = torch.arange(slots, device=device)
         self.positions: torch.Tensor | None = None  # decode: where each row writes
         self.width = 0  # decode: positions visible to attention this step
 
@@ -78,11 +78,15 @@ class SlotCache:
         self.values = [v[rows] for v in self.values]
 
     def prefill(self, rows: list[int]) -> None:
-        self.rows, self.positions = torch.tensor(rows), None
+        self.rows, self.positions = torch.tensor(rows, device=self.keys[0].device), None
 
     def decode(self, positions: torch.Tensor) -> None:
-        self.rows, self.positions = torch.arange(len(positions)), positions
+        self.rows, self.positions = torch.arange(len(positions), device=positions.device), positions
         self.width = int(positions.max()) + 1
+
+    def get_seq_length(self, *_) -> int:
+        """transformers 4.x asks when no cache_position is given; positions come from position_ids here."""
+        return 0
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer: int, *_, **__):
         keys, values = self.keys[layer], self.values[layer]
@@ -107,24 +111,28 @@ class ContinuousBatcher:
         self.model, self.tokenizer, self.eos_ids, self.slots = model, tokenizer, eos_ids, slots
 
     def generate(self, encoded: list[list[int]], sampling: Sampling, progress=None) -> list[Generation]:
-        """Completions in the order of `encoded`; the model's own attention setting is restored afterwards."""
+        """Completions in the order of `encoded`; the model's own attention setting is restored afterwards,
+        and the cache is let go (it is the largest buffer: about 1 GB for SmolLM2 at 64 slots)."""
+        if not encoded:
+            return []
         usual = self.model.config._attn_implementation
         self.model.set_attn_implementation(ATTENTION)
         try:
             return self._run(encoded, sampling, progress)
         finally:
             self.model.set_attn_implementation(usual)
+            self.cache = self.generator = None
 
     @torch.inference_mode()
     def _run(self, encoded: list[list[int]], sampling: Sampling, progress) -> list[Generation]:
         width = max(map(len, encoded)) + sampling.max_new_tokens
         self.cache = SlotCache(self.model, min(self.slots, len(encoded)), width)
-        self.sampling = sampling
-        self.generator = torch.Generator().manual_seed(sampling.seed)
+        self.sampling, self.device = sampling, self.model.device
+        self.generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
         queue = deque(sorted(range(len(encoded)), key=lambda i: -len(encoded[i])))  # long prompts first
         slots = [Slot() for _ in range(min(self.slots, len(encoded)))]
         results: list[Generation | None] = [None] * len(encoded)
-        next_tokens = torch.zeros(len(slots), dtype=torch.long)
+        next_tokens = torch.zeros(len(slots), dtype=torch.long, device=self.device)
         while queue or any(s.request >= 0 for s in slots):
             free = [k for k, s in enumerate(slots) if s.request < 0]
             if free and queue:
@@ -146,23 +154,26 @@ class ContinuousBatcher:
 
     def _prefill(self, taken: list[tuple[int, int]], encoded, slots: list[Slot], next_tokens) -> None:
         lengths = [len(encoded[i]) for _, i in taken]
-        width = max(lengths)
-        ids = torch.tensor([encoded[i] + [0] * (width - len(encoded[i])) for _, i in taken])
-        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        width, device = max(lengths), self.device
+        ids = torch.tensor([encoded[i] + [0] * (width - len(encoded[i])) for _, i in taken], device=device)
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
         self.cache.prefill([k for k, _ in taken])
-        last = torch.tensor(lengths) - 1
-        logits = self.model(input_ids=ids, position_ids=torch.arange(width).expand(len(taken), -1),
-                            attention_mask=causal.expand(len(taken), 1, width, width), past_key_values=self.cache,
-                            use_cache=True, logits_to_keep=torch.unique(last)).logits
-        picked = logits[torch.arange(len(taken)), torch.searchsorted(torch.unique(last), last)]
-        for (k, i), n, token in zip(taken, lengths, self._choose(picked).tolist(), strict=True):
+        # The model's body, then the output layer at each prompt's last position only (not at every position).
+        hidden = getattr(self.model, self.model.base_model_prefix)(
+            input_ids=ids, position_ids=torch.arange(width, device=device).expand(len(taken), -1),
+            attention_mask=causal.expand(len(taken), 1, width, width), past_key_values=self.cache,
+            use_cache=True).last_hidden_state
+        last = torch.tensor(lengths, device=device) - 1
+        logits = self.model.get_output_embeddings()(hidden[torch.arange(len(taken), device=device), last])
+        for (k, i), n, token in zip(taken, lengths, self._choose(logits).tolist(), strict=True):
             slots[k] = Slot(request=i, length=n, tokens=[token])
             next_tokens[k] = token
 
     def _decode(self, slots: list[Slot], next_tokens: torch.Tensor) -> None:
-        positions = torch.tensor([s.length + len(s.tokens) - 1 if s.request >= 0 else 0 for s in slots])
+        positions = torch.tensor([s.length + len(s.tokens) - 1 if s.request >= 0 else 0 for s in slots],
+                                 device=self.device)
         self.cache.decode(positions)
-        visible = torch.arange(self.cache.width)[None, :] <= positions[:, None]
+        visible = torch.arange(self.cache.width, device=self.device)[None, :] <= positions[:, None]
         logits = self.model(input_ids=next_tokens[:, None], position_ids=positions[:, None],
                             attention_mask=visible[:, None, None, :], past_key_values=self.cache,
                             use_cache=True).logits[:, -1]

@@ -44,6 +44,7 @@ class GenConfig(Validated):
     export_paper: bool = True  # write the paper's feedback and rationale files at the end
     offline_latency_ms: tuple[int, int] = (50, 500)  # the simulator's reply latency range
     batch_api: bool = False  # the committee's feedback and rationales through OpenAI's Batch API (gen/batch.py)
+    out: str | None = None  # the run's folder (mistakes, committee.jsonl, paper files); default data/<task>/<student>
 
     def validate(self) -> None:
         """The settings are its stages': building their configs checks them by the stages' own rules, before
@@ -57,12 +58,13 @@ class GenConfig(Validated):
     def mine_config(self) -> MineConfig:
         return MineConfig(task=self.task, model=self.student, limit=self.limit, engine=self.engine,
                           batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, data_dir=self.data_dir,
-                          export_seed=self.export_paper)
+                          export_seed=self.export_paper, out=self.out)
 
     def committee_config(self, base_url: str | None = None) -> CommitteeConfig:
+        mistakes = str(self.mine_config().out_dir / "mistakes.jsonl")
         return CommitteeConfig(task=self.task, student=self.student, teachers=self.teachers, base_url=base_url,
                                prompts=self.prompts, threshold=self.threshold, window=self.window,
-                               batch_api=self.batch_api)
+                               batch_api=self.batch_api, mistakes=mistakes)
 
 
 def generate(config: GenConfig) -> None:

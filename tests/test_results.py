@@ -60,8 +60,8 @@ def test_results_page_has_every_unit_and_paired_comparisons(tmp_path):
     write_unit(folder, "paper-fair-s0", {f"q{i}" for i in range(12)}, ids, loss={"first_10pct": 1.2, "last_10pct": 0.7})
     write_unit(folder, "paper-fair-s1", {f"q{i}" for i in range(10)}, ids)
     page = render_results(folder, UNITS, tmp_path / "results.md").read_text()
-    for name in UNITS:
-        assert f"| {name} |" in page
+    assert all(f"| {name} |" in page for name in UNITS if name != "base")
+    assert "No training: 5.0% (2/40)." in page
     assert page.count("not yet run") == len(UNITS) - 3
     assert "+25.0 [" in page and "p=0.00195" in page  # 10 questions right only after training, 0 only before
     assert "paper-fair: 27.5% ± 3.5 (sd) over 2 seed(s)" in page
@@ -76,3 +76,28 @@ def test_report_change_line_is_paired_on_the_shared_questions(tmp_path):
     line = change_line(tmp_path / "before", tmp_path / "after")
     assert line.startswith("+33.3 points [") and "right only after: 2, right only before: 0" in line
     assert "p = 0.5" in line
+
+
+def test_smoke_flags_never_write_into_the_committed_results(capsys):
+    from fair.eval.experiment import main
+
+    assert main(["--units", "base", "--test-limit", "2"]) == 2
+    assert "give them their own --results" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_unit_writes_both_files_and_the_page(tmp_path, data_dir):
+    """The real thing, shortened: SmolLM2 trains one step on the paper's files and answers 3 test questions."""
+    from fair.eval.experiment import main
+
+    results = tmp_path / "results"
+    args = ["--units", "base", "paper-alpha1", "--test-limit", "3", "--max-steps", "1",
+            "--results", str(results), "--work", str(tmp_path / "work")]
+    assert main(args) == 0
+    unit = json.loads((results / "paper-alpha1.json").read_text())
+    assert unit["total"] == 3 and unit["loss"]["steps"] == 1 and unit["device"] in ("cpu", "gpu")
+    assert unit["data_report"]["build"]["mode"] == "mixed" and unit["train"] == {"teacher": "mixed", "alpha": 1.0}
+    with gzip.open(results / "paper-alpha1.predictions.jsonl.gz", "rt") as f:
+        answers = [json.loads(line) for line in f]
+    assert len(answers) == 3 and {a["id"] for a in answers if a["correct"]} == set(unit["correct_ids"])
+    assert "| paper-alpha1 |" in (tmp_path / "results.md").read_text()
