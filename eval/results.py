@@ -116,7 +116,7 @@ def render_results(folder: Path, units: dict, target: Path) -> Path:
     lines += [f"Student SmolLM2-135M-Instruct; test: the {any_result['total']} SVAMP test questions, greedy, at most "
               f"{any_result['max_new_tokens']} new tokens, graded as in mining. Units done: {len(results)} of "
               f"{len(units)}. Machines: {'; '.join(sorted({r['device'] + ': ' + r['machine'] for r in results.values()}))}.",
-              "", f"Training budget (frozen for every unit): `{json.dumps(budget)}`." if budget else "", "",
+              "", *([f"Training budget (frozen for every unit): `{json.dumps(budget)}`.", ""] if budget else []),
               "Differences are percentage points, paired on the same questions: 95% paired-bootstrap interval "
               f"({RESAMPLES:,} resamples) and McNemar's exact p.", ""]
     for source, title in (("paper", "The paper's teachers (real GPT-3.5, Gemini and Mixtral texts, peer-review scores)"),
