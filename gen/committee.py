@@ -179,10 +179,15 @@ async def process(ctx: Context, answer: StudentAnswer) -> dict[str, Any]:
 # The run: stream mistakes through a bounded window, append finished records
 
 
-def pending_mistakes(config: CommitteeConfig, done: set[str]) -> Iterator[StudentAnswer]:
+def existing_mistakes(config: CommitteeConfig) -> Path:
     path = config.mistakes_path
     if not path.exists():
         raise FairError(f"no mistakes file {path}: run `fair mine --task {config.task}` first, or pass --mistakes")
+    return path
+
+
+def pending_mistakes(config: CommitteeConfig, done: set[str]) -> Iterator[StudentAnswer]:
+    path = existing_mistakes(config)
     for i, record in enumerate(unique_ids(read_jsonl(path))):  # --limit counts distinct mistakes
         if config.limit is not None and i >= config.limit:
             return
@@ -194,7 +199,7 @@ def pending_mistakes(config: CommitteeConfig, done: set[str]) -> Iterator[Studen
 
 
 def count_mistakes(config: CommitteeConfig) -> int:
-    with config.mistakes_path.open("rb") as f:
+    with existing_mistakes(config).open("rb") as f:
         lines = sum(1 for line in f if line.strip())
     return lines if config.limit is None else min(lines, config.limit)
 
@@ -291,6 +296,7 @@ def progress_line(clients: dict[str, TeacherClient], seconds: float, errors: int
 
 
 def committee(config: CommitteeConfig) -> dict[str, Any]:
+    existing_mistakes(config)  # before any file is opened: a wrong path leaves nothing behind
     teachers = load_committee(config.teachers, config.base_url)
     if config.batch_api and not any(t.batch_api for t in teachers):
         raise FairError(f"batch_api: no teacher of committee {config.teachers!r} has batch_api: true (an OpenAI "

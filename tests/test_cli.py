@@ -125,3 +125,10 @@ def test_eval_rerun_reuses_predictions_without_an_engine(tmp_path, data_dir, tin
     import os
     os.utime(tiny_model_dir / "model.safetensors", (1, 1))
     assert main(args) == 2 and "model weights" in capsys.readouterr().err
+
+
+def test_committee_without_a_mistakes_file_says_so_in_one_line(tmp_path, capsys):
+    code, _, err = run(capsys, "committee", "--task", "svamp", "--teachers", "offline",
+                       "--mistakes", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "committee.jsonl"))
+    assert code == 2 and "no mistakes file" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "committee.jsonl").exists()
