@@ -47,7 +47,7 @@ DEMO_LIMIT ?= 100
 # questions, ask the offline committee, evaluate on the SVAMP test split, train (configs/train/demo.yaml),
 # evaluate again, report; prints the time of every stage. Every stage resumes: a second run takes seconds.
 demo: $(STAMP) ## the whole loop offline on a CPU in under 20 minutes: mine, committee, train, evaluate before/after
-	$(PY) -m fair.eval.demo --limit $(DEMO_LIMIT) --engine $(ENGINE)
+	$(PY) -m eval.demo --limit $(DEMO_LIMIT) --engine $(ENGINE)
 
 gen: $(STAMP) ## mine + committee + paper files: make gen DATASET=gsm8k [TEACHERS=offline] [LIMIT=N] [BATCH_API=1]
 	$(FAIR) gen --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) --engine $(ENGINE) $(limit_flag) $(batch_flag)
@@ -83,7 +83,7 @@ lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check .
 
 experiment: $(STAMP) ## does distillation help? runs the missing units (~30 min each on a CPU), rebuilds docs/results.md
-	$(PY) -m fair.eval.experiment
+	$(PY) -m eval.experiment
 
 bench-mine: $(STAMP) ## paper's one-at-a-time loop vs our batched transformers vs vLLM on 64 SVAMP questions
 	$(PY) bench/bench_mine.py

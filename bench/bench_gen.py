@@ -6,11 +6,11 @@
 
 Workload: the paper's real SVAMP mistakes (its seed file, via import_mistakes), the paper's prompts, three
 simulated teachers (sim-careful, sim-sloppy, sim-harsh), 12 requests per mistake (3 feedback, 3 rationales,
-6 peer reviews). Every client gets a fresh `fair.gen.offline_server` process with its own request log:
+6 peer reviews). Every client gets a fresh `gen.offline.server` process with its own request log:
 RPM/TPM enforced per (key, model) over sliding 60 s windows (--rpm, 1M TPM), latency uniform 50-500 ms, no
 injected faults. Each teacher has its own API key.
 
-    1. ours: fair.gen.committee.run_committee (streaming, fresh cache), teachers at --rpm
+    1. ours: gen.committee.run.run_committee (streaming, fresh cache), teachers at --rpm
     2. the paper's loop: one synchronous request at a time (httpx.Client), as its collect_teacher_res.py:
        per mistake gpt, gemini, mistral feedback, then the rationales, then each review; run on
        --paper-subset mistakes and scaled linearly to --mistakes
@@ -45,13 +45,13 @@ from pathlib import Path
 import httpx
 import orjson
 
-from fair.eval.tasks import default_data_dir, get_task
-from fair.gen.committee import CommitteeConfig, run_committee
-from fair.gen.paper_format import import_mistakes
-from fair.gen.prompts import PROMPT_SETS
-from fair.gen.records import StudentAnswer
-from fair.gen.teachers import Teacher, load_committee
 from fair.jsonl import append_jsonl, read_jsonl, write_json
+from fair.paper import import_mistakes
+from fair.records import StudentAnswer
+from fair.tasks import default_data_dir, get_task
+from gen.committee.prompts import PROMPT_SETS
+from gen.committee.run import CommitteeConfig, run_committee
+from gen.teachers.config import Teacher, load_committee
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = "seed/Llama-2-7b-chat-hf_svamp_false_round0.json"
@@ -72,7 +72,7 @@ class Server:
         self.log = workdir / f"server-{name}.log"
         port_file = workdir / f"port-{name}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fair.gen.offline_server", "--port", "0", "--port-file", str(port_file),
+            [sys.executable, "-m", "gen.offline.server", "--port", "0", "--port-file", str(port_file),
              "--rpm", str(args.rpm), "--tpm", str(args.tpm), "--latency-ms", *map(str, args.latency_ms),
              "--seed", "0", "--log", str(self.log), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(600):  # at most 60 s to start

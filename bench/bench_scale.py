@@ -45,12 +45,12 @@ import psutil
 import yaml
 from bench_gen import Server
 
-from fair.eval.tasks import get_task
-from fair.gen.cache import ResponseCache
-from fair.gen.providers import ChatResponse
-from fair.gen.records import StudentAnswer
-from fair.gen.teachers import load_committee
 from fair.jsonl import JsonlAppender, read_jsonl, write_json
+from fair.records import StudentAnswer
+from fair.tasks import get_task
+from gen.teachers.cache import ResponseCache
+from gen.teachers.config import load_committee
+from gen.teachers.providers import ChatResponse
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUESTS_PER_MISTAKE = 12

@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_train.py                          # SmolLM2-135M, max_length 512, 4 steps each
     .venv/bin/python bench/bench_train.py --max-steps 6 --max-length 256 --keep
 
-Workload: the paper's real SVAMP feedback/rationale files (seed/ under fair.eval.tasks.default_data_dir()),
-`python -m fair.train.train` with the same seed, data, global batch (8), micro-batch (4) and max_length in each
+Workload: the paper's real SVAMP feedback/rationale files (seed/ under fair.tasks.default_data_dir()),
+`python -m train.train` with the same seed, data, global batch (8), micro-batch (4) and max_length in each
 configuration; full fine-tuning in fp32. Every configuration is its own subprocess with a fresh --out dir:
 
     1. padding,  1 process, torch's default threads (OMP_NUM_THREADS unset: all cores)
@@ -48,11 +48,11 @@ import psutil
 import torch
 
 from fair.config import make_config
-from fair.eval.tasks import default_data_dir
-from fair.gen.models import resolve_model
 from fair.jsonl import read_jsonl, write_json
-from fair.train.data import collate
-from fair.train.train import Dist, TrainConfig, load_data, step_plan, target_tokens
+from fair.models import resolve_model
+from fair.tasks import default_data_dir
+from train.data import collate
+from train.train import Dist, TrainConfig, load_data, step_plan, target_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 DISTURBED = 0.15  # cores busy outside the benchmark, on average over a run, above which its numbers are suspect
@@ -102,11 +102,11 @@ def run_config(name: str, nproc: int, pack: bool, train_args: list[str], out: Pa
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     env.pop("OMP_NUM_THREADS", None)
     if nproc == 1:
-        command = [str(PY), "-m", "fair.train.train"]
+        command = [str(PY), "-m", "train.train"]
     else:
         env |= {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
         command = [str(PY.with_name("torchrun")), "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
-                   "-m", "fair.train.train", "--deepspeed", str(ROOT / "configs" / "deepspeed" / "zero2.json")]
+                   "-m", "train.train", "--deepspeed", str(ROOT / "configs" / "deepspeed" / "zero2.json")]
     command += [*train_args, *(["--pack"] if pack else []), "--out", str(out)]
     threads = subprocess.run([str(PY), "-c", "import torch; print(torch.get_num_threads())"], env=env,
                              capture_output=True, text=True, check=True).stdout.strip()

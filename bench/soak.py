@@ -57,10 +57,10 @@ import orjson
 from bench_gen import SEED, Server
 from bench_scale import committee_command, line_count, wait_for_records, write_teachers
 
-from fair.eval.tasks import default_data_dir, get_task
-from fair.gen.cache import is_loopback
-from fair.gen.paper_format import import_mistakes
 from fair.jsonl import append_jsonl, read_jsonl, unique_ids, write_json
+from fair.paper import import_mistakes
+from fair.tasks import default_data_dir, get_task
+from gen.teachers.cache import is_loopback
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULT_KINDS = ("5xx", "hang", "malformed", "empty", "429")

@@ -1,7 +1,7 @@
 """`make demo`: the whole FAIR loop, offline, on a CPU, in under 20 minutes; a table of stage times at the end.
 
-    .venv/bin/python -m fair.eval.demo                 # what `make demo` runs
-    .venv/bin/python -m fair.eval.demo --limit 40      # a quicker taste (fewer mistakes to learn from)
+    .venv/bin/python -m eval.demo                 # what `make demo` runs
+    .venv/bin/python -m eval.demo --limit 40      # a quicker taste (fewer mistakes to learn from)
 
     1. mine       SmolLM2-135M-Instruct answers `limit` SVAMP train questions; its mistakes are kept
     2. committee  the offline committee (a simulator on loopback) writes feedback, rationales and peer reviews
@@ -26,14 +26,14 @@ import sys
 import time
 from pathlib import Path
 
+from eval.evaluate import EvalConfig, evaluate
+from eval.experiment import MAX_NEW_TOKENS
+from eval.report import build_report
 from fair.config import load_yaml, make_config
 from fair.errors import FairError
-from fair.eval.evaluate import EvalConfig, evaluate
-from fair.eval.experiment import MAX_NEW_TOKENS
-from fair.eval.report import build_report
-from fair.gen.models import smollm2_dir
-from fair.gen.pipeline import GenConfig, generate
-from fair.train.train import TrainConfig, train
+from fair.models import smollm2_dir
+from gen.pipeline import GenConfig, generate
+from train.train import TrainConfig, train
 
 OUT = Path("data/demo")
 GEN_DIR = OUT / "gen"  # its own corpus: never the experiment's or a `fair gen` run's

@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Literal
 
 from fair.config import Validated, at_least, save_config
+from fair.engines.base import Engine, EngineName, Sampling, make_engine
 from fair.errors import FairError
-from fair.eval.tasks import get_task
-from fair.gen.engine import Engine, EngineName, Sampling, make_engine
-from fair.gen.models import DEFAULT_STUDENT, model_short_name
-from fair.gen.paper_format import export_mistakes
-from fair.gen.records import answer_examples, check_resumable, finished_answers
 from fair.jsonl import append_jsonl, write_json
 from fair.lock import folder_lock
+from fair.models import DEFAULT_STUDENT, model_short_name
+from fair.paper import export_mistakes
+from fair.records import answer_examples, check_resumable, finished_answers
+from fair.tasks import get_task
 
 CHUNK = 512  # answers per engine call and per append: a kill loses at most one chunk (SVAMP test: one)
 

@@ -1,9 +1,9 @@
 """`make experiment`: does FAIR distillation help a real student? Units of work that a 2-core CPU finishes.
 
-    .venv/bin/python -m fair.eval.experiment                     # every unit whose result file is missing
-    .venv/bin/python -m fair.eval.experiment --units paper-fair-s0 base
-    .venv/bin/python -m fair.eval.experiment --list              # the units and which are done
-    .venv/bin/python -m fair.eval.experiment --render            # only rebuild docs/results.md
+    .venv/bin/python -m eval.experiment                     # every unit whose result file is missing
+    .venv/bin/python -m eval.experiment --units paper-fair-s0 base
+    .venv/bin/python -m eval.experiment --list              # the units and which are done
+    .venv/bin/python -m eval.experiment --render            # only rebuild docs/results.md
 
 One unit trains one variant of SmolLM2-135M-Instruct with the frozen budget below, then evaluates it on the
 300 SVAMP test questions (`base` only evaluates). A finished unit writes two small files, meant to be
@@ -32,13 +32,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from eval.evaluate import EvalConfig, evaluate
+from eval.results import render_results
 from fair.config import make_config
 from fair.errors import FairError
-from fair.eval.evaluate import EvalConfig, evaluate
-from fair.eval.results import render_results
-from fair.eval.tasks import default_data_dir, get_task
-from fair.gen.pipeline import GenConfig, generate
-from fair.train.train import TrainConfig, train
+from fair.tasks import default_data_dir, get_task
+from gen.pipeline import GenConfig, generate
+from train.train import TrainConfig, train
 
 SEED_DIR = default_data_dir() / "seed"
 PAPER_FILES = {"paper_feedback": str(SEED_DIR / "Llama-2-7b-chat-hf_svamp_feedback_round0.json"),
@@ -147,7 +147,7 @@ def loss_summary(log: Path) -> dict:
 
 
 def command() -> str:
-    return shlex.join([Path(sys.executable).name, "-m", "fair.eval.experiment", *sys.argv[1:]])
+    return shlex.join([Path(sys.executable).name, "-m", "eval.experiment", *sys.argv[1:]])
 
 
 def commit() -> str:

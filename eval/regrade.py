@@ -8,7 +8,7 @@ Two formats are read, told apart by their content:
     index "0"-"3" with the record's `options`).
 
 Reproduce the numbers in docs/grader_report.md with
-    python -m fair.eval.regrade --task svamp ../shared/data/seed/Llama-2-7b-chat-hf_svamp_false_round0.json
+    python -m eval.regrade --task svamp ../shared/data/seed/Llama-2-7b-chat-hf_svamp_false_round0.json
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 import orjson
 
 from fair.errors import FairError
-from fair.eval.grading import Grade, grade_number, grade_option, grade_yes_no, normalise_yes_no
-from fair.eval.tasks import OPTION_LETTERS, Task, get_task
+from fair.grading import Grade, grade_number, grade_option, grade_yes_no, normalise_yes_no
 from fair.jsonl import read_jsonl
+from fair.tasks import OPTION_LETTERS, Task, get_task
 
 PAPER_TEXT = "student_wrong_pred"
 

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import orjson
 
+from eval.results import mcnemar_exact, paired_bootstrap
 from fair.errors import FairError
-from fair.eval.results import mcnemar_exact, paired_bootstrap
-from fair.eval.tasks import get_task
-from fair.gen.records import StudentAnswer
 from fair.jsonl import read_jsonl, unique_ids
+from fair.records import StudentAnswer
+from fair.tasks import get_task
 
 
 def load_json(path: Path) -> dict | None:

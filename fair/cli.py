@@ -2,10 +2,10 @@
 
     fair mine    run the student over a train split and keep its mistakes      (gen/mine.py)
     fair merge   join the shards of `fair mine --shard i/N` runs, checked       (gen/merge.py)
-    fair committee   feedback, rationales and peer reviews from the teachers    (gen/committee.py)
-    fair estimate    requests, tokens, USD and hours a committee run will take  (gen/estimate.py)
+    fair committee   feedback, rationales and peer reviews from the teachers    (gen/committee/run.py)
+    fair estimate    requests, tokens, USD and hours a committee run will take  (gen/committee/estimate.py)
     fair gen     mine + committee + the paper's files, in one go                (gen/pipeline.py)
-    fair teachers serve   the offline committee simulator                       (gen/offline_server.py)
+    fair teachers serve   the offline committee simulator                       (gen/offline/server.py)
     fair train   alpha * feedback loss + (1 - alpha) * rationale loss            (train/train.py)
     fair eval    accuracy and wrong predictions on one or more tasks            (eval/evaluate.py)
     fair grade   re-grade a predictions file, ours or the paper's               (eval/regrade.py)
@@ -30,43 +30,43 @@ from fair.errors import FairError
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
-    from fair.gen.mine import MineConfig, mine
+    from gen.mine import MineConfig, mine
 
     mine(build_config(MineConfig, args))
     return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from fair.gen.merge import merge
-    from fair.gen.mine import MineConfig
+    from gen.merge import merge
+    from gen.mine import MineConfig
 
     merge(build_config(MineConfig, args), force=args.force)
     return 0
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from fair.gen.estimate import EstimateConfig, estimate
+    from gen.committee.estimate import EstimateConfig, estimate
 
     estimate(build_config(EstimateConfig, args))
     return 0
 
 
 def cmd_committee(args: argparse.Namespace) -> int:
-    from fair.gen.committee import CommitteeConfig, committee
+    from gen.committee.run import CommitteeConfig, committee
 
     committee(build_config(CommitteeConfig, args))
     return 0
 
 
 def cmd_gen(args: argparse.Namespace) -> int:
-    from fair.gen.pipeline import GenConfig, generate
+    from gen.pipeline import GenConfig, generate
 
     generate(build_config(GenConfig, args))
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from fair.gen import offline_server
+    from gen.offline import server as offline_server
 
     return offline_server.run(args)
 
@@ -74,9 +74,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_import_committee(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fair.eval.tasks import get_task
-    from fair.gen.committee_format import import_committee
     from fair.jsonl import append_jsonl
+    from fair.tasks import get_task
+    from gen.committee.format import import_committee
 
     task = get_task(args.task)
     records = import_committee(task, args.feedback, args.rationale, task.load(args.split, args.data_dir))
@@ -90,21 +90,21 @@ def cmd_import_committee(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fair.train.train import TrainConfig, train
+    from train.train import TrainConfig, train
 
     train(build_config(TrainConfig, args))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from fair.eval.evaluate import EvalConfig, evaluate
+    from eval.evaluate import EvalConfig, evaluate
 
     evaluate(build_config(EvalConfig, args))
     return 0
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    from fair.eval import regrade
+    from eval import regrade
 
     return regrade.run(args)
 
@@ -112,10 +112,10 @@ def cmd_grade(args: argparse.Namespace) -> int:
 def cmd_import_mistakes(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fair.eval.tasks import get_task
-    from fair.gen.models import model_short_name
-    from fair.gen.paper_format import import_mistakes
     from fair.jsonl import append_jsonl
+    from fair.models import model_short_name
+    from fair.paper import import_mistakes
+    from fair.tasks import get_task
 
     task = get_task(args.task)
     answers = import_mistakes(task, args.file, task.load(args.split, args.data_dir))
@@ -132,13 +132,13 @@ def cmd_import_mistakes(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from fair.eval import report
+    from eval import report
 
     return report.run(args)
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from fair.eval.tasks import registry, task_names
+    from fair.tasks import registry, task_names
 
     for name in task_names():
         task = registry()[name]
@@ -156,13 +156,13 @@ class Parser(argparse.ArgumentParser):
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Every subcommand; `train`'s flags only when it is the command: its module imports torch (seconds, and
     200 MB that a long committee run would otherwise carry)."""
-    from fair.eval import regrade, report
-    from fair.eval.evaluate import EvalConfig
-    from fair.gen import offline_server
-    from fair.gen.committee import CommitteeConfig
-    from fair.gen.estimate import EstimateConfig
-    from fair.gen.mine import MineConfig
-    from fair.gen.pipeline import GenConfig
+    from eval import regrade, report
+    from eval.evaluate import EvalConfig
+    from gen.committee.estimate import EstimateConfig
+    from gen.committee.run import CommitteeConfig
+    from gen.mine import MineConfig
+    from gen.offline import server as offline_server
+    from gen.pipeline import GenConfig
 
     parser = Parser(prog="fair", description="FAIR: distil reasoning from a committee of teachers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -204,7 +204,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune the student on the committee's feedback and rationales")
     if command == "train":
-        from fair.train.train import TrainConfig
+        from train.train import TrainConfig
 
         add_config_arguments(p, TrainConfig)
     p.set_defaults(run=cmd_train)

@@ -27,6 +27,10 @@ from fair.errors import FairError
 
 C = TypeVar("C")
 
+# The code runs from a checkout (an editable install), so the repository's own folders are found from here.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS_DIR = REPO_ROOT / "configs"
+
 
 class Validated:
     """Base of the config dataclasses: every construction checks the fields, then the class's own rules."""

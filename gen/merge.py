@@ -32,11 +32,11 @@ import yaml
 
 from fair.config import save_config
 from fair.errors import FairError
-from fair.eval.tasks import Example, get_task
-from fair.gen.mine import MineConfig, shard_folder_name, summarize
-from fair.gen.records import ANSWER_DEFINING, StudentAnswer
 from fair.jsonl import read_jsonl, scan_jsonl, write_json
 from fair.lock import folder_lock
+from fair.records import ANSWER_DEFINING, StudentAnswer
+from fair.tasks import Example, get_task
+from gen.mine import MineConfig, shard_folder_name, summarize
 
 # Shards must agree on these (and the model's weights) to be one run; engine and batching settings may differ.
 SHARED_SETTINGS = ("task", "limit", "data_dir", *ANSWER_DEFINING)

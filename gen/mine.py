@@ -32,14 +32,14 @@ from typing import Literal
 from tqdm import tqdm
 
 from fair.config import Validated, at_least, save_config
+from fair.engines.base import Engine, EngineName, Sampling, make_engine
 from fair.errors import FairError
-from fair.eval.tasks import Example, get_task
-from fair.gen.engine import Engine, EngineName, Sampling, make_engine
-from fair.gen.models import DEFAULT_STUDENT, model_short_name
-from fair.gen.paper_format import export_mistakes
-from fair.gen.records import StudentAnswer, answer_examples, check_resumable, finished_answers
 from fair.jsonl import append_jsonl, write_json
 from fair.lock import folder_lock
+from fair.models import DEFAULT_STUDENT, model_short_name
+from fair.paper import export_mistakes
+from fair.records import StudentAnswer, answer_examples, check_resumable, finished_answers
+from fair.tasks import Example, get_task
 
 
 @dataclass

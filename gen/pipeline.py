@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fair.config import Validated
+from fair.engines.base import EngineName
 from fair.errors import FairError
-from fair.eval.tasks import get_task
-from fair.gen.committee import CommitteeConfig, committee
-from fair.gen.committee_format import export_committee
-from fair.gen.engine import EngineName
-from fair.gen.mine import MineConfig, mine
-from fair.gen.models import DEFAULT_STUDENT, model_short_name
-from fair.gen.teachers import load_committee, missing_keys
 from fair.jsonl import JsonArrayWriter, read_jsonl, unique_ids
+from fair.models import DEFAULT_STUDENT, model_short_name
+from fair.tasks import get_task
+from gen.committee.format import export_committee
+from gen.committee.run import CommitteeConfig, committee
+from gen.mine import MineConfig, mine
+from gen.teachers.config import load_committee, missing_keys
 
 OFFLINE = "offline"
 
@@ -43,7 +43,7 @@ class GenConfig(Validated):
     data_dir: str | None = None
     export_paper: bool = True  # write the paper's feedback and rationale files at the end
     offline_latency_ms: tuple[int, int] = (50, 500)  # the simulator's reply latency range
-    batch_api: bool = False  # the committee's feedback and rationales through OpenAI's Batch API (gen/batch.py)
+    batch_api: bool = False  # the committee's feedback and rationales through OpenAI's Batch API (gen/teachers/batch.py)
     out: str | None = None  # the run's folder (mistakes, committee.jsonl, paper files); default data/<task>/<student>
 
     def validate(self) -> None:
@@ -87,7 +87,7 @@ def offline_server(config: GenConfig):
     if config.teachers != OFFLINE:
         yield None
         return
-    from fair.gen.offline_server import OfflineServer
+    from gen.offline.server import OfflineServer
 
     with OfflineServer(port=0, latency_ms=config.offline_latency_ms, data_dir=config.data_dir) as server:
         print(f"offline committee (a simulator) listening on {server.url}")

@@ -14,4 +14,4 @@ shift
 here=$(cd "$(dirname "$0")/.." && pwd)
 master=$(awk 'NF && $1 !~ /^#/ {print $1; exit}' "$hostfile")
 exec "$here/.venv/bin/deepspeed" --hostfile "$hostfile" --master_addr "$master" \
-  --master_port "${MASTER_PORT:-29500}" --module fair.train.train "$@"
+  --master_port "${MASTER_PORT:-29500}" --module train.train "$@"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fair.eval.tasks import default_data_dir
-from fair.gen.engine import Generation, Sampling
+from fair.engines.base import Generation, Sampling
+from fair.tasks import default_data_dir
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # transformers imports deepspeed; keep it off CUDA probing
 
@@ -27,7 +27,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from fair.gen.models import smollm2_dir
+    from fair.models import smollm2_dir
 
     source = smollm2_dir()  # converted once per machine, then cached
     tokenizer = AutoTokenizer.from_pretrained(source)

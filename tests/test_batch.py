@@ -1,5 +1,5 @@
-"""The committee through OpenAI's Batch API (gen/batch.py), against the offline server's batch endpoints
-(gen/offline_batch.py): the live run's records at half the price, resume without resubmitting, fallbacks."""
+"""The committee through OpenAI's Batch API (gen/teachers/batch.py), against the offline server's batch endpoints
+(gen/offline/batch.py): the live run's records at half the price, resume without resubmitting, fallbacks."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ import pytest
 
 from fair.cli import main
 from fair.errors import FairError
-from fair.gen import batch as batch_module
-from fair.gen.batch import Ledger
-from fair.gen.cache import ResponseCache
-from fair.gen.committee import CommitteeConfig, run_committee
-from fair.gen.offline_server import OfflineServer
-from fair.gen.providers import ChatResponse
-from fair.gen.teachers import Teacher, committee_path, load_committee
 from fair.jsonl import read_jsonl
+from gen.committee.run import CommitteeConfig, run_committee
+from gen.offline.server import OfflineServer
+from gen.teachers import batch as batch_module
+from gen.teachers.batch import Ledger
+from gen.teachers.cache import ResponseCache
+from gen.teachers.config import Teacher, committee_path, load_committee
+from gen.teachers.providers import ChatResponse
 from tests.test_committee import PLANTED_KEY, assert_complete, fast, import_seed_mistakes
 
 LIMIT = 6

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from dataclasses import replace
 
-from fair.gen.cache import ResponseCache, key_for
-from fair.gen.providers import ChatRequest, ChatResponse
-from fair.gen.teachers import Teacher
+from gen.teachers.cache import ResponseCache, key_for
+from gen.teachers.config import Teacher
+from gen.teachers.providers import ChatRequest, ChatResponse
 
 TEACHER = Teacher(name="t", provider="openai", model="m1", base_url="http://127.0.0.1:8000/v1")
 REQUEST = ChatRequest((("system", "be brief"), ("user", "2+2?")), temperature=0.0, top_p=1.0, max_tokens=64)
@@ -88,8 +88,8 @@ def test_a_put_survives_a_process_kill(tmp_path):
     path = tmp_path / "c.sqlite"
     code = (
         "import asyncio, os, sys\n"
-        "from fair.gen.cache import ResponseCache\n"
-        "from fair.gen.providers import ChatResponse\n"
+        "from gen.teachers.cache import ResponseCache\n"
+        "from gen.teachers.providers import ChatResponse\n"
         "c = ResponseCache(sys.argv[1])\n"
         "async def go():\n"
         "    await c.mark_inflight('sent', 't'); await c.mark_inflight('kept', 't')\n"

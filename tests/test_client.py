@@ -7,9 +7,10 @@ import asyncio
 import httpx
 import pytest
 
-from fair.gen.cache import ResponseCache, key_for
-from fair.gen.client import TeacherClient, TeacherFailed, _gate_for, estimate_tokens
-from fair.gen.providers import (
+from gen.teachers.cache import ResponseCache, key_for
+from gen.teachers.client import TeacherClient, TeacherFailed, _gate_for, estimate_tokens
+from gen.teachers.config import Teacher
+from gen.teachers.providers import (
     ChatRequest,
     ChatResponse,
     FatalError,
@@ -17,7 +18,6 @@ from fair.gen.providers import (
     RateLimitInfo,
     TransientError,
 )
-from fair.gen.teachers import Teacher
 
 OK = {"choices": [{"message": {"content": "4"}}], "usage": {"prompt_tokens": 1000, "completion_tokens": 500}}
 
@@ -255,7 +255,7 @@ def test_usage_above_the_estimate_is_charged_to_the_next_reservation(tmp_path):
 def test_never_more_than_rpm_in_any_window(tmp_path, monkeypatch):
     """The per-second bucket alone would let rpm + one second's worth into the first minute (a 429 at second 59
     from a sliding-window provider); the gate's send log caps every window at rpm."""
-    import fair.gen.client as client_module
+    import gen.teachers.client as client_module
 
     monkeypatch.setattr(client_module, "WINDOW_S", 0.4)  # a "minute" of 0.4 s keeps the test short
     t = teacher(rpm=600)  # the bucket allows 10 at once: far more than the window below

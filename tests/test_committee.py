@@ -17,14 +17,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fair.eval.tasks import get_task
-from fair.gen.committee import CommitteeConfig, run_committee
-from fair.gen.committee_format import export_committee, import_committee
-from fair.gen.offline_server import OfflineServer
-from fair.gen.paper_format import import_mistakes
-from fair.gen.review import accept
-from fair.gen.teachers import load_committee
 from fair.jsonl import append_jsonl, read_jsonl
+from fair.paper import import_mistakes
+from fair.tasks import get_task
+from gen.committee.format import export_committee, import_committee
+from gen.committee.review import accept
+from gen.committee.run import CommitteeConfig, run_committee
+from gen.offline.server import OfflineServer
+from gen.teachers.config import load_committee
 
 PLANTED_KEY = "sk-test-PLANTED-9f8e7d6c"
 
@@ -74,7 +74,7 @@ def assert_complete(records, n):
     ("429", {"rpm": 6}, "rate_limited"),
 ])
 def test_each_fault_class_is_survived(tmp_path, seed_mistakes, fault, server_settings, counter, monkeypatch):
-    from fair.gen import offline_api
+    from gen.offline import api as offline_api
 
     monkeypatch.setattr(offline_api, "WINDOW_S", 2.0)  # "per minute" becomes per 2 s: Retry-After stays short
     with OfflineServer(port=0, seed=1, **server_settings) as server:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from eval.evaluate import EvalConfig
 from fair.config import add_config_arguments, build_config, save_config
 from fair.errors import FairError
-from fair.eval.evaluate import EvalConfig
-from fair.gen.committee import CommitteeConfig
-from fair.gen.mine import MineConfig
-from fair.gen.pipeline import GenConfig
-from fair.gen.teachers import load_committee, rebase
+from gen.committee.run import CommitteeConfig
+from gen.mine import MineConfig
+from gen.pipeline import GenConfig
+from gen.teachers.config import load_committee, rebase
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STAGES = {"mine.yaml": MineConfig, "eval.yaml": EvalConfig, "committee.yaml": CommitteeConfig, "gen.yaml": GenConfig}
@@ -73,7 +73,7 @@ def test_rebase_keeps_each_teachers_api_path():
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (CONFIGS / "train").glob("*.yaml")))
 def test_train_yamls_load(name):
-    from fair.train.train import TrainConfig
+    from train.train import TrainConfig
 
     config = parse(TrainConfig, "--config", str(CONFIGS / "train" / name))
     assert 0 <= config.alpha <= 1

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fair.gen.continuous import ContinuousBatcher
-from fair.gen.engine import Sampling, encode_prompt
-from fair.gen.hf_engine import HFEngine
+from fair.engines.base import Sampling, encode_prompt
+from fair.engines.continuous import ContinuousBatcher
+from fair.engines.hf import HFEngine
 
 PROMPTS = ["What is 2 + 2?", "Name a colour.", "A much longer prompt: " + "count the apples and pears " * 6, "Hi",
            "Seven", "How many legs has a spider? Think step by step.", "x " * 30]

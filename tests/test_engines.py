@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fair.gen.engine import Sampling, cut_at_stop, encode_prompt, make_engine
-from fair.gen.hf_engine import HFEngine
+from fair.engines.base import Sampling, cut_at_stop, encode_prompt, make_engine
+from fair.engines.hf import HFEngine
 
 PROMPTS = ["What is 2 + 2?", "Name a colour.", "A much longer prompt: " + "count the apples and pears " * 6, "Hi"]
 
@@ -74,7 +74,7 @@ def test_data_parallel_engine_matches_a_single_engine(engine, tiny_model_dir):
 def test_vllm_engine_agrees_with_transformers_on_smollm2(data_dir):
     """The real thing: vllm(-cpu) and transformers on SmolLM2-135M, same token ids, greedy, float32."""
     pytest.importorskip("vllm")
-    from fair.eval.tasks import get_task
+    from fair.tasks import get_task
 
     task = get_task("svamp")
     examples = task.load("train")[:6]

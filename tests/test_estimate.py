@@ -1,5 +1,5 @@
 """fair estimate: its numbers are consistent (cost = tokens x price, linear in mistakes, keys add throughput)
-and they predict what gen/committee.py really sends, checked against a run on the offline committee."""
+and they predict what gen/committee/run.py really sends, checked against a run on the offline committee."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 
 from fair.cli import main
 from fair.config import make_config
-from fair.eval.tasks import get_task
-from fair.gen.committee import CommitteeConfig, committee
-from fair.gen.estimate import EstimateConfig, costs, estimate
-from fair.gen.offline_server import OfflineServer
-from fair.gen.teachers import load_committee
+from fair.tasks import get_task
+from gen.committee.estimate import EstimateConfig, costs, estimate
+from gen.committee.run import CommitteeConfig, committee
+from gen.offline.server import OfflineServer
+from gen.teachers.config import load_committee
 from tests.test_committee import import_seed_mistakes
 
 

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from fair.errors import FairError
-from fair.eval.grading import (
+from fair.grading import (
     Grade,
     extract_number,
     extract_option,
@@ -17,7 +17,7 @@ from fair.eval.grading import (
     grade_option,
     grade_yes_no,
 )
-from fair.eval.tasks import default_data_dir, get_task
+from fair.tasks import default_data_dir, get_task
 
 SVAMP_SEED = "Llama-2-7b-chat-hf_svamp_false_round0.json"
 STRATEGYQA_SEED = "Llama-2-7b-chat-hf_strategyQA_false_round0.json"

@@ -50,21 +50,21 @@ def test_another_process_is_named_and_its_sigkill_releases_the_lock(tmp_path):
 
 
 def run_mine(tmp_path, data_dir, engine):
-    from fair.gen.mine import MineConfig, mine
+    from gen.mine import MineConfig, mine
 
     return mine(make_config(MineConfig, {"task": "svamp", "limit": 4, "out": str(tmp_path)}, "test"), engine)
 
 
 def run_merge(tmp_path, data_dir, engine):
-    from fair.gen.merge import merge
-    from fair.gen.mine import MineConfig
+    from gen.merge import merge
+    from gen.mine import MineConfig
 
     return merge(make_config(MineConfig, {"task": "svamp", "limit": 4, "out": str(tmp_path)}, "test"))
 
 
 def run_committee(tmp_path, data_dir, engine):
-    from fair.gen.committee import CommitteeConfig
-    from fair.gen.committee import run_committee as run
+    from gen.committee.run import CommitteeConfig
+    from gen.committee.run import run_committee as run
 
     config = CommitteeConfig(task="svamp", mistakes=str(tmp_path / "mistakes.jsonl"),
                              out=str(tmp_path / "committee.jsonl"), progress=False)
@@ -72,14 +72,14 @@ def run_committee(tmp_path, data_dir, engine):
 
 
 def run_eval(tmp_path, data_dir, engine):
-    from fair.eval.evaluate import EvalConfig, evaluate
+    from eval.evaluate import EvalConfig, evaluate
 
     return evaluate(make_config(EvalConfig, {"task": ["svamp"], "limit": 4, "out": str(tmp_path.parent)}, "test"),
                     engine)
 
 
 def run_train(tmp_path, data_dir, engine):
-    from fair.train.train import TrainConfig, train
+    from train.train import TrainConfig, train
 
     return train(make_config(TrainConfig, {"task": "svamp", "committee": str(tmp_path / "committee.jsonl"),
                                            "out": str(tmp_path)}, "test"))
@@ -101,8 +101,8 @@ def test_each_stage_refuses_a_held_folder_before_touching_it(tmp_path, data_dir,
 
 
 def test_merge_refuses_while_a_shard_is_being_mined(tmp_path, data_dir):
-    from fair.gen.merge import merge
-    from fair.gen.mine import MineConfig
+    from gen.merge import merge
+    from gen.mine import MineConfig
 
     for i in range(2):
         (tmp_path / f"shard-{i}-of-2").mkdir()
@@ -117,14 +117,14 @@ def test_merge_refuses_while_a_shard_is_being_mined(tmp_path, data_dir):
 
 
 def test_readers_count_an_id_written_twice_once(tmp_path, data_dir):
-    from fair.eval.report import build_report
-    from fair.gen.committee import CommitteeConfig
-    from fair.gen.committee import run_committee as run
-    from fair.gen.committee_report import review_outcomes
-    from fair.gen.offline_server import OfflineServer
-    from fair.gen.pipeline import GenConfig, export
-    from fair.gen.teachers import load_committee
+    from eval.report import build_report
     from fair.jsonl import append_jsonl, read_jsonl
+    from gen.committee.report import review_outcomes
+    from gen.committee.run import CommitteeConfig
+    from gen.committee.run import run_committee as run
+    from gen.offline.server import OfflineServer
+    from gen.pipeline import GenConfig, export
+    from gen.teachers.config import load_committee
     from tests.test_committee import import_seed_mistakes
 
     once = import_seed_mistakes(tmp_path / "once", data_dir, count=3)

@@ -9,9 +9,9 @@ import pytest
 
 from fair.config import make_config
 from fair.errors import FairError
-from fair.eval.tasks import get_task
-from fair.gen.mine import MineConfig, mine
 from fair.jsonl import read_jsonl
+from fair.tasks import get_task
+from gen.mine import MineConfig, mine
 
 
 def svamp_reply(right_every: int = 2):

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from fair.errors import FairError
-from fair.gen.offline_server import OfflineServer
+from gen.offline.server import OfflineServer
 
 pytestmark = pytest.mark.timeout(60)
 CHAT = "/v1/chat/completions"

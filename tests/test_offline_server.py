@@ -14,11 +14,11 @@ import orjson
 import pytest
 
 from fair.errors import FairError
-from fair.eval.tasks import get_task
-from fair.gen.offline_api import duration
-from fair.gen.offline_server import OfflineServer
-from fair.gen.prompts import PROMPT_SETS
-from fair.gen.records import StudentAnswer
+from fair.records import StudentAnswer
+from fair.tasks import get_task
+from gen.committee.prompts import PROMPT_SETS
+from gen.offline.api import duration
+from gen.offline.server import OfflineServer
 
 EXACT = {"p_wrong": 0, "p_sloppy": 0, "review_noise": 0, "p_unparseable_review": 0, "p_alt_score_format": 0}
 PERSONAS = {"sim-careful": EXACT, "sim-harsh": EXACT | {"review_bias": -1.2}}
@@ -111,7 +111,7 @@ def test_identical_bodies_get_identical_replies(server, answer):
 
 
 def test_offline_committee_config(server, answer):
-    from fair.gen.teachers import load_committee
+    from gen.teachers.config import load_committee
 
     teachers = load_committee("offline")
     assert {t.provider for t in teachers} == {"openai", "gemini"} and not any(t.api_key_env for t in teachers)
@@ -211,7 +211,7 @@ def test_cli_serves_until_sigterm(tmp_path, data_dir):
     port_file = tmp_path / "port"
     env = os.environ | {"FAIR_DATA_DIR": str(data_dir)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fair.gen.offline_server", "--port", "0", "--port-file", str(port_file),
+        [sys.executable, "-m", "gen.offline.server", "--port", "0", "--port-file", str(port_file),
          "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:
@@ -228,6 +228,6 @@ def test_cli_serves_until_sigterm(tmp_path, data_dir):
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("rpms: 5\n")
-    done = subprocess.run([sys.executable, "-m", "fair.gen.offline_server", "--config", str(bad)],
+    done = subprocess.run([sys.executable, "-m", "gen.offline.server", "--config", str(bad)],
                           capture_output=True, text=True, timeout=30, env=env)
     assert done.returncode == 2 and "unknown setting" in done.stderr

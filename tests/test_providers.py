@@ -12,9 +12,10 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from fair.gen.cache import ResponseCache
-from fair.gen.client import TeacherClient, TeacherFailed
-from fair.gen.providers import (
+from gen.teachers.cache import ResponseCache
+from gen.teachers.client import TeacherClient, TeacherFailed
+from gen.teachers.config import Teacher
+from gen.teachers.providers import (
     AnthropicProvider,
     ChatRequest,
     FatalError,
@@ -25,8 +26,7 @@ from fair.gen.providers import (
     make_provider,
     redact,
 )
-from fair.gen.ratelimits import parse_duration, parse_retry_after
-from fair.gen.teachers import Teacher
+from gen.teachers.ratelimits import parse_duration, parse_retry_after
 
 KEY = "sk-test-PLANTED-123"
 REQUEST = ChatRequest((("system", "Be brief."), ("user", "2+2?"), ("assistant", "5"), ("user", "Sure?")),

@@ -16,10 +16,10 @@ import time
 import httpx
 import pytest
 
-from fair.gen.committee import CommitteeConfig, run_committee
-from fair.gen.models import smollm2_dir
-from fair.gen.teachers import Teacher
 from fair.jsonl import read_jsonl
+from fair.models import smollm2_dir
+from gen.committee.run import CommitteeConfig, run_committee
+from gen.teachers.config import Teacher
 
 pytestmark = pytest.mark.slow
 

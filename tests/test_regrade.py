@@ -8,9 +8,9 @@ from collections import Counter
 import orjson
 import pytest
 
+from eval.regrade import add_arguments, grade_file, run
 from fair.errors import FairError
-from fair.eval.regrade import add_arguments, grade_file, run
-from fair.eval.tasks import default_data_dir
+from fair.tasks import default_data_dir
 
 SEED = default_data_dir() / "seed"
 SVAMP = SEED / "Llama-2-7b-chat-hf_svamp_false_round0.json"
@@ -72,13 +72,13 @@ def test_run_json_prints_one_record_per_line_and_nothing_else(capsys):
 
 @needs_seed
 def test_module_entry_point_reproduces_the_report():
-    cmd = [sys.executable, "-m", "fair.eval.regrade", "--task", "svamp", str(SVAMP)]
+    cmd = [sys.executable, "-m", "eval.regrade", "--task", "svamp", str(SVAMP)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     assert "correct          26" in out
 
 
 def test_module_entry_point_exits_2_with_a_one_line_error(tmp_path):
-    cmd = [sys.executable, "-m", "fair.eval.regrade", "--task", "svamp", str(tmp_path / "none.jsonl")]
+    cmd = [sys.executable, "-m", "eval.regrade", "--task", "svamp", str(tmp_path / "none.jsonl")]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr == f"error: {tmp_path / 'none.jsonl'}: no such file\n"

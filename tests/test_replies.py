@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fair.errors import FairError
-from fair.eval.grading import (
+from fair.grading import (
     extract_number,
     extract_option,
     extract_yes_no,
@@ -27,11 +27,13 @@ from fair.eval.grading import (
     grade_option,
     grade_yes_no,
 )
-from fair.gen import providers
-from fair.gen.batch import BatchRun, Ledger
-from fair.gen.cache import ResponseCache
-from fair.gen.client import TeacherStats
-from fair.gen.providers import (
+from gen.committee.review import parse_review_score
+from gen.teachers import providers
+from gen.teachers.batch import BatchRun, Ledger
+from gen.teachers.cache import ResponseCache
+from gen.teachers.client import TeacherStats
+from gen.teachers.config import Teacher
+from gen.teachers.providers import (
     ChatRequest,
     ChatResponse,
     FatalError,
@@ -39,8 +41,6 @@ from fair.gen.providers import (
     TransientError,
     make_provider,
 )
-from fair.gen.review import parse_review_score
-from fair.gen.teachers import Teacher
 
 REQUEST = ChatRequest((("system", "s"), ("user", "2+2?")), max_tokens=8)
 OK = {
@@ -310,8 +310,8 @@ def test_a_committee_run_records_wrong_typed_replies_and_finishes(tmp_path, data
     import http.server
     import threading
 
-    from fair.gen.committee import CommitteeConfig, run_committee
     from fair.jsonl import read_jsonl
+    from gen.committee.run import CommitteeConfig, run_committee
     from tests.test_committee import import_seed_mistakes
 
     class Handler(http.server.BaseHTTPRequestHandler):

@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fair.eval.tasks import get_task
-from fair.gen.prompts import fair_feedback, fair_review
-from fair.gen.records import StudentAnswer
-from fair.gen.review import accept, parse_review_score
+from fair.records import StudentAnswer
+from fair.tasks import get_task
+from gen.committee.prompts import fair_feedback, fair_review
+from gen.committee.review import accept, parse_review_score
 
 
 @pytest.mark.parametrize(("reply", "score"), [

@@ -12,15 +12,15 @@ import sys
 import httpx
 import pytest
 
-import fair.gen.cache as cache_module
 import fair.jsonl as jsonl_module
+import gen.teachers.cache as cache_module
 from fair.errors import FairError
-from fair.gen.cache import ResponseCache, key_for
-from fair.gen.client import TeacherClient, TeacherFailed, _gate_for
-from fair.gen.offline_server import OfflineServer
-from fair.gen.providers import ChatRequest, ChatResponse
-from fair.gen.teachers import Teacher, load_committee, missing_keys
 from fair.jsonl import JsonlAppender, append_jsonl, read_jsonl
+from gen.offline.server import OfflineServer
+from gen.teachers.cache import ResponseCache, key_for
+from gen.teachers.client import TeacherClient, TeacherFailed, _gate_for
+from gen.teachers.config import Teacher, load_committee, missing_keys
+from gen.teachers.providers import ChatRequest, ChatResponse
 from tests.test_committee import import_seed_mistakes, run
 
 KEYS = {"FAIR_TEST_KEY_A": "sk-test-key-a-1111", "FAIR_TEST_KEY_B": "sk-test-key-b-2222"}
@@ -162,10 +162,10 @@ def test_no_key_of_several_reaches_an_error_message(tmp_path, two_keys, caplog):
 
 KILL_AFTER_REPLY = """
 import asyncio, os, sys
-from fair.gen.cache import ResponseCache
-from fair.gen.client import TeacherClient
-from fair.gen.providers import ChatRequest, ChatResponse
-from fair.gen.teachers import Teacher
+from gen.teachers.cache import ResponseCache
+from gen.teachers.client import TeacherClient
+from gen.teachers.providers import ChatRequest, ChatResponse
+from gen.teachers.config import Teacher
 
 class Provider:
     async def complete(self, request):

@@ -17,12 +17,12 @@ import httpx
 import pytest
 
 from fair.errors import FairError
-from fair.gen.batch import BatchAPI, BatchRun, Ledger
-from fair.gen.cache import ResponseCache
-from fair.gen.client import TeacherClient, TeacherFailed, TeacherStats
-from fair.gen.keys import read_key, redact
-from fair.gen.providers import ChatRequest, FatalError, make_provider
-from fair.gen.teachers import Teacher, missing_keys
+from gen.teachers.batch import BatchAPI, BatchRun, Ledger
+from gen.teachers.cache import ResponseCache
+from gen.teachers.client import TeacherClient, TeacherFailed, TeacherStats
+from gen.teachers.config import Teacher, missing_keys
+from gen.teachers.keys import read_key, redact
+from gen.teachers.providers import ChatRequest, FatalError, make_provider
 
 ENV = "FAIR_TEST_SHAPED_KEY"
 CORE = "sk-PLANTED+a/b=c%Zq7x"  # URL-special characters: its encoded forms differ from it
@@ -217,10 +217,10 @@ def test_planted_keys_never_leak_through_the_batch_api(monkeypatch, caplog, caps
 @pytest.mark.parametrize("raw", [CORE + "\r", f"  {CORE}\t\r\n"])
 def test_a_committee_run_with_a_windows_key_works_and_writes_no_key(tmp_path, data_dir, monkeypatch, caplog,
                                                                     capsys, raw):
-    from fair.gen.committee import CommitteeConfig, run_committee
-    from fair.gen.offline_server import OfflineServer
-    from fair.gen.teachers import load_committee
     from fair.jsonl import read_jsonl
+    from gen.committee.run import CommitteeConfig, run_committee
+    from gen.offline.server import OfflineServer
+    from gen.teachers.config import load_committee
     from tests.test_committee import fast, import_seed_mistakes
 
     monkeypatch.setenv(ENV, raw)

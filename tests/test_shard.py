@@ -14,11 +14,11 @@ import pytest
 from fair.cli import main
 from fair.config import make_config
 from fair.errors import FairError
-from fair.eval.tasks import get_task
-from fair.gen.committee import CommitteeConfig
-from fair.gen.merge import merge
-from fair.gen.mine import MineConfig, mine, shard_examples
 from fair.jsonl import read_jsonl
+from fair.tasks import get_task
+from gen.committee.run import CommitteeConfig
+from gen.merge import merge
+from gen.mine import MineConfig, mine, shard_examples
 from tests.test_mine import svamp_reply
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -108,7 +108,7 @@ def test_a_cache_commit_that_fails_in_the_event_loop_stops_later_sends_without_a
     one-line error)."""
     import asyncio
 
-    from fair.gen.cache import ResponseCache
+    from gen.teachers.cache import ResponseCache
 
     async def go(cache: ResponseCache) -> list[str]:
         cache.db.close()  # every commit now fails, as one does on a full disk

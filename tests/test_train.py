@@ -13,13 +13,13 @@ import orjson
 import pytest
 import torch
 
-import fair.train.train as trainer
+import train.train as trainer
 from fair.config import make_config
 from fair.errors import FairError
 from fair.jsonl import read_jsonl
-from fair.train.data import FEEDBACK, RATIONALE
-from fair.train.step import forward, shifted_targets, weighted_loss
-from fair.train.train import TrainConfig, train
+from train.data import FEEDBACK, RATIONALE
+from train.step import forward, shifted_targets, weighted_loss
+from train.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,8 +55,8 @@ def test_weighted_loss_is_alpha_mix_of_per_token_means():
 @pytest.mark.parametrize("lora", [False, True])
 def test_output_layer_on_target_positions_only_gives_the_same_loss_and_gradients(lora, config):
     """The trainer runs the output layer only where a label is predicted; loss and gradients must not change."""
-    from fair.train.data import build_examples, collate, load_records, tokenize_examples
-    from fair.train.train import load_model
+    from train.data import build_examples, collate, load_records, tokenize_examples
+    from train.train import load_model
 
     config = dataclasses.replace(config, lora=lora, lora_dropout=0.0, max_length=160)  # no dropout: two equal passes
     tokenizer, model = load_model(config, "cpu")
@@ -143,7 +143,7 @@ def test_lora_exports_a_merged_model_that_evaluates(config, tmp_path, capsys):
 def torchrun(args: list[str], out: Path, nproc: int) -> subprocess.CompletedProcess:
     env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(nproc),
-               "--master_port", str(29500 + os.getpid() % 1000), "-m", "fair.train.train", *args, "--out", str(out)]
+               "--master_port", str(29500 + os.getpid() % 1000), "-m", "train.train", *args, "--out", str(out)]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
 
 

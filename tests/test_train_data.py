@@ -9,11 +9,11 @@ import random
 import pytest
 import torch
 
+from fair.engines.base import encode_prompt
 from fair.errors import FairError
-from fair.eval.tasks import get_task
-from fair.gen.engine import encode_prompt
-from fair.gen.records import StudentAnswer
-from fair.train.data import (
+from fair.records import StudentAnswer
+from fair.tasks import get_task
+from train.data import (
     FEEDBACK,
     RATIONALE,
     Tokenized,

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import fair.train.step as stepper
-import fair.train.train as trainer
+import train.step as stepper
+import train.train as trainer
 from fair.config import make_config
 from fair.errors import FairError
 from fair.jsonl import append_jsonl, read_jsonl
-from fair.train.checkpoint import latest_checkpoint, save_checkpoint
-from fair.train.resume import RUN_ONLY
-from fair.train.train import TrainConfig, train
+from train.checkpoint import latest_checkpoint, save_checkpoint
+from train.resume import RUN_ONLY
+from train.train import TrainConfig, train
 
 # A value other than the fixture's for every setting that defines the training (all but RUN_ONLY and max_steps).
 CHANGES = {
@@ -119,8 +119,8 @@ def test_max_steps_may_grow_only_under_a_schedule_that_does_not_depend_on_it(con
 
 
 def test_training_data_that_changed_under_the_same_path_is_refused(config, data_dir, tmp_path):
-    from fair.eval.tasks import get_task
-    from fair.gen.committee_format import import_committee
+    from fair.tasks import get_task
+    from gen.committee.format import import_committee
 
     task = get_task("svamp")
     records = import_committee(task, config.paper_feedback, config.paper_rationale, task.load("train", data_dir))

@@ -7,14 +7,14 @@ import dataclasses
 
 import pytest
 
+from eval.evaluate import EvalConfig
 from fair.cli import main
 from fair.errors import FairError
-from fair.eval.evaluate import EvalConfig
-from fair.gen.committee import CommitteeConfig
-from fair.gen.estimate import EstimateConfig
-from fair.gen.mine import MineConfig
-from fair.gen.pipeline import GenConfig
-from fair.gen.teachers import Teacher
+from gen.committee.estimate import EstimateConfig
+from gen.committee.run import CommitteeConfig
+from gen.mine import MineConfig
+from gen.pipeline import GenConfig
+from gen.teachers.config import Teacher
 
 pytestmark = pytest.mark.timeout(60)  # a value that slips through could start a server or a training run
 
@@ -107,7 +107,7 @@ def test_every_config_validates_itself_however_it_is_built(cls, changes, message
 
 
 def test_train_config_validates_itself():
-    from fair.train.train import TrainConfig
+    from train.train import TrainConfig
 
     with pytest.raises(FairError, match="alpha must be in"):
         TrainConfig(alpha=2.0)

@@ -21,13 +21,13 @@ from typing import Any, Literal
 
 import torch
 
+from fair.engines.base import encode_prompt
 from fair.errors import FairError
-from fair.eval.tasks import Task
-from fair.gen.engine import encode_prompt
-from fair.gen.paper_format import paper_gold
-from fair.gen.prompts import gold_hint, question_block
-from fair.gen.records import StudentAnswer
 from fair.jsonl import read_jsonl
+from fair.paper import paper_gold
+from fair.records import StudentAnswer
+from fair.tasks import Task
+from gen.committee.prompts import gold_hint, question_block
 
 Kind = Literal["feedback", "rationale"]
 PromptFormat = Literal["chat", "paper"]
@@ -78,7 +78,7 @@ def load_records(source: str | Path, task: Task, *, rationale_path: str | Path |
     if not source.exists():
         raise FairError(f"missing file {source}")
     if rationale_path is not None:
-        from fair.gen.committee_format import import_committee
+        from gen.committee.format import import_committee
 
         records = import_committee(task, source, rationale_path, task.load("train", data_dir))
     else:
@@ -264,7 +264,7 @@ def completion_end_id(tokenizer: Any, chat: bool) -> int:
 
 def tokenize_examples(examples: list[TrainExample], tokenizer: Any, max_length: int,
                       prompt_format: PromptFormat = "chat") -> tuple[list[Tokenized], TokenizeReport]:
-    """Prompt ids exactly as the engines encode them at evaluation (fair.gen.engine.encode_prompt), then the
+    """Prompt ids exactly as the engines encode them at evaluation (fair.engines.base.encode_prompt), then the
     completion and its end token; the paper's format has no chat template and the BOS the tokenizer adds.
     An example that does not fit in max_length is left out and counted, not cut as the paper cut it: a
     completion trained without its end token teaches the student not to stop."""

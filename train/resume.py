@@ -27,7 +27,7 @@ import yaml
 
 from fair.errors import FairError
 from fair.jsonl import read_jsonl
-from fair.train.checkpoint import latest_checkpoint, load_weights
+from train.checkpoint import latest_checkpoint, load_weights
 
 RUN_ONLY = ("micro_batch_size", "deepspeed", "pack", "out", "save_every", "log_every")
 

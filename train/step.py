@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from fair.errors import FairError
-from fair.train.checkpoint import latest_checkpoint
-from fair.train.data import FEEDBACK, RATIONALE, attention_mask_4d, collate, single_row
+from train.checkpoint import latest_checkpoint
+from train.data import FEEDBACK, RATIONALE, attention_mask_4d, collate, single_row
 
 
 def target_tokens(items) -> tuple[int, int]:

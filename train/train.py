@@ -2,8 +2,8 @@
 
     fair train --task svamp                                        # one CPU or GPU, defaults below
     fair train --config configs/train/paper.yaml                   # the paper's settings
-    deepspeed --num_gpus 8 -m fair.train.train --config configs/train/paper.yaml --deepspeed configs/deepspeed/zero3.json
-    torchrun --nproc_per_node 8 -m fair.train.train --config ... --deepspeed configs/deepspeed/zero2.json
+    deepspeed --num_gpus 8 -m train.train --config configs/train/paper.yaml --deepspeed configs/deepspeed/zero3.json
+    torchrun --nproc_per_node 8 -m train.train --config ... --deepspeed configs/deepspeed/zero2.json
     launch/multi_node.sh HOSTFILE ...   and   sbatch launch/slurm.sbatch ...     (multi-node; see launch/)
 
 Why a plain torch loop and not HF Trainer / TRL: the loss needs two per-token means (feedback and rationale
@@ -32,26 +32,26 @@ import torch
 
 from fair.config import Validated, at_least, save_config
 from fair.errors import FairError
-from fair.eval.tasks import get_task
-from fair.gen.models import DEFAULT_STUDENT, model_short_name, resolve_model
 from fair.jsonl import append_jsonl, write_json
 from fair.lock import folder_lock
-from fair.train.checkpoint import (
+from fair.models import DEFAULT_STUDENT, model_short_name, resolve_model
+from fair.tasks import get_task
+from train.checkpoint import (
     full_param,
     load_optimizer,
     require_finite,
     save_checkpoint,
     trainable,
 )
-from fair.train.data import (
+from train.data import (
     FEEDBACK,
     RATIONALE,
     build_examples,
     load_records,
     tokenize_examples,
 )
-from fair.train.resume import check_settings, data_digest, resume_point
-from fair.train.step import Run, take_step
+from train.resume import check_settings, data_digest, resume_point
+from train.step import Run, take_step
 
 
 @dataclass

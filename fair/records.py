@@ -1,0 +1,126 @@
+"""The record of stage 1: one student answer to one task example, graded.
+
+`fair mine` writes every answer to answers.jsonl and the wrong ones (incorrect or unparseable) to
+mistakes.jsonl; `fair eval` writes the same records to predictions.jsonl. Later stages read these files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fair.engines.base import Engine, Sampling
+from fair.errors import FairError
+from fair.jsonl import read_jsonl
+from fair.models import resolve_model
+from fair.tasks import Example, Task
+
+
+@dataclass(frozen=True)
+class StudentAnswer:
+    id: str
+    index: int  # row in the split (the paper's id)
+    task: str
+    split: str
+    question: str
+    gold: str
+    prediction: str  # the student's whole completion
+    extracted: str | None  # the answer the grader found in it; None when none could be found
+    correct: bool | None  # None when no answer could be extracted
+    prompt_tokens: int
+    generated_tokens: int
+    finish_reason: str
+    solution: str = ""
+    context: str = ""
+    options: tuple[str, ...] = ()
+
+    @property
+    def is_mistake(self) -> bool:
+        return self.correct is not True
+
+    def example(self) -> Example:
+        return Example(
+            id=self.id, index=self.index, split=self.split, question=self.question, gold=self.gold,
+            solution=self.solution, context=self.context, options=self.options,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any], where: str) -> StudentAnswer:
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(n for n in names if n not in record and cls.__dataclass_fields__[n].default is dataclasses.MISSING)
+        if missing:
+            raise FairError(f"{where}: missing field(s) {', '.join(missing)}")
+        return cls(**{k: tuple(v) if k == "options" else v for k, v in record.items() if k in names})
+
+
+def read_answers(path: str | Path) -> list[StudentAnswer]:
+    path = Path(path)
+    if not path.exists():
+        raise FairError(f"missing file {path}")
+    return [StudentAnswer.from_json(r, f"{path} record {i}") for i, r in enumerate(read_jsonl(path))]
+
+
+# Settings that change what a student answers: resumed work must match the finished part on all of them.
+ANSWER_DEFINING = ("model", "split", "max_new_tokens", "temperature", "top_p", "seed", "chat", "prompt_style")
+
+
+def finished_answers(*paths: Path) -> dict[str, StudentAnswer]:
+    """Every answered id in these logs (later files win): how `fair mine` and `fair eval` resume."""
+    done: dict[str, StudentAnswer] = {}
+    for path in paths:
+        if path.exists():
+            for i, record in enumerate(read_jsonl(path)):
+                answer = StudentAnswer.from_json(record, f"{path} record {i}")
+                done[answer.id] = answer
+    return done
+
+
+def model_fingerprint(model: str) -> str:
+    """Names, sizes and times of a local model's weight files (a retrained model in the same folder differs)."""
+    path = Path(resolve_model(model))
+    if not path.is_dir():
+        return model
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+    return ";".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files)
+
+
+def check_resumable(config: Any, saved_path: Path, extra: tuple[str, ...] = ()) -> None:
+    """Refuse to add answers made with other settings (or another build of the model) to an output folder."""
+    fingerprint_path = saved_path.with_name("model_fingerprint")
+    fingerprint = model_fingerprint(config.model)
+    if saved_path.exists():
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+        changed = [k for k in (*extra, *ANSWER_DEFINING) if k in saved and saved[k] != getattr(config, k)]
+        if fingerprint_path.exists() and fingerprint_path.read_text() != fingerprint:
+            changed.append("model weights")
+        if changed:
+            raise FairError(f"{saved_path.parent} holds answers made with other settings ({', '.join(changed)} "
+                            "changed); use another --out, or delete that folder")
+    fingerprint_path.parent.mkdir(parents=True, exist_ok=True)
+    fingerprint_path.write_text(fingerprint)
+
+
+def answer_examples(
+    engine: Engine, task: Task, examples: list[Example], sampling: Sampling, prompt_style: str = "fair"
+) -> list[StudentAnswer]:
+    """Run the student over examples and grade each completion with the task's grader."""
+    build_prompt = task.paper_prompt if prompt_style == "paper" else task.prompt
+    generations = engine.generate([build_prompt(e) for e in examples], sampling)
+    answers = []
+    for example, generation in zip(examples, generations, strict=True):
+        grade = task.grade(generation.text, example)
+        answers.append(StudentAnswer(
+            id=example.id, index=example.index, task=task.name, split=example.split, question=example.question,
+            gold=example.gold, prediction=generation.text, extracted=grade.extracted, correct=grade.correct,
+            prompt_tokens=generation.prompt_tokens, generated_tokens=generation.generated_tokens,
+            finish_reason=generation.finish_reason, solution=example.solution, context=example.context,
+            options=example.options,
+        ))
+    return answers

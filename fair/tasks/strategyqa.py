@@ -1,0 +1,42 @@
+"""StrategyQA (Geva et al. 2021): yes/no questions that need implicit multi-step reasoning."""
+
+from fair.errors import FairError
+from fair.tasks import Example, Task, require_field
+from fair.tasks._common import read_split_jsonl
+
+
+def to_example(row: dict, split: str, index: int) -> Example:
+    where = f"strategyqa {split} row {index}"
+    answer = row.get("answer")
+    if not isinstance(answer, bool):
+        raise FairError(f"{where}: field 'answer' must be true or false, got {answer!r}")
+    return Example(
+        id=str(require_field(row, "qid", where)),
+        index=index,
+        split=split,
+        question=require_field(row, "question", where).strip(),
+        gold="yes" if answer else "no",
+        solution=str(row.get("facts", "")).strip(),
+    )
+
+
+# The paper's prompt, verbatim (all_prompts.py): it asks for "true"/"false" first.
+PAPER_PROMPT = """
+Questions: {}
+Let's think step by step. First, you should answer "true" or "false". Then, you should explain how you drew this conclusion.
+"""
+
+TASK = Task(
+    name="strategyqa",
+    hub_id="ChilleD/StrategyQA",
+    answer_type="yesno",
+    splits=("train", "test"),
+    read_local=read_split_jsonl,
+    to_example=to_example,
+    prompt=lambda ex: (
+        f"{ex.question}\n\nThink step by step. Then write the final answer on its own line as "
+        '"The answer is yes." or "The answer is no."'
+    ),
+    paper_prompt=lambda ex: PAPER_PROMPT.format(ex.question),
+    aliases=("strategyQA",),
+)

@@ -1,0 +1,256 @@
+"""`fair estimate`: what `fair committee` will cost before it runs: requests, tokens, USD and wall time.
+
+    fair estimate --task gsm8k --teachers default                     # the split x an assumed mistake rate
+    fair estimate --task gsm8k --teachers default --mistake-rate 0.3 --limit 5000
+    fair estimate --task svamp --student smollm2-135m   # counts data/svamp/smollm2-135m/mistakes.jsonl
+    fair estimate --task gsm8k --num-mistakes 1000000 --json          # a machine-readable answer
+
+How many mistakes: --num-mistakes N; else the mistakes.jsonl that `fair committee` would read, when it
+exists; else the split's size (or --limit) times --mistake-rate.
+
+Requests per mistake, as gen/committee/run.py sends them with T teachers: each teacher writes one feedback and
+one rationale, and reviews the other T - 1 teachers' rationales: T(T + 1) requests, 12 for 3 teachers.
+
+Input tokens: the real prompts (gen/committee/prompts.py) built for --sample mistakes spread over the file (or over
+the split, with a student answer of --answer-tokens), counted as the client's rate limiter counts them
+(~4 characters per token, gen/teachers/client.py); a review's prompt also holds the reviewed rationale, counted at
+its author's output length. Output tokens: each teacher's mean per request in committee_stats.json beside
+the mistakes, when a committee run left one; else DEFAULT_OUTPUT_TOKENS per request type, capped at the
+teacher's max_tokens. Both are approximations: real tokenizers count differently, and thinking models bill
+their hidden reasoning as output.
+
+Cost: tokens x the teacher's price_input / price_output (USD per million, configs/teachers/*.yaml).
+"batch $" prices the feedback and rationales of teachers marked `batch_api: true` at the Batch API's half
+price, as `fair committee --batch-api` sends them (reviews need the rationales first, so they stay online).
+Wall time: the larger of requests / rpm and tokens / tpm per teacher, each of its API keys bringing its own
+limits; the committee takes as long as its slowest teacher. It is a floor: latency x max_concurrency,
+retries and 429s only add to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from fair.config import Validated, at_least
+from fair.errors import FairError
+from fair.jsonl import read_jsonl
+from fair.models import DEFAULT_STUDENT
+from fair.records import StudentAnswer
+from fair.tasks import Example, Task, get_task
+from gen.committee.prompts import PROMPT_SETS, Messages, PromptSet
+from gen.committee.run import CommitteeConfig, count_mistakes
+from gen.teachers.client import estimate_tokens
+from gen.teachers.config import Teacher, load_committee
+from gen.teachers.providers import ChatRequest
+
+# Output tokens per request when no committee run has been measured. The paper's SVAMP files
+# (shared/data/seed) average 116-160 tokens of feedback and 28-126 of rationale (chars / 4) from 2023's
+# teachers; current ones write about twice that, and the review prompt asks for a brief judgement and a score.
+DEFAULT_OUTPUT_TOKENS = {"feedback": 300, "rationale": 300, "review": 150}
+
+
+@dataclass
+class EstimateConfig(Validated):
+    task: str = "svamp"
+    teachers: str = "default"  # a committee in configs/teachers/ or a YAML path
+    student: str = DEFAULT_STUDENT  # names the default mistakes file data/<task>/<student>/mistakes.jsonl
+    mistakes: str | None = None  # the mistakes.jsonl to count and sample (default: the one committee reads)
+    num_mistakes: int | None = None  # assume this many mistakes instead of counting or guessing
+    split: str = "train"
+    limit: int | None = None  # with no mistakes file: first N examples of the split, as `fair mine --limit`
+    mistake_rate: float = 0.5  # with no mistakes file: the share of the split the student gets wrong
+    answer_tokens: int = 200  # with no mistakes file: the length of a student's wrong answer, in tokens
+    prompts: Literal["fair", "paper"] = "fair"
+    sample: int = 200  # mistakes whose prompts are built and measured
+    data_dir: str | None = None
+    json: bool = False  # print JSON instead of a table
+
+    def validate(self) -> None:
+        get_task(self.task)
+        if not 0 <= self.mistake_rate <= 1:
+            raise FairError(f"mistake_rate must be in [0, 1], got {self.mistake_rate}")
+        at_least(self, 1, "sample", "answer_tokens", "limit")
+        at_least(self, 0, "num_mistakes")
+
+    @property
+    def committee(self) -> CommitteeConfig:
+        """The committee run being estimated: it says where the mistakes are, and counts them."""
+        return CommitteeConfig(task=self.task, student=self.student, mistakes=self.mistakes,
+                               teachers=self.teachers, prompts=self.prompts)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What one mistake costs
+
+
+def prompt_tokens(messages: Messages) -> int:
+    """The prompt part of the client's own estimate (max_tokens=0 leaves the completion out)."""
+    return estimate_tokens(ChatRequest(messages, max_tokens=0))
+
+
+def mean_prompt_tokens(task: Task, prompts: PromptSet, answers: list[StudentAnswer]) -> dict[str, float]:
+    """Mean input tokens per request type; "review" without the rationale under review (added per author)."""
+    if not answers:
+        raise FairError("no mistakes to measure prompts on")
+    return {
+        "feedback": sum(prompt_tokens(prompts.feedback(task, a)) for a in answers) / len(answers),
+        "rationale": sum(prompt_tokens(prompts.rationale(task, a)) for a in answers) / len(answers),
+        "review": sum(prompt_tokens(prompts.review(task, a, "")) for a in answers) / len(answers),
+    }
+
+
+def output_tokens(teacher: Teacher, measured: dict[str, Any] | None) -> dict[str, float]:
+    """Per request type: the teacher's measured mean per request, else the defaults capped at max_tokens."""
+    if measured and measured.get("successes"):
+        mean = measured["output_tokens"] / measured["successes"]
+        return dict.fromkeys(DEFAULT_OUTPUT_TOKENS, mean)
+    return {kind: min(tokens, teacher.max_tokens) for kind, tokens in DEFAULT_OUTPUT_TOKENS.items()}
+
+
+def per_mistake(teachers: list[Teacher], inputs: dict[str, float], outputs: dict[str, dict[str, float]]
+                ) -> dict[str, dict[str, float]]:
+    """Requests and tokens per mistake for each teacher: what the Batch API could take, and the reviews."""
+    result = {}
+    for t in teachers:
+        others = [o for o in teachers if o.name != t.name]
+        out = outputs[t.name]
+        result[t.name] = {
+            "requests": 2 + len(others),
+            "batchable_input": inputs["feedback"] + inputs["rationale"],
+            "batchable_output": out["feedback"] + out["rationale"],
+            "review_input": sum(inputs["review"] + outputs[o.name]["rationale"] for o in others),
+            "review_output": len(others) * out["review"],
+        }
+    return result
+
+
+def costs(teachers: list[Teacher], unit: dict[str, dict[str, float]], mistakes: int) -> dict[str, Any]:
+    rows = {}
+    for t in teachers:
+        u = unit[t.name]
+        requests = u["requests"] * mistakes
+        input_tokens = (u["batchable_input"] + u["review_input"]) * mistakes
+        output_tokens = (u["batchable_output"] + u["review_output"]) * mistakes
+        cost = t.cost(input_tokens, output_tokens)
+        batchable = u["batchable_input"] * mistakes, u["batchable_output"] * mistakes
+        keys = len(t.per_key())  # each key has the teacher's whole rpm and tpm
+        minutes = max(requests / (t.rpm * keys), (input_tokens + output_tokens) / (t.tpm * keys))
+        batch_cost = cost - t.cost(*batchable) + t.cost(*batchable, batch=True) if t.batch_api else cost
+        rows[t.name] = {
+            "model": t.model, "requests": requests, "input_tokens": input_tokens,
+            "output_tokens": output_tokens, "cost_usd": cost, "batch_cost_usd": batch_cost,
+            "rpm": t.rpm, "tpm": t.tpm, "api_keys": keys, "hours": minutes / 60,
+        }
+    total = {key: sum(r[key] for r in rows.values())
+             for key in ("requests", "input_tokens", "output_tokens", "cost_usd", "batch_cost_usd")}
+    total["hours"] = max((r["hours"] for r in rows.values()), default=0.0)
+    return {"teachers": rows, "total": total}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The mistakes: how many, and a sample to build prompts from
+
+
+def spread(items: Iterable[Any], total: int, sample: int) -> list[Any]:
+    """`sample` of an iterable's `total` items, evenly spaced; only those are kept (files stream through)."""
+    chosen = {k * total // sample for k in range(sample)}
+    return [item for i, item in enumerate(items) if i in chosen]
+
+
+def stand_in(task: Task, example: Example, answer_tokens: int) -> StudentAnswer:
+    """A mistake not mined yet: the example with a wrong answer of the assumed length."""
+    return StudentAnswer(
+        id=example.id, index=example.index, task=task.name, split=example.split, question=example.question,
+        gold=example.gold, prediction="x" * (4 * answer_tokens), extracted=None, correct=None,
+        prompt_tokens=0, generated_tokens=answer_tokens, finish_reason="stop", solution=example.solution,
+        context=example.context, options=example.options,
+    )
+
+
+def mistakes_and_sample(config: EstimateConfig, task: Task) -> tuple[int, str, list[StudentAnswer]]:
+    """How many mistakes (and how we know), and a sample: real ones from the file when there is one."""
+    path = config.committee.mistakes_path
+    counted = count_mistakes(config.committee) if path.exists() else 0
+    if counted:
+        records = spread(enumerate(read_jsonl(path)), counted, config.sample)
+        sample = [StudentAnswer.from_json(r, f"{path} record {i}") for i, r in records]
+    else:
+        examples = task.load(config.split, config.data_dir)[: config.limit]
+        chosen = spread(examples, len(examples), config.sample)
+        sample = [stand_in(task, e, config.answer_tokens) for e in chosen]
+    if config.num_mistakes is not None:
+        return config.num_mistakes, "--num-mistakes", sample
+    if path.exists():
+        return counted, f"counted in {path}", sample
+    return (round(len(examples) * config.mistake_rate),
+            f"{len(examples)} {config.split} examples x mistake rate {config.mistake_rate}", sample)
+
+
+def measured_outputs(path: Path) -> dict[str, Any]:
+    """Per teacher, the requests and tokens a committee run recorded in committee_stats.json (if any)."""
+    return orjson.loads(path.read_bytes()).get("teachers", {}) if path.exists() else {}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The command
+
+
+def estimate(config: EstimateConfig) -> dict[str, Any]:
+    task = get_task(config.task)
+    teachers = load_committee(config.teachers)
+    mistakes, source, sample = mistakes_and_sample(config, task)
+    stats_path = config.committee.mistakes_path.with_name("committee_stats.json")
+    measured = measured_outputs(stats_path)
+    outputs = {t.name: output_tokens(t, measured.get(t.name)) for t in teachers}
+    inputs = mean_prompt_tokens(task, PROMPT_SETS[config.prompts], sample)
+    unit = per_mistake(teachers, inputs, outputs)
+    result = {
+        "task": task.name, "teachers_file": config.teachers, "prompts": config.prompts,
+        "mistakes": mistakes, "mistakes_source": source, "sample": len(sample),
+        "requests_per_mistake": sum(u["requests"] for u in unit.values()),
+        "input_tokens_per_request": inputs,
+        "output_tokens_per_request": outputs,
+        "output_tokens_source": "committee_stats" if measured else "defaults",
+        **costs(teachers, unit, mistakes),
+    }
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() if config.json
+          else table(result, stats_path))
+    return result
+
+
+def table(result: dict[str, Any], stats_path: Path) -> str:
+    measured = f"measured in {stats_path}" if result["output_tokens_source"] == "committee_stats" else \
+        f"assumed: {', '.join(f'{k} {v}' for k, v in DEFAULT_OUTPUT_TOKENS.items())} (capped at max_tokens)"
+    inputs = ", ".join(f"{k} {v:.0f}" for k, v in result["input_tokens_per_request"].items())
+    lines = [
+        f"{result['task']}: {result['mistakes']:,} mistakes ({result['mistakes_source']}), committee "
+        f"{result['teachers_file']!r}, {result['requests_per_mistake']} requests per mistake",
+        f"input tokens per request (mean of {result['sample']} built prompts): {inputs} "
+        "(+ the rationale reviewed)",
+        f"output tokens per request: {measured}",
+        "",
+    ]
+    header = (f"{'teacher':<10} {'model':<24} {'requests':>11} {'input tok':>14} {'output tok':>14} "
+              f"{'cost $':>11} {'batch $':>11} {'rpm x keys':>11} {'time':>8}")
+    lines += [header, "-" * len(header)]
+    for name, r in result["teachers"].items():
+        lines.append(f"{name:<10} {r['model'][:24]:<24} {r['requests']:>11,.0f} {r['input_tokens']:>14,.0f} "
+                     f"{r['output_tokens']:>14,.0f} {r['cost_usd']:>11,.2f} {r['batch_cost_usd']:>11,.2f} "
+                     f"{str(r['rpm']) + ' x ' + str(r['api_keys']):>11} {duration(r['hours']):>8}")
+    t = result["total"]
+    lines.append(f"{'total':<10} {'':<24} {t['requests']:>11,.0f} {t['input_tokens']:>14,.0f} "
+                 f"{t['output_tokens']:>14,.0f} {t['cost_usd']:>11,.2f} {t['batch_cost_usd']:>11,.2f} "
+                 f"{'':>11} {duration(t['hours']):>8}")
+    lines.append("(time: the rate limits' floor, set by the slowest teacher; batch $: with the feedback and "
+                 "rationales of batch_api teachers at the Batch API's half price)")
+    return "\n".join(lines)
+
+
+def duration(hours: float) -> str:
+    return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.1f} h"
+

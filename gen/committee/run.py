@@ -1,0 +1,327 @@
+"""Stage 2, ask the committee: every teacher writes feedback and a rationale for each mistake, and every
+rationale is peer-reviewed by the other teachers.
+
+    fair committee --task svamp --teachers offline --base-url http://127.0.0.1:8765
+    fair committee --task gsm8k --teachers default --window 128
+    fair committee --task gsm8k --teachers default --batch-api   # OpenAI's Batch API first: half price, slower
+
+Streaming, with no stage barriers: each mistake is a small graph of requests (feedback and rationale from
+every teacher at once; each rationale's reviews as soon as it exists), and at most `window` mistakes are
+in flight, read lazily from mistakes.jsonl. Throughput is set by the teachers' rate limits, not latency.
+
+Durable: every response goes to the SQLite cache the moment it arrives, and each finished mistake is appended
+to committee.jsonl at once (fsynced every second; gen/teachers/cache.py and fair/jsonl.py say why in groups). A rerun
+skips finished ids and gets every cached response for free, so after a kill only the requests in flight at
+that moment are sent again; the rerun says how many. Memory stays flat whatever the corpus: the window,
+the set of finished ids (tens of bytes each) and counters (make bench-scale measures it). One run per
+folder: a second `fair committee` on a folder in use fails at once, naming the first one's pid (fair/lock.py).
+
+With batch_api, the feedback and rationales of teachers with batch_api: true are first asked through OpenAI's
+Batch API, which only fills the cache (gen/teachers/batch.py); the streaming run then finds them there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from fair.config import Validated, at_least, save_config
+from fair.errors import FairError
+from fair.jsonl import JsonlAppender, read_jsonl, unique_ids, write_json
+from fair.lock import folder_lock
+from fair.models import DEFAULT_STUDENT, model_short_name
+from fair.records import StudentAnswer
+from fair.tasks import Task, get_task
+from gen.committee.prompts import PROMPT_SETS, PROMPT_VERSION, Messages, PromptSet
+from gen.committee.review import accept, parse_review_score
+from gen.teachers.batch import DEADLINE_S, BatchRun, drafts
+from gen.teachers.cache import ResponseCache
+from gen.teachers.client import TeacherClient
+from gen.teachers.config import Teacher, load_committee, missing_keys
+from gen.teachers.providers import ChatRequest, ProviderError
+
+
+@dataclass
+class CommitteeConfig(Validated):
+    task: str = "svamp"
+    student: str = DEFAULT_STUDENT  # names the default folder data/<task>/<student>/
+    mistakes: str | None = None  # default data/<task>/<student>/mistakes.jsonl
+    teachers: str = "default"  # a committee in configs/teachers/ or a YAML path
+    base_url: str | None = None  # send every teacher to this server (e.g. the offline committee)
+    prompts: Literal["fair", "paper"] = "fair"
+    threshold: float = 3.0  # a rationale is accepted when its mean valid review score is above this
+    window: int = 64  # mistakes in flight at once; bounds memory and what a kill can repeat
+    limit: int | None = None  # first N mistakes; None for all
+    out: str | None = None  # default committee.jsonl beside the mistakes
+    cache: str | None = None  # default requests.sqlite beside the output
+    batch_api: bool = False  # feedback and rationales of batch_api teachers via OpenAI's Batch API (half price)
+    batch_poll_s: float = 60.0  # longest wait between a batch's status checks (from 1 s, doubling)
+    batch_deadline_s: float = DEADLINE_S  # a batch still open this long after its creation is cancelled: live
+    progress: bool = True
+
+    def validate(self) -> None:
+        get_task(self.task)
+        if not 1 <= self.threshold <= 5:
+            raise FairError(f"threshold must be within the 1-5 score range, got {self.threshold}")
+        at_least(self, 1, "window", "limit")
+        if self.batch_poll_s <= 0 or self.batch_deadline_s <= 0:
+            raise FairError(f"batch_poll_s and batch_deadline_s must be positive, got {self.batch_poll_s} and "
+                            f"{self.batch_deadline_s}")
+
+    @property
+    def mistakes_path(self) -> Path:
+        default = Path("data") / get_task(self.task).name / model_short_name(self.student) / "mistakes.jsonl"
+        return Path(self.mistakes or default)
+
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out or self.mistakes_path.with_name("committee.jsonl"))
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache or self.out_path.with_name("requests.sqlite"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One mistake through the committee
+
+
+@dataclass
+class Context:
+    task: Task
+    prompts_name: str
+    prompts: PromptSet
+    clients: dict[str, TeacherClient]
+    teachers: dict[str, Teacher]
+    threshold: float
+    errors: int = 0
+
+
+@dataclass
+class Reply:
+    text: str | None
+    error: str | None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    batch: bool = False  # answered through the Batch API: billed at half price
+
+
+async def ask(ctx: Context, teacher: Teacher, messages: Messages) -> Reply:
+    request = ChatRequest.for_teacher(teacher, messages)  # as gen/teachers/batch.py builds it: the same cache key
+    try:
+        response = await ctx.clients[teacher.name].complete(request)
+    except ProviderError as e:  # TeacherFailed after retries, or a fatal 4xx: recorded, never a score
+        ctx.errors += 1
+        return Reply(None, str(e))
+    return Reply(response.text, None, response.input_tokens, response.output_tokens, response.batch)
+
+
+async def rationale_with_reviews(ctx: Context, answer: StudentAnswer, author: Teacher) -> tuple[dict, list[Reply]]:
+    rationale = await ask(ctx, author, ctx.prompts.rationale(ctx.task, answer))
+    record: dict[str, Any] = {"text": rationale.text, "error": rationale.error, "reviews": {}}
+    replies = [rationale]
+    if rationale.text is not None:  # a failed rationale is never sent for review
+        reviewers = [t for name, t in ctx.teachers.items() if name != author.name]
+        reviews = await asyncio.gather(
+            *(ask(ctx, r, ctx.prompts.review(ctx.task, answer, rationale.text)) for r in reviewers)
+        )
+        for reviewer, review in zip(reviewers, reviews, strict=True):
+            score = parse_review_score(review.text)
+            record["reviews"][reviewer.name] = {"score": score, "reply": review.text, "error": review.error}
+            replies.append(review)
+    mean, accepted = accept([r["score"] for r in record["reviews"].values()], ctx.threshold)
+    record |= {"mean_score": mean, "accepted": accepted}
+    return record, replies
+
+
+async def process(ctx: Context, answer: StudentAnswer) -> dict[str, Any]:
+    names = list(ctx.teachers)
+    feedback_jobs = [ask(ctx, ctx.teachers[n], ctx.prompts.feedback(ctx.task, answer)) for n in names]
+    rationale_jobs = [rationale_with_reviews(ctx, answer, ctx.teachers[n]) for n in names]
+    results = await asyncio.gather(*feedback_jobs, *rationale_jobs)
+    feedbacks, rationales = results[: len(names)], results[len(names) :]
+    usage = {n: {"input_tokens": 0, "output_tokens": 0, "cost": 0.0} for n in names}
+
+    def charge(name: str, reply: Reply) -> None:
+        usage[name]["input_tokens"] += reply.input_tokens
+        usage[name]["output_tokens"] += reply.output_tokens
+        usage[name]["cost"] += ctx.teachers[name].cost(reply.input_tokens, reply.output_tokens, reply.batch)
+
+    for name, feedback in zip(names, feedbacks, strict=True):
+        charge(name, feedback)
+    for name, (_, replies) in zip(names, rationales, strict=True):
+        charge(name, replies[0])
+        reviewers = [n for n in names if n != name]
+        for reviewer, reply in zip(reviewers, replies[1:], strict=False):
+            charge(reviewer, reply)
+    return {
+        "id": answer.id,
+        "mistake": answer.to_json(),
+        "feedback": {n: {"text": f.text, "error": f.error} for n, f in zip(names, feedbacks, strict=True)},
+        "rationales": {n: r for n, (r, _) in zip(names, rationales, strict=True)},
+        "usage": usage,
+        "prompts": f"{ctx.prompts_name}-v{PROMPT_VERSION}",
+        "threshold": ctx.threshold,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The run: stream mistakes through a bounded window, append finished records
+
+
+def existing_mistakes(config: CommitteeConfig) -> Path:
+    path = config.mistakes_path
+    if not path.exists():
+        raise FairError(f"no mistakes file {path}: run `fair mine --task {config.task}` first, or pass --mistakes")
+    return path
+
+
+def pending_mistakes(config: CommitteeConfig, done: set[str]) -> Iterator[StudentAnswer]:
+    path = existing_mistakes(config)
+    for i, record in enumerate(unique_ids(read_jsonl(path))):  # --limit counts distinct mistakes
+        if config.limit is not None and i >= config.limit:
+            return
+        answer = StudentAnswer.from_json(record, f"{path} record {i}")
+        if answer.task != get_task(config.task).name:
+            raise FairError(f"{path} record {i}: task {answer.task!r}, expected {config.task!r}")
+        if answer.id not in done:
+            yield answer
+
+
+def count_mistakes(config: CommitteeConfig) -> int:
+    with existing_mistakes(config).open("rb") as f:
+        lines = sum(1 for line in f if line.strip())
+    return lines if config.limit is None else min(lines, config.limit)
+
+
+def finished_ids(path: Path) -> set[str]:
+    return {r["id"] for r in read_jsonl(path)} if path.exists() else set()
+
+
+async def run_committee(config: CommitteeConfig, teachers: list[Teacher]) -> dict[str, Any]:
+    # Before the finished ids and the cache's in-flight marks are read: a second run would take the first
+    # one's requests in flight for a crash's leftovers, and answer (and pay for) every mistake again.
+    with folder_lock(config.out_path.parent, "committee"):
+        return await stream_committee(config, teachers)
+
+
+async def stream_committee(config: CommitteeConfig, teachers: list[Teacher]) -> dict[str, Any]:
+    task = get_task(config.task)
+    done = finished_ids(config.out_path)
+    mistakes = pending_mistakes(config, done)
+    cache = ResponseCache(config.cache_path)
+    repeated = cache.abandoned_inflight()
+    if repeated:
+        print(f"resuming: {repeated} request(s) were in flight when the last run stopped and may be sent again")
+    save_config(config, config.out_path.with_name("committee.yaml"))
+    with cache, JsonlAppender(config.out_path) as out:  # closing commits what is pending, also on Ctrl-C
+        async with httpx.AsyncClient() as http, contextlib.AsyncExitStack() as pools:
+            # A connection pool per teacher, sized to its keys' concurrency: httpx's pool spends CPU on every
+            # request in proportion to its size (one shared pool: 40% more CPU per request, make bench-scale).
+            clients = {t.name: TeacherClient(t, cache, await pools.enter_async_context(httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=t.max_concurrency * len(t.per_key())))))
+                for t in teachers}
+            ctx = Context(task, config.prompts, PROMPT_SETS[config.prompts], clients,
+                          {t.name: t for t in teachers}, config.threshold)
+            batch = None
+            if config.batch_api:  # fills the cache; the streaming run below then sends only what it still lacks
+                batched = [t for t in teachers if t.batch_api]
+                stats = {t.name: clients[t.name].stats for t in batched}
+                batch = await BatchRun(batched, cache, http, stats, config.batch_poll_s,
+                                       deadline_s=config.batch_deadline_s).run(
+                    drafts(pending_mistakes(config, done), task, ctx.prompts, batched))
+            total = count_mistakes(config)
+            bar = tqdm(desc=f"committee {task.name}", unit=" mistakes", initial=len(done), total=total,
+                       disable=not config.progress, dynamic_ncols=True)
+            started, written = time.perf_counter(), 0
+
+            def write(finished: set[asyncio.Task]) -> None:
+                nonlocal written
+                # Every outcome is read (one left unread is a traceback in asyncio's log at exit), and what did
+                # finish is written before a failure (a full disk) stops the run.
+                errors = [e for t in finished if (e := t.exception()) is not None]
+                records = [t.result() for t in finished if t.exception() is None]
+                out.write(records)
+                written += len(records)
+                bar.update(len(records))
+                line = progress_line(clients, time.perf_counter() - started, ctx.errors)
+                bar.set_postfix_str(line, refresh=False)
+                if errors:
+                    raise errors[0]
+
+            await stream_window(ctx, mistakes, config.window, write)
+            bar.close()
+    return {"written": written, "skipped": len(done), "repeated_after_kill": repeated,
+            "seconds": time.perf_counter() - started, "cache_commits": cache.commits,
+            "stats": {n: c.stats for n, c in clients.items()}, "batch": batch}
+
+
+async def stream_window(ctx: Context, mistakes: Iterator[StudentAnswer], window: int,
+                        write: Callable[[set[asyncio.Task]], None]) -> None:
+    """At most `window` mistakes in flight; `write` gets each group that finishes. When anything fails (or on
+    Ctrl-C), the rest are cancelled and awaited, so that none is left running or unread for asyncio's log."""
+    in_flight: set[asyncio.Task] = set()
+    try:
+        for answer in mistakes:
+            if len(in_flight) >= window:
+                finished, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                write(finished)
+            in_flight.add(asyncio.create_task(process(ctx, answer)))
+        while in_flight:
+            finished, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            write(finished)
+    except BaseException:
+        for task in in_flight:
+            task.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
+        raise
+
+
+def progress_line(clients: dict[str, TeacherClient], seconds: float, errors: int) -> str:
+    stats = [c.stats for c in clients.values()]
+    sent = sum(s.requests for s in stats)
+    tokens = sum(s.input_tokens + s.output_tokens for s in stats)
+    return (f"req/s={sent / max(seconds, 1e-9):.1f} tokens={tokens} retries={sum(s.retries for s in stats)} "
+            f"errors={errors} ${sum(s.cost for s in stats):.4f}")
+
+
+def committee(config: CommitteeConfig) -> dict[str, Any]:
+    existing_mistakes(config)  # before any file is opened: a wrong path leaves nothing behind
+    teachers = load_committee(config.teachers, config.base_url)
+    if config.batch_api and not any(t.batch_api for t in teachers):
+        raise FairError(f"batch_api: no teacher of committee {config.teachers!r} has batch_api: true (an OpenAI "
+                        f"endpoint that serves the Batch API)")
+    if missing := missing_keys(teachers):
+        raise FairError(f"committee {config.teachers!r} needs the environment variable(s) {', '.join(missing)}; "
+                        f"set them, or use the offline simulator: make gen TEACHERS=offline")
+    with logging_redirect_tqdm():  # log lines print above the progress bar instead of through it
+        result = asyncio.run(run_committee(config, teachers))
+    print_summary(config, teachers, result)
+    write_json(config.out_path.with_name("committee_stats.json"), {
+        "written": result["written"], "skipped": result["skipped"], "seconds": round(result["seconds"], 2),
+        "repeated_after_kill": result["repeated_after_kill"], "cache_commits": result["cache_commits"],
+        "batch": dataclasses.asdict(result["batch"]) if result["batch"] else None,
+        "teachers": {name: dataclasses.asdict(stats) for name, stats in result["stats"].items()},
+    })
+    return result
+
+
+def print_summary(config: CommitteeConfig, teachers: list[Teacher], result: dict[str, Any]) -> None:
+    from gen.committee.report import teacher_table
+
+    if batch := result["batch"]:
+        print(f"\nBatch API: {batch.answered} replies from {batch.batches} batch(es) in {batch.seconds:.1f}s; "
+              f"{batch.fell_back} left to the live path")
+    print(f"\n{result['written']} mistakes done this run ({result['skipped']} already done) in "
+          f"{result['seconds']:.1f}s -> {config.out_path}")
+    print(teacher_table(config.out_path, teachers, result["stats"]))

@@ -1,0 +1,329 @@
+"""OpenAI's Batch API in the offline committee (`fair teachers serve`): what gen/teachers/batch.py is tested against.
+
+    POST /v1/files                  multipart: purpose=batch, file=<JSONL>       -> {"id": "file-...", ...}
+    POST /v1/batches                {"input_file_id", "endpoint", "completion_window"} -> the batch object
+    GET  /v1/batches/{id}           the batch object: status, request_counts, output_file_id, error_file_id
+    GET  /v1/batches                the batches, newest first (limit, after)
+    POST /v1/batches/{id}/cancel    cancelled, with no output
+    GET  /v1/files/{id}/content     the file's bytes
+
+(the /v1 prefix is optional, as on the live route). Each input line is {"custom_id", "method": "POST", "url":
+"/v1/chat/completions", "body": <a chat-completions body>}; a file with a bad line, a repeated custom_id or more
+than one model fails validation, as OpenAI's does. A batch stays in_progress for the server's batch_delay_s,
+then every line is answered by the live route's persona logic (the same body gets the same reply either way)
+and the batch completes. Fault injection fails lines instead of requests: a line that draws any fault (or
+names an unknown model) lands in the error file, and so does a line whose body cannot be read (400); no latency
+or rate limit applies. Files and batches live in memory and die with the server, so a client that comes back
+to a restarted server finds its batch gone (404). Memory is bounded for a server that runs for weeks: files
+past the store's size go oldest first (a later download is a 404, as for a deleted file), a finished batch
+keeps its counts but not its lines, and only the newest MAX_BATCHES batches are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from email import policy
+from email.parser import BytesParser
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+
+from gen.offline.api import SHAPE_ERRORS, openai_text, response, tokens
+
+if TYPE_CHECKING:
+    from gen.offline.http import Handler
+    from gen.offline.server import OfflineServer
+
+ENDPOINT = "/v1/chat/completions"
+MAX_UPLOAD = 200 << 20  # OpenAI's limit on one batch input file
+MAX_JSON = 1 << 20
+MAX_BATCHES = 10_000  # batch objects kept (a finished one is a few hundred bytes); the oldest go first
+MAX_LIST = 100  # OpenAI's largest page of GET /batches
+ROUTE = re.compile(r"^(?:/v1)?/(files|batches)(?:/([A-Za-z0-9_-]+))?(?:/(content|cancel))?$")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, code: str | None = None):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+@dataclass
+class Batch:
+    id: str
+    input_file_id: str
+    lines: list[dict]  # emptied once answered: the counts below keep what the batch object reports
+    created_at: float
+    metadata: dict | None = None
+    status: str = "in_progress"
+    errors: list[dict] | None = None  # validation errors: the batch failed before any line ran
+    completed: int = 0
+    failed: int = 0
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    finished_at: float | None = None
+    total: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.total = len(self.lines)
+
+    def to_json(self) -> dict[str, Any]:
+        stamp = int(self.finished_at or self.created_at)  # in_progress_at: lines are queued at once
+        return {
+            "id": self.id, "object": "batch", "endpoint": ENDPOINT, "completion_window": "24h",
+            "input_file_id": self.input_file_id, "status": self.status, "created_at": int(self.created_at),
+            "expires_at": int(self.created_at) + 86400, "metadata": self.metadata,
+            "errors": {"object": "list", "data": self.errors} if self.errors else None,
+            "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
+            f"{self.status}_at": stamp,
+            "request_counts": {"total": self.total, "completed": self.completed, "failed": self.failed},
+        }
+
+
+@dataclass
+class BatchStore:
+    sim: OfflineServer
+    delay_s: float
+    max_bytes: int  # the files' total size; the oldest are dropped to make room
+    files: dict[str, bytes] = field(default_factory=dict)  # in creation order
+    batches: dict[str, Batch] = field(default_factory=dict)  # in creation order
+    stored_bytes: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_file(self, content: bytes) -> str:
+        if len(content) > self.max_bytes:
+            raise ApiError(400, f"the file ({len(content)} bytes) is larger than the simulator's file store "
+                                f"({self.max_bytes} bytes: --batch-store-mb)", "invalid_request")
+        file_id = f"file-{uuid.uuid4().hex[:24]}"
+        with self.lock:
+            while self.stored_bytes + len(content) > self.max_bytes:
+                self.stored_bytes -= len(self.files.pop(next(iter(self.files))))
+            self.files[file_id] = content
+            self.stored_bytes += len(content)
+        return file_id
+
+    def create(self, request: dict) -> Batch:
+        file_id = request.get("input_file_id")
+        if request.get("endpoint") != ENDPOINT or request.get("completion_window") != "24h":
+            raise ApiError(400, f"endpoint must be {ENDPOINT} and completion_window 24h", "invalid_request")
+        if not isinstance(file_id, str):
+            raise ApiError(400, f"input_file_id must be a file id (a string), got {file_id!r}", "invalid_request")
+        with self.lock:
+            content = self.files.get(file_id)
+        if content is None:
+            raise ApiError(404, f"no file {file_id!r}", "not_found")
+        lines, errors = validate(content)
+        batch = Batch(f"batch_{uuid.uuid4().hex[:24]}", file_id, lines, time.time(), request.get("metadata"))
+        if errors:
+            batch.status, batch.errors, batch.finished_at = "failed", errors, batch.created_at
+            batch.lines = []
+        with self.lock:
+            self.batches[batch.id] = batch
+            if len(self.batches) > MAX_BATCHES:
+                del self.batches[next(iter(self.batches))]
+        self.sim.count("batches")
+        if not errors:
+            threading.Thread(target=self.run, args=(batch,), daemon=True, name=f"offline-{batch.id}").start()
+        return batch
+
+    def get(self, batch_id: str) -> Batch:
+        with self.lock:
+            if (batch := self.batches.get(batch_id)) is None:
+                raise ApiError(404, f"no batch {batch_id!r}", "not_found")
+            return batch
+
+    def cancel(self, batch_id: str) -> Batch:
+        batch = self.get(batch_id)
+        with self.lock:
+            if batch.status == "in_progress":
+                batch.status, batch.finished_at = "cancelled", time.time()
+        return batch
+
+    def run(self, batch: Batch) -> None:
+        """Wait out the delay, then answer the batch; a bug on the way fails it rather than leave it
+        in_progress, which a client would poll until its own deadline."""
+        if self.sim.stopping.wait(self.delay_s) or batch.status != "in_progress":
+            return
+        try:
+            self.answer(batch)
+        except Exception:
+            traceback.print_exc()
+            error = {"code": "server_error", "line": None,
+                     "message": "internal error in the offline committee simulator (see its stderr)"}
+            with self.lock:
+                if batch.status == "in_progress":
+                    batch.status, batch.errors, batch.finished_at = "failed", [error], time.time()
+        finally:
+            batch.lines = []  # answered or failed: only the counts are reported from now on
+
+    def answer(self, batch: Batch) -> None:
+        """Answer every line, then publish the output and error files."""
+        outputs, failures = [], []
+        for line in batch.lines:
+            status, body = answer_line(self.sim, line["body"], batch.id)
+            record = {"id": f"batch_req_{uuid.uuid4().hex[:24]}", "custom_id": line["custom_id"],
+                      "response": {"status_code": status, "request_id": f"req_{uuid.uuid4().hex[:16]}",
+                                   "body": body}, "error": None}
+            (outputs if status == 200 else failures).append(orjson.dumps(record) + b"\n")
+            self.sim.count("batch_lines" if status == 200 else "batch_line_errors")
+        output = self.add_file(b"".join(outputs)) if outputs else None
+        error = self.add_file(b"".join(failures)) if failures else None
+        with self.lock:
+            if batch.status == "in_progress":  # not cancelled meanwhile
+                batch.output_file_id, batch.error_file_id = output, error
+                batch.completed, batch.failed = len(outputs), len(failures)
+                batch.status, batch.finished_at = "completed", time.time()
+
+
+def validate(content: bytes) -> tuple[list[dict], list[dict]]:
+    """The input file's lines, and OpenAI-style validation errors ({code, message, line})."""
+    lines, errors, seen, models = [], [], set(), set()
+    for number, raw in enumerate(content.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = orjson.loads(raw)
+            body = line["body"]
+            custom_id, model = line["custom_id"], body["model"]
+            ok = (isinstance(custom_id, str) and isinstance(model, str) and line.get("method") == "POST"
+                  and line.get("url") == ENDPOINT and isinstance(body.get("messages"), list) and body["messages"])
+        except SHAPE_ERRORS:
+            ok = False
+        if not ok:
+            errors.append({"code": "invalid_request", "line": number,
+                           "message": f"line {number} is not a {ENDPOINT} request with a custom_id and messages"})
+        elif custom_id in seen:
+            errors.append({"code": "duplicate_custom_id", "line": number,
+                           "message": f"custom_id {custom_id!r} appears more than once"})
+        else:
+            seen.add(custom_id)
+            models.add(model)
+            lines.append(line)
+    if len(models) > 1:
+        errors.append({"code": "mixed_models", "line": None, "message": "a batch may use one model only"})
+    if not lines and not errors:
+        errors.append({"code": "empty_file", "line": None, "message": "the input file has no requests"})
+    return lines, errors
+
+
+def answer_line(sim: OfflineServer, body: dict, batch_id: str) -> tuple[int, dict]:
+    """One line, answered as the live route would answer the same body, or an error if a fault is drawn."""
+    raw = orjson.dumps(body)  # the bytes the live route would hash: the client serialises bodies with orjson
+    body_sha = hashlib.sha256(raw).hexdigest()
+    model = str(body["model"])
+    log: dict[str, Any] = {"model": model, "body_sha256": body_sha, "batch": batch_id}
+    if (persona := sim.personas.get(model)) is None:
+        sim.log({"status": 404, **log})
+        return 404, {"error": {"message": f"The model `{model}` does not exist (simulated)",
+                               "type": "invalid_request_error", "code": "model_not_found"}}
+    log["attempt"] = attempt = sim.attempt(model, body_sha)
+    if fault := sim.fault(model, body_sha, attempt):
+        sim.log({"status": 500, **log, "fault": fault})
+        return 500, {"error": {"message": "The server had an error while processing your request (simulated).",
+                               "type": "server_error", "code": None}}
+    try:
+        text, max_tokens = openai_text(body)
+    except SHAPE_ERRORS:  # the live route's 400, for this line only
+        sim.log({"status": 400, **log})
+        return 400, {"error": {"message": "could not read the request body: not the expected JSON shape",
+                               "type": "invalid_request_error", "code": None}}
+    rng, _ = sim.reply_draws(model, body_sha)  # the latency draw is taken but not waited for
+    reply, finish, kind = sim.compose(persona, text, max_tokens, rng)
+    prompt_tokens, completion_tokens = tokens(text), tokens(reply)
+    sim.log({"status": 200, **log, "kind": kind, "prompt_tokens": prompt_tokens,
+             "completion_tokens": completion_tokens})
+    return 200, response(model, reply, completion_tokens, prompt_tokens, finish, False, body_sha)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HTTP
+
+
+def route_batch(handler: Handler, method: str, path: str) -> bool:
+    """Answer a Batch API request; False when `path` is not one of its routes."""
+    match = ROUTE.match(path)
+    if match is None:
+        return False
+    store: BatchStore = handler.server.sim.batches
+    kind, ident, action = match.groups()
+    try:
+        if (method, kind, ident, action) == ("POST", "files", None, None):
+            content = upload(handler)
+            file_id = store.add_file(content)
+            store.sim.count("batch_files")
+            handler.send(200, {"id": file_id, "object": "file", "bytes": len(content), "purpose": "batch",
+                               "created_at": int(time.time()), "filename": "batch.jsonl"})
+        elif (method, kind, ident, action) == ("POST", "batches", None, None):
+            try:
+                request = orjson.loads(read_body(handler, MAX_JSON))
+            except orjson.JSONDecodeError:
+                raise ApiError(400, "the body is not valid JSON", "invalid_json") from None
+            handler.send(200, store.create(request if isinstance(request, dict) else {}).to_json())
+        elif method == "POST" and kind == "batches" and ident and action == "cancel":
+            handler.send(200, store.cancel(ident).to_json())
+        elif method == "GET" and kind == "batches" and ident and not action:
+            handler.send(200, store.get(ident).to_json())
+        elif (method, kind, ident, action) == ("GET", "batches", None, None):
+            handler.send(200, listing(store, handler.path))
+        elif method == "GET" and kind == "files" and ident and action == "content":
+            with store.lock:
+                content = store.files.get(ident)
+            if content is None:
+                raise ApiError(404, f"no file {ident!r}", "not_found")
+            handler.send(200, content, {"content-type": "application/octet-stream"})
+        else:
+            raise ApiError(404, f"no route {method} {path}", "not_found")
+    except ApiError as e:
+        handler.close_connection = method == "POST"  # its body may be unread: never parse it as a request
+        handler.error(e.status, str(e), False, code=e.code)
+    except Exception:  # a bug in the simulator: say so rather than drop the connection (as the live route does)
+        traceback.print_exc()
+        handler.close_connection = True
+        handler.error(500, "internal error in the offline committee simulator (see its stderr)", False,
+                      kind="server_error")
+    return True
+
+
+def listing(store: BatchStore, url: str) -> dict:
+    query = parse_qs(urlsplit(url).query)
+    text = query.get("limit", ["20"])[0]
+    limit = int(text) if text.isdigit() else 0
+    if not 1 <= limit <= MAX_LIST:
+        raise ApiError(400, f"limit must be a whole number from 1 to {MAX_LIST}, got {text!r}", "invalid_request")
+    with store.lock:
+        newest_first = list(reversed(store.batches.values()))
+    if after := query.get("after", [None])[0]:
+        ids = [b.id for b in newest_first]
+        newest_first = newest_first[ids.index(after) + 1:] if after in ids else []
+    page = newest_first[:limit]
+    return {"object": "list", "data": [b.to_json() for b in page], "has_more": len(newest_first) > limit,
+            "first_id": page[0].id if page else None, "last_id": page[-1].id if page else None}
+
+
+def read_body(handler: Handler, limit: int) -> bytes:
+    length = int(n) if (n := handler.headers.get("content-length", "")).isdigit() else 0
+    if not 0 < length <= limit:
+        handler.close_connection = True
+        raise ApiError(400, f"a body with a content-length of at most {limit} bytes is required")
+    return handler.rfile.read(length)
+
+
+def upload(handler: Handler) -> bytes:
+    """The `file` field of a multipart/form-data upload with purpose=batch."""
+    content_type = handler.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise ApiError(400, "expected a multipart/form-data upload", "invalid_request")
+    raw = read_body(handler, MAX_UPLOAD)
+    message = BytesParser(policy=policy.HTTP).parsebytes(f"content-type: {content_type}\r\n\r\n".encode() + raw)
+    fields = {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+              for part in message.iter_parts()}
+    if fields.get("purpose") != b"batch" or not fields.get("file"):
+        raise ApiError(400, "expected the fields purpose=batch and file", "invalid_request")
+    return fields["file"]

@@ -1,0 +1,230 @@
+"""The durable response cache: one SQLite file of teacher replies, keyed by everything that changes a reply.
+
+Durability, the promise a rerun relies on: only requests that were in flight at a kill are sent again, and
+they are counted. A request is recorded as in flight, committed, before it is sent; its reply replaces that
+row in one transaction. Rows still there when the cache is next opened were in flight when the previous run
+died (sent, maybe answered, and maybe billed twice); `abandoned_inflight()` reports how many, so the run can
+say so instead of hiding it.
+
+Writes are grouped: a commit costs 50-100 us however little it holds, and one for each mark and each reply
+was most of the cache's cost per request (make bench-scale times it at 1M rows).
+  * `await mark_inflight()` joins the next group commit, which runs as soon as the event loop is free, with
+    every other request about to be sent in this turn of the loop; the caller sends only once it returns.
+  * `put()` holds a reply in memory (get() sees it at once) until the next commit: the next group of in-flight
+    marks, `flush_s` seconds later at most, `max_pending` replies, or close(). A reply not yet committed at a
+    kill still has its committed in-flight row, so it is counted like any request in flight.
+SQLite runs in WAL mode with synchronous=NORMAL: every commit survives a process kill (only a power cut can
+lose the last few).
+
+The key covers provider, endpoint, model, every message (system prompt included), temperature, top_p,
+max_tokens and the sample salt. The endpoint is the base URL's host and path, so that a mock's or a proxy's
+replies are never reused for the real API under the same model name; on a loopback host it leaves out the
+port, which changes between runs (the offline simulator takes a free one each time). The key never sees the
+API key (a teacher's several keys share one cache). Prompt changes reach the key through the messages.
+
+A reply answered through the Batch API is stored with batch = 1, so its cost is counted at the batch price
+wherever it is read. Cache files written before that column existed gain it (as 0) when opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import sqlite3
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import orjson
+
+from gen.teachers.providers import ChatRequest, ChatResponse
+
+if TYPE_CHECKING:
+    from gen.teachers.config import Teacher
+
+# inflight is WITHOUT ROWID: one B-tree rather than a table plus its key index, for the table every request
+# writes twice (a third off a one-request commit). Files made before keep their table; it works the same.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    key TEXT PRIMARY KEY, teacher TEXT NOT NULL, text TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, created REAL NOT NULL,
+    batch INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS inflight (key TEXT PRIMARY KEY, teacher TEXT NOT NULL, started REAL NOT NULL)
+    WITHOUT ROWID;
+"""
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def key_for(teacher: Teacher, request: ChatRequest) -> str:
+    """sha256 of a canonical JSON of exactly the fields that change the reply (see the module docstring)."""
+    fields = {
+        "provider": teacher.provider,
+        "endpoint": endpoint(teacher.url),
+        "model": teacher.model,
+        "messages": [[role, content] for role, content in request.messages],
+        "temperature": float(request.temperature),  # 0 and 0.0 must hash alike
+        "top_p": float(request.top_p),
+        "max_tokens": int(request.max_tokens),
+        "sample": int(request.sample),
+    }
+    return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def endpoint(url: str) -> str:
+    """host[:port]/path, as the cache key sees a base URL: a loopback host's port left out (see above)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if is_loopback(host):
+        return f"loopback{parts.path.rstrip('/')}"
+    port = f":{parts.port}" if parts.port not in (None, DEFAULT_PORTS.get(parts.scheme)) else ""
+    return f"{host}{port}{parts.path.rstrip('/')}"
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ResponseCache:
+    """One connection, used from one event loop's thread (or from plain code: then every write commits)."""
+
+    def __init__(self, path: str | Path, *, flush_s: float = 0.5, max_pending: int = 1000):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.flush_s, self.max_pending = flush_s, max_pending
+        # check_same_thread=False: callers may hand the cache to a thread pool; calls never overlap in one loop.
+        self.db = sqlite3.connect(self.path, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=5000")  # another process reading the file waits, not fails
+        self.db.executescript(SCHEMA)
+        if "batch" not in {row[1] for row in self.db.execute("PRAGMA table_info(responses)")}:
+            self.db.execute("ALTER TABLE responses ADD COLUMN batch INTEGER NOT NULL DEFAULT 0")  # an older file
+        with self.db:
+            (self._abandoned,) = self.db.execute("SELECT COUNT(*) FROM inflight").fetchone()
+            self.db.execute("DELETE FROM inflight")
+        # Not yet committed: in-flight rows to add (and who waits for them), replies, requests given up on.
+        self._begins: list[tuple[str, str, float]] = []
+        self._waiting: list[asyncio.Future] = []
+        self._replies: dict[str, tuple[str, ChatResponse, float]] = {}
+        self._finished: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._failed: sqlite3.Error | None = None  # a commit the event loop's timer ran failed (disk full)
+        self.commits = 0  # transactions so far: the benchmarks report commits per request
+
+    def abandoned_inflight(self) -> int:
+        """Requests in flight when the previous run was killed: they may have been sent twice."""
+        return self._abandoned
+
+    def get(self, key: str) -> ChatResponse | None:
+        if (pending := self._replies.get(key)) is not None:
+            return pending[1]
+        row = self.db.execute(
+            "SELECT text, input_tokens, output_tokens, batch FROM responses WHERE key = ?", (key,)
+        ).fetchone()
+        return ChatResponse(*row[:3], batch=bool(row[3])) if row else None
+
+    async def mark_inflight(self, key: str, teacher: str) -> None:
+        """Record a request as in flight; returns once that is committed, so the caller may send it."""
+        if self._failed is not None:  # the cache can no longer record what is sent: send nothing more
+            raise self._failed
+        waiter = asyncio.get_running_loop().create_future()
+        self._begins.append((key, teacher, time.time()))
+        self._waiting.append(waiter)
+        self._flush_in(0.0)
+        await waiter
+
+    def put(self, key: str, teacher: str, response: ChatResponse) -> None:
+        """Store a reply; its in-flight row goes in the same transaction (the module docstring says when)."""
+        self._replies[key] = (teacher, response, time.time())
+        if len(self._replies) >= self.max_pending:
+            self.flush()
+        else:
+            self._flush_in(self.flush_s)
+
+    def finish(self, key: str) -> None:
+        """A request that failed for good: it is no longer in flight."""
+        self._finished.append(key)
+        self._flush_in(self.flush_s)
+
+    def flush(self) -> None:
+        """Commit everything pending in one transaction, then let the waiting requests go."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        begins, waiting, replies, finished = self._begins, self._waiting, self._replies, self._finished
+        if not (begins or replies or finished):
+            return
+        self._begins, self._waiting, self._replies, self._finished = [], [], {}, []
+        try:
+            with self.db:
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO responses (key, teacher, text, input_tokens, output_tokens, created, batch)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(k, t, r.text, r.input_tokens, r.output_tokens, now, int(r.batch))
+                     for k, (t, r, now) in replies.items()],
+                )
+                done = [(k,) for k in (*replies, *finished)]
+                self.db.executemany("DELETE FROM inflight WHERE key = ?", done)
+                # After the deletes: a second request for a key just answered (both missed the cache) stays marked.
+                self.db.executemany("INSERT OR REPLACE INTO inflight VALUES (?, ?, ?)", begins)
+            self.commits += 1
+        except sqlite3.Error as e:
+            for waiter in waiting:
+                if not waiter.done():
+                    waiter.set_exception(e)
+            raise
+        for waiter in waiting:
+            if not waiter.done():  # a cancelled request is simply not sent
+                waiter.set_result(None)
+
+    def _flush_in(self, delay: float) -> None:
+        """Commit within `delay` seconds: at once outside an event loop, else in a callback of the loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if self._timer is None or self._timer.when() > loop.time() + delay:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_later(delay, self._flush_from_timer)
+
+    def _flush_from_timer(self) -> None:
+        """The timer's commit: a failure (disk full) reaches the requests waiting on it and every later
+        mark_inflight, which stop the run with it, rather than asyncio's log of a callback's traceback."""
+        try:
+            self.flush()
+        except sqlite3.Error as e:
+            self._failed = e
+
+    def inflight(self) -> int:
+        """Requests sent and not yet answered or given up on."""
+        self.flush()
+        (n,) = self.db.execute("SELECT COUNT(*) FROM inflight").fetchone()
+        return n
+
+    def __len__(self) -> int:
+        self.flush()
+        (n,) = self.db.execute("SELECT COUNT(*) FROM responses").fetchone()
+        return n
+
+    def __contains__(self, key: str) -> bool:
+        if key in self._replies:
+            return True
+        return self.db.execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone() is not None
+
+    def close(self) -> None:
+        self.flush()
+        self.db.close()
+
+    def __enter__(self) -> ResponseCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,327 @@
+"""TeacherClient: the one wrapper around every provider call: cache, rate limits, retries, accounting.
+
+    cache = ResponseCache(out_dir / "responses.sqlite")
+    async with httpx.AsyncClient() as http:
+        client = TeacherClient(teacher, cache, http)
+        response = await client.complete(ChatRequest.for_teacher(teacher, messages))   # or TeacherFailed
+
+Per request: a cache hit returns at once (no network). Otherwise each attempt takes a concurrency slot, waits
+for the request and token buckets, waits out any cool-down, records the request as in flight (committed
+before it is sent), sends it, and hands the reply to the cache the moment it arrives. Failures are retried
+with exponential backoff and jitter; 429s have their own budget (2 x max_retries) so that a burst of them
+cannot use up the retries meant for 5xx and timeouts (curator #205), and the rest get max_retries.
+FatalError (other 4xx) is never retried.
+
+Limits are shared by every client for the same provider, base_url, API key and model (one "gate"), because
+that is the unit the provider limits. A teacher with several API keys has one gate per key, each with the
+teacher's rpm, tpm and max_concurrency; every attempt goes to the key that can send soonest: the one with the
+fewest requests waiting or in flight, among keys not cooling down after a 429 (if all are, the one whose
+cool-down ends first). A retry picks again, so a 429 moves the work to the other keys. Per gate:
+  * requests: a token bucket refilled at rpm/60 per second that holds one second's worth (or one request
+    when rpm < 60): providers enforce per-minute limits at sub-minute granularity, so a full minute's
+    burst at start-up would earn 429s. The bucket alone lets one second's worth more than rpm into the first
+    minute, which a provider's sliding window answers with a 429 at second 59; so the gate also keeps the
+    send times of the last minute (plus a margin for network jitter) and never sends more than rpm in it.
+  * tokens: a one-minute bucket of tpm. Before a call we reserve an estimate: prompt chars / 4 (+4 per
+    message) + max_tokens. Counting max_tokens is what OpenAI's own limiter does at request time, so the
+    estimate is never below what the provider charges and concurrent calls cannot overshoot TPM (litellm
+    #5783). After the reply we settle with the real usage: aiolimiter cannot refund, so the gate keeps a
+    signed token balance; surplus (estimate > actual) is credited to the next reservations, a shortfall is
+    charged to them. Failed attempts give their whole estimate back.
+  * 429: the gate cools down until now + retry_after (or one backoff step when the provider gave none),
+    and every request for that gate waits it out before sending (not curator's fixed 10 s for everyone);
+    for the next SLOW_S seconds the gate's per-minute cap is SLOW_FACTOR of rpm: gentle, since one 429 is
+    more often a collision at a window's edge than a wrong limit.
+  * x-ratelimit-* / anthropic-ratelimit-* headers on every reply: when requests remaining is 0, or tokens
+    remaining are below this request's estimate, the gate cools down until the reported reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import weakref
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import httpx
+from aiolimiter import AsyncLimiter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+from gen.teachers.cache import key_for
+from gen.teachers.keys import redact
+from gen.teachers.providers import (
+    ChatProvider,
+    ChatRequest,
+    ChatResponse,
+    FatalError,
+    ProviderError,
+    RateLimited,
+    RateLimitInfo,
+    TransientError,
+    make_provider,
+)
+
+if TYPE_CHECKING:
+    from gen.teachers.cache import ResponseCache
+    from gen.teachers.config import Teacher
+
+log = logging.getLogger("gen.teachers.client")
+
+SLOW_S = 60.0  # after a 429, run this gate at SLOW_FACTOR of its request rate for this long
+SLOW_FACTOR = 0.9
+WINDOW_S = 60.5  # the per-minute window, with a margin for requests that arrive later than they left
+MAX_COOLDOWN_S = 300.0  # a longer Retry-After (a daily quota) is capped: the retry budget then decides
+
+
+class TeacherFailed(ProviderError):
+    """A request failed for good (fatal error, or retries exhausted); the caller records the failure."""
+
+    def __init__(self, teacher: str, reason: str):
+        super().__init__(f"teacher {teacher!r} failed: {reason}")
+        self.teacher = teacher
+        self.reason = reason
+
+
+@dataclass
+class TeacherStats:
+    teacher: str
+    requests: int = 0  # HTTP attempts sent, retries included
+    cache_hits: int = 0
+    batched: int = 0  # replies from the Batch API this run (gen/teachers/batch.py): tokens and cost below, at batch price
+    successes: int = 0  # replies received from the provider (cache hits not included)
+    failures: int = 0  # requests that raised TeacherFailed
+    retries: int = 0
+    rate_limited: int = 0  # 429 replies
+    input_tokens: int = 0  # of provider replies only: cached replies cost nothing this run
+    output_tokens: int = 0
+    cost: float = 0.0  # USD, from the teacher's prices
+    wait_s: float = 0.0  # summed time attempts spent waiting for the limiters and cool-downs
+    elapsed_s: float = 0.0  # wall time from the first complete() call to the latest one's end
+
+
+def estimate_tokens(request: ChatRequest) -> int:
+    """What a call may cost against TPM, before we know: ~4 characters per token, plus all of max_tokens."""
+    return sum(len(content) for _, content in request.messages) // 4 + 4 * len(request.messages) + request.max_tokens
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gates: limits shared by every client with the same provider, base_url, key and model
+
+
+@dataclass
+class _Gate:
+    rpm: int
+    requests: AsyncLimiter
+    tokens: AsyncLimiter
+    slots: asyncio.Semaphore
+    load: int = 0  # attempts waiting for this gate or in flight through it: how keys share the work
+    sent: deque = field(default_factory=deque)  # loop.time() of each request sent in the last WINDOW_S
+    cooldown_until: float = 0.0  # loop.time() before which nobody sends
+    slow_until: float = 0.0  # loop.time() before which the per-minute cap is SLOW_FACTOR * rpm
+    token_balance: float = 0.0  # > 0: over-reserved tokens to credit; < 0: usage still to charge
+
+
+# Limiters and semaphores belong to one event loop, so gates are kept per loop (and die with it).
+_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, _Gate]] = weakref.WeakKeyDictionary()
+
+
+def _gate_for(teacher: Teacher) -> _Gate:
+    """The gate of a one-key teacher (one of Teacher.per_key()): the same key and model share one."""
+    key = teacher.api_key()
+    ident = (teacher.provider, teacher.url, hashlib.sha256(key.encode()).hexdigest()[:16] if key else "",
+             teacher.model)
+    gates = _GATES.setdefault(asyncio.get_running_loop(), {})
+    if ident not in gates:  # the first teacher to use a gate sets its limits
+        burst = max(1.0, teacher.rpm / 60)
+        gates[ident] = _Gate(
+            rpm=teacher.rpm,
+            requests=AsyncLimiter(burst, burst * 60 / teacher.rpm),
+            tokens=AsyncLimiter(teacher.tpm, 60),
+            slots=asyncio.Semaphore(teacher.max_concurrency),
+        )
+    return gates[ident]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The client
+
+
+@dataclass
+class _Call:
+    """One request's state across its attempts."""
+
+    key: str
+    request: ChatRequest
+    estimate: int
+    rate_limited: int = 0
+    other_failures: int = 0
+    begun: bool = False
+    attempts: int = 0
+
+
+class TeacherClient:
+    def __init__(self, teacher: Teacher, cache: ResponseCache, http: httpx.AsyncClient,
+                 provider: ChatProvider | None = None, *, backoff_s: float | None = None, backoff_max_s: float = 60.0):
+        self.teacher = teacher
+        self.cache = cache
+        # One provider per API key, each seeing a one-key teacher; a given `provider` (tests) serves all keys.
+        self.keys = [(view, provider or make_provider(view, http)) for view in teacher.per_key()]
+        # The first retry waits about this long, doubling each time up to backoff_max_s.
+        self.backoff_s = teacher.retry_backoff_s if backoff_s is None else backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.stats = TeacherStats(teacher.name)
+        self._started: float | None = None
+
+    def __repr__(self) -> str:
+        return f"TeacherClient({self.teacher.name!r}, {self.teacher.provider}:{self.teacher.model})"
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        loop = asyncio.get_running_loop()
+        if self._started is None:
+            self._started = loop.time()
+        try:
+            key = key_for(self.teacher, request)
+            if (cached := self.cache.get(key)) is not None:
+                self.stats.cache_hits += 1
+                return cached
+            return await self._send(_Call(key, request, estimate_tokens(request)))
+        finally:
+            self.stats.elapsed_s = loop.time() - self._started
+
+    async def _send(self, call: _Call) -> ChatResponse:
+        budget = self.teacher.max_retries
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((RateLimited, TransientError)),
+            stop=lambda _: call.rate_limited > 2 * budget or call.other_failures > budget,
+            wait=lambda state: self._backoff(state, call),
+            before_sleep=lambda state: self._before_retry(state),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._attempt(call)
+        except ProviderError as e:
+            # Not sent again this run; a killed run leaves its in-flight rows, counted at the next start.
+            self.cache.finish(call.key)
+            self.stats.failures += 1
+            why = "fatal" if isinstance(e, FatalError) else f"gave up after {call.attempts} attempts"
+            reason = redact(f"{why}: {e}", self.teacher.api_keys())
+            log.warning("%s", reason)
+            raise TeacherFailed(self.teacher.name, reason) from None
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    def _pick_key(self) -> tuple[ChatProvider, _Gate]:
+        """The key that can send soonest (see the module docstring)."""
+        now = asyncio.get_running_loop().time()
+        gates = [(provider, _gate_for(view)) for view, provider in self.keys]
+        return min(gates, key=lambda pg: (max(pg[1].cooldown_until - now, 0.0), pg[1].load))
+
+    async def _attempt(self, call: _Call) -> ChatResponse:
+        loop = asyncio.get_running_loop()
+        provider, gate = self._pick_key()
+        gate.load += 1
+        try:
+            async with gate.slots:
+                t0 = loop.time()
+                await self._reserve(gate, call.estimate)
+                while (delay := gate.cooldown_until - loop.time()) > 0:  # re-checked: a 429 may extend it
+                    await asyncio.sleep(delay)
+                self.stats.wait_s += loop.time() - t0
+                if not call.begun:  # right before the first send: a kill from here on may mean a double send
+                    await self.cache.mark_inflight(call.key, self.teacher.name)
+                    call.begun = True
+                call.attempts += 1
+                self.stats.requests += 1
+                try:
+                    response = await provider.complete(call.request)
+                except ProviderError as e:
+                    gate.token_balance = min(gate.token_balance + call.estimate, gate.tokens.max_rate)
+                    if isinstance(e, RateLimited):
+                        call.rate_limited += 1
+                        self.stats.rate_limited += 1
+                        self._on_rate_limited(gate, e.retry_after)
+                    elif not isinstance(e, FatalError):
+                        call.other_failures += 1
+                    raise
+        finally:
+            gate.load -= 1
+        self.cache.put(call.key, self.teacher.name, response)  # first, before anything else can fail
+        self._settle(gate, call.estimate, response)
+        self._read_limits(gate, response.limits, call.estimate)
+        return response
+
+    # -- limits ------------------------------------------------------------------------------------------
+
+    async def _reserve(self, gate: _Gate, estimate: int) -> None:
+        """Take a request token, a place in the last minute's quota, and the token estimate net of the balance."""
+        await gate.requests.acquire()
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            while gate.sent and gate.sent[0] <= now - WINDOW_S:
+                gate.sent.popleft()
+            cap = gate.rpm if now >= gate.slow_until else max(1, int(gate.rpm * SLOW_FACTOR))
+            if len(gate.sent) < cap:
+                gate.sent.append(now)  # no await since the check: no other request can slip in between
+                break
+            await asyncio.sleep(gate.sent[len(gate.sent) - cap] + WINDOW_S - now)
+        want = estimate - gate.token_balance
+        charge = min(max(want, 0.0), gate.tokens.max_rate)  # the bucket cannot take more than it holds
+        gate.token_balance = charge - want  # what is left: credit (want < 0) or debt (want > capacity)
+        if charge:
+            await gate.tokens.acquire(charge)
+
+    def _settle(self, gate: _Gate, estimate: int, response: ChatResponse) -> None:
+        actual = response.input_tokens + response.output_tokens
+        if actual:  # a server that reports no usage leaves the estimate standing
+            gate.token_balance = min(gate.token_balance + estimate - actual, gate.tokens.max_rate)
+        s = self.stats
+        s.successes += 1
+        s.input_tokens += response.input_tokens
+        s.output_tokens += response.output_tokens
+        s.cost += self.teacher.cost(response.input_tokens, response.output_tokens)
+
+    def _cool_down(self, gate: _Gate, seconds: float) -> None:
+        until = asyncio.get_running_loop().time() + min(seconds, MAX_COOLDOWN_S)
+        if until > gate.cooldown_until:
+            gate.cooldown_until = until
+            log.info("%s: cooling down for %.1f s", self.teacher.name, min(seconds, MAX_COOLDOWN_S))
+
+    def _on_rate_limited(self, gate: _Gate, retry_after: float | None) -> None:
+        self._cool_down(gate, retry_after if retry_after is not None else self.backoff_s)
+        gate.slow_until = asyncio.get_running_loop().time() + SLOW_S
+
+    def _read_limits(self, gate: _Gate, limits: RateLimitInfo | None, estimate: int) -> None:
+        if limits is None:
+            return
+        resets = []
+        if limits.remaining_requests == 0 and limits.reset_requests_s:
+            resets.append(limits.reset_requests_s)
+        if limits.remaining_tokens is not None and limits.remaining_tokens < estimate and limits.reset_tokens_s:
+            resets.append(limits.reset_tokens_s)
+        if resets:
+            self._cool_down(gate, max(resets))
+
+    # -- retries -----------------------------------------------------------------------------------------
+
+    def _backoff(self, state: RetryCallState, call: _Call) -> float:
+        """Exponential with equal jitter; after a 429, at least the provider's retry_after, unless the teacher
+        has other keys: then the retry may go to one of them at once (the limited key's gate cools down)."""
+        step = min(self.backoff_max_s, self.backoff_s * 2 ** (state.attempt_number - 1))
+        wait = step / 2 + random.uniform(0, step / 2)
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, RateLimited) and error.retry_after is not None and len(self.keys) == 1:
+            wait = max(wait, min(error.retry_after, MAX_COOLDOWN_S))
+        return wait
+
+    def _before_retry(self, state: RetryCallState) -> None:
+        self.stats.retries += 1
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        # INFO, not WARNING: retries are routine and the progress bar counts them; final failures warn.
+        log.info("%s (retry %d in %.2f s)", error, state.attempt_number, wait)
