@@ -21,9 +21,10 @@ from typing import Any
 import orjson
 
 from fair.errors import FairError
-from fair.grading import Grade, grade_number, grade_option, grade_yes_no, normalise_yes_no
+from fair.grading import normalise_yes_no
 from fair.jsonl import read_jsonl
-from fair.tasks import OPTION_LETTERS, Task, get_task
+from fair.paper import gold_from_paper
+from fair.tasks import Example, Task, get_task
 
 PAPER_TEXT = "student_wrong_pred"
 
@@ -59,18 +60,6 @@ def _text(record: dict[str, Any], key: str, where: str) -> str:
     if not isinstance(value, str):
         raise FairError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
     return value  # may be empty: an empty reply is a real (unparseable) prediction
-
-
-def _paper_gold(task: Task, gold: Any, where: str) -> str:
-    """The paper's `gold_answer` in the form our graders take."""
-    gold = str(gold)
-    if task.answer_type == "yesno":
-        return gold.split(".\t", 1)[0]  # "false.\t<facts>"
-    if task.answer_type == "option":
-        if gold.strip() not in ("0", "1", "2", "3"):
-            raise FairError(f"{where}: field 'gold_answer' must be an option index 0-3, got {gold!r}")
-        return OPTION_LETTERS[int(gold)]
-    return gold.rsplit("####", 1)[-1]  # GSM8K keeps the whole solution; the answer follows "####"
 
 
 class _Options:
@@ -109,7 +98,7 @@ def grade_file(task_name: str, path: str | Path, data_dir: str | None = None) ->
         gold = _field(record, gold_key, where)
         if isinstance(gold, bool):  # our StrategyQA gold may be a JSON boolean
             gold = "yes" if gold else "no"
-        gold = _paper_gold(task, gold, where) if paper else str(gold)
+        gold = gold_from_paper(task, gold, where) if paper else str(gold)
         options: tuple[str, ...] = ()
         if task.answer_type == "option":
             raw = record.get("options")
@@ -117,21 +106,14 @@ def grade_file(task_name: str, path: str | Path, data_dir: str | None = None) ->
             if len(options) != 4 or not all(isinstance(o, str) for o in options):
                 raise FairError(f"{where}: field 'options' must be a list of 4 strings")
         try:
-            grade = _grade(task, text, gold, options)
+            example = Example(id=str(record_id), index=i, split="", question="", gold=gold, options=options)
+            grade = task.grade(text, example)
             if task.answer_type == "yesno":
                 gold = normalise_yes_no(gold)
         except ValueError as e:  # the grader's message says what is wrong with the gold answer
             raise FairError(f"{where}: field {gold_key!r}: {e}") from None
         results.append(dict(id=record_id, gold=gold, extracted=grade.extracted, correct=grade.correct))
     return results
-
-
-def _grade(task: Task, text: str, gold: str, options: tuple[str, ...]) -> Grade:
-    if task.answer_type == "number":
-        return grade_number(text, gold)
-    if task.answer_type == "yesno":
-        return grade_yes_no(text, gold)
-    return grade_option(text, options, gold)
 
 
 def summary(results: list[dict[str, Any]]) -> str:

@@ -75,8 +75,8 @@ def cmd_import_committee(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fair.jsonl import append_jsonl
+    from fair.paper import import_committee
     from fair.tasks import get_task
-    from gen.committee.format import import_committee
 
     task = get_task(args.task)
     records = import_committee(task, args.feedback, args.rationale, task.load(args.split, args.data_dir))

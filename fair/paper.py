@@ -1,21 +1,35 @@
-"""Adapters for the paper's student-mistake files (`<student>_<task>_false_round0.json`).
+"""Everything we know about the paper's code and files, in one place (arXiv 2410.03663, its repository).
 
-The paper's repo writes a JSON array per task (schema in shared/data/seed/PROVENANCE.md): `id` is the row
-in the hub's train split, `gold_answer` is task-specific (a number, "true.\\t<facts>", the GSM8K solution,
-or the LogiQA option index), and answers it could not parse are `ABSOLUTE_WRONG_FINAL_ANS`. Our own format
-is `StudentAnswer` JSON Lines; these functions convert both ways.
+- Its files. Student mistakes (`<student>_<task>_false_round0.json`) and the committee's feedback and
+  rationales (`*_feedback_round0.json`, `*_rationale_round0.json`); schemas in shared/data/seed/PROVENANCE.md.
+  A mistake record's `id` is the row in the hub's train split; `gold_answer` is task-specific (a number,
+  "true.\\t<facts>", the GSM8K solution, or the LogiQA option index); answers it could not parse are
+  `ABSOLUTE_WRONG_FINAL_ANS`. A rationale record holds, per teacher T, `T_feedback` (str or null) and
+  `T_rationale` = [text, score by each other teacher in committee order] (0 = no valid score), and
+  `correct_rationale`, the accepted texts. The paper's teachers are gpt, gemini and mistral; ours are
+  whatever the committee names, in its order. The functions below convert both ways.
+- Its prompts, verbatim from its all_prompts.py: the committee's feedback and review requests, and the
+  "### Instruction / ### Input / ### Response" training templates. It shows LogiQA as its student prompt
+  (context, query, options as a Python list) wherever a question appears; every other task as the bare question.
+- Its acceptance rule: a rationale is kept when the mean of its valid peer scores is above the threshold (3).
+
+The per-task student prompts (`Task.paper_prompt`) stay in the task files beside our own prompts.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from fair.errors import FairError
-from fair.records import StudentAnswer
+from fair.records import Messages, StudentAnswer
 from fair.tasks import OPTION_LETTERS, Example, Task
 from fair.tasks._common import read_json_array
+
+# ----------------------------------------------------------------------------------------------------------
+# Its gold answers
 
 NO_ANSWER = "ABSOLUTE_WRONG_FINAL_ANS"
 YES_NO_TO_PAPER = {"yes": "true", "no": "false"}
@@ -39,6 +53,100 @@ def paper_final_answer(task: Task, extracted: str | None) -> str:
     if task.answer_type == "option":
         return str(OPTION_LETTERS.index(extracted))
     return extracted
+
+
+def gold_from_paper(task: Task, gold: Any, where: str) -> str:
+    """A `gold_answer` field in the form our graders take (the inverse of `paper_gold`)."""
+    gold = str(gold)
+    if task.answer_type == "yesno":
+        return gold.split(".\t", 1)[0]  # "false.\t<facts>"
+    if task.answer_type == "option":
+        if gold.strip() not in ("0", "1", "2", "3"):
+            raise FairError(f"{where}: field 'gold_answer' must be an option index 0-3, got {gold!r}")
+        return OPTION_LETTERS[int(gold)]
+    return gold.rsplit("####", 1)[-1]  # GSM8K keeps the whole solution; the answer follows "####"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Its prompts
+
+COMMITTEE_FEEDBACK = """
+Imagine you are a teacher, I will give you one student's incorrect answer to a question. You should point out the mistakes in the student's answer.
+Question: {}
+Student's Answer: {}
+Hint: The correct answer should be {}.
+"""
+COMMITTEE_REVIEW = """
+Imagine you are a reviewer, I will give you one submission about the rationale for a question. You should simulate the peer-review process by evaluating the rationale based on its correctness and soundness. Let's think step by step, but your final answer should only be one number, ranging from 1-5 (the higher the score is, the more possible you think the rationale is correct). The score should be wrapped by square brackets, such as: [5].
+Question: {}
+Rationale: {}
+Hint: The correct answer should be {}.
+"""
+# Its training templates. The feedback input is the teacher's feedback prompt without the first sentence, and
+# ends in a newline, hence the blank line before "### Response:".
+TRAINING_TEMPLATE = "\n### Instruction:\n{}\n### Input:\n{}\n### Response:\n"
+TRAINING_FEEDBACK_INSTRUCTION = ("Imagine you are a teacher, I will give you one student's incorrect answer to a "
+                                 "question. You should point out the mistakes in the student's answer.")
+TRAINING_FEEDBACK_INPUT = "Question: {}\nStudent's Answer: {}\nHint: The correct answer should be {}.\n"
+TRAINING_RATIONALE_INSTRUCTION = {
+    "strategyqa": "Answer the following question. Let's think step by step. First, you should answer \"true\" or "
+                  "\"false\". Then, you should explain how you drew this conclusion.",
+    "logiqa": "Answer the following question based on the given context, query and options.",
+}
+TRAINING_DEFAULT_INSTRUCTION = "Answer the following question. Let's think step by step."
+
+
+def shown_question(task: Task, answer: StudentAnswer) -> str:
+    """The question inside a feedback, review or training prompt: LogiQA as its student prompt, else bare."""
+    return task.paper_prompt(answer.example()) if task.name == "logiqa" else answer.question
+
+
+def feedback_messages(task: Task, answer: StudentAnswer) -> Messages:
+    return (("user", COMMITTEE_FEEDBACK.format(shown_question(task, answer), answer.prediction,
+                                               paper_gold(task, answer))),)
+
+
+def rationale_messages(task: Task, answer: StudentAnswer) -> Messages:
+    """The teacher gets the student's own prompt: StrategyQA's and LogiQA's carry answer instructions."""
+    question = task.paper_prompt(answer.example()) if task.name in ("strategyqa", "logiqa") else answer.question
+    return (("user", question),)
+
+
+def review_messages(task: Task, answer: StudentAnswer, rationale: str) -> Messages:
+    return (("user", COMMITTEE_REVIEW.format(shown_question(task, answer), rationale, paper_gold(task, answer))),)
+
+
+def training_hint(task: Task, mistake: StudentAnswer) -> str:
+    """The gold as its data.py shows it: StrategyQA 'true.' (its gold field up to the TAB, so the hint reads
+    'true..'), GSM8K the number after ####, LogiQA the option index 0-3 (not the letter); kept for parity."""
+    gold = paper_gold(task, mistake)
+    if task.name == "strategyqa":
+        return gold.split("\t")[0].strip()
+    if task.name == "gsm8k":
+        return gold.split("####")[1].strip() if "####" in gold else mistake.gold
+    return gold.strip()
+
+
+def training_prompts(task: Task, mistake: StudentAnswer) -> tuple[str, str]:
+    """(feedback prompt, rationale prompt) of one mistake in its training templates, no chat template."""
+    question = shown_question(task, mistake)
+    feedback_input = TRAINING_FEEDBACK_INPUT.format(question, mistake.prediction, training_hint(task, mistake))
+    instruction = TRAINING_RATIONALE_INSTRUCTION.get(task.name, TRAINING_DEFAULT_INSTRUCTION)
+    return (TRAINING_TEMPLATE.format(TRAINING_FEEDBACK_INSTRUCTION, feedback_input).strip(),
+            TRAINING_TEMPLATE.format(instruction, question).strip())
+
+
+def accept(scores: list[float | None], threshold: float) -> tuple[float | None, bool]:
+    """Mean of the valid scores and whether it is above the threshold (the paper: > 3)."""
+    valid = [s for s in scores if s is not None]
+    if not valid:
+        return None, False
+    mean = sum(valid) / len(valid)
+    return mean, mean > threshold
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Its files
 
 
 def export_mistakes(task: Task, mistakes: list[StudentAnswer]) -> list[dict[str, Any]]:
@@ -94,10 +202,61 @@ def mistake_from_paper(task: Task, record: dict[str, Any], match, where: str) ->
         if key not in record:
             raise FairError(f"{where}: missing field {key!r}")
     example = match(record, where)
-    grade = task.grade(record["student_wrong_pred"], example)
-    return StudentAnswer(
-        id=example.id, index=example.index, task=task.name, split=example.split, question=example.question,
-        gold=example.gold, prediction=record["student_wrong_pred"], extracted=grade.extracted,
-        correct=grade.correct, prompt_tokens=0, generated_tokens=0, finish_reason="imported",
-        solution=example.solution, context=example.context, options=example.options,
-    )
+    return StudentAnswer.graded(task, example, record["student_wrong_pred"], finish_reason="imported")
+
+
+def teacher_names(record: dict[str, Any]) -> list[str]:
+    return [k.removesuffix("_rationale") for k in record if k.endswith("_rationale") and k != "correct_rationale"]
+
+
+def export_committee(task: Task, records: Iterable[dict[str, Any]]) -> Iterator[tuple[dict, dict]]:
+    """Our committee records -> (feedback file record, rationale file record) pairs in the paper's shapes, one
+    record at a time: a corpus's committee file need not fit in memory."""
+    for record in records:
+        mistake = StudentAnswer.from_json(record["mistake"], f"committee record {record['id']}")
+        base = export_mistakes(task, [mistake])[0]
+        names = list(record["rationales"])
+        feedback = base | {f"{n}_feedback": record["feedback"][n]["text"] for n in names}
+        rationale = dict(base)
+        for author in names:
+            entry = record["rationales"][author]
+            scores = [entry["reviews"].get(r, {}).get("score") for r in names if r != author]
+            rationale[f"{author}_rationale"] = [entry["text"], *(int(round(s)) if s else 0 for s in scores)]
+        rationale["correct_rationale"] = [record["rationales"][n]["text"] for n in names if record["rationales"][n]["accepted"]]
+        yield feedback, rationale
+
+
+def import_committee(
+    task: Task, feedback_path: str | Path, rationale_path: str | Path, examples: list[Example], threshold: float = 3.0
+) -> list[dict[str, Any]]:
+    """The paper's two files -> our committee records (feedback, rationales with reviews and acceptance)."""
+    feedback = {r["id"]: r for r in read_json_array(Path(feedback_path))}
+    match = example_matcher(task, examples)
+    records = []
+    for i, row in enumerate(read_json_array(Path(rationale_path))):
+        where = f"{rationale_path} record {i}"
+        names = teacher_names(row)
+        if not names or "correct_rationale" not in row:
+            raise FairError(f"{where}: expected <teacher>_rationale fields and correct_rationale")
+        mistake = mistake_from_paper(task, row, match, where)
+        feedback_row = feedback.get(row["id"], {})
+        rationales = {}
+        for author in names:
+            value = row[f"{author}_rationale"]
+            if not isinstance(value, list) or len(value) != len(names):
+                raise FairError(f"{where}: {author}_rationale must be [text, {len(names) - 1} scores]")
+            text, *scores = value
+            reviewers = [n for n in names if n != author]
+            valid = [float(s) if isinstance(s, int | float) and 1 <= s <= 5 else None for s in scores]
+            mean, _ = accept(valid, threshold)
+            rationales[author] = {
+                "text": text, "error": None if text is not None else "missing in the paper's file",
+                "reviews": {r: {"score": s, "reply": None, "error": None} for r, s in zip(reviewers, valid, strict=True)},
+                "mean_score": mean, "accepted": text in row["correct_rationale"],
+            }
+        records.append({
+            "id": mistake.id, "mistake": mistake.to_json(),
+            "feedback": {n: {"text": feedback_row.get(f"{n}_feedback"), "error": None} for n in names},
+            "rationales": rationales, "usage": {}, "prompts": "paper-imported", "threshold": threshold,
+        })
+    return records

@@ -17,7 +17,9 @@ from fair.engines.base import Engine, Sampling
 from fair.errors import FairError
 from fair.jsonl import read_jsonl
 from fair.models import resolve_model
-from fair.tasks import Example, Task
+from fair.tasks import OPTION_LETTERS, Example, Task
+
+Messages = tuple[tuple[str, str], ...]  # (role, text) pairs: what a teacher is asked
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,18 @@ class StudentAnswer:
     solution: str = ""
     context: str = ""
     options: tuple[str, ...] = ()
+
+    @classmethod
+    def graded(cls, task: Task, example: Example, prediction: str, *, finish_reason: str, prompt_tokens: int = 0,
+               generated_tokens: int = 0) -> StudentAnswer:
+        """The one way an answer is made from an example: graded here by the task's grader."""
+        grade = task.grade(prediction, example)
+        return cls(
+            id=example.id, index=example.index, task=task.name, split=example.split, question=example.question,
+            gold=example.gold, prediction=prediction, extracted=grade.extracted, correct=grade.correct,
+            prompt_tokens=prompt_tokens, generated_tokens=generated_tokens, finish_reason=finish_reason,
+            solution=example.solution, context=example.context, options=example.options,
+        )
 
     @property
     def is_mistake(self) -> bool:
@@ -113,14 +127,24 @@ def answer_examples(
     """Run the student over examples and grade each completion with the task's grader."""
     build_prompt = task.paper_prompt if prompt_style == "paper" else task.prompt
     generations = engine.generate([build_prompt(e) for e in examples], sampling)
-    answers = []
-    for example, generation in zip(examples, generations, strict=True):
-        grade = task.grade(generation.text, example)
-        answers.append(StudentAnswer(
-            id=example.id, index=example.index, task=task.name, split=example.split, question=example.question,
-            gold=example.gold, prediction=generation.text, extracted=grade.extracted, correct=grade.correct,
-            prompt_tokens=generation.prompt_tokens, generated_tokens=generation.generated_tokens,
-            finish_reason=generation.finish_reason, solution=example.solution, context=example.context,
-            options=example.options,
-        ))
-    return answers
+    return [
+        StudentAnswer.graded(task, example, g.text, finish_reason=g.finish_reason, prompt_tokens=g.prompt_tokens,
+                             generated_tokens=g.generated_tokens)
+        for example, g in zip(examples, generations, strict=True)
+    ]
+
+
+def gold_hint(task: Task, answer: StudentAnswer) -> str:
+    """The correct final answer as a hint to a teacher or the student: LogiQA's letter with its option."""
+    if task.answer_type == "option":
+        k = OPTION_LETTERS.index(answer.gold)
+        return f"{answer.gold}. {answer.options[k]}"
+    return answer.gold
+
+
+def question_block(task: Task, answer: StudentAnswer) -> str:
+    """The question as the student saw it, options included, without answer-format instructions."""
+    if task.answer_type != "option":
+        return answer.question
+    options = "\n".join(f"{OPTION_LETTERS[k]}. {o}" for k, o in enumerate(answer.options))
+    return f"{answer.context}\n\nQuestion: {answer.question}\n{options}"

@@ -19,8 +19,8 @@ from fair.engines.base import EngineName
 from fair.errors import FairError
 from fair.jsonl import JsonArrayWriter, read_jsonl, unique_ids
 from fair.models import DEFAULT_STUDENT, model_short_name
+from fair.paper import export_committee
 from fair.tasks import get_task
-from gen.committee.format import export_committee
 from gen.committee.run import CommitteeConfig, committee
 from gen.mine import MineConfig, mine
 from gen.teachers.config import load_committee, missing_keys

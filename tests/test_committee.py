@@ -18,10 +18,8 @@ import orjson
 import pytest
 
 from fair.jsonl import append_jsonl, read_jsonl
-from fair.paper import import_mistakes
+from fair.paper import accept, export_committee, import_committee, import_mistakes
 from fair.tasks import get_task
-from gen.committee.format import export_committee, import_committee
-from gen.committee.review import accept
 from gen.committee.run import CommitteeConfig, run_committee
 from gen.offline.server import OfflineServer
 from gen.teachers.config import load_committee

@@ -7,10 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fair.paper import accept
 from fair.records import StudentAnswer
 from fair.tasks import get_task
 from gen.committee.prompts import fair_feedback, fair_review
-from gen.committee.review import accept, parse_review_score
+from gen.committee.review import parse_review_score
 
 
 @pytest.mark.parametrize(("reply", "score"), [

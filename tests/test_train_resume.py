@@ -119,8 +119,8 @@ def test_max_steps_may_grow_only_under_a_schedule_that_does_not_depend_on_it(con
 
 
 def test_training_data_that_changed_under_the_same_path_is_refused(config, data_dir, tmp_path):
+    from fair.paper import import_committee
     from fair.tasks import get_task
-    from gen.committee.format import import_committee
 
     task = get_task("svamp")
     records = import_committee(task, config.paper_feedback, config.paper_rationale, task.load("train", data_dir))

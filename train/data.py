@@ -21,13 +21,12 @@ from typing import Any, Literal
 
 import torch
 
+from fair import paper
 from fair.engines.base import encode_prompt
 from fair.errors import FairError
 from fair.jsonl import read_jsonl
-from fair.paper import paper_gold
-from fair.records import StudentAnswer
+from fair.records import StudentAnswer, gold_hint, question_block
 from fair.tasks import Task
-from gen.committee.prompts import gold_hint, question_block
 
 Kind = Literal["feedback", "rationale"]
 PromptFormat = Literal["chat", "paper"]
@@ -78,9 +77,7 @@ def load_records(source: str | Path, task: Task, *, rationale_path: str | Path |
     if not source.exists():
         raise FairError(f"missing file {source}")
     if rationale_path is not None:
-        from gen.committee.format import import_committee
-
-        records = import_committee(task, source, rationale_path, task.load("train", data_dir))
+        records = paper.import_committee(task, source, rationale_path, task.load("train", data_dir))
     else:
         records = list(read_jsonl(source))  # a malformed line is a FairError naming file:line
     if not records:
@@ -187,41 +184,11 @@ def chat_feedback_prompt(task: Task, mistake: StudentAnswer) -> str:
     )
 
 
-# The paper's training templates (its all_prompts.py). Its feedback input is the teacher's feedback prompt
-# without the first sentence, and ends in a newline, hence the blank line before "### Response:".
-PAPER_TEMPLATE = "\n### Instruction:\n{}\n### Input:\n{}\n### Response:\n"
-PAPER_FEEDBACK_INSTRUCTION = ("Imagine you are a teacher, I will give you one student's incorrect answer to a "
-                              "question. You should point out the mistakes in the student's answer.")
-PAPER_FEEDBACK_INPUT = "Question: {}\nStudent's Answer: {}\nHint: The correct answer should be {}.\n"
-PAPER_RATIONALE_INSTRUCTION = {
-    "strategyqa": "Answer the following question. Let's think step by step. First, you should answer \"true\" or "
-                  "\"false\". Then, you should explain how you drew this conclusion.",
-    "logiqa": "Answer the following question based on the given context, query and options.",
-}
-PAPER_DEFAULT_INSTRUCTION = "Answer the following question. Let's think step by step."
-
-
-def paper_hint(task: Task, mistake: StudentAnswer) -> str:
-    """The gold as the paper's data.py shows it: StrategyQA 'true.' (its gold field up to the TAB, so the hint
-    reads 'true..'), GSM8K the number after ####, LogiQA the option index 0-3 (not the letter); kept for parity."""
-    gold = paper_gold(task, mistake)
-    if task.name == "strategyqa":
-        return gold.split("\t")[0].strip()
-    if task.name == "gsm8k":
-        return gold.split("####")[1].strip() if "####" in gold else mistake.gold
-    return gold.strip()
-
-
 def _prompts(task: Task, mistake: StudentAnswer, prompt_format: PromptFormat) -> tuple[str, str]:
     """(feedback prompt, rationale prompt) for one mistake."""
     if prompt_format == "chat":
         return chat_feedback_prompt(task, mistake), task.prompt(mistake.example())
-    # The paper shows LogiQA as its student prompt (context, query, options as a Python list), else the question.
-    question = task.paper_prompt(mistake.example()) if task.name == "logiqa" else mistake.question
-    feedback_input = PAPER_FEEDBACK_INPUT.format(question, mistake.prediction, paper_hint(task, mistake))
-    instruction = PAPER_RATIONALE_INSTRUCTION.get(task.name, PAPER_DEFAULT_INSTRUCTION)
-    return (PAPER_TEMPLATE.format(PAPER_FEEDBACK_INSTRUCTION, feedback_input).strip(),
-            PAPER_TEMPLATE.format(instruction, question).strip())
+    return paper.training_prompts(task, mistake)
 
 
 # ----------------------------------------------------------------------------------------------------------

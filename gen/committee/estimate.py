@@ -40,9 +40,9 @@ from fair.config import Validated, at_least
 from fair.errors import FairError
 from fair.jsonl import read_jsonl
 from fair.models import DEFAULT_STUDENT
-from fair.records import StudentAnswer
+from fair.records import Messages, StudentAnswer
 from fair.tasks import Example, Task, get_task
-from gen.committee.prompts import PROMPT_SETS, Messages, PromptSet
+from gen.committee.prompts import PROMPT_SETS, PromptSet
 from gen.committee.run import CommitteeConfig, count_mistakes
 from gen.teachers.client import estimate_tokens
 from gen.teachers.config import Teacher, load_committee
@@ -164,12 +164,8 @@ def spread(items: Iterable[Any], total: int, sample: int) -> list[Any]:
 
 def stand_in(task: Task, example: Example, answer_tokens: int) -> StudentAnswer:
     """A mistake not mined yet: the example with a wrong answer of the assumed length."""
-    return StudentAnswer(
-        id=example.id, index=example.index, task=task.name, split=example.split, question=example.question,
-        gold=example.gold, prediction="x" * (4 * answer_tokens), extracted=None, correct=None,
-        prompt_tokens=0, generated_tokens=answer_tokens, finish_reason="stop", solution=example.solution,
-        context=example.context, options=example.options,
-    )
+    return StudentAnswer.graded(task, example, "x" * (4 * answer_tokens), finish_reason="stop",
+                                generated_tokens=answer_tokens)
 
 
 def mistakes_and_sample(config: EstimateConfig, task: Task) -> tuple[int, str, list[StudentAnswer]]:

@@ -1,4 +1,4 @@
-"""Every prompt the committee sees, in one place: ours (default) and the paper's, for parity runs.
+"""Every prompt the committee sees, in one place: ours (default), and the paper's (fair/paper.py) for parity runs.
 
 Three requests per teacher and mistake, as in FAIR:
     feedback   the student's wrong answer plus the correct final answer as a hint -> what went wrong
@@ -17,28 +17,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fair.records import StudentAnswer
-from fair.tasks import OPTION_LETTERS, Task
+from fair import paper
+from fair.records import Messages, StudentAnswer, gold_hint, question_block
+from fair.tasks import Task
 
 PROMPT_VERSION = 2  # 2: fences longer than any run of '>' in the fenced text (the same prompts otherwise)
-Messages = tuple[tuple[str, str], ...]
 
 SYSTEM = "You are an expert teacher. You are precise, concise and never invent facts."
-
-
-def gold_hint(task: Task, answer: StudentAnswer) -> str:
-    if task.answer_type == "option":
-        k = OPTION_LETTERS.index(answer.gold)
-        return f"{answer.gold}. {answer.options[k]}"
-    return answer.gold
-
-
-def question_block(task: Task, answer: StudentAnswer) -> str:
-    """The question as the student saw it, options included, without answer-format instructions."""
-    if task.answer_type != "option":
-        return answer.question
-    options = "\n".join(f"{OPTION_LETTERS[k]}. {o}" for k, o in enumerate(answer.options))
-    return f"{answer.context}\n\nQuestion: {answer.question}\n{options}"
 
 
 def fence(text: str) -> str:
@@ -76,46 +61,6 @@ def fair_review(task: Task, answer: StudentAnswer, rationale: str) -> Messages:
     )))
 
 
-# The paper's prompts, verbatim from its all_prompts.py (the feedback and review ones give the hint).
-PAPER_FEEDBACK = """
-Imagine you are a teacher, I will give you one student's incorrect answer to a question. You should point out the mistakes in the student's answer.
-Question: {}
-Student's Answer: {}
-Hint: The correct answer should be {}.
-"""
-PAPER_REVIEW = """
-Imagine you are a reviewer, I will give you one submission about the rationale for a question. You should simulate the peer-review process by evaluating the rationale based on its correctness and soundness. Let's think step by step, but your final answer should only be one number, ranging from 1-5 (the higher the score is, the more possible you think the rationale is correct). The score should be wrapped by square brackets, such as: [5].
-Question: {}
-Rationale: {}
-Hint: The correct answer should be {}.
-"""
-
-
-def paper_question(task: Task, answer: StudentAnswer) -> str:
-    return task.paper_prompt(answer.example()) if task.name in ("strategyqa", "logiqa") else answer.question
-
-
-def paper_gold(task: Task, answer: StudentAnswer) -> str:
-    """The paper hints with its own gold field: StrategyQA's 'true.\\t<facts>', LogiQA's option index."""
-    from fair.paper import paper_gold as gold
-
-    return gold(task, answer)
-
-
-def paper_feedback(task: Task, answer: StudentAnswer) -> Messages:
-    question = paper_question(task, answer) if task.name == "logiqa" else answer.question
-    return (("user", PAPER_FEEDBACK.format(question, answer.prediction, paper_gold(task, answer))),)
-
-
-def paper_rationale(task: Task, answer: StudentAnswer) -> Messages:
-    return (("user", paper_question(task, answer)),)
-
-
-def paper_review(task: Task, answer: StudentAnswer, rationale: str) -> Messages:
-    question = paper_question(task, answer) if task.name == "logiqa" else answer.question
-    return (("user", PAPER_REVIEW.format(question, rationale, paper_gold(task, answer))),)
-
-
 @dataclass(frozen=True)
 class PromptSet:
     feedback: Callable[[Task, StudentAnswer], Messages]
@@ -125,5 +70,5 @@ class PromptSet:
 
 PROMPT_SETS = {
     "fair": PromptSet(fair_feedback, fair_rationale, fair_review),
-    "paper": PromptSet(paper_feedback, paper_rationale, paper_review),
+    "paper": PromptSet(paper.feedback_messages, paper.rationale_messages, paper.review_messages),  # for parity runs
 }

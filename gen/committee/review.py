@@ -1,4 +1,4 @@
-"""Peer review: reading a 1-5 score out of a reviewer's reply, and the acceptance rule.
+"""Peer review: reading a 1-5 score out of a reviewer's reply (the acceptance rule is the paper's: fair/paper.py).
 
 The paper asks for "[5]" and takes the last bracketed number, else the last number anywhere, which turns
 "the answer is 145" into a score of 145 (one 83 appears in its published file). We read only what is plainly
@@ -48,12 +48,3 @@ def parse_review_score(text: str | None) -> float | None:
     else:
         return None
     return score if 1 <= score <= 5 else None
-
-
-def accept(scores: list[float | None], threshold: float) -> tuple[float | None, bool]:
-    """Mean of the valid scores and whether it is above the threshold (the paper: > 3)."""
-    valid = [s for s in scores if s is not None]
-    if not valid:
-        return None, False
-    mean = sum(valid) / len(valid)
-    return mean, mean > threshold

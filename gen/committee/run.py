@@ -40,10 +40,11 @@ from fair.errors import FairError
 from fair.jsonl import JsonlAppender, read_jsonl, unique_ids, write_json
 from fair.lock import folder_lock
 from fair.models import DEFAULT_STUDENT, model_short_name
-from fair.records import StudentAnswer
+from fair.paper import accept
+from fair.records import Messages, StudentAnswer
 from fair.tasks import Task, get_task
-from gen.committee.prompts import PROMPT_SETS, PROMPT_VERSION, Messages, PromptSet
-from gen.committee.review import accept, parse_review_score
+from gen.committee.prompts import PROMPT_SETS, PROMPT_VERSION, PromptSet
+from gen.committee.review import parse_review_score
 from gen.teachers.batch import DEADLINE_S, BatchRun, drafts
 from gen.teachers.cache import ResponseCache
 from gen.teachers.client import TeacherClient
