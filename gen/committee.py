@@ -43,7 +43,7 @@ from fair.gen.cache import ResponseCache
 from fair.gen.client import TeacherClient
 from fair.gen.models import DEFAULT_STUDENT, model_short_name
 from fair.gen.prompts import PROMPT_SETS, PROMPT_VERSION, Messages, PromptSet
-from fair.gen.providers import ChatRequest, ProviderError
+from fair.gen.providers import ChatRequest, ProviderError, http_client
 from fair.gen.records import StudentAnswer
 from fair.gen.review import accept, parse_review_score
 from fair.gen.teachers import Teacher, load_committee, missing_keys
@@ -226,11 +226,9 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher]) -> 
     save_config(config, config.out_path.with_name("committee.yaml"))
     with cache, JsonlAppender(config.out_path) as out:  # closing commits what is pending, also on Ctrl-C
         async with httpx.AsyncClient() as http, contextlib.AsyncExitStack() as pools:
-            # A connection pool per teacher, sized to its keys' concurrency: httpx's pool spends CPU on every
-            # request in proportion to its size (one shared pool: 40% more CPU per request, make bench-scale).
-            clients = {t.name: TeacherClient(t, cache, await pools.enter_async_context(httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=t.max_concurrency * len(t.per_key())))))
-                for t in teachers}
+            # A connection pool per teacher, sized to its keys' concurrency.
+            clients = {t.name: TeacherClient(t, cache, await pools.enter_async_context(
+                http_client(t.max_concurrency * len(t.per_key())))) for t in teachers}
             ctx = Context(task, config.prompts, PROMPT_SETS[config.prompts], clients,
                           {t.name: t for t in teachers}, config.threshold)
             batch = None

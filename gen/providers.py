@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 import orjson
+from httpx_aiohttp import HttpxAiohttpClient
 
 from fair.gen.keys import redact
 from fair.gen.ratelimits import RateLimitInfo, parse_limits, retry_after
@@ -111,6 +112,14 @@ def _error_text(data: Any, raw: bytes) -> str:
 
 # ---------------------------------------------------------------------------------------------------------
 # The shared HTTP call
+
+
+def http_client(max_connections: int) -> httpx.AsyncClient:
+    """The HTTP client for live teacher calls: httpx's API (what providers and tests speak) over aiohttp's
+    connection pool and C HTTP parser (httpx-aiohttp, the OpenAI SDK's aiohttp backend). httpx's own pool
+    rescans every connection on each request and its HTTP/1.1 code is pure Python: 1.8 ms of CPU a request
+    against 0.5 ms over aiohttp, on the same workload (make bench-scale, README)."""
+    return HttpxAiohttpClient(limits=httpx.Limits(max_connections=max_connections))
 
 
 class _Provider:
