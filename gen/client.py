@@ -1,7 +1,7 @@
 """TeacherClient: the one wrapper around every provider call: cache, rate limits, retries, accounting.
 
     cache = ResponseCache(out_dir / "responses.sqlite")
-    async with httpx.AsyncClient() as http:
+    async with http_client(teacher.max_concurrency) as http:       # gen/providers.py: httpx over aiohttp
         client = TeacherClient(teacher, cache, http)
         response = await client.complete(ChatRequest.for_teacher(teacher, messages))   # or TeacherFailed
 
