@@ -94,7 +94,7 @@ bench-gen: $(STAMP) ## committee throughput vs the paper's sequential loop and p
 bench-train: $(STAMP) ## SmolLM2 training throughput and memory: padding vs packing, ZeRO-2 x2 vs one process
 	$(PY) bench/bench_train.py
 
-bench-scale: $(STAMP) ## committee at 10k and 100k mistakes: peak RSS, req/s, resume after a kill; cache at 1M rows
+bench-scale: $(STAMP) ## committee at 10k and 100k mistakes: peak RSS, req/s, resume after a kill; cache at 1M rows; CPU/request vs curator, litellm
 	$(PY) bench/bench_scale.py
 
 # bench/soak.py: loopback only, seeded (SOAK_ARGS="--seed 3"), killed with everything it started past 14 minutes.

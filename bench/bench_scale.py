@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_scale.py                    # 10,000 and 100,000 mistakes, a 1M-row cache
     .venv/bin/python bench/bench_scale.py --sizes 2000 --micro-rows 100000   # a quick run
+    .venv/bin/python bench/bench_scale.py --sizes 0 --micro-rows 0           # only the CPU comparison
 
 Workload: synthetic mistakes made from GSM8K's train questions, cycled with distinct ids; every cycle after
 the first adds "(variant k)" to the question, so that each mistake's prompts are new (a repeated prompt would
@@ -22,6 +23,8 @@ present exactly once, and the requests completed both before and after the kill 
 the restarted run reported (the promise: repeated <= reported).
 Cache micro-benchmark: a ResponseCache filled to --micro-rows rows, then per request: mark_inflight and put
 as the client does them, with 1, 4 or 16 requests leaving together, and get (hits and misses).
+Then committee CPU per request beside curator's and litellm's, and the HTTP stacks we tried (bench/bench_cpu.py:
+the paper's 387 SVAMP mistakes, CPU counted inside each client's process over its requests only).
 Results: data/bench/scale.json.
 """
 
@@ -40,6 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_cpu
 import orjson
 import psutil
 import yaml
@@ -318,10 +322,11 @@ def main() -> None:
     p.add_argument("--rpm", type=int, default=100_000_000, help="per key: the server's and teachers' limit")
     p.add_argument("--tpm", type=int, default=100_000_000_000)
     p.add_argument("--micro-rows", type=int, default=1_000_000, help="cache micro-benchmark rows (0: skip)")
+    bench_cpu.add_arguments(p, "--cpu-mistakes")  # 0: skip the CPU comparison
     p.add_argument("--out", default=str(ROOT / "data" / "bench" / "scale.json"))
     args = p.parse_args()
     args.latency_ms = (0, 0)  # for bench_gen.Server
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if int(s)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 
     results = []
@@ -335,9 +340,15 @@ def main() -> None:
     if args.micro_rows:
         print(f"cache micro-benchmark at {args.micro_rows:,} rows ...", flush=True)
         micro = cache_micro(args.micro_rows)
-    print_table(results, micro)
+    cpu = None
+    if args.cpu_mistakes:
+        cpu = bench_cpu.run(argparse.Namespace(**vars(args), mistakes=args.cpu_mistakes))
+    if results or micro:
+        print_table(results, micro)
+    if cpu:
+        bench_cpu.print_table(cpu)
     write_json(args.out, {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "sizes": results,
-                          "cache": micro})
+                          "cache": micro, "cpu": cpu})
     print(f"-> {args.out}")
 
 

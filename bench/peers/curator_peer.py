@@ -7,7 +7,8 @@ A curator.LLM serves one model, so each model gets its own LLM in its own proces
 case for curator; run one after another they would take three times as long). backend="openai" with base_url,
 max_requests_per_minute and max_tokens_per_minute set to the server's limits, require_all_responses=False,
 and a fresh working dir; the rest are curator's defaults. Wall time runs from the first LLM's construction
-(which sends curator's start-up probe for rate-limit headers) to the last one's end. Prints one JSON line.
+(which sends curator's start-up probe for rate-limit headers) to the last one's end. Prints one JSON line, with
+the CPU seconds the three model processes spent over the same span (make bench-scale compares them).
 """
 
 from __future__ import annotations
@@ -16,8 +17,15 @@ import argparse
 import json
 import multiprocessing
 import os
+import resource
 import time
 from importlib.metadata import version
+
+
+def cpu_s() -> float:
+    """CPU seconds of this process and of any children it has reaped (curator may fork helpers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def run_model(model: str, rows: list[dict], args: dict, key: str) -> dict:
@@ -30,7 +38,7 @@ def run_model(model: str, rows: list[dict], args: dict, key: str) -> dict:
         def parse(self, row, response):
             return {"id": row["id"], "response": response}
 
-    began = time.time()
+    began, cpu = time.time(), cpu_s()  # after the import: start-up is left out
     llm = Replay(model_name=model, backend="openai",
                  generation_params={"temperature": rows[0]["temperature"], "max_tokens": rows[0]["max_tokens"]},
                  backend_params={"base_url": args["base_url"], "api_key": key, "require_all_responses": False,
@@ -39,7 +47,7 @@ def run_model(model: str, rows: list[dict], args: dict, key: str) -> dict:
     result = llm(data, working_dir=os.path.join(args["workdir"], model))
     dataset = result.dataset if hasattr(result, "dataset") else result
     ok = {row["id"]: row["response"] for row in dataset}
-    return {"model": model, "began": began, "ended": time.time(), "replies": ok}
+    return {"model": model, "began": began, "ended": time.time(), "cpu_s": cpu_s() - cpu, "replies": ok}
 
 
 def main() -> None:
@@ -67,6 +75,7 @@ def main() -> None:
                                {"id": r["id"], "error": "no response row"}) + "\n")
     wall = max(d["ended"] for d in done) - min(d["began"] for d in done)
     print(json.dumps({"client": "curator", "version": version("bespokelabs-curator"), "wall_s": wall,
+                      "cpu_s": sum(d["cpu_s"] for d in done),
                       "ok": len(replies), "failures": len(requests) - len(replies),
                       "per_model_s": {d["model"]: d["ended"] - d["began"] for d in done}}))
 

@@ -49,7 +49,7 @@ from gen.teachers.batch import DEADLINE_S, BatchRun, drafts
 from gen.teachers.cache import ResponseCache
 from gen.teachers.client import TeacherClient
 from gen.teachers.config import Teacher, load_committee, missing_keys
-from gen.teachers.providers import ChatRequest, ProviderError
+from gen.teachers.providers import ChatRequest, ProviderError, http_client
 
 
 @dataclass
@@ -227,11 +227,9 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher]) -> 
     save_config(config, config.out_path.with_name("committee.yaml"))
     with cache, JsonlAppender(config.out_path) as out:  # closing commits what is pending, also on Ctrl-C
         async with httpx.AsyncClient() as http, contextlib.AsyncExitStack() as pools:
-            # A connection pool per teacher, sized to its keys' concurrency: httpx's pool spends CPU on every
-            # request in proportion to its size (one shared pool: 40% more CPU per request, make bench-scale).
-            clients = {t.name: TeacherClient(t, cache, await pools.enter_async_context(httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=t.max_concurrency * len(t.per_key())))))
-                for t in teachers}
+            # A connection pool per teacher, sized to its keys' concurrency.
+            clients = {t.name: TeacherClient(t, cache, await pools.enter_async_context(
+                http_client(t.max_concurrency * len(t.per_key())))) for t in teachers}
             ctx = Context(task, config.prompts, PROMPT_SETS[config.prompts], clients,
                           {t.name: t for t in teachers}, config.threshold)
             batch = None

@@ -41,10 +41,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 import orjson
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from fair.errors import FairError
 from gen.teachers.cache import key_for
+from gen.teachers.client import Retry
 from gen.teachers.keys import redact
 from gen.teachers.providers import (
     ChatRequest,
@@ -52,7 +52,6 @@ from gen.teachers.providers import (
     FatalError,
     OpenAIProvider,
     ProviderError,
-    RateLimited,
     TransientError,
     lookup,
 )
@@ -153,22 +152,20 @@ class BatchAPI:
     def __init__(self, teacher: Teacher, http: httpx.AsyncClient):
         self.teacher = teacher
         self.provider = OpenAIProvider(teacher, http)
+        self.retry = Retry(teacher.max_retries, teacher.retry_backoff_s)
 
     async def _call(self, method: str, path: str, upload: IO[bytes] | None = None,
                     **kwargs: Any) -> httpx.Response:
+        """One call, retried as live requests are (gen/teachers/client.py's Retry)."""
         t = self.teacher
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((RateLimited, TransientError)),
-            stop=stop_after_attempt(t.max_retries + 1),
-            wait=wait_exponential_jitter(multiplier=t.retry_backoff_s, max=60.0, jitter=t.retry_backoff_s),
-            reraise=True,
-        ):
-            with attempt:
-                if upload is not None:
-                    upload.seek(0)  # a retried upload sends the file from the start
-                    kwargs["files"] = {"file": ("fair-batch.jsonl", upload, "application/jsonl")}
-                return await self.provider.send(method, f"{t.url}/{path}", self.provider.auth(), **kwargs)
-        raise AssertionError("unreachable: tenacity either returns or raises")
+
+        async def attempt() -> httpx.Response:
+            if upload is not None:
+                upload.seek(0)  # a retried upload sends the file from the start
+                kwargs["files"] = {"file": ("fair-batch.jsonl", upload, "application/jsonl")}
+            return await self.provider.send(method, f"{t.url}/{path}", self.provider.auth(), **kwargs)
+
+        return await self.retry.run(attempt)
 
     def text(self, data: Any, name: str) -> str:
         """A string field of a reply (an id, a status): anything else is a malformed reply."""

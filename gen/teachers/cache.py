@@ -29,6 +29,7 @@ wherever it is read. Cache files written before that column existed gain it (as 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ipaddress
 import sqlite3
@@ -73,6 +74,7 @@ def key_for(teacher: Teacher, request: ChatRequest) -> str:
     return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+@functools.lru_cache(maxsize=256)  # a teacher's base URL, parsed for every request's key otherwise
 def endpoint(url: str) -> str:
     """host[:port]/path, as the cache key sees a base URL: a loopback host's port left out (see above)."""
     parts = urlsplit(url)

@@ -1,7 +1,7 @@
 """TeacherClient: the one wrapper around every provider call: cache, rate limits, retries, accounting.
 
     cache = ResponseCache(out_dir / "responses.sqlite")
-    async with httpx.AsyncClient() as http:
+    async with http_client(teacher.max_concurrency) as http:       # gen/teachers/providers.py: httpx over aiohttp
         client = TeacherClient(teacher, cache, http)
         response = await client.complete(ChatRequest.for_teacher(teacher, messages))   # or TeacherFailed
 
@@ -10,7 +10,8 @@ for the request and token buckets, waits out any cool-down, records the request 
 before it is sent), sends it, and hands the reply to the cache the moment it arrives. Failures are retried
 with exponential backoff and jitter; 429s have their own budget (2 x max_retries) so that a burst of them
 cannot use up the retries meant for 5xx and timeouts (curator #205), and the rest get max_retries.
-FatalError (other 4xx) is never retried.
+FatalError (other 4xx) is never retried. That is `Retry`, the one retry policy for every call to a teacher's
+API: the Batch API's calls (gen/teachers/batch.py) go through it too.
 
 Limits are shared by every client for the same provider, base_url, API key and model (one "gate"), because
 that is the unit the provider limits. A teacher with several API keys has one gate per key, each with the
@@ -44,12 +45,12 @@ import logging
 import random
 import weakref
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 from aiolimiter import AsyncLimiter
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from gen.teachers.cache import key_for
 from gen.teachers.keys import redact
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
     from gen.teachers.config import Teacher
 
 log = logging.getLogger("gen.teachers.client")
+T = TypeVar("T")
 
 SLOW_S = 60.0  # after a 429, run this gate at SLOW_FACTOR of its request rate for this long
 SLOW_FACTOR = 0.9
@@ -106,6 +108,52 @@ class TeacherStats:
 def estimate_tokens(request: ChatRequest) -> int:
     """What a call may cost against TPM, before we know: ~4 characters per token, plus all of max_tokens."""
     return sum(len(content) for _, content in request.messages) // 4 + 4 * len(request.messages) + request.max_tokens
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Retries
+
+
+@dataclass(frozen=True)
+class Retry:
+    """When a failed call is sent again, and after how long (the module docstring says why). A loop of our own
+    rather than tenacity's: two budgets and a wait that reads the error needed custom stop and wait callbacks
+    there anyway, and building its AsyncRetrying for each request was 4% of the committee's CPU."""
+
+    max_retries: int
+    backoff_s: float  # the first retry waits about this long, doubling each time up to backoff_max_s
+    backoff_max_s: float = 60.0
+    # After a 429, wait at least its retry_after: unless the teacher has other keys, which may take the retry at
+    # once (the limited key's gate cools down).
+    honour_retry_after: bool = True
+
+    async def run(self, attempt: Callable[[], Awaitable[T]],
+                  on_retry: Callable[[ProviderError, int, float], None] | None = None) -> T:
+        """attempt() until it returns, raises FatalError, or a budget is spent (then its last error is raised);
+        on_retry(error, failures so far, wait) before each retry."""
+        rate_limited = others = 0
+        while True:
+            try:
+                return await attempt()
+            except (RateLimited, TransientError) as e:
+                if isinstance(e, RateLimited):
+                    rate_limited += 1
+                else:
+                    others += 1
+                if rate_limited > 2 * self.max_retries or others > self.max_retries:
+                    raise
+                wait = self.wait(rate_limited + others, e)
+                if on_retry is not None:
+                    on_retry(e, rate_limited + others, wait)
+                await asyncio.sleep(wait)
+
+    def wait(self, failures: int, error: ProviderError) -> float:
+        """Exponential with equal jitter; after a 429, at least its retry_after (see honour_retry_after)."""
+        step = min(self.backoff_max_s, self.backoff_s * 2 ** (failures - 1))
+        wait = step / 2 + random.uniform(0, step / 2)
+        if isinstance(error, RateLimited) and error.retry_after is not None and self.honour_retry_after:
+            wait = max(wait, min(error.retry_after, MAX_COOLDOWN_S))
+        return wait
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -157,8 +205,6 @@ class _Call:
     key: str
     request: ChatRequest
     estimate: int
-    rate_limited: int = 0
-    other_failures: int = 0
     begun: bool = False
     attempts: int = 0
 
@@ -170,9 +216,8 @@ class TeacherClient:
         self.cache = cache
         # One provider per API key, each seeing a one-key teacher; a given `provider` (tests) serves all keys.
         self.keys = [(view, provider or make_provider(view, http)) for view in teacher.per_key()]
-        # The first retry waits about this long, doubling each time up to backoff_max_s.
-        self.backoff_s = teacher.retry_backoff_s if backoff_s is None else backoff_s
-        self.backoff_max_s = backoff_max_s
+        self.retry = Retry(teacher.max_retries, teacher.retry_backoff_s if backoff_s is None else backoff_s,
+                           backoff_max_s, honour_retry_after=len(self.keys) == 1)
         self.stats = TeacherStats(teacher.name)
         self._started: float | None = None
 
@@ -193,18 +238,8 @@ class TeacherClient:
             self.stats.elapsed_s = loop.time() - self._started
 
     async def _send(self, call: _Call) -> ChatResponse:
-        budget = self.teacher.max_retries
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type((RateLimited, TransientError)),
-            stop=lambda _: call.rate_limited > 2 * budget or call.other_failures > budget,
-            wait=lambda state: self._backoff(state, call),
-            before_sleep=lambda state: self._before_retry(state),
-            reraise=True,
-        )
         try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._attempt(call)
+            return await self.retry.run(lambda: self._attempt(call), self._on_retry)
         except ProviderError as e:
             # Not sent again this run; a killed run leaves its in-flight rows, counted at the next start.
             self.cache.finish(call.key)
@@ -213,7 +248,11 @@ class TeacherClient:
             reason = redact(f"{why}: {e}", self.teacher.api_keys())
             log.warning("%s", reason)
             raise TeacherFailed(self.teacher.name, reason) from None
-        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    def _on_retry(self, error: ProviderError, failures: int, wait: float) -> None:
+        self.stats.retries += 1
+        # INFO, not WARNING: retries are routine and the progress bar counts them; final failures warn.
+        log.info("%s (retry %d in %.2f s)", error, failures, wait)
 
     def _pick_key(self) -> tuple[ChatProvider, _Gate]:
         """The key that can send soonest (see the module docstring)."""
@@ -242,11 +281,8 @@ class TeacherClient:
                 except ProviderError as e:
                     gate.token_balance = min(gate.token_balance + call.estimate, gate.tokens.max_rate)
                     if isinstance(e, RateLimited):
-                        call.rate_limited += 1
                         self.stats.rate_limited += 1
                         self._on_rate_limited(gate, e.retry_after)
-                    elif not isinstance(e, FatalError):
-                        call.other_failures += 1
                     raise
         finally:
             gate.load -= 1
@@ -293,7 +329,7 @@ class TeacherClient:
             log.info("%s: cooling down for %.1f s", self.teacher.name, min(seconds, MAX_COOLDOWN_S))
 
     def _on_rate_limited(self, gate: _Gate, retry_after: float | None) -> None:
-        self._cool_down(gate, retry_after if retry_after is not None else self.backoff_s)
+        self._cool_down(gate, retry_after if retry_after is not None else self.retry.backoff_s)
         gate.slow_until = asyncio.get_running_loop().time() + SLOW_S
 
     def _read_limits(self, gate: _Gate, limits: RateLimitInfo | None, estimate: int) -> None:
@@ -306,22 +342,3 @@ class TeacherClient:
             resets.append(limits.reset_tokens_s)
         if resets:
             self._cool_down(gate, max(resets))
-
-    # -- retries -----------------------------------------------------------------------------------------
-
-    def _backoff(self, state: RetryCallState, call: _Call) -> float:
-        """Exponential with equal jitter; after a 429, at least the provider's retry_after, unless the teacher
-        has other keys: then the retry may go to one of them at once (the limited key's gate cools down)."""
-        step = min(self.backoff_max_s, self.backoff_s * 2 ** (state.attempt_number - 1))
-        wait = step / 2 + random.uniform(0, step / 2)
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, RateLimited) and error.retry_after is not None and len(self.keys) == 1:
-            wait = max(wait, min(error.retry_after, MAX_COOLDOWN_S))
-        return wait
-
-    def _before_retry(self, state: RetryCallState) -> None:
-        self.stats.retries += 1
-        error = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        # INFO, not WARNING: retries are routine and the progress bar counts them; final failures warn.
-        log.info("%s (retry %d in %.2f s)", error, state.attempt_number, wait)
