@@ -5,8 +5,8 @@ found in the prompt (GSM8K solution text, SVAMP equation, StrategyQA facts, Logi
 spoiled at each persona's error rates, so that the committee code downstream sees realistic variety: wrong
 final answers, terse rationales, biased or noisy review scores, reviews with no score at all. Every draw
 comes from the `random.Random` the server seeds per request, so the same request always gets the same reply.
-The HTTP side lives in gen/offline/server.py (faults), gen/offline/http.py (routes) and gen/offline/api.py
-(wire formats, rate limits).
+The rest lives in gen/offline/server.py (the answer pipeline, faults), gen/offline/http.py (routes) and
+gen/offline/api.py (wire formats, rate limits). Prompts are read as gen/committee/prompts.py writes them.
 """
 
 from __future__ import annotations
