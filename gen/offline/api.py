@@ -23,6 +23,7 @@ GEMINI_RE = re.compile(r"^(?:/v1beta|/v1)?/models/([^/:]+):generateContent$")
 # What reading a body of the wrong shape raises (orjson.JSONDecodeError is a ValueError): a 400, on the live
 # routes and for a batch line alike, never a crashed handler or batch.
 SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError)
+INTERNAL = "internal error in the offline committee simulator (see its stderr)"  # a bug, said rather than hidden
 UNREADABLE = "could not read the request body: not the expected JSON shape (streaming is not simulated)"
 MALFORMED = b'{"id": "chatcmpl-sim", "choices": [{"index": 0, "message": {"role": "assi'  # the malformed fault
 

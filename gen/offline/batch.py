@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from gen.offline.api import SHAPE_ERRORS
+from gen.offline.api import INTERNAL, SHAPE_ERRORS
 
 if TYPE_CHECKING:
     from gen.offline.http import Handler
@@ -154,8 +154,7 @@ class BatchStore:
             self.answer(batch)
         except Exception:
             traceback.print_exc()
-            error = {"code": "server_error", "line": None,
-                     "message": "internal error in the offline committee simulator (see its stderr)"}
+            error = {"code": "server_error", "line": None, "message": INTERNAL}
             with self.lock:
                 if batch.status == "in_progress":
                     batch.status, batch.errors, batch.finished_at = "failed", [error], time.time()
@@ -258,8 +257,7 @@ def route_batch(handler: Handler, method: str, path: str) -> bool:
     except Exception:  # a bug in the simulator: say so rather than drop the connection (as the live route does)
         traceback.print_exc()
         handler.close_connection = True
-        handler.error(500, "internal error in the offline committee simulator (see its stderr)", False,
-                      kind="server_error")
+        handler.error(500, INTERNAL, False, kind="server_error")
     return True
 
 
@@ -280,7 +278,7 @@ def listing(store: BatchStore, url: str) -> dict:
 
 
 def read_body(handler: Handler, limit: int) -> bytes:
-    length = int(n) if (n := handler.headers.get("content-length", "")).isdigit() else 0
+    length = handler.body_length()
     if not 0 < length <= limit:
         handler.close_connection = True
         raise ApiError(400, f"a body with a content-length of at most {limit} bytes is required")

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from gen.offline.api import GEMINI_RE, bearer
+from gen.offline.api import GEMINI_RE, INTERNAL, bearer
 from gen.offline.batch import route_batch
 
 if TYPE_CHECKING:
@@ -59,6 +59,10 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (e.g. timed out on a hang)
             self.close_connection = True
 
+    def body_length(self) -> int:
+        """The request's content-length; 0 when it is missing or not a whole number."""
+        return int(n) if (n := self.headers.get("content-length", "")).isdigit() else 0
+
     def error(self, status: int, message: str, gemini: bool, kind: str = "invalid_request_error",
               code: str | None = None) -> None:
         """A request refused before the answer pipeline: no route, no body, or a bug in the simulator."""
@@ -92,7 +96,7 @@ class Handler(BaseHTTPRequestHandler):
         if not gemini and path not in ("/v1/chat/completions", "/chat/completions"):
             self.error(404, f"no route POST {path}", False, code="not_found")
             return
-        length = int(n) if (n := self.headers.get("content-length", "")).isdigit() else 0
+        length = self.body_length()
         if not 0 < length <= MAX_BODY:
             self.close_connection = True
             self.error(400, "a JSON body with a content-length of at most 4 MiB is required", gemini)
@@ -106,8 +110,7 @@ class Handler(BaseHTTPRequestHandler):
             reply = self.server.sim.answer(raw, gemini_model=gemini_model, key=key or "anonymous")
         except Exception:  # a bug in the simulator: say so rather than drop the connection
             traceback.print_exc()
-            self.error(500, "internal error in the offline committee simulator (see its stderr)", gemini,
-                       kind="server_error")
+            self.error(500, INTERNAL, gemini, kind="server_error")
             return
         if reply is not None:  # None: the server is stopping
             self.reply(reply)

@@ -223,7 +223,7 @@ class OfflineServer:
             return self.refuse(status, "The server had an error while processing your request (simulated).",
                                gemini, log | {"fault": fault}, kind="server_error")
         rng, latency = self.reply_draws(model, body_sha)
-        pause = latency + (self.hang_s if fault == "hang" else 0.0) if live else 0.0
+        pause = (latency + (self.hang_s if fault == "hang" else 0.0)) if live else 0.0
         if pause and self.stopping.wait(pause):
             return None
         reply, finish, kind = self.compose(persona, text, max_tokens, rng)
