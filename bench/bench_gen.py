@@ -72,7 +72,7 @@ class Server:
         self.log = workdir / f"server-{name}.log"
         port_file = workdir / f"port-{name}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gen.offline.server", "--port", "0", "--port-file", str(port_file),
+            [sys.executable, "-m", "gen.offline.cli", "--port", "0", "--port-file", str(port_file),
              "--rpm", str(args.rpm), "--tpm", str(args.tpm), "--latency-ms", *map(str, args.latency_ms),
              "--seed", "0", "--log", str(self.log), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(600):  # at most 60 s to start

@@ -5,7 +5,7 @@
     fair committee   feedback, rationales and peer reviews from the teachers    (gen/committee/run.py)
     fair estimate    requests, tokens, USD and hours a committee run will take  (gen/committee/estimate.py)
     fair gen     mine + committee + the paper's files, in one go                (gen/pipeline.py)
-    fair teachers serve   the offline committee simulator                       (gen/offline/server.py)
+    fair teachers serve   the offline committee simulator                       (gen/offline/cli.py)
     fair train   alpha * feedback loss + (1 - alpha) * rationale loss            (train/train.py)
     fair eval    accuracy and wrong predictions on one or more tasks            (eval/evaluate.py)
     fair grade   re-grade a predictions file, ours or the paper's               (eval/regrade.py)
@@ -66,9 +66,9 @@ def cmd_gen(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gen.offline import server as offline_server
+    from gen.offline import cli as offline_cli
 
-    return offline_server.run(args)
+    return offline_cli.run(args)
 
 
 def cmd_import_committee(args: argparse.Namespace) -> int:
@@ -161,7 +161,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from gen.committee.estimate import EstimateConfig
     from gen.committee.run import CommitteeConfig
     from gen.mine import MineConfig
-    from gen.offline import server as offline_server
+    from gen.offline import cli as offline_cli
     from gen.pipeline import GenConfig
 
     parser = Parser(prog="fair", description="FAIR: distil reasoning from a committee of teachers.")
@@ -190,7 +190,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     teachers = sub.add_parser("teachers", help="teacher tools").add_subparsers(dest="teachers_command", required=True)
     p = teachers.add_parser("serve", help="serve the offline committee simulator (OpenAI and Gemini wire formats)")
-    offline_server.add_arguments(p)
+    offline_cli.add_arguments(p)
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser("import-committee", help="import the paper's feedback and rationale files")

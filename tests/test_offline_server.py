@@ -211,7 +211,7 @@ def test_cli_serves_until_sigterm(tmp_path, data_dir):
     port_file = tmp_path / "port"
     env = os.environ | {"FAIR_DATA_DIR": str(data_dir)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gen.offline.server", "--port", "0", "--port-file", str(port_file),
+        [sys.executable, "-m", "gen.offline.cli", "--port", "0", "--port-file", str(port_file),
          "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:
@@ -228,6 +228,6 @@ def test_cli_serves_until_sigterm(tmp_path, data_dir):
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("rpms: 5\n")
-    done = subprocess.run([sys.executable, "-m", "gen.offline.server", "--config", str(bad)],
+    done = subprocess.run([sys.executable, "-m", "gen.offline.cli", "--config", str(bad)],
                           capture_output=True, text=True, timeout=30, env=env)
     assert done.returncode == 2 and "unknown setting" in done.stderr

@@ -1,9 +1,9 @@
 """What the offline simulator shares with the APIs it imitates: their wire formats and per-key rate limits.
 
-Requests in: OpenAI's chat completions and Gemini's generateContent bodies, read into (prompt text,
-max_tokens). Replies out: each format's JSON with usage. Limits: requests and tokens per minute per (key,
-model) over sliding 60 s windows, with OpenAI's x-ratelimit-* headers. gen/offline/server.py (live routes)
-and gen/offline/batch.py (the Batch API) both answer through these.
+Requests in: OpenAI's chat completions and Gemini's generateContent bodies, read into (model, prompt text,
+max_tokens). Replies out: each format's JSON with usage, or its error object. Limits: requests and tokens per
+minute per (key, model) over sliding 60 s windows, with OpenAI's x-ratelimit-* headers. The one answer
+pipeline (OfflineServer.answer in gen/offline/server.py) uses these for the live routes and the Batch API alike.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+import orjson
+
 WINDOW_S = 60.0
 GEMINI_STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
                  503: "UNAVAILABLE"}
@@ -21,6 +23,9 @@ GEMINI_RE = re.compile(r"^(?:/v1beta|/v1)?/models/([^/:]+):generateContent$")
 # What reading a body of the wrong shape raises (orjson.JSONDecodeError is a ValueError): a 400, on the live
 # routes and for a batch line alike, never a crashed handler or batch.
 SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError)
+INTERNAL = "internal error in the offline committee simulator (see its stderr)"  # a bug, said rather than hidden
+UNREADABLE = "could not read the request body: not the expected JSON shape (streaming is not simulated)"
+MALFORMED = b'{"id": "chatcmpl-sim", "choices": [{"index": 0, "message": {"role": "assi'  # the malformed fault
 
 
 def tokens(text: str) -> int:
@@ -109,6 +114,15 @@ def openai_text(body: dict) -> tuple[str, int]:
     return text, int(body.get("max_tokens") or body.get("max_completion_tokens") or 4096)
 
 
+def read_chat(raw: bytes, gemini_model: str | None) -> tuple[str, str, int]:
+    """(model, prompt text, max_tokens) of a chat-completions body, or of a generateContent body for the model
+    its URL names; one of SHAPE_ERRORS when the body is not of that shape."""
+    body = orjson.loads(raw)
+    if gemini_model is not None:
+        return gemini_model, *gemini_text(body)
+    return str(body["model"]), *openai_text(body)
+
+
 def gemini_text(body: dict) -> tuple[str, int]:
     parts = [p["text"] for p in (body.get("systemInstruction") or {}).get("parts", [])]
     for content in body["contents"]:
@@ -132,3 +146,11 @@ def response(model: str, text: str, completion: int, prompt: int, finish: str, g
             "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                          "finish_reason": finish}],
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": usage_total}}
+
+
+def error_body(status: int, message: str, gemini: bool, kind: str = "invalid_request_error",
+               code: str | None = None) -> dict:
+    """An error in the wire format: Gemini's {code, status, message}, OpenAI's {message, type, code}."""
+    if gemini:
+        return {"error": {"code": status, "status": GEMINI_STATUS.get(status, "UNKNOWN"), "message": message}}
+    return {"error": {"message": message, "type": kind, "code": code}}

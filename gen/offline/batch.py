@@ -10,18 +10,17 @@
 (the /v1 prefix is optional, as on the live route). Each input line is {"custom_id", "method": "POST", "url":
 "/v1/chat/completions", "body": <a chat-completions body>}; a file with a bad line, a repeated custom_id or more
 than one model fails validation, as OpenAI's does. A batch stays in_progress for the server's batch_delay_s,
-then every line is answered by the live route's persona logic (the same body gets the same reply either way)
-and the batch completes. Fault injection fails lines instead of requests: a line that draws any fault (or
-names an unknown model) lands in the error file, and so does a line whose body cannot be read (400); no latency
-or rate limit applies. Files and batches live in memory and die with the server, so a client that comes back
-to a restarted server finds its batch gone (404). Memory is bounded for a server that runs for weeks: files
-past the store's size go oldest first (a later download is a 404, as for a deleted file), a finished batch
-keeps its counts but not its lines, and only the newest MAX_BATCHES batches are kept.
+then every line is answered by the simulator's one answer pipeline (OfflineServer.answer: the same body gets
+the same reply live or in a batch) and the batch completes. Fault injection fails lines instead of requests: a
+line that draws any fault (500), names an unknown model (404) or has a body that cannot be read (400) lands in
+the error file; no latency or rate limit applies. Files and batches live in memory and die with the server, so
+a client that comes back to a restarted server finds its batch gone (404). Memory is bounded for a server that
+runs for weeks: files past the store's size go oldest first (a later download is a 404, as for a deleted
+file), a finished batch keeps its counts but not its lines, and only the newest MAX_BATCHES batches are kept.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import threading
 import time
@@ -35,7 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from gen.offline.api import SHAPE_ERRORS, openai_text, response, tokens
+from gen.offline.api import INTERNAL, SHAPE_ERRORS
 
 if TYPE_CHECKING:
     from gen.offline.http import Handler
@@ -155,8 +154,7 @@ class BatchStore:
             self.answer(batch)
         except Exception:
             traceback.print_exc()
-            error = {"code": "server_error", "line": None,
-                     "message": "internal error in the offline committee simulator (see its stderr)"}
+            error = {"code": "server_error", "line": None, "message": INTERNAL}
             with self.lock:
                 if batch.status == "in_progress":
                     batch.status, batch.errors, batch.finished_at = "failed", [error], time.time()
@@ -167,12 +165,14 @@ class BatchStore:
         """Answer every line, then publish the output and error files."""
         outputs, failures = [], []
         for line in batch.lines:
-            status, body = answer_line(self.sim, line["body"], batch.id)
+            # The bytes the live route would hash for the same body: the client serialises bodies with orjson.
+            reply = self.sim.answer(orjson.dumps(line["body"]), batch=batch.id)
+            assert reply is not None  # only a live request waits, so only a live one is cut short by a stop
             record = {"id": f"batch_req_{uuid.uuid4().hex[:24]}", "custom_id": line["custom_id"],
-                      "response": {"status_code": status, "request_id": f"req_{uuid.uuid4().hex[:16]}",
-                                   "body": body}, "error": None}
-            (outputs if status == 200 else failures).append(orjson.dumps(record) + b"\n")
-            self.sim.count("batch_lines" if status == 200 else "batch_line_errors")
+                      "response": {"status_code": reply.status, "request_id": f"req_{uuid.uuid4().hex[:16]}",
+                                   "body": reply.body}, "error": None}
+            (outputs if reply.status == 200 else failures).append(orjson.dumps(record) + b"\n")
+            self.sim.count("batch_lines" if reply.status == 200 else "batch_line_errors")
         output = self.add_file(b"".join(outputs)) if outputs else None
         error = self.add_file(b"".join(failures)) if failures else None
         with self.lock:
@@ -211,35 +211,6 @@ def validate(content: bytes) -> tuple[list[dict], list[dict]]:
     if not lines and not errors:
         errors.append({"code": "empty_file", "line": None, "message": "the input file has no requests"})
     return lines, errors
-
-
-def answer_line(sim: OfflineServer, body: dict, batch_id: str) -> tuple[int, dict]:
-    """One line, answered as the live route would answer the same body, or an error if a fault is drawn."""
-    raw = orjson.dumps(body)  # the bytes the live route would hash: the client serialises bodies with orjson
-    body_sha = hashlib.sha256(raw).hexdigest()
-    model = str(body["model"])
-    log: dict[str, Any] = {"model": model, "body_sha256": body_sha, "batch": batch_id}
-    if (persona := sim.personas.get(model)) is None:
-        sim.log({"status": 404, **log})
-        return 404, {"error": {"message": f"The model `{model}` does not exist (simulated)",
-                               "type": "invalid_request_error", "code": "model_not_found"}}
-    log["attempt"] = attempt = sim.attempt(model, body_sha)
-    if fault := sim.fault(model, body_sha, attempt):
-        sim.log({"status": 500, **log, "fault": fault})
-        return 500, {"error": {"message": "The server had an error while processing your request (simulated).",
-                               "type": "server_error", "code": None}}
-    try:
-        text, max_tokens = openai_text(body)
-    except SHAPE_ERRORS:  # the live route's 400, for this line only
-        sim.log({"status": 400, **log})
-        return 400, {"error": {"message": "could not read the request body: not the expected JSON shape",
-                               "type": "invalid_request_error", "code": None}}
-    rng, _ = sim.reply_draws(model, body_sha)  # the latency draw is taken but not waited for
-    reply, finish, kind = sim.compose(persona, text, max_tokens, rng)
-    prompt_tokens, completion_tokens = tokens(text), tokens(reply)
-    sim.log({"status": 200, **log, "kind": kind, "prompt_tokens": prompt_tokens,
-             "completion_tokens": completion_tokens})
-    return 200, response(model, reply, completion_tokens, prompt_tokens, finish, False, body_sha)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -286,8 +257,7 @@ def route_batch(handler: Handler, method: str, path: str) -> bool:
     except Exception:  # a bug in the simulator: say so rather than drop the connection (as the live route does)
         traceback.print_exc()
         handler.close_connection = True
-        handler.error(500, "internal error in the offline committee simulator (see its stderr)", False,
-                      kind="server_error")
+        handler.error(500, INTERNAL, False, kind="server_error")
     return True
 
 
@@ -308,7 +278,7 @@ def listing(store: BatchStore, url: str) -> dict:
 
 
 def read_body(handler: Handler, limit: int) -> bytes:
-    length = int(n) if (n := handler.headers.get("content-length", "")).isdigit() else 0
+    length = handler.body_length()
     if not 0 < length <= limit:
         handler.close_connection = True
         raise ApiError(400, f"a body with a content-length of at most {limit} bytes is required")

@@ -1,14 +1,12 @@
 """The offline committee's HTTP side (gen/offline/server.py runs it): routes, request bodies, replies.
 
 `Handler` reads a request, finds its route (the live OpenAI and Gemini routes here, the Batch API's in
-gen/offline/batch.py) and answers through the simulator it belongs to (`server.sim`, an OfflineServer):
-personas, limits, faults and the request log all live there.
+gen/offline/batch.py) and answers through the simulator it belongs to (`server.sim`, an OfflineServer): its one
+answer pipeline (`answer`) holds the personas, limits, faults and the request log; this side only sends.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -16,20 +14,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from gen.offline.api import (
-    GEMINI_RE,
-    GEMINI_STATUS,
-    SHAPE_ERRORS,
-    bearer,
-    gemini_text,
-    openai_text,
-    response,
-    tokens,
-)
+from gen.offline.api import GEMINI_RE, INTERNAL, bearer
 from gen.offline.batch import route_batch
 
 if TYPE_CHECKING:
-    from gen.offline.server import OfflineServer
+    from gen.offline.server import OfflineServer, Reply
 
 MAX_BODY = 4 << 20
 
@@ -70,16 +59,18 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (e.g. timed out on a hang)
             self.close_connection = True
 
+    def body_length(self) -> int:
+        """The request's content-length; 0 when it is missing or not a whole number."""
+        return int(n) if (n := self.headers.get("content-length", "")).isdigit() else 0
+
     def error(self, status: int, message: str, gemini: bool, kind: str = "invalid_request_error",
-              code: str | None = None, headers: dict[str, str] | None = None, log: dict | None = None) -> None:
-        sim = self.server.sim
-        sim.count("rate_limited" if status == 429 else "fault_5xx" if log and log.get("fault") else "errors")
-        if gemini:
-            body = {"error": {"code": status, "status": GEMINI_STATUS.get(status, "UNKNOWN"), "message": message}}
-        else:
-            body = {"error": {"message": message, "type": kind, "code": code}}
-        sim.log({"status": status, **(log or {})})
-        self.send(status, body, headers)
+              code: str | None = None) -> None:
+        """A request refused before the answer pipeline: no route, no body, or a bug in the simulator."""
+        self.reply(self.server.sim.refuse(status, message, gemini, {}, kind, code))
+
+    def reply(self, reply: Reply) -> None:
+        self.server.sim.tally(reply)
+        self.send(reply.status, reply.body, reply.headers)
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path.rstrip("/")
@@ -100,74 +91,26 @@ class Handler(BaseHTTPRequestHandler):
         if route_batch(self, "POST", path):
             return
         gemini_route = GEMINI_RE.match(path)
-        gemini = gemini_route is not None
+        gemini_model = gemini_route.group(1) if gemini_route else None  # Gemini names the model in the URL
+        gemini = gemini_model is not None
         if not gemini and path not in ("/v1/chat/completions", "/chat/completions"):
             self.error(404, f"no route POST {path}", False, code="not_found")
             return
-        length = int(n) if (n := self.headers.get("content-length", "")).isdigit() else 0
+        length = self.body_length()
         if not 0 < length <= MAX_BODY:
             self.close_connection = True
             self.error(400, "a JSON body with a content-length of at most 4 MiB is required", gemini)
             return
         raw = self.rfile.read(length)
+        if gemini:
+            key = self.headers.get("x-goog-api-key") or parse_qs(url.query).get("key", [""])[0]
+        else:
+            key = bearer(self.headers.get("authorization", ""))
         try:
-            body = orjson.loads(raw)
-            if gemini:
-                model, text, max_tokens = gemini_route.group(1), *gemini_text(body)
-                key = self.headers.get("x-goog-api-key") or parse_qs(url.query).get("key", [""])[0]
-            else:
-                model, text, max_tokens = str(body["model"]), *openai_text(body)
-                key = bearer(self.headers.get("authorization", ""))
-        except SHAPE_ERRORS:
-            self.error(400, "could not read the request body: not the expected JSON shape (streaming is not "
-                            "simulated)", gemini)
-            return
-        try:
-            self.answer(raw, model, key or "anonymous", text, max_tokens, gemini)
+            reply = self.server.sim.answer(raw, gemini_model=gemini_model, key=key or "anonymous")
         except Exception:  # a bug in the simulator: say so rather than drop the connection
             traceback.print_exc()
-            self.error(500, "internal error in the offline committee simulator (see its stderr)", gemini,
-                       kind="server_error")
-
-    def answer(self, raw: bytes, model: str, key: str, text: str, max_tokens: int, gemini: bool) -> None:
-        sim = self.server.sim
-        body_sha = hashlib.sha256(raw).hexdigest()
-        log: dict[str, Any] = {"model": model, "body_sha256": body_sha}
-        if (persona := sim.personas.get(model)) is None:
-            known = ", ".join(sorted(sim.personas))
-            self.error(404, f"The model `{model}` does not exist (simulated models: {known})", gemini,
-                       code="model_not_found", log=log)
+            self.error(500, INTERNAL, gemini, kind="server_error")
             return
-        log["attempt"] = attempt = sim.attempt(model, body_sha)
-        prompt_tokens = tokens(text)
-        wait, limit_headers, event = sim.limiter.admit(key, model, prompt_tokens)
-        headers = {} if gemini else limit_headers
-        if wait is not None:
-            wait = max(wait, 0.001)
-            retry = {"retry-after": str(math.ceil(wait)), "retry-after-ms": str(math.ceil(wait * 1000))}
-            self.error(429, f"Rate limit reached for {model} (simulated): retry after {wait:.3f}s", gemini,
-                       kind="requests", code="rate_limit_exceeded", headers=retry | headers, log=log)
-            return
-        fault = sim.fault(model, body_sha, attempt)
-        if fault == "5xx":
-            status = sim.error_status(model, body_sha, attempt)
-            self.error(status, "The server had an error while processing your request (simulated).", gemini,
-                       kind="server_error", log=log | {"fault": fault})
-            return
-        rng, latency = sim.reply_draws(model, body_sha)
-        pause = latency + (sim.hang_s if fault == "hang" else 0.0)
-        if pause and sim.stopping.wait(pause):
-            return
-        reply, finish, kind = sim.compose(persona, text, max_tokens, rng)
-        if fault == "empty":
-            reply = ""
-        completion_tokens = tokens(reply) if reply else 0
-        sim.limiter.settle(key, model, event, prompt_tokens + completion_tokens)
-        sim.count(f"fault_{fault}" if fault else "completed")
-        sim.log({"status": 200, **log, "kind": kind, "prompt_tokens": prompt_tokens,
-                 "completion_tokens": completion_tokens, **({"fault": fault} if fault else {})})
-        if fault == "malformed":
-            self.send(200, b'{"id": "chatcmpl-sim", "choices": [{"index": 0, "message": {"role": "assi', headers)
-        else:
-            reply_body = response(model, reply, completion_tokens, prompt_tokens, finish, gemini, body_sha)
-            self.send(200, reply_body, headers)
+        if reply is not None:  # None: the server is stopping
+            self.reply(reply)

@@ -5,8 +5,8 @@ found in the prompt (GSM8K solution text, SVAMP equation, StrategyQA facts, Logi
 spoiled at each persona's error rates, so that the committee code downstream sees realistic variety: wrong
 final answers, terse rationales, biased or noisy review scores, reviews with no score at all. Every draw
 comes from the `random.Random` the server seeds per request, so the same request always gets the same reply.
-The HTTP side lives in gen/offline/server.py (faults), gen/offline/http.py (routes) and gen/offline/api.py
-(wire formats, rate limits).
+The rest lives in gen/offline/server.py (the answer pipeline, faults), gen/offline/http.py (routes) and
+gen/offline/api.py (wire formats, rate limits). Prompts are read as gen/committee/prompts.py writes them.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -156,16 +157,32 @@ def _build_index(data_dir: str) -> QuestionIndex:
 
 # --- what kind of request, and the text inside it ------------------------------------------------------
 
-FENCED_RE = re.compile(r"<<<.*?>>>", re.DOTALL)
+FENCE_RE = re.compile(r"<{3,}")
 REVIEW_MARKERS = ("peer review", "peer-review", "reviewer", "solution under review", "rationale:")
 FEEDBACK_MARKERS = ("incorrectly", "incorrect answer")
 HINT_RE = re.compile(r"hint:\s*the correct (?:final )?answer (?:is|should be)\s*(.+)", re.IGNORECASE)
 
 
+def fences(text: str) -> Iterator[tuple[int, int, int, int]]:
+    """Each fenced text as (start, inner start, inner end, end). gen/committee/prompts.py's `fence` opens with n
+    '<'s and closes with n '>'s, n longer than any run of '>' inside, so the first n '>'s after it close it."""
+    pos = 0
+    while opening := FENCE_RE.search(text, pos):
+        n = len(opening[0])
+        if (close := text.find(">" * n, opening.end())) < 0:
+            return
+        pos = close + n
+        yield opening.start(), opening.end(), close, pos
+
+
 def classify(text: str, entry: Entry | None) -> Kind:
     """From the instructions only: fenced student answers and rationales, and the question itself (a passage
     may well mention a "reviewer"), are cut out first."""
-    instructions = normalise(FENCED_RE.sub(" ", text))
+    outside, pos = [], 0
+    for start, _, _, end in fences(text):
+        outside.append(text[pos:start])
+        pos = end
+    instructions = normalise(" ".join([*outside, text[pos:]]))
     if entry is not None:
         for part in (entry.example.context, entry.example.question, *entry.example.options):
             if len(part := normalise(part)) >= 25:  # short options ("Reviewer") could eat the instructions
@@ -178,18 +195,17 @@ def classify(text: str, entry: Entry | None) -> Kind:
 
 
 def section(text: str, markers: tuple[str, ...]) -> str:
-    """The text after the first marker found, up to the last "Hint:" after it, without <<< >>> fences."""
+    """The text after the first marker found: what its fence holds, or (unfenced, as in the paper's prompts)
+    everything up to the last "Hint:" after it."""
     lower = text.lower()
     for marker in markers:
         if (start := lower.find(marker.lower())) >= 0:
-            start += len(marker)
-            end = lower.rfind("hint:", start)
-            body = text[start : end if end >= 0 else len(text)].strip()
-            if body.startswith("<<<"):
-                body = body[3:]
-            if body.endswith(">>>"):
-                body = body[:-3]
-            return body.strip()
+            rest = text[start + len(marker) :].lstrip()
+            fenced = next(fences(rest), None)
+            if fenced is not None and fenced[0] == 0:
+                return rest[fenced[1] : fenced[2]].strip()
+            end = rest.lower().rfind("hint:")
+            return rest[: end if end >= 0 else len(rest)].strip()
     return ""
 
 

@@ -1,4 +1,4 @@
-"""`fair teachers serve`: the offline committee, a local HTTP server that SIMULATES teacher LLM APIs.
+"""The offline committee: a local HTTP server that SIMULATES teacher LLM APIs (`fair teachers serve`).
 
 It is a simulator for demos, tests and benchmarks, not a model: every response carries the header
 `x-fair-simulator: 1`. It speaks two wire formats,
@@ -12,7 +12,8 @@ and answers as one of several personas (gen/offline/personas.py: sim-careful, si
 benchmarks' gold solutions. Like a real API it enforces requests and tokens per minute per (key, model) over
 sliding 60 s windows (429 with Retry-After), and it injects faults at set rates: 5xx, hangs, malformed JSON,
 empty replies. A keyless request is the bucket "anonymous"; keys are bucket ids only and never logged. The wire
-formats and the limiter live in gen/offline/api.py, the HTTP routes in gen/offline/http.py.
+formats and the limiter live in gen/offline/api.py, the HTTP routes in gen/offline/http.py, the command line
+in gen/offline/cli.py.
 
 A server may run for weeks: a connection that stalls (or idles) for socket_timeout_s is closed, the Batch API's
 files are kept up to batch_store_mb (oldest dropped first), and a malformed request, live or in a batch, gets a
@@ -25,21 +26,28 @@ rerun of the same client sees the same sequence of faults.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
+import math
 import random
-import signal
-import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from fair.config import load_yaml
 from fair.errors import FairError
-from gen.offline.api import Limiter, tokens
+from gen.offline.api import (
+    MALFORMED,
+    SHAPE_ERRORS,
+    UNREADABLE,
+    Limiter,
+    error_body,
+    read_chat,
+    response,
+    tokens,
+)
 from gen.offline.batch import BatchStore
 from gen.offline.http import Handler, Server
 from gen.offline.personas import Kind, Persona, QuestionIndex, classify, merge_personas, write_reply
@@ -50,6 +58,16 @@ MAX_TRACKED = 1_000_000  # bodies whose attempts are counted
 
 def draw(*parts: Any) -> random.Random:
     return random.Random(int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "big"))
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The simulator's answer to one chat request, live or a batch line: what the route sends or files."""
+
+    status: int
+    body: dict | bytes  # bytes: the malformed fault's cut-off JSON
+    headers: dict[str, str] = field(default_factory=dict)  # rate limits and retry-after (live routes only)
+    fault: str | None = None
 
 
 class OfflineServer:
@@ -170,6 +188,68 @@ class OfflineServer:
             reply, finish = reply[: max(4, (max_tokens - 1) * 4)], "length"  # tokens(reply) <= max_tokens
         return reply, finish, kind
 
+    def answer(self, raw: bytes, *, gemini_model: str | None = None, key: str = "anonymous",
+               batch: str | None = None) -> Reply | None:
+        """The one answer pipeline, for the live routes and each Batch API line alike: read the body (400), find
+        the persona (404), count the attempt, admit it past the rate limit (429), draw a fault (5xx), wait out the
+        latency, compose the reply; every outcome is logged. A live request (`batch` None) is charged to `key`'s
+        bucket and waits; a batch line has no limit and no latency (the draw is taken, not waited for), and any
+        fault fails it with a 500. None: the server stopped during the wait, and nothing is sent."""
+        gemini, live = gemini_model is not None, batch is None
+        try:
+            model, text, max_tokens = read_chat(raw, gemini_model)
+        except SHAPE_ERRORS:
+            return self.refuse(400, UNREADABLE, gemini, {} if live else {"batch": batch})
+        body_sha = hashlib.sha256(raw).hexdigest()
+        log: dict[str, Any] = {"model": model, "body_sha256": body_sha, **({} if live else {"batch": batch})}
+        if (persona := self.personas.get(model)) is None:
+            known = ", ".join(sorted(self.personas))
+            return self.refuse(404, f"The model `{model}` does not exist (simulated models: {known})", gemini, log,
+                               code="model_not_found")
+        log["attempt"] = attempt = self.attempt(model, body_sha)
+        prompt_tokens, headers, event = tokens(text), {}, None
+        if live:
+            wait, limit_headers, event = self.limiter.admit(key, model, prompt_tokens)
+            headers = {} if gemini else limit_headers
+            if wait is not None:
+                wait = max(wait, 0.001)
+                retry = {"retry-after": str(math.ceil(wait)), "retry-after-ms": str(math.ceil(wait * 1000))}
+                return self.refuse(429, f"Rate limit reached for {model} (simulated): retry after {wait:.3f}s",
+                                   gemini, log, kind="requests", code="rate_limit_exceeded", headers=retry | headers)
+        fault = self.fault(model, body_sha, attempt)
+        if fault == "5xx" or (fault and not live):
+            status = self.error_status(model, body_sha, attempt) if live else 500
+            return self.refuse(status, "The server had an error while processing your request (simulated).",
+                               gemini, log | {"fault": fault}, kind="server_error")
+        rng, latency = self.reply_draws(model, body_sha)
+        pause = (latency + (self.hang_s if fault == "hang" else 0.0)) if live else 0.0
+        if pause and self.stopping.wait(pause):
+            return None
+        reply, finish, kind = self.compose(persona, text, max_tokens, rng)
+        if fault == "empty":
+            reply = ""
+        completion_tokens = tokens(reply) if reply else 0
+        if event is not None:
+            self.limiter.settle(key, model, event, prompt_tokens + completion_tokens)
+        self.log({"status": 200, **log, "kind": kind, "prompt_tokens": prompt_tokens,
+                  "completion_tokens": completion_tokens, **({"fault": fault} if fault else {})})
+        if fault == "malformed":
+            return Reply(200, MALFORMED, headers, fault)
+        return Reply(200, response(model, reply, completion_tokens, prompt_tokens, finish, gemini, body_sha),
+                     headers, fault)
+
+    def refuse(self, status: int, message: str, gemini: bool, log: dict[str, Any],
+               kind: str = "invalid_request_error", code: str | None = None,
+               headers: dict[str, str] | None = None) -> Reply:
+        """An error reply in the request's wire format, logged with `log` (never a key: see log)."""
+        self.log({"status": status, **log})
+        return Reply(status, error_body(status, message, gemini, kind, code), headers or {}, log.get("fault"))
+
+    def tally(self, reply: Reply) -> None:
+        """The live routes' counters (a batch counts its lines itself)."""
+        self.count("rate_limited" if reply.status == 429 else f"fault_{reply.fault}" if reply.fault
+                   else "completed" if reply.status == 200 else "errors")
+
     def error_status(self, model: str, body_sha: str, attempt: int) -> int:
         return draw(self.seed, "status", model, body_sha, attempt).choice((500, 503))
 
@@ -180,95 +260,3 @@ class OfflineServer:
             if u < edge:
                 return name
         return None
-
-
-# --- command line ----------------------------------------------------------------------------------------
-
-SETTINGS = {"rpm": int, "tpm": int, "latency_ms": list, "p_5xx": float, "p_hang": float, "hang_s": float,
-            "p_malformed": float, "p_empty": float, "seed": int, "log": str, "data_dir": str, "personas": dict,
-            "batch_delay_s": float, "batch_store_mb": float, "socket_timeout_s": float}
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: loopback only)")
-    p.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one (default 8765)")
-    p.add_argument("--port-file", default=None, help="also write the port to this file once listening")
-    p.add_argument("--config", default=None, metavar="FILE",
-                   help=f"YAML of settings ({', '.join(SETTINGS)}); flags override it")
-    p.add_argument("--rpm", type=int, default=None, help="requests per minute per (key, model) (default 600)")
-    p.add_argument("--tpm", type=int, default=None, help="tokens per minute per (key, model) (default 1000000)")
-    p.add_argument("--latency-ms", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
-                   help="uniform latency per reply in milliseconds (default 0 0)")
-    p.add_argument("--p-5xx", type=float, default=None, help="rate of 500/503 replies")
-    p.add_argument("--p-hang", type=float, default=None, help="rate of replies delayed by --hang-s")
-    p.add_argument("--hang-s", type=float, default=None, help="how long a hang lasts (default 30)")
-    p.add_argument("--p-malformed", type=float, default=None, help="rate of 200 replies that are not valid JSON")
-    p.add_argument("--p-empty", type=float, default=None, help="rate of 200 replies with empty content")
-    p.add_argument("--seed", type=int, default=None, help="seed of every draw (default 0)")
-    p.add_argument("--batch-delay-s", type=float, default=None,
-                   help="a Batch API batch completes this long after it is created (default 1)")
-    p.add_argument("--batch-store-mb", type=float, default=None,
-                   help="the Batch API's files kept in memory, oldest dropped first past it (default 1024)")
-    p.add_argument("--socket-timeout-s", type=float, default=None,
-                   help="close a connection that stalls (sends or reads nothing) this long (default 60)")
-    p.add_argument("--log", default=None, metavar="PATH", help="append one JSON line per request (no keys)")
-    p.add_argument("--data-dir", default=None, help="benchmark data (default $FAIR_DATA_DIR, else shared/data)")
-
-
-def settings(args: argparse.Namespace) -> dict[str, Any]:
-    """OfflineServer's keyword arguments: built-in defaults < the --config YAML < flags."""
-    values = load_yaml(args.config, set(SETTINGS)) if args.config else {}
-    for key, value in values.items():
-        kind = SETTINGS[key]
-        if isinstance(value, bool) or not (isinstance(value, kind) or (kind is float and isinstance(value, int))):
-            raise FairError(f"config file {args.config}: {key} must be {kind.__name__}, got {value!r}")
-    values |= {k: getattr(args, k) for k in SETTINGS if getattr(args, k, None) is not None}
-    if "latency_ms" in values:
-        if len(values["latency_ms"]) != 2:
-            raise FairError("latency_ms must be two numbers, MIN and MAX")
-        values["latency_ms"] = tuple(values["latency_ms"])
-    if "log" in values:
-        values["log_path"] = values.pop("log")
-    return values
-
-
-def run(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM or SIGINT, then print the summary; the handlers go in first, so a parent that
-    signals as soon as it reads the port still gets a clean exit."""
-    done = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: done.set()) for s in (signal.SIGTERM, signal.SIGINT)}
-    server = None
-    try:
-        server = OfflineServer(args.host, args.port, **settings(args)).start()
-        print(f"offline committee (simulator): {server.index.size} questions indexed from "
-              f"{', '.join(server.index.loaded) or 'no data (generic replies only)'}; "
-              f"models {', '.join(sorted(server.personas))}", file=sys.stderr, flush=True)
-        if args.port_file:
-            tmp = Path(f"{args.port_file}.tmp")
-            tmp.write_text(f"{server.port}\n")
-            tmp.replace(args.port_file)  # atomic: a reader never sees a half-written port
-        print(f"offline committee listening on {server.url}", flush=True)
-        while not done.wait(1.0):
-            pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if server is not None:
-            server.stop()
-            print(server.summary(), flush=True)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gen.offline.server", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except FairError as e:
-        print(f"offline committee: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
