@@ -84,11 +84,12 @@ class Service:
     def __init__(self, config: ServeConfig, teachers: list[Teacher], token: str):
         self.config, self.token = config, token
         self.teachers = {t.name: t for t in teachers}
-        self.store = Store(Path(config.state))
-        self.budget = Budget(config.reserve)
-        self.jobs = Jobs(self.store, self.budget, teachers, config.teachers)
 
     async def start(self) -> None:
+        """Everything that touches the state folder or the event loop: made when the app starts, not before."""
+        self.store = Store(Path(self.config.state))
+        self.budget = Budget(self.config.reserve)
+        self.jobs = Jobs(self.store, self.budget, list(self.teachers.values()), self.config.teachers)
         for path in self.store.sweep():
             print(f"fair serve: removed {path}, left without a record by the last stop", flush=True)
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=256))
@@ -221,17 +222,15 @@ UPLOAD_SCHEMA = {
 
 
 def add_files(app: FastAPI, service: Service) -> None:
-    store = service.store
-
     def get(file_id: str) -> dict[str, Any]:
-        if (doc := store.get("file", file_id)) is None:
+        if (doc := service.store.get("file", file_id)) is None:
             raise ApiError(404, f"no file {file_id!r}", "file_id")
         return doc
 
     @app.post("/v1/files", openapi_extra=UPLOAD_SCHEMA)
     async def upload(request: Request) -> dict[str, Any]:
         file_id = new_id("file")
-        partial = store.folder("file", file_id).with_suffix(".partial")
+        partial = service.store.folder("file", file_id).with_suffix(".partial")
         try:
             received = await uploads.receive(
                 request.stream(),
@@ -241,7 +240,7 @@ def add_files(app: FastAPI, service: Service) -> None:
             )
             purpose = received.fields["purpose"]
             lines = uploads.check(partial, purpose, service.teachers)
-            partial.replace(store.folder("file", file_id))  # then the row: see gen/serve/store.py
+            partial.replace(service.store.folder("file", file_id))  # then the row: see gen/serve/store.py
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -254,11 +253,11 @@ def add_files(app: FastAPI, service: Service) -> None:
             "lines": lines,
             "path": f"files/{file_id}",
         }
-        return file_object(store.add("file", doc))
+        return file_object(service.store.add("file", doc))
 
     @app.get("/v1/files")
     async def list_files(limit: int = 100, after: str | None = None) -> dict[str, Any]:
-        items, more = store.list("file", max(1, min(limit, 10_000)), after)
+        items, more = service.store.list("file", max(1, min(limit, 10_000)), after)
         return listing([file_object(d) for d in items], more)
 
     @app.get("/v1/files/{file_id}")
@@ -267,19 +266,19 @@ def add_files(app: FastAPI, service: Service) -> None:
 
     @app.get("/v1/files/{file_id}/content")
     async def file_content(file_id: str) -> FileResponse:
-        return FileResponse(store.root / get(file_id)["path"], media_type="application/jsonl")
+        return FileResponse(service.store.root / get(file_id)["path"], media_type="application/jsonl")
 
     @app.delete("/v1/files/{file_id}")
     async def delete_file(file_id: str) -> dict[str, Any]:
         doc = get(file_id)
         if doc["purpose"] != "batch_output" and any(
             b["input_file_id"] == file_id and b["status"] not in ("completed", "cancelled", "failed")
-            for b in store.list("batch", 1_000_000)[0]
+            for b in service.store.list("batch", 1_000_000)[0]
         ):
             raise ApiError(409, f"file {file_id} is the input of an open batch", "file_id")
-        store.delete("file", file_id)
+        service.store.delete("file", file_id)
         if doc["purpose"] != "batch_output":  # a batch's result file stays in its batch's folder
-            (store.root / doc["path"]).unlink(missing_ok=True)
+            (service.store.root / doc["path"]).unlink(missing_ok=True)
         return {"id": file_id, "object": "file", "deleted": True}
 
 
@@ -303,33 +302,32 @@ def add_batches(app: FastAPI, service: Service) -> None:
 
 
 def add_jobs(app: FastAPI, service: Service) -> None:
-    jobs = service.jobs
 
     @app.post("/v1/fair/jobs")
     async def submit_job(spec: JobSpec) -> dict[str, Any]:
-        return jobs.submit(spec.model_dump())
+        return service.jobs.submit(spec.model_dump())
 
     @app.get("/v1/fair/jobs")
     async def list_jobs(limit: int = 20, after: str | None = None) -> dict[str, Any]:
         items, more = service.store.list("job", max(1, min(limit, 100)), after)
-        return listing([jobs.view(d["id"]) for d in items], more)
+        return listing([service.jobs.view(d["id"]) for d in items], more)
 
     @app.get("/v1/fair/jobs/{job_id}")
     async def retrieve_job(job_id: str) -> dict[str, Any]:
-        return jobs.view(job_id)
+        return service.jobs.view(job_id)
 
     @app.post("/v1/fair/jobs/{job_id}/cancel")
     async def cancel_job(job_id: str) -> dict[str, Any]:
-        return jobs.cancel(job_id)
+        return service.jobs.cancel(job_id)
 
     @app.get("/v1/fair/jobs/{job_id}/events")
     async def job_events(job_id: str, request: Request) -> EventSourceResponse:
-        jobs.get(job_id)  # a 404 before the stream starts
+        service.jobs.get(job_id)  # a 404 before the stream starts
 
         async def events():
             last = None
             while not await request.is_disconnected():
-                doc = jobs.view(job_id)
+                doc = service.jobs.view(job_id)
                 if (data := orjson.dumps(doc).decode()) != last:
                     last = data
                     yield {"event": "progress", "data": data}
@@ -342,7 +340,7 @@ def add_jobs(app: FastAPI, service: Service) -> None:
 
     @app.get("/v1/fair/jobs/{job_id}/files")
     async def job_files(job_id: str) -> dict[str, Any]:
-        folder = jobs.folder(job_id)
+        folder = service.jobs.folder(job_id)
         names = [n for n in JOB_FILES if (folder / n).exists()] + sorted(
             p.name for p in folder.glob("*_round0.json")
         )
@@ -350,7 +348,7 @@ def add_jobs(app: FastAPI, service: Service) -> None:
 
     @app.get("/v1/fair/jobs/{job_id}/files/{name}")
     async def job_file(job_id: str, name: str) -> FileResponse:
-        folder = jobs.folder(job_id)
+        folder = service.jobs.folder(job_id)
         allowed = name in JOB_FILES or (name.endswith("_round0.json") and "/" not in name and name[0] != ".")
         if not allowed or not (folder / name).is_file():
             raise ApiError(404, f"job {job_id} has no file {name!r}", "name")
