@@ -158,6 +158,8 @@ def batch_object(doc: dict[str, Any]) -> dict[str, Any]:
         "error_file_id": doc.get("error_file_id"),
         "request_counts": {"total": doc["total"], "completed": doc["completed"], "failed": doc["failed"]},
         **stamps,
+        # Ours: requests in flight when the server was killed, which may have been sent twice.
+        "repeated_after_restart": doc["repeated_after_restart"],
     }
 
 
