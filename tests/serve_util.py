@@ -84,8 +84,8 @@ def upload(http: httpx.Client, content: bytes, purpose: str, name: str = "input.
     return http.post("/v1/files", files={"file": (name, content, "application/jsonl")}, data={"purpose": purpose})
 
 
-def upload_mistakes(http: httpx.Client, path: Path, count: int | None = None) -> str:
-    lines = path.read_bytes().splitlines(keepends=True)[:count]
+def upload_mistakes(http: httpx.Client, path: Path, count: int | None = None, start: int = 0) -> str:
+    lines = path.read_bytes().splitlines(keepends=True)[start:][:count]
     response = upload(http, b"".join(lines), "fair-mistakes")
     assert response.status_code == 200, response.text
     return response.json()["id"]
