@@ -21,7 +21,9 @@ OFFLINE = Path(__file__).resolve().parents[1] / "configs" / "teachers" / "offlin
 def teachers_yaml(folder: Path, url: str, rpm: int = 600, concurrency: int = 16) -> Path:
     """configs/teachers/offline.yaml pointed at `url`, with quick retries and the given limits."""
     text = OFFLINE.read_text().replace("max_retries: 8", "max_retries: 8\n    retry_backoff_s: 0.05")
-    text = text.replace("rpm: 600", f"rpm: {rpm}").replace("max_concurrency: 16", f"max_concurrency: {concurrency}")
+    text = text.replace("rpm: 600", f"rpm: {rpm}").replace(
+        "max_concurrency: 16", f"max_concurrency: {concurrency}"
+    )
     path = folder / "teachers.yaml"
     path.write_text(text)
     return path
@@ -40,11 +42,29 @@ class Served:
         port_file = self.state.parent / f"{self.state.name}.port"
         port_file.unlink(missing_ok=True)
         log = self.state.parent / f"{self.state.name}.log"
-        command = [sys.executable, "-m", "fair.cli", "serve", "--port", "0", "--port-file", str(port_file),
-                   "--state", str(self.state), "--teachers", str(self.teachers), "--base-url", self.sim_url,
-                   *self.args]
-        self.process = subprocess.Popen(command, stdout=log.open("a"), stderr=subprocess.STDOUT,
-                                        env=os.environ | {"FAIR_SERVE_TOKEN": TOKEN})
+        command = [
+            sys.executable,
+            "-m",
+            "fair.cli",
+            "serve",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--state",
+            str(self.state),
+            "--teachers",
+            str(self.teachers),
+            "--base-url",
+            self.sim_url,
+            *self.args,
+        ]
+        self.process = subprocess.Popen(
+            command,
+            stdout=log.open("a"),
+            stderr=subprocess.STDOUT,
+            env=os.environ | {"FAIR_SERVE_TOKEN": TOKEN},
+        )
         deadline = time.monotonic() + timeout
         while not port_file.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -81,7 +101,9 @@ class Served:
 
 
 def upload(http: httpx.Client, content: bytes, purpose: str, name: str = "input.jsonl") -> httpx.Response:
-    return http.post("/v1/files", files={"file": (name, content, "application/jsonl")}, data={"purpose": purpose})
+    return http.post(
+        "/v1/files", files={"file": (name, content, "application/jsonl")}, data={"purpose": purpose}
+    )
 
 
 def upload_mistakes(http: httpx.Client, path: Path, count: int | None = None, start: int = 0) -> str:
@@ -97,8 +119,12 @@ def submit(http: httpx.Client, file_id: str, **spec) -> dict:
     return response.json()
 
 
-def wait_job(http: httpx.Client, job_id: str, timeout: float = 60.0, until=("completed", "failed", "cancelled",
-                                                                               "stopped")) -> dict:
+def wait_job(
+    http: httpx.Client,
+    job_id: str,
+    timeout: float = 60.0,
+    until=("completed", "failed", "cancelled", "stopped"),
+) -> dict:
     deadline = time.monotonic() + timeout
     while (job := http.get(f"/v1/fair/jobs/{job_id}").json())["status"] not in until:
         assert time.monotonic() < deadline, job
@@ -107,9 +133,18 @@ def wait_job(http: httpx.Client, job_id: str, timeout: float = 60.0, until=("com
 
 
 def batch_lines(count: int, model: str = "careful", prefix: str = "q") -> bytes:
-    return b"".join(orjson.dumps({"custom_id": f"{prefix}{i}", "method": "POST", "url": "/v1/chat/completions",
-                                  "body": {"model": model, "messages": [{"role": "user", "content":
-                                           f"What is {i} + {i}?"}]}}) + b"\n" for i in range(count))
+    return b"".join(
+        orjson.dumps(
+            {
+                "custom_id": f"{prefix}{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": model, "messages": [{"role": "user", "content": f"What is {i} + {i}?"}]},
+            }
+        )
+        + b"\n"
+        for i in range(count)
+    )
 
 
 def records(path: Path) -> list[dict]:

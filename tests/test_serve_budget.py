@@ -56,7 +56,9 @@ def test_an_idle_job_cannot_bank_turns():
         return await take_turns(budget, gate, [early, late], 100)
 
     counts = asyncio.run(run())
-    assert counts["late"] == pytest.approx(50, abs=2)  # an even split from here on, not 100 turns of catching up
+    assert counts["late"] == pytest.approx(
+        50, abs=2
+    )  # an even split from here on, not 100 turns of catching up
 
 
 def test_the_reserve_keeps_room_for_interactive_requests():
@@ -97,11 +99,15 @@ def test_two_jobs_on_one_key_stay_within_its_rpm_with_fair_shares(tmp_path, data
     rpm, log = 60, tmp_path / "sim.log"
     mistakes = import_seed_mistakes(tmp_path, data_dir, count=24)
     with OfflineServer(port=0, data_dir=data_dir, rpm=rpm, log_path=log) as sim:
-        with Served(tmp_path / "state", teachers_yaml(tmp_path, sim.url, rpm=rpm), sim.url) as served, \
-                served.client() as http:
+        with (
+            Served(tmp_path / "state", teachers_yaml(tmp_path, sim.url, rpm=rpm), sim.url) as served,
+            served.client() as http,
+        ):
             pair = ["careful", "sloppy"]  # 6 requests a mistake, 3 on each key
-            jobs = [submit(http, upload_mistakes(http, mistakes, 12, start=12 * i), teachers=pair, window=4)
-                    for i in range(2)]
+            jobs = [
+                submit(http, upload_mistakes(http, mistakes, 12, start=12 * i), teachers=pair, window=4)
+                for i in range(2)
+            ]
             while all(http.get(f"/v1/fair/jobs/{j['id']}").json()["status"] != "completed" for j in jobs):
                 time.sleep(0.5)
             shares = [http.get(f"/v1/fair/jobs/{j['id']}").json()["progress"]["requests"] for j in jobs]

@@ -16,8 +16,12 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, data_dir):
     folder = tmp_path_factory.mktemp("fuzz")
-    with OfflineServer(port=0, data_dir=data_dir) as sim, \
-            Served(folder / "state", teachers_yaml(folder, sim.url), sim.url, "--max-upload-mb", "0.05") as server:
+    with (
+        OfflineServer(port=0, data_dir=data_dir) as sim,
+        Served(
+            folder / "state", teachers_yaml(folder, sim.url), sim.url, "--max-upload-mb", "0.05"
+        ) as server,
+    ):
         yield server
 
 
@@ -36,6 +40,10 @@ def test_no_route_answers_a_server_error(served):
         @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def check(case):
             response = case.call(base_url=served.url, headers=AUTH)
-            assert response.status_code < 500, (case.operation.label, response.status_code, response.text[:300])
+            assert response.status_code < 500, (
+                case.operation.label,
+                response.status_code,
+                response.text[:300],
+            )
 
         check()

@@ -12,17 +12,24 @@ from tests.serve_util import TOKEN, Served, submit, teachers_yaml, upload_mistak
 from tests.test_committee import import_seed_mistakes
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [pytest.mark.timeout(120),
-              pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed: apt-get install chromium")]
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="Debian's chromium is not installed: apt-get install chromium"
+    ),
+]
 
 
 def test_the_page_logs_in_shows_jobs_and_gates_and_cancels_a_job(tmp_path, data_dir):
     from playwright.sync_api import expect, sync_playwright
 
     mistakes = import_seed_mistakes(tmp_path, data_dir, count=20)
-    with OfflineServer(port=0, data_dir=data_dir, latency_ms=(100, 200)) as sim, \
-            Served(tmp_path / "state", teachers_yaml(tmp_path, sim.url), sim.url) as served, \
-            served.client() as http, sync_playwright() as p:
+    with (
+        OfflineServer(port=0, data_dir=data_dir, latency_ms=(100, 200)) as sim,
+        Served(tmp_path / "state", teachers_yaml(tmp_path, sim.url), sim.url) as served,
+        served.client() as http,
+        sync_playwright() as p,
+    ):
         job = submit(http, upload_mistakes(http, mistakes), window=1)
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page()

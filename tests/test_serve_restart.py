@@ -66,8 +66,14 @@ def test_sigkill_mid_job_and_mid_batch_then_restart_resumes_each_exactly_once(tm
         with served.start().client() as http:
             job = submit(http, upload_mistakes(http, mistakes), window=3)
             batch_file = upload(http, batch_lines(60), "batch").json()["id"]
-            batch = http.post("/v1/batches", json={"input_file_id": batch_file, "endpoint": "/v1/chat/completions",
-                                                   "completion_window": "24h"}).json()
+            batch = http.post(
+                "/v1/batches",
+                json={
+                    "input_file_id": batch_file,
+                    "endpoint": "/v1/chat/completions",
+                    "completion_window": "24h",
+                },
+            ).json()
             folder = served.state / "jobs" / job["id"]
             output = served.state / "batches" / batch["id"] / "output.jsonl"
             wait_for(lambda: len(records(folder / "committee.jsonl")) >= 3 and len(records(output)) >= 5)
@@ -116,9 +122,15 @@ def test_sigkill_mid_upload_leaves_no_partial_file_and_no_row(tmp_path, data_dir
 
         def post() -> None:
             with contextlib.suppress(httpx.HTTPError):  # the server dies under it
-                httpx.post(served.url + "/v1/files", content=slow_body(), timeout=30,
-                           headers={"Authorization": f"Bearer {TOKEN}",
-                                    "Content-Type": "multipart/form-data; boundary=b"})
+                httpx.post(
+                    served.url + "/v1/files",
+                    content=slow_body(),
+                    timeout=30,
+                    headers={
+                        "Authorization": f"Bearer {TOKEN}",
+                        "Content-Type": "multipart/form-data; boundary=b",
+                    },
+                )
 
         thread = threading.Thread(target=post)
         thread.start()
