@@ -126,26 +126,7 @@ class Batches:
         lines = (r for _, r in records(input_path) if r["custom_id"] not in done)
 
         async def answer(record: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
-            teacher, request = chat_request(record["body"], self.teachers)
-            line_id = (
-                "batch_req_" + hashlib.sha256(f"{batch_id}|{record['custom_id']}".encode()).hexdigest()[:24]
-            )
-            try:
-                response = await clients[teacher.name].complete(request)
-            except ProviderError as e:  # the client's message: redacted, one line
-                return False, {
-                    "id": line_id,
-                    "custom_id": record["custom_id"],
-                    "response": None,
-                    "error": {"code": "teacher_failed", "message": str(e)},
-                }
-            body = chat_completion(teacher, request, response)
-            return True, {
-                "id": line_id,
-                "custom_id": record["custom_id"],
-                "error": None,
-                "response": {"status_code": 200, "request_id": body["id"], "body": body},
-            }
+            return await answer_line(batch_id, record, clients, self.teachers)
 
         status = "completed"
         try:
@@ -168,6 +149,11 @@ class Batches:
                 self.store.update("batch", batch_id, **counts)
                 raise
             status = "cancelled"
+        except Exception as e:  # noqa: BLE001 (a full disk: this batch fails, the server goes on)
+            status = "failed"
+            self.store.update(
+                "batch", batch_id, errors=[{"code": "server_error", "message": f"{type(e).__name__}: {e}"}]
+            )
         finally:
             self.tasks.pop(batch_id, None)
         self.finish(batch_id, status, counts, out_path, err_path)
@@ -200,6 +186,30 @@ class Batches:
                 )
                 files[name] = file_id
         self.store.update("batch", batch_id, status=status, **{f"{status}_at": int(time.time())}, **files)
+
+
+async def answer_line(
+    batch_id: str, record: dict[str, Any], clients: dict[str, TeacherClient], teachers: dict[str, Teacher]
+) -> tuple[bool, dict[str, Any]]:
+    """(answered?, the line for output.jsonl or errors.jsonl) of one input line, in OpenAI's result shape."""
+    teacher, request = chat_request(record["body"], teachers)
+    line_id = "batch_req_" + hashlib.sha256(f"{batch_id}|{record['custom_id']}".encode()).hexdigest()[:24]
+    try:
+        response = await clients[teacher.name].complete(request)
+    except ProviderError as e:  # the client's message: redacted, one line
+        return False, {
+            "id": line_id,
+            "custom_id": record["custom_id"],
+            "response": None,
+            "error": {"code": "teacher_failed", "message": str(e)},
+        }
+    body = chat_completion(teacher, request, response)
+    return True, {
+        "id": line_id,
+        "custom_id": record["custom_id"],
+        "error": None,
+        "response": {"status_code": 200, "request_id": body["id"], "body": body},
+    }
 
 
 def count_lines(path: Path) -> int:

@@ -29,7 +29,14 @@ from typing import Any
 from fair.errors import FairError
 from fair.eval.tasks import get_task
 from fair.gen.client import TeacherClient
-from fair.gen.committee import CommitteeConfig, Hooks, count_mistakes, run_committee, write_stats
+from fair.gen.committee import (
+    CommitteeConfig,
+    Hooks,
+    count_mistakes,
+    finished_ids,
+    run_committee,
+    write_stats,
+)
 from fair.gen.committee_format import write_paper_files
 from fair.gen.serve.budget import Budget
 from fair.gen.serve.store import Store, new_id
@@ -202,7 +209,7 @@ class Jobs:
         self.live[job_id] = Live(
             clients,
             count_mistakes(config),
-            skipped=len(set(r["id"] for r in read_jsonl(config.out_path))) if config.out_path.exists() else 0,
+            skipped=len(finished_ids(config.out_path)),
         )
         self.store.update("job", job_id, repeated_after_restart=doc["repeated_after_restart"] + repeated)
 
