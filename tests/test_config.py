@@ -13,10 +13,12 @@ from fair.eval.evaluate import EvalConfig
 from fair.gen.committee import CommitteeConfig
 from fair.gen.mine import MineConfig
 from fair.gen.pipeline import GenConfig
+from fair.gen.serve.server import ServeConfig
 from fair.gen.teachers import load_committee, rebase
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-STAGES = {"mine.yaml": MineConfig, "eval.yaml": EvalConfig, "committee.yaml": CommitteeConfig, "gen.yaml": GenConfig}
+STAGES = {"mine.yaml": MineConfig, "eval.yaml": EvalConfig, "committee.yaml": CommitteeConfig, "gen.yaml": GenConfig,
+          "serve.yaml": ServeConfig}
 
 
 def parse(cls, *argv):
