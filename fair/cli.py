@@ -3,6 +3,8 @@
     fair mine    run the student over a train split and keep its mistakes      (gen/mine.py)
     fair merge   join the shards of `fair mine --shard i/N` runs, checked       (gen/merge.py)
     fair committee   feedback, rationales and peer reviews from the teachers    (gen/committee/run.py)
+                     --server URL: as a job of a `fair serve` instead            (gen/serve/remote.py)
+    fair serve   the committee as a service: jobs, OpenAI's batches, one budget (gen/serve/server.py)
     fair estimate    requests, tokens, USD and hours a committee run will take  (gen/committee/estimate.py)
     fair gen     mine + committee + the paper's files, in one go                (gen/pipeline.py)
     fair teachers serve   the offline committee simulator                       (gen/offline/cli.py)
@@ -54,7 +56,13 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def cmd_committee(args: argparse.Namespace) -> int:
     from gen.committee.run import CommitteeConfig, committee
 
-    committee(build_config(CommitteeConfig, args))
+    config = build_config(CommitteeConfig, args)
+    if config.server:
+        from gen.serve.remote import run_remote
+
+        run_remote(config)
+    else:
+        committee(config)
     return 0
 
 
@@ -65,10 +73,16 @@ def cmd_gen(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_teachers_serve(args: argparse.Namespace) -> int:
     from gen.offline import cli as offline_cli
 
     return offline_cli.run(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gen.serve.server import ServeConfig, serve
+
+    return serve(build_config(ServeConfig, args))
 
 
 def cmd_import_committee(args: argparse.Namespace) -> int:
@@ -163,6 +177,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from gen.mine import MineConfig
     from gen.offline import cli as offline_cli
     from gen.pipeline import GenConfig
+    from gen.serve.server import ServeConfig
 
     parser = Parser(prog="fair", description="FAIR: distil reasoning from a committee of teachers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -191,6 +206,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     teachers = sub.add_parser("teachers", help="teacher tools").add_subparsers(dest="teachers_command", required=True)
     p = teachers.add_parser("serve", help="serve the offline committee simulator (OpenAI and Gemini wire formats)")
     offline_cli.add_arguments(p)
+    p.set_defaults(run=cmd_teachers_serve)
+
+    p = sub.add_parser("serve", help="the committee as a service: jobs, OpenAI's files and batches, one budget")
+    add_config_arguments(p, ServeConfig)
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser("import-committee", help="import the paper's feedback and rationale files")

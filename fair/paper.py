@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fair.errors import FairError
+from fair.jsonl import JsonArrayWriter, read_jsonl, unique_ids
 from fair.records import Messages, StudentAnswer
 from fair.tasks import OPTION_LETTERS, Example, Task
 from fair.tasks._common import read_json_array
@@ -224,6 +225,17 @@ def export_committee(task: Task, records: Iterable[dict[str, Any]]) -> Iterator[
             rationale[f"{author}_rationale"] = [entry["text"], *(int(round(s)) if s else 0 for s in scores)]
         rationale["correct_rationale"] = [record["rationales"][n]["text"] for n in names if record["rationales"][n]["accepted"]]
         yield feedback, rationale
+
+
+def write_paper_files(task: Task, committee_path: Path, stem: str) -> tuple[str, str]:
+    """The paper's two files beside committee.jsonl, `<stem>_{feedback,rationale}_round0.json`, written as it is
+    read: memory stays flat whatever its size."""
+    names = (f"{committee_path.parent / stem}_feedback_round0.json", f"{committee_path.parent / stem}_rationale_round0.json")
+    with JsonArrayWriter(names[0]) as feedback, JsonArrayWriter(names[1]) as rationale:
+        for feedback_record, rationale_record in export_committee(task, unique_ids(read_jsonl(committee_path))):
+            feedback.add(feedback_record)
+            rationale.add(rationale_record)
+    return names
 
 
 def import_committee(

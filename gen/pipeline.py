@@ -17,9 +17,8 @@ from typing import Literal
 from fair.config import Validated
 from fair.engines.base import EngineName
 from fair.errors import FairError
-from fair.jsonl import JsonArrayWriter, read_jsonl, unique_ids
 from fair.models import DEFAULT_STUDENT, model_short_name
-from fair.paper import export_committee
+from fair.paper import write_paper_files
 from fair.tasks import get_task
 from gen.committee.run import CommitteeConfig, committee
 from gen.mine import MineConfig, mine
@@ -95,13 +94,7 @@ def offline_server(config: GenConfig):
 
 
 def export(config: GenConfig, committee_config: CommitteeConfig) -> None:
-    """The paper's two files, written as committee.jsonl is read: memory stays flat whatever its size."""
     task = get_task(config.task)
-    stem = committee_config.out_path.parent / f"{model_short_name(config.student)}_{task.name}"
-    records = unique_ids(read_jsonl(committee_config.out_path))
-    with (JsonArrayWriter(f"{stem}_feedback_round0.json") as feedback,
-          JsonArrayWriter(f"{stem}_rationale_round0.json") as rationale):
-        for feedback_record, rationale_record in export_committee(task, records):
-            feedback.add(feedback_record)
-            rationale.add(rationale_record)
-    print(f"wrote the paper's files: {stem}_feedback_round0.json, {stem}_rationale_round0.json")
+    feedback, rationale = write_paper_files(task, committee_config.out_path,
+                                            f"{model_short_name(config.student)}_{task.name}")
+    print(f"wrote the paper's files: {feedback}, {rationale}")

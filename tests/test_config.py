@@ -13,10 +13,12 @@ from fair.errors import FairError
 from gen.committee.run import CommitteeConfig
 from gen.mine import MineConfig
 from gen.pipeline import GenConfig
+from gen.serve.server import ServeConfig
 from gen.teachers.config import load_committee, rebase
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-STAGES = {"mine.yaml": MineConfig, "eval.yaml": EvalConfig, "committee.yaml": CommitteeConfig, "gen.yaml": GenConfig}
+STAGES = {"mine.yaml": MineConfig, "eval.yaml": EvalConfig, "committee.yaml": CommitteeConfig, "gen.yaml": GenConfig,
+          "serve.yaml": ServeConfig}
 
 
 def parse(cls, *argv):

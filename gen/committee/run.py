@@ -2,6 +2,7 @@
 rationale is peer-reviewed by the other teachers.
 
     fair committee --task svamp --teachers offline --base-url http://127.0.0.1:8765
+    fair committee --task svamp --server http://127.0.0.1:8765   # as a job of `fair serve` (gen/serve/)
     fair committee --task gsm8k --teachers default --window 128
     fair committee --task gsm8k --teachers default --batch-api   # OpenAI's Batch API first: half price, slower
 
@@ -26,10 +27,10 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 from tqdm import tqdm
@@ -47,9 +48,11 @@ from gen.committee.prompts import PROMPT_SETS, PROMPT_VERSION, PromptSet
 from gen.committee.review import parse_review_score
 from gen.teachers.batch import DEADLINE_S, BatchRun, drafts
 from gen.teachers.cache import ResponseCache
-from gen.teachers.client import TeacherClient
+from gen.teachers.client import Admission, TeacherClient
 from gen.teachers.config import Teacher, load_committee, missing_keys
 from gen.teachers.providers import ChatRequest, ProviderError, http_client
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -69,12 +72,18 @@ class CommitteeConfig(Validated):
     batch_poll_s: float = 60.0  # longest wait between a batch's status checks (from 1 s, doubling)
     batch_deadline_s: float = DEADLINE_S  # a batch still open this long after its creation is cancelled: live
     progress: bool = True
+    server: str | None = None  # a `fair serve` URL: run there as a job (its committee) and download the output
+    priority: float = 1.0  # with server: the job's weight where it shares the teachers' limits with other jobs
 
     def validate(self) -> None:
         get_task(self.task)
         if not 1 <= self.threshold <= 5:
             raise FairError(f"threshold must be within the 1-5 score range, got {self.threshold}")
         at_least(self, 1, "window", "limit")
+        if self.server and (self.base_url or self.batch_api):
+            raise FairError("with server, the server's committee answers: base_url and batch_api are its own")
+        if self.priority <= 0:
+            raise FairError(f"priority must be positive, got {self.priority}")
         if self.batch_poll_s <= 0 or self.batch_deadline_s <= 0:
             raise FairError(f"batch_poll_s and batch_deadline_s must be positive, got {self.batch_poll_s} and "
                             f"{self.batch_deadline_s}")
@@ -180,6 +189,17 @@ async def process(ctx: Context, answer: StudentAnswer) -> dict[str, Any]:
 # The run: stream mistakes through a bounded window, append finished records
 
 
+@dataclass
+class Hooks:
+    """What a long-lived caller plugs into a run (`fair serve`'s jobs, gen/serve/jobs.py); the CLI needs none."""
+
+    admission: Admission | None = None  # whose request goes next through a gate shared with other jobs
+    # Told, once the clients exist, how many requests may be sent twice (in flight when the last run was killed).
+    started: Callable[[int, dict[str, TeacherClient]], None] = lambda repeated, clients: None
+    # After each group of records is written, with the run's clients and its records so far; raising stops the run.
+    written: Callable[[dict[str, TeacherClient], int], None] = lambda clients, written: None
+
+
 def existing_mistakes(config: CommitteeConfig) -> Path:
     path = config.mistakes_path
     if not path.exists():
@@ -209,14 +229,14 @@ def finished_ids(path: Path) -> set[str]:
     return {r["id"] for r in read_jsonl(path)} if path.exists() else set()
 
 
-async def run_committee(config: CommitteeConfig, teachers: list[Teacher]) -> dict[str, Any]:
+async def run_committee(config: CommitteeConfig, teachers: list[Teacher], hooks: Hooks | None = None) -> dict[str, Any]:
     # Before the finished ids and the cache's in-flight marks are read: a second run would take the first
     # one's requests in flight for a crash's leftovers, and answer (and pay for) every mistake again.
     with folder_lock(config.out_path.parent, "committee"):
-        return await stream_committee(config, teachers)
+        return await stream_committee(config, teachers, hooks or Hooks())
 
 
-async def stream_committee(config: CommitteeConfig, teachers: list[Teacher]) -> dict[str, Any]:
+async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hooks: Hooks) -> dict[str, Any]:
     task = get_task(config.task)
     done = finished_ids(config.out_path)
     mistakes = pending_mistakes(config, done)
@@ -229,7 +249,8 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher]) -> 
         async with httpx.AsyncClient() as http, contextlib.AsyncExitStack() as pools:
             # A connection pool per teacher, sized to its keys' concurrency.
             clients = {t.name: TeacherClient(t, cache, await pools.enter_async_context(
-                http_client(t.max_concurrency * len(t.per_key())))) for t in teachers}
+                http_client(t.max_concurrency * len(t.per_key()))), admission=hooks.admission) for t in teachers}
+            hooks.started(repeated, clients)
             ctx = Context(task, config.prompts, PROMPT_SETS[config.prompts], clients,
                           {t.name: t for t in teachers}, config.threshold)
             batch = None
@@ -257,25 +278,27 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher]) -> 
                 bar.set_postfix_str(line, refresh=False)
                 if errors:
                     raise errors[0]
+                hooks.written(clients, written)
 
-            await stream_window(ctx, mistakes, config.window, write)
+            await stream_window(lambda answer: process(ctx, answer), mistakes, config.window, write)
             bar.close()
     return {"written": written, "skipped": len(done), "repeated_after_kill": repeated,
             "seconds": time.perf_counter() - started, "cache_commits": cache.commits,
             "stats": {n: c.stats for n, c in clients.items()}, "batch": batch}
 
 
-async def stream_window(ctx: Context, mistakes: Iterator[StudentAnswer], window: int,
+async def stream_window(work: Callable[[T], Coroutine[Any, Any, Any]], items: Iterator[T], window: int,
                         write: Callable[[set[asyncio.Task]], None]) -> None:
-    """At most `window` mistakes in flight; `write` gets each group that finishes. When anything fails (or on
-    Ctrl-C), the rest are cancelled and awaited, so that none is left running or unread for asyncio's log."""
+    """`work` on each item, at most `window` at once; `write` gets each group that finishes. When anything fails
+    (or on Ctrl-C), the rest are cancelled and awaited, so that none is left running or unread for asyncio's log.
+    (Also `fair serve`'s batches, one request a line.)"""
     in_flight: set[asyncio.Task] = set()
     try:
-        for answer in mistakes:
+        for item in items:
             if len(in_flight) >= window:
                 finished, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 write(finished)
-            in_flight.add(asyncio.create_task(process(ctx, answer)))
+            in_flight.add(asyncio.create_task(work(item)))
         while in_flight:
             finished, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
             write(finished)
@@ -306,13 +329,18 @@ def committee(config: CommitteeConfig) -> dict[str, Any]:
     with logging_redirect_tqdm():  # log lines print above the progress bar instead of through it
         result = asyncio.run(run_committee(config, teachers))
     print_summary(config, teachers, result)
+    write_stats(config, result)
+    return result
+
+
+def write_stats(config: CommitteeConfig, result: dict[str, Any]) -> None:
+    """committee_stats.json beside the output: this run's counts, per teacher (`fair estimate` reads them)."""
     write_json(config.out_path.with_name("committee_stats.json"), {
         "written": result["written"], "skipped": result["skipped"], "seconds": round(result["seconds"], 2),
         "repeated_after_kill": result["repeated_after_kill"], "cache_commits": result["cache_commits"],
         "batch": dataclasses.asdict(result["batch"]) if result["batch"] else None,
         "teachers": {name: dataclasses.asdict(stats) for name, stats in result["stats"].items()},
     })
-    return result
 
 
 def print_summary(config: CommitteeConfig, teachers: list[Teacher], result: dict[str, Any]) -> None:

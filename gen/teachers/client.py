@@ -17,7 +17,9 @@ Limits are shared by every client for the same provider, base_url, API key and m
 that is the unit the provider limits. A teacher with several API keys has one gate per key, each with the
 teacher's rpm, tpm and max_concurrency; every attempt goes to the key that can send soonest: the one with the
 fewest requests waiting or in flight, among keys not cooling down after a 429 (if all are, the one whose
-cool-down ends first). A retry picks again, so a 429 moves the work to the other keys. Per gate:
+cool-down ends first). A retry picks again, so a 429 moves the work to the other keys. Every client of one
+event loop shares the gates, so the jobs of a `fair serve` process share one budget; its `Admission`
+(gen/serve/budget.py) decides whose request takes a gate's next slot, where a lone run takes first come. Per gate:
   * requests: a token bucket refilled at rpm/60 per second that holds one second's worth (or one request
     when rpm < 60): providers enforce per-minute limits at sub-minute granularity, so a full minute's
     burst at start-up would earn 429s. The bucket alone lets one second's worth more than rpm into the first
@@ -40,14 +42,16 @@ cool-down ends first). A retry picks again, so a 429 moves the work to the other
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 from aiolimiter import AsyncLimiter
@@ -161,7 +165,7 @@ class Retry:
 
 
 @dataclass
-class _Gate:
+class Gate:
     rpm: int
     requests: AsyncLimiter
     tokens: AsyncLimiter
@@ -171,13 +175,14 @@ class _Gate:
     cooldown_until: float = 0.0  # loop.time() before which nobody sends
     slow_until: float = 0.0  # loop.time() before which the per-minute cap is SLOW_FACTOR * rpm
     token_balance: float = 0.0  # > 0: over-reserved tokens to credit; < 0: usage still to charge
+    rate_limited: int = 0  # 429s received through this gate
 
 
 # Limiters and semaphores belong to one event loop, so gates are kept per loop (and die with it).
-_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, _Gate]] = weakref.WeakKeyDictionary()
+_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, Gate]] = weakref.WeakKeyDictionary()
 
 
-def _gate_for(teacher: Teacher) -> _Gate:
+def _gate_for(teacher: Teacher) -> Gate:
     """The gate of a one-key teacher (one of Teacher.per_key()): the same key and model share one."""
     key = teacher.api_key()
     ident = (teacher.provider, teacher.url, hashlib.sha256(key.encode()).hexdigest()[:16] if key else "",
@@ -185,13 +190,34 @@ def _gate_for(teacher: Teacher) -> _Gate:
     gates = _GATES.setdefault(asyncio.get_running_loop(), {})
     if ident not in gates:  # the first teacher to use a gate sets its limits
         burst = max(1.0, teacher.rpm / 60)
-        gates[ident] = _Gate(
+        gates[ident] = Gate(
             rpm=teacher.rpm,
             requests=AsyncLimiter(burst, burst * 60 / teacher.rpm),
             tokens=AsyncLimiter(teacher.tpm, 60),
             slots=asyncio.Semaphore(teacher.max_concurrency),
         )
     return gates[ident]
+
+
+def gate_state(teacher: Teacher) -> list[dict[str, Any]]:
+    """Each of a teacher's gates as `fair serve` shows it (GET /v1/fair/limits); from inside its event loop."""
+    now = asyncio.get_running_loop().time()
+    states = []
+    for index, view in enumerate(teacher.per_key()):
+        gate = _gate_for(view)
+        states.append({"teacher": teacher.name, "key": index, "model": teacher.model, "rpm": gate.rpm,
+                       "tpm": int(gate.tokens.max_rate),
+                       "requests_last_minute": sum(1 for t in gate.sent if t > now - WINDOW_S),
+                       "cooldown_s": round(max(gate.cooldown_until - now, 0.0), 3),
+                       "queue": gate.load, "rate_limited": gate.rate_limited})
+    return states
+
+
+class Admission(Protocol):
+    """Who goes next through a gate shared by several jobs (`fair serve`, gen/serve/budget.py). Without one,
+    requests take a gate's concurrency slots and limits first come, first served."""
+
+    def turn(self, gate: Gate) -> AbstractAsyncContextManager[None]: ...
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -211,8 +237,10 @@ class _Call:
 
 class TeacherClient:
     def __init__(self, teacher: Teacher, cache: ResponseCache, http: httpx.AsyncClient,
-                 provider: ChatProvider | None = None, *, backoff_s: float | None = None, backoff_max_s: float = 60.0):
+                 provider: ChatProvider | None = None, *, backoff_s: float | None = None, backoff_max_s: float = 60.0,
+                 admission: Admission | None = None):
         self.teacher = teacher
+        self.admission = admission
         self.cache = cache
         # One provider per API key, each seeing a one-key teacher; a given `provider` (tests) serves all keys.
         self.keys = [(view, provider or make_provider(view, http)) for view in teacher.per_key()]
@@ -254,7 +282,7 @@ class TeacherClient:
         # INFO, not WARNING: retries are routine and the progress bar counts them; final failures warn.
         log.info("%s (retry %d in %.2f s)", error, failures, wait)
 
-    def _pick_key(self) -> tuple[ChatProvider, _Gate]:
+    def _pick_key(self) -> tuple[ChatProvider, Gate]:
         """The key that can send soonest (see the module docstring)."""
         now = asyncio.get_running_loop().time()
         gates = [(provider, _gate_for(view)) for view, provider in self.keys]
@@ -265,9 +293,9 @@ class TeacherClient:
         provider, gate = self._pick_key()
         gate.load += 1
         try:
-            async with gate.slots:
-                t0 = loop.time()
-                await self._reserve(gate, call.estimate)
+            t0 = loop.time()
+            await self._admit(gate, call.estimate)
+            try:
                 while (delay := gate.cooldown_until - loop.time()) > 0:  # re-checked: a 429 may extend it
                     await asyncio.sleep(delay)
                 self.stats.wait_s += loop.time() - t0
@@ -282,8 +310,11 @@ class TeacherClient:
                     gate.token_balance = min(gate.token_balance + call.estimate, gate.tokens.max_rate)
                     if isinstance(e, RateLimited):
                         self.stats.rate_limited += 1
+                        gate.rate_limited += 1
                         self._on_rate_limited(gate, e.retry_after)
                     raise
+            finally:
+                gate.slots.release()
         finally:
             gate.load -= 1
         self.cache.put(call.key, self.teacher.name, response)  # first, before anything else can fail
@@ -291,9 +322,20 @@ class TeacherClient:
         self._read_limits(gate, response.limits, call.estimate)
         return response
 
+    async def _admit(self, gate: Gate, estimate: int) -> None:
+        """A concurrency slot, then the limits (returns holding the slot). With an admission, whose request takes
+        the next slot and the next place in the limits is its choice (fair shares between a server's jobs)."""
+        async with self.admission.turn(gate) if self.admission else contextlib.nullcontext():
+            await gate.slots.acquire()
+            try:
+                await self._reserve(gate, estimate)
+            except BaseException:
+                gate.slots.release()
+                raise
+
     # -- limits ------------------------------------------------------------------------------------------
 
-    async def _reserve(self, gate: _Gate, estimate: int) -> None:
+    async def _reserve(self, gate: Gate, estimate: int) -> None:
         """Take a request token, a place in the last minute's quota, and the token estimate net of the balance."""
         await gate.requests.acquire()
         loop = asyncio.get_running_loop()
@@ -312,7 +354,7 @@ class TeacherClient:
         if charge:
             await gate.tokens.acquire(charge)
 
-    def _settle(self, gate: _Gate, estimate: int, response: ChatResponse) -> None:
+    def _settle(self, gate: Gate, estimate: int, response: ChatResponse) -> None:
         actual = response.input_tokens + response.output_tokens
         if actual:  # a server that reports no usage leaves the estimate standing
             gate.token_balance = min(gate.token_balance + estimate - actual, gate.tokens.max_rate)
@@ -322,17 +364,17 @@ class TeacherClient:
         s.output_tokens += response.output_tokens
         s.cost += self.teacher.cost(response.input_tokens, response.output_tokens)
 
-    def _cool_down(self, gate: _Gate, seconds: float) -> None:
+    def _cool_down(self, gate: Gate, seconds: float) -> None:
         until = asyncio.get_running_loop().time() + min(seconds, MAX_COOLDOWN_S)
         if until > gate.cooldown_until:
             gate.cooldown_until = until
             log.info("%s: cooling down for %.1f s", self.teacher.name, min(seconds, MAX_COOLDOWN_S))
 
-    def _on_rate_limited(self, gate: _Gate, retry_after: float | None) -> None:
+    def _on_rate_limited(self, gate: Gate, retry_after: float | None) -> None:
         self._cool_down(gate, retry_after if retry_after is not None else self.retry.backoff_s)
         gate.slow_until = asyncio.get_running_loop().time() + SLOW_S
 
-    def _read_limits(self, gate: _Gate, limits: RateLimitInfo | None, estimate: int) -> None:
+    def _read_limits(self, gate: Gate, limits: RateLimitInfo | None, estimate: int) -> None:
         if limits is None:
             return
         resets = []

@@ -1,0 +1,383 @@
+"""`fair serve`'s HTTP routes (FastAPI): OpenAI's files, batches and chat completions, committee jobs, the page.
+
+    GET  /healthz                                   the only route without the bearer token
+    GET  /                                          the page (gen/serve/page.html); POST /login sets its cookie
+    POST /v1/files  GET /v1/files[/{id}[/content]]  DELETE /v1/files/{id}
+    POST /v1/batches  GET /v1/batches[/{id}]  POST /v1/batches/{id}/cancel
+    POST /v1/chat/completions                       a teacher, through the shared gates and a cache
+    GET  /v1/models                                 the teachers
+    POST /v1/fair/jobs  GET /v1/fair/jobs[/{id}]  POST /v1/fair/jobs/{id}/cancel
+    GET  /v1/fair/jobs/{id}/events                  progress as server-sent events, until the job ends
+    GET  /v1/fair/jobs/{id}/files[/{name}]          committee.jsonl, committee_stats.json, the paper's files
+    GET  /v1/fair/limits                            each gate: limits, use over the last minute, cool-down, 429s
+
+Auth is a middleware, so that it runs before anything reads a body: `Authorization: Bearer TOKEN`, or the page's
+cookie (HttpOnly, SameSite=Strict, set by POST /login), compared in constant time. Errors are OpenAI's shape,
+{"error": {"message", "type", "param", "code"}}; a request the schema refuses is a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import orjson
+from fastapi import Body, FastAPI, Form, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette.sse import EventSourceResponse
+from starlette.exceptions import HTTPException
+
+from fair.errors import FairError
+from gen.serve import uploads
+from gen.serve.batches import Batches
+from gen.serve.budget import Budget
+from gen.serve.jobs import OPEN, Jobs
+from gen.serve.server import ServeConfig, same_token
+from gen.serve.store import Store, new_id
+from gen.serve.wire import ApiError, batch_object, chat_completion, chat_request, file_object
+from gen.teachers.cache import ResponseCache
+from gen.teachers.client import TeacherClient, gate_state
+from gen.teachers.config import Teacher
+from gen.teachers.providers import ProviderError
+
+COOKIE = "fair_serve_token"
+PAGE = Path(__file__).with_name("page.html")
+LOGIN = (
+    "<!doctype html><title>fair serve</title><form method=post action=/login>"
+    "<label>Token <input name=token type=password autofocus></label> <button>Open</button></form>"
+)
+JOB_FILES = ("mistakes.jsonl", "committee.jsonl", "committee_stats.json", "committee.yaml")
+
+
+class JobSpec(BaseModel):
+    """A committee job; keys, base URLs and limits are the server's, so naming one is a 400 (extra fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+    mistakes_file_id: str
+    task: str = "svamp"
+    teachers: list[str] | None = None  # a subset of the server's committee; default all
+    prompts: Literal["fair", "paper"] = "fair"
+    threshold: float = Field(3.0, ge=1, le=5)
+    window: int = Field(64, ge=1, le=4096)
+    limit: int | None = Field(None, ge=1)
+    priority: float = Field(1.0, gt=0, le=100)  # the job's weight in the shared gates' fair queues
+    max_cost_usd: float | None = Field(None, gt=0)
+
+
+class BatchSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None = None
+
+
+class Service:
+    """What the routes share: the store, the budget, the jobs, the batches and the proxy's clients."""
+
+    def __init__(self, config: ServeConfig, teachers: list[Teacher], token: str):
+        self.config, self.token = config, token
+        self.teachers = {t.name: t for t in teachers}
+
+    async def start(self) -> None:
+        """Everything that touches the state folder or the event loop: made when the app starts, not before."""
+        self.store = Store(Path(self.config.state))
+        self.budget = Budget(self.config.reserve)
+        self.jobs = Jobs(self.store, self.budget, list(self.teachers.values()), self.config.teachers)
+        for path in self.store.sweep():
+            print(f"fair serve: removed {path}, left without a record by the last stop", flush=True)
+        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=256))
+        self.batches = Batches(self.store, self.budget, list(self.teachers.values()), self.http)
+        self.proxy_cache = ResponseCache(self.store.root / "proxy" / "requests.sqlite")
+        interactive = self.budget.tenant("interactive", interactive=True)
+        self.proxy = {
+            n: TeacherClient(t, self.proxy_cache, self.http, admission=interactive)
+            for n, t in self.teachers.items()
+        }
+        jobs, batches = self.jobs.resume(), self.batches.resume()
+        if jobs or batches:
+            print(f"fair serve: resumed {len(jobs)} job(s) and {len(batches)} batch(es)", flush=True)
+
+    async def stop(self) -> None:
+        await self.jobs.close()
+        await self.batches.close()
+        self.proxy_cache.close()
+        await self.http.aclose()
+        self.store.close()
+
+
+def make_app(config: ServeConfig, teachers: list[Teacher], token: str) -> FastAPI:
+    service = Service(config, teachers, token)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        await service.start()
+        yield
+        await service.stop()
+
+    app = FastAPI(title="fair serve", version="1", lifespan=lifespan)
+    app.state.service = service
+    add_auth(app, service)
+    add_errors(app)
+    add_files(app, service)
+    add_batches(app, service)
+    add_jobs(app, service)
+    add_teachers(app, service)
+    return app
+
+
+def authorized(request: Request, token: str) -> bool:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and same_token(given.strip(), token):
+        return True
+    return same_token(request.cookies.get(COOKIE), token)
+
+
+def add_auth(app: FastAPI, service: Service) -> None:
+    @app.middleware("http")
+    async def auth(request: Request, call_next):
+        if request.url.path in ("/healthz", "/login") or authorized(request, service.token):
+            return await call_next(request)
+        if request.url.path == "/" and request.method == "GET":
+            return HTMLResponse(LOGIN, status_code=401)
+        return JSONResponse(
+            ApiError(401, "a bearer token is required (Authorization: Bearer TOKEN)").body(),
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.post("/login", include_in_schema=False)
+    async def login(token: str = Form("")) -> Response:
+        if not same_token(token, service.token):
+            return HTMLResponse(LOGIN, status_code=401)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE, service.token, httponly=True, samesite="strict")
+        return response
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(PAGE, media_type="text/html")
+
+
+def add_errors(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, e: ApiError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(FairError)
+    async def fair_error(_: Request, e: FairError) -> JSONResponse:
+        return JSONResponse(ApiError(400, str(e)).body(), status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        message = f"{where}: {first.get('msg', 'invalid')}"
+        if first.get("type") == "extra_forbidden":
+            message = f"{where}: not a setting of this route (keys, base URLs and limits are the server's)"
+        return JSONResponse(ApiError(400, message, where).body(), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
+        return JSONResponse(ApiError(e.status_code, str(e.detail)).body(), status_code=e.status_code)
+
+
+def listing(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": items,
+        "has_more": has_more,
+        "first_id": items[0]["id"] if items else None,
+        "last_id": items[-1]["id"] if items else None,
+    }
+
+
+UPLOAD_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string", "enum": list(uploads.PURPOSES)},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def add_files(app: FastAPI, service: Service) -> None:
+    def get(file_id: str) -> dict[str, Any]:
+        if (doc := service.store.get("file", file_id)) is None:
+            raise ApiError(404, f"no file {file_id!r}", "file_id")
+        return doc
+
+    @app.post("/v1/files", openapi_extra=UPLOAD_SCHEMA)
+    async def upload(request: Request) -> dict[str, Any]:
+        file_id = new_id("file")
+        partial = service.store.folder("file", file_id).with_suffix(".partial")
+        try:
+            received = await uploads.receive(
+                request.stream(),
+                request.headers.get("content-type", ""),
+                partial,
+                int(service.config.max_upload_mb * 2**20),
+            )
+            purpose = received.fields["purpose"]
+            lines = uploads.check(partial, purpose, service.teachers)
+            partial.replace(service.store.folder("file", file_id))  # then the row: see gen/serve/store.py
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        doc = {
+            "id": file_id,
+            "purpose": purpose,
+            "filename": received.filename,
+            "bytes": received.size,
+            "created_at": time.time(),
+            "lines": lines,
+            "path": f"files/{file_id}",
+        }
+        return file_object(service.store.add("file", doc))
+
+    @app.get("/v1/files")
+    async def list_files(limit: int = 100, after: str | None = None) -> dict[str, Any]:
+        items, more = service.store.list("file", max(1, min(limit, 10_000)), after)
+        return listing([file_object(d) for d in items], more)
+
+    @app.get("/v1/files/{file_id}")
+    async def retrieve_file(file_id: str) -> dict[str, Any]:
+        return file_object(get(file_id))
+
+    @app.get("/v1/files/{file_id}/content")
+    async def file_content(file_id: str) -> FileResponse:
+        return FileResponse(service.store.root / get(file_id)["path"], media_type="application/jsonl")
+
+    @app.delete("/v1/files/{file_id}")
+    async def delete_file(file_id: str) -> dict[str, Any]:
+        doc = get(file_id)
+        if doc["purpose"] != "batch_output" and any(
+            b["input_file_id"] == file_id and b["status"] not in ("completed", "cancelled", "failed")
+            for b in service.store.list("batch", 1_000_000)[0]
+        ):
+            raise ApiError(409, f"file {file_id} is the input of an open batch", "file_id")
+        service.store.delete("file", file_id)
+        if doc["purpose"] != "batch_output":  # a batch's result file stays in its batch's folder
+            (service.store.root / doc["path"]).unlink(missing_ok=True)
+        return {"id": file_id, "object": "file", "deleted": True}
+
+
+def add_batches(app: FastAPI, service: Service) -> None:
+    @app.post("/v1/batches")
+    async def create_batch(spec: BatchSpec) -> dict[str, Any]:
+        return batch_object(service.batches.create(spec.model_dump()))
+
+    @app.get("/v1/batches")
+    async def list_batches(limit: int = 20, after: str | None = None) -> dict[str, Any]:
+        items, more = service.store.list("batch", max(1, min(limit, 100)), after)
+        return listing([batch_object(d) for d in items], more)
+
+    @app.get("/v1/batches/{batch_id}")
+    async def retrieve_batch(batch_id: str) -> dict[str, Any]:
+        return batch_object(service.batches.get(batch_id))
+
+    @app.post("/v1/batches/{batch_id}/cancel")
+    async def cancel_batch(batch_id: str) -> dict[str, Any]:
+        return batch_object(service.batches.cancel(batch_id))
+
+
+def add_jobs(app: FastAPI, service: Service) -> None:
+
+    @app.post("/v1/fair/jobs")
+    async def submit_job(spec: JobSpec) -> dict[str, Any]:
+        return service.jobs.submit(spec.model_dump())
+
+    @app.get("/v1/fair/jobs")
+    async def list_jobs(limit: int = 20, after: str | None = None) -> dict[str, Any]:
+        items, more = service.store.list("job", max(1, min(limit, 100)), after)
+        return listing([service.jobs.view(d["id"]) for d in items], more)
+
+    @app.get("/v1/fair/jobs/{job_id}")
+    async def retrieve_job(job_id: str) -> dict[str, Any]:
+        return service.jobs.view(job_id)
+
+    @app.post("/v1/fair/jobs/{job_id}/cancel")
+    async def cancel_job(job_id: str) -> dict[str, Any]:
+        return service.jobs.cancel(job_id)
+
+    @app.get("/v1/fair/jobs/{job_id}/events")
+    async def job_events(job_id: str, request: Request) -> EventSourceResponse:
+        service.jobs.get(job_id)  # a 404 before the stream starts
+
+        async def events():
+            last = None
+            while not await request.is_disconnected():
+                doc = service.jobs.view(job_id)
+                if (data := orjson.dumps(doc).decode()) != last:
+                    last = data
+                    yield {"event": "progress", "data": data}
+                if doc["status"] not in OPEN:
+                    yield {"event": "end", "data": data}
+                    return
+                await asyncio.sleep(0.5)
+
+        return EventSourceResponse(events())
+
+    @app.get("/v1/fair/jobs/{job_id}/files")
+    async def job_files(job_id: str) -> dict[str, Any]:
+        folder = service.jobs.folder(job_id)
+        names = [n for n in JOB_FILES if (folder / n).exists()] + sorted(
+            p.name for p in folder.glob("*_round0.json")
+        )
+        return {"object": "list", "data": [{"name": n, "bytes": (folder / n).stat().st_size} for n in names]}
+
+    @app.get("/v1/fair/jobs/{job_id}/files/{name}")
+    async def job_file(job_id: str, name: str) -> FileResponse:
+        folder = service.jobs.folder(job_id)
+        allowed = name in JOB_FILES or (name.endswith("_round0.json") and "/" not in name and name[0] != ".")
+        if not allowed or not (folder / name).is_file():
+            raise ApiError(404, f"job {job_id} has no file {name!r}", "name")
+        return FileResponse(folder / name)
+
+
+def add_teachers(app: FastAPI, service: Service) -> None:
+    @app.post("/v1/chat/completions")
+    async def chat(body: Any = Body(...)) -> dict[str, Any]:  # noqa: B008 (FastAPI's way to take a raw body)
+        teacher, request = chat_request(body, service.teachers)
+        try:
+            response = await service.proxy[teacher.name].complete(request)
+        except ProviderError as e:  # the client's message: redacted, one line
+            raise ApiError(502, str(e), code="teacher_failed") from None
+        return chat_completion(teacher, request, response)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {"id": n, "object": "model", "created": 0, "owned_by": t.provider}
+                for n, t in service.teachers.items()
+            ],
+        }
+
+    @app.get("/v1/fair/limits")
+    async def limits() -> dict[str, Any]:
+        return {
+            "reserve": service.config.reserve,
+            "gates": [g for t in service.teachers.values() for g in gate_state(t)],
+        }

@@ -1,0 +1,286 @@
+"""Committee jobs (/v1/fair/jobs): gen/committee/run.py's run, one per job folder, inside the server's event loop.
+
+A job is a mistakes file (uploaded with purpose fair-mistakes) and the run's settings (task, teachers, prompts,
+threshold, window, limit), plus a priority (its weight in the shared gates' fair queues, gen/serve/budget.py)
+and an optional max_cost_usd. Its folder holds what `fair committee` writes: committee.jsonl, the response
+cache requests.sqlite, committee.yaml, committee_stats.json, and at the end the paper's two files. So a job keeps
+the committee's exactly-once promise: a server killed with SIGKILL and restarted resumes every unfinished job by
+itself, finished mistakes are skipped, cached replies are free, and only the requests in flight at the kill can
+be sent twice; each restart adds that count to the job's `repeated_after_restart`.
+
+Statuses: queued -> in_progress -> completed | failed | cancelled | stopped (max_cost_usd reached: it stops
+sending once the cost so far reaches it; replies already in flight may add a little). Cancel stops sending and
+keeps the partial output. Progress (done/total, requests, cache hits, retries, 429s, failures, tokens, cost, an
+estimated final cost and an ETA) is read live from the run's clients and saved to the store once a second;
+counters of runs before a restart are kept as `previous`, so cost and requests add up across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from fair.errors import FairError
+from fair.jsonl import read_jsonl
+from fair.paper import write_paper_files
+from fair.tasks import get_task
+from gen.committee.run import (
+    CommitteeConfig,
+    Hooks,
+    count_mistakes,
+    finished_ids,
+    run_committee,
+    write_stats,
+)
+from gen.serve.budget import Budget
+from gen.serve.store import Store, new_id
+from gen.serve.wire import ApiError
+from gen.teachers.client import TeacherClient
+from gen.teachers.config import Teacher
+
+OPEN = ("queued", "in_progress", "cancelling")
+COUNTERS = (
+    "requests",
+    "cache_hits",
+    "retries",
+    "rate_limited",
+    "failures",
+    "input_tokens",
+    "output_tokens",
+    "cost",
+)
+SAVE_EVERY_S = 1.0
+STEM = "student"  # the paper's files: student_<task>_{feedback,rationale}_round0.json
+
+
+class CostCapReached(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class Live:
+    """A running job's view of its run: its clients (their stats) and its records so far."""
+
+    clients: dict[str, TeacherClient]
+    total: int
+    skipped: int = 0
+    written: int = 0
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    saved: float = 0.0
+
+
+class Jobs:
+    def __init__(self, store: Store, budget: Budget, teachers: list[Teacher], committee: str):
+        self.store, self.budget, self.committee = store, budget, committee
+        self.teachers = {t.name: t for t in teachers}
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.live: dict[str, Live] = {}
+        self.cancelled: set[str] = set()
+
+    # -- the API -----------------------------------------------------------------------------------------
+
+    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
+        source = self.store.get("file", spec["mistakes_file_id"])
+        if source is None or source["purpose"] != "fair-mistakes":
+            raise ApiError(
+                400,
+                f"mistakes_file_id {spec['mistakes_file_id']!r} is not a fair-mistakes file of "
+                f"this server (POST /v1/files with purpose=fair-mistakes)",
+                "mistakes_file_id",
+            )
+        unknown = sorted(set(spec["teachers"] or ()) - set(self.teachers))
+        if unknown:
+            raise ApiError(
+                400,
+                f"teachers {', '.join(unknown)} are not in this server's committee "
+                f"(known: {', '.join(self.teachers)})",
+                "teachers",
+            )
+        job_id = new_id("job")
+        folder = self.store.folder("job", job_id)
+        try:
+            config = self.config(spec, folder)
+        except FairError as e:
+            raise ApiError(400, str(e)) from None
+        self.check_task(self.store.root / source["path"], config)
+        folder.mkdir()
+        link(self.store.root / source["path"], config.mistakes_path)  # before the row: see gen/serve/store.py
+        doc = {
+            "id": job_id,
+            "object": "fair.job",
+            "created_at": time.time(),
+            "status": "queued",
+            "spec": spec,
+            "progress": {"done": 0, "total": count_mistakes(config)},
+            "previous": {},
+            "restarts": 0,
+            "repeated_after_restart": 0,
+            "error": None,
+            "finished_at": None,
+        }
+        self.store.add("job", doc)
+        self.start(job_id)
+        return self.view(job_id)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        doc = self.get(job_id)
+        if doc["status"] in OPEN:
+            self.cancelled.add(job_id)
+            self.store.update("job", job_id, status="cancelling")
+            if task := self.tasks.get(job_id):
+                task.cancel()
+        return self.view(job_id)
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        if (doc := self.store.get("job", job_id)) is None:
+            raise ApiError(404, f"no job {job_id!r}", "job_id")
+        return doc
+
+    def view(self, job_id: str) -> dict[str, Any]:
+        """The job's document with live progress when it runs (the store's copy lags by up to a second)."""
+        doc = self.get(job_id)
+        if (live := self.live.get(job_id)) is not None:
+            doc["progress"] = self.progress(live, doc["previous"], doc["spec"])
+        return doc
+
+    def folder(self, job_id: str) -> Path:
+        self.get(job_id)
+        return self.store.folder("job", job_id)
+
+    # -- running -----------------------------------------------------------------------------------------
+
+    def resume(self) -> list[str]:
+        """At start-up: every job that was open when the server stopped runs again (a cancelling one ends)."""
+        resumed = []
+        for doc in self.store.list("job", limit=1_000_000)[0]:
+            if doc["status"] == "cancelling":
+                self.store.update("job", doc["id"], status="cancelled", finished_at=time.time())
+            elif doc["status"] in OPEN:
+                previous = {k: doc["progress"].get(k, 0) for k in COUNTERS}
+                self.store.update("job", doc["id"], previous=previous, restarts=doc["restarts"] + 1)
+                self.start(doc["id"])
+                resumed.append(doc["id"])
+        return resumed
+
+    def start(self, job_id: str) -> None:
+        self.tasks[job_id] = asyncio.get_running_loop().create_task(self.run(job_id), name=job_id)
+
+    async def run(self, job_id: str) -> None:
+        doc = self.store.update("job", job_id, status="in_progress")
+        spec, folder = doc["spec"], self.store.folder("job", job_id)
+        config = self.config(spec, folder)
+        teachers = [
+            t for name, t in self.teachers.items() if not spec["teachers"] or name in spec["teachers"]
+        ]
+        hooks = Hooks(
+            admission=self.budget.tenant(job_id, spec["priority"]),
+            started=lambda repeated, clients: self.started(job_id, config, repeated, clients),
+            written=lambda clients, written: self.written(job_id, written),
+        )
+        status, error = "completed", None
+        try:
+            result = await run_committee(config, teachers, hooks)
+            write_stats(config, result)
+            write_paper_files(get_task(config.task), config.out_path, f"{STEM}_{get_task(config.task).name}")
+        except CostCapReached:
+            status = "stopped"
+        except asyncio.CancelledError:
+            if job_id not in self.cancelled:  # the server is stopping: the job stays open and resumes
+                self.save(job_id)
+                raise
+            status = "cancelled"
+        except Exception as e:  # noqa: BLE001 (one job's failure must not stop the server)
+            status, error = "failed", str(e) if isinstance(e, FairError) else f"{type(e).__name__}: {e}"
+        finally:
+            self.tasks.pop(job_id, None)
+        self.save(job_id, status=status, error=error, finished_at=time.time())
+        self.live.pop(job_id, None)
+
+    def started(
+        self, job_id: str, config: CommitteeConfig, repeated: int, clients: dict[str, TeacherClient]
+    ) -> None:
+        doc = self.get(job_id)
+        self.live[job_id] = Live(
+            clients,
+            count_mistakes(config),
+            skipped=len(finished_ids(config.out_path)),
+        )
+        self.store.update("job", job_id, repeated_after_restart=doc["repeated_after_restart"] + repeated)
+
+    def written(self, job_id: str, written: int) -> None:
+        live = self.live[job_id]
+        live.written = written
+        doc = self.get(job_id)
+        cap = doc["spec"]["max_cost_usd"]
+        if time.monotonic() - live.saved >= SAVE_EVERY_S:
+            self.save(job_id)
+        if cap is not None and self.progress(live, doc["previous"], doc["spec"])["cost"] >= cap:
+            raise CostCapReached
+
+    def save(self, job_id: str, **changes: Any) -> None:
+        if (live := self.live.get(job_id)) is not None:
+            live.saved = time.monotonic()
+            doc = self.get(job_id)
+            changes["progress"] = self.progress(live, doc["previous"], doc["spec"])
+        self.store.update("job", job_id, **changes)
+
+    def progress(self, live: Live, previous: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+        stats = [c.stats for c in live.clients.values()]
+        counts = {k: previous.get(k, 0) + sum(getattr(s, k) for s in stats) for k in COUNTERS}
+        counts["cost"] = round(counts["cost"], 10)
+        done, seconds = live.skipped + live.written, time.monotonic() - live.started
+        rate = live.written / seconds if seconds > 0 else 0.0
+        return {
+            "done": done,
+            "total": live.total,
+            **counts,
+            "estimated_cost": round(counts["cost"] / done * live.total, 6) if done else None,
+            "eta_s": round((live.total - done) / rate, 1) if rate > 0 else None,
+            "max_cost_usd": spec["max_cost_usd"],
+        }
+
+    async def close(self) -> None:
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- helpers -----------------------------------------------------------------------------------------
+
+    def config(self, spec: dict[str, Any], folder: Path) -> CommitteeConfig:
+        return CommitteeConfig(
+            task=spec["task"],
+            mistakes=str(folder / "mistakes.jsonl"),
+            out=str(folder / "committee.jsonl"),
+            teachers=self.committee,
+            prompts=spec["prompts"],
+            threshold=spec["threshold"],
+            window=spec["window"],
+            limit=spec["limit"],
+            progress=False,
+        )
+
+    def check_task(self, path: Path, config: CommitteeConfig) -> None:
+        task = get_task(config.task).name
+        for i, record in enumerate(read_jsonl(path)):
+            if record.get("task") != task:
+                raise ApiError(
+                    400,
+                    f"mistakes record {i}: task {record.get('task')!r}, but the job's task is {task!r}",
+                    "task",
+                )
+
+
+def link(source: Path, target: Path) -> None:
+    """The job's own copy of its mistakes file: a hard link where the file system allows one."""
+    with contextlib.suppress(FileExistsError):
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)

@@ -1,0 +1,123 @@
+"""One budget for every job of a `fair serve`: fair turns weighted by priority, a reserve for interactive
+requests, and two real jobs on one key that together stay within the key's rpm with no 429."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import orjson
+import pytest
+
+from gen.offline.server import OfflineServer
+from gen.serve.budget import Budget
+from tests.serve_util import Served, submit, teachers_yaml, upload_mistakes, wait_job
+from tests.test_committee import import_seed_mistakes
+
+
+@dataclass
+class FakeGate:
+    rpm: int = 600
+    sent: deque = field(default_factory=deque)
+
+
+async def take_turns(budget: Budget, gate: FakeGate, tenants, turns: int, workers: int = 8) -> Counter:
+    """Each tenant keeps `workers` requests waiting; the first `turns` turns are counted by tenant."""
+    served: list[str] = []
+
+    async def worker(tenant) -> None:
+        while len(served) < turns:
+            async with tenant.turn(gate):
+                if len(served) < turns:
+                    served.append(tenant.name)
+                await asyncio.sleep(0)
+
+    await asyncio.gather(*(worker(t) for t in tenants for _ in range(workers)))
+    return Counter(served)
+
+
+def test_turns_are_shared_in_proportion_to_priority():
+    async def run() -> Counter:
+        budget = Budget()
+        tenants = [budget.tenant("low", 1), budget.tenant("high", 3)]
+        return await take_turns(budget, FakeGate(), tenants, 400)
+
+    counts = asyncio.run(run())
+    assert counts["high"] == pytest.approx(300, abs=6) and counts["low"] == pytest.approx(100, abs=6)
+
+
+def test_an_idle_job_cannot_bank_turns():
+    async def run() -> Counter:
+        budget, gate = Budget(), FakeGate()
+        early, late = budget.tenant("early"), budget.tenant("late")
+        await take_turns(budget, gate, [early], 200)  # `late` had nothing to send meanwhile
+        return await take_turns(budget, gate, [early, late], 100)
+
+    counts = asyncio.run(run())
+    assert counts["late"] == pytest.approx(
+        50, abs=2
+    )  # an even split from here on, not 100 turns of catching up
+
+
+def test_the_reserve_keeps_room_for_interactive_requests():
+    async def run() -> tuple[bool, bool]:
+        budget = Budget(reserve=0.5)
+        now = asyncio.get_running_loop().time()
+        gate = FakeGate(rpm=10, sent=deque([now] * 5))  # half the key's minute is used: the jobs' share
+        job, interactive = budget.tenant("job"), budget.tenant("interactive", interactive=True)
+
+        async def one(tenant) -> bool:
+            try:
+                async with asyncio.timeout(0.3):
+                    async with tenant.turn(gate):
+                        return True
+            except TimeoutError:
+                return False
+
+        return await one(job), await one(interactive)
+
+    assert asyncio.run(run()) == (False, True)
+
+
+def sliding_max(times: list[float], window: float = 60.0) -> int:
+    times, best, start = sorted(times), 0, 0
+    for end in range(len(times)):
+        while times[end] - times[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_two_jobs_on_one_key_stay_within_its_rpm_with_fair_shares(tmp_path, data_dir):
+    """Two jobs, each of which alone would fill the key: together they stay within R requests in every 60 s
+    window (the simulator enforces R and would answer 429), and each gets at least a third of the throughput.
+    Two separate `fair committee` processes would each send R a minute: 429s from second 30 on."""
+    rpm, log = 60, tmp_path / "sim.log"
+    mistakes = import_seed_mistakes(tmp_path, data_dir, count=24)
+    with OfflineServer(port=0, data_dir=data_dir, rpm=rpm, log_path=log) as sim:
+        with (
+            Served(tmp_path / "state", teachers_yaml(tmp_path, sim.url, rpm=rpm), sim.url) as served,
+            served.client() as http,
+        ):
+            pair = ["careful", "sloppy"]  # 6 requests a mistake, 3 on each key
+            jobs = [
+                submit(http, upload_mistakes(http, mistakes, 12, start=12 * i), teachers=pair, window=4)
+                for i in range(2)
+            ]
+            while all(http.get(f"/v1/fair/jobs/{j['id']}").json()["status"] != "completed" for j in jobs):
+                time.sleep(0.5)
+            shares = [http.get(f"/v1/fair/jobs/{j['id']}").json()["progress"]["requests"] for j in jobs]
+            finished = [wait_job(http, j["id"], timeout=120) for j in jobs]
+        rate_limited = sim.counters["rate_limited"]
+
+    assert all(j["status"] == "completed" and j["progress"]["done"] == 12 for j in finished)
+    assert rate_limited == 0
+    entries = [orjson.loads(x) for x in log.read_bytes().splitlines()]
+    for model in ("sim-careful", "sim-sloppy"):
+        times = [e["t"] for e in entries if e["model"] == model and e["status"] == 200]
+        assert len(times) == 2 * 12 * 3 and sliding_max(times) <= rpm
+    assert min(shares) >= sum(shares) / 3, shares  # when the first job ended, the other had at least a third
