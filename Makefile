@@ -86,8 +86,10 @@ test: $(STAMP) ## run the whole test suite (slow integration tests included)
 test-fast: $(STAMP) ## run the tests without the slow (model-loading) ones
 	$(VENV)/bin/pytest -q -m "not slow"
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff, the architecture's import contracts (pyproject.toml), files <= 400 lines, functions <= 60
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(PY) tools/check_sizes.py
 
 experiment: $(STAMP) ## does distillation help? runs the missing units (~30 min each on a CPU), rebuilds docs/results.md
 	$(PY) -m eval.experiment

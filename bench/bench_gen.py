@@ -283,6 +283,22 @@ def print_table(results: dict, ours_wall: float, rpm: int) -> None:
               f"{r['429']:>6} {r['other']:>6} {r.get('retries', '-'):>7} {r['failures']:>8} {ratio}   {teachers}")
 
 
+def run_peers(args: argparse.Namespace, workdir: Path, requests_path: Path, n_requests: int,
+              results: dict[str, dict]) -> None:
+    """Each named peer replays our requests; one that cannot install or run is reported, not fatal."""
+    for name in [n for n in args.peers.split(",") if n and n != "none"]:
+        if name not in PEERS:
+            results[name] = {"error": f"unknown peer (known: {', '.join(PEERS)})"}
+            continue
+        print(f"peer {name}: {n_requests} requests ...", flush=True)
+        try:
+            results[name] = run_peer(name, args, workdir, requests_path)
+            print(f"  {results[name]['wall_s']:.1f} s", flush=True)
+        except Exception as e:  # reported in the table
+            results[name] = {"error": f"{type(e).__name__}: {e}"}
+            print(f"  skipped: {results[name]['error']}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mistakes", type=int, default=None, help="default 300 (24 with --quick)")
@@ -324,17 +340,7 @@ def main() -> None:
         requests_path = workdir / "peer-requests.jsonl"
         requests = peer_requests(records, bench_teachers("http://127.0.0.1:1", args.rpm))
         requests_path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in requests))
-        for name in [n for n in args.peers.split(",") if n and n != "none"]:
-            if name not in PEERS:
-                results[name] = {"error": f"unknown peer (known: {', '.join(PEERS)})"}
-                continue
-            print(f"peer {name}: {len(requests)} requests ...", flush=True)
-            try:
-                results[name] = run_peer(name, args, workdir, requests_path)
-                print(f"  {results[name]['wall_s']:.1f} s", flush=True)
-            except Exception as e:  # a peer that cannot install or run is reported, not fatal
-                results[name] = {"error": f"{type(e).__name__}: {e}"}
-                print(f"  skipped: {results[name]['error']}", flush=True)
+        run_peers(args, workdir, requests_path, len(requests), results)
 
     print_table(results, ours_wall, args.rpm)
     print(f"\npaper loop: measured {paper['wall_s']:.1f} s for {paper['subset_mistakes']} mistakes "

@@ -193,50 +193,10 @@ def build_report(gen_dir: Path, train_dir: Path | None, before_dir: Path | None,
     train_summary = load_json(train_dir / "train_summary.json") if train_dir else None
     reviews = review_numbers(records, threshold)
     plots = plot_all(out, before, after, reviews, log)
-
     lines = ["# FAIR run report", ""]
-    lines += ["## Accuracy", ""]
-    if before and after:
-        lines += [f"| model | {after['task']} {after['split']} accuracy [95% CI] | correct | unparseable |",
-                  "| --- | ---: | ---: | ---: |"]
-        lines += [f"| {when}: `{s['model']}` | {s['accuracy']:.1%} [{wilson(s['correct'], s['total'])}] | "
-                  f"{s['correct']}/{s['total']} | {s['unparseable']} |" for when, s in (("before", before), ("after", after))]
-        lines += ["", f"Change: {change_line(before_dir, after_dir)}", "", "![accuracy](accuracy.png)", ""]
-    else:
-        lines += ["(no before/after evaluation given)", ""]
-    if mine_stats:
-        lines += [f"Mining: the student was right on {mine_stats['correct']} of {mine_stats['total']} train questions "
-                  f"({mine_stats['accuracy']:.1%}); {mine_stats['mistakes']} mistakes went to the committee.", ""]
-    lines += ["## Committee", ""]
-    if records:
-        usage = usage_numbers(records)
-        lines += ["| teacher | rationales | accepted | mean score received | input tokens | output tokens | cost $ |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for teacher, entry in sorted(reviews["per_teacher"].items()):
-            scores, used = entry["scores"], usage.get(teacher, {})
-            mean = f"{sum(scores) / len(scores):.2f}" if scores else "-"
-            lines.append(f"| {teacher} | {entry['written']} | {percent(entry['accepted'] / max(1, entry['written']))} | "
-                         f"{mean} | {used.get('input_tokens', 0):,} | {used.get('output_tokens', 0):,} | "
-                         f"{used.get('cost', 0):.4f} |")
-        lines += ["", f"Review agreement: on {percent(reviews['agreement'])} of the rationales with two or more valid "
-                  f"scores, every reviewer gave the same verdict (above {threshold} or not).",
-                  f"Peer review against the gold answer: {percent(reviews['accepted_correct'])} of accepted rationales "
-                  f"reach the gold answer, and {percent(reviews['correct_accepted'])} of the rationales that reach it were "
-                  f"accepted ({reviews['verdicts']}).", "", "![reviews](reviews.png)", ""]
-        accepted, rejected = example_rationales(records)
-        for title, item in (("An accepted rationale", accepted), ("A rejected rationale", rejected)):
-            if item:
-                text = item["text"].strip().replace("\n", "\n> ")
-                lines += [f"### {title} (by {item['author']}; scores {item['scores']})", "",
-                          f"Question: {item['question']} (gold: {item['gold']})", "", f"> {text[:1200]}", ""]
-    else:
-        lines += [f"(no committee.jsonl in {gen_dir})", ""]
-    lines += ["## Training", ""]
-    if log:
-        lines += [f"{len(log)} optimizer steps; loss {log[0]['loss']:.3f} at step 1, {log[-1]['loss']:.3f} at step "
-                  f"{log[-1]['step']}.", "", "![loss](loss.png)", ""]
-    else:
-        lines += ["(no training log given)", ""]
+    lines += accuracy_section(before, after, before_dir, after_dir, mine_stats)
+    lines += committee_section(records, reviews, threshold, gen_dir)
+    lines += training_section(log)
     lines += ["## Time per stage", "", "| stage | seconds |", "| --- | ---: |"]
     stages = [("mine (student inference)", (mine_stats or {}).get("this_run", {}).get("seconds")),
               ("committee", (committee_stats or {}).get("seconds")),
@@ -248,6 +208,57 @@ def build_report(gen_dir: Path, train_dir: Path | None, before_dir: Path | None,
     page.write_text("\n".join(lines))
     print(f"wrote {page} and {', '.join(plots) or 'no plots'}")
     return page
+
+
+def accuracy_section(before: dict | None, after: dict | None, before_dir: Path | None, after_dir: Path | None,
+                     mine_stats: dict | None) -> list[str]:
+    lines = ["## Accuracy", ""]
+    if before and after:
+        lines += [f"| model | {after['task']} {after['split']} accuracy [95% CI] | correct | unparseable |",
+                  "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {when}: `{s['model']}` | {s['accuracy']:.1%} [{wilson(s['correct'], s['total'])}] | "
+                  f"{s['correct']}/{s['total']} | {s['unparseable']} |" for when, s in (("before", before), ("after", after))]
+        lines += ["", f"Change: {change_line(before_dir, after_dir)}", "", "![accuracy](accuracy.png)", ""]
+    else:
+        lines += ["(no before/after evaluation given)", ""]
+    if mine_stats:
+        lines += [f"Mining: the student was right on {mine_stats['correct']} of {mine_stats['total']} train questions "
+                  f"({mine_stats['accuracy']:.1%}); {mine_stats['mistakes']} mistakes went to the committee.", ""]
+    return lines
+
+
+def committee_section(records: list[dict], reviews: dict, threshold: float, gen_dir: Path) -> list[str]:
+    if not records:
+        return ["## Committee", "", f"(no committee.jsonl in {gen_dir})", ""]
+    usage = usage_numbers(records)
+    lines = ["## Committee", "",
+             "| teacher | rationales | accepted | mean score received | input tokens | output tokens | cost $ |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for teacher, entry in sorted(reviews["per_teacher"].items()):
+        scores, used = entry["scores"], usage.get(teacher, {})
+        mean = f"{sum(scores) / len(scores):.2f}" if scores else "-"
+        lines.append(f"| {teacher} | {entry['written']} | {percent(entry['accepted'] / max(1, entry['written']))} | "
+                     f"{mean} | {used.get('input_tokens', 0):,} | {used.get('output_tokens', 0):,} | "
+                     f"{used.get('cost', 0):.4f} |")
+    lines += ["", f"Review agreement: on {percent(reviews['agreement'])} of the rationales with two or more valid "
+              f"scores, every reviewer gave the same verdict (above {threshold} or not).",
+              f"Peer review against the gold answer: {percent(reviews['accepted_correct'])} of accepted rationales "
+              f"reach the gold answer, and {percent(reviews['correct_accepted'])} of the rationales that reach it were "
+              f"accepted ({reviews['verdicts']}).", "", "![reviews](reviews.png)", ""]
+    accepted, rejected = example_rationales(records)
+    for title, item in (("An accepted rationale", accepted), ("A rejected rationale", rejected)):
+        if item:
+            text = item["text"].strip().replace("\n", "\n> ")
+            lines += [f"### {title} (by {item['author']}; scores {item['scores']})", "",
+                      f"Question: {item['question']} (gold: {item['gold']})", "", f"> {text[:1200]}", ""]
+    return lines
+
+
+def training_section(log: list[dict]) -> list[str]:
+    if not log:
+        return ["## Training", "", "(no training log given)", ""]
+    return ["## Training", "", f"{len(log)} optimizer steps; loss {log[0]['loss']:.3f} at step 1, "
+            f"{log[-1]['loss']:.3f} at step {log[-1]['step']}.", "", "![loss](loss.png)", ""]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -167,6 +167,30 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (`{self.prog} -h` lists the settings)\n")
 
 
+def merge_arguments(p: argparse.ArgumentParser) -> None:
+    from gen.mine import MineConfig
+
+    add_config_arguments(p, MineConfig)
+    p.add_argument("--force", action="store_true", help="replace an earlier merge's answers and mistakes")
+
+
+def import_committee_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True)
+    p.add_argument("--feedback", required=True, help="the paper's *_feedback_round0.json")
+    p.add_argument("--rationale", required=True, help="the paper's *_rationale_round0.json")
+    p.add_argument("--out", required=True, help="the committee.jsonl to write")
+    p.add_argument("--split", default="train")
+    p.add_argument("--data-dir", default=None)
+
+
+def import_mistakes_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="the paper's mistake file (JSON array)")
+    p.add_argument("--task", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default=None, help="output folder (default data/<task>/<student from the file name>)")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Every subcommand; `train`'s flags only when it is the command: its module imports torch (seconds, and
     200 MB that a long committee run would otherwise carry)."""
@@ -182,74 +206,42 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = Parser(prog="fair", description="FAIR: distil reasoning from a committee of teachers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("mine", help="run the student over a split and keep its mistakes")
-    add_config_arguments(p, MineConfig)
-    p.set_defaults(run=cmd_mine)
+    def add(name: str, help: str, run, configure, under=sub) -> None:
+        p = under.add_parser(name, help=help)
+        configure(p)
+        p.set_defaults(run=run)
 
-    p = sub.add_parser("merge", help="join the shards of a sharded `fair mine` run (give it the same flags)")
-    add_config_arguments(p, MineConfig)
-    p.add_argument("--force", action="store_true", help="replace an earlier merge's answers and mistakes")
-    p.set_defaults(run=cmd_merge)
+    def config(cls):
+        return lambda p: add_config_arguments(p, cls)
 
-    p = sub.add_parser("committee", help="collect the teachers' feedback, rationales and peer reviews")
-    add_config_arguments(p, CommitteeConfig)
-    p.set_defaults(run=cmd_committee)
+    def train_config(p: argparse.ArgumentParser) -> None:
+        if command == "train":
+            from train.train import TrainConfig
 
-    p = sub.add_parser("estimate", help="requests, tokens, cost and hours of a committee run, before it runs")
-    add_config_arguments(p, EstimateConfig)
-    p.set_defaults(run=cmd_estimate)
+            add_config_arguments(p, TrainConfig)
 
-    p = sub.add_parser("gen", help="mine + committee + the paper's files (what `make gen` runs)")
-    add_config_arguments(p, GenConfig)
-    p.set_defaults(run=cmd_gen)
-
+    add("mine", "run the student over a split and keep its mistakes", cmd_mine, config(MineConfig))
+    add("merge", "join the shards of a sharded `fair mine` run (give it the same flags)", cmd_merge, merge_arguments)
+    add("committee", "collect the teachers' feedback, rationales and peer reviews", cmd_committee,
+        config(CommitteeConfig))
+    add("estimate", "requests, tokens, cost and hours of a committee run, before it runs", cmd_estimate,
+        config(EstimateConfig))
+    add("gen", "mine + committee + the paper's files (what `make gen` runs)", cmd_gen, config(GenConfig))
     teachers = sub.add_parser("teachers", help="teacher tools").add_subparsers(dest="teachers_command", required=True)
-    p = teachers.add_parser("serve", help="serve the offline committee simulator (OpenAI and Gemini wire formats)")
-    offline_cli.add_arguments(p)
-    p.set_defaults(run=cmd_teachers_serve)
-
-    p = sub.add_parser("serve", help="the committee as a service: jobs, OpenAI's files and batches, one budget")
-    add_config_arguments(p, ServeConfig)
-    p.set_defaults(run=cmd_serve)
-
-    p = sub.add_parser("import-committee", help="import the paper's feedback and rationale files")
-    p.add_argument("--task", required=True)
-    p.add_argument("--feedback", required=True, help="the paper's *_feedback_round0.json")
-    p.add_argument("--rationale", required=True, help="the paper's *_rationale_round0.json")
-    p.add_argument("--out", required=True, help="the committee.jsonl to write")
-    p.add_argument("--split", default="train")
-    p.add_argument("--data-dir", default=None)
-    p.set_defaults(run=cmd_import_committee)
-
-    p = sub.add_parser("train", help="fine-tune the student on the committee's feedback and rationales")
-    if command == "train":
-        from train.train import TrainConfig
-
-        add_config_arguments(p, TrainConfig)
-    p.set_defaults(run=cmd_train)
-
-    p = sub.add_parser("eval", help="evaluate a student on one or more tasks")
-    add_config_arguments(p, EvalConfig)
-    p.set_defaults(run=cmd_eval)
-
-    p = sub.add_parser("grade", help="re-grade a predictions file (ours or the paper's format)")
-    regrade.add_arguments(p)
-    p.set_defaults(run=cmd_grade)
-
-    p = sub.add_parser("import-mistakes", help="import the paper's *_false_round0.json as mistakes.jsonl")
-    p.add_argument("file", help="the paper's mistake file (JSON array)")
-    p.add_argument("--task", required=True)
-    p.add_argument("--split", default="train")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default=None, help="output folder (default data/<task>/<student from the file name>)")
-    p.set_defaults(run=cmd_import_mistakes)
-
-    p = sub.add_parser("report", help="write report.md with plots for a run (accuracy, reviews, loss, time)")
-    report.add_arguments(p)
-    p.set_defaults(run=cmd_report)
-
-    p = sub.add_parser("tasks", help="list the registered tasks")
-    p.set_defaults(run=cmd_tasks)
+    add("serve", "serve the offline committee simulator (OpenAI and Gemini wire formats)", cmd_teachers_serve,
+        offline_cli.add_arguments, under=teachers)
+    add("serve", "the committee as a service: jobs, OpenAI's files and batches, one budget", cmd_serve,
+        config(ServeConfig))
+    add("import-committee", "import the paper's feedback and rationale files", cmd_import_committee,
+        import_committee_arguments)
+    add("train", "fine-tune the student on the committee's feedback and rationales", cmd_train, train_config)
+    add("eval", "evaluate a student on one or more tasks", cmd_eval, config(EvalConfig))
+    add("grade", "re-grade a predictions file (ours or the paper's format)", cmd_grade, regrade.add_arguments)
+    add("import-mistakes", "import the paper's *_false_round0.json as mistakes.jsonl", cmd_import_mistakes,
+        import_mistakes_arguments)
+    add("report", "write report.md with plots for a run (accuracy, reviews, loss, time)", cmd_report,
+        report.add_arguments)
+    add("tasks", "list the registered tasks", cmd_tasks, lambda p: None)
     return parser
 
 

@@ -96,7 +96,7 @@ def test_every_training_defining_setting_is_named_in_the_refusal(config):
 
 
 def test_a_run_stopped_half_way_is_not_continued_under_other_settings(config, monkeypatch):
-    monkeypatch.setattr(trainer, "export", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(trainer, "export", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         train(config)
     monkeypatch.undo()

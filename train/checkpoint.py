@@ -7,6 +7,8 @@ A checkpoint is a folder:
 Under ZeRO the tensors are partitioned across ranks; DeepSpeed's documented safe_get_full_* /
 safe_set_full_* calls assemble and scatter them (collectives: every rank calls them), so a checkpoint does
 not depend on the number of ranks or the ZeRO stage, and no pickle is ever written or read.
+
+A trained model is exported as a plain Hugging Face folder (`export`): LoRA merged, shards gathered.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fair.errors import FairError
+from fair.models import resolve_model
 
 OPTIMIZER_KEYS = ("exp_avg", "exp_avg_sq")
 
@@ -155,3 +158,43 @@ def set_adam_step(optimizer, zero: bool, step: int) -> None:
             param_state["step"] = torch.tensor(float(step)) if torch.is_tensor(param_state["step"]) else step
         elif "exp_avg" in param_state:
             param_state["step"] = torch.tensor(float(step))
+
+
+def export(target: Path, model, tokenizer, *, student: str, lora: bool, zero: bool, rank: int) -> None:
+    """A plain HF directory (safetensors) that `fair eval` and vLLM load: LoRA merged, ZeRO-3 shards gathered.
+    Collective under ZeRO: every rank calls it; rank 0 writes."""
+    weights = full_state(model, zero)
+    require_finite(weights, f"export to {target}")  # every rank holds them all: all stop
+    if rank == 0:
+        from transformers import AutoModelForCausalLM
+
+        fresh = AutoModelForCausalLM.from_pretrained(resolve_model(student), dtype=torch.float32)
+        if lora:
+            from peft import PeftModel
+
+            fresh = PeftModel(fresh, model.peft_config["default"])
+        result = fresh.load_state_dict(weights, strict=False)
+        tied = {"lm_head.weight", "base_model.model.lm_head.weight"} if fresh.config.tie_word_embeddings else set()
+        if result.unexpected_keys or set(result.missing_keys) - tied:
+            raise RuntimeError(f"export could not place weights: {(result.unexpected_keys + result.missing_keys)[:5]}")
+        if lora:
+            fresh = fresh.merge_and_unload()
+        fresh.save_pretrained(target, safe_serialization=True)
+        tokenizer.save_pretrained(target)
+        print(f"exported {target}")
+
+
+def full_state(model, zero: bool) -> dict[str, torch.Tensor]:
+    """Every parameter, full and fp32 (collective under ZeRO: all ranks call it)."""
+    state = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            state[name] = full_param(param, zero)
+        elif zero and hasattr(param, "ds_id"):  # a frozen ZeRO-3 shard (LoRA's base weights): gather it
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([param]):
+                state[name] = param.detach().float().cpu().clone()
+        else:
+            state[name] = param.detach().float().cpu()
+    return state

@@ -36,13 +36,7 @@ from fair.jsonl import append_jsonl, write_json
 from fair.lock import folder_lock
 from fair.models import DEFAULT_STUDENT, model_short_name, resolve_model
 from fair.tasks import get_task
-from train.checkpoint import (
-    full_param,
-    load_optimizer,
-    require_finite,
-    save_checkpoint,
-    trainable,
-)
+from train.checkpoint import export, load_optimizer, save_checkpoint, trainable
 from train.data import (
     FEEDBACK,
     RATIONALE,
@@ -266,13 +260,7 @@ def train_locked(config: TrainConfig, dist: Dist) -> Path:
     if dist.rank == 0:  # once the checks passed: a refused run leaves the folder's settings as they were
         save_config(config, config.out_dir / "train.yaml")
     params = [p for _, p in trainable(model)]
-    if dist.zero:
-        engine, optimizer = deepspeed_engine(config, model, params, accumulation, bf16)
-        autocast = False  # DeepSpeed casts the model itself when bf16 is on
-    else:
-        engine = model
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        autocast = bf16 and device == "cuda"
+    engine, optimizer, autocast = optimizer_for(config, model, params, dist, accumulation, bf16, device)
     attention = getattr(model.config, "_attn_implementation", "sdpa")
 
     if resume_from:
@@ -291,28 +279,51 @@ def train_locked(config: TrainConfig, dist: Dist) -> Path:
     run_began = time.perf_counter()
     run = Run(config, dist, tokenizer, engine, optimizer, params, device, attention, autocast, accumulation)
     for step in range(start, total):
-        began = time.perf_counter()
-        batch = [items[i] for i in step_plan(len(items), config, step, steps_per_epoch)]
-        lr = learning_rate(config, step, total)
-        record = take_step(run, batch, step, lr)
-        record["step_s"] = round(time.perf_counter() - began, 3)
-        record["target_tokens_per_s"] = record["target_tokens"] / (time.perf_counter() - began)
-        if dist.rank == 0:
-            append_jsonl(config.out_dir / "log.jsonl", [record])
-            if (step + 1) % config.log_every == 0 or step + 1 == total:
-                print(f"step {step + 1}/{total} loss {record['loss']:.4f} lr {lr:.2e} "
-                      f"{record['target_tokens_per_s']:.0f} target tok/s", flush=True)
-        epoch_end = (step + 1) % steps_per_epoch == 0
-        if (config.save_every and (step + 1) % config.save_every == 0) or (not config.save_every and epoch_end) \
-                or step + 1 == total:
-            save_checkpoint(config.out_dir / "checkpoints" / f"step-{step + 1}", model, optimizer, dist.zero,
-                            step + 1, asdict(config), dist.rank, digest)
+        run_step(run, items, step, total, steps_per_epoch, digest, model)
     if dist.rank == 0:
         write_json(config.out_dir / "train_summary.json", {
             "steps": total, "resumed_from": start, "seconds_this_run": round(time.perf_counter() - run_began, 2),
             "examples": len(items), "processes": dist.world,
         })
-    return export(config, model, tokenizer, dist)
+    target = config.out_dir / "final"
+    export(target, model, tokenizer, student=config.student, lora=config.lora, zero=dist.zero, rank=dist.rank)
+    if dist.world > 1:
+        torch.distributed.barrier()
+    return target
+
+
+def optimizer_for(config: TrainConfig, model, params, dist: Dist, accumulation: int, bf16: bool, device: str):
+    """(what steps the model, its optimizer, whether to autocast): DeepSpeed's engine under ZeRO (it casts the
+    model itself when bf16 is on), else the model and torch's AdamW, autocast to bf16 on GPUs."""
+    if dist.zero:
+        engine, optimizer = deepspeed_engine(config, model, params, accumulation, bf16)
+        return engine, optimizer, False
+    return model, torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay), bf16 and device == "cuda"
+
+
+def run_step(run: Run, items: list, step: int, total: int, steps_per_epoch: int, digest: str, model) -> None:
+    """One optimizer step: its batch, the step, its log line, and a checkpoint when the save rule says so."""
+    config, dist = run.config, run.dist
+    began = time.perf_counter()
+    batch = [items[i] for i in step_plan(len(items), config, step, steps_per_epoch)]
+    lr = learning_rate(config, step, total)
+    record = take_step(run, batch, step, lr)
+    record["step_s"] = round(time.perf_counter() - began, 3)
+    record["target_tokens_per_s"] = record["target_tokens"] / (time.perf_counter() - began)
+    if dist.rank == 0:
+        append_jsonl(config.out_dir / "log.jsonl", [record])
+        if (step + 1) % config.log_every == 0 or step + 1 == total:
+            print(f"step {step + 1}/{total} loss {record['loss']:.4f} lr {lr:.2e} "
+                  f"{record['target_tokens_per_s']:.0f} target tok/s", flush=True)
+    if save_due(config, step + 1, total, steps_per_epoch):
+        save_checkpoint(config.out_dir / "checkpoints" / f"step-{step + 1}", model, run.optimizer, dist.zero,
+                        step + 1, asdict(config), dist.rank, digest)
+
+
+def save_due(config: TrainConfig, done: int, total: int, steps_per_epoch: int) -> bool:
+    """Every save_every steps, else at each epoch's end; always after the last step."""
+    every = config.save_every or steps_per_epoch
+    return done % every == 0 or done == total
 
 
 def deepspeed_engine(config: TrainConfig, model, params, accumulation: int, bf16: bool):
@@ -330,49 +341,6 @@ def deepspeed_engine(config: TrainConfig, model, params, accumulation: int, bf16
         optimizer["params"]["torch_adam"] = True  # DeepSpeed's fused/CPU Adam would compile for minutes on a CPU
     engine, ds_optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
     return engine, ds_optimizer
-
-
-def export(config: TrainConfig, model, tokenizer, dist: Dist) -> Path:
-    """A plain HF directory (safetensors) that `fair eval` and vLLM load: LoRA merged, ZeRO-3 shards gathered."""
-    weights = full_state(model, dist.zero)  # collective under ZeRO
-    require_finite(weights, f"export to {config.out_dir / 'final'}")  # every rank holds them all: all stop
-    target = config.out_dir / "final"
-    if dist.rank == 0:
-        from transformers import AutoModelForCausalLM
-
-        fresh = AutoModelForCausalLM.from_pretrained(resolve_model(config.student), dtype=torch.float32)
-        if config.lora:
-            from peft import PeftModel
-
-            fresh = PeftModel(fresh, model.peft_config["default"])
-        result = fresh.load_state_dict(weights, strict=False)
-        tied = {"lm_head.weight", "base_model.model.lm_head.weight"} if fresh.config.tie_word_embeddings else set()
-        if result.unexpected_keys or set(result.missing_keys) - tied:
-            raise RuntimeError(f"export could not place weights: {(result.unexpected_keys + result.missing_keys)[:5]}")
-        if config.lora:
-            fresh = fresh.merge_and_unload()
-        fresh.save_pretrained(target, safe_serialization=True)
-        tokenizer.save_pretrained(target)
-        print(f"exported {target}")
-    if dist.world > 1:
-        torch.distributed.barrier()
-    return target
-
-
-def full_state(model, zero: bool) -> dict[str, torch.Tensor]:
-    """Every parameter, full and fp32 (collective under ZeRO: all ranks call it)."""
-    state = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            state[name] = full_param(param, zero)
-        elif zero and hasattr(param, "ds_id"):  # a frozen ZeRO-3 shard (LoRA's base weights): gather it
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters([param]):
-                state[name] = param.detach().float().cpu().clone()
-        else:
-            state[name] = param.detach().float().cpu()
-    return state
 
 
 def main(argv: list[str] | None = None) -> int:

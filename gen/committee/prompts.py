@@ -14,12 +14,14 @@ answered from the cache; bump PROMPT_VERSION with any edit so that committee rec
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from fair import paper
 from fair.records import Messages, StudentAnswer, gold_hint, question_block
 from fair.tasks import Task
+from gen.teachers.config import Teacher
+from gen.teachers.providers import ChatRequest
 
 PROMPT_VERSION = 2  # 2: fences longer than any run of '>' in the fenced text (the same prompts otherwise)
 
@@ -72,3 +74,13 @@ PROMPT_SETS = {
     "fair": PromptSet(fair_feedback, fair_rationale, fair_review),
     "paper": PromptSet(paper.feedback_messages, paper.rationale_messages, paper.review_messages),  # for parity runs
 }
+
+
+def drafts(answers: Iterable[StudentAnswer], task: Task, prompts: PromptSet,
+           teachers: list[Teacher]) -> Iterator[tuple[Teacher, ChatRequest]]:
+    """The requests that need no other teacher's reply (what goes to the Batch API first): each teacher's feedback and rationale per mistake, built
+    as run.py builds them (ChatRequest.for_teacher of the same prompts), hence the same cache keys."""
+    for answer in answers:
+        for teacher in teachers:
+            for messages in (prompts.feedback(task, answer), prompts.rationale(task, answer)):
+                yield teacher, ChatRequest.for_teacher(teacher, messages)

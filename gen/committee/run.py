@@ -44,9 +44,9 @@ from fair.models import DEFAULT_STUDENT, model_short_name
 from fair.paper import accept
 from fair.records import Messages, StudentAnswer
 from fair.tasks import Task, get_task
-from gen.committee.prompts import PROMPT_SETS, PROMPT_VERSION, PromptSet
+from gen.committee.prompts import PROMPT_SETS, PROMPT_VERSION, PromptSet, drafts
 from gen.committee.review import parse_review_score
-from gen.teachers.batch import DEADLINE_S, BatchRun, drafts
+from gen.teachers.batch import DEADLINE_S, BatchRun
 from gen.teachers.cache import ResponseCache
 from gen.teachers.client import Admission, TeacherClient
 from gen.teachers.config import Teacher, load_committee, missing_keys

@@ -35,7 +35,7 @@ import dataclasses
 import sqlite3
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
@@ -57,9 +57,6 @@ from gen.teachers.providers import (
 )
 
 if TYPE_CHECKING:
-    from fair.records import StudentAnswer
-    from fair.tasks import Task
-    from gen.committee.prompts import PromptSet
     from gen.teachers.cache import ResponseCache
     from gen.teachers.client import TeacherStats
     from gen.teachers.config import Teacher
@@ -91,16 +88,6 @@ class BatchReport:
     fell_back: int = 0  # left to the live path: failed lines, all of a failed, expired, cancelled or lost batch
     batches: int = 0  # batches waited for
     seconds: float = 0.0  # from the first upload to the last batch's replies in the cache
-
-
-def drafts(answers: Iterable[StudentAnswer], task: Task, prompts: PromptSet,
-           teachers: list[Teacher]) -> Iterator[tuple[Teacher, ChatRequest]]:
-    """The requests that need no other teacher's reply: each teacher's feedback and rationale per mistake, built
-    as gen/committee/run.py builds them (ChatRequest.for_teacher of the same prompts), hence the same cache keys."""
-    for answer in answers:
-        for teacher in teachers:
-            for messages in (prompts.feedback(task, answer), prompts.rationale(task, answer)):
-                yield teacher, ChatRequest.for_teacher(teacher, messages)
 
 
 class Ledger:
