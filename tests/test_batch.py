@@ -27,7 +27,7 @@ from gen.teachers.batch import Ledger
 from gen.teachers.cache import ResponseCache
 from gen.teachers.config import Teacher, committee_path, load_committee
 from gen.teachers.providers import ChatResponse
-from tests.test_committee import PLANTED_KEY, assert_complete, fast, import_seed_mistakes
+from tests.conftest import PLANTED_KEY, assert_complete, fast, import_seed_mistakes
 
 LIMIT = 6
 BATCHED = {"careful", "sloppy"}  # the offline committee's teachers with batch_api: true (harsh speaks Gemini)

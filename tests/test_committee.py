@@ -3,7 +3,6 @@ the paper's files in and out, and SIGKILL at random moments followed by resume (
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import random
 import re
@@ -17,53 +16,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fair.jsonl import append_jsonl, read_jsonl
-from fair.paper import import_mistakes
+from fair.jsonl import read_jsonl
 from fair.tasks import get_task
 from gen.committee.format import export_committee, import_committee
 from gen.committee.review import accept
-from gen.committee.run import CommitteeConfig, run_committee
 from gen.offline.server import OfflineServer
 from gen.teachers.config import load_committee
-
-PLANTED_KEY = "sk-test-PLANTED-9f8e7d6c"
-
-
-def import_seed_mistakes(folder: Path, data_dir: Path, count: int) -> Path:
-    """The first `count` of the paper's real SVAMP mistakes, as our mistakes.jsonl."""
-    task = get_task("svamp")
-    answers = import_mistakes(task, data_dir / "seed" / "Llama-2-7b-chat-hf_svamp_false_round0.json",
-                              task.load("train", data_dir))
-    path = folder / "mistakes.jsonl"
-    append_jsonl(path, (a.to_json() for a in answers[:count]))
-    return path
-
-
-@pytest.fixture(scope="module")
-def seed_mistakes(tmp_path_factory, data_dir) -> Path:
-    return import_seed_mistakes(tmp_path_factory.mktemp("seed"), data_dir, count=60)
-
-
-def fast(teachers, **changes):
-    defaults = {"retry_backoff_s": 0.01, "timeout_s": 2.0, "max_retries": 12}
-    return [dataclasses.replace(t, **(defaults | changes)) for t in teachers]
-
-
-def run(tmp_path, mistakes, teachers, limit=12, **config):
-    config = CommitteeConfig(task="svamp", mistakes=str(mistakes), out=str(tmp_path / "committee.jsonl"),
-                             limit=limit, progress=False, **config)
-    result = asyncio.run(run_committee(config, teachers))
-    return result, list(read_jsonl(config.out_path))
-
-
-def assert_complete(records, n):
-    assert len(records) == n and len({r["id"] for r in records}) == n
-    for record in records:
-        assert all(f["text"] and f["error"] is None for f in record["feedback"].values()), record["feedback"]
-        for author, rationale in record["rationales"].items():
-            assert rationale["text"] and set(rationale["reviews"]) == set(record["rationales"]) - {author}
-            mean, accepted = accept([r["score"] for r in rationale["reviews"].values()], 3.0)
-            assert (rationale["mean_score"], rationale["accepted"]) == (mean, accepted)
+from tests.conftest import PLANTED_KEY, assert_complete, fast, run_small_committee
 
 
 @pytest.mark.parametrize(("fault", "server_settings", "counter"), [
@@ -79,7 +38,7 @@ def test_each_fault_class_is_survived(tmp_path, seed_mistakes, fault, server_set
     monkeypatch.setattr(offline_api, "WINDOW_S", 2.0)  # "per minute" becomes per 2 s: Retry-After stays short
     with OfflineServer(port=0, seed=1, **server_settings) as server:
         teachers = fast(load_committee("offline", server.url), timeout_s=1.0)
-        result, records = run(tmp_path, seed_mistakes, teachers, limit=6 if fault == "429" else 12)
+        result, records = run_small_committee(tmp_path, seed_mistakes, teachers, limit=6 if fault == "429" else 12)
         assert server.counters[counter] > 0, server.counters
     assert_complete(records, 6 if fault == "429" else 12)
     assert sum(s.retries for s in result["stats"].values()) > 0
@@ -91,7 +50,7 @@ def test_a_fatal_teacher_is_recorded_never_scored(tmp_path, seed_mistakes):
     with OfflineServer(port=0) as server:
         teachers = fast(load_committee("offline", server.url))
         teachers[1] = dataclasses.replace(teachers[1], model="no-such-model")  # 404 -> fails fast
-        result, records = run(tmp_path, seed_mistakes, teachers, limit=3)
+        result, records = run_small_committee(tmp_path, seed_mistakes, teachers, limit=3)
     broken = teachers[1].name
     assert result["stats"][broken].retries == 0 and result["stats"][broken].failures > 0
     for record in records:
@@ -112,7 +71,7 @@ def test_a_planted_key_never_reaches_logs_or_outputs(tmp_path, seed_mistakes, mo
     with OfflineServer(port=0, p_5xx=0.3, p_malformed=0.2, log_path=log) as server:
         teachers = fast(load_committee("offline", server.url), api_key_env="FAIR_TEST_PLANTED_KEY")
         teachers[0] = dataclasses.replace(teachers[0], model="no-such-model")  # errors carry the request too
-        run(tmp_path, seed_mistakes, teachers, limit=4)
+        run_small_committee(tmp_path, seed_mistakes, teachers, limit=4)
     assert "retry" in caplog.text  # the test saw the logs it scans
     for path in tmp_path.iterdir():
         data = path.read_bytes()

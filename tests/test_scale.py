@@ -21,7 +21,7 @@ from gen.teachers.cache import ResponseCache, key_for
 from gen.teachers.client import TeacherClient, TeacherFailed, _gate_for
 from gen.teachers.config import Teacher, load_committee, missing_keys
 from gen.teachers.providers import ChatRequest, ChatResponse
-from tests.test_committee import import_seed_mistakes, run
+from tests.conftest import import_seed_mistakes, run_small_committee
 
 KEYS = {"FAIR_TEST_KEY_A": "sk-test-key-a-1111", "FAIR_TEST_KEY_B": "sk-test-key-b-2222"}
 OK = {"choices": [{"message": {"content": "4"}}], "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
@@ -226,14 +226,14 @@ def test_committee_output_is_the_same_with_a_commit_per_write(tmp_path, data_dir
     mistakes = import_seed_mistakes(tmp_path, data_dir, count=8)
     with OfflineServer(port=0, seed=2, data_dir=data_dir) as server:
         teachers = load_committee("offline", server.url)
-        grouped_run, grouped = run(tmp_path / "grouped", mistakes, teachers, limit=8)
+        grouped_run, grouped = run_small_committee(tmp_path / "grouped", mistakes, teachers, limit=8)
         with monkeypatch.context() as m:
             one_commit_each = {"flush_s": 0.0, "max_pending": 1}
             m.setattr(cache_module.ResponseCache.__init__, "__kwdefaults__", one_commit_each)
             m.setattr(jsonl_module.JsonlAppender.__init__, "__defaults__", (0.0,))
-            one_by_one_run, one_by_one = run(tmp_path / "one", mistakes, teachers, limit=8)
-        rerun, again = run(tmp_path / "again", mistakes, teachers, limit=8,
-                           cache=str(tmp_path / "grouped" / "requests.sqlite"))
+            one_by_one_run, one_by_one = run_small_committee(tmp_path / "one", mistakes, teachers, limit=8)
+        rerun, again = run_small_committee(tmp_path / "again", mistakes, teachers, limit=8,
+                                            cache=str(tmp_path / "grouped" / "requests.sqlite"))
     assert len(grouped) == 8 and by_id(grouped) == by_id(one_by_one) == by_id(again)
     assert sum(s.requests for s in rerun["stats"].values()) == 0
     assert one_by_one_run["cache_commits"] >= 8 * 12 > grouped_run["cache_commits"]
