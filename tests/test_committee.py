@@ -22,7 +22,7 @@ from gen.committee.format import export_committee, import_committee
 from gen.committee.review import accept
 from gen.offline.server import OfflineServer
 from gen.teachers.config import load_committee
-from tests.conftest import PLANTED_KEY, assert_complete, fast, run_small_committee
+from tests.conftest import PLANTED_KEY, ROOT, assert_complete, fast, run_small_committee
 
 
 @pytest.mark.parametrize(("fault", "server_settings", "counter"), [
@@ -110,9 +110,11 @@ def committee_cli(tmp_path, mistakes, url, limit):
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_exactly_once(tmp_path, seed_mistakes):
     """Kill a real `fair committee` process with SIGKILL three times, resume each time, and check the server's
-    log: no request completed before a kill is completed again unless it was in flight (and so reported)."""
-    limit, log = 40, tmp_path / "server.log"
-    teachers = Path(__file__).resolve().parents[1] / "configs" / "teachers" / "offline.yaml"
+    log: no request completed before a kill is completed again unless it was in flight (and so reported).
+    Each kill comes after a drawn number of requests of its segment, not after a time: on a slow machine a timer
+    could fire before any request or after the run ended, and the test would then prove nothing."""
+    limit, log = 40, tmp_path / "server.log"  # 40 mistakes: about 480 requests, over 300 of them after the kills
+    teachers = ROOT / "configs" / "teachers" / "offline.yaml"
     (tmp_path / "teachers.yaml").write_text(teachers.read_text().replace("max_retries: 8", "max_retries: 8\n    retry_backoff_s: 0.05"))
     rng = random.Random(7)
     reported_inflight, segments = 0, []
@@ -121,13 +123,16 @@ def test_sigkill_at_random_moments_then_resume_is_exactly_once(tmp_path, seed_mi
         for _ in range(3):
             start_line = line_count(log)
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            time.sleep(rng.uniform(2.0, 4.0))  # start-up is about 1.5 s; then requests are flying
+            wait_for_lines(log, start_line + rng.randint(20, 100), process)
             process.send_signal(signal.SIGKILL)
             output = process.communicate()[0]
+            assert process.returncode == -signal.SIGKILL, output  # killed mid-run, not exited before the kill
+            written = len(list(read_jsonl(tmp_path / "committee.jsonl")))
+            assert written < limit  # work was left for the next segment
             reported_inflight += inflight_reported(output)
             time.sleep(0.5)  # let the server finish (and log) what the dead client had in flight
             segments.append((start_line, line_count(log)))
-        final = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        final = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert final.returncode == 0, final.stderr
         reported_inflight += inflight_reported(final.stdout)
         segments.append((segments[-1][1], line_count(log)))
@@ -138,14 +143,23 @@ def test_sigkill_at_random_moments_then_resume_is_exactly_once(tmp_path, seed_mi
 
     lines = [orjson.loads(line) for line in log.read_bytes().splitlines()]
     completed_in = [{e["body_sha256"] for e in lines[a:b] if e["status"] == 200} for a, b in segments]
+    assert all(completed_in[:3])  # each killed segment had requests answered before its kill
     repeated = sum(len(completed_in[k] & set().union(*completed_in[k + 1:])) for k in range(len(segments) - 1))
     assert repeated <= reported_inflight, (repeated, reported_inflight)
     assert reported_inflight <= 3 * 8 * 12  # at most the window's requests (8 mistakes x 12 requests) per kill
-    assert sum(len(s) for s in completed_in) > 0
 
 
 def line_count(path: Path) -> int:
     return len(path.read_bytes().splitlines()) if path.exists() else 0
+
+
+def wait_for_lines(path: Path, count: int, process: subprocess.Popen, timeout_s: float = 300) -> None:
+    """Until `path` (the server's request log) has `count` lines; the process must be running all along."""
+    deadline = time.monotonic() + timeout_s  # only a bound on a hang: the trigger is the count
+    while line_count(path) < count:
+        assert process.poll() is None, f"the run ended (exit {process.returncode}) before its kill"
+        assert time.monotonic() < deadline, f"fewer than {count} requests after {timeout_s} s"
+        time.sleep(0.01)
 
 
 def inflight_reported(output: str) -> int:
