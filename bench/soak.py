@@ -322,9 +322,10 @@ def print_summary(report: dict, failures: list[str]) -> None:
     print(f"faults injected: {', '.join(f'{k} {v:,}' for k, v in faults.items())} "
           f"({sum(faults.values()):,} of {report['requests_logged']:,} requests)")
     full = next(s for s in report["segments"] if s["action"] == "disk_full")
-    rival = next(s["rival"] for s in report["segments"] if "rival" in s)
+    rival = next((s["rival"] for s in report["segments"] if "rival" in s), None)  # none if its segment ended first
+    second = f"exit {rival['exit']} in {rival['seconds']} s" if rival else "not tried (a failure above)"
     print(f"kills survived: {report['kills_survived']}; disk full: exit {full['exit']}, "
-          f"{last_line(full['error'])!r}; second run: exit {rival['exit']} in {rival['seconds']} s")
+          f"{last_line(full['error'])!r}; second run: {second}")
     print(f"records: {records['expected']} expected, {records['written']} written; lost {records['lost']}, "
           f"duplicated {records['duplicated']}")
     print(f"requests: {report['usable_replies']:,} usable replies, {report['failed_requests']} failed for good "
