@@ -13,12 +13,15 @@ Everything on loopback: the offline simulator in its own process (bench_gen.Serv
 high rates, adds latency, and rate-limits each teacher below the rpm the teachers are told (so 429s with
 Retry-After too). The real `fair committee` CLI works through the paper's SVAMP mistakes in segments:
 
-  * kill: SIGKILL once the segment has written `gap` records, then `delay` seconds more (amid requests);
-  * disk full: at that moment the segment's RLIMIT_FSIZE (prlimit on the running process, so that the write
-    fails mid-run rather than at start-up) drops to committee.jsonl's size plus a margin; the first write
+  * an action comes once the segment has written `gap` records and the server has answered `requests` more
+    (amid requests, not just after a write): progress, not a clock, as a timer on a loaded machine can fire
+    before any request or after the end. The segment is frozen there (SIGSTOP); it must have work left;
+  * kill: SIGKILL of the frozen process;
+  * disk full: its RLIMIT_FSIZE (prlimit on the running process, so that the write fails mid-run rather than
+    at start-up) drops to committee.jsonl's size plus a margin, then it runs on (SIGCONT); the first write
     past it, SQLite's or the JSONL's, must stop the run with exit 1 and a one-line error;
-  * rival: once one segment has written a record, a second `fair committee` on the same folder must be
-    refused at once (exit 2), naming the first one's pid;
+  * rival: at one action, a second `fair committee` on the same folder must be refused at once (exit 2),
+    naming the first one's pid (frozen, so the rival's slow start cannot let the first one finish first);
   * finish: the last segment resumes and runs to the end (exit 0).
 After each interrupted segment the soak waits until the server has answered what the dead run left in
 flight, so that each server log line belongs to one segment. Every segment must keep every record written
@@ -30,9 +33,9 @@ in a later one) against the in-flight requests the resumed runs reported ("resum
 Exit 1 when any record is lost or duplicated, re-paid exceeds reported, or a segment misbehaves; exit 2 when
 the wall-clock cap (--cap-s) runs out: every process the soak started is killed first.
 
-Deterministic given --seed: the segments' actions, gaps, delays, margins and the rival's segment come from
-one seeded RNG, and the simulator's faults from (seed, request body, attempt). Timing still varies, so the
-counts of faults and of requests in flight at a kill vary from run to run; the checks do not.
+Deterministic given --seed: the segments' actions, gaps, request counts, margins and the rival's segment come
+from one seeded RNG, and the simulator's faults from (seed, request body, attempt). Timing still varies, so
+the counts of faults and of requests in flight at a kill vary from run to run; the checks do not.
 Results: data/bench/soak.json (and the work folder, kept with --keep or when a check fails).
 """
 
@@ -79,12 +82,12 @@ def over_cap(*_: object) -> None:
 class Step:
     action: str  # "kill", "disk_full" or "finish"
     gap: int  # records this segment writes before its action
-    delay_s: float  # then this much longer, so that the action lands amid requests, not just after a write
+    requests: int  # then this many more requests answered, so that the action lands amid requests
     margin: int = 0  # disk_full: bytes committee.jsonl may still grow by
     rival: bool = False  # a second run on the folder is tried while this segment runs
 
 
-def plan(seed: int, mistakes: int, kills: int, max_delay_s: float) -> list[Step]:
+def plan(seed: int, mistakes: int, kills: int, max_requests: int) -> list[Step]:
     """Kills and one disk-full moment in a seeded order, then a segment that finishes. The interrupted
     segments write at most 60% of the records between them, so each one still has work when its action comes."""
     rng = random.Random(seed)
@@ -92,9 +95,9 @@ def plan(seed: int, mistakes: int, kills: int, max_delay_s: float) -> list[Step]
     rng.shuffle(actions)
     most = max(1, int(0.6 * mistakes / len(actions)))
     rival = rng.randrange(len(actions))
-    steps = [Step(a, rng.randint(1, most), round(rng.uniform(0, max_delay_s), 3),
+    steps = [Step(a, rng.randint(1, most), 1 + int(rng.uniform(0, max_requests)),
                   rng.randint(4096, 65536) if a == "disk_full" else 0, i == rival) for i, a in enumerate(actions)]
-    return [*steps, Step("finish", 0, 0.0)]
+    return [*steps, Step("finish", 0, 0)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -133,19 +136,19 @@ def ids_in(path: Path) -> list[str]:
     return [r["id"] for r in read_jsonl(path)] if path.exists() else []
 
 
-def run_segment(workdir: Path, name: str, command: list[str], step: Step, children: list) -> dict:
+def run_segment(workdir: Path, name: str, command: list[str], step: Step, children: list, server_log: Path) -> dict:
     """Start `fair committee`, carry out the step's action, wait for the process: what happened, and what was
     wrong (`problems`)."""
     out = workdir / "committee.jsonl"
     before = ids_in(out)
     out_log, err_log = workdir / f"{name}.out", workdir / f"{name}.err"
-    seg = {"action": step.action, "records_before": len(before), "problems": []}
+    seg = {"action": step.action, "records_before": len(before), "log_start": line_count(server_log), "problems": []}
     began = time.monotonic()
     with out_log.open("w") as stdout, err_log.open("w") as stderr:
         # Unbuffered: a SIGKILL must not take the "resuming: N request(s)" line with it.
         proc = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=os.environ | {"PYTHONUNBUFFERED": "1"})
         children.append(proc)
-        kept = act(proc, command, step, out, seg) if step.action != "finish" else []
+        kept = act(proc, command, step, out, server_log, seg) if step.action != "finish" else []
         proc.wait()
     children.remove(proc)
     after = set(ids_in(out))
@@ -155,25 +158,30 @@ def run_segment(workdir: Path, name: str, command: list[str], step: Step, childr
     return seg
 
 
-def act(proc: subprocess.Popen, command: list[str], step: Step, out: Path, seg: dict) -> list[str]:
-    """The step's action on the running segment (and the rival, if it is this segment's); returns the ids
-    written when the action came, which must all survive it."""
+def act(proc: subprocess.Popen, command: list[str], step: Step, out: Path, server_log: Path, seg: dict) -> list[str]:
+    """The step's action on the running segment (and the rival, if it is this segment's), once it has made the
+    step's progress; returns the ids written when the action came, which must all survive it."""
     try:
-        wait_for_records(out, seg["records_before"] + 1, proc)  # running, lock held, resume line printed
-        if step.rival:
-            seg["rival"] = rival(command, proc.pid, seg["problems"])
         wait_for_records(out, seg["records_before"] + step.gap, proc)
-        time.sleep(step.delay_s)
+        wait_for_records(server_log, line_count(server_log) + step.requests, proc)  # one request a line
+        proc.send_signal(signal.SIGSTOP)  # frozen: it sends and writes nothing more until killed or continued
     except RuntimeError:  # it exited first: said below
         pass
     written = ids_in(out)
+    seg |= {"records_at_action": len(written), "requests_before_action": line_count(server_log) - seg["log_start"]}
     if proc.poll() is not None:
         seg["problems"].append(f"the segment ended (exit {proc.returncode}) before its {step.action}")
-    elif step.action == "kill":
+        return written
+    if len(written) >= len(ids_in(out.with_name("mistakes.jsonl"))):
+        seg["problems"].append(f"every record was written before the segment's {step.action}: nothing to interrupt")
+    if step.rival:
+        seg["rival"] = rival(command, proc.pid, seg["problems"])
+    if step.action == "kill":
         proc.send_signal(signal.SIGKILL)
     else:  # every file the run writes may grow only this far: the next write past it fails (EFBIG)
         seg["fsize_limit"] = limit = out.stat().st_size + step.margin
         resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (limit, limit))
+        proc.send_signal(signal.SIGCONT)
     return written
 
 
@@ -264,14 +272,14 @@ def soak(workdir: Path, args: argparse.Namespace, children: list) -> tuple[dict,
     """Every segment of the plan against one server; then the checks. (report, failures)"""
     began = time.monotonic()
     expected = write_inputs(workdir, args)
-    steps = plan(args.seed, len(expected), args.kills, args.max_delay_s)
+    steps = plan(args.seed, len(expected), args.kills, args.max_requests)
     server = start_server(workdir, args)
     children.append(server)
     segments, boundaries = [], [line_count(server.log)]
     command = committee_command(workdir, "svamp", server.url, args.window)
     try:
         for number, step in enumerate(steps, start=1):
-            segments.append(run_segment(workdir, f"segment-{number}", command, step, children))
+            segments.append(run_segment(workdir, f"segment-{number}", command, step, children, server.log))
             print_segment(number, step, segments[-1])
             if step.action != "finish":  # what the stopped run left in flight: answered, or hung and answered
                 time.sleep(args.hang_s + args.latency_ms[1] / 1000 + 0.5)
@@ -314,9 +322,10 @@ def print_summary(report: dict, failures: list[str]) -> None:
     print(f"faults injected: {', '.join(f'{k} {v:,}' for k, v in faults.items())} "
           f"({sum(faults.values()):,} of {report['requests_logged']:,} requests)")
     full = next(s for s in report["segments"] if s["action"] == "disk_full")
-    rival = next(s["rival"] for s in report["segments"] if "rival" in s)
+    rival = next((s["rival"] for s in report["segments"] if "rival" in s), None)  # none if its segment ended first
+    second = f"exit {rival['exit']} in {rival['seconds']} s" if rival else "not tried (a failure above)"
     print(f"kills survived: {report['kills_survived']}; disk full: exit {full['exit']}, "
-          f"{last_line(full['error'])!r}; second run: exit {rival['exit']} in {rival['seconds']} s")
+          f"{last_line(full['error'])!r}; second run: {second}")
     print(f"records: {records['expected']} expected, {records['written']} written; lost {records['lost']}, "
           f"duplicated {records['duplicated']}")
     print(f"requests: {report['usable_replies']:,} usable replies, {report['failed_requests']} failed for good "
@@ -369,7 +378,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="draws the plan and the simulator's faults")
     p.add_argument("--cap-s", type=int, default=840, help="wall-clock cap: past it, kill everything, exit 2")
     p.add_argument("--window", type=int, default=64, help="mistakes in flight (the committee's default)")
-    p.add_argument("--max-delay-s", type=float, default=1.0, help="an action lands up to this long after its gap")
+    p.add_argument("--max-requests", type=int, default=30,
+                   help="an action lands 1 to this many requests after its gap (30: about a second's worth)")
     p.add_argument("--rpm", type=int, default=600, help="the server's limit per teacher (teachers are told 2x)")
     p.add_argument("--latency-ms", type=float, nargs=2, default=(20, 200))
     p.add_argument("--p-5xx", type=float, default=0.08)

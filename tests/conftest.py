@@ -1,14 +1,24 @@
-"""Shared fixtures: a tiny random llama with SmolLM2's tokenizer, a fake engine, and the shared data dir."""
+"""Shared fixtures (a tiny random llama with SmolLM2's tokenizer, a fake engine, the shared data dir, the paper's
+SVAMP mistakes) and the helpers several test files use (the committee on the simulator, the tiny trainer)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import orjson
 import pytest
 
 from fair.engines.base import Generation, Sampling
 from fair.tasks import default_data_dir
+
+if TYPE_CHECKING:
+    from train.train import TrainConfig
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # transformers imports deepspeed; keep it off CUDA probing
 
@@ -67,3 +77,105 @@ class FakeEngine:
 @pytest.fixture
 def fake_engine_cls():
     return FakeEngine
+
+
+@pytest.fixture(scope="module")
+def seed_mistakes(tmp_path_factory, data_dir) -> Path:
+    """The paper's first 60 SVAMP mistakes, once per test file."""
+    return import_seed_mistakes(tmp_path_factory.mktemp("seed"), data_dir, count=60)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers shared by several test files: import them as `from tests.conftest import ...`. Heavy modules (the
+# committee, the trainer) are imported inside each helper, so that collecting the suite stays quick.
+
+ROOT = Path(__file__).resolve().parents[1]
+PLANTED_KEY = "sk-test-PLANTED-9f8e7d6c"  # a key planted in the environment; no output may carry it
+
+
+def import_seed_mistakes(folder: Path, data_dir: Path, count: int) -> Path:
+    """The first `count` of the paper's real SVAMP mistakes, as our mistakes.jsonl."""
+    from fair.jsonl import append_jsonl
+    from fair.paper import import_mistakes
+    from fair.tasks import get_task
+
+    task = get_task("svamp")
+    answers = import_mistakes(task, data_dir / "seed" / "Llama-2-7b-chat-hf_svamp_false_round0.json",
+                              task.load("train", data_dir))
+    path = folder / "mistakes.jsonl"
+    append_jsonl(path, (a.to_json() for a in answers[:count]))
+    return path
+
+
+def fast(teachers, **changes):
+    """Teachers that retry at once and time out soon: a test against the simulator takes seconds."""
+    defaults = {"retry_backoff_s": 0.01, "timeout_s": 2.0, "max_retries": 12}
+    return [dataclasses.replace(t, **(defaults | changes)) for t in teachers]
+
+
+def run_small_committee(folder: Path, mistakes: Path, teachers, limit: int = 12, **config) -> tuple[dict, list[dict]]:
+    """The committee stage in-process on the first `limit` mistakes: (its result, the records it wrote)."""
+    import asyncio
+
+    from fair.jsonl import read_jsonl
+    from gen.committee.run import CommitteeConfig, run_committee
+
+    config = CommitteeConfig(task="svamp", mistakes=str(mistakes), out=str(folder / "committee.jsonl"),
+                             limit=limit, progress=False, **config)
+    result = asyncio.run(run_committee(config, teachers))
+    return result, list(read_jsonl(config.out_path))
+
+
+def assert_complete(records: list[dict], n: int) -> None:
+    """`n` distinct records, every feedback and rationale present, every rationale reviewed by the others, and
+    each acceptance the rule's."""
+    from fair.paper import accept
+
+    assert len(records) == n and len({r["id"] for r in records}) == n
+    for record in records:
+        assert all(f["text"] and f["error"] is None for f in record["feedback"].values()), record["feedback"]
+        for author, rationale in record["rationales"].items():
+            assert rationale["text"] and set(rationale["reviews"]) == set(record["rationales"]) - {author}
+            mean, accepted = accept([r["score"] for r in rationale["reviews"].values()], 3.0)
+            assert (rationale["mean_score"], rationale["accepted"]) == (mean, accepted)
+
+
+def svamp_reply(right_every: int = 2):
+    """A FakeEngine script: correct for every `right_every`-th question (by its prompt's length), wrong otherwise."""
+    from fair.tasks import get_task
+
+    gold = {get_task("svamp").prompt(e): e.gold for e in get_task("svamp").load("train")}
+
+    def reply(prompt: str) -> str:
+        number = int(re.sub(r"\D", "", str(len(prompt))))
+        return f"Let me think.\nThe answer is {gold[prompt] if number % right_every == 0 else '-1'}."
+
+    return reply
+
+
+def tiny_train_config(tmp_path: Path, tiny_model_dir: Path, data_dir: Path, **overrides) -> TrainConfig:
+    """`fair train` on the tiny model and the paper's SVAMP committee files: a few seconds a run."""
+    from fair.config import make_config
+    from train.train import TrainConfig
+
+    seed = data_dir / "seed"
+    return make_config(TrainConfig, {
+        "task": "svamp", "student": str(tiny_model_dir), "max_length": 384, "batch_size": 8, "micro_batch_size": 2,
+        "paper_feedback": str(seed / "Llama-2-7b-chat-hf_svamp_feedback_round0.json"),
+        "paper_rationale": str(seed / "Llama-2-7b-chat-hf_svamp_rationale_round0.json"),
+        "max_steps": 4, "lr": 1e-3, "warmup_ratio": 0.0, "out": str(tmp_path / "run"),
+    } | overrides, source="test")
+
+
+def cli_args(config: TrainConfig, **changes) -> list[str]:
+    """The config as `key=value` overrides for the `fair train` command line (all but `out`)."""
+    values = dataclasses.asdict(dataclasses.replace(config, **changes))
+    return [f"{k}={orjson.dumps(v).decode()}" for k, v in values.items() if v is not None and k != "out"]
+
+
+def torchrun(args: list[str], out: Path, nproc: int) -> subprocess.CompletedProcess:
+    """`fair train` under torchrun with `nproc` CPU processes (gloo)."""
+    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(nproc),
+               "--master_port", str(29500 + os.getpid() % 1000), "-m", "train.train", *args, "--out", str(out)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)

@@ -27,7 +27,7 @@ from gen.teachers.batch import Ledger
 from gen.teachers.cache import ResponseCache
 from gen.teachers.config import Teacher, committee_path, load_committee
 from gen.teachers.providers import ChatResponse
-from tests.test_committee import PLANTED_KEY, assert_complete, fast, import_seed_mistakes
+from tests.conftest import PLANTED_KEY, assert_complete, fast, import_seed_mistakes
 
 LIMIT = 6
 BATCHED = {"careful", "sloppy"}  # the offline committee's teachers with batch_api: true (harsh speaks Gemini)
@@ -156,11 +156,13 @@ def test_sigkill_while_polling_then_rerun_reattaches(tmp_path, mistakes):
                "--no-progress", "--batch-api", "--batch-poll-s", "0.05"]
     with OfflineServer(port=0, batch_delay_s=2.0) as server:
         process = subprocess.Popen([*command, "--base-url", server.url], stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 300  # only a bound on a hang: the kill waits for both batch ids
         while batch_ids(tmp_path / "requests.sqlite") < len(BATCHED) and time.monotonic() < deadline:
+            assert process.poll() is None, f"the run ended (exit {process.returncode}) before its kill"
             time.sleep(0.02)
+        assert batch_ids(tmp_path / "requests.sqlite") == len(BATCHED)
         process.send_signal(signal.SIGKILL)
-        process.wait()
+        assert process.wait() == -signal.SIGKILL  # killed while waiting on its batches (each takes 2 s)
         assert server.counters["batches"] == len(BATCHED)
         rerun = subprocess.run([*command, "--base-url", server.url], capture_output=True, text=True, timeout=60)
         assert rerun.returncode == 0, rerun.stderr

@@ -1,12 +1,20 @@
-"""The real `fair` CLI, in-process, with a tiny model: one test per user command, plus its errors."""
+"""The real `fair` CLI, in-process (and `fair teachers serve` as a process), with a tiny model: one test per user
+command, plus its errors."""
 
 from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
 
 import orjson
 import pytest
 
 from fair.cli import main
 from fair.jsonl import read_jsonl
+from tests.conftest import assert_complete, cli_args, import_seed_mistakes, tiny_train_config
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -132,3 +140,76 @@ def test_committee_without_a_mistakes_file_says_so_in_one_line(tmp_path, capsys)
                        "--mistakes", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "committee.jsonl"))
     assert code == 2 and "no mistakes file" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "committee.jsonl").exists()
+
+
+def import_paper_committee(capsys, data_dir, out) -> tuple[int, str, str]:
+    seed = data_dir / "seed"
+    return run(capsys, "import-committee", "--task", "svamp", "--out", str(out),
+               "--feedback", str(seed / "Llama-2-7b-chat-hf_svamp_feedback_round0.json"),
+               "--rationale", str(seed / "Llama-2-7b-chat-hf_svamp_rationale_round0.json"))
+
+
+def test_import_committee_from_the_paper(tmp_path, data_dir, capsys):
+    out = tmp_path / "committee.jsonl"
+    code, stdout, _ = import_paper_committee(capsys, data_dir, out)
+    records = list(read_jsonl(out))
+    accepted = sum(r["accepted"] for record in records for r in record["rationales"].values())
+    assert code == 0 and len(records) == 387 and accepted == 286 + 221 + 319  # PROVENANCE.md's counts
+    assert f"imported 387 mistakes with {accepted} accepted rationales into {out}" in stdout
+    assert {name for r in records for name in r["rationales"]} == {"gpt", "gemini", "mistral"}
+    written = out.read_bytes()
+    code, _, err = import_paper_committee(capsys, data_dir, out)
+    assert code == 2 and "exists" in err and len(err.strip().splitlines()) == 1
+    assert out.read_bytes() == written  # never overwrites what is there
+
+
+def test_eval_train_eval_report_on_the_tiny_model(tmp_path, data_dir, tiny_model_dir, capsys):
+    """The FAIR loop on an imported committee: evaluate, train on it, evaluate the result, write the report."""
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    assert import_paper_committee(capsys, data_dir, gen / "committee.jsonl")[0] == 0
+    config = tiny_train_config(tmp_path, tiny_model_dir, data_dir, committee=str(gen / "committee.jsonl"),
+                               paper_feedback=None, paper_rationale=None, max_steps=2, max_length=256)
+    evaluate = ["eval", "--task", "svamp", "--engine", "hf", "--limit", "3", "--max-new-tokens", "4"]
+    assert run(capsys, *evaluate, "--model", str(tiny_model_dir), "--out", str(tmp_path / "before"))[0] == 0
+    code, _, err = run(capsys, "train", *cli_args(config), "--out", str(tmp_path / "train"))
+    assert code == 0, err
+    assert [r["step"] for r in read_jsonl(tmp_path / "train" / "log.jsonl")] == [1, 2]
+    final = tmp_path / "train" / "final"
+    assert (final / "model.safetensors").exists() and "committee:" in (tmp_path / "train" / "train.yaml").read_text()
+    assert run(capsys, *evaluate, "--model", str(final), "--out", str(tmp_path / "after"))[0] == 0
+
+    code, stdout, _ = run(capsys, "report", "--gen-dir", str(gen), "--train-dir", str(tmp_path / "train"),
+                          "--before", str(tmp_path / "before" / "svamp-test"),
+                          "--after", str(tmp_path / "after" / "svamp-test"), "--out", str(tmp_path / "report"))
+    assert code == 0 and "report.md" in stdout
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert f"| before: `{tiny_model_dir}` |" in page and f"| after: `{final}` |" in page
+    assert "2 optimizer steps" in page and "| gpt | 387 |" in page and "paired bootstrap over 3 questions" in page
+    assert {p.name for p in (tmp_path / "report").glob("*.png")} == {"accuracy.png", "reviews.png", "loss.png"}
+    code, _, err = run(capsys, "report", "--gen-dir", str(gen), "--train-dir", str(tmp_path / "nope"),
+                       "--out", str(tmp_path / "report"))
+    assert code == 2 and "--train-dir" in err and "no such folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_teachers_serve_answers_a_committee_run_until_sigterm(tmp_path, data_dir, capsys):
+    """`fair teachers serve` in its own process, as a user starts it; `fair committee` talks to it; SIGTERM stops
+    it with its summary, which counts what the committee sent and the request log recorded."""
+    mistakes, log = import_seed_mistakes(tmp_path, data_dir, count=2), tmp_path / "server.log"
+    server = subprocess.Popen([sys.executable, "-m", "fair.cli", "teachers", "serve", "--port", "0", "--log", str(log)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=os.environ | {"FAIR_DATA_DIR": str(data_dir)})
+    try:
+        line = server.stdout.readline()  # printed once it listens
+        url = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line).group(1)
+        code, _, err = run(capsys, "committee", "--task", "svamp", "--teachers", "offline", "--base-url", url,
+                           "--mistakes", str(mistakes), "--out", str(tmp_path / "committee.jsonl"), "--no-progress")
+        assert code == 0, err
+        server.send_signal(signal.SIGTERM)
+        summary, _ = server.communicate(timeout=30)
+    finally:
+        server.kill()
+    assert_complete(list(read_jsonl(tmp_path / "committee.jsonl")), 2)
+    requests = len(log.read_bytes().splitlines())
+    assert server.returncode == 0 and requests == 2 * 12  # 3 feedbacks, 3 rationales, 6 reviews a mistake
+    assert f"offline committee: {requests} completed" in summary

@@ -3,7 +3,6 @@ the paper's files in and out, and SIGKILL at random moments followed by resume (
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import random
 import re
@@ -17,51 +16,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fair.jsonl import append_jsonl, read_jsonl
-from fair.paper import accept, export_committee, import_committee, import_mistakes
+from fair.jsonl import read_jsonl
+from fair.paper import accept, export_committee, import_committee
 from fair.tasks import get_task
-from gen.committee.run import CommitteeConfig, run_committee
 from gen.offline.server import OfflineServer
 from gen.teachers.config import load_committee
-
-PLANTED_KEY = "sk-test-PLANTED-9f8e7d6c"
-
-
-def import_seed_mistakes(folder: Path, data_dir: Path, count: int) -> Path:
-    """The first `count` of the paper's real SVAMP mistakes, as our mistakes.jsonl."""
-    task = get_task("svamp")
-    answers = import_mistakes(task, data_dir / "seed" / "Llama-2-7b-chat-hf_svamp_false_round0.json",
-                              task.load("train", data_dir))
-    path = folder / "mistakes.jsonl"
-    append_jsonl(path, (a.to_json() for a in answers[:count]))
-    return path
-
-
-@pytest.fixture(scope="module")
-def seed_mistakes(tmp_path_factory, data_dir) -> Path:
-    return import_seed_mistakes(tmp_path_factory.mktemp("seed"), data_dir, count=60)
-
-
-def fast(teachers, **changes):
-    defaults = {"retry_backoff_s": 0.01, "timeout_s": 2.0, "max_retries": 12}
-    return [dataclasses.replace(t, **(defaults | changes)) for t in teachers]
-
-
-def run(tmp_path, mistakes, teachers, limit=12, **config):
-    config = CommitteeConfig(task="svamp", mistakes=str(mistakes), out=str(tmp_path / "committee.jsonl"),
-                             limit=limit, progress=False, **config)
-    result = asyncio.run(run_committee(config, teachers))
-    return result, list(read_jsonl(config.out_path))
-
-
-def assert_complete(records, n):
-    assert len(records) == n and len({r["id"] for r in records}) == n
-    for record in records:
-        assert all(f["text"] and f["error"] is None for f in record["feedback"].values()), record["feedback"]
-        for author, rationale in record["rationales"].items():
-            assert rationale["text"] and set(rationale["reviews"]) == set(record["rationales"]) - {author}
-            mean, accepted = accept([r["score"] for r in rationale["reviews"].values()], 3.0)
-            assert (rationale["mean_score"], rationale["accepted"]) == (mean, accepted)
+from tests.conftest import PLANTED_KEY, ROOT, assert_complete, fast, run_small_committee
 
 
 @pytest.mark.parametrize(("fault", "server_settings", "counter"), [
@@ -77,7 +37,7 @@ def test_each_fault_class_is_survived(tmp_path, seed_mistakes, fault, server_set
     monkeypatch.setattr(offline_api, "WINDOW_S", 2.0)  # "per minute" becomes per 2 s: Retry-After stays short
     with OfflineServer(port=0, seed=1, **server_settings) as server:
         teachers = fast(load_committee("offline", server.url), timeout_s=1.0)
-        result, records = run(tmp_path, seed_mistakes, teachers, limit=6 if fault == "429" else 12)
+        result, records = run_small_committee(tmp_path, seed_mistakes, teachers, limit=6 if fault == "429" else 12)
         assert server.counters[counter] > 0, server.counters
     assert_complete(records, 6 if fault == "429" else 12)
     assert sum(s.retries for s in result["stats"].values()) > 0
@@ -89,7 +49,7 @@ def test_a_fatal_teacher_is_recorded_never_scored(tmp_path, seed_mistakes):
     with OfflineServer(port=0) as server:
         teachers = fast(load_committee("offline", server.url))
         teachers[1] = dataclasses.replace(teachers[1], model="no-such-model")  # 404 -> fails fast
-        result, records = run(tmp_path, seed_mistakes, teachers, limit=3)
+        result, records = run_small_committee(tmp_path, seed_mistakes, teachers, limit=3)
     broken = teachers[1].name
     assert result["stats"][broken].retries == 0 and result["stats"][broken].failures > 0
     for record in records:
@@ -110,7 +70,7 @@ def test_a_planted_key_never_reaches_logs_or_outputs(tmp_path, seed_mistakes, mo
     with OfflineServer(port=0, p_5xx=0.3, p_malformed=0.2, log_path=log) as server:
         teachers = fast(load_committee("offline", server.url), api_key_env="FAIR_TEST_PLANTED_KEY")
         teachers[0] = dataclasses.replace(teachers[0], model="no-such-model")  # errors carry the request too
-        run(tmp_path, seed_mistakes, teachers, limit=4)
+        run_small_committee(tmp_path, seed_mistakes, teachers, limit=4)
     assert "retry" in caplog.text  # the test saw the logs it scans
     for path in tmp_path.iterdir():
         data = path.read_bytes()
@@ -149,9 +109,11 @@ def committee_cli(tmp_path, mistakes, url, limit):
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_exactly_once(tmp_path, seed_mistakes):
     """Kill a real `fair committee` process with SIGKILL three times, resume each time, and check the server's
-    log: no request completed before a kill is completed again unless it was in flight (and so reported)."""
-    limit, log = 40, tmp_path / "server.log"
-    teachers = Path(__file__).resolve().parents[1] / "configs" / "teachers" / "offline.yaml"
+    log: no request completed before a kill is completed again unless it was in flight (and so reported).
+    Each kill comes after a drawn number of requests of its segment, not after a time: on a slow machine a timer
+    could fire before any request or after the run ended, and the test would then prove nothing."""
+    limit, log = 40, tmp_path / "server.log"  # 40 mistakes: about 480 requests, over 300 of them after the kills
+    teachers = ROOT / "configs" / "teachers" / "offline.yaml"
     (tmp_path / "teachers.yaml").write_text(teachers.read_text().replace("max_retries: 8", "max_retries: 8\n    retry_backoff_s: 0.05"))
     rng = random.Random(7)
     reported_inflight, segments = 0, []
@@ -160,13 +122,16 @@ def test_sigkill_at_random_moments_then_resume_is_exactly_once(tmp_path, seed_mi
         for _ in range(3):
             start_line = line_count(log)
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            time.sleep(rng.uniform(2.0, 4.0))  # start-up is about 1.5 s; then requests are flying
+            wait_for_lines(log, start_line + rng.randint(20, 100), process)
             process.send_signal(signal.SIGKILL)
             output = process.communicate()[0]
+            assert process.returncode == -signal.SIGKILL, output  # killed mid-run, not exited before the kill
+            written = len(list(read_jsonl(tmp_path / "committee.jsonl")))
+            assert written < limit  # work was left for the next segment
             reported_inflight += inflight_reported(output)
             time.sleep(0.5)  # let the server finish (and log) what the dead client had in flight
             segments.append((start_line, line_count(log)))
-        final = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        final = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert final.returncode == 0, final.stderr
         reported_inflight += inflight_reported(final.stdout)
         segments.append((segments[-1][1], line_count(log)))
@@ -177,14 +142,23 @@ def test_sigkill_at_random_moments_then_resume_is_exactly_once(tmp_path, seed_mi
 
     lines = [orjson.loads(line) for line in log.read_bytes().splitlines()]
     completed_in = [{e["body_sha256"] for e in lines[a:b] if e["status"] == 200} for a, b in segments]
+    assert all(completed_in[:3])  # each killed segment had requests answered before its kill
     repeated = sum(len(completed_in[k] & set().union(*completed_in[k + 1:])) for k in range(len(segments) - 1))
     assert repeated <= reported_inflight, (repeated, reported_inflight)
     assert reported_inflight <= 3 * 8 * 12  # at most the window's requests (8 mistakes x 12 requests) per kill
-    assert sum(len(s) for s in completed_in) > 0
 
 
 def line_count(path: Path) -> int:
     return len(path.read_bytes().splitlines()) if path.exists() else 0
+
+
+def wait_for_lines(path: Path, count: int, process: subprocess.Popen, timeout_s: float = 300) -> None:
+    """Until `path` (the server's request log) has `count` lines; the process must be running all along."""
+    deadline = time.monotonic() + timeout_s  # only a bound on a hang: the trigger is the count
+    while line_count(path) < count:
+        assert process.poll() is None, f"the run ended (exit {process.returncode}) before its kill"
+        assert time.monotonic() < deadline, f"fewer than {count} requests after {timeout_s} s"
+        time.sleep(0.01)
 
 
 def inflight_reported(output: str) -> int:

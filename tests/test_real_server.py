@@ -63,7 +63,7 @@ def vllm_server(tmp_path_factory):
 
 
 def test_committee_against_vllm_serve(vllm_server, tmp_path, data_dir):
-    from tests.test_committee import import_seed_mistakes
+    from tests.conftest import import_seed_mistakes
 
     mistakes = import_seed_mistakes(tmp_path, data_dir, count=2)
     teachers = [Teacher(name=name, provider="openai", model="smollm2", base_url=f"{vllm_server}/v1", max_tokens=48,

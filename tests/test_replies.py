@@ -312,7 +312,7 @@ def test_a_committee_run_records_wrong_typed_replies_and_finishes(tmp_path, data
 
     from fair.jsonl import read_jsonl
     from gen.committee.run import CommitteeConfig, run_committee
-    from tests.test_committee import import_seed_mistakes
+    from tests.conftest import import_seed_mistakes
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 - the name http.server calls

@@ -21,7 +21,7 @@ from gen.teachers.cache import ResponseCache, key_for
 from gen.teachers.client import TeacherClient, TeacherFailed, _gate_for
 from gen.teachers.config import Teacher, load_committee, missing_keys
 from gen.teachers.providers import ChatRequest, ChatResponse
-from tests.test_committee import import_seed_mistakes, run
+from tests.conftest import import_seed_mistakes, run_small_committee
 
 KEYS = {"FAIR_TEST_KEY_A": "sk-test-key-a-1111", "FAIR_TEST_KEY_B": "sk-test-key-b-2222"}
 OK = {"choices": [{"message": {"content": "4"}}], "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
@@ -99,7 +99,8 @@ def test_two_keys_send_twice_as_fast_each_within_its_limits(tmp_path, two_keys):
     for n, per_key in sends.items():
         times = sorted(t for key_times in per_key.values() for t in key_times)
         spans[n] = times[-1] - times[-12]
-    assert spans[1] == pytest.approx(11 / 20, rel=0.15) and spans[2] == pytest.approx(11 / 40, rel=0.2)
+    # Never faster than the limits; the speed-up a ratio measured side by side (a loaded machine slows both).
+    assert spans[1] >= 0.85 * 11 / 20 and spans[2] >= 0.8 * 11 / 40  # the old tolerances, as lower bounds
     assert 1.6 < spans[1] / spans[2] < 2.5
     assert set(sends[2]) == set(KEYS.values())
     assert all(abs(len(times) - (40 + steady) / 2) <= 3 for times in sends[2].values())  # about half each
@@ -113,7 +114,7 @@ def test_a_429_cools_only_its_key_and_the_retry_moves_to_the_other(tmp_path, two
     def handler(req: httpx.Request) -> httpx.Response:
         used.append(req.headers["authorization"].removeprefix("Bearer "))
         if len(used) == 1:
-            return httpx.Response(429, headers={"retry-after": "5"}, json={"error": {"message": "slow down"}})
+            return httpx.Response(429, headers={"retry-after": "60"}, json={"error": {"message": "slow down"}})
         return httpx.Response(200, json=OK)
 
     teacher = Teacher(name="t", provider="openai", model="m", base_url="http://test/v1", api_key_env=two_keys,
@@ -128,11 +129,11 @@ def test_a_429_cools_only_its_key_and_the_retry_moves_to_the_other(tmp_path, two
                 await client.complete(request(0))  # key A: 429, then at once on key B
                 await client.complete(request(1))  # key A still cools: key B again
                 a, b = (_gate_for(view) for view in teacher.per_key())
-                return loop.time() - began, a.cooldown_until > loop.time() + 4, b.cooldown_until, client.stats
+                return loop.time() - began, a.cooldown_until > loop.time() + 30, b.cooldown_until, client.stats
 
     elapsed, a_cools, b_cooldown, stats = asyncio.run(go())
     key_a, key_b = KEYS.values()
-    assert used == [key_a, key_b, key_b] and elapsed < 1.0  # nobody waited out key A's 5 s
+    assert used == [key_a, key_b, key_b] and elapsed < 30  # nobody waited out key A's 60 s
     assert a_cools and b_cooldown == 0.0 and stats.rate_limited == 1
 
 
@@ -226,14 +227,14 @@ def test_committee_output_is_the_same_with_a_commit_per_write(tmp_path, data_dir
     mistakes = import_seed_mistakes(tmp_path, data_dir, count=8)
     with OfflineServer(port=0, seed=2, data_dir=data_dir) as server:
         teachers = load_committee("offline", server.url)
-        grouped_run, grouped = run(tmp_path / "grouped", mistakes, teachers, limit=8)
+        grouped_run, grouped = run_small_committee(tmp_path / "grouped", mistakes, teachers, limit=8)
         with monkeypatch.context() as m:
             one_commit_each = {"flush_s": 0.0, "max_pending": 1}
             m.setattr(cache_module.ResponseCache.__init__, "__kwdefaults__", one_commit_each)
             m.setattr(jsonl_module.JsonlAppender.__init__, "__defaults__", (0.0,))
-            one_by_one_run, one_by_one = run(tmp_path / "one", mistakes, teachers, limit=8)
-        rerun, again = run(tmp_path / "again", mistakes, teachers, limit=8,
-                           cache=str(tmp_path / "grouped" / "requests.sqlite"))
+            one_by_one_run, one_by_one = run_small_committee(tmp_path / "one", mistakes, teachers, limit=8)
+        rerun, again = run_small_committee(tmp_path / "again", mistakes, teachers, limit=8,
+                                            cache=str(tmp_path / "grouped" / "requests.sqlite"))
     assert len(grouped) == 8 and by_id(grouped) == by_id(one_by_one) == by_id(again)
     assert sum(s.requests for s in rerun["stats"].values()) == 0
     assert one_by_one_run["cache_commits"] >= 8 * 12 > grouped_run["cache_commits"]

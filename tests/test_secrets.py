@@ -221,7 +221,7 @@ def test_a_committee_run_with_a_windows_key_works_and_writes_no_key(tmp_path, da
     from gen.committee.run import CommitteeConfig, run_committee
     from gen.offline.server import OfflineServer
     from gen.teachers.config import load_committee
-    from tests.test_committee import fast, import_seed_mistakes
+    from tests.conftest import fast, import_seed_mistakes
 
     monkeypatch.setenv(ENV, raw)
     caplog.set_level(logging.DEBUG)

@@ -19,9 +19,7 @@ from fair.tasks import get_task
 from gen.committee.run import CommitteeConfig
 from gen.merge import merge
 from gen.mine import MineConfig, mine, shard_examples
-from tests.test_mine import svamp_reply
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, svamp_reply
 
 
 def config(out: Path, **overrides) -> MineConfig:

@@ -28,9 +28,10 @@ def soak():
 
 
 def test_a_tiny_soak_passes_its_own_checks(soak, data_dir, tmp_path):
-    """24 mistakes, 2 SIGKILLs, a full disk and a rival run, about 12 s; every check of the real soak runs."""
+    """24 mistakes, 2 SIGKILLs, a full disk and a rival run, about 12 s; every check of the real soak runs, and
+    each interrupted segment was stopped amid its work: after requests of its own, before its last record."""
     out = tmp_path / "soak.json"
-    code = soak.main(["--mistakes", "24", "--kills", "2", "--window", "4", "--max-delay-s", "0.3",
+    code = soak.main(["--mistakes", "24", "--kills", "2", "--window", "4", "--max-requests", "4",
                       "--hang-s", "1", "--timeout-s", "0.5", "--cap-s", "120", "--data-dir", str(data_dir),
                       "--out", str(out)])
     report = orjson.loads(out.read_bytes())
@@ -42,6 +43,9 @@ def test_a_tiny_soak_passes_its_own_checks(soak, data_dir, tmp_path):
     actions = [(s["action"], s["exit"]) for s in report["segments"]]
     assert sorted(actions) == [("disk_full", 1), ("finish", 0), ("kill", -9), ("kill", -9)]
     assert [s["rival"]["exit"] for s in report["segments"] if "rival" in s] == [2]
+    for segment in report["segments"][:-1]:
+        assert segment["requests_before_action"] > 0 and segment["records_at_action"] < 24, segment
+        assert segment["records_before"] < segment["records_at_action"]  # it wrote records of its own first
 
 
 def test_the_check_fails_on_a_lost_record_a_duplicate_and_repaid_requests(soak):
@@ -75,11 +79,12 @@ def test_repaid_counts_a_usable_reply_answered_again_in_a_later_segment_only(soa
 
 
 def test_the_plan_is_a_function_of_the_seed(soak):
-    steps = soak.plan(0, 387, 4, 1.0)
-    assert steps == soak.plan(0, 387, 4, 1.0) != soak.plan(1, 387, 4, 1.0)
+    steps = soak.plan(0, 387, 4, 30)
+    assert steps == soak.plan(0, 387, 4, 30) != soak.plan(1, 387, 4, 30)
     assert sorted(s.action for s in steps[:-1]) == ["disk_full", "kill", "kill", "kill", "kill"]
     assert steps[-1].action == "finish" and sum(s.rival for s in steps) == 1
     assert sum(s.gap for s in steps) <= 0.6 * 387  # the interrupted segments leave work for the last one
+    assert all(1 <= s.requests <= 30 for s in steps[:-1])  # each action lands amid requests of its segment
 
 
 @pytest.mark.parametrize(("error", "full"), [

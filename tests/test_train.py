@@ -4,12 +4,8 @@ and DeepSpeed ZeRO-2/3 with two CPU processes matching one process step for step
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import orjson
 import pytest
 import torch
 
@@ -17,21 +13,15 @@ import train.train as trainer
 from fair.config import make_config
 from fair.errors import FairError
 from fair.jsonl import read_jsonl
+from tests.conftest import ROOT, cli_args, tiny_train_config, torchrun
 from train.data import FEEDBACK, RATIONALE
 from train.step import forward, shifted_targets, weighted_loss
 from train.train import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture
 def config(tmp_path, tiny_model_dir, data_dir) -> TrainConfig:
-    seed = data_dir / "seed"
-    return make_config(TrainConfig, {
-        "task": "svamp", "student": str(tiny_model_dir), "paper_feedback": str(seed / "Llama-2-7b-chat-hf_svamp_feedback_round0.json"),
-        "paper_rationale": str(seed / "Llama-2-7b-chat-hf_svamp_rationale_round0.json"), "max_length": 384,
-        "batch_size": 8, "micro_batch_size": 2, "max_steps": 4, "lr": 1e-3, "warmup_ratio": 0.0, "out": str(tmp_path / "run"),
-    }, source="test")
+    return tiny_train_config(tmp_path, tiny_model_dir, data_dir)
 
 
 def losses(folder: Path) -> list[float]:
@@ -138,18 +128,6 @@ def test_lora_exports_a_merged_model_that_evaluates(config, tmp_path, capsys):
     assert changed and all(("proj" in k) for k in changed)  # LoRA touched the linear layers only
     assert main(["eval", "--model", str(final), "--engine", "hf", "--limit", "2", "--max-new-tokens", "4",
                  "--out", str(tmp_path / "eval")]) == 0
-
-
-def torchrun(args: list[str], out: Path, nproc: int) -> subprocess.CompletedProcess:
-    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(nproc),
-               "--master_port", str(29500 + os.getpid() % 1000), "-m", "train.train", *args, "--out", str(out)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-
-
-def cli_args(config: TrainConfig, **changes) -> list[str]:
-    values = dataclasses.asdict(dataclasses.replace(config, **changes))
-    return [f"{k}={orjson.dumps(v).decode()}" for k, v in values.items() if v is not None and k != "out"]
 
 
 @pytest.mark.slow

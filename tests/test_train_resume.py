@@ -16,6 +16,7 @@ import train.train as trainer
 from fair.config import make_config
 from fair.errors import FairError
 from fair.jsonl import append_jsonl, read_jsonl
+from tests.conftest import tiny_train_config
 from train.checkpoint import latest_checkpoint, save_checkpoint
 from train.resume import RUN_ONLY
 from train.train import TrainConfig, train
@@ -32,13 +33,7 @@ CHANGES = {
 
 @pytest.fixture
 def config(tmp_path, tiny_model_dir, data_dir) -> TrainConfig:
-    seed = data_dir / "seed"
-    return make_config(TrainConfig, {
-        "task": "svamp", "student": str(tiny_model_dir), "max_length": 384, "batch_size": 8, "micro_batch_size": 4,
-        "paper_feedback": str(seed / "Llama-2-7b-chat-hf_svamp_feedback_round0.json"),
-        "paper_rationale": str(seed / "Llama-2-7b-chat-hf_svamp_rationale_round0.json"),
-        "max_steps": 4, "save_every": 2, "lr": 1e-3, "warmup_ratio": 0.0, "out": str(tmp_path / "run"),
-    }, source="test")
+    return tiny_train_config(tmp_path, tiny_model_dir, data_dir, micro_batch_size=4, save_every=2)
 
 
 def steps(config: TrainConfig) -> list[int]:
@@ -199,7 +194,7 @@ def test_a_held_folder_stops_every_rank_of_a_deepspeed_run(config, tmp_path):
     import os
 
     from fair.lock import folder_lock
-    from tests.test_train import ROOT, cli_args, torchrun
+    from tests.conftest import ROOT, cli_args, torchrun
 
     out = tmp_path / "ds"
     with folder_lock(out, "train"):
