@@ -20,6 +20,7 @@ from fair.errors import FairError
 from gen.offline.server import OfflineServer
 from gen.serve.server import ServeConfig, bearer_token
 from gen.teachers.config import load_committee
+from tests.conftest import import_seed_mistakes
 from tests.serve_util import (
     TOKEN,
     Served,
@@ -31,7 +32,6 @@ from tests.serve_util import (
     upload_mistakes,
     wait_job,
 )
-from tests.test_committee import import_seed_mistakes
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,8 +13,8 @@ import pytest
 
 from gen.offline.server import OfflineServer
 from gen.serve.budget import Budget
+from tests.conftest import import_seed_mistakes
 from tests.serve_util import Served, submit, teachers_yaml, upload_mistakes, wait_job
-from tests.test_committee import import_seed_mistakes
 
 
 @dataclass

@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from gen.offline.server import OfflineServer
+from tests.conftest import import_seed_mistakes
 from tests.serve_util import TOKEN, Served, submit, teachers_yaml, upload_mistakes, wait_job
-from tests.test_committee import import_seed_mistakes
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [

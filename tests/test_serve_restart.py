@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from gen.offline.server import OfflineServer
+from tests.conftest import import_seed_mistakes
 from tests.serve_util import (
     TOKEN,
     Served,
@@ -25,7 +26,6 @@ from tests.serve_util import (
     upload_mistakes,
     wait_job,
 )
-from tests.test_committee import import_seed_mistakes
 
 pytestmark = pytest.mark.timeout(180)
 
