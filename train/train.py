@@ -52,6 +52,7 @@ from fair.train.data import (
 )
 from fair.train.resume import check_settings, data_digest, resume_point
 from fair.train.step import Run, take_step
+from fair.train.varlen import VARLEN, varlen_supported
 
 
 @dataclass
@@ -177,6 +178,8 @@ def load_model(config: TrainConfig, device: str):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 master weights everywhere
+    if config.pack and model.config._attn_implementation != "flash_attention_2" and varlen_supported(model):
+        model.set_attn_implementation(VARLEN)  # packed examples without a mask or padding
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise FairError(f"tokenizer of {path} has {len(tokenizer)} tokens but the model embeds only "
                         f"{model.get_input_embeddings().num_embeddings}: they do not belong together")
@@ -271,7 +274,8 @@ def train_locked(config: TrainConfig, dist: Dist) -> Path:
         autocast = False  # DeepSpeed casts the model itself when bf16 is on
     else:
         engine = model
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        # fused: one kernel for all of AdamW's element-wise updates (CPU and CUDA), same arithmetic
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
         autocast = bf16 and device == "cuda"
     attention = getattr(model.config, "_attn_implementation", "sdpa")
 
