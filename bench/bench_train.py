@@ -10,8 +10,9 @@ autocast on a GPU, both trainers), lr 1e-5 constant, AdamW, clipping 1.0, seed 0
 subprocess with a fresh folder. Pairs, each run in alternating order, `--repeats` rounds (the machine is shared:
 a ratio from one round is noisy, so the median over rounds is the figure):
 
-    padding: ours (python -m fair.train.train)          vs TRL SFTTrainer, padded micro-batches
-    packing: ours --pack (rows of max_length, no attention across examples) vs TRL padding_free (one row)
+    padding: ours (python -m fair.train.train)  vs TRL SFTTrainer, padded micro-batches
+    packing: ours --pack (a micro-batch in one row, per-example attention: train/varlen.py; flash-attn where
+             installed)                          vs TRL padding_free (one row, a block-diagonal mask on sdpa)
 
 TRL runs in its own venv (.cache/bench-venvs/trl: torch first, then trl and our transformers version; see
 bench/peers/trl_peer.py for its settings) on the examples our trainer consumes, in its order, so that both see
@@ -103,13 +104,24 @@ def ensure_trl_venv() -> Path:
     wanted = " ".join(pins + TRL_REQUIREMENTS)
     if python.exists() and stamp.exists() and stamp.read_text() == wanted:
         return python
-    subprocess.run([shutil.which("python3") or "python3", "-m", "venv", str(venv)], check=True, timeout=300)
     pip = [str(python), "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, pins[0]], check=True, timeout=1800)
-    with tempfile.NamedTemporaryFile("w", suffix=".txt") as constraints:
-        constraints.write("\n".join(pins) + "\n")  # trl must not move torch (a CUDA build) or transformers
-        constraints.flush()
-        subprocess.run([*pip, "-c", constraints.name, *pins[1:], *TRL_REQUIREMENTS], check=True, timeout=1800)
+    try:
+        subprocess.run(
+            [shutil.which("python3") or "python3", "-m", "venv", str(venv)], check=True, timeout=300
+        )
+        subprocess.run([*pip, pins[0]], check=True, timeout=1800)
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as constraints:
+            constraints.write(
+                "\n".join(pins) + "\n"
+            )  # trl must not move torch (a CUDA build) or transformers
+            constraints.flush()
+            subprocess.run(
+                [*pip, "-c", constraints.name, *pins[1:], *TRL_REQUIREMENTS], check=True, timeout=1800
+            )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        raise SystemExit(
+            f"bench_train.py: could not install TRL's venv at {venv} ({e}); --no-trl runs ours only"
+        ) from None
     stamp.write_text(wanted)
     return python
 
@@ -172,10 +184,13 @@ def summarize(result: dict, tokens: list[dict]) -> None:
     if len(times) != len(tokens):
         raise SystemExit(f"{result['name']}: {len(times)} step lines for {len(tokens)} steps")
     measured = times[-1] - times[0]
+    cpu = result["step_line_cpu_s"]
+    tokens_after_1 = sum(t["target"] for t in tokens[1:])
     result |= {
         "measured_s": measured,
         "s_per_step": measured / (len(times) - 1),
-        "target_tok_s": sum(t["target"] for t in tokens[1:]) / measured,
+        "target_tok_s": tokens_after_1 / measured,
+        "target_tok_per_cpu_s": tokens_after_1 / (cpu[-1] - cpu[0]) if len(cpu) == len(times) else None,
         "losses": token_mean_losses(result, tokens),
     }
 
@@ -210,13 +225,17 @@ def report(results: dict[str, list[dict]], ratios: dict[str, dict], checks: dict
             + f"{med['s_per_step']:>7.2f} {med['peak_rss_gib']:>12.2f} {gpu:>7} {foreign:>7.2f}"
         )
     print(
-        "(foreign: the most cores other processes kept busy during one of its runs; peak RSS up to the last step)"
+        "(foreign: the most cores other processes kept busy during one of its runs; peak RSS up to the last step;"
+        " tokens per CPU-second: the same tokens over the trainer's CPU time, less sensitive to a busy machine)"
     )
     for key, r in ratios.items():
         print(
             f"{key}: tokens/s {r['tok_s_median']:.3f}x (rounds {' '.join(f'{x:.3f}' for x in r['tok_s_each'])}), "
             f"peak RSS {r['rss_median']:.3f}x"
         )
+        if r["tok_per_cpu_s_median"]:
+            rounds = " ".join(f"{x:.3f}" for x in r["tok_per_cpu_s_each"])
+            print(f"{key}: tokens per CPU-second {r['tok_per_cpu_s_median']:.3f}x (rounds {rounds})")
     for key, c in checks.items():
         print(
             f"loss {key}: step 1 rel diff {c['step1_rel_diff']:.1e} (<= {STEP1_TOL:g}), max over steps "
@@ -326,9 +345,16 @@ def main(argv: list[str] | None = None) -> int:
         key = f"{PAIRS[pair][0]} / {PAIRS[pair][1]}"
         each = [o["target_tok_s"] / t["target_tok_s"] for o, t in zip(ours, trl, strict=True)]
         rss = [o["peak_rss_gib"] / t["peak_rss_gib"] for o, t in zip(ours, trl, strict=True)]
+        per_cpu = [
+            o["target_tok_per_cpu_s"] / t["target_tok_per_cpu_s"]
+            for o, t in zip(ours, trl, strict=True)
+            if o["target_tok_per_cpu_s"] and t["target_tok_per_cpu_s"]
+        ]
         ratios[key] = {
             "tok_s_each": each,
             "tok_s_median": statistics.median(each),
+            "tok_per_cpu_s_each": per_cpu,
+            "tok_per_cpu_s_median": statistics.median(per_cpu) if per_cpu else None,
             "rss_each": rss,
             "rss_median": statistics.median(rss),
         }

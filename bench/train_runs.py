@@ -3,6 +3,8 @@
 bench_train.py uses it for ours, TRL's SFTTrainer and ZeRO. The trainer must print "training ..." when its
 loop starts and "step i/N ..." after each optimizer step, and write log.jsonl into --out. Measured here:
   - step_line_s: when each "step" line arrived (s since start): step times include all the loop does.
+  - step_line_cpu_s: the tree's CPU time (user + system) then, sampled within 0.1 s of each line: on a shared
+    machine a step's CPU seconds vary less than its wall time, which waits for cores other processes hold.
   - peak_rss_gib: VmHWM (the kernel's peak RSS) of every process of the tree, polled every 0.1 s, taken when
     the last step line arrives (before ours writes its final checkpoint and exports); several workers: summed.
   - peak_gpu_gib: on a GPU host, the most GPU memory nvidia-smi showed for the tree's processes (polled 0.5 s).
@@ -113,9 +115,11 @@ def run(name: str, spec: RunSpec, out: Path, steps: int) -> dict:
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
-    tree, training_peak = Tree(proc.pid, spec.processes), None
+    tree, training_peak, step_cpu = Tree(proc.pid, spec.processes), None, []
     while proc.poll() is None:
         tree.sample()
+        if len(step_cpu) < sum(line.startswith("step ") for _, line in lines):
+            step_cpu.append(sum(tree.cpu.values()))  # within 0.1 s of the line
         if training_peak is None and any(line.startswith(f"step {steps}/") for _, line in lines):
             training_peak = tree.peak_rss_gib(), tree.gpu_mib
         time.sleep(0.1)
@@ -134,6 +138,7 @@ def run(name: str, spec: RunSpec, out: Path, steps: int) -> dict:
         "log": list(read_jsonl(out / "log.jsonl")),
         "wall_s": wall,
         "step_line_s": step_lines,
+        "step_line_cpu_s": step_cpu,
         "setup_s": next(t for t, line in lines if line.startswith("training ")),
         "peak_rss_gib": rss,
         "worker_peak_rss_gib": workers,
