@@ -81,8 +81,10 @@ def train_section(train: dict, title: str) -> list[str]:
     lines.append("")
     for key, r in train.get("ratios", {}).items():
         each = ", ".join(f"{x:.3f}" for x in r["tok_s_each"])
+        per_cpu = r.get("tok_per_cpu_s_median")
         lines.append(
             f"- {key}: tokens/s {r['tok_s_median']:.3f}x (rounds {each}), peak RSS {r['rss_median']:.3f}x"
+            + (f", tokens per CPU-second {per_cpu:.3f}x" if per_cpu else "")
         )
     for key, c in train.get("checks", {}).items():
         lines.append(
