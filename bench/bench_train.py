@@ -299,10 +299,39 @@ def plan(args, zero_name: str) -> list[tuple[int, str]]:
     return order
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def compare(args, results: dict[str, list[dict]], zero_name: str) -> tuple[dict, dict]:
+    """Per pair, ours / TRL round by round and their medians, and the loss checks (ZeRO against one process)."""
+    ratios, checks = {}, {}
+    for pair in [] if args.no_trl else args.pairs:
+        ours, trl = (results[n] for n in PAIRS[pair])
+        key = f"{PAIRS[pair][0]} / {PAIRS[pair][1]}"
+        each = [o["target_tok_s"] / t["target_tok_s"] for o, t in zip(ours, trl, strict=True)]
+        rss = [o["peak_rss_gib"] / t["peak_rss_gib"] for o, t in zip(ours, trl, strict=True)]
+        per_cpu = [
+            o["target_tok_per_cpu_s"] / t["target_tok_per_cpu_s"]
+            for o, t in zip(ours, trl, strict=True)
+            if o["target_tok_per_cpu_s"] and t["target_tok_per_cpu_s"]
+        ]
+        ratios[key] = {
+            "tok_s_each": each,
+            "tok_s_median": statistics.median(each),
+            "tok_per_cpu_s_each": per_cpu,
+            "tok_per_cpu_s_median": statistics.median(per_cpu) if per_cpu else None,
+            "rss_each": rss,
+            "rss_median": statistics.median(rss),
+        }
+        checks[key] = loss_check(ours[0]["losses"], trl[0]["losses"])
+    if "ours padding" in results and zero_name in results:
+        checks[f"{zero_name} / ours padding"] = loss_check(
+            results[zero_name][0]["losses"], results["ours padding"][0]["losses"]
+        )
+    return ratios, checks
+
+
+def train_values(args) -> dict:
+    """Our trainer's settings (key=value overrides), the same for every run of the bench."""
     seed = default_data_dir() / "seed"
-    values = {
+    return {
         "student": args.student,
         "paper_feedback": str(seed / "Llama-2-7b-chat-hf_svamp_feedback_round0.json"),
         "paper_rationale": str(seed / "Llama-2-7b-chat-hf_svamp_rationale_round0.json"),
@@ -312,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
         "micro_batch_size": args.micro_batch_size,
         "seed": args.seed,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    values = train_values(args)
     train_args = [f"{k}={v}" for k, v in values.items()]
     workdir = Path("RUN_DIR" if args.dry_run else tempfile.mkdtemp(prefix="bench-train-"))
     data = workdir / "trl-examples.jsonl"
@@ -339,30 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(name, all_specs[name], workdir / f"run{i}", args.max_steps)
         summarize(result, tokens)
         results.setdefault(name, []).append(result)
-    ratios, checks = {}, {}
-    for pair in [] if args.no_trl else args.pairs:
-        ours, trl = (results[n] for n in PAIRS[pair])
-        key = f"{PAIRS[pair][0]} / {PAIRS[pair][1]}"
-        each = [o["target_tok_s"] / t["target_tok_s"] for o, t in zip(ours, trl, strict=True)]
-        rss = [o["peak_rss_gib"] / t["peak_rss_gib"] for o, t in zip(ours, trl, strict=True)]
-        per_cpu = [
-            o["target_tok_per_cpu_s"] / t["target_tok_per_cpu_s"]
-            for o, t in zip(ours, trl, strict=True)
-            if o["target_tok_per_cpu_s"] and t["target_tok_per_cpu_s"]
-        ]
-        ratios[key] = {
-            "tok_s_each": each,
-            "tok_s_median": statistics.median(each),
-            "tok_per_cpu_s_each": per_cpu,
-            "tok_per_cpu_s_median": statistics.median(per_cpu) if per_cpu else None,
-            "rss_each": rss,
-            "rss_median": statistics.median(rss),
-        }
-        checks[key] = loss_check(ours[0]["losses"], trl[0]["losses"])
-    if "ours padding" in results and zero_name in results:
-        checks[f"{zero_name} / ours padding"] = loss_check(
-            results[zero_name][0]["losses"], results["ours padding"][0]["losses"]
-        )
+    ratios, checks = compare(args, results, zero_name)
     report(results, ratios, checks)
     write_json(
         Path(args.out),

@@ -102,11 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-train", help="bench_train's JSON from a CPU run, shown beside")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    try:
-        mine, train = (json.loads(Path(f).read_text()) for f in (args.mine, args.train))
-    except (OSError, ValueError) as e:
-        print(f"gpu_report: {e}", file=sys.stderr)
-        return 2
+    loaded = []
+    for name in (args.mine, args.train):
+        try:
+            loaded.append(json.loads(Path(name).read_text()))
+        except (OSError, ValueError) as e:
+            print(f"gpu_report: {name}: {e}", file=sys.stderr)
+            return 2
+    mine, train = loaded
     lines = [
         "# Benchmarks on a GPU",
         "",
