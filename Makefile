@@ -19,7 +19,7 @@ BATCH_API ?=
 limit_flag = $(if $(LIMIT),--limit $(LIMIT))
 batch_flag = $(if $(BATCH_API),--batch-api)
 
-.PHONY: help setup demo experiment gen mine committee serve train eval test test-fast lint bench-mine bench-gen bench-train bench-scale bench-serve soak clean
+.PHONY: help setup demo experiment gen mine committee serve train eval test test-fast lint bench-mine bench-gen bench-train bench-gpu bench-scale bench-serve soak clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -100,8 +100,11 @@ bench-mine: $(STAMP) ## paper's one-at-a-time loop vs our batched transformers v
 bench-gen: $(STAMP) ## committee throughput vs the paper's sequential loop and peer clients, on the offline server
 	$(PY) bench/bench_gen.py
 
-bench-train: $(STAMP) ## SmolLM2 training throughput and memory: padding vs packing, ZeRO-2 x2 vs one process
+bench-train: $(STAMP) ## our trainer vs TRL's SFTTrainer (own venv), same data: tokens/s, peak memory, loss curves; ZeRO-2
 	$(PY) bench/bench_train.py
+
+bench-gpu: $(STAMP) ## on a GPU host: bench-mine with vLLM and bench-train, figures to docs/bench-gpu.md (< 10 min)
+	bench/gpu.sh
 
 bench-scale: $(STAMP) ## committee at 10k and 100k mistakes: peak RSS, req/s, resume after a kill; cache at 1M rows; CPU/request vs curator, litellm
 	$(PY) bench/bench_scale.py

@@ -1,32 +1,35 @@
-"""make bench-train: one trainer step's cost on this CPU, padding vs packing vs ZeRO-2 x2, side by side in one run.
+"""make bench-train: our trainer beside TRL's SFTTrainer (and ZeRO-2), same examples, step for step, in one run.
 
-    .venv/bin/python bench/bench_train.py                          # SmolLM2-135M, max_length 512, 4 steps each
-    .venv/bin/python bench/bench_train.py --max-steps 6 --max-length 256 --keep
+    .venv/bin/python bench/bench_train.py                            # SmolLM2-135M, max_length 512, 3 rounds
+    .venv/bin/python bench/bench_train.py --repeats 5 --max-steps 4 --pairs packing --no-zero
+    .venv/bin/python bench/bench_train.py --dry-run                  # print the plan and commands, run nothing
 
 Workload: the paper's real SVAMP feedback/rationale files (seed/ under fair.tasks.default_data_dir()),
-`python -m train.train` with the same seed, data, global batch (8), micro-batch (4) and max_length in each
-configuration; full fine-tuning in fp32. Every configuration is its own subprocess with a fresh --out dir:
+tokenized once by train.data, batch 8 in micro-batches of 4, full fine-tuning in fp32 on a CPU (bf16
+autocast on a GPU, both trainers), lr 1e-5 constant, AdamW, clipping 1.0, seed 0. Every run is its own
+subprocess with a fresh folder. Pairs, each run in alternating order, `--repeats` rounds (the machine is shared:
+a ratio from one round is noisy, so the median over rounds is the figure):
 
-    1. padding,  1 process, torch's default threads (OMP_NUM_THREADS unset: all cores)
-    2. packing (--pack), 1 process, same threads
-    3. ZeRO-2 (configs/deepspeed/zero2.json), 2 processes via torchrun, DS_ACCELERATOR=cpu, OMP_NUM_THREADS=1 each
+    padding: ours (python -m train.train)  vs TRL SFTTrainer, padded micro-batches
+    packing: ours --pack (a micro-batch in one row, per-example attention: train/varlen.py; flash-attn where
+             installed)                          vs TRL padding_free (one row, a block-diagonal mask on sdpa)
 
-Measured (step 1 is warm-up and excluded from every rate; setup time covers loading, DeepSpeed init and any
-JIT build of its shm comm op, which happens in init_distributed before step 1):
-  - target tok/s: supervised target tokens of the measured steps / their wall time. The trainer logs only
-    target_tokens_per_s per step; this script rebuilds each step's batch exactly as the trainer does (load_data
-    + step_plan, same seed) to get its target tokens n_i, so step time t_i = n_i / rate_i and the rate is
-    sum(n_i) / sum(t_i) (the harmonic mean of the logged rates, weighted by tokens). The same t_i give the
-    processed-token rate (tensor positions, padding included) and the real-token rate (non-padding tokens).
-  - peak memory: VmHWM (the kernel's peak RSS) of every process of the tree, polled every 0.1 s; for ZeRO the
-    workers' peaks are summed (an upper bound on their joint peak) and the sampled peak of the tree's summed
-    RSS is reported too. wall = process start to exit; setup = start to the trainer's "training ..." line;
-    teardown = last step line to exit (final checkpoint + export).
-  - loss checks: per-step losses of packing vs padding (packing changes nothing mathematically) and of ZeRO-2
-    x2 vs padding x1 (data-parallel equivalence): max relative difference over all steps.
-  - foreign load: CPU time used on the machine by processes outside the benchmark, per second (cores busy):
-    if it is high the numbers are disturbed.
-Results: data/bench/train.json.
+TRL runs in its own venv (.cache/bench-venvs/trl: torch first, then trl and our transformers version; see
+bench/peers/trl_peer.py for its settings) on the examples our trainer consumes, in its order, so that both see
+the same micro-batches and the same token ids, with completion-only loss. TRL's packing proper also re-batches
+the data into rows of max_length (other steps); padding-free is the layout it packs into.
+Then, once, ZeRO-2 (configs/deepspeed/zero2.json) with --zero-procs processes (torchrun; on a CPU gloo,
+DS_ACCELERATOR=cpu, OMP_NUM_THREADS=1 each) against the first round's "ours padding".
+
+Measured, the same way on both sides: the wall time between the "step i/N" lines each trainer prints (step 1 is
+warm-up, excluded), so a step's time includes everything its loop does; target tokens/s = the supervised tokens
+of steps 2..N / that time. Peak memory: VmHWM (the kernel's peak RSS) of the process tree, polled every 0.1 s,
+up to the last step (ours then writes a checkpoint and exports; TRL saves nothing); ZeRO: the sum over workers.
+On a GPU also the peak GPU memory nvidia-smi shows for the tree. Loss: Trainer logs the mean CE over a step's
+target tokens; ours logs alpha * mean(feedback) + (1 - alpha) * mean(rationale), so the bench rebuilds our
+token mean from its two per-kind means. Step 1 (same weights, same examples) must agree to STEP1_TOL; later
+steps to CURVE_TOL (the objectives weigh tokens differently, so the updates differ slightly). Results:
+data/bench/train.json.
 """
 
 from __future__ import annotations
@@ -34,218 +37,363 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import platform
-import socket
+import shlex
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import psutil
 import torch
+from train_runs import ROOT, RunSpec, run
 
 from fair.config import make_config
-from fair.jsonl import read_jsonl, write_json
+from fair.jsonl import write_json
 from fair.models import resolve_model
 from fair.tasks import default_data_dir
-from train.data import collate
-from train.train import Dist, TrainConfig, load_data, step_plan, target_tokens
+from train.data import FEEDBACK
+from train.step import my_micro_batches
+from train.train import Dist, TrainConfig, load_data, step_plan
 
-ROOT = Path(__file__).resolve().parents[1]
-DISTURBED = 0.15  # cores busy outside the benchmark, on average over a run, above which its numbers are suspect
 PY = Path(sys.executable)
-CONFIGS = [  # name, processes, pack
-    ("padding x1", 1, False),
-    ("packing x1", 1, True),
-    ("ZeRO-2 x2", 2, False),
-]
+TRL_REQUIREMENTS = ["trl==1.16.0"]  # with our transformers pinned beside it and torch installed first
+STEP1_TOL = 1e-4  # relative: the same forward pass on the same weights
+CURVE_TOL = 1e-2  # relative, every step: two objectives a few lr=1e-5 steps apart
+PAIRS = {"padding": ("ours padding", "TRL padding"), "packing": ("ours packing", "TRL padding-free")}
 
 
-def step_tokens(config: TrainConfig, steps: int) -> list[dict]:
-    """Per step, as the trainer builds it: target tokens, and positions processed with padding / packing."""
+def prepare(config: TrainConfig, steps: int, path: Path) -> list[dict]:
+    """Per step: target tokens by kind, as our trainer builds the step. Writes the TRL peer's examples to `path`:
+    the step's micro-batches, in order, as our trainer consumes them in one process."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.student))
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     with contextlib.redirect_stdout(io.StringIO()):
         items = load_data(config, tokenizer, Dist())
-    per_epoch, out = len(items) // config.batch_size, []
+    per_epoch, out, rows = len(items) // config.batch_size, [], []
     for step in range(steps):
         batch = [items[i] for i in step_plan(len(items), config, step, per_epoch)]
-        micro = [batch[k : k + config.micro_batch_size] for k in range(0, len(batch), config.micro_batch_size)]
-        out.append({"target": sum(target_tokens(batch)), "real": sum(len(i.input_ids) for i in batch)}
-                   | {name: sum(collate(m, tokenizer.pad_token_id, pack, config.max_length)["input_ids"].numel()
-                                for m in micro) for name, pack in (("padded", False), ("packed", True))})
+        counts = {"feedback": 0, "rationale": 0}
+        for item in batch:
+            counts["feedback" if item.kind == FEEDBACK else "rationale"] += sum(
+                x != -100 for x in item.labels
+            )
+        out.append(counts | {"target": sum(counts.values())})
+        for chunk in my_micro_batches(batch, config.micro_batch_size, Dist()):
+            rows += [
+                {"input_ids": i.input_ids, "completion_mask": [int(x != -100) for x in i.labels]}
+                for i in chunk
+            ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def ensure_trl_venv() -> Path:
+    """.cache/bench-venvs/trl: torch (the CPU wheel on a CPU host, as `make setup` installs it) first, then TRL
+    with torch and transformers held at our versions; reused while those requirements match."""
+    import transformers
+
+    venv = ROOT / ".cache" / "bench-venvs" / "trl"
+    python, stamp = venv / "bin" / "python", venv / ".bench-requirements"
+    pins = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
+    wanted = " ".join(pins + TRL_REQUIREMENTS)
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return python
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    try:
+        subprocess.run(
+            [shutil.which("python3") or "python3", "-m", "venv", str(venv)], check=True, timeout=300
+        )
+        subprocess.run([*pip, pins[0]], check=True, timeout=1800)
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as constraints:
+            constraints.write(
+                "\n".join(pins) + "\n"
+            )  # trl must not move torch (a CUDA build) or transformers
+            constraints.flush()
+            subprocess.run(
+                [*pip, "-c", constraints.name, *pins[1:], *TRL_REQUIREMENTS], check=True, timeout=1800
+            )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        raise SystemExit(
+            f"bench_train.py: could not install TRL's venv at {venv} ({e}); --no-trl runs ours only"
+        ) from None
+    stamp.write_text(wanted)
+    return python
 
 
-def hwm_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+def specs(args, train_args: list[str], trl_python: Path, data: Path, model: str) -> dict[str, RunSpec]:
+    ours = [str(PY), "-m", "train.train", *train_args]
+    accumulation = args.batch_size // args.micro_batch_size
+    trl = [
+        str(trl_python),
+        str(ROOT / "bench" / "peers" / "trl_peer.py"),
+        "--data",
+        str(data),
+        "--model",
+        model,
+        "--micro-batch-size",
+        str(args.micro_batch_size),
+        "--accumulation",
+        str(accumulation),
+        "--max-steps",
+        str(args.max_steps),
+        "--max-length",
+        str(args.max_length),
+        "--seed",
+        str(args.seed),
+        *(["--bf16"] if torch.cuda.is_available() else []),
+    ]
+    torchrun = [
+        str(PY.with_name("torchrun")),
+        "--nproc_per_node",
+        str(args.zero_procs),
+        "-m",
+        "train.train",
+        "--deepspeed",
+        str(ROOT / "configs" / "deepspeed" / "zero2.json"),
+        *train_args,
+    ]
+    zero_env = {} if torch.cuda.is_available() else {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    return {
+        "ours padding": RunSpec("ours", ours),
+        "ours packing": RunSpec("ours", [*ours, "--pack"]),
+        "TRL padding": RunSpec("trl", trl),
+        "TRL padding-free": RunSpec("trl", [*trl, "--padding-free"]),
+        f"ours ZeRO-2 x{args.zero_procs}": RunSpec("ours", torchrun, args.zero_procs, zero_env),
+    }
 
 
-def busy_seconds() -> float:
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
-def run_config(name: str, nproc: int, pack: bool, train_args: list[str], out: Path, steps: int) -> dict:
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    env.pop("OMP_NUM_THREADS", None)
-    if nproc == 1:
-        command = [str(PY), "-m", "train.train"]
-    else:
-        env |= {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-        command = [str(PY.with_name("torchrun")), "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
-                   "-m", "train.train", "--deepspeed", str(ROOT / "configs" / "deepspeed" / "zero2.json")]
-    command += [*train_args, *(["--pack"] if pack else []), "--out", str(out)]
-    threads = subprocess.run([str(PY), "-c", "import torch; print(torch.get_num_threads())"], env=env,
-                             capture_output=True, text=True, check=True).stdout.strip()
-    out.mkdir(parents=True)
-    print(f"\n== {name}: {nproc} process(es) x {threads} torch thread(s)\n   {' '.join(command)}", flush=True)
-    busy0, began = busy_seconds(), time.perf_counter()
-    with open(out / "stderr.log", "w") as err:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
-    lines: list[tuple[float, str]] = []
-
-    def reader() -> None:
-        for line in proc.stdout:
-            lines.append((time.perf_counter() - began, line.rstrip()))
-            if line.startswith(("step ", "training ", "exported")):
-                print(f"   [{lines[-1][0]:6.1f}s] {line.rstrip()}", flush=True)
-
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    root, hwm, cpu, peak_sum, workers = psutil.Process(proc.pid), {}, {}, 0, {proc.pid} if nproc == 1 else set()
-    train_hwm: dict[int, int] = {}
-    while proc.poll() is None:
-        with contextlib.suppress(psutil.Error, OSError, StopIteration):
-            tree, rss = [root, *root.children(recursive=True)], 0
-            for p in tree:
-                with contextlib.suppress(psutil.Error, OSError, StopIteration):
-                    hwm[p.pid] = max(hwm.get(p.pid, 0), hwm_kib(p.pid))
-                    rss += p.memory_info().rss
-                    cpu[p.pid] = sum(p.cpu_times()[:2])  # user + system
-            if nproc > 1:
-                workers |= {p.pid for p in root.children()}
-            peak_sum = max(peak_sum, rss)
-            if not train_hwm and any(line.startswith(f"step {steps}/") for _, line in lines):
-                train_hwm = {p: hwm[p] for p in workers if p in hwm}  # before the final checkpoint and export
-        time.sleep(0.1)
-    wall = time.perf_counter() - began
-    foreign = max(0.0, busy_seconds() - busy0 - sum(cpu.values())) / wall
-    thread.join()
-    if proc.returncode != 0:
-        tail = (out / "stderr.log").read_text()[-3000:]
-        raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{tail}")
-    at = lambda prefix: [t for t, line in lines if line.startswith(prefix)]  # noqa: E731
-    stderr = (out / "stderr.log").read_text()
-    worker_gib = sorted((hwm[p] / 2**20 for p in workers if p in hwm), reverse=True)
-    return {"processes": nproc, "threads_per_process": int(threads), "pack": pack, "command": command,
-            "log": list(read_jsonl(out / "log.jsonl")), "wall_s": wall, "setup_s": at("training ")[0],
-            "teardown_s": wall - at("step ")[-1], "worker_peak_rss_gib": worker_gib,
-            "peak_rss_gib_sum_of_workers": sum(worker_gib), "peak_rss_gib_max_worker": max(worker_gib),
-            "peak_rss_gib_tree_sampled": peak_sum / 2**30,
-            "training_peak_rss_gib_sum_of_workers": sum(train_hwm.values()) / 2**20,
-            "launcher_peak_rss_gib": hwm.get(root.pid, 0) / 2**20 if nproc > 1 else None,
-            "foreign_cpu_load_cores": foreign,
-            "shm_op_built_in_run": "Building extension" in stderr or "ninja" in stderr.lower()}
+def token_mean_losses(result: dict, tokens: list[dict]) -> list[float]:
+    """Per step, the mean CE over its target tokens: TRL logs it; ours logs it by kind."""
+    if result["side"] == "trl":
+        return [r["loss"] for r in result["log"]]
+    out = []
+    for r, t in zip(result["log"], tokens, strict=False):
+        total = sum(r[f"{k}_loss"] * t[k] for k in ("feedback", "rationale") if t[k])
+        out.append(total / t["target"])
+    return out
 
 
 def summarize(result: dict, tokens: list[dict]) -> None:
-    log = result["log"]
-    times = [tokens[r["step"] - 1]["target"] / r["target_tokens_per_s"] for r in log]
-    measured = range(1, len(log))  # step 1 is warm-up
-    t = sum(times[i] for i in measured)
-    processed = "packed" if result["pack"] else "padded"
-    result |= {"step_s": times, "measured_steps": len(measured), "measured_s": t,
-               "target_tok_s": sum(tokens[i]["target"] for i in measured) / t,
-               "processed_tok_s": sum(tokens[i][processed] for i in measured) / t,
-               "real_tok_s": sum(tokens[i]["real"] for i in measured) / t,
-               "losses": [r["loss"] for r in log], "final_loss": log[-1]["loss"]}
+    times = result["step_line_s"]
+    if len(times) != len(tokens):
+        raise SystemExit(f"{result['name']}: {len(times)} step lines for {len(tokens)} steps")
+    measured = times[-1] - times[0]
+    cpu = result["step_line_cpu_s"]
+    tokens_after_1 = sum(t["target"] for t in tokens[1:])
+    result |= {
+        "measured_s": measured,
+        "s_per_step": measured / (len(times) - 1),
+        "target_tok_s": tokens_after_1 / measured,
+        "target_tok_per_cpu_s": tokens_after_1 / (cpu[-1] - cpu[0]) if len(cpu) == len(times) else None,
+        "losses": token_mean_losses(result, tokens),
+    }
 
 
-def max_rel_diff(a: list[float], b: list[float]) -> float:
-    assert len(a) == len(b), (len(a), len(b))
-    return max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b, strict=True))
+def loss_check(a: list[float], b: list[float]) -> dict:
+    rel = [abs(x - y) / abs(y) for x, y in zip(a, b, strict=True)]
+    return {
+        "step1_rel_diff": rel[0],
+        "max_rel_diff": max(rel),
+        "ok": rel[0] <= STEP1_TOL and max(rel) <= CURVE_TOL,
+    }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--student", default="smollm2-135m")
-    parser.add_argument("--max-steps", type=int, default=4)
-    parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--micro-batch-size", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--keep", action="store_true", help="keep the run folders (printed)")
-    parser.add_argument("--out", default=str(ROOT / "data" / "bench" / "train.json"))
-    args = parser.parse_args()
-    if args.max_steps < 2:
-        parser.error("--max-steps must be >= 2: step 1 is warm-up")
+def report(results: dict[str, list[dict]], ratios: dict[str, dict], checks: dict[str, dict]) -> None:
+    print(
+        f"\n{'run':<20} {'rounds':>6} {'target tok/s (median, each)':<34} {'s/step':>7} {'peak RSS GiB':>12} "
+        f"{'GPU GiB':>7} {'foreign':>7}"
+    )
+    for name, runs in results.items():
+        med = {
+            k: statistics.median(r[k] for r in runs) for k in ("target_tok_s", "s_per_step", "peak_rss_gib")
+        }
+        each = " ".join(f"{r['target_tok_s']:.1f}" for r in runs)
+        gpu = (
+            f"{statistics.median(r['peak_gpu_gib'] for r in runs):.2f}"
+            if runs[0]["peak_gpu_gib"] is not None
+            else "-"
+        )
+        foreign = max(r["foreign_cpu_load_cores"] for r in runs)
+        print(
+            f"{name:<20} {len(runs):>6} {med['target_tok_s']:>8.1f} ({each})".ljust(63)
+            + f"{med['s_per_step']:>7.2f} {med['peak_rss_gib']:>12.2f} {gpu:>7} {foreign:>7.2f}"
+        )
+    print(
+        "(foreign: the most cores other processes kept busy during one of its runs; peak RSS up to the last step;"
+        " tokens per CPU-second: the same tokens over the trainer's CPU time, less sensitive to a busy machine)"
+    )
+    for key, r in ratios.items():
+        print(
+            f"{key}: tokens/s {r['tok_s_median']:.3f}x (rounds {' '.join(f'{x:.3f}' for x in r['tok_s_each'])}), "
+            f"peak RSS {r['rss_median']:.3f}x"
+        )
+        if r["tok_per_cpu_s_median"]:
+            rounds = " ".join(f"{x:.3f}" for x in r["tok_per_cpu_s_each"])
+            print(f"{key}: tokens per CPU-second {r['tok_per_cpu_s_median']:.3f}x (rounds {rounds})")
+    for key, c in checks.items():
+        print(
+            f"loss {key}: step 1 rel diff {c['step1_rel_diff']:.1e} (<= {STEP1_TOL:g}), max over steps "
+            f"{c['max_rel_diff']:.1e} (<= {CURVE_TOL:g}): {'ok' if c['ok'] else 'FAIL'}"
+        )
+    for name, runs in results.items():
+        losses = runs[0]["losses"]
+        print(
+            f"{name:<20} loss {' '.join(f'{x:.5f}' for x in losses)}  (mean {statistics.fmean(losses):.5f})"
+        )
+
+
+def parse_args(argv: list[str] | None):
+    p = argparse.ArgumentParser(
+        prog="bench_train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--student", default="smollm2-135m")
+    p.add_argument("--max-steps", type=int, default=4)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--micro-batch-size", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--repeats", type=int, default=3, help="rounds of each pair, alternating which side goes first"
+    )
+    p.add_argument("--pairs", default="padding,packing", help=f"comma-separated, of {', '.join(PAIRS)}")
+    p.add_argument(
+        "--zero-procs", type=int, default=torch.cuda.device_count() or 2, help="default: every GPU, or 2"
+    )
+    p.add_argument("--no-zero", action="store_true", help="skip the ZeRO-2 run")
+    p.add_argument(
+        "--no-trl", action="store_true", help="ours only (a host where TRL's venv cannot be installed)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan and the commands, run nothing")
+    p.add_argument("--keep", action="store_true", help="keep the run folders (printed)")
+    p.add_argument("--out", default=str(ROOT / "data" / "bench" / "train.json"))
+    args = p.parse_args(argv)
+    pairs = [x for x in args.pairs.split(",") if x]
+    if not pairs or set(pairs) - set(PAIRS):
+        p.error(f"--pairs takes {', '.join(PAIRS)}, got {args.pairs!r}")
+    if args.max_steps < 2 or args.repeats < 1 or args.zero_procs < 1:
+        p.error("--max-steps must be >= 2 (step 1 is warm-up), --repeats and --zero-procs >= 1")
+    if args.batch_size % (args.micro_batch_size * args.zero_procs):
+        p.error(
+            f"--batch-size {args.batch_size} must split into micro-batches of {args.micro_batch_size} over "
+            f"{args.zero_procs} ZeRO processes"
+        )
+    args.pairs = pairs
+    return args
+
+
+def plan(args, zero_name: str) -> list[tuple[int, str]]:
+    """(round, run name) in order: each pair alternates which side runs first; ZeRO once, after round 0."""
+    order = []
+    for r in range(args.repeats):
+        for pair in args.pairs:
+            names = PAIRS[pair][:1] if args.no_trl else PAIRS[pair]
+            order += [(r, name) for name in (names if r % 2 == 0 else names[::-1])]
+        if r == 0 and not args.no_zero:
+            order.append((0, zero_name))
+    return order
+
+
+def compare(args, results: dict[str, list[dict]], zero_name: str) -> tuple[dict, dict]:
+    """Per pair, ours / TRL round by round and their medians, and the loss checks (ZeRO against one process)."""
+    ratios, checks = {}, {}
+    for pair in [] if args.no_trl else args.pairs:
+        ours, trl = (results[n] for n in PAIRS[pair])
+        key = f"{PAIRS[pair][0]} / {PAIRS[pair][1]}"
+        each = [o["target_tok_s"] / t["target_tok_s"] for o, t in zip(ours, trl, strict=True)]
+        rss = [o["peak_rss_gib"] / t["peak_rss_gib"] for o, t in zip(ours, trl, strict=True)]
+        per_cpu = [
+            o["target_tok_per_cpu_s"] / t["target_tok_per_cpu_s"]
+            for o, t in zip(ours, trl, strict=True)
+            if o["target_tok_per_cpu_s"] and t["target_tok_per_cpu_s"]
+        ]
+        ratios[key] = {
+            "tok_s_each": each,
+            "tok_s_median": statistics.median(each),
+            "tok_per_cpu_s_each": per_cpu,
+            "tok_per_cpu_s_median": statistics.median(per_cpu) if per_cpu else None,
+            "rss_each": rss,
+            "rss_median": statistics.median(rss),
+        }
+        checks[key] = loss_check(ours[0]["losses"], trl[0]["losses"])
+    if "ours padding" in results and zero_name in results:
+        checks[f"{zero_name} / ours padding"] = loss_check(
+            results[zero_name][0]["losses"], results["ours padding"][0]["losses"]
+        )
+    return ratios, checks
+
+
+def train_values(args) -> dict:
+    """Our trainer's settings (key=value overrides), the same for every run of the bench."""
     seed = default_data_dir() / "seed"
-    values = {"student": args.student, "paper_feedback": str(seed / "Llama-2-7b-chat-hf_svamp_feedback_round0.json"),
-              "paper_rationale": str(seed / "Llama-2-7b-chat-hf_svamp_rationale_round0.json"),
-              "max_length": args.max_length, "max_steps": args.max_steps, "batch_size": args.batch_size,
-              "micro_batch_size": args.micro_batch_size, "seed": args.seed}
-    train_args = [f"{k}={v}" for k, v in values.items()]
-    workdir = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    tokens = step_tokens(make_config(TrainConfig, values | {"out": str(workdir / "data")}, "bench"), args.max_steps)
-    shm = list(Path.home().glob(".cache/torch_extensions/*/deepspeed_shm_comm/*.so"))
-    print(f"{args.student}, max_length {args.max_length}, batch {args.batch_size} (micro {args.micro_batch_size}), "
-          f"{args.max_steps} steps (step 1 = warm-up, excluded); {os.cpu_count()} CPUs; run folders in {workdir}")
-    print(f"target tokens per step: {[s['target'] for s in tokens]}; padded positions {[s['padded'] for s in tokens]}; "
-          f"packed {[s['packed'] for s in tokens]}; DeepSpeed shm comm op {'prebuilt' if shm else 'not built yet (JIT ~50 s in setup)'}")
-    results = {}
-    for i, (name, nproc, pack) in enumerate(CONFIGS):
-        results[name] = run_config(name, nproc, pack, train_args, workdir / f"run{i}", args.max_steps)
-        summarize(results[name], tokens)
-    pad, packed, zero = (results[n] for n, _, _ in CONFIGS)
-    checks = {"packing_vs_padding_loss_max_rel_diff": max_rel_diff(packed["losses"], pad["losses"]),
-              "zero2x2_vs_padding_loss_max_rel_diff": max_rel_diff(zero["losses"], pad["losses"])}
-    ratios = {"packing_vs_padding_target_tok_s": packed["target_tok_s"] / pad["target_tok_s"],
-              "packing_vs_padding_peak_rss": packed["peak_rss_gib_max_worker"] / pad["peak_rss_gib_max_worker"],
-              "zero2x2_vs_padding_target_tok_s": zero["target_tok_s"] / pad["target_tok_s"],
-              "zero2x2_vs_padding_peak_rss_sum": zero["peak_rss_gib_sum_of_workers"] / pad["peak_rss_gib_max_worker"],
-              "zero2x2_vs_padding_peak_rss_per_worker": zero["peak_rss_gib_max_worker"] / pad["peak_rss_gib_max_worker"]}
+    return {
+        "student": args.student,
+        "paper_feedback": str(seed / "Llama-2-7b-chat-hf_svamp_feedback_round0.json"),
+        "paper_rationale": str(seed / "Llama-2-7b-chat-hf_svamp_rationale_round0.json"),
+        "max_length": args.max_length,
+        "max_steps": args.max_steps,
+        "batch_size": args.batch_size,
+        "micro_batch_size": args.micro_batch_size,
+        "seed": args.seed,
+    }
 
-    print(f"\n{'config':<12} {'procs x thr':>11} {'target tok/s':>12} {'proc tok/s':>10} {'real tok/s':>10} "
-          f"{'s/step':>7} {'peak RSS GiB':>18} {'in steps':>8} {'setup s':>7} {'teardown s':>10} {'wall s':>7} {'final loss':>10} "
-          f"{'foreign':>7}")
-    for name, r in results.items():
-        rss = (f"{r['peak_rss_gib_max_worker']:.2f}" if r["processes"] == 1 else
-               f"{r['peak_rss_gib_sum_of_workers']:.2f} ({' + '.join(f'{g:.2f}' for g in r['worker_peak_rss_gib'])})")
-        print(f"{name:<12} {r['processes']:>5} x {r['threads_per_process']:<3} {r['target_tok_s']:>12.1f} "
-              f"{r['processed_tok_s']:>10.1f} {r['real_tok_s']:>10.1f} {r['measured_s'] / r['measured_steps']:>7.2f} "
-              f"{rss:>18} {r['training_peak_rss_gib_sum_of_workers']:>8.2f} {r['setup_s']:>7.1f} {r['teardown_s']:>10.1f} {r['wall_s']:>7.1f} {r['final_loss']:>10.4f} "
-              f"{r['foreign_cpu_load_cores']:>6.2f}{'!' if r['foreign_cpu_load_cores'] > DISTURBED else ' '}")
-    print("(proc tok/s: tensor positions incl. padding; real: non-padding tokens; peak RSS: whole run, ZeRO: sum of "
-          "workers; in steps: before the final checkpoint/export; foreign: cores busy outside the bench)")
-    if any(r["foreign_cpu_load_cores"] > DISTURBED for r in results.values()):
-        print(f"! other processes kept more than {DISTURBED} cores busy during that run: its numbers are disturbed")
-    for key, value in ratios.items():
-        print(f"{key:<42} {value:6.3f}x")
-    for key, value in checks.items():
-        print(f"{key:<42} {value:.2e}")
-    for name, r in results.items():
-        print(f"{name:<12} losses {' '.join(f'{x:.5f}' for x in r['losses'])}   step s {' '.join(f'{x:.1f}' for x in r['step_s'])}")
-    write_json(Path(args.out), {"args": vars(args), "platform": platform.platform(), "cpus": os.cpu_count(),
-                                "torch": torch.__version__, "step_tokens": tokens, "shm_op_prebuilt": bool(shm),
-                                "configs": results, "ratios": ratios, "checks": checks})
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    values = train_values(args)
+    train_args = [f"{k}={v}" for k, v in values.items()]
+    workdir = Path("RUN_DIR" if args.dry_run else tempfile.mkdtemp(prefix="bench-train-"))
+    data = workdir / "trl-examples.jsonl"
+    trl_python = ROOT / ".cache" / "bench-venvs" / "trl" / "bin" / "python"
+    all_specs = specs(args, train_args, trl_python, data, str(resolve_model(args.student)))
+    zero_name = next(n for n in all_specs if "ZeRO" in n)
+    order = plan(args, zero_name)
+    if args.dry_run:
+        for r, name in order:
+            print(f"round {r}: {name}: {shlex.join(all_specs[name].command)} --out RUN_DIR")
+        return 0
+    tokens = prepare(
+        make_config(TrainConfig, values | {"out": str(workdir / "data")}, "bench"), args.max_steps, data
+    )
+    if not args.no_trl:
+        ensure_trl_venv()
+    print(
+        f"{args.student}, max_length {args.max_length}, batch {args.batch_size} (micro {args.micro_batch_size}), "
+        f"{args.max_steps} steps (step 1 warm-up), {args.repeats} round(s); {os.cpu_count()} CPUs; "
+        f"target tokens per step {[t['target'] for t in tokens]}; run folders in {workdir}"
+    )
+    results: dict[str, list[dict]] = {}
+    for i, (r, name) in enumerate(order):
+        print(f"\n== round {r}: {name}", flush=True)
+        result = run(name, all_specs[name], workdir / f"run{i}", args.max_steps)
+        summarize(result, tokens)
+        results.setdefault(name, []).append(result)
+    ratios, checks = compare(args, results, zero_name)
+    report(results, ratios, checks)
+    write_json(
+        Path(args.out),
+        {
+            "args": vars(args),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch": torch.__version__,
+            "step_tokens": tokens,
+            "runs": results,
+            "ratios": ratios,
+            "checks": checks,
+        },
+    )
     print(f"\nwrote {args.out}")
     if not args.keep:
-        import shutil
         shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if all(c["ok"] for c in checks.values()) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -330,3 +330,38 @@ def test_packed_loss_equals_unpacked_loss(attn, records, tokenizer, tiny_model_d
         by_positions = target_loss_sum(model, packed, position_ids=packed["position_ids"], use_cache=False)
     assert flat_loss == pytest.approx(reference.item(), rel=1e-4)
     assert by_positions == pytest.approx(reference.item(), rel=1e-4)
+
+
+def test_example_bounds_split_a_row_at_every_example_and_padding_run():
+    from train.varlen import example_bounds
+
+    packed = collate([Tokenized([1, 2, 3], [-100, 2, 3], 0), Tokenized([4, 5], [-100, 5], 1),
+                      Tokenized([6, 7, 8, 9], [-100, -100, 8, 9], 0)], pad_id=0, pack=True, max_length=5)
+    flat = single_row(packed)  # rows [1 2 3 4 5] and [6 7 8 9 pad]
+    assert example_bounds(flat["seq_ids"]) == (0, 3, 5, 9, 10)
+
+
+def test_varlen_attention_gives_the_padded_batch_its_loss_and_gradients(records, tokenizer, tiny_model_dir):
+    """The micro-batch end to end in one row, each example attending to itself alone (train/varlen.py)."""
+    from transformers import LlamaForCausalLM
+
+    from train.varlen import VARLEN, example_bounds
+
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    examples, _ = build_examples(records[:8], SVAMP, "mixed", seed=0, prompt_format="chat")
+    items, _ = tokenize_examples(examples, tokenizer, max_length=256, prompt_format="chat")
+    padded = collate(items, tokenizer.pad_token_id, False, 512)
+    row = collate(items, tokenizer.pad_token_id, True, sum(len(i.input_ids) for i in items))
+    assert row["input_ids"].shape == (1, sum(len(i.input_ids) for i in items))  # no padding at all
+    results = []
+    for attn, batch, inputs in (("sdpa", padded, {"attention_mask": padded["attention_mask"]}),
+                                (VARLEN, row, {"position_ids": row["position_ids"],
+                                               "example_bounds": example_bounds(row["seq_ids"])})):
+        model.set_attn_implementation(attn)
+        model.zero_grad()
+        loss = target_loss_sum(model, batch, use_cache=False, **inputs)
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    (reference, reference_grads), (loss, grads) = results
+    assert loss == pytest.approx(reference, rel=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(reference_grads, grads, strict=True))

@@ -15,6 +15,7 @@ from fair.errors import FairError
 from fair.models import PLAIN_DECODERS
 from train.checkpoint import latest_checkpoint
 from train.data import FEEDBACK, RATIONALE, attention_mask_4d, collate, single_row
+from train.varlen import VARLEN, example_bounds
 
 
 def target_tokens(items) -> tuple[int, int]:
@@ -56,7 +57,9 @@ def forward(model, batch: dict, device: str, attention: str, autocast: bool, tar
     inputs = {"input_ids": batch["input_ids"].to(device)}
     if "seq_ids" in batch:
         inputs["position_ids"] = batch["position_ids"].to(device)
-        if attention != "flash_attention_2":  # flash finds the boundaries from position_ids (one row: single_row)
+        if attention == VARLEN:  # one row, each example its own causal attention (train/varlen.py)
+            inputs["example_bounds"] = example_bounds(batch["seq_ids"])
+        elif attention != "flash_attention_2":  # flash finds the boundaries from position_ids (one row: single_row)
             # Eager attention adds the mask to its scores, so it needs the additive form; sdpa takes either.
             inputs["attention_mask"] = attention_mask_4d(batch["seq_ids"], torch.float32).to(device)
     else:
@@ -106,7 +109,10 @@ def take_step(run: Run, batch: list, step: int, lr: float) -> dict:
         group["lr"] = lr
     sums = [0.0, 0.0]
     for chunk in my_micro_batches(batch, config.micro_batch_size, dist):
-        tensors = collate(chunk, run.tokenizer.pad_token_id, config.pack, config.max_length)
+        if config.pack and run.attention == VARLEN:  # the whole micro-batch in one row: no padding at all
+            tensors = collate(chunk, run.tokenizer.pad_token_id, True, sum(len(i.input_ids) for i in chunk))
+        else:
+            tensors = collate(chunk, run.tokenizer.pad_token_id, config.pack, config.max_length)
         if config.pack and run.attention == "flash_attention_2":
             tensors = single_row(tensors)
         targets = None

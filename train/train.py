@@ -46,6 +46,7 @@ from train.data import (
 )
 from train.resume import check_settings, data_digest, resume_point
 from train.step import Run, take_step
+from train.varlen import VARLEN, varlen_supported
 
 
 @dataclass
@@ -171,6 +172,8 @@ def load_model(config: TrainConfig, device: str):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 master weights everywhere
+    if config.pack and model.config._attn_implementation != "flash_attention_2" and varlen_supported(model):
+        model.set_attn_implementation(VARLEN)  # packed examples without a mask or padding
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise FairError(f"tokenizer of {path} has {len(tokenizer)} tokens but the model embeds only "
                         f"{model.get_input_embeddings().num_embeddings}: they do not belong together")
@@ -298,7 +301,9 @@ def optimizer_for(config: TrainConfig, model, params, dist: Dist, accumulation: 
     if dist.zero:
         engine, optimizer = deepspeed_engine(config, model, params, accumulation, bf16)
         return engine, optimizer, False
-    return model, torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay), bf16 and device == "cuda"
+    # fused: one kernel for all of AdamW's element-wise updates (CPU and CUDA), same arithmetic
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    return model, optimizer, bf16 and device == "cuda"
 
 
 def run_step(run: Run, items: list, step: int, total: int, steps_per_epoch: int, digest: str, model) -> None:
