@@ -61,6 +61,8 @@ INVALID = [
     (["import-committee", "--task", "svamp", "--feedback", "/nonexistent/f.json", "--rationale",
       "/nonexistent/r.json", "--out", "c.jsonl"], "/nonexistent/f.json"),
     (["report", "--gen-dir", ".", "--out", "report", "--threshold", "9"], "threshold must be within the 1-5"),
+    (["serve", "--reserve", "1"], "reserve must be in 0..1"),
+    (["serve", "--port", "70000"], "port must be in 0..65535"),
     (["tasks", "--bogus"], "unrecognized arguments: --bogus"),
 ]
 
