@@ -94,7 +94,7 @@ lint: $(STAMP) ## ruff, the architecture's import contracts (pyproject.toml), fi
 experiment: $(STAMP) ## does distillation help? runs the missing units (~30 min each on a CPU), rebuilds docs/results.md
 	$(PY) -m eval.experiment
 
-bench-mine: $(STAMP) ## paper's one-at-a-time loop vs our batched transformers vs vLLM on 64 SVAMP questions
+bench-mine: $(STAMP) ## the CPU's matmul ceiling; paper's loop vs our static and continuous batching vs vLLM on 64 SVAMP questions
 	$(PY) bench/bench_mine.py
 
 bench-gen: $(STAMP) ## committee throughput vs the paper's sequential loop and peer clients, on the offline server
