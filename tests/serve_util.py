@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import httpx
 import orjson
 
 from fair.jsonl import read_jsonl
+from gen.offline.server import OfflineServer
 
 TOKEN = "test-token-5b1f0e"
 OFFLINE = Path(__file__).resolve().parents[1] / "configs" / "teachers" / "offline.yaml"
@@ -149,3 +151,11 @@ def batch_lines(count: int, model: str = "careful", prefix: str = "q") -> bytes:
 
 def records(path: Path) -> list[dict]:
     return list(read_jsonl(path)) if path.exists() else []
+
+
+@contextlib.contextmanager
+def served_with_simulator(folder: Path, data_dir, *flags: str):
+    """A `fair serve` whose committee is an in-process offline simulator, both stopped on exit."""
+    with OfflineServer(port=0, data_dir=data_dir) as sim, Served(
+            folder / "state", teachers_yaml(folder, sim.url), sim.url, *flags) as served:
+        yield served

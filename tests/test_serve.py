@@ -17,17 +17,15 @@ import orjson
 import pytest
 
 from fair.errors import FairError
-from gen.offline.server import OfflineServer
 from gen.serve.server import ServeConfig, bearer_token
 from gen.teachers.config import load_committee
 from tests.conftest import import_seed_mistakes
 from tests.serve_util import (
     TOKEN,
-    Served,
     batch_lines,
     records,
+    served_with_simulator,
     submit,
-    teachers_yaml,
     upload,
     upload_mistakes,
     wait_job,
@@ -44,12 +42,7 @@ def mistakes(tmp_path_factory, data_dir) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, data_dir):
     folder = tmp_path_factory.mktemp("serve")
-    with (
-        OfflineServer(port=0, data_dir=data_dir) as sim,
-        Served(
-            folder / "state", teachers_yaml(folder, sim.url), sim.url, "--max-upload-mb", "0.05"
-        ) as served,
-    ):
+    with served_with_simulator(folder, data_dir, "--max-upload-mb", "0.05") as served:
         yield served
 
 

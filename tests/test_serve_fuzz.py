@@ -7,8 +7,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from gen.offline.server import OfflineServer
-from tests.serve_util import TOKEN, Served, teachers_yaml
+from tests.serve_util import TOKEN, served_with_simulator
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -16,12 +15,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, data_dir):
     folder = tmp_path_factory.mktemp("fuzz")
-    with (
-        OfflineServer(port=0, data_dir=data_dir) as sim,
-        Served(
-            folder / "state", teachers_yaml(folder, sim.url), sim.url, "--max-upload-mb", "0.05"
-        ) as server,
-    ):
+    with served_with_simulator(folder, data_dir, "--max-upload-mb", "0.05") as server:
         yield server
 
 
