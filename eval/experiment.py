@@ -5,8 +5,8 @@
     .venv/bin/python -m eval.experiment --list              # the units and which are done
     .venv/bin/python -m eval.experiment --render            # only rebuild docs/results.md
 
-One unit trains one variant of SmolLM2-135M-Instruct with the frozen budget below, then evaluates it on the
-300 SVAMP test questions (`base` only evaluates). A finished unit writes two small files, meant to be
+One unit trains one variant of SmolLM2-135M-Instruct with the frozen budget of configs/train/experiment.yaml,
+then evaluates it on the 300 SVAMP test questions (`base` only evaluates). A finished unit writes two small files, meant to be
 committed: docs/results/<unit>.json (accuracy, the ids answered correctly, data report, losses, wall time,
 command, commit, machine) and docs/results/<unit>.predictions.jsonl.gz (every answer: id, raw output,
 extracted answer), so anyone can re-grade a unit without rerunning it. Weights stay in data/experiment/.
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from eval.evaluate import EvalConfig, evaluate
 from eval.results import render_results
-from fair.config import make_config
+from fair.config import CONFIGS_DIR, load_yaml, make_config
 from fair.errors import FairError
 from fair.tasks import default_data_dir, get_task
 from gen.pipeline import GenConfig, generate
@@ -45,12 +45,9 @@ PAPER_FILES = {"paper_feedback": str(SEED_DIR / "Llama-2-7b-chat-hf_svamp_feedba
                "paper_rationale": str(SEED_DIR / "Llama-2-7b-chat-hf_svamp_rationale_round0.json")}
 MAX_NEW_TOKENS = 256  # SVAMP answers: the base model scores 13/300 at 256 as at 512, at 77% of the tokens
 
-# The frozen training budget, the same for every unit; chosen for time on a 6-step pilot (17 s a step on 2 cores,
-# 713 examples: about 26 minutes a unit's epoch), not for its effect on accuracy:
-# LoRA r16 on every linear layer, one epoch, batch 8, lr 3e-4 cosine with 3% warm-up, packed rows of 512 tokens.
-BUDGET = {"lora": True, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "epochs": 1, "batch_size": 8,
-          "micro_batch_size": 8, "lr": 3e-4, "schedule": "cosine", "warmup_ratio": 0.03, "max_length": 512,
-          "pack": True, "prompt_format": "chat"}
+# The frozen training budget, the same for every unit (why these values: the file's comments).
+BUDGET_FILE = CONFIGS_DIR / "train" / "experiment.yaml"
+BUDGET = load_yaml(BUDGET_FILE, {f.name for f in dataclasses.fields(TrainConfig)})
 
 
 @dataclass(frozen=True)
