@@ -44,3 +44,13 @@ NUMBER_INSTRUCTION = (
     "Solve the problem step by step. Then write the final answer on its own line as "
     '"The answer is N." where N is a number.'
 )
+
+
+def number_prompt(example) -> str:
+    """Our prompt for a math word problem (GSM8K, SVAMP): the question, then how to state the answer."""
+    return f"{example.question}\n\n{NUMBER_INSTRUCTION}"
+
+
+def question_only(example) -> str:
+    """The paper's prompt for the math tasks: the bare question."""
+    return example.question

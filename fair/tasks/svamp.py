@@ -1,7 +1,7 @@
 """SVAMP (Patel et al. 2021): one- and two-step arithmetic word problems with distracting variations."""
 
 from fair.tasks import Example, Task, require_field
-from fair.tasks._common import NUMBER_INSTRUCTION, number_text, read_split_jsonl
+from fair.tasks._common import number_prompt, number_text, question_only, read_split_jsonl
 
 
 def to_example(row: dict, split: str, index: int) -> Example:
@@ -27,6 +27,6 @@ TASK = Task(
     splits=("train", "test"),
     read_local=read_split_jsonl,
     to_example=to_example,
-    prompt=lambda ex: f"{ex.question}\n\n{NUMBER_INSTRUCTION}",
-    paper_prompt=lambda ex: ex.question,
+    prompt=number_prompt,
+    paper_prompt=question_only,
 )
