@@ -63,34 +63,14 @@ def first_record_s(path: Path, started: float, timeout: float = 600) -> float:
 
 def served(folder: Path, mistakes: list[Path], teachers: Path, sim: OfflineServer) -> dict:
     port_file = folder / "serve.port"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fair.cli",
-            "serve",
-            "--port",
-            "0",
-            "--port-file",
-            str(port_file),
-            "--state",
-            str(folder / "state"),
-            "--teachers",
-            str(teachers),
-            "--base-url",
-            sim.url,
-        ],
-        stdout=subprocess.DEVNULL,
-        env=os.environ | {"FAIR_SERVE_TOKEN": TOKEN},
-    )
+    command = [sys.executable, "-m", "fair.cli", "serve", "--port", "0", "--port-file", str(port_file),
+               "--state", str(folder / "state"), "--teachers", str(teachers), "--base-url", sim.url]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=os.environ | {"FAIR_SERVE_TOKEN": TOKEN})
     try:
         while not port_file.exists():
             time.sleep(0.05)
-        http = httpx.Client(
-            base_url=f"http://127.0.0.1:{port_file.read_text().strip()}",
-            timeout=60,
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        )
+        http = httpx.Client(base_url=f"http://127.0.0.1:{port_file.read_text().strip()}", timeout=60,
+                            headers={"Authorization": f"Bearer {TOKEN}"})
         while True:
             try:
                 http.get("/healthz")
@@ -99,20 +79,14 @@ def served(folder: Path, mistakes: list[Path], teachers: Path, sim: OfflineServe
                 time.sleep(0.05)
         started, jobs = time.monotonic(), []
         for path in mistakes:
-            file_id = http.post(
-                "/v1/files", files={"file": path.open("rb")}, data={"purpose": "fair-mistakes"}
-            ).json()["id"]
-            jobs.append(
-                http.post(
-                    "/v1/fair/jobs", json={"mistakes_file_id": file_id, "task": "svamp", "window": 8}
-                ).json()
-            )
+            upload = http.post("/v1/files", files={"file": path.open("rb")}, data={"purpose": "fair-mistakes"})
+            job = {"mistakes_file_id": upload.json()["id"], "task": "svamp", "window": 8}
+            jobs.append(http.post("/v1/fair/jobs", json=job).json())
         outputs = [folder / "state" / "jobs" / j["id"] / "committee.jsonl" for j in jobs]
         firsts = [first_record_s(path, started) for path in outputs]
         shares = None
-        while (states := [http.get(f"/v1/fair/jobs/{j['id']}").json()["status"] for j in jobs]).count(
-            "completed"
-        ) < len(jobs):
+        status = lambda job: http.get(f"/v1/fair/jobs/{job['id']}").json()["status"]  # noqa: E731
+        while (states := [status(j) for j in jobs]).count("completed") < len(jobs):
             if shares is None and "completed" in states:
                 shares = [records(path) for path in outputs]
             time.sleep(0.1)
@@ -124,31 +98,13 @@ def served(folder: Path, mistakes: list[Path], teachers: Path, sim: OfflineServe
 
 
 def separate(folder: Path, mistakes: list[Path], teachers: Path, sim: OfflineServer) -> dict:
+    def command(path: Path) -> list[str]:
+        return [sys.executable, "-m", "fair.cli", "committee", "--task", "svamp", "--mistakes", str(path),
+                "--teachers", str(teachers), "--base-url", sim.url, "--window", "8", "--no-progress"]
+
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     started = time.monotonic()
-    processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fair.cli",
-                "committee",
-                "--task",
-                "svamp",
-                "--mistakes",
-                str(path),
-                "--teachers",
-                str(teachers),
-                "--base-url",
-                sim.url,
-                "--window",
-                "8",
-                "--no-progress",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for path in mistakes
-    ]
+    processes = [subprocess.Popen(command(path), **quiet) for path in mistakes]
     outputs = [path.with_name("committee.jsonl") for path in mistakes]
     firsts = [first_record_s(path, started) for path in outputs]
     while all(p.poll() is None for p in processes):

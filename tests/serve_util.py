@@ -44,29 +44,11 @@ class Served:
         port_file = self.state.parent / f"{self.state.name}.port"
         port_file.unlink(missing_ok=True)
         log = self.state.parent / f"{self.state.name}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "fair.cli",
-            "serve",
-            "--port",
-            "0",
-            "--port-file",
-            str(port_file),
-            "--state",
-            str(self.state),
-            "--teachers",
-            str(self.teachers),
-            "--base-url",
-            self.sim_url,
-            *self.args,
-        ]
-        self.process = subprocess.Popen(
-            command,
-            stdout=log.open("a"),
-            stderr=subprocess.STDOUT,
-            env=os.environ | {"FAIR_SERVE_TOKEN": TOKEN},
-        )
+        command = [sys.executable, "-m", "fair.cli", "serve", "--port", "0", "--port-file", str(port_file),
+                   "--state", str(self.state), "--teachers", str(self.teachers), "--base-url", self.sim_url,
+                   *self.args]
+        self.process = subprocess.Popen(command, stdout=log.open("a"), stderr=subprocess.STDOUT,
+                                        env=os.environ | {"FAIR_SERVE_TOKEN": TOKEN})
         deadline = time.monotonic() + timeout
         while not port_file.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
