@@ -10,13 +10,24 @@ questions are mistakes; any disagreement is printed. Engine start-up is timed ap
 First the machine's own limit: fp32 matmul GFLOP/s with torch's threads, and the tokens/s it implies for
 the student at 2 x parameters FLOPs a token; each engine is reported as a fraction of that ceiling.
 Results go to data/bench/mine.json.
+
+`--vllm-variants` runs vLLM once per CPU setting below, each in its own process (vLLM reads them at import):
+its default (one of the two cores reserved for the busy-polling engine-core process, OpenMP bound to the
+other), no reserved core, no thread binding, and the engine core in-process.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -24,6 +35,13 @@ from fair.engines.base import Generation, Sampling, encode_prompt, make_engine
 from fair.engines.hf import HFEngine
 from fair.jsonl import write_json
 from fair.tasks import get_task
+
+VLLM_CPU_VARIANTS = {
+    "default": {},
+    "no reserved core": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
+    "no thread binding": {"VLLM_CPU_OMP_THREADS_BIND": "nobind"},
+    "engine core in-process": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
+}
 
 
 def paper_loop(engine: HFEngine, prompts: list[str], sampling: Sampling) -> list[Generation]:
@@ -53,6 +71,27 @@ def matmul_gflops(size: int = 2048, repeats: int = 20) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - began) / 1e9
 
 
+def vllm_child(out: str, prompts: list[str], sampling: Sampling) -> None:
+    """In a process of its own, with the variant's environment: start vLLM, generate, write what it made."""
+    from fair.engines.vllm import VLLMEngine
+
+    # 10% of the RAM for the KV cache (64 answers of 512 tokens need 1.5 GB), to run beside other work
+    engine, start = timed(lambda: VLLMEngine("smollm2-135m", dtype="float32", gpu_memory_utilization=0.1))
+    generations, seconds = timed(engine.generate, prompts, sampling)
+    Path(out).write_text(json.dumps({"start": start, "seconds": seconds,
+                                     "generations": [dataclasses.asdict(g) for g in generations]}))
+
+
+def vllm_variant(env: dict, args: argparse.Namespace) -> tuple[list[Generation], float, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run.json"
+        command = [sys.executable, __file__, "--vllm-child", str(out), "--questions", str(args.questions),
+                   "--max-new-tokens", str(args.max_new_tokens)]
+        subprocess.run(command, env=os.environ | env, check=True)
+        run = json.loads(out.read_text())
+    return [Generation(**g) for g in run["generations"]], run["seconds"], run["start"]
+
+
 def timed(fn, *args):
     began = time.perf_counter()
     result = fn(*args)
@@ -67,12 +106,16 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=64, help="continuous batching: rows decoding together")
     parser.add_argument("--paper-questions", type=int, default=16, help="the paper's loop on the first N only")
     parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument("--vllm-variants", action="store_true", help="vLLM under each CPU setting, side by side")
+    parser.add_argument("--vllm-child", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     task = get_task("svamp")
     examples = task.load("train")[: args.questions]
     prompts = [task.prompt(e) for e in examples]
     sampling = Sampling(max_new_tokens=args.max_new_tokens)
+    if args.vllm_child:
+        return vllm_child(args.vllm_child, prompts, sampling)
     print(f"{len(prompts)} SVAMP train questions, greedy, max_new_tokens={args.max_new_tokens}, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
 
@@ -89,7 +132,10 @@ def main() -> None:
     hf.continuous = continuous
     continuous.slots = args.slots
     runs[f"ours: HFEngine, continuous, {args.slots} slots"] = (*timed(hf.generate, prompts, sampling), hf_start)
-    if not args.skip_vllm:
+    if args.vllm_variants:
+        for name, env in VLLM_CPU_VARIANTS.items():
+            runs[f"ours: VLLMEngine, {name}"] = vllm_variant(env, args)
+    elif not args.skip_vllm:
         vllm, vllm_start = timed(lambda: make_engine("vllm", "smollm2-135m", dtype="float32"))
         runs["ours: VLLMEngine"] = (*timed(vllm.generate, prompts, sampling), vllm_start)
 

@@ -13,6 +13,7 @@ a ratio from one round is noisy, so the median over rounds is the figure):
     padding: ours (python -m train.train)  vs TRL SFTTrainer, padded micro-batches
     packing: ours --pack (a micro-batch in one row, per-example attention: train/varlen.py; flash-attn where
              installed)                          vs TRL padding_free (one row, a block-diagonal mask on sdpa)
+    compiled: ours --pack --compile (torch.compile per decoder layer)   vs the same TRL padding_free run
 
 TRL runs in its own venv (.cache/bench-venvs/trl: torch first, then trl and our transformers version; see
 bench/peers/trl_peer.py for its settings) on the examples our trainer consumes, in its order, so that both see
@@ -63,7 +64,8 @@ PY = Path(sys.executable)
 TRL_REQUIREMENTS = ["trl==1.16.0"]  # with our transformers pinned beside it and torch installed first
 STEP1_TOL = 1e-4  # relative: the same forward pass on the same weights
 CURVE_TOL = 1e-2  # relative, every step: two objectives a few lr=1e-5 steps apart
-PAIRS = {"padding": ("ours padding", "TRL padding"), "packing": ("ours packing", "TRL padding-free")}
+PAIRS = {"padding": ("ours padding", "TRL padding"), "packing": ("ours packing", "TRL padding-free"),
+         "compiled": ("ours packing compiled", "TRL padding-free")}
 
 
 def prepare(config: TrainConfig, steps: int, path: Path) -> list[dict]:
@@ -129,39 +131,17 @@ def ensure_trl_venv() -> Path:
 def specs(args, train_args: list[str], trl_python: Path, data: Path, model: str) -> dict[str, RunSpec]:
     ours = [str(PY), "-m", "train.train", *train_args]
     accumulation = args.batch_size // args.micro_batch_size
-    trl = [
-        str(trl_python),
-        str(ROOT / "bench" / "peers" / "trl_peer.py"),
-        "--data",
-        str(data),
-        "--model",
-        model,
-        "--micro-batch-size",
-        str(args.micro_batch_size),
-        "--accumulation",
-        str(accumulation),
-        "--max-steps",
-        str(args.max_steps),
-        "--max-length",
-        str(args.max_length),
-        "--seed",
-        str(args.seed),
-        *(["--bf16"] if torch.cuda.is_available() else []),
-    ]
-    torchrun = [
-        str(PY.with_name("torchrun")),
-        "--nproc_per_node",
-        str(args.zero_procs),
-        "-m",
-        "train.train",
-        "--deepspeed",
-        str(ROOT / "configs" / "deepspeed" / "zero2.json"),
-        *train_args,
-    ]
+    trl = [str(trl_python), str(ROOT / "bench" / "peers" / "trl_peer.py"), "--data", str(data), "--model", model,
+           "--micro-batch-size", str(args.micro_batch_size), "--accumulation", str(accumulation),
+           "--max-steps", str(args.max_steps), "--max-length", str(args.max_length), "--seed", str(args.seed),
+           *(["--bf16"] if torch.cuda.is_available() else [])]
+    torchrun = [str(PY.with_name("torchrun")), "--nproc_per_node", str(args.zero_procs), "-m", "train.train",
+                "--deepspeed", str(ROOT / "configs" / "deepspeed" / "zero2.json"), *train_args]
     zero_env = {} if torch.cuda.is_available() else {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     return {
         "ours padding": RunSpec("ours", ours),
         "ours packing": RunSpec("ours", [*ours, "--pack"]),
+        "ours packing compiled": RunSpec("ours", [*ours, "--pack", "--compile"]),
         "TRL padding": RunSpec("trl", trl),
         "TRL padding-free": RunSpec("trl", [*trl, "--padding-free"]),
         f"ours ZeRO-2 x{args.zero_procs}": RunSpec("ours", torchrun, args.zero_procs, zero_env),
@@ -206,7 +186,7 @@ def loss_check(a: list[float], b: list[float]) -> dict:
 
 def report(results: dict[str, list[dict]], ratios: dict[str, dict], checks: dict[str, dict]) -> None:
     print(
-        f"\n{'run':<20} {'rounds':>6} {'target tok/s (median, each)':<34} {'s/step':>7} {'peak RSS GiB':>12} "
+        f"\n{'run':<24} {'rounds':>6} {'target tok/s (median, each)':<34} {'s/step':>7} {'peak RSS GiB':>12} "
         f"{'GPU GiB':>7} {'foreign':>7}"
     )
     for name, runs in results.items():
@@ -221,7 +201,7 @@ def report(results: dict[str, list[dict]], ratios: dict[str, dict], checks: dict
         )
         foreign = max(r["foreign_cpu_load_cores"] for r in runs)
         print(
-            f"{name:<20} {len(runs):>6} {med['target_tok_s']:>8.1f} ({each})".ljust(63)
+            f"{name:<24} {len(runs):>6} {med['target_tok_s']:>8.1f} ({each})".ljust(67)
             + f"{med['s_per_step']:>7.2f} {med['peak_rss_gib']:>12.2f} {gpu:>7} {foreign:>7.2f}"
         )
     print(
@@ -244,7 +224,7 @@ def report(results: dict[str, list[dict]], ratios: dict[str, dict], checks: dict
     for name, runs in results.items():
         losses = runs[0]["losses"]
         print(
-            f"{name:<20} loss {' '.join(f'{x:.5f}' for x in losses)}  (mean {statistics.fmean(losses):.5f})"
+            f"{name:<24} loss {' '.join(f'{x:.5f}' for x in losses)}  (mean {statistics.fmean(losses):.5f})"
         )
 
 
@@ -288,39 +268,41 @@ def parse_args(argv: list[str] | None):
 
 
 def plan(args, zero_name: str) -> list[tuple[int, str]]:
-    """(round, run name) in order: each pair alternates which side runs first; ZeRO once, after round 0."""
+    """(round, run name) in order: every run once a round (a TRL run two pairs share, too), odd rounds in
+    reverse, so each pair alternates which side runs first; ZeRO once, after round 0."""
+    names = [n for pair in args.pairs for n in (PAIRS[pair][:1] if args.no_trl else PAIRS[pair])]
+    names = list(dict.fromkeys(names))
     order = []
     for r in range(args.repeats):
-        for pair in args.pairs:
-            names = PAIRS[pair][:1] if args.no_trl else PAIRS[pair]
-            order += [(r, name) for name in (names if r % 2 == 0 else names[::-1])]
+        order += [(r, n) for n in (names if r % 2 == 0 else names[::-1])]
         if r == 0 and not args.no_zero:
             order.append((0, zero_name))
     return order
 
 
+def side_by_side(ours: list[dict], other: list[dict]) -> dict:
+    """Round by round ratios of two runs and their medians."""
+    each = [o["target_tok_s"] / t["target_tok_s"] for o, t in zip(ours, other, strict=True)]
+    rss = [o["peak_rss_gib"] / t["peak_rss_gib"] for o, t in zip(ours, other, strict=True)]
+    per_cpu = [o["target_tok_per_cpu_s"] / t["target_tok_per_cpu_s"] for o, t in zip(ours, other, strict=True)
+               if o["target_tok_per_cpu_s"] and t["target_tok_per_cpu_s"]]
+    return {"tok_s_each": each, "tok_s_median": statistics.median(each), "tok_per_cpu_s_each": per_cpu,
+            "tok_per_cpu_s_median": statistics.median(per_cpu) if per_cpu else None,
+            "rss_each": rss, "rss_median": statistics.median(rss)}
+
+
 def compare(args, results: dict[str, list[dict]], zero_name: str) -> tuple[dict, dict]:
-    """Per pair, ours / TRL round by round and their medians, and the loss checks (ZeRO against one process)."""
+    """Per pair, ours / TRL round by round and their medians, and the loss checks (ZeRO against one process;
+    compiled against eager, when both ran)."""
     ratios, checks = {}, {}
     for pair in [] if args.no_trl else args.pairs:
-        ours, trl = (results[n] for n in PAIRS[pair])
-        key = f"{PAIRS[pair][0]} / {PAIRS[pair][1]}"
-        each = [o["target_tok_s"] / t["target_tok_s"] for o, t in zip(ours, trl, strict=True)]
-        rss = [o["peak_rss_gib"] / t["peak_rss_gib"] for o, t in zip(ours, trl, strict=True)]
-        per_cpu = [
-            o["target_tok_per_cpu_s"] / t["target_tok_per_cpu_s"]
-            for o, t in zip(ours, trl, strict=True)
-            if o["target_tok_per_cpu_s"] and t["target_tok_per_cpu_s"]
-        ]
-        ratios[key] = {
-            "tok_s_each": each,
-            "tok_s_median": statistics.median(each),
-            "tok_per_cpu_s_each": per_cpu,
-            "tok_per_cpu_s_median": statistics.median(per_cpu) if per_cpu else None,
-            "rss_each": rss,
-            "rss_median": statistics.median(rss),
-        }
-        checks[key] = loss_check(ours[0]["losses"], trl[0]["losses"])
+        ours, trl = PAIRS[pair]
+        ratios[f"{ours} / {trl}"] = side_by_side(results[ours], results[trl])
+        checks[f"{ours} / {trl}"] = loss_check(results[ours][0]["losses"], results[trl][0]["losses"])
+    compiled, eager = PAIRS["compiled"][0], PAIRS["packing"][0]
+    if compiled in results and eager in results:
+        ratios[f"{compiled} / {eager}"] = side_by_side(results[compiled], results[eager])
+        checks[f"{compiled} / {eager}"] = loss_check(results[compiled][0]["losses"], results[eager][0]["losses"])
     if "ours padding" in results and zero_name in results:
         checks[f"{zero_name} / ours padding"] = loss_check(
             results[zero_name][0]["losses"], results["ours padding"][0]["losses"]

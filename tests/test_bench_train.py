@@ -36,14 +36,18 @@ def test_each_pair_alternates_which_side_runs_first_and_zero_runs_once(bench):
         (0, "ours ZeRO-2 x2"),
     ]
     assert order[5:9] == [
-        (1, "TRL padding"),
-        (1, "ours padding"),
         (1, "TRL padding-free"),
         (1, "ours packing"),
+        (1, "TRL padding"),
+        (1, "ours padding"),
     ]
     assert [name for _, name in order].count("ours ZeRO-2 x2") == 1 and len(order) == 13
     no_trl = bench.plan(bench.parse_args(["--no-trl", "--no-zero", "--repeats", "2"]), "z")
-    assert no_trl == [(0, "ours padding"), (0, "ours packing"), (1, "ours padding"), (1, "ours packing")]
+    assert no_trl == [(0, "ours padding"), (0, "ours packing"), (1, "ours packing"), (1, "ours padding")]
+    # compiled shares packing's TRL run: once a round, and compiled and eager alternate too
+    shared = bench.plan(bench.parse_args(["--pairs", "packing,compiled", "--no-zero", "--repeats", "2"]), "z")
+    assert [name for _, name in shared] == ["ours packing", "TRL padding-free", "ours packing compiled",
+                                            "ours packing compiled", "TRL padding-free", "ours packing"]
 
 
 @pytest.mark.parametrize(

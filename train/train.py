@@ -75,6 +75,7 @@ class TrainConfig(Validated):
     warmup_ratio: float = 0.03
     seed: int = 0
     pack: bool = False  # pack examples into rows of max_length (no attention across them)
+    compile: bool = False  # torch.compile each decoder layer: fuses its elementwise ops (no DeepSpeed yet)
     # --- model
     lora: bool = False  # train LoRA adapters (merged into the exported model) instead of every weight
     lora_r: int = 16
@@ -106,6 +107,8 @@ class TrainConfig(Validated):
             raise FairError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
         if not 0 <= self.lora_dropout < 1:
             raise FairError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.compile and self.deepspeed:
+            raise FairError("compile does not go with deepspeed yet (ZeRO's hooks are untested under compile)")
 
     @property
     def out_dir(self) -> Path:
@@ -183,6 +186,11 @@ def load_model(config: TrainConfig, device: str):
         model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
                                                  lora_dropout=config.lora_dropout, target_modules="all-linear",
                                                  task_type="CAUSAL_LM"))
+    if config.compile:
+        # Per layer and in place: the parameter names (checkpoints) stay as they are, and a graph break in the
+        # varlen attention's per-example loop stays inside one layer. dynamic: every micro-batch has its own length.
+        for layer in model.get_decoder().layers:
+            layer.compile(dynamic=True)
     return tokenizer, model.to(device)
 
 
