@@ -4,6 +4,7 @@ takes it (mine, merge, committee, train, eval) failing at once, before it reads 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -120,7 +121,7 @@ def test_readers_count_an_id_written_twice_once(tmp_path, data_dir):
     from eval.report import build_report
     from fair.jsonl import append_jsonl, read_jsonl
     from gen.committee.report import review_outcomes
-    from gen.committee.run import CommitteeConfig
+    from gen.committee.run import CommitteeConfig, count_mistakes
     from gen.committee.run import run_committee as run
     from gen.offline.server import OfflineServer
     from gen.pipeline import GenConfig, export
@@ -132,6 +133,7 @@ def test_readers_count_an_id_written_twice_once(tmp_path, data_dir):
     append_jsonl(twice, (r for r in read_jsonl(once) for _ in range(2)))  # a, a, b, b, c, c
     config = CommitteeConfig(task="svamp", mistakes=str(twice), out=str(tmp_path / "committee.jsonl"), limit=3,
                              progress=False)
+    assert count_mistakes(config) == 3 and count_mistakes(dataclasses.replace(config, limit=None)) == 3  # not 6
     with OfflineServer(port=0) as server:
         asyncio.run(run(config, load_committee("offline", server.url)))
     records = list(read_jsonl(config.out_path))

@@ -220,9 +220,9 @@ def pending_mistakes(config: CommitteeConfig, done: set[str]) -> Iterator[Studen
 
 
 def count_mistakes(config: CommitteeConfig) -> int:
-    with existing_mistakes(config).open("rb") as f:
-        lines = sum(1 for line in f if line.strip())
-    return lines if config.limit is None else min(lines, config.limit)
+    """Distinct mistakes, at most --limit: what pending_mistakes reads (an id written twice is one mistake)."""
+    distinct = sum(1 for _ in unique_ids(read_jsonl(existing_mistakes(config))))
+    return distinct if config.limit is None else min(distinct, config.limit)
 
 
 def finished_ids(path: Path) -> set[str]:
