@@ -161,7 +161,9 @@ def test_a_job_runs_the_committee_and_its_cost_is_the_sum_in_committee_stats(ser
     folder = server.state / "jobs" / job["id"]
     stats = orjson.loads((folder / "committee_stats.json").read_bytes())
     p = job["progress"]
-    assert p["done"] == p["total"] == 6 and p["requests"] == 6 * 12 and p["rate_limited"] == 0
+    # Sent or answered from the cache: two peers' identical rationales make one review prompt twice, and
+    # whether the second is sent or read back depends on timing.
+    assert p["done"] == p["total"] == 6 and p["requests"] + p["cache_hits"] == 6 * 12 and p["rate_limited"] == 0
     assert p["cost"] == pytest.approx(sum(t["cost"] for t in stats["teachers"].values()), rel=1e-9, abs=1e-12)
     assert p["cost"] > 0
     ids = [r["id"] for r in records(folder / "committee.jsonl")]
