@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import types
+
 import pytest
 import torch
 
@@ -68,6 +72,30 @@ def test_data_parallel_engine_matches_a_single_engine(engine, tiny_model_dir):
         assert [g.text for g in dp.generate(PROMPTS, sampling)] == [g.text for g in engine.generate(PROMPTS, sampling)]
     finally:
         dp.close()
+
+
+def test_vllm_runs_its_engine_core_in_process_on_a_cpu_unless_told_otherwise(monkeypatch):
+    """The setting make bench-mine --vllm-variants measured fastest on CPUs, read by vLLM when the engine starts."""
+    from fair.engines.vllm import VLLMEngine
+
+    seen = []
+
+    class FakeLLM:
+        def __init__(self, **kwargs):
+            seen.append(os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING"))
+
+        def get_tokenizer(self):
+            return None
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM))
+    monkeypatch.setattr("fair.engines.vllm.resolve_model", lambda model: model)
+    for cuda, told in ((False, None), (False, "1"), (True, None)):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", told or "unset")  # undone after the test
+        if told is None:
+            monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING")
+        VLLMEngine("student")
+    assert seen == ["0", "1", None]  # in-process on a CPU; an explicit setting wins; GPUs keep vLLM's default
 
 
 @pytest.mark.slow
