@@ -77,7 +77,7 @@ def vllm_child(out: str, prompts: list[str], sampling: Sampling) -> None:
     """In a process of its own, with the variant's environment: start vLLM, generate, write what it made."""
     from fair.engines.vllm import VLLMEngine
 
-    # the engine's CPU default (30% of what vLLM counts as node memory): 10% left a negative KV cache here
+    # the engine's CPU default KV cache (a tenth of the free RAM): vLLM's fraction of 0.1 left it negative here
     engine, start = timed(lambda: VLLMEngine("smollm2-135m", dtype="float32"))
     generations, seconds = timed(engine.generate, prompts, sampling)
     Path(out).write_text(json.dumps({"start": start, "seconds": seconds,

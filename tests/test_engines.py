@@ -74,7 +74,7 @@ def test_data_parallel_engine_matches_a_single_engine(engine, tiny_model_dir):
         dp.close()
 
 
-def test_vllm_runs_its_engine_core_in_process_on_a_cpu_unless_told_otherwise(monkeypatch):
+def test_vllm_on_a_cpu_runs_in_process_with_an_explicit_kv_cache(monkeypatch):
     """The setting make bench-mine --vllm-variants measured fastest on CPUs, read by vLLM when the engine starts."""
     from fair.engines.vllm import VLLMEngine
 
@@ -82,7 +82,7 @@ def test_vllm_runs_its_engine_core_in_process_on_a_cpu_unless_told_otherwise(mon
 
     class FakeLLM:
         def __init__(self, **kwargs):
-            seen.append(os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING"))
+            seen.append((os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING"), kwargs.get("kv_cache_memory_bytes")))
 
         def get_tokenizer(self):
             return None
@@ -95,7 +95,11 @@ def test_vllm_runs_its_engine_core_in_process_on_a_cpu_unless_told_otherwise(mon
         if told is None:
             monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING")
         VLLMEngine("student")
-    assert seen == ["0", "1", None]  # in-process on a CPU; an explicit setting wins; GPUs keep vLLM's default
+    # in-process on a CPU; an explicit setting wins; GPUs keep vLLM's default
+    assert [in_process for in_process, _ in seen] == ["0", "1", None]
+    # a CPU's KV cache is sized explicitly (vLLM's fraction less this process's size went negative in-process)
+    cpu_kv, _, gpu_kv = (size for _, size in seen)
+    assert cpu_kv >= 1 << 30 and gpu_kv is None
 
 
 @pytest.mark.slow

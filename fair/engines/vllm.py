@@ -37,10 +37,17 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
-        if gpu_memory_utilization is None:
-            # On the CPU backend this fraction is of the NUMA node's RAM, reserved up front for the KV cache;
-            # vLLM's 0.9 default fails whenever anything else holds memory, and a small student needs little.
-            gpu_memory_utilization = 0.9 if torch.cuda.is_available() else 0.3
+        if gpu_memory_utilization is not None:
+            memory = {"gpu_memory_utilization": gpu_memory_utilization}
+        elif torch.cuda.is_available():
+            memory = {"gpu_memory_utilization": 0.9}
+        else:
+            # vLLM-CPU reserves its fraction of the node's RAM less this process's size, which in-process
+            # (above) holds whatever the caller loaded: that went negative in a test process. So the KV cache
+            # gets a tenth of the free RAM (at least 1 GiB: 23k tokens of SmolLM2-135M's cache), in bytes.
+            import psutil
+
+            memory = {"kv_cache_memory_bytes": max(1 << 30, psutil.virtual_memory().available // 10)}
 
         self.llm = LLM(
             model=resolve_model(model),
@@ -48,7 +55,7 @@ class VLLMEngine:
             dtype=dtype,
             max_model_len=max_model_len,
             seed=seed,
-            gpu_memory_utilization=gpu_memory_utilization,
+            **memory,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.chat = chat
