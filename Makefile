@@ -91,7 +91,7 @@ lint: $(STAMP) ## ruff, the architecture's import contracts (pyproject.toml), fi
 	$(VENV)/bin/lint-imports
 	$(PY) tools/check_sizes.py
 
-experiment: $(STAMP) ## does distillation help? runs the missing units (~30 min each on a CPU), rebuilds docs/results.md
+experiment: $(STAMP) ## does distillation help? runs the missing units (25-80 min each on 2 cores), rebuilds docs/results.md
 	$(PY) -m eval.experiment
 
 bench-mine: $(STAMP) ## the CPU's matmul ceiling; paper's loop vs our static and continuous batching vs vLLM on 64 SVAMP questions
