@@ -183,7 +183,19 @@ def test_chat_rationale_prompt_is_the_eval_prompt(records):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# load_records errors
+# load_records
+
+
+def test_committee_file_order_does_not_change_the_draw(tmp_path, records):
+    # committee.jsonl is written as replies finish: two runs write the same records in different orders
+    shuffled = records[:40]
+    random.Random(3).shuffle(shuffled)
+    drawn = []
+    for i, order in enumerate((records[:40], shuffled)):
+        path = tmp_path / f"committee-{i}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in order))
+        drawn.append(build_examples(load_records(path, SVAMP), SVAMP, "mixed", seed=0)[0])
+    assert drawn[0] == drawn[1]
 
 
 def test_load_records_errors(tmp_path, records):

@@ -98,6 +98,10 @@ def load_records(source: str | Path, task: Task, *, rationale_path: str | Path |
         if record["id"] in seen:
             raise FairError(f"{where}: duplicate id")
         seen.add(record["id"])
+    if rationale_path is None:
+        # committee.jsonl is written as replies finish, an order that varies from run to run; the split's order
+        # makes a seed draw the same examples every time (the paper's files are already in their own order).
+        records.sort(key=lambda record: record["mistake"]["index"])
     return records
 
 
