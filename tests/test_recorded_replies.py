@@ -77,7 +77,7 @@ def expected_cost(e: dict) -> float:
 def instant(monkeypatch):
     """A key to send, and no real waiting: retries and cool-downs (a 429's 58 s included) take no time."""
     monkeypatch.setenv("FAIR_TEST_KEY", "sk-test-recorded-000")
-    monkeypatch.setattr(Retry, "wait", lambda self, failures, error: 0.0)
+    monkeypatch.setattr(Retry, "wait", lambda *args, **kwargs: 0.0)
     monkeypatch.setattr(client_module, "MAX_COOLDOWN_S", 0.0, raising=False)
 
 
