@@ -351,7 +351,7 @@ class BatchRun:
                 stats.batched += 1
                 stats.input_tokens += reply.input_tokens
                 stats.output_tokens += reply.output_tokens
-                stats.cost += api.teacher.cost(reply.input_tokens, reply.output_tokens, batch=True)
+                stats.cost += api.teacher.cost(reply.usage, batch=True)
         self.cache.flush()  # committed before the ledger closes the batch: a kill in between downloads it again
         status, requests = batch.get("status", "lost") if batch else "lost", self.ledger.requests(input_file)
         self.ledger.finished(input_file, status)

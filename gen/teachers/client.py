@@ -362,7 +362,7 @@ class TeacherClient:
         s.successes += 1
         s.input_tokens += response.input_tokens
         s.output_tokens += response.output_tokens
-        s.cost += self.teacher.cost(response.input_tokens, response.output_tokens)
+        s.cost += self.teacher.cost(response.usage)
 
     def _cool_down(self, gate: Gate, seconds: float) -> None:
         until = asyncio.get_running_loop().time() + min(seconds, MAX_COOLDOWN_S)
