@@ -44,7 +44,6 @@ import orjson
 
 from fair.errors import FairError
 from gen.teachers.cache import key_for
-from gen.teachers.client import Retry
 from gen.teachers.keys import redact
 from gen.teachers.providers import (
     ChatRequest,
@@ -55,6 +54,7 @@ from gen.teachers.providers import (
     TransientError,
     lookup,
 )
+from gen.teachers.retry import Retry
 
 if TYPE_CHECKING:
     from gen.teachers.cache import ResponseCache
