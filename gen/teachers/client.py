@@ -37,8 +37,10 @@ event loop shares the gates, so the jobs of a `fair serve` process share one bud
     and every request for that gate waits it out before sending (not curator's fixed 10 s for everyone);
     for the next SLOW_S seconds the gate's per-minute cap is SLOW_FACTOR of rpm: gentle, since one 429 is
     more often a collision at a window's edge than a wrong limit.
-  * x-ratelimit-* / anthropic-ratelimit-* headers on every reply: when requests remaining is 0, or tokens
-    remaining are below this request's estimate, the gate cools down until the reported reset.
+  * x-ratelimit-* / anthropic-ratelimit-* headers on every reply: when requests remaining is 0, tokens
+    remaining are below this request's estimate, or Anthropic's input (output) tokens remaining are below its
+    prompt estimate (its max output), the gate cools down until the reported reset (gen/teachers/ratelimits.py:
+    a negative count or a zero reset is no information, so it never cools down for 0 s in a loop).
   * out of quota (QuotaExhausted: billing or a daily quota, gen/teachers/providers.py): sent once, never retried,
     raised to the caller as is (not as TeacherFailed), which stops the run. The gate then sends nothing for
     QUOTA_HOLD_S: requests waiting for it fail the same way without being sent (a teacher with several keys uses
@@ -304,7 +306,7 @@ class TeacherClient:
         self.cache.put(call.key, self.teacher.name, response)  # first, before anything else can fail
         self._settle(gate, call.estimate, response.usage)
         self._count_reply(response)
-        self._read_limits(gate, response.limits, call.estimate)
+        self._read_limits(gate, response.limits, call)
         return response
 
     async def _admit(self, gate: Gate, estimate: int) -> None:
@@ -377,13 +379,13 @@ class TeacherClient:
         self._cool_down(gate, retry_after if retry_after is not None else self.retry.backoff_s)
         gate.slow_until = asyncio.get_running_loop().time() + SLOW_S
 
-    def _read_limits(self, gate: Gate, limits: RateLimitInfo | None, estimate: int) -> None:
+    def _read_limits(self, gate: Gate, limits: RateLimitInfo | None, call: _Call) -> None:
+        """Cool down until the reset of any budget the reply says cannot take this request again: requests, tokens
+        (its estimate), Anthropic's input tokens (its prompt) and output tokens (its max output)."""
         if limits is None:
             return
-        resets = []
-        if limits.remaining_requests == 0 and limits.reset_requests_s:
-            resets.append(limits.reset_requests_s)
-        if limits.remaining_tokens is not None and limits.remaining_tokens < estimate and limits.reset_tokens_s:
-            resets.append(limits.reset_tokens_s)
+        needs = (1, call.estimate, call.input_estimate, call.output_limit)
+        resets = [reset for (remaining, reset), need in zip(limits.budgets(), needs, strict=True)
+                  if remaining is not None and remaining < need and reset]
         if resets:
             self._cool_down(gate, max(resets))
