@@ -117,3 +117,29 @@ def test_the_estimate_counts_a_thinking_budget():
     req = request(max_tokens=100)
     assert estimate_tokens(req, gemini) == estimate_tokens(req) + 1024
     assert estimate_tokens(req, dataclasses.replace(gemini, thinking_budget=None)) == estimate_tokens(req)
+
+
+def test_with_several_keys_a_key_out_of_quota_leaves_the_work_to_the_others(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAIR_KEY_A", "key-a")
+    monkeypatch.setenv("FAIR_KEY_B", "key-b")
+    quota = {"error": {"message": "quota", "type": "insufficient_quota", "code": "insufficient_quota"}}
+    ok = {"choices": [{"message": {"content": "4"}}], "usage": {"prompt_tokens": 10, "completion_tokens": 2}}
+    sent = []
+
+    def handler(req):
+        sent.append(req.headers["authorization"])
+        return httpx.Response(429, json=quota) if req.headers["authorization"].endswith("a") else \
+            httpx.Response(200, json=ok)
+
+    async def go(client):
+        outcomes = []
+        for i in range(3):
+            try:
+                outcomes.append((await client.complete(request(i))).text)
+            except QuotaExhausted:
+                outcomes.append("quota")
+        return outcomes
+
+    _, outcomes = run(go, tmp_path, teacher(api_key_env=("FAIR_KEY_A", "FAIR_KEY_B")), handler=handler)
+    assert sent.count("Bearer key-a") == 1  # once out of quota, key A sends no more
+    assert outcomes == ["quota", "4", "4"]  # the first request went to key A (ties go to the first key)

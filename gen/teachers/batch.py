@@ -349,9 +349,7 @@ class BatchRun:
                 self.cache.put(key, api.teacher.name, reply)
                 answered += 1
                 stats.batched += 1
-                stats.input_tokens += reply.input_tokens
-                stats.output_tokens += reply.output_tokens
-                stats.cost += api.teacher.cost(reply.usage, batch=True)
+                stats.bill(reply.usage, api.teacher.cost(reply.usage, batch=True))
         self.cache.flush()  # committed before the ledger closes the batch: a kill in between downloads it again
         status, requests = batch.get("status", "lost") if batch else "lost", self.ledger.requests(input_file)
         self.ledger.finished(input_file, status)

@@ -126,6 +126,20 @@ class TeacherStats:
     wait_s: float = 0.0  # summed time attempts spent waiting for the limiters and cool-downs
     elapsed_s: float = 0.0  # wall time from the first complete() call to the latest one's end
 
+    def bill(self, usage: Usage, cost: float) -> None:
+        """Count one attempt's billed usage (a reply's, or a failed but billed reply's) and its cost."""
+        self.input_tokens += usage.input_tokens
+        self.output_tokens += usage.output_tokens
+        self.cached_input_tokens += usage.cached_input_tokens
+        self.cache_write_tokens += usage.cache_write_tokens
+        self.cost += cost
+
+    def replied(self, response: ChatResponse) -> None:
+        """Count a reply from the provider: answer, refusal or truncation."""
+        self.successes += 1
+        self.refused += response.refusal is not None
+        self.truncated += response.truncated
+
 
 def estimate_input_tokens(request: ChatRequest) -> int:
     """A request's prompt tokens, before we know: ~4 characters per token, +4 per message."""
@@ -286,8 +300,9 @@ class TeacherClient:
                 while (delay := gate.cooldown_until - loop.time()) > 0:  # re-checked: a 429 may extend it
                     await asyncio.sleep(delay)
                 self.stats.wait_s += loop.time() - t0
-                if gate.out_of_quota is not None and loop.time() < gate.quota_until:
-                    raise QuotaExhausted(str(gate.out_of_quota))  # this key's account said so: not sent
+                if gate.out_of_quota is not None and loop.time() < gate.quota_until:  # this key's account said so
+                    self._settle(gate, call.estimate, None)
+                    raise QuotaExhausted(str(gate.out_of_quota))  # not sent
                 if not call.begun:  # right before the first send: a kill from here on may mean a double send
                     await self.cache.mark_inflight(call.key, self.teacher.name)
                     call.begun = True
@@ -305,7 +320,7 @@ class TeacherClient:
             gate.load -= 1
         self.cache.put(call.key, self.teacher.name, response)  # first, before anything else can fail
         self._settle(gate, call.estimate, response.usage)
-        self._count_reply(response)
+        self.stats.replied(response)
         self._read_limits(gate, response.limits, call)
         return response
 
@@ -348,17 +363,7 @@ class TeacherClient:
         if usage is None or actual:
             gate.token_balance = min(gate.token_balance + estimate - actual, gate.tokens.max_rate)
         if usage is not None:
-            s = self.stats
-            s.input_tokens += usage.input_tokens
-            s.output_tokens += usage.output_tokens
-            s.cached_input_tokens += usage.cached_input_tokens
-            s.cache_write_tokens += usage.cache_write_tokens
-            s.cost += self.teacher.cost(usage)
-
-    def _count_reply(self, response: ChatResponse) -> None:
-        self.stats.successes += 1
-        self.stats.refused += response.refusal is not None
-        self.stats.truncated += response.truncated
+            self.stats.bill(usage, self.teacher.cost(usage))
 
     def _on_failure(self, gate: Gate, error: ProviderError) -> None:
         if isinstance(error, RateLimited):
