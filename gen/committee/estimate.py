@@ -46,7 +46,7 @@ from gen.committee.prompts import PROMPT_SETS, PromptSet
 from gen.committee.run import CommitteeConfig, count_mistakes
 from gen.teachers.client import estimate_tokens
 from gen.teachers.config import Teacher, load_committee
-from gen.teachers.providers import ChatRequest
+from gen.teachers.providers import ChatRequest, Usage
 
 # Output tokens per request when no committee run has been measured. The paper's SVAMP files
 # (shared/data/seed) average 116-160 tokens of feedback and 28-126 of rationale (chars / 4) from 2023's
@@ -136,11 +136,11 @@ def costs(teachers: list[Teacher], unit: dict[str, dict[str, float]], mistakes: 
         requests = u["requests"] * mistakes
         input_tokens = (u["batchable_input"] + u["review_input"]) * mistakes
         output_tokens = (u["batchable_output"] + u["review_output"]) * mistakes
-        cost = t.cost(input_tokens, output_tokens)
+        cost = t.cost(Usage(input_tokens, output_tokens))
         batchable = u["batchable_input"] * mistakes, u["batchable_output"] * mistakes
         keys = len(t.per_key())  # each key has the teacher's whole rpm and tpm
         minutes = max(requests / (t.rpm * keys), (input_tokens + output_tokens) / (t.tpm * keys))
-        batch_cost = cost - t.cost(*batchable) + t.cost(*batchable, batch=True) if t.batch_api else cost
+        batch_cost = cost - t.cost(Usage(*batchable)) + t.cost(Usage(*batchable), batch=True) if t.batch_api else cost
         rows[t.name] = {
             "model": t.model, "requests": requests, "input_tokens": input_tokens,
             "output_tokens": output_tokens, "cost_usd": cost, "batch_cost_usd": batch_cost,

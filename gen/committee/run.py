@@ -50,7 +50,7 @@ from gen.teachers.batch import DEADLINE_S, BatchRun
 from gen.teachers.cache import ResponseCache
 from gen.teachers.client import Admission, TeacherClient
 from gen.teachers.config import Teacher, load_committee, missing_keys
-from gen.teachers.providers import ChatRequest, ProviderError, http_client
+from gen.teachers.providers import ChatRequest, ProviderError, Usage, http_client
 
 T = TypeVar("T")
 
@@ -165,7 +165,7 @@ async def process(ctx: Context, answer: StudentAnswer) -> dict[str, Any]:
     def charge(name: str, reply: Reply) -> None:
         usage[name]["input_tokens"] += reply.input_tokens
         usage[name]["output_tokens"] += reply.output_tokens
-        usage[name]["cost"] += ctx.teachers[name].cost(reply.input_tokens, reply.output_tokens, reply.batch)
+        usage[name]["cost"] += ctx.teachers[name].cost(Usage(reply.input_tokens, reply.output_tokens), reply.batch)
 
     for name, feedback in zip(names, feedbacks, strict=True):
         charge(name, feedback)

@@ -22,8 +22,13 @@ replies are never reused for the real API under the same model name; on a loopba
 port, which changes between runs (the offline simulator takes a free one each time). The key never sees the
 API key (a teacher's several keys share one cache). Prompt changes reach the key through the messages.
 
-A reply answered through the Batch API is stored with batch = 1, so its cost is counted at the batch price
-wherever it is read. Cache files written before that column existed gain it (as 0) when opened.
+A Gemini teacher's thinking_budget is in the key when set (it changes the reply; keys without one are as before).
+
+A reply is stored with everything its cost and use depend on: batch = 1 when answered through the Batch API (its
+cost is counted at the batch price wherever it is read), the cached-input and cache-write token counts (their own
+prices), truncated, and the refusal reason. Refusals and truncated replies are the provider's answer to that
+request and are kept like any other: a rerun does not pay for them again. Cache files written before a column
+existed gain it (0, or NULL for the refusal) when opened.
 """
 
 from __future__ import annotations
@@ -51,11 +56,19 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     key TEXT PRIMARY KEY, teacher TEXT NOT NULL, text TEXT NOT NULL,
     input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, created REAL NOT NULL,
-    batch INTEGER NOT NULL DEFAULT 0
+    batch INTEGER NOT NULL DEFAULT 0, cached_input_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0, truncated INTEGER NOT NULL DEFAULT 0, refusal TEXT
 );
 CREATE TABLE IF NOT EXISTS inflight (key TEXT PRIMARY KEY, teacher TEXT NOT NULL, started REAL NOT NULL)
     WITHOUT ROWID;
 """
+# Columns added since the first files: an older file gains them when opened.
+ADDED_COLUMNS = {
+    "batch": "INTEGER NOT NULL DEFAULT 0", "cached_input_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "cache_write_tokens": "INTEGER NOT NULL DEFAULT 0", "truncated": "INTEGER NOT NULL DEFAULT 0", "refusal": "TEXT",
+}
+COLUMNS = ("text", "input_tokens", "output_tokens", "batch", "cached_input_tokens", "cache_write_tokens", "truncated",
+           "refusal")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -71,6 +84,8 @@ def key_for(teacher: Teacher, request: ChatRequest) -> str:
         "max_tokens": int(request.max_tokens),
         "sample": int(request.sample),
     }
+    if teacher.thinking_budget is not None:
+        fields["thinking_budget"] = int(teacher.thinking_budget)
     return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -105,8 +120,10 @@ class ResponseCache:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")  # another process reading the file waits, not fails
         self.db.executescript(SCHEMA)
-        if "batch" not in {row[1] for row in self.db.execute("PRAGMA table_info(responses)")}:
-            self.db.execute("ALTER TABLE responses ADD COLUMN batch INTEGER NOT NULL DEFAULT 0")  # an older file
+        present = {row[1] for row in self.db.execute("PRAGMA table_info(responses)")}
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in present:  # an older file
+                self.db.execute(f"ALTER TABLE responses ADD COLUMN {column} {kind}")
         with self.db:
             (self._abandoned,) = self.db.execute("SELECT COUNT(*) FROM inflight").fetchone()
             self.db.execute("DELETE FROM inflight")
@@ -126,10 +143,12 @@ class ResponseCache:
     def get(self, key: str) -> ChatResponse | None:
         if (pending := self._replies.get(key)) is not None:
             return pending[1]
-        row = self.db.execute(
-            "SELECT text, input_tokens, output_tokens, batch FROM responses WHERE key = ?", (key,)
-        ).fetchone()
-        return ChatResponse(*row[:3], batch=bool(row[3])) if row else None
+        row = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM responses WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        text, input_tokens, output_tokens, batch, cached, written, truncated, refusal = row
+        return ChatResponse(text, input_tokens, output_tokens, batch=bool(batch), cached_input_tokens=cached,
+                            cache_write_tokens=written, truncated=bool(truncated), refusal=refusal)
 
     async def mark_inflight(self, key: str, teacher: str) -> None:
         """Record a request as in flight; returns once that is committed, so the caller may send it."""
@@ -166,10 +185,10 @@ class ResponseCache:
         try:
             with self.db:
                 self.db.executemany(
-                    "INSERT OR REPLACE INTO responses (key, teacher, text, input_tokens, output_tokens, created, batch)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(k, t, r.text, r.input_tokens, r.output_tokens, now, int(r.batch))
-                     for k, (t, r, now) in replies.items()],
+                    f"INSERT OR REPLACE INTO responses (key, teacher, created, {', '.join(COLUMNS)})"
+                    f" VALUES (?, ?, ?{', ?' * len(COLUMNS)})",
+                    [(k, t, now, r.text, r.input_tokens, r.output_tokens, int(r.batch), r.cached_input_tokens,
+                      r.cache_write_tokens, int(r.truncated), r.refusal) for k, (t, r, now) in replies.items()],
                 )
                 done = [(k,) for k in (*replies, *finished)]
                 self.db.executemany("DELETE FROM inflight WHERE key = ?", done)
