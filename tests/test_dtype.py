@@ -180,7 +180,10 @@ def test_bf16_training_autocasts_over_fp32_weights_and_records_it(tmp_path, tiny
     assert summary["dtype"] == {"requested": "bfloat16", "dtype": "bfloat16", "reason": "asked for"}
     from safetensors.torch import load_file
 
-    assert {t.dtype for t in load_file(final / "model.safetensors").values()} == {torch.float32}  # fp32 masters
+    exported, base = load_file(final / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
+    assert {t.dtype for t in exported.values()} == {torch.float32}
+    # LoRA trains no embedding: the export's is the student's own fp32 one, not the bf16 copy trained over
+    assert torch.equal(exported["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
     moments = load_file(tmp_path / "bf16" / "checkpoints" / "step-2" / "optimizer.safetensors")
     assert moments and {t.dtype for t in moments.values()} == {torch.float32}
 
@@ -200,3 +203,13 @@ def test_the_forward_pass_runs_in_bf16_and_the_weights_stay_fp32(tmp_path, tiny_
     assert forward(model, batch, "cpu", "sdpa", True, targets).dtype == torch.bfloat16
     assert forward(model, batch, "cpu", "sdpa", False, targets).dtype == torch.float32
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_lora_in_bf16_keeps_the_frozen_base_in_bf16_and_trains_fp32_adapters(tmp_path, tiny_model_dir, data_dir):
+    from train.train import load_model
+
+    config = tiny_train_config(tmp_path, tiny_model_dir, data_dir, dtype="bfloat16", lora=True, lora_r=4)
+    _, model = load_model(config, "cpu")
+    trained = {p.dtype for p in model.parameters() if p.requires_grad}
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    assert trained == {torch.float32} and frozen == {torch.bfloat16}

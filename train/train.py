@@ -175,7 +175,10 @@ def load_model(config: TrainConfig, device: str):
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 master weights everywhere
+    # fp32 master weights for everything trained. LoRA under bf16 stores the frozen base in bf16 (half its
+    # memory; autocast computes in bf16 anyway), and peft makes the adapters, the trained part, fp32.
+    bf16_base = config.lora and resolve_dtype(config.dtype).bf16
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16_base else torch.float32)
     if config.pack and model.config._attn_implementation != "flash_attention_2" and varlen_supported(model):
         model.set_attn_implementation(VARLEN)  # packed examples without a mask or padding
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
