@@ -8,8 +8,9 @@
 One unit trains one variant of SmolLM2-135M-Instruct with the frozen budget of configs/train/experiment.yaml,
 then evaluates it on the 300 SVAMP test questions (`base` only evaluates). A finished unit writes two small files, meant to be
 committed: docs/results/<unit>.json (accuracy, the ids answered correctly, data report, losses, wall time,
-command, commit, machine, the dtype of training and evaluation) and docs/results/<unit>.predictions.jsonl.gz (every answer: id, raw output,
-extracted answer), so anyone can re-grade a unit without rerunning it. Weights stay in data/experiment/.
+command, commit, machine, the dtype of training and of evaluation) and
+docs/results/<unit>.predictions.jsonl.gz (every answer: id, raw output, extracted answer), so anyone can re-grade
+a unit without rerunning it. Weights stay in data/experiment/.
 A run skips units whose file exists and rebuilds docs/results.md from the files (eval/results.py): the
 experiment can be completed over several sessions and a lost machine loses at most one unit.
 

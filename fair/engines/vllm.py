@@ -50,8 +50,8 @@ class VLLMEngine:
 
             memory = {"kv_cache_memory_bytes": max(1 << 30, psutil.virtual_memory().available // 10)}
 
-        # vLLM's own "auto" would take the checkpoint's dtype (float32 for the bundled student): ours is
-        # bf16 on GPUs and on CPUs with AMX or AVX512-BF16, where vLLM-CPU runs bf16 too (fair/dtype.py).
+        # Never vLLM's own "auto" (its rule reads the checkpoint's dtype): ours, as on the transformers engine,
+        # so bf16 on GPUs and on CPUs with AMX or AVX512-BF16, where vLLM-CPU has bf16 kernels (fair/dtype.py).
         self.precision = resolve_dtype(dtype)
         self.llm = LLM(
             model=resolve_model(model),
