@@ -213,3 +213,20 @@ def test_lora_in_bf16_keeps_the_frozen_base_in_bf16_and_trains_fp32_adapters(tmp
     trained = {p.dtype for p in model.parameters() if p.requires_grad}
     frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
     assert trained == {torch.float32} and frozen == {torch.bfloat16}
+
+
+def test_a_merge_records_what_its_shards_ran_in(tmp_path, data_dir, fake_engine_cls, machine):
+    """Shards mined on machines of two kinds resolve `auto` differently: the merged stats.json says so."""
+    from gen.merge import merge
+    from gen.mine import MineConfig, mine
+
+    def shard(i: int) -> MineConfig:
+        return MineConfig(task="svamp", limit=6, shard=f"{i}/2", out=str(tmp_path))
+
+    machine(False, AMX_CPU)
+    mine(shard(0), fake_engine_cls(svamp_reply()))
+    machine(False, PLAIN_CPU)
+    mine(shard(1), fake_engine_cls(svamp_reply()))
+    stats = merge(MineConfig(task="svamp", limit=6, out=str(tmp_path)), force=False)
+    assert [d["dtype"] for d in stats["dtype"]] == ["bfloat16", "float32"]
+    assert orjson.loads((tmp_path / "stats.json").read_bytes())["dtype"] == stats["dtype"]
