@@ -82,7 +82,8 @@ def read_answers(path: str | Path) -> list[StudentAnswer]:
 
 
 # Settings that change what a student answers: resumed work must match the finished part on all of them.
-ANSWER_DEFINING = ("model", "split", "max_new_tokens", "temperature", "top_p", "seed", "chat", "prompt_style")
+ANSWER_DEFINING = ("model", "split", "max_new_tokens", "temperature", "top_p", "seed", "chat", "prompt_style",
+                   "dtype")
 
 
 def finished_answers(*paths: Path) -> dict[str, StudentAnswer]:

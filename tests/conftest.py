@@ -154,7 +154,8 @@ def svamp_reply(right_every: int = 2):
 
 
 def tiny_train_config(tmp_path: Path, tiny_model_dir: Path, data_dir: Path, **overrides) -> TrainConfig:
-    """`fair train` on the tiny model and the paper's SVAMP committee files: a few seconds a run."""
+    """`fair train` on the tiny model and the paper's SVAMP committee files: a few seconds a run. In float32,
+    whatever the CPU: the tests that use it compare runs to 1e-5 (tests/test_dtype.py trains in bf16)."""
     from fair.config import make_config
     from train.train import TrainConfig
 
@@ -163,7 +164,7 @@ def tiny_train_config(tmp_path: Path, tiny_model_dir: Path, data_dir: Path, **ov
         "task": "svamp", "student": str(tiny_model_dir), "max_length": 384, "batch_size": 8, "micro_batch_size": 2,
         "paper_feedback": str(seed / "Llama-2-7b-chat-hf_svamp_feedback_round0.json"),
         "paper_rationale": str(seed / "Llama-2-7b-chat-hf_svamp_rationale_round0.json"),
-        "max_steps": 4, "lr": 1e-3, "warmup_ratio": 0.0, "out": str(tmp_path / "run"),
+        "max_steps": 4, "lr": 1e-3, "warmup_ratio": 0.0, "dtype": "float32", "out": str(tmp_path / "run"),
     } | overrides, source="test")
 
 
