@@ -93,6 +93,7 @@ def run_unit(unit: Unit, args: argparse.Namespace) -> Path:
         losses = loss_summary(config.out_dir / "log.jsonl")
         train_dtype = json.loads((config.out_dir / "train_summary.json").read_text()).get("dtype")
     [row] = evaluate(EvalConfig(task=("svamp",), model=model, engine=args.engine, batch_size=args.batch_size,
+                                dtype=BUDGET["dtype"],
                                 max_new_tokens=MAX_NEW_TOKENS, limit=args.test_limit,
                                 out=str(work / unit.name / "eval")))
     wanted = {e.id for e in get_task("svamp").load("test")[: args.test_limit]}  # what `evaluate` counted
