@@ -59,6 +59,8 @@ class ChatResponse:
     output_tokens: int
     limits: RateLimitInfo | None = field(default=None, compare=False)  # not cached: only for the limiter
     batch: bool = False  # answered through OpenAI's Batch API, billed at half price (gen/teachers/batch.py)
+    truncated: bool = False  # cut off at the output limit (OpenAI finish_reason "length" and its kin)
+    refusal: str | None = None  # the provider refused; its reason ("SAFETY", "content_filter", "refusal")
 
 
 class ProviderError(Exception):
