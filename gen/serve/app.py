@@ -35,10 +35,9 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException
 
 from fair.errors import FairError
-from gen.serve import uploads
+from gen.serve import chat, uploads
 from gen.serve.batches import Batches
 from gen.serve.budget import Budget
-from gen.serve.chat import Proxy
 from gen.serve.jobs import OPEN, Jobs
 from gen.serve.server import ServeConfig, same_token
 from gen.serve.store import Store, new_id
@@ -95,7 +94,7 @@ class Service:
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=256))
         self.batches = Batches(self.store, self.budget, list(self.teachers.values()), self.http)
         interactive = self.budget.tenant("interactive", interactive=True)
-        self.proxy = Proxy(self.store.root / "proxy", self.teachers, self.http, interactive)
+        self.proxy = chat.Proxy(self.store.root / "proxy", self.teachers, self.http, interactive)
         jobs, batches = self.jobs.resume(), self.batches.resume()
         if jobs or batches:
             print(f"fair serve: resumed {len(jobs)} job(s) and {len(batches)} batch(es)", flush=True)
@@ -351,17 +350,9 @@ def add_jobs(app: FastAPI, service: Service) -> None:
         return FileResponse(folder / name)
 
 
-CHAT_REPLIES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "a chat.completion, or with `stream: true` its chat.completion.chunk events",
-        "content": {"application/json": {}, "text/event-stream": {}},
-    }
-}
-
-
 def add_teachers(app: FastAPI, service: Service) -> None:
-    @app.post("/v1/chat/completions", response_model=None, responses=CHAT_REPLIES)
-    async def chat(body: Any = Body(...)) -> dict[str, Any] | Response:  # noqa: B008 (FastAPI's raw body)
+    @app.post("/v1/chat/completions", response_model=None, openapi_extra=chat.openapi(service.teachers))
+    async def chat_completions(body: Any = Body(...)) -> dict[str, Any] | Response:  # noqa: B008 (a raw body)
         return await service.proxy.answer(body)
 
     @app.get("/v1/models")

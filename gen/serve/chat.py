@@ -41,6 +41,9 @@ from sse_starlette.sse import EventSourceResponse
 
 from gen.serve.budget import Tenant
 from gen.serve.wire import (
+    RANGES,
+    ROLES,
+    STREAM_OPTIONS,
     STREAMING,
     ApiError,
     Chunks,
@@ -57,6 +60,48 @@ from gen.teachers.providers import ChatRequest, ChatResponse, ProviderError
 STOP_WAIT_S = 10.0
 # The request of the task that runs it: set in a context of its own for each proxied request's task.
 UPSTREAM: contextvars.ContextVar[asyncio.Event] = contextvars.ContextVar("upstream")
+
+
+def openapi(teachers: dict[str, Teacher]) -> dict[str, Any]:
+    """The route's body and replies in its OpenAPI schema, for clients and for the fuzz test (which then sends
+    bodies this server takes, streams included, besides the ones it refuses)."""
+    tokens = {"type": "integer", "minimum": 1, "maximum": min(t.max_tokens for t in teachers.values())}
+    body = {
+        "type": "object",
+        "required": ["model", "messages"],
+        "additionalProperties": False,
+        "properties": {
+            "model": {"type": "string", "enum": list(teachers)},
+            "messages": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["role", "content"],
+                    "additionalProperties": False,
+                    "properties": {"role": {"enum": sorted(ROLES)}, "content": {"type": "string"}},
+                },
+            },
+            **{n: {"type": "number", "minimum": low, "maximum": high} for n, (low, high) in RANGES.items()},
+            "max_tokens": tokens,
+            "max_completion_tokens": tokens,
+            "stream": {"type": "boolean"},
+            "stream_options": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {name: {"type": "boolean"} for name in sorted(STREAM_OPTIONS)},
+            },
+        },
+    }
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {
+            "200": {
+                "description": "a chat.completion, or with `stream: true` its chat.completion.chunk events",
+                "content": {"application/json": {}, "text/event-stream": {}},
+            }
+        },
+    }
 
 
 class ProxyCache(ResponseCache):

@@ -40,6 +40,7 @@ SERVER_ONLY = {
     "max_retries",
     "provider",
 }
+RANGES = {"temperature": (0, 2), "top_p": (0, 1)}  # OpenAI's
 STREAMING = frozenset({"stream", "stream_options"})  # the proxy's, not a batch line's
 STREAM_OPTIONS = {"include_usage", "include_obfuscation"}
 ROLES = {"system", "user", "assistant", "developer"}
@@ -117,7 +118,8 @@ def chat_request(
 def _sampling(body: dict, teacher: Teacher, where: str) -> tuple[float, float, int]:
     temperature, top_p = body.get("temperature", teacher.temperature), body.get("top_p", teacher.top_p)
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens", teacher.max_tokens))
-    for name, value, low, high in (("temperature", temperature, 0, 2), ("top_p", top_p, 0, 1)):
+    for name, value in (("temperature", temperature), ("top_p", top_p)):
+        low, high = RANGES[name]
         if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
             raise ApiError(400, f"{where}: {name} must be a number in {low}..{high}", name)
     if (
