@@ -6,6 +6,7 @@ stream as OpenAI error JSON, a teacher's failure as the stream's error event, an
 from __future__ import annotations
 
 import contextlib
+import signal
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -248,6 +249,18 @@ def test_a_request_whose_client_left_while_it_waited_is_never_sent(slow):
         first.close()
     log = (server.state.parent / f"{server.state.name}.log").read_text()
     assert "Traceback" not in log and "ERROR" not in log, log[-2000:]
+
+
+def test_a_stop_waits_for_a_sent_request_whose_client_left(slow):
+    server, sim = slow
+    before, replies = arrivals(sim), proxy_replies(server)
+    with server.client() as http:
+        stream, _ = opened(http, "What is 7 + 70?")
+        until(lambda: arrivals(sim) == before + 1)
+        stream.close()
+    server.stop()  # SIGTERM while the simulator still holds the request (uvicorn then re-raises it: -15)
+    assert server.process.returncode == -signal.SIGTERM and proxy_replies(server) == replies + 1
+    server.start()
 
 
 def test_truncated_and_refused_replies_finish_as_openai_says():

@@ -16,7 +16,7 @@ The response starts as soon as the body is accepted, with the chunk that names t
 word by word once the whole reply is in, then the finish (its reason "length" for a truncated reply,
 "content_filter" for a refusal), the usage chunk when `stream_options.include_usage`, and `data: [DONE]`.
 What that buys a client: code written for OpenAI's streaming works unchanged; the headers come at once and a
-comment line every 15 s keeps the connection open however long the request waits for its turn at a busy key,
+comment line every PING_S seconds keeps the connection open however long the request waits for its turn at a busy key,
 so no idle timeout cuts it; and a client that leaves while its request still waits takes it out of the queue.
 What it does not buy: the first word comes no sooner than the last (time to first token is the whole reply's
 time), and it costs the same. A teacher that fails once the stream has started ends it with OpenAI's error
@@ -57,6 +57,7 @@ from gen.teachers.client import TeacherClient
 from gen.teachers.config import Teacher
 from gen.teachers.providers import ChatRequest, ChatResponse, ProviderError
 
+PING_S = 15  # sse-starlette's comment line while a stream waits: under the usual idle timeouts of proxies
 STOP_WAIT_S = 10.0
 # The request of the task that runs it: set in a context of its own for each proxied request's task.
 UPSTREAM: contextvars.ContextVar[asyncio.Event] = contextvars.ContextVar("upstream")
@@ -131,13 +132,14 @@ class Proxy:
         if options is None:
             return chat_completion(teacher, request, await self._complete(teacher, request))
         # sep "\n": OpenAI frames its events with bare newlines (sse-starlette's default is "\r\n").
-        return EventSourceResponse(self._stream(teacher, request, options), sep="\n")
+        return EventSourceResponse(self._stream(teacher, request, options), ping=PING_S, sep="\n")
 
     async def close(self) -> None:
         if self.running:
             await asyncio.wait(self.running, timeout=STOP_WAIT_S)
             for task in self.running:  # what is still running now is lost with the process
                 task.cancel()
+            await asyncio.gather(*self.running, return_exceptions=True)
         self.cache.close()
 
     async def _complete(self, teacher: Teacher, request: ChatRequest) -> ChatResponse:
