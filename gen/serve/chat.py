@@ -22,10 +22,12 @@ What it does not buy: the first word comes no sooner than the last (time to firs
 time), and it costs the same. A teacher that fails once the stream has started ends it with OpenAI's error
 event, `data: {"error": {...}}` (the SDKs raise it), and no [DONE].
 
-A client that disconnects stops its stream at once; nothing more is written to it. Its request is cancelled only
-while it has not been sent: from the moment it is marked in flight (gen/teachers/cache.py) the reply is paid
-for, so the request runs to its end, retries included, and its reply lands in the cache for whoever asks next.
-A stop of the server waits up to STOP_WAIT_S for such requests.
+Each request runs in a task of its own, which is cancelled only while the request has not been sent: from the
+moment it is marked in flight (gen/teachers/cache.py) its reply is paid for, so it runs to its end, retries
+included, and the reply lands in the cache for whoever asks next. A streaming client that disconnects stops its
+stream at once (nothing more is written to it) and cancels its request if it is still waiting; a plain request
+runs to its end. A stop of the server cancels the requests still waiting and waits up to STOP_WAIT_S for the
+ones sent.
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ class Proxy:
         teacher, request = chat_request(body, self.teachers, also=STREAMING)
         options = stream_options(body)
         if options is None:
-            return chat_completion(teacher, request, await self._complete(teacher, request))
+            return chat_completion(teacher, request, await self._outliving(teacher, request))
         # sep "\n": OpenAI frames its events with bare newlines (sse-starlette's default is "\r\n").
         return EventSourceResponse(self._stream(teacher, request, options), ping=PING_S, sep="\n")
 
