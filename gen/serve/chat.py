@@ -61,7 +61,8 @@ from gen.teachers.providers import ChatRequest, ChatResponse, ProviderError
 
 PING_S = 15  # sse-starlette's comment line while a stream waits: under the usual idle timeouts of proxies
 STOP_WAIT_S = 10.0
-# The request of the task that runs it: set in a context of its own for each proxied request's task.
+# Each proxied request's task sees, in a context of its own, the event its cache sets when the request is about
+# to go upstream: the cache sees only keys, and two clients may wait on the same one.
 UPSTREAM: contextvars.ContextVar[asyncio.Event] = contextvars.ContextVar("upstream")
 
 
@@ -119,7 +120,7 @@ class ProxyCache(ResponseCache):
 
 
 class Proxy:
-    """The teachers' clients of the proxy, their cache, and the requests whose clients left after they were sent."""
+    """The proxy's clients of the teachers, their cache, and the requests running (clients gone or not)."""
 
     def __init__(self, folder: Path, teachers: dict[str, Teacher], http: httpx.AsyncClient, tenant: Tenant):
         self.teachers = teachers

@@ -164,7 +164,7 @@ def stream_options(body: dict[str, Any]) -> StreamOptions | None:
 
 
 def completion_head(teacher: Teacher, request: ChatRequest, kind: str) -> dict[str, Any]:
-    """What a reply and each of its stream's chunks open with; the id is the request's, as its cache key is."""
+    """What a reply and each of its stream's chunks open with; one request, one id (a digest of it)."""
     digest = hashlib.sha256(repr((teacher.name, request)).encode()).hexdigest()[:24]
     return {"id": f"chatcmpl-{digest}", "object": kind, "created": int(time.time()), "model": teacher.name}
 
