@@ -284,4 +284,5 @@ def test_truncated_and_refused_replies_finish_as_openai_says():
     assert [d["delta"] for d in deltas] == [{"refusal": "SAFETY"}] and finish[
         "finish_reason"
     ] == "content_filter"
-    assert usage["usage"] == {"prompt_tokens": 5, "completion_tokens": 0, "total_tokens": 5}
+    assert usage["usage"] == {"prompt_tokens": 5, "completion_tokens": 0, "total_tokens": 5,
+                              "prompt_tokens_details": {"cached_tokens": 0}}

@@ -175,11 +175,13 @@ def finish_reason(response: ChatResponse) -> str:
     return "length" if response.truncated else "stop"
 
 
-def usage(response: ChatResponse) -> dict[str, int]:
+def usage(response: ChatResponse) -> dict[str, Any]:
+    """OpenAI's usage object; the teacher's prompt-cache reads as OpenAI reports its own (whatever its API)."""
     return {
         "prompt_tokens": response.input_tokens,
         "completion_tokens": response.output_tokens,
         "total_tokens": response.input_tokens + response.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": response.cached_input_tokens},
     }
 
 
