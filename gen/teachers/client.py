@@ -37,6 +37,8 @@ event loop shares the gates, so the jobs of a `fair serve` process share one bud
     more often a collision at a window's edge than a wrong limit.
   * x-ratelimit-* / anthropic-ratelimit-* headers on every reply: when requests remaining is 0, or tokens
     remaining are below this request's estimate, the gate cools down until the reported reset.
+Cost: once the gate admits an attempt, it reserves its worst case from the run's `budget` (gen/teachers/budget.py)
+and settles it with the bill; BudgetExhausted ends the run, not the request (no retry, no TeacherFailed).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import httpx
 from aiolimiter import AsyncLimiter
 
+from gen.teachers.budget import BudgetExhausted, CostBudget, worst_case_usd
 from gen.teachers.cache import key_for
 from gen.teachers.keys import redact
 from gen.teachers.providers import (
@@ -238,9 +241,10 @@ class _Call:
 class TeacherClient:
     def __init__(self, teacher: Teacher, cache: ResponseCache, http: httpx.AsyncClient,
                  provider: ChatProvider | None = None, *, backoff_s: float | None = None, backoff_max_s: float = 60.0,
-                 admission: Admission | None = None):
+                 admission: Admission | None = None, budget: CostBudget | None = None):
         self.teacher = teacher
         self.admission = admission
+        self.budget = budget or CostBudget(None)  # without a run's budget: an uncapped one that only counts
         self.cache = cache
         # One provider per API key, each seeing a one-key teacher; a given `provider` (tests) serves all keys.
         self.keys = [(view, provider or make_provider(view, http)) for view in teacher.per_key()]
@@ -276,6 +280,9 @@ class TeacherClient:
             reason = redact(f"{why}: {e}", self.teacher.api_keys())
             log.warning("%s", reason)
             raise TeacherFailed(self.teacher.name, reason) from None
+        except BudgetExhausted:  # the run ends here, not the request: nothing of it is in flight
+            self.cache.finish(call.key)
+            raise
 
     def _on_retry(self, error: ProviderError, failures: int, wait: float) -> None:
         self.stats.retries += 1
@@ -302,17 +309,23 @@ class TeacherClient:
                 if not call.begun:  # right before the first send: a kill from here on may mean a double send
                     await self.cache.mark_inflight(call.key, self.teacher.name)
                     call.begun = True
+                reservation = await self.budget.reserve(worst_case_usd(self.teacher, call.request))  # the cost
                 call.attempts += 1
                 self.stats.requests += 1
                 try:
                     response = await provider.complete(call.request)
                 except ProviderError as e:
+                    self.budget.settle(reservation, 0.0)  # providers: teacher.cost(e.usage) when it carries one
                     gate.token_balance = min(gate.token_balance + call.estimate, gate.tokens.max_rate)
                     if isinstance(e, RateLimited):
                         self.stats.rate_limited += 1
                         gate.rate_limited += 1
                         self._on_rate_limited(gate, e.retry_after)
                     raise
+                except BaseException:  # cancelled in flight: it may have been billed, so its worst case
+                    self.budget.settle(reservation, reservation.usd)
+                    raise
+                self.budget.settle(reservation, self.teacher.cost(response.input_tokens, response.output_tokens))
             finally:
                 gate.slots.release()
         finally:
