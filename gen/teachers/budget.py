@@ -128,7 +128,7 @@ class CostBudget:
         while not (self.exhausted is None and self.fits(worst_case_usd)):
             if self.exhausted is None and self.in_flight == 0:
                 self.exhausted = BudgetExhausted(self, worst_case_usd)
-                log.warning("%s", self.exhausted)
+                log.info("%s", self.exhausted)
             if self.exhausted is not None:
                 raise self.exhausted
             await self._settled.wait()
