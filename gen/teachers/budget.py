@@ -65,11 +65,10 @@ TOKENS_PER_REQUEST = 16  # the tokens that prime the reply
 class BudgetExhausted(FairError):
     """The next attempt cannot fit in what is left of the budget, and nothing is in flight to free any."""
 
-    def __init__(self, budget: CostBudget, worst_case_usd: float):
-        super().__init__(f"budget reached: spent ${budget.total_usd:.4f} of ${budget.limit_usd:.4f}; the next "
-                         f"request may cost up to ${worst_case_usd:.4f}")
-        self.spent_usd = budget.total_usd
-        self.limit_usd = budget.limit_usd
+    def __init__(self, spent_usd: float, limit_usd: float, worst_case_usd: float):
+        super().__init__(f"budget reached: spent ${spent_usd:.4f} of ${limit_usd:.4f}; the next request may cost "
+                         f"up to ${worst_case_usd:.4f}")
+        self.spent_usd, self.limit_usd, self.worst_case_usd = spent_usd, limit_usd, worst_case_usd
 
 
 class Ledger(Protocol):
@@ -127,10 +126,10 @@ class CostBudget:
         """Hold `worst_case_usd` before an attempt is sent; wait for room, or raise BudgetExhausted."""
         while not (self.exhausted is None and self.fits(worst_case_usd)):
             if self.exhausted is None and self.in_flight == 0:
-                self.exhausted = BudgetExhausted(self, worst_case_usd)
+                self.exhausted = BudgetExhausted(self.total_usd, self.limit_usd, worst_case_usd)
                 log.info("%s", self.exhausted)
-            if self.exhausted is not None:
-                raise self.exhausted
+            if (e := self.exhausted) is not None:  # a new one each time: one raised by many tasks grows its traceback
+                raise BudgetExhausted(e.spent_usd, e.limit_usd, e.worst_case_usd)
             await self._settled.wait()
         reservation = Reservation(worst_case_usd)
         self.reserved_usd += worst_case_usd
@@ -156,5 +155,5 @@ class CostBudget:
         self.spent_usd += actual_usd
         if self.ledger is not None:
             self.ledger.note_spent(self.total_usd)
-        self._settled.set()
+        self._settled.set()  # every attempt waiting for room looks again (in_flight 0: they all stop)
         self._settled = asyncio.Event()
