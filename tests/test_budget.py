@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
+import time
 
 import httpx
 import orjson
@@ -19,7 +22,7 @@ from gen.teachers.cache import ResponseCache
 from gen.teachers.client import TeacherClient
 from gen.teachers.config import Teacher, load_committee
 from gen.teachers.providers import ChatRequest, ChatResponse, TransientError
-from tests.conftest import fast, import_seed_mistakes, run_small_committee
+from tests.conftest import ROOT, fast, import_seed_mistakes, run_small_committee
 
 # ---------------------------------------------------------------------------------------------------------
 # CostBudget alone
@@ -113,7 +116,6 @@ def test_worst_case_bounds_bytes_and_max_tokens():
     request = ChatRequest((("system", "s"), ("user", text)), max_tokens=100)
     input_bound = len(b"s") + len(text.encode()) + 2 * 16 + 16
     assert worst_case_usd(t, request) == pytest.approx((input_bound * 1.0 + 100 * 2.0) / 1e6)
-    assert worst_case_usd(t, request, batch=True) == pytest.approx(worst_case_usd(t, request) / 2)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -223,6 +225,28 @@ def test_cli_stops_with_one_line_exit_2_and_stats_then_resumes(tmp_path, seed_mi
     stats = orjson.loads((tmp_path / "committee_stats.json").read_bytes())
     assert not stats["budget"]["reached"] and stats["written"] == 5 - done
     assert len(list(read_jsonl(out))) == 5
+
+
+def test_a_run_killed_mid_flight_and_rerun_stays_within_the_budget(tmp_path, seed_mistakes):
+    """The ledger counts what was in flight at the kill at its worst case, so the rerun cannot pass the budget
+    whatever the killed run had sent (the simulator's log is the bill, replies finished after the kill included)."""
+    log_path, limit = tmp_path / "requests.log", 0.02
+    with OfflineServer(port=0, log_path=log_path, latency_ms=(200, 400)) as server:
+        args = ["committee", "--task", "svamp", "--teachers", "offline", "--base-url", server.url, "--mistakes",
+                str(seed_mistakes), "--out", str(tmp_path / "committee.jsonl"), "--limit", "12", "--no-progress",
+                "--max-cost-usd", str(limit)]
+        killed = subprocess.Popen([sys.executable, "-m", "fair.cli", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not log_path.exists() or len(log_path.read_bytes().splitlines()) < 10:  # replies, more in flight
+            assert time.monotonic() < deadline and killed.poll() is None
+            time.sleep(0.02)
+        killed.kill()
+        killed.wait()
+        assert main(args) == 2
+    paid, _ = billed([orjson.loads(line) for line in log_path.read_bytes().splitlines()],
+                     load_committee("offline"))
+    assert 0 < paid <= limit
 
 
 def test_a_budget_cannot_cap_the_batch_api(tmp_path, seed_mistakes, capsys):

@@ -19,11 +19,12 @@ provider can bill for it:
     one dummy-prefix token per text, which the per-message allowance covers, as it covers the chat formats'
     role and separator tokens (OpenAI documents 3-4 per message, and 3 to prime the reply).
   * output: all of `max_output_tokens` (see there) at the output price.
-  * a Batch API reply (BATCH_PRICE): half of both.
 After the reply, the reservation is settled with the bill: the reply's cost from its usage; a ProviderError's
-billed usage if it carries one, else 0 (a transport failure or an error status is not billed); an attempt
+billed usage if it carries one, else 0 (an error status or a refused connection is not billed); an attempt
 cancelled while in flight, its whole worst case (it may have been billed). Cache hits cost nothing and reserve
-nothing.
+nothing. The one bill the budget cannot see is that of an attempt that timed out after the provider took it
+(providers may finish and bill it): it is settled at 0 like any transport failure, so each timeout can leave
+the real spending above the ledger by at most that attempt's worst case.
 
 When an attempt cannot fit, it waits for the attempts in flight to settle (their refunds may make room) and
 checks again; when nothing is in flight and it still cannot fit, the budget is exhausted for good: that attempt
@@ -34,9 +35,10 @@ says how far it got (gen/committee/run.py); a serve job ends `stopped`.
 
 Across runs the budget caps everything spent through one response cache: by default the output folder's
 requests.sqlite, so a rerun with a higher budget spends only the difference, and one with the same budget stops
-at once. The ledger (table `spending` of the cache, gen/teachers/cache.py) holds spent + reserved: with a
-limit, a reservation is committed before its attempt is sent, so what a killed run had in flight counts at its
-worst case; settles lower it with the next group commit. A cache written before the ledger existed starts at 0.
+at once (having sent at most what still fits). The ledger (table `spending` of the cache, gen/teachers/cache.py)
+holds spent + reserved: with a limit, a reservation is committed before its attempt is sent, so what a killed
+run had in flight counts at its worst case; settles lower it with the next group commit. A cache written before
+the ledger existed starts at 0.
 
 The Batch API (gen/teachers/batch.py) is not budgeted: a batch bills everything it was submitted with, up to
 24 hours later, and cannot be stopped at a budget half-way, so a budgeted run refuses batch_api
@@ -86,12 +88,13 @@ def max_output_tokens(teacher: Teacher, request: ChatRequest) -> int:
     return request.max_tokens
 
 
-def worst_case_usd(teacher: Teacher, request: ChatRequest, batch: bool = False) -> float:
+def worst_case_usd(teacher: Teacher, request: ChatRequest) -> float:
     """An upper bound of what one attempt of `request` can cost (the module docstring says why it holds)."""
     input_tokens = TOKENS_PER_REQUEST + sum(len(content.encode()) + TOKENS_PER_MESSAGE
                                             for _, content in request.messages)
-    # Every input token at the full input price: where a prompt-cache write is dearer (Anthropic), price it so.
-    return teacher.cost(input_tokens, max_output_tokens(teacher, request), batch)
+    # Every input token at the full input price. With prompt-cache prices (issue 22's Teacher.price_cache_write),
+    # a cache write dearer than an input token (Anthropic: 1.25x) must price them all here instead.
+    return teacher.cost(input_tokens, max_output_tokens(teacher, request))
 
 
 @dataclass
