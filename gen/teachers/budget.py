@@ -125,14 +125,18 @@ class CostBudget:
         # A hair of tolerance: a sum of float costs must not refuse what exactly fits.
         return self.limit_usd is None or self.total_usd + worst_case_usd <= self.limit_usd * (1 + 1e-12)
 
+    def check(self) -> None:
+        """Raise BudgetExhausted if the budget has stopped the run."""
+        if (e := self.exhausted) is not None:  # a new one each time: one raised by many tasks grows its traceback
+            raise BudgetExhausted(e.spent_usd, e.limit_usd, e.worst_case_usd)
+
     async def reserve(self, worst_case_usd: float) -> Reservation:
         """Hold `worst_case_usd` before an attempt is sent; wait for room, or raise BudgetExhausted."""
         while not (self.exhausted is None and self.fits(worst_case_usd)):
             if self.exhausted is None and self.in_flight == 0:
                 self.exhausted = BudgetExhausted(self.total_usd, self.limit_usd, worst_case_usd)
                 log.info("%s", self.exhausted)
-            if (e := self.exhausted) is not None:  # a new one each time: one raised by many tasks grows its traceback
-                raise BudgetExhausted(e.spent_usd, e.limit_usd, e.worst_case_usd)
+            self.check()
             await self._settled.wait()
         reservation = Reservation(worst_case_usd)
         self.reserved_usd += worst_case_usd

@@ -37,8 +37,7 @@ event loop shares the gates, so the jobs of a `fair serve` process share one bud
     more often a collision at a window's edge than a wrong limit.
   * x-ratelimit-* / anthropic-ratelimit-* headers on every reply: when requests remaining is 0, or tokens
     remaining are below this request's estimate, the gate cools down until the reported reset.
-Cost: once the gate admits an attempt, it reserves its worst case from the run's `budget` (gen/teachers/budget.py)
-and settles it with the bill; BudgetExhausted ends the run, not the request (no retry, no TeacherFailed).
+Cost: once the gate admits an attempt, it reserves its worst case from the run's budget (gen/teachers/budget.py).
 """
 
 from __future__ import annotations
@@ -280,8 +279,9 @@ class TeacherClient:
             reason = redact(f"{why}: {e}", self.teacher.api_keys())
             log.warning("%s", reason)
             raise TeacherFailed(self.teacher.name, reason) from None
-        except BudgetExhausted:  # the run ends here, not the request: nothing of it is in flight
-            self.cache.finish(call.key)
+        except BudgetExhausted:  # ends the run, not the request (no retry, no TeacherFailed): nothing is in flight
+            if call.begun:
+                self.cache.finish(call.key)
             raise
 
     def _on_retry(self, error: ProviderError, failures: int, wait: float) -> None:
@@ -296,6 +296,7 @@ class TeacherClient:
         return min(gates, key=lambda pg: (max(pg[1].cooldown_until - now, 0.0), pg[1].load))
 
     async def _attempt(self, call: _Call) -> ChatResponse:
+        self.budget.check()  # a run stopped by its budget takes no more turns at gates it may share (fair serve)
         loop = asyncio.get_running_loop()
         provider, gate = self._pick_key()
         gate.load += 1
