@@ -31,7 +31,9 @@ checks again; when nothing is in flight and it still cannot fit, the budget is e
 and every later one raise BudgetExhausted, which is not a teacher's failure (it is a FairError, never a
 ProviderError: no record notes it, no retry catches it) but the run's end. So when it is raised nothing is in
 flight and nothing paid is lost: the committee writes what finished, cancels the rest (they hold no money) and
-says how far it got (gen/committee/run.py); a serve job ends `stopped`.
+says how far it got (gen/committee/run.py); a serve job ends `stopped`. The replies of unfinished mistakes are
+in the cache, free for the rerun; but a wide window spreads a budget that is small against the corpus over many
+mistakes at once, so a stop may find few finished: a small --window finishes them nearly in order.
 
 Across runs the budget caps everything spent through one response cache: by default the output folder's
 requests.sqlite, so a rerun with a higher budget spends only the difference, and one with the same budget stops
