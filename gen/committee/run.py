@@ -17,6 +17,10 @@ that moment are sent again; the rerun says how many. Memory stays flat whatever 
 the set of finished ids (tens of bytes each) and counters (make bench-scale measures it). One run per
 folder: a second `fair committee` on a folder in use fails at once, naming the first one's pid (fair/lock.py).
 
+Budget: with max_cost_usd, no request is sent that could take what this folder's cache has spent past it
+(gen/teachers/budget.py); the run then stops cleanly, writes what finished and says how many mistakes remain,
+and a rerun with a higher budget goes on, spending only the difference. It cannot be combined with batch_api.
+
 With batch_api, the feedback and rationales of teachers with batch_api: true are first asked through OpenAI's
 Batch API, which only fills the cache (gen/teachers/batch.py); the streaming run then finds them there.
 """
@@ -47,6 +51,7 @@ from fair.tasks import Task, get_task
 from gen.committee.prompts import PROMPT_SETS, PROMPT_VERSION, PromptSet, drafts
 from gen.committee.review import parse_review_score
 from gen.teachers.batch import DEADLINE_S, BatchRun
+from gen.teachers.budget import BudgetExhausted, CostBudget
 from gen.teachers.cache import ResponseCache
 from gen.teachers.client import Admission, TeacherClient
 from gen.teachers.config import Teacher, load_committee, missing_keys
@@ -74,6 +79,7 @@ class CommitteeConfig(Validated):
     progress: bool = True
     server: str | None = None  # a `fair serve` URL: run there as a job (its committee) and download the output
     priority: float = 1.0  # with server: the job's weight where it shares the teachers' limits with other jobs
+    max_cost_usd: float | None = None  # USD this folder may spend at most, over all runs (gen/teachers/budget.py)
 
     def validate(self) -> None:
         get_task(self.task)
@@ -84,6 +90,9 @@ class CommitteeConfig(Validated):
             raise FairError("with server, the server's committee answers: base_url and batch_api are its own")
         if self.priority <= 0:
             raise FairError(f"priority must be positive, got {self.priority}")
+        if self.max_cost_usd is not None and (self.max_cost_usd <= 0 or self.batch_api):
+            raise FairError(f"max_cost_usd must be positive and cannot cap batch_api (a batch bills all it was "
+                            f"given, up to 24 h later), got {self.max_cost_usd} with batch_api={self.batch_api}")
         if self.batch_poll_s <= 0 or self.batch_deadline_s <= 0:
             raise FairError(f"batch_poll_s and batch_deadline_s must be positive, got {self.batch_poll_s} and "
                             f"{self.batch_deadline_s}")
@@ -245,11 +254,13 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
     if repeated:
         print(f"resuming: {repeated} request(s) were in flight when the last run stopped and may be sent again")
     save_config(config, config.out_path.with_name("committee.yaml"))
+    budget = CostBudget(config.max_cost_usd, cache.spent_usd, ledger=cache)  # the folder's spending so far
     with cache, JsonlAppender(config.out_path) as out:  # closing commits what is pending, also on Ctrl-C
         async with httpx.AsyncClient() as http, contextlib.AsyncExitStack() as pools:
             # A connection pool per teacher, sized to its keys' concurrency.
             clients = {t.name: TeacherClient(t, cache, await pools.enter_async_context(
-                http_client(t.max_concurrency * len(t.per_key()))), admission=hooks.admission) for t in teachers}
+                http_client(t.max_concurrency * len(t.per_key()))), admission=hooks.admission, budget=budget)
+                for t in teachers}
             hooks.started(repeated, clients)
             ctx = Context(task, config.prompts, PROMPT_SETS[config.prompts], clients,
                           {t.name: t for t in teachers}, config.threshold)
@@ -280,11 +291,18 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
                     raise errors[0]
                 hooks.written(clients, written)
 
-            await stream_window(lambda answer: process(ctx, answer), mistakes, config.window, write)
+            # BudgetExhausted: nothing was in flight; what finished is written, the rest waits for a rerun.
+            with contextlib.suppress(BudgetExhausted):
+                await stream_window(lambda answer: process(ctx, answer), mistakes, config.window, write)
             bar.close()
-    return {"written": written, "skipped": len(done), "repeated_after_kill": repeated,
+    return {"written": written, "skipped": len(done), "total": total, "repeated_after_kill": repeated,
             "seconds": time.perf_counter() - started, "cache_commits": cache.commits,
-            "stats": {n: c.stats for n, c in clients.items()}, "batch": batch}
+            "stats": {n: c.stats for n, c in clients.items()}, "batch": batch, "budget": budget_stats(budget)}
+
+
+def budget_stats(budget: CostBudget) -> dict[str, Any]:
+    return {"max_cost_usd": budget.limit_usd, "spent_usd": round(budget.total_usd, 6),
+            "spent_this_run_usd": round(budget.spent_usd, 6), "reached": budget.exhausted is not None}
 
 
 async def stream_window(work: Callable[[T], Coroutine[Any, Any, Any]], items: Iterator[T], window: int,
@@ -330,6 +348,10 @@ def committee(config: CommitteeConfig) -> dict[str, Any]:
         result = asyncio.run(run_committee(config, teachers))
     print_summary(config, teachers, result)
     write_stats(config, result)
+    if (spent := result["budget"])["reached"]:
+        remain = result["total"] - result["skipped"] - result["written"]
+        raise FairError(f"budget reached: spent ${spent['spent_usd']:.4f} of ${spent['max_cost_usd']:.4f}; {remain} "
+                        f"of {result['total']} mistakes remain; rerun with a higher --max-cost-usd to continue")
     return result
 
 
@@ -338,7 +360,7 @@ def write_stats(config: CommitteeConfig, result: dict[str, Any]) -> None:
     write_json(config.out_path.with_name("committee_stats.json"), {
         "written": result["written"], "skipped": result["skipped"], "seconds": round(result["seconds"], 2),
         "repeated_after_kill": result["repeated_after_kill"], "cache_commits": result["cache_commits"],
-        "batch": dataclasses.asdict(result["batch"]) if result["batch"] else None,
+        "batch": dataclasses.asdict(result["batch"]) if result["batch"] else None, "budget": result["budget"],
         "teachers": {name: dataclasses.asdict(stats) for name, stats in result["stats"].items()},
     })
 

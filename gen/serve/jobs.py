@@ -8,8 +8,9 @@ the committee's exactly-once promise: a server killed with SIGKILL and restarted
 itself, finished mistakes are skipped, cached replies are free, and only the requests in flight at the kill can
 be sent twice; each restart adds that count to the job's `repeated_after_restart`.
 
-Statuses: queued -> in_progress -> completed | failed | cancelled | stopped (max_cost_usd reached: it stops
-sending once the cost so far reaches it; replies already in flight may add a little). Cancel stops sending and
+Statuses: queued -> in_progress -> completed | failed | cancelled | stopped (max_cost_usd reached: the
+committee's own budget, gen/teachers/budget.py, over everything the job's folder has spent, restarts included:
+no request is sent that could take it past the cap, and committee_stats.json says so). Cancel stops sending and
 keeps the partial output. Progress (done/total, requests, cache hits, retries, 429s, failures, tokens, cost, an
 estimated final cost and an ETA) is read live from the run's clients and saved to the store once a second;
 counters of runs before a restart are kept as `previous`, so cost and requests add up across restarts.
@@ -57,10 +58,6 @@ COUNTERS = (
 )
 SAVE_EVERY_S = 1.0
 STEM = "student"  # the paper's files: student_<task>_{feedback,rationale}_round0.json
-
-
-class CostCapReached(Exception):
-    pass
 
 
 @dataclasses.dataclass
@@ -187,9 +184,10 @@ class Jobs:
         try:
             result = await run_committee(config, teachers, hooks)
             write_stats(config, result)
-            write_paper_files(get_task(config.task), config.out_path, f"{STEM}_{get_task(config.task).name}")
-        except CostCapReached:
-            status = "stopped"
+            if result["budget"]["reached"]:
+                status = "stopped"
+            else:
+                write_paper_files(get_task(config.task), config.out_path, f"{STEM}_{get_task(config.task).name}")
         except asyncio.CancelledError:
             if job_id not in self.cancelled:  # the server is stopping: the job stays open and resumes
                 self.save(job_id)
@@ -216,12 +214,8 @@ class Jobs:
     def written(self, job_id: str, written: int) -> None:
         live = self.live[job_id]
         live.written = written
-        doc = self.get(job_id)
-        cap = doc["spec"]["max_cost_usd"]
         if time.monotonic() - live.saved >= SAVE_EVERY_S:
             self.save(job_id)
-        if cap is not None and self.progress(live, doc["previous"], doc["spec"])["cost"] >= cap:
-            raise CostCapReached
 
     def save(self, job_id: str, **changes: Any) -> None:
         if (live := self.live.get(job_id)) is not None:
@@ -263,6 +257,7 @@ class Jobs:
             threshold=spec["threshold"],
             window=spec["window"],
             limit=spec["limit"],
+            max_cost_usd=spec["max_cost_usd"],
             progress=False,
         )
 

@@ -29,6 +29,10 @@ cost is counted at the batch price wherever it is read), the cached-input and ca
 prices), truncated, and the refusal reason. Refusals and truncated replies are the provider's answer to that
 request and are kept like any other: a rerun does not pay for them again. Cache files written before a column
 existed gain it (0, or NULL for the refusal) when opened.
+
+Table `spending` is the ledger of gen/teachers/budget.py: one row, the USD spent (and reserved) through this
+file, `spent_usd` when opened; `save_spent` commits a new value like `mark_inflight`, `note_spent` with the next
+group commit.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ CREATE TABLE IF NOT EXISTS responses (
 );
 CREATE TABLE IF NOT EXISTS inflight (key TEXT PRIMARY KEY, teacher TEXT NOT NULL, started REAL NOT NULL)
     WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS spending (id INTEGER PRIMARY KEY CHECK (id = 0), usd REAL NOT NULL);
 """
 # Columns added since the first files: an older file gains them when opened.
 ADDED_COLUMNS = {
@@ -127,11 +132,14 @@ class ResponseCache:
         with self.db:
             (self._abandoned,) = self.db.execute("SELECT COUNT(*) FROM inflight").fetchone()
             self.db.execute("DELETE FROM inflight")
+        row = self.db.execute("SELECT usd FROM spending").fetchone()
+        self.spent_usd = row[0] if row else 0.0  # by every run through this file so far (gen/teachers/budget.py)
         # Not yet committed: in-flight rows to add (and who waits for them), replies, requests given up on.
         self._begins: list[tuple[str, str, float]] = []
         self._waiting: list[asyncio.Future] = []
         self._replies: dict[str, tuple[str, ChatResponse, float]] = {}
         self._finished: list[str] = []
+        self._spent: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._failed: sqlite3.Error | None = None  # a commit the event loop's timer ran failed (disk full)
         self.commits = 0  # transactions so far: the benchmarks report commits per request
@@ -152,10 +160,24 @@ class ResponseCache:
 
     async def mark_inflight(self, key: str, teacher: str) -> None:
         """Record a request as in flight; returns once that is committed, so the caller may send it."""
+        self._begins.append((key, teacher, time.time()))
+        await self._committed()
+
+    async def save_spent(self, usd: float) -> None:
+        """The ledger's new total (gen/teachers/budget.py); returns once that is committed."""
+        self._spent = usd
+        await self._committed()
+
+    def note_spent(self, usd: float) -> None:
+        """The ledger's new total, committed with the next group."""
+        self._spent = usd
+        self._flush_in(self.flush_s)
+
+    async def _committed(self) -> None:
+        """Join the next group commit, which runs as soon as the loop is free, and return once it is done."""
         if self._failed is not None:  # the cache can no longer record what is sent: send nothing more
             raise self._failed
         waiter = asyncio.get_running_loop().create_future()
-        self._begins.append((key, teacher, time.time()))
         self._waiting.append(waiter)
         self._flush_in(0.0)
         await waiter
@@ -179,9 +201,10 @@ class ResponseCache:
             self._timer.cancel()
             self._timer = None
         begins, waiting, replies, finished = self._begins, self._waiting, self._replies, self._finished
-        if not (begins or replies or finished):
+        spent = self._spent
+        if not (begins or replies or finished or spent is not None):
             return
-        self._begins, self._waiting, self._replies, self._finished = [], [], {}, []
+        self._begins, self._waiting, self._replies, self._finished, self._spent = [], [], {}, [], None
         try:
             with self.db:
                 self.db.executemany(
@@ -194,6 +217,8 @@ class ResponseCache:
                 self.db.executemany("DELETE FROM inflight WHERE key = ?", done)
                 # After the deletes: a second request for a key just answered (both missed the cache) stays marked.
                 self.db.executemany("INSERT OR REPLACE INTO inflight VALUES (?, ?, ?)", begins)
+                if spent is not None:
+                    self.db.execute("INSERT OR REPLACE INTO spending VALUES (0, ?)", (spent,))
             self.commits += 1
         except sqlite3.Error as e:
             for waiter in waiting:

@@ -51,6 +51,9 @@ Accounting (TeacherStats): every attempt's billed usage counts, failed ones incl
 reply is billed: its ProviderError carries the usage), cost at the teacher's prices for plain, cached and
 cache-write input (Teacher.cost). Sends per request: a reply (answer, refusal or truncation), a fatal error or a
 quota error: 1; transient failures: up to max_retries + 1; 429s: up to 2 * max_retries + 1 (plus the others).
+
+Cost: once the gate admits an attempt, it reserves its worst case from the run's budget (gen/teachers/budget.py)
+and settles it with the attempt's billed cost.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 from aiolimiter import AsyncLimiter
 
+from gen.teachers.budget import BudgetExhausted, CostBudget, worst_case_usd
 from gen.teachers.cache import key_for
 from gen.teachers.keys import redact
 from gen.teachers.providers import (
@@ -235,9 +239,10 @@ class _Call:
 class TeacherClient:
     def __init__(self, teacher: Teacher, cache: ResponseCache, http: httpx.AsyncClient,
                  provider: ChatProvider | None = None, *, backoff_s: float | None = None, backoff_max_s: float = 60.0,
-                 admission: Admission | None = None):
+                 admission: Admission | None = None, budget: CostBudget | None = None):
         self.teacher = teacher
         self.admission = admission
+        self.budget = budget or CostBudget(None)  # without a run's budget: an uncapped one that only counts
         self.cache = cache
         # One provider per API key, each seeing a one-key teacher; a given `provider` (tests) serves all keys.
         self.keys = [(view, provider or make_provider(view, http)) for view in teacher.per_key()]
@@ -277,6 +282,10 @@ class TeacherClient:
             reason = redact(f"{why}: {e}", self.teacher.api_keys())
             log.warning("%s", reason)
             raise TeacherFailed(self.teacher.name, reason) from None
+        except BudgetExhausted:  # ends the run, not the request (no retry, no TeacherFailed): nothing is in flight
+            if call.begun:
+                self.cache.finish(call.key)
+            raise
 
     def _on_retry(self, error: ProviderError, failures: int, wait: float) -> None:
         self.stats.retries += 1
@@ -290,6 +299,7 @@ class TeacherClient:
         return min(gates, key=lambda pg: (pg[1].quota_until > now, max(pg[1].cooldown_until - now, 0.0), pg[1].load))
 
     async def _attempt(self, call: _Call) -> ChatResponse:
+        self.budget.check()  # a run stopped by its budget takes no more turns at gates it may share (fair serve)
         loop = asyncio.get_running_loop()
         provider, gate = self._pick_key()
         gate.load += 1
@@ -306,20 +316,24 @@ class TeacherClient:
                 if not call.begun:  # right before the first send: a kill from here on may mean a double send
                     await self.cache.mark_inflight(call.key, self.teacher.name)
                     call.begun = True
+                reservation = await self.budget.reserve(worst_case_usd(self.teacher, call.request))  # the cost
                 call.attempts += 1
                 self.stats.requests += 1
                 try:
                     response = await provider.complete(call.request)
                 except ProviderError as e:
-                    self._settle(gate, call.estimate, e.usage)
+                    self.budget.settle(reservation, self._settle(gate, call.estimate, e.usage))
                     self._on_failure(gate, e)
+                    raise
+                except BaseException:  # cancelled in flight: it may have been billed, so its worst case
+                    self.budget.settle(reservation, reservation.usd)
                     raise
             finally:
                 gate.slots.release()
         finally:
             gate.load -= 1
         self.cache.put(call.key, self.teacher.name, response)  # first, before anything else can fail
-        self._settle(gate, call.estimate, response.usage)
+        self.budget.settle(reservation, self._settle(gate, call.estimate, response.usage))
         self.stats.replied(response)
         self._read_limits(gate, response.limits, call)
         return response
@@ -356,14 +370,18 @@ class TeacherClient:
         if charge:
             await gate.tokens.acquire(charge)
 
-    def _settle(self, gate: Gate, estimate: int, usage: Usage | None) -> None:
-        """Give the gate back what an attempt did not use, and bill what it did. usage None: nothing was billed
-        (an HTTP error, a timeout), the whole estimate comes back; a reply without counts leaves it standing."""
+    def _settle(self, gate: Gate, estimate: int, usage: Usage | None) -> float:
+        """Give the gate back what an attempt did not use, and bill what it did; returns the cost billed. usage None:
+        nothing was billed (an HTTP error, a timeout), the whole estimate comes back; a reply without counts leaves
+        it standing."""
         actual = usage.input_tokens + usage.output_tokens if usage is not None else 0
         if usage is None or actual:
             gate.token_balance = min(gate.token_balance + estimate - actual, gate.tokens.max_rate)
-        if usage is not None:
-            self.stats.bill(usage, self.teacher.cost(usage))
+        if usage is None:
+            return 0.0
+        cost = self.teacher.cost(usage)
+        self.stats.bill(usage, cost)
+        return cost
 
     def _on_failure(self, gate: Gate, error: ProviderError) -> None:
         if isinstance(error, RateLimited):
