@@ -30,13 +30,13 @@ from fair.errors import FairError
 from fair.jsonl import read_jsonl
 from fair.paper import write_paper_files
 from fair.tasks import get_task
+from gen.committee.report import write_stats
 from gen.committee.run import (
     CommitteeConfig,
     Hooks,
     count_mistakes,
     finished_ids,
     run_committee,
-    write_stats,
 )
 from gen.serve.budget import Budget
 from gen.serve.store import Store, new_id
