@@ -17,6 +17,7 @@ import pytest
 from eval.report import build_report
 from fair.cli import main
 from fair.jsonl import read_jsonl
+from fair.paper import export_committee
 from fair.records import StudentAnswer, question_block
 from fair.tasks import Example, get_task, task_names
 from gen.committee.prompts import PROMPT_SETS, drafts
@@ -156,6 +157,9 @@ def test_training_and_the_report_take_only_whole_texts(scripted, tmp_path, capsy
         examples, report = build_examples(records, get_task("svamp"), mode, seed=0)
         assert all(e.teacher == "a" for e in examples), mode  # b's cut-off and c's refused texts never train
     assert build_examples(records, get_task("svamp"), "b", seed=0)[1].skipped == {"rationale failed": 6}
+    for feedback, rationale in export_committee(get_task("svamp"), records):  # the paper's files cannot mark them
+        assert feedback["b_feedback"] is None and feedback["c_feedback"] is None and feedback["a_feedback"]
+        assert rationale["b_rationale"][0] is None and rationale["correct_rationale"] == [good("rationale", 0).text]
     page = build_report(out.parent, None, None, None, tmp_path / "report").read_text()
     assert "| c | 0 | 0.0% | - | 6 SAFETY, 6 RECITATION | 0 | 18,000 | 10,800 | 1,800 | 0.0171 |" in page
     assert "| b | 6 | 0.0% | - | 0 | 18 | 18,000 | 10,800 | 1,800 | 0.0171 |" in page
