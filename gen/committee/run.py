@@ -170,7 +170,7 @@ async def ask(ctx: Context, teacher: Teacher, messages: Messages) -> Reply:
         raise OutOfQuota(teacher.name, str(e)) from None
     except ProviderError as e:  # TeacherFailed after retries, or a fatal 4xx: recorded, never a score
         ctx.errors += 1
-        return Reply(None, str(e))
+        return Reply(None, str(e), e.usage or Usage())  # what a failed reply was billed, if anything
     text = None if response.refusal is not None else response.text
     return Reply(text, None, response.usage, response.batch, response.truncated, response.refusal)
 
