@@ -33,8 +33,10 @@ def test_cost_is_tokens_times_price_and_linear_in_mistakes(tmp_path, data_dir):
                                                  + row["output_tokens"] * teacher.price_output) / 1e6)
         for key in ("requests", "input_tokens", "output_tokens", "cost_usd", "batch_cost_usd", "hours"):
             assert two["teachers"][name][key] == pytest.approx(2 * row[key])
-        # Without a committee run to measure, outputs are the defaults: 1 feedback + 1 rationale + 2 reviews.
-        assert row["output_tokens"] == pytest.approx(1000 * (300 + 300 + 2 * 150))
+        # Without a committee run to measure, outputs are the defaults: 1 feedback + 1 rationale + 2 reviews, each
+        # of which may also think for the whole thinking budget (gemini's).
+        thinking = teacher.max_output_tokens() - teacher.max_tokens
+        assert row["output_tokens"] == pytest.approx(1000 * (300 + 300 + 2 * 150 + 4 * thinking))
     assert one["total"]["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in one["teachers"].values()))
     assert one["total"]["hours"] == max(r["hours"] for r in one["teachers"].values())
     assert one["requests_per_mistake"] == 12
