@@ -114,15 +114,19 @@ def fast(teachers, **changes):
 
 
 def run_small_committee(folder: Path, mistakes: Path, teachers, limit: int = 12, **config) -> tuple[dict, list[dict]]:
-    """The committee stage in-process on the first `limit` mistakes: (its result, the records it wrote)."""
+    """The committee stage in-process on the first `limit` mistakes: (its result, the records it wrote). A run that
+    stopped cleanly (its budget reached, a teacher out of quota) gives the result it stopped with."""
     import asyncio
 
     from fair.jsonl import read_jsonl
-    from gen.committee.run import CommitteeConfig, run_committee
+    from gen.committee.run import CommitteeConfig, RunStopped, run_committee
 
     config = CommitteeConfig(task="svamp", mistakes=str(mistakes), out=str(folder / "committee.jsonl"),
                              limit=limit, progress=False, **config)
-    result = asyncio.run(run_committee(config, teachers))
+    try:
+        result = asyncio.run(run_committee(config, teachers))
+    except RunStopped as stop:
+        result = stop.result
     return result, list(read_jsonl(config.out_path))
 
 

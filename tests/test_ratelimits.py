@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from gen.teachers.client import _gate_for
+from gen.teachers.gates import gate_for
 from gen.teachers.providers import ChatResponse
 from gen.teachers.ratelimits import RateLimitInfo, parse_limits, retry_after
 from tests.test_client import Script, request, run, teacher
@@ -71,7 +71,7 @@ def test_the_client_cools_down_on_an_exhausted_input_or_output_budget(tmp_path, 
 
     async def go(client):
         await client.complete(request(0))
-        return _gate_for(client.teacher).cooldown_until > asyncio.get_running_loop().time()
+        return gate_for(client.teacher).cooldown_until > asyncio.get_running_loop().time()
 
     _, cooling = run(go, tmp_path, teacher(), script)
     assert cooling is cools

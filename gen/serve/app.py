@@ -42,8 +42,8 @@ from gen.serve.jobs import OPEN, Jobs
 from gen.serve.server import ServeConfig, same_token
 from gen.serve.store import Store, new_id
 from gen.serve.wire import ApiError, batch_object, file_object
-from gen.teachers.client import gate_state
 from gen.teachers.config import Teacher
+from gen.teachers.gates import gate_state
 
 COOKIE = "fair_serve_token"
 PAGE = Path(__file__).with_name("page.html")

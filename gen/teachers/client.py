@@ -60,19 +60,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import weakref
-from collections import deque
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
-from aiolimiter import AsyncLimiter
 
 from gen.teachers.budget import BudgetExhausted, CostBudget, worst_case_usd
 from gen.teachers.cache import key_for
+from gen.teachers.gates import WINDOW_S, Admission, Gate, gate_for
 from gen.teachers.keys import redact
 from gen.teachers.providers import (
     ChatProvider,
@@ -96,7 +92,6 @@ log = logging.getLogger("gen.teachers.client")
 
 SLOW_S = 60.0  # after a 429, run this gate at SLOW_FACTOR of its request rate for this long
 SLOW_FACTOR = 0.9
-WINDOW_S = 60.5  # the per-minute window, with a margin for requests that arrive later than they left
 QUOTA_HOLD_S = 300.0  # after a QuotaExhausted, a gate sends nothing for this long
 
 
@@ -155,68 +150,6 @@ def estimate_tokens(request: ChatRequest, teacher: Teacher | None = None) -> int
     and a Gemini teacher's thinking budget: Teacher.max_output_tokens)."""
     output = teacher.max_output_tokens(request.max_tokens) if teacher is not None else request.max_tokens
     return estimate_input_tokens(request) + output
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Gates: limits shared by every client with the same provider, base_url, key and model
-
-
-@dataclass
-class Gate:
-    rpm: int
-    requests: AsyncLimiter
-    tokens: AsyncLimiter
-    slots: asyncio.Semaphore
-    load: int = 0  # attempts waiting for this gate or in flight through it: how keys share the work
-    sent: deque = field(default_factory=deque)  # loop.time() of each request sent in the last WINDOW_S
-    cooldown_until: float = 0.0  # loop.time() before which nobody sends
-    slow_until: float = 0.0  # loop.time() before which the per-minute cap is SLOW_FACTOR * rpm
-    token_balance: float = 0.0  # > 0: over-reserved tokens to credit; < 0: usage still to charge
-    rate_limited: int = 0  # 429s received through this gate
-    out_of_quota: QuotaExhausted | None = None  # the account's answer, repeated without sending until quota_until
-    quota_until: float = 0.0
-
-
-# Limiters and semaphores belong to one event loop, so gates are kept per loop (and die with it).
-_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, Gate]] = weakref.WeakKeyDictionary()
-
-
-def _gate_for(teacher: Teacher) -> Gate:
-    """The gate of a one-key teacher (one of Teacher.per_key()): the same key and model share one."""
-    key = teacher.api_key()
-    ident = (teacher.provider, teacher.url, hashlib.sha256(key.encode()).hexdigest()[:16] if key else "",
-             teacher.model)
-    gates = _GATES.setdefault(asyncio.get_running_loop(), {})
-    if ident not in gates:  # the first teacher to use a gate sets its limits
-        burst = max(1.0, teacher.rpm / 60)
-        gates[ident] = Gate(
-            rpm=teacher.rpm,
-            requests=AsyncLimiter(burst, burst * 60 / teacher.rpm),
-            tokens=AsyncLimiter(teacher.tpm, 60),
-            slots=asyncio.Semaphore(teacher.max_concurrency),
-        )
-    return gates[ident]
-
-
-def gate_state(teacher: Teacher) -> list[dict[str, Any]]:
-    """Each of a teacher's gates as `fair serve` shows it (GET /v1/fair/limits); from inside its event loop."""
-    now = asyncio.get_running_loop().time()
-    states = []
-    for index, view in enumerate(teacher.per_key()):
-        gate = _gate_for(view)
-        states.append({"teacher": teacher.name, "key": index, "model": teacher.model, "rpm": gate.rpm,
-                       "tpm": int(gate.tokens.max_rate),
-                       "requests_last_minute": sum(1 for t in gate.sent if t > now - WINDOW_S),
-                       "cooldown_s": round(max(gate.cooldown_until - now, 0.0), 3),
-                       "queue": gate.load, "rate_limited": gate.rate_limited})
-    return states
-
-
-class Admission(Protocol):
-    """Who goes next through a gate shared by several jobs (`fair serve`, gen/serve/budget.py). Without one,
-    requests take a gate's concurrency slots and limits first come, first served."""
-
-    def turn(self, gate: Gate) -> AbstractAsyncContextManager[None]: ...
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -295,7 +228,7 @@ class TeacherClient:
     def _pick_key(self) -> tuple[ChatProvider, Gate]:
         """The key that can send soonest (see the module docstring)."""
         now = asyncio.get_running_loop().time()
-        gates = [(provider, _gate_for(view)) for view, provider in self.keys]
+        gates = [(provider, gate_for(view)) for view, provider in self.keys]
         return min(gates, key=lambda pg: (pg[1].quota_until > now, max(pg[1].cooldown_until - now, 0.0), pg[1].load))
 
     async def _attempt(self, call: _Call) -> ChatResponse:
