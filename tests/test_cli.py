@@ -191,7 +191,7 @@ def test_eval_train_eval_report_on_the_tiny_model(tmp_path, data_dir, tiny_model
     assert {p.name for p in (tmp_path / "report").glob("*.png")} == {"accuracy.png", "reviews.png", "loss.png"}
     code, _, err = run(capsys, "report", "--gen-dir", str(gen), "--train-dir", str(tmp_path / "nope"),
                        "--out", str(tmp_path / "report"))
-    assert code == 2 and "--train-dir" in err and "no such folder" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "train_dir" in err and "no such folder" in err and len(err.strip().splitlines()) == 1
 
 
 def test_teachers_serve_answers_a_committee_run_until_sigterm(tmp_path, data_dir, capsys):

@@ -32,7 +32,7 @@ import torch
 
 from fair.config import Validated, at_least, save_config
 from fair.dtype import Dtype, Precision, dtype_field, resolve_dtype
-from fair.errors import FairError
+from fair.errors import FairError, main_guard
 from fair.jsonl import append_jsonl, write_json
 from fair.lock import folder_lock
 from fair.models import DEFAULT_STUDENT, model_short_name, resolve_model
@@ -370,19 +370,16 @@ def deepspeed_engine(config: TrainConfig, model, params, accumulation: int, bf16
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from fair.config import add_config_arguments, build_config
+    from fair.config import build_config, config_parser
 
-    parser = argparse.ArgumentParser(prog="fair train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, TrainConfig)
+    parser = config_parser(TrainConfig, "fair train", __doc__)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> None:
         train(build_config(TrainConfig, args))
-    except FairError as e:
-        print(f"fair train: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return main_guard("fair train", work)
 
 
 if __name__ == "__main__":
