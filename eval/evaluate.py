@@ -36,21 +36,21 @@ CHUNK = 512  # answers per engine call and per append: a kill loses at most one 
 @dataclass
 class EvalConfig(Validated):
     task: tuple[str, ...] = ("svamp",)  # one or more tasks, evaluated with one engine
-    model: str = DEFAULT_STUDENT
-    split: str = "test"
+    model: str = DEFAULT_STUDENT  # the bundled SmolLM2-135M-Instruct, a trained folder or a hub id
+    split: str = "test"  # the split of every task to answer
     limit: int | None = None  # first N examples of each split; None for all
-    engine: EngineName = "auto"
-    batch_size: int = 32
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    chat: bool = True
-    prompt_style: Literal["fair", "paper"] = "fair"
-    data_dir: str | None = None
+    engine: EngineName = "auto"  # auto = vLLM on a GPU where installed, else transformers
+    batch_size: int = 32  # transformers engine: prompts per forward batch (vLLM batches on its own)
+    max_new_tokens: int = 512  # the longest answer, in tokens; a cut-off answer is graded as it stands
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0  # nucleus sampling; 1 keeps every token
+    seed: int = 0  # of the sampling; used only when temperature > 0
+    chat: bool = True  # wrap prompts in the student's chat template (the paper used raw text)
+    prompt_style: Literal["fair", "paper"] = "fair"  # ours asks for a gradeable final line; "paper" for parity
+    data_dir: str | None = None  # local data in shared/data layout; default $FAIR_DATA_DIR or ../shared/data
     out: str | None = None  # default data/eval/<student>
-    tensor_parallel_size: int = 1
-    data_parallel_size: int = 1
+    tensor_parallel_size: int = 1  # vLLM: GPUs per replica
+    data_parallel_size: int = 1  # replicas, each in its own process on its own GPUs
     dtype: Dtype = dtype_field()  # auto: bf16 on GPUs and CPUs with AMX or AVX512-BF16, else fp32 (fair/dtype.py)
 
     def __post_init__(self) -> None:

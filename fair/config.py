@@ -16,8 +16,9 @@ A setting is documented once, by the comment beside its field, and every `--help
 
 gives `--engine ENGINE  auto = vLLM on a GPU where installed, else transformers (choices: auto, hf, vllm;
 default: auto)`: the choices come from the `Literal` type, the default from the dataclass, so neither is typed
-twice. The comment is read from the class's source once per class (`field_docs`); a field made by a shared
-helper may carry its text in `metadata["help"]` instead (fair/dtype.py's `dtype_field`).
+twice. The comment is read from the class's source once per class (`field_docs`). A field that many configs
+share, made by one helper, carries its text in `metadata["help"]`, which is shown instead, the same in every
+command (fair/dtype.py's `dtype_field`).
 """
 
 from __future__ import annotations
@@ -168,7 +169,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, positional:
             parser.add_argument(*names, nargs="+", type=item[0], **common)
         else:
             parser.add_argument(*names, type=kind, **common)  # choices checked by the class: one message
-    example = next((f for f in dataclasses.fields(cls) if field_default(f) not in (None, MISSING)), None)
+    example = next((f for f in dataclasses.fields(cls)
+                    if field_default(f) not in (None, MISSING) and not isinstance(field_default(f), tuple)), None)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="more settings, as in the YAML" + (
         f", e.g. {example.name}={format_value(field_default(example))}".replace("%", "%%") if example else ""))
     parser.set_defaults(settings=cls)
@@ -176,7 +178,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, positional:
 
 def option_help(cls: type, field: dataclasses.Field) -> str:
     """One line: what the field is (the comment beside it, `field_docs`), its choices, its default."""
-    text = field_docs(cls).get(field.name) or field.metadata.get("help", "")  # tests/test_help.py: never empty
+    # a shared field's own text first: one help for every config that has it (fair/dtype.py's `dtype_field`)
+    text = field.metadata.get("help") or field_docs(cls).get(field.name, "")  # tests/test_help.py: never empty
     notes = []
     if choices := _choices(_hints(cls)[field.name]):
         notes.append("choices: " + ", ".join(format_value(c) for c in choices))
@@ -199,7 +202,7 @@ def format_value(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, list | tuple):
-        return " ".join(format_value(v) for v in value)
+        return " ".join(format_value(v) for v in value) or "[]"
     return '""' if value == "" else str(value)
 
 

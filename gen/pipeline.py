@@ -30,18 +30,18 @@ OFFLINE = "offline"
 
 @dataclass
 class GenConfig(Validated):
-    task: str = "svamp"
-    student: str = DEFAULT_STUDENT
+    task: str = "svamp"  # the benchmark (`fair tasks` lists them)
+    student: str = DEFAULT_STUDENT  # the model to mine: bundled SmolLM2, a local directory or a hub id
     teachers: str = "default"  # a committee in configs/teachers/ or a YAML path; "offline" starts the simulator
     limit: int | None = None  # first N train examples to mine (and so at most N mistakes)
-    engine: EngineName = "auto"
+    engine: EngineName = "auto"  # the student's while mining: auto = vLLM on a GPU where installed, else transformers
     batch_size: int = 32  # transformers engine: prompts per forward batch while mining (vLLM batches on its own)
     max_new_tokens: int = 512  # the student's answer length while mining
     dtype: Dtype = dtype_field()  # the student's while mining (fair/dtype.py)
-    prompts: Literal["fair", "paper"] = "fair"
-    threshold: float = 3.0
-    window: int = 64
-    data_dir: str | None = None
+    prompts: Literal["fair", "paper"] = "fair"  # the committee's prompts: ours, or the paper's for parity
+    threshold: float = 3.0  # a rationale is accepted when its mean valid review score is above this
+    window: int = 64  # mistakes in flight at once in the committee; bounds memory and what a kill can repeat
+    data_dir: str | None = None  # local data in shared/data layout; default $FAIR_DATA_DIR or ../shared/data
     export_paper: bool = True  # write the paper's feedback and rationale files at the end
     offline_latency_ms: tuple[int, int] = (50, 500)  # the simulator's reply latency range
     batch_api: bool = False  # the committee's feedback and rationales through OpenAI's Batch API (gen/teachers/batch.py)
