@@ -64,6 +64,21 @@ def test_typed_flags():
         parse(MineConfig, "nonsense")
 
 
+def test_required_settings_and_positional_arguments(tmp_path):
+    """`fair grade --task T FILE`: FILE is a field too, so a YAML may give it; a missing one is named."""
+    from eval.regrade import GradeConfig
+    from fair.config import config_parser
+
+    def grade(*argv):
+        return build_config(GradeConfig, config_parser(GradeConfig, "g", None, ("file",)).parse_args(list(argv)))
+
+    assert grade("--task", "svamp", "p.jsonl", "json=true") == GradeConfig(task="svamp", file="p.jsonl", json=True)
+    (tmp_path / "g.yaml").write_text("task: gsm8k\nfile: q.jsonl\n")
+    assert grade("--config", str(tmp_path / "g.yaml"), "r.jsonl").file == "r.jsonl"
+    with pytest.raises(FairError, match=r"command line: missing setting\(s\) file \(no default\)"):
+        grade("--task", "svamp")
+
+
 @pytest.mark.parametrize("name", config_files("teachers"))
 def test_teacher_committees_load(name):
     teachers = load_committee(Path(name).stem)
