@@ -164,6 +164,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, positional:
             common["nargs"] = "?"  # may come from the YAML instead; make_config names it when missing
         if kind is bool:
             parser.add_argument(*names, action=argparse.BooleanOptionalAction, **common)
+        elif kind is dict:  # a mapping on the command line in YAML's flow style: --x '{a: 1, b: 2}'
+            parser.add_argument(*names, type=yaml.safe_load, metavar="YAML", **common)
         elif kind in (list, tuple):
             item = typing.get_args(_hints(cls)[field.name])[:1] or (str,)
             parser.add_argument(*names, nargs="+", type=item[0], **common)

@@ -79,6 +79,13 @@ def test_required_settings_and_positional_arguments(tmp_path):
         grade("--task", "svamp")
 
 
+def test_a_mapping_flag_is_yaml_flow_style():
+    teacher = parse(Teacher, "--name", "t", "--provider", "openai", "--model", "m", "--extra-headers", "{X-A: b}")
+    assert teacher.extra_headers == {"X-A": "b"}
+    with pytest.raises(FairError, match="extra_headers must be dict, got 'plain'"):
+        parse(Teacher, "name=t", "provider=openai", "model=m", "--extra-headers", "plain")
+
+
 @pytest.mark.parametrize("name", config_files("teachers"))
 def test_teacher_committees_load(name):
     teachers = load_committee(Path(name).stem)
