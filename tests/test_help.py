@@ -101,7 +101,7 @@ def test_a_field_comment_becomes_the_help_and_percent_signs_survive_argparse(cap
         rate: float = 0.5  # the share sent, in % of the requests
         mode: typing.Literal["a", "b"] = "a"  # how:
         # a section header, between fields: nobody's help
-        count: int | None = None  # how many; None for all
+        count: int | None = None  # how many; None for all  # noqa: E501
         name: str = dataclasses.field(default="x", metadata={"help": "a shared field's own text"})
 
     assert field_docs(Example) == {"rate": "the share sent, in % of the requests", "mode": "how:",
