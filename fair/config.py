@@ -235,7 +235,7 @@ def _comments_of_fields(klass: type) -> dict[str, str]:
     comments: dict[int, str] = {}
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
         if token.type == tokenize.COMMENT:
-            # a linter's pragma (`# noqa: E501`) is for the linter, not the reader
+            # a linter's pragma (noqa, type:, pragma) after the text is for the linter, not the reader
             comments[token.start[0]] = re.sub(r"#\s*(noqa|type:|pragma)\b.*", "", token.string.lstrip("#")).strip()
     body = ast.parse(source).body[0]
     assert isinstance(body, ast.ClassDef)
