@@ -103,7 +103,7 @@ def test_a_batch_whose_run_breaks_ends_failed_instead_of_in_progress_forever(mon
     with OfflineServer(port=0, batch_delay_s=0) as server, httpx.Client(base_url=server.url, timeout=5) as client:
         def broken(*args, **kwargs):
             raise RuntimeError("a bug in the simulator")
-        monkeypatch.setattr(server, "compose", broken)
+        monkeypatch.setattr(server, "write", broken)
         batch = finished(client, submit(client, line("a"))["id"])
         assert batch["status"] == "failed"
         assert "internal error" in batch["errors"]["data"][0]["message"]
