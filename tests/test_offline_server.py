@@ -114,7 +114,7 @@ def test_offline_committee_config(server, answer):
     from gen.teachers.config import load_committee
 
     teachers = load_committee("offline")
-    assert {t.provider for t in teachers} == {"openai", "gemini"} and not any(t.api_key_env for t in teachers)
+    assert {t.provider for t in teachers} == {"openai", "gemini", "anthropic"} and not any(t.api_key_env for t in teachers)
     assert {t.model for t in teachers} <= set(server.personas)
     # `load_committee(..., base_url_override)` gives every teacher one base URL: Gemini routes work under any prefix
     messages = PROMPT_SETS["fair"].rationale(get_task("svamp"), answer)
