@@ -111,10 +111,10 @@ class OfflineServer:
                  socket_timeout_s: float = 60):
         self.fault_rates = dict(zip(FAULTS, (p_5xx, p_hang, p_malformed, p_empty), strict=True))
         self.outcome_rates = dict(zip(OUTCOMES, (p_refusal, p_thinking, p_truncate), strict=True))
-        for names, rates in (("p_5xx, p_hang, p_malformed, p_empty", self.fault_rates),
-                             ("p_refusal, p_thinking, p_truncate", self.outcome_rates)):
+        for kind, rates in (("fault", self.fault_rates), ("reply", self.outcome_rates)):
             if not all(0 <= p <= 1 for p in rates.values()) or sum(rates.values()) > 1:
-                raise FairError(f"the rates {names} must each be in 0..1, and together at most 1")
+                raise FairError(f"the {kind} rates {', '.join(f'p_{n}' for n in rates)} must each be in 0..1, "
+                                "and together at most 1")
         if rpm < 1 or tpm < 1 or hang_s < 0 or batch_delay_s < 0 or not 0 <= latency_ms[0] <= latency_ms[1]:
             raise FairError("rpm and tpm must be >= 1, hang_s and batch_delay_s >= 0, and latency_ms MIN MAX "
                             "with 0 <= MIN <= MAX")
