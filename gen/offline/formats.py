@@ -122,13 +122,13 @@ def anthropic_chat(body: dict) -> Chat:
     """Anthropic's system (a string or text blocks) and messages; a block with cache_control ends a cached
     prefix."""
     system = body.get("system") or []
-    blocks = [{"type": "text", "text": system}] if isinstance(system, str) else list(system)
+    blocks = [{"type": "text", "text": system}, None] if isinstance(system, str) else [*system, None]
     if not isinstance(body["messages"], list) or not body["messages"] or not isinstance(body["model"], str):
         raise ValueError("messages")
     for m in body["messages"]:
         content = m["content"]
         blocks += [{"type": "text", "text": content}] if isinstance(content, str) else content
-        blocks.append(None)  # a message ends: the next one starts after a blank line
+        blocks.append(None)  # a message (or the system prompt) ends: the next one starts after a blank line
     text, breakpoints, joined = "", [], False
     for block in blocks:
         if block is None:
