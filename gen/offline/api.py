@@ -133,6 +133,8 @@ class PromptCache:
     def use(self, scope: str, text: str, ends: list[int]) -> tuple[int, int]:
         """(tokens read from the cache, tokens of the longest offered prefix that was not there before)."""
         ends = [e for e in ends if prefix_tokens(e) >= self.min_tokens and e <= len(text)]
+        if not ends:
+            return 0, 0
         digests = [hashlib.sha256(f"{scope}\0{text[:e]}".encode()).digest() for e in ends]
         with self.lock:
             hits = [e for e, d in zip(ends, digests, strict=True) if d in self.seen]

@@ -246,7 +246,8 @@ class OfflineServer:
             status = self.error_status(fmt, chat.model, body_sha, attempt) if live else 500
             return self.refuse(fmt, status, "The server had an error while processing your request (simulated).",
                                log | {"fault": fault}, kind="server_error")
-        latency = draw(self.seed, chat.model, body_sha).uniform(*self.latency_ms) / 1000
+        # The body's first draw (write draws after it); a draw costs about 10 us, so none is taken without latency.
+        latency = draw(self.seed, chat.model, body_sha).uniform(*self.latency_ms) / 1000 if self.latency_ms[1] else 0.0
         pause = (latency + (self.hang_s if fault == "hang" else 0.0)) if live else 0.0
         return Ticket(fmt, chat, persona, key, body_sha, log, headers, event, fault, pause)
 
@@ -312,6 +313,8 @@ class OfflineServer:
         return pick(draw(self.seed, "fault", model, body_sha, attempt).random(), self.fault_rates)
 
     def outcome(self, model: str, body_sha: str) -> str | None:
+        if not any(self.outcome_rates.values()):
+            return None
         return pick(draw(self.seed, "outcome", model, body_sha).random(), self.outcome_rates)
 
 
