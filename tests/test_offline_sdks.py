@@ -182,6 +182,11 @@ def test_gemini_reply_stream_and_cached_prefix(server):
     again = client.models.generate_content(model="sim-sloppy", contents="What is 3 + 3?",
                                            config=types.GenerateContentConfig(system_instruction=SYSTEM))
     assert 128 <= again.usage_metadata.cached_content_token_count <= again.usage_metadata.prompt_token_count
+    thinking = client.models.generate_content(model="sim-sloppy", contents=QUESTION, config=types.GenerateContentConfig(
+        max_output_tokens=MAX_TOKENS + 200, thinking_config=types.ThinkingConfig(thinking_budget=200)))
+    usage = thinking.usage_metadata
+    assert 50 <= usage.thoughts_token_count <= 100 and "The answer is" in thinking.text  # thoughts, then the answer
+    assert usage.total_token_count == usage.prompt_token_count + usage.candidates_token_count + usage.thoughts_token_count
     chunks = list(client.models.generate_content_stream(model="sim-sloppy", contents=QUESTION))
     assert len(chunks) > 1 and "The answer is" in "".join(c.text for c in chunks)
     assert chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP

@@ -58,6 +58,7 @@ class Chat:
     stream: bool = False
     include_usage: bool = False  # OpenAI stream_options.include_usage: a last chunk with the usage
     breakpoints: tuple[int, ...] | None = None  # Anthropic cache_control: where cached prefixes end; None: automatic
+    thinking_budget: int = 0  # Gemini thinkingConfig.thinkingBudget (-1: the model decides); 0: no thoughts
 
 
 @dataclass(frozen=True)
@@ -108,14 +109,23 @@ def openai_chat(body: dict) -> Chat:
                 stream, usage)
 
 
+def proto(message: dict, name: str) -> Any:
+    """A Gemini field by its JSON name (maxOutputTokens) or, as the API also accepts and google-genai sends some,
+    its proto name (max_output_tokens)."""
+    value = message.get(name)
+    return value if value is not None else message.get(re.sub(r"([A-Z])", lambda m: "_" + m[1].lower(), name))
+
+
 def gemini_chat(body: dict, model: str, stream: bool) -> Chat:
-    parts = [p["text"] for p in (body.get("systemInstruction") or {}).get("parts", [])]
+    parts = [p["text"] for p in (proto(body, "systemInstruction") or {}).get("parts", [])]
     for content in body["contents"]:
         parts += [p["text"] for p in content["parts"]]
     if not parts or not all(isinstance(p, str) for p in parts):
         raise ValueError("contents")
-    config = body.get("generationConfig") or {}
-    return Chat(model, "\n\n".join(parts), int(config.get("maxOutputTokens") or 8192), stream)
+    config = proto(body, "generationConfig") or {}
+    budget = int(proto(proto(config, "thinkingConfig") or {}, "thinkingBudget") or 0)
+    return Chat(model, "\n\n".join(parts), int(proto(config, "maxOutputTokens") or 8192), stream,
+                thinking_budget=budget)
 
 
 def anthropic_chat(body: dict) -> Chat:

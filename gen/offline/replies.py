@@ -8,6 +8,9 @@ of OUTCOMES for the body, what a real API sends instead, billed as it bills it:
     thinking  the whole budget went on thoughts: no text, finishReason MAX_TOKENS / finish_reason length /
               stop_reason max_tokens, and max_tokens billed as thinking (Gemini thoughtsTokenCount)
     truncate  a reply that runs on to max_tokens and is cut there (max_tokens billed)
+
+A Gemini request with a thinkingConfig.thinkingBudget thinks first (`thoughts`, drawn per body): thoughtsTokenCount,
+billed as output, and the answer gets what is left of maxOutputTokens.
 """
 
 from __future__ import annotations
@@ -32,10 +35,17 @@ QUOTA: dict[Format, tuple[int, str, str]] = {
 RAMBLE = "\nLet me double-check this once more before I give the final answer."
 
 
+def thoughts(chat: Chat, rng: random.Random) -> int:
+    """Tokens a Gemini request with a thinking budget thinks before it answers: a quarter to a half of the budget
+    (of half of max_tokens when the model decides), always leaving room for some answer."""
+    budget = chat.max_tokens // 2 if chat.thinking_budget < 0 else chat.thinking_budget
+    return min(rng.randint(budget // 4, budget // 2), max(0, chat.max_tokens - 8)) if budget > 0 else 0
+
+
 def compose(index: QuestionIndex, fmt: Format, chat: Chat, persona: Persona, outcome: str | None,
-            rng: random.Random) -> tuple[str, Finish, int, Kind]:
-    """(text, finish, thinking tokens, kind of request): the persona's reply to the prompt, cut at max_tokens,
-    or the drawn outcome's."""
+            rng: random.Random, thought: int = 0) -> tuple[str, Finish, int, Kind]:
+    """(text, finish, thinking tokens, kind of request): the persona's reply to the prompt after `thought`
+    thinking tokens, cut where they and it reach max_tokens, or the drawn outcome's."""
     entry = index.find(chat.text)
     kind = classify(chat.text, entry)
     reply = write_reply(kind, entry, persona, chat.text, rng)
@@ -47,8 +57,9 @@ def compose(index: QuestionIndex, fmt: Format, chat: Chat, persona: Persona, out
         if fmt == "anthropic":  # a streaming classifier stops the reply part of the way through
             return reply[: rng.randint(0, len(reply) // 2)], "refusal", 0, kind
         return "", rng.choice(("refusal", "blocked")), 0, kind
+    room = chat.max_tokens - thought
     if outcome == "truncate":
-        reply += RAMBLE * (chat.max_tokens * 4 // len(RAMBLE) + 1)
-    if tokens(reply) > chat.max_tokens:
-        return reply[: max(4, (chat.max_tokens - 1) * 4)], "length", 0, kind  # tokens(reply) <= max_tokens
-    return reply, "stop", 0, kind
+        reply += RAMBLE * (room * 4 // len(RAMBLE) + 1)
+    if tokens(reply) > room:
+        return reply[: max(4, (room - 1) * 4)], "length", thought, kind  # tokens(reply) <= room
+    return reply, "stop", thought, kind

@@ -58,7 +58,7 @@ from gen.offline.formats import (
     read_chat,
 )
 from gen.offline.personas import Persona, QuestionIndex, merge_personas
-from gen.offline.replies import OUTCOMES, QUOTA, compose
+from gen.offline.replies import OUTCOMES, QUOTA, compose, thoughts
 from gen.offline.stream import events
 
 FAULTS = ("5xx", "hang", "malformed", "empty")
@@ -257,13 +257,16 @@ class OfflineServer:
         rng = draw(self.seed, t.chat.model, t.body_sha)
         rng.random()  # the latency's draw (admit): the reply's draws come after it, on the live path and in a batch
         outcome = self.outcome(t.chat.model, t.body_sha)
-        text, finish, thoughts, kind = compose(self.index, t.fmt, t.chat, t.persona, outcome, rng)
+        thought = 0
+        if t.chat.thinking_budget and not outcome:
+            thought = thoughts(t.chat, draw(self.seed, "thoughts", t.chat.model, t.body_sha))
+        text, finish, thoughts_tokens, kind = compose(self.index, t.fmt, t.chat, t.persona, outcome, rng, thought)
         if t.fault == "empty":
-            text, finish, thoughts = "", "stop", 0
+            text, finish, thoughts_tokens = "", "stop", 0
         read, written = self.cache.use(f"{t.key}|{t.chat.model}", t.chat.text, list(
             t.chat.breakpoints if t.chat.breakpoints is not None else self.cache.automatic(t.chat.text)))
         answer = Answer(t.body_sha[:24], t.chat.model, text, finish, tokens(t.chat.text),
-                        (tokens(text) if text else 0) + thoughts, thoughts, read,
+                        (tokens(text) if text else 0) + thoughts_tokens, thoughts_tokens, read,
                         written if t.chat.breakpoints is not None else 0)
         if t.event is not None:
             self.limiter.settle(t.key, t.chat.model, t.event, answer.completion_tokens)
