@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import orjson
@@ -57,6 +58,14 @@ BAD_REQUESTS = [
     ("POST", CHAT, {"model": "sim-careful", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "x"}),
     ("POST", "/v1beta/models/sim-careful:generateContent", {"contents": [{"parts": [{"text": ["x"]}]}]}),
     ("POST", "/v1beta/models/sim-careful:generateContent", {"contents": "x"}),
+    ("POST", "/v1beta/models/sim-careful:streamGenerateContent", {"contents": [{"parts": [{"text": "x"}]}]}),
+    ("POST", "/v1beta/models/sim-careful:countTokens", {"contents": [{"parts": [{"text": "x"}]}]}),
+    ("POST", "/v1/messages", {"model": "sim-careful", "messages": [{"role": "user", "content": "hi"}]}),
+    ("POST", "/v1/messages", {"model": "sim-careful", "max_tokens": 9, "messages": [{"role": "user",
+                                                                                     "content": [{"type": "image"}]}]}),
+    ("POST", "/v1/messages", {"model": "sim-careful", "max_tokens": 9, "system": 5,
+                              "messages": [{"role": "user", "content": "hi"}]}),
+    ("POST", "/v1/messages", {"model": "sim-careful", "max_tokens": 9, "messages": []}),
 ]
 
 
@@ -146,3 +155,27 @@ def test_store_and_timeout_settings_are_validated():
         OfflineServer(port=0, batch_store_mb=0)
     with pytest.raises(FairError, match="socket_timeout_s"):
         OfflineServer(port=0, socket_timeout_s=0)
+
+
+def test_a_malformed_stream_is_cut_off_mid_json():
+    body = {"model": "sim-careful", "messages": [{"role": "user", "content": "What is 2 + 2?"}], "stream": True}
+    with OfflineServer(port=0, p_malformed=1) as server:
+        for path in (CHAT, "/v1/messages"):
+            events = httpx.post(server.url + path, json=body | {"max_tokens": 64}, timeout=5).text.split("\n\n")
+            with pytest.raises(ValueError):
+                orjson.loads(events[-2].partition("data: ")[2])
+            assert "[DONE]" not in events and "message_stop" not in "".join(events)
+        assert server.counters["fault_malformed"] == 2
+
+
+def test_stopping_wakes_a_request_in_a_hang():
+    with OfflineServer(port=0, p_hang=1, hang_s=60) as server, httpx.Client(base_url=server.url, timeout=30) as c:
+        pool = ThreadPoolExecutor(1)
+        hung = pool.submit(c.post, "/v1/messages", json={"model": "sim-careful", "max_tokens": 9,
+                                                         "messages": [{"role": "user", "content": "hi"}]})
+        deadline = time.monotonic() + 10
+        while not server.attempts and time.monotonic() < deadline:  # the request is in (and hangs)
+            time.sleep(0.01)
+        started = time.monotonic()
+        server.stop()
+        assert hung.result().status_code == 503 and time.monotonic() - started < 10  # well short of hang_s

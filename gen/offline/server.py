@@ -273,10 +273,10 @@ class OfflineServer:
         self.log({"status": 200, **t.log, "kind": kind, "prompt_tokens": answer.prompt_tokens,
                   "completion_tokens": answer.completion_tokens, **({"cached_tokens": read} if read else {}),
                   **({"fault": t.fault} if t.fault else {}), **({"outcome": outcome} if outcome else {})})
-        if t.fault == "malformed":
-            return Reply(200, MALFORMED, t.headers, t.fault, outcome,
-                         [MALFORMED] if t.chat.stream else None)
         stream = events(t.fmt, answer, t.chat.include_usage) if t.chat.stream else None
+        if t.fault == "malformed":  # cut off mid-JSON: a stream after half its events, with no end
+            stream = stream[: len(stream) // 2] + [b"data: " + MALFORMED + b"\n\n"] if stream else None
+            return Reply(200, MALFORMED, t.headers, t.fault, outcome, stream)
         return Reply(200, body(t.fmt, answer), t.headers, t.fault, outcome, stream)
 
     def refuse(self, fmt: Format, status: int, message: str, log: dict[str, Any],
