@@ -30,6 +30,7 @@ from gen.offline.api import bearer
 from gen.offline.batch import batch_routes
 from gen.offline.formats import INTERNAL, Format
 from gen.offline.http import ApiError, json_response, read_body
+from gen.offline.server import Ticket  # server.py imports this module only once it starts a listener
 
 if TYPE_CHECKING:
     from gen.offline.server import OfflineServer, Reply
@@ -109,8 +110,6 @@ class Routes:
 
     async def chat(self, request: Request, fmt: Format, key: str, gemini_model: str | None = None,
                    gemini_stream: bool = False) -> Response:
-        from gen.offline.server import Ticket
-
         try:
             raw = await read_body(request, MAX_BODY)
         except ApiError as e:
