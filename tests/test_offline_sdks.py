@@ -217,3 +217,53 @@ def test_gemini_failure_shapes(failing):
     with failing(quota_after=0) as s, pytest.raises(genai.errors.ClientError) as quota:
         generate(client := gemini(s))
     assert quota.value.code == 429 and quota.value.status == "RESOURCE_EXHAUSTED"
+
+
+# --- every shape, against the SDKs' own types ----------------------------------------------------------------
+
+def unknown_fields(model, path: str = "") -> list[str]:
+    """Fields the SDK's type does not know (it keeps them as extras), anywhere in a parsed reply."""
+    import pydantic
+
+    if isinstance(model, list):
+        return [f for i, m in enumerate(model) for f in unknown_fields(m, f"{path}[{i}]")]
+    if not isinstance(model, pydantic.BaseModel):
+        return []
+    own = [f"{path}.{k}" for k in model.model_extra or {}]
+    return own + [f for name in type(model).model_fields for f in unknown_fields(getattr(model, name), f"{path}.{name}")]
+
+
+def sse_data(text: str) -> list[bytes]:
+    blocks = [b for b in text.split("\n\n") if b.strip() and '"type":"ping"' not in b and "[DONE]" not in b]
+    return [b.split("data: ", 1)[1].encode() for b in blocks]
+
+
+@pytest.mark.parametrize("settings", [{}, {"p_refusal": 1}, {"p_thinking": 1}, {"p_truncate": 1}],
+                         ids=["reply", "refusal", "thinking", "truncate"])
+def test_every_body_and_event_is_of_the_sdk_types(failing, settings):
+    import httpx
+    import pydantic
+    from anthropic.types import Message, RawMessageStreamEvent
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    chat = {"model": "sim-careful", "max_tokens": 50, "messages": [{"role": "user", "content": QUESTION}]}
+    gemini_body = {"contents": [{"role": "user", "parts": [{"text": QUESTION}]}],
+                   "generationConfig": {"maxOutputTokens": 50}}
+    parsed = []
+    with failing(**settings) as s, httpx.Client(base_url=s.url, timeout=10) as http:
+        for i in range(4):  # Gemini draws its refusal's shape: SAFETY or a blocked prompt
+            body = chat | {"messages": [{"role": "user", "content": f"{QUESTION} ({i})"}]}
+            parsed.append(ChatCompletion.model_validate(http.post("/v1/chat/completions", json=body).json()))
+            parsed.append(Message.model_validate(http.post("/v1/messages", json=body).json()))
+            stream = body | {"stream": True, "stream_options": {"include_usage": True}}
+            r = http.post("/v1/chat/completions", json=stream)
+            parsed += [ChatCompletionChunk.model_validate_json(d) for d in sse_data(r.text)]
+            events = pydantic.TypeAdapter(RawMessageStreamEvent)
+            parsed += [events.validate_json(d) for d in sse_data(http.post("/v1/messages", json=body | {
+                "stream": True}).text)]
+            g = gemini_body | {"contents": [{"role": "user", "parts": [{"text": f"{QUESTION} ({i})"}]}]}
+            parsed.append(types.GenerateContentResponse.model_validate(
+                http.post("/v1beta/models/sim-careful:generateContent", json=g).json()))
+            r = http.post("/v1beta/models/sim-careful:streamGenerateContent", params={"alt": "sse"}, json=g)
+            parsed += [types.GenerateContentResponse.model_validate_json(d) for d in sse_data(r.text)]
+    assert len(parsed) > 30 and unknown_fields(parsed) == []
