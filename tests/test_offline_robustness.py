@@ -179,3 +179,21 @@ def test_stopping_wakes_a_request_in_a_hang():
         started = time.monotonic()
         server.stop()
         assert hung.result().status_code == 503 and time.monotonic() - started < 10  # well short of hang_s
+
+
+def test_a_client_that_stops_reading_a_reply_is_disconnected_after_the_socket_timeout():
+    blob = line("x", {"model": "sim-careful", "messages": [{"role": "user", "content": "x" * 16_000_000}]})
+    with OfflineServer(port=0, socket_timeout_s=0.3) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            file_id = upload(client, blob).json()["id"]
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(f"GET /v1/files/{file_id}/content HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            time.sleep(1.5)  # reads nothing for five timeouts: the server gives up on the reply
+            received = 0
+            try:
+                while chunk := sock.recv(1 << 16):
+                    received += len(chunk)
+            except ConnectionResetError:
+                pass
+        assert received < len(blob)  # what the kernel had buffered (a few MB), not the whole file
+        assert httpx.get(f"{server.url}/health").json() == {"ok": True}

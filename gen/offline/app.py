@@ -4,8 +4,9 @@ The routes read the request (body, key, format) and hand it to the simulator's o
 (OfflineServer.admit, then .write after the latency or hang, which waits here without holding a thread); the
 Batch API's routes are in gen/offline/batch.py. uvicorn runs with uvloop and httptools where installed, no
 access log and no logging setup of its own (the simulator often runs inside another program's process).
-A connection is closed when it sends nothing for socket_timeout_s while a request or its body is awaited
-(`Patient`), and after socket_timeout_s idle between requests (uvicorn's keep-alive timeout).
+A connection is closed when it sends nothing for socket_timeout_s while a request or its body is awaited, or
+reads nothing of a reply for as long (`Patient`), and after socket_timeout_s idle between requests (uvicorn's
+keep-alive timeout).
 """
 
 from __future__ import annotations
@@ -156,7 +157,8 @@ async def each(events: list[bytes]) -> AsyncIterator[bytes]:
 
 def protocol(timeout_s: float) -> type:
     """uvicorn's HTTP protocol (httptools where installed) that closes a connection which sends nothing for
-    timeout_s while a request or its body is awaited; once the request is whole, the reply may take its time."""
+    timeout_s while a request or its body is awaited, or reads nothing of its reply for timeout_s; once the
+    request is whole, the reply may take its time (a latency, a hang)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
     except ImportError:
@@ -164,6 +166,7 @@ def protocol(timeout_s: float) -> type:
 
     class Patient(Base):  # type: ignore[misc, valid-type]
         idle: asyncio.TimerHandle | None = None
+        stalled: asyncio.TimerHandle | None = None  # the client stopped reading the reply
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -174,9 +177,20 @@ def protocol(timeout_s: float) -> type:
             self.watch()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            if self.idle is not None:
-                self.idle.cancel()
+            for timer in (self.idle, self.stalled):
+                if timer is not None:
+                    timer.cancel()
             super().connection_lost(exc)
+
+        def pause_writing(self) -> None:  # the send buffer is full: the client has timeout_s to read again
+            super().pause_writing()
+            self.stalled = self.loop.call_later(timeout_s, self.transport.abort)  # close() would flush first
+
+        def resume_writing(self) -> None:
+            if self.stalled is not None:
+                self.stalled.cancel()
+                self.stalled = None
+            super().resume_writing()
 
         def watch(self) -> None:
             if self.idle is not None:
