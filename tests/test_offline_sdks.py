@@ -133,6 +133,9 @@ def test_anthropic_reply_stream_and_prompt_cache(server):
     assert final.usage.output_tokens == len(text) // 4 + 1
     no_marker = message(client, question="What is 3 + 3?")  # without cache_control, Anthropic caches nothing
     assert no_marker.usage.cache_read_input_tokens == no_marker.usage.cache_creation_input_tokens == 0
+    top = client.messages.create(model="sim-harsh", max_tokens=MAX_TOKENS, system=SYSTEM, cache_control={
+        "type": "ephemeral"}, messages=[{"role": "user", "content": "What is 5 + 5?"}])  # a marker on the last block
+    assert top.usage.cache_read_input_tokens == written and top.usage.cache_creation_input_tokens > 0
     raw = client.messages.with_raw_response.create(model="sim-harsh", max_tokens=10, messages=[
         {"role": "user", "content": "hi"}])
     assert int(raw.headers["anthropic-ratelimit-requests-remaining"]) < int(

@@ -116,9 +116,10 @@ class Limiter:
 
 class PromptCache:
     """Prompt prefixes each (key, model) sent, by sha256: what a later prompt can read from the cache.
-    A prompt offers its cacheable prefixes (character offsets where a prefix ends: every `block` tokens past
-    `min_tokens` for the automatic caches, the cache_control breakpoints for Anthropic's); the longest one sent
-    before is read, and the offered ones are remembered."""
+    A prompt names the prefixes it writes (character offsets where they end: every block_tokens from
+    min_tokens on for the automatic caches, the cache_control breakpoints for Anthropic's) and those it may read
+    (the same, or for Anthropic also the block boundaries up to 20 blocks before a breakpoint); the longest
+    prefix read that was written before is a hit."""
 
     def __init__(self, min_tokens: int, block_tokens: int):
         self.min_tokens, self.block_tokens = min_tokens, block_tokens
@@ -126,25 +127,27 @@ class PromptCache:
         self.lock = threading.Lock()
 
     def automatic(self, text: str) -> list[int]:
-        """The automatic caches' prefix ends: min_tokens, then every block_tokens, within the prompt."""
-        step, first = self.block_tokens * 4, self.min_tokens * 4
-        return list(range(first, len(text) + 1, step)) if first >= 4 else []
+        """The automatic caches' prefix ends: min_tokens (at least one block), then every block_tokens."""
+        step = self.block_tokens * 4
+        return list(range(max(self.min_tokens * 4, step), len(text) + 1, step))
 
-    def use(self, scope: str, text: str, ends: list[int]) -> tuple[int, int]:
-        """(tokens read from the cache, tokens of the longest offered prefix that was not there before)."""
-        ends = [e for e in ends if prefix_tokens(e) >= self.min_tokens and e <= len(text)]
-        if not ends:
+    def use(self, scope: str, text: str, writes: list[int], reads: list[int] | None = None) -> tuple[int, int]:
+        """(tokens read from the cache, tokens of the longest prefix written that was not there before)."""
+        writes, reads = self.cacheable(writes, text), self.cacheable(writes if reads is None else reads, text)
+        if not writes and not reads:
             return 0, 0
-        digests = [hashlib.sha256(f"{scope}\0{text[:e]}".encode()).digest() for e in ends]
+        digest = {e: hashlib.sha256(f"{scope}\0{text[:e]}".encode()).digest() for e in {*writes, *reads}}
         with self.lock:
-            hits = [e for e, d in zip(ends, digests, strict=True) if d in self.seen]
-            for d in digests:
-                self.seen[d] = self.seen.pop(d, None)
+            hits = [e for e in reads if digest[e] in self.seen]
+            for e in writes:
+                self.seen[digest[e]] = self.seen.pop(digest[e], None)
             while len(self.seen) > MAX_TRACKED:
                 del self.seen[next(iter(self.seen))]
         read = prefix_tokens(max(hits)) if hits else 0
-        longest = prefix_tokens(max(ends)) if ends else 0
-        return read, max(0, longest - read)
+        return read, max(0, prefix_tokens(max(writes)) - read) if writes else 0
+
+    def cacheable(self, ends: list[int], text: str) -> list[int]:
+        return [e for e in ends if prefix_tokens(e) >= self.min_tokens and 0 < e <= len(text)]
 
 
 def bearer(header: str) -> str:

@@ -58,6 +58,7 @@ class Chat:
     stream: bool = False
     include_usage: bool = False  # OpenAI stream_options.include_usage: a last chunk with the usage
     breakpoints: tuple[int, ...] | None = None  # Anthropic cache_control: where cached prefixes end; None: automatic
+    boundaries: tuple[int, ...] = ()  # Anthropic: where each block ends (a cache lookup may stop at any of them)
     thinking_budget: int = 0  # Gemini thinkingConfig.thinkingBudget (-1: the model decides); 0: no thoughts
 
 
@@ -130,7 +131,7 @@ def gemini_chat(body: dict, model: str, stream: bool) -> Chat:
 
 def anthropic_chat(body: dict) -> Chat:
     """Anthropic's system (a string or text blocks) and messages; a block with cache_control ends a cached
-    prefix."""
+    prefix, and a top-level cache_control marks the last block."""
     system = body.get("system") or []
     blocks = [{"type": "text", "text": system}, None] if isinstance(system, str) else [*system, None]
     if not isinstance(body["messages"], list) or not body["messages"] or not isinstance(body["model"], str):
@@ -139,7 +140,7 @@ def anthropic_chat(body: dict) -> Chat:
         content = m["content"]
         blocks += [{"type": "text", "text": content}] if isinstance(content, str) else content
         blocks.append(None)  # a message (or the system prompt) ends: the next one starts after a blank line
-    text, breakpoints, joined = "", [], False
+    text, breakpoints, boundaries, joined = "", [], [], False
     for block in blocks:
         if block is None:
             joined = False
@@ -148,9 +149,13 @@ def anthropic_chat(body: dict) -> Chat:
             raise ValueError("text")
         text += ("" if joined or not text else "\n\n") + block["text"]
         joined = True
+        boundaries.append(len(text))
         if block.get("cache_control"):
             breakpoints.append(len(text))
-    return Chat(body["model"], text, int(body["max_tokens"]), body.get("stream") is True, False, tuple(breakpoints))
+    if body.get("cache_control"):  # top-level: a marker on the last block
+        breakpoints.append(len(text))
+    return Chat(body["model"], text, int(body["max_tokens"]), body.get("stream") is True, False, tuple(breakpoints),
+                tuple(boundaries))
 
 
 # --- replies -----------------------------------------------------------------------------------------------

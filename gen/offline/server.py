@@ -263,11 +263,10 @@ class OfflineServer:
         text, finish, thoughts_tokens, kind = compose(self.index, t.fmt, t.chat, t.persona, outcome, rng, thought)
         if t.fault == "empty":
             text, finish, thoughts_tokens = "", "stop", 0
-        read, written = self.cache.use(f"{t.key}|{t.chat.model}", t.chat.text, list(
-            t.chat.breakpoints if t.chat.breakpoints is not None else self.cache.automatic(t.chat.text)))
+        read, written = self.prompt_cache(t)
         answer = Answer(t.body_sha[:24], t.chat.model, text, finish, tokens(t.chat.text),
                         (tokens(text) if text else 0) + thoughts_tokens, thoughts_tokens, read,
-                        written if t.chat.breakpoints is not None else 0)
+                        written if t.chat.breakpoints is not None else 0)  # only Anthropic bills cache writes
         if t.event is not None:
             self.limiter.settle(t.key, t.chat.model, t.event, answer.completion_tokens)
         self.log({"status": 200, **t.log, "kind": kind, "prompt_tokens": answer.prompt_tokens,
@@ -278,6 +277,16 @@ class OfflineServer:
             stream = stream[: len(stream) // 2] + [b"data: " + MALFORMED + b"\n\n"] if stream else None
             return Reply(200, MALFORMED, t.headers, t.fault, outcome, stream)
         return Reply(200, body(t.fmt, answer), t.headers, t.fault, outcome, stream)
+
+    def prompt_cache(self, t: Ticket) -> tuple[int, int]:
+        """(tokens read, tokens written): Anthropic's cache at its breakpoints, each looked up at the 20 block
+        boundaries before it too; the automatic caches of OpenAI and Gemini at every block."""
+        scope, marks = f"{t.key}|{t.chat.model}", t.chat.breakpoints
+        if marks is None:
+            return self.cache.use(scope, t.chat.text, self.cache.automatic(t.chat.text))
+        bounds = t.chat.boundaries
+        reads = {b for mark in marks for b in [b for b in bounds if b <= mark][-20:]}
+        return self.cache.use(scope, t.chat.text, list(marks), sorted(reads | set(marks)))
 
     def refuse(self, fmt: Format, status: int, message: str, log: dict[str, Any],
                kind: str = "invalid_request_error", code: str | None = None,
