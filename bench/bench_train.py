@@ -322,6 +322,8 @@ def train_values(args) -> dict:
         "batch_size": args.batch_size,
         "micro_batch_size": args.micro_batch_size,
         "seed": args.seed,
+        # TRL's side runs in bf16 on GPUs only (--bf16 below): ours in the same precision, not `auto`'s choice
+        "dtype": "bfloat16" if torch.cuda.is_available() else "float32",
     }
 
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m eval.demo                 # what `make demo` runs
     .venv/bin/python -m eval.demo --limit 40      # a quicker taste (fewer mistakes to learn from)
+    .venv/bin/python -m eval.demo --dtype float32 # every stage in fp32 (auto: bf16 on CPUs with AMX or AVX512-BF16)
 
     1. mine       SmolLM2-135M-Instruct answers `limit` SVAMP train questions; its mistakes are kept
     2. committee  the offline committee (a simulator on loopback) writes feedback, rationales and peer reviews
@@ -30,6 +31,7 @@ from eval.evaluate import EvalConfig, evaluate
 from eval.experiment import MAX_NEW_TOKENS
 from eval.report import build_report
 from fair.config import load_yaml, make_config
+from fair.dtype import DTYPE_HELP, DTYPES
 from fair.errors import FairError
 from fair.models import smollm2_dir
 from gen.pipeline import GenConfig, generate
@@ -50,17 +52,17 @@ def timed(stages: dict[str, float], name: str, work):
 def run(args: argparse.Namespace) -> dict[str, float]:
     stages: dict[str, float] = {}
     gen = GenConfig(task="svamp", teachers="offline", limit=args.limit, engine=args.engine,
-                    batch_size=args.batch_size, max_new_tokens=MAX_NEW_TOKENS, out=str(GEN_DIR))
+                    batch_size=args.batch_size, max_new_tokens=MAX_NEW_TOKENS, dtype=args.dtype, out=str(GEN_DIR))
 
     def score(model: str, name: str) -> None:
         evaluate(EvalConfig(task=("svamp",), model=model, engine=args.engine, batch_size=args.batch_size,
-                            max_new_tokens=MAX_NEW_TOKENS, out=str(OUT / name)))
+                            max_new_tokens=MAX_NEW_TOKENS, dtype=args.dtype, out=str(OUT / name)))
 
     timed(stages, "student model (GGUF conversion, first run only)", smollm2_dir)
     timed(stages, "mine + committee", lambda: generate(gen))
     timed(stages, "evaluate before", lambda: score("smollm2-135m", "eval-before"))
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    overrides = {"out": str(OUT / "train"), "committee": str(GEN_DIR / "committee.jsonl")}
+    overrides = {"out": str(OUT / "train"), "committee": str(GEN_DIR / "committee.jsonl"), "dtype": args.dtype}
     config = make_config(TrainConfig, load_yaml(args.train_config, names) | overrides, source=args.train_config)
     final = timed(stages, "train", lambda: train(config))
     timed(stages, "evaluate after", lambda: score(str(final), "eval-after"))
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=100, help="SVAMP train questions to mine")
     parser.add_argument("--engine", default="auto", help="auto: vLLM on GPUs, continuous-batching transformers on CPUs")
     parser.add_argument("--batch-size", type=int, default=64, help="rows decoding together (transformers engine)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help=f"every stage's: {DTYPE_HELP}")
     parser.add_argument("--train-config", default="configs/train/demo.yaml")
     args = parser.parse_args(argv)
     try:

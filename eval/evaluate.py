@@ -7,7 +7,7 @@
 For each task, writes to <out>/<task>-<split>/ (default out: data/eval/<student>):
     predictions.jsonl  every graded answer (StudentAnswer records), appended; a rerun answers only what is missing
     wrong.json         the wrong predictions in the shape of the paper's `*_test.json`
-    summary.json       accuracy and counts
+    summary.json       accuracy and counts, and the dtype the answers were made in (and why: fair/dtype.py)
 and prints one summary row per task. Greedy decoding by default; sampling is seeded, so runs repeat.
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from fair.config import Validated, at_least, save_config
+from fair.dtype import Dtype, dtype_field, resolve_dtype
 from fair.engines.base import Engine, EngineName, Sampling, make_engine
 from fair.errors import FairError
 from fair.jsonl import append_jsonl, write_json
@@ -50,6 +51,7 @@ class EvalConfig(Validated):
     out: str | None = None  # default data/eval/<student>
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
+    dtype: Dtype = dtype_field()  # auto: bf16 on GPUs and CPUs with AMX or AVX512-BF16, else fp32 (fair/dtype.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.task, str):  # `task: svamp` in a YAML file, or EvalConfig(task="svamp")
@@ -82,6 +84,7 @@ def evaluate_locked(config: EvalConfig, engine: Engine | None = None) -> list[di
     tasks = [get_task(name) for name in config.task]
     datasets = {task.name: task.load(config.split, config.data_dir)[: config.limit] for task in tasks}
     sampling = Sampling(config.max_new_tokens, config.temperature, config.top_p, config.seed)
+    precision = resolve_dtype(config.dtype)
     rows = []
     for task in tasks:
         out = config.out_dir / f"{task.name}-{config.split}"
@@ -94,6 +97,7 @@ def evaluate_locked(config: EvalConfig, engine: Engine | None = None) -> list[di
             engine = engine or make_engine(
                 config.engine, config.model, chat=config.chat, batch_size=config.batch_size, seed=config.seed,
                 tensor_parallel_size=config.tensor_parallel_size, data_parallel_size=config.data_parallel_size,
+                dtype=precision.dtype,
             )
             for start in range(0, len(todo), CHUNK):
                 chunk = answer_examples(engine, task, todo[start : start + CHUNK], sampling, config.prompt_style)
@@ -108,9 +112,10 @@ def evaluate_locked(config: EvalConfig, engine: Engine | None = None) -> list[di
             "correct": correct, "accuracy": correct / len(answers) if answers else 0.0,
             "unparseable": sum(a.correct is None for a in answers),
             "generated_tokens": sum(a.generated_tokens for a in answers), "seconds": round(seconds, 2),
+            "dtype": precision.to_json(),
         }
         write_json(out / "summary.json", row)
         rows.append(row)
         print(f"{task.name:<12} {config.split:<10} accuracy {row['accuracy']:7.2%}  {correct:>5}/{len(answers):<5}"
-              f"  unparseable {row['unparseable']:>4}  -> {out}")
+              f"  unparseable {row['unparseable']:>4}  {precision.dtype} ({precision.reason})  -> {out}")
     return rows

@@ -8,8 +8,9 @@
 One unit trains one variant of SmolLM2-135M-Instruct with the frozen budget of configs/train/experiment.yaml,
 then evaluates it on the 300 SVAMP test questions (`base` only evaluates). A finished unit writes two small files, meant to be
 committed: docs/results/<unit>.json (accuracy, the ids answered correctly, data report, losses, wall time,
-command, commit, machine) and docs/results/<unit>.predictions.jsonl.gz (every answer: id, raw output,
-extracted answer), so anyone can re-grade a unit without rerunning it. Weights stay in data/experiment/.
+command, commit, machine, the dtype of training and of evaluation) and
+docs/results/<unit>.predictions.jsonl.gz (every answer: id, raw output, extracted answer), so anyone can re-grade
+a unit without rerunning it. Weights stay in data/experiment/.
 A run skips units whose file exists and rebuilds docs/results.md from the files (eval/results.py): the
 experiment can be completed over several sessions and a lost machine loses at most one unit.
 
@@ -84,13 +85,15 @@ def run_unit(unit: Unit, args: argparse.Namespace) -> Path:
     results, work = Path(args.results), Path(args.work)
     (results / f"{unit.name}.json").unlink(missing_ok=True)  # rerun: the unit counts as missing until both are new
     began = time.perf_counter()
-    model, data_report, losses = "smollm2-135m", None, None
+    model, data_report, losses, train_dtype = "smollm2-135m", None, None, None
     if unit.train is not None:
         config = train_config(unit, args, work)
         model = str(train(config))
         data_report = json.loads((config.out_dir / "data_report.json").read_text())
         losses = loss_summary(config.out_dir / "log.jsonl")
+        train_dtype = json.loads((config.out_dir / "train_summary.json").read_text()).get("dtype")
     [row] = evaluate(EvalConfig(task=("svamp",), model=model, engine=args.engine, batch_size=args.batch_size,
+                                dtype=BUDGET["dtype"],
                                 max_new_tokens=MAX_NEW_TOKENS, limit=args.test_limit,
                                 out=str(work / unit.name / "eval")))
     wanted = {e.id for e in get_task("svamp").load("test")[: args.test_limit]}  # what `evaluate` counted
@@ -107,6 +110,7 @@ def run_unit(unit: Unit, args: argparse.Namespace) -> Path:
         "correct_ids": [a["id"] for a in answers if a["correct"] is True], "data_report": data_report,
         "loss": losses, "wall_s": round(time.perf_counter() - began, 1), "command": command(),
         "commit": commit(), "machine": machine(), "device": device(),
+        "dtype": {"train": train_dtype, "eval": row["dtype"]},  # each {requested, dtype, reason}: fair/dtype.py
     }
     (results / f"{unit.name}.predictions.jsonl.gz.partial").rename(results / f"{unit.name}.predictions.jsonl.gz")
     path = results / f"{unit.name}.json"

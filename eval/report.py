@@ -21,7 +21,7 @@ import orjson
 from eval.results import mcnemar_exact, paired_bootstrap
 from fair.errors import FairError
 from fair.jsonl import read_jsonl, unique_ids
-from fair.records import StudentAnswer
+from fair.records import StudentAnswer, committee_replies
 from fair.tasks import get_task
 
 
@@ -65,13 +65,30 @@ def review_numbers(records: list[dict], threshold: float) -> dict[str, Any]:
     }
 
 
+USAGE_KEYS = ("input_tokens", "cached_input_tokens", "output_tokens", "cost")
+
+
 def usage_numbers(records: list[dict]) -> dict[str, dict[str, float]]:
-    totals: dict[str, dict[str, float]] = defaultdict(lambda: {"input_tokens": 0, "output_tokens": 0, "cost": 0.0})
+    """Per teacher, what its replies billed (cost at its cached rates); records older than cached-token counts
+    count none."""
+    totals: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(USAGE_KEYS, 0))
     for record in records:
         for teacher, usage in record.get("usage", {}).items():
-            for key in totals[teacher]:
+            for key in USAGE_KEYS:
                 totals[teacher][key] += usage.get(key, 0)
     return dict(totals)
+
+
+def reply_flags(records: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per teacher, its replies the provider refused (by its reason) and those cut off at max_tokens, of every
+    kind (feedback, rationale, review)."""
+    flags: dict[str, dict[str, Any]] = defaultdict(lambda: {"refused": Counter(), "truncated": 0})
+    for record in records:
+        for teacher, _, entry in committee_replies(record):
+            if entry.get("refused") is not None:
+                flags[teacher]["refused"][entry["refused"]] += 1
+            flags[teacher]["truncated"] += bool(entry.get("truncated"))
+    return dict(flags)
 
 
 def example_rationales(records: list[dict]) -> tuple[dict | None, dict | None]:
@@ -196,6 +213,8 @@ def build_report(gen_dir: Path, train_dir: Path | None, before_dir: Path | None,
     lines = ["# FAIR run report", ""]
     lines += accuracy_section(before, after, before_dir, after_dir, mine_stats)
     lines += committee_section(records, reviews, threshold, gen_dir)
+    if stopped := (committee_stats or {}).get("stopped"):  # e.g. a teacher out of quota: the records are partial
+        lines += [f"The last committee run stopped early: {stopped}.", ""]
     lines += training_section(log)
     lines += ["## Time per stage", "", "| stage | seconds |", "| --- | ---: |"]
     stages = [("mine (student inference)", (mine_stats or {}).get("this_run", {}).get("seconds")),
@@ -230,16 +249,24 @@ def accuracy_section(before: dict | None, after: dict | None, before_dir: Path |
 def committee_section(records: list[dict], reviews: dict, threshold: float, gen_dir: Path) -> list[str]:
     if not records:
         return ["## Committee", "", f"(no committee.jsonl in {gen_dir})", ""]
-    usage = usage_numbers(records)
+    usage, flags = usage_numbers(records), reply_flags(records)
     lines = ["## Committee", "",
-             "| teacher | rationales | accepted | mean score received | input tokens | output tokens | cost $ |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for teacher, entry in sorted(reviews["per_teacher"].items()):
-        scores, used = entry["scores"], usage.get(teacher, {})
+             "| teacher | rationales | accepted | mean score received | refused | cut off | input tokens | "
+             "cached input | output tokens | cost $ |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for teacher in sorted(set(reviews["per_teacher"]) | set(flags)):
+        entry = reviews["per_teacher"].get(teacher, {"written": 0, "accepted": 0, "scores": []})
+        scores, used, flag = entry["scores"], usage.get(teacher, {}), flags.get(teacher)
         mean = f"{sum(scores) / len(scores):.2f}" if scores else "-"
+        refused = ", ".join(f"{n} {reason}" for reason, n in flag["refused"].most_common()) if flag else ""
         lines.append(f"| {teacher} | {entry['written']} | {percent(entry['accepted'] / max(1, entry['written']))} | "
-                     f"{mean} | {used.get('input_tokens', 0):,} | {used.get('output_tokens', 0):,} | "
-                     f"{used.get('cost', 0):.4f} |")
+                     f"{mean} | {refused or 0} | {flag['truncated'] if flag else 0} | "
+                     f"{used.get('input_tokens', 0):,} | {used.get('cached_input_tokens', 0):,} | "
+                     f"{used.get('output_tokens', 0):,} | {used.get('cost', 0):.4f} |")
+    lines += ["", "Refused: replies the provider declined, by its reason (no text, never sent again); cut off: "
+              "feedback, rationales and reviews that reached max_tokens (a cut-off rationale is never reviewed or "
+              "accepted, a cut-off review gives no score, and training uses neither). Cost is at each teacher's "
+              "prices, cached input at its cached rate."]
     lines += ["", f"Review agreement: on {percent(reviews['agreement'])} of the rationales with two or more valid "
               f"scores, every reviewer gave the same verdict (above {threshold} or not).",
               f"Peer review against the gold answer: {percent(reviews['accepted_correct'])} of accepted rationales "

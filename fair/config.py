@@ -125,7 +125,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, help: dict[
     for field in dataclasses.fields(cls):
         flag = "--" + field.name.replace("_", "-")
         kind = _field_type(cls, field)
-        text = help.get(field.name, "")
+        text = help.get(field.name) or field.metadata.get("help", "")  # a field may carry its own (fair/dtype.py)
         if kind is bool:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif kind in (list, tuple):

@@ -2,11 +2,16 @@
 
 `fair mine` writes every answer to answers.jsonl and the wrong ones (incorrect or unparseable) to
 mistakes.jsonl; `fair eval` writes the same records to predictions.jsonl. Later stages read these files.
+
+Also how the stages after the committee read its replies in committee.jsonl (gen/committee/run.py writes
+them): `committee_replies` walks a record's feedback, rationales and reviews, and `usable_text` says which
+reply text may be reviewed, scored or trained on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +87,8 @@ def read_answers(path: str | Path) -> list[StudentAnswer]:
 
 
 # Settings that change what a student answers: resumed work must match the finished part on all of them.
-ANSWER_DEFINING = ("model", "split", "max_new_tokens", "temperature", "top_p", "seed", "chat", "prompt_style")
+ANSWER_DEFINING = ("model", "split", "max_new_tokens", "temperature", "top_p", "seed", "chat", "prompt_style",
+                   "dtype")
 
 
 def finished_answers(*paths: Path) -> dict[str, StudentAnswer]:
@@ -148,3 +154,30 @@ def question_block(task: Task, answer: StudentAnswer) -> str:
         return answer.question
     options = "\n".join(f"{OPTION_LETTERS[k]}. {o}" for k, o in enumerate(answer.options))
     return f"{answer.context}\n\nQuestion: {answer.question}\n{options}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The committee's replies (committee.jsonl)
+
+
+def committee_replies(record: dict) -> Iterator[tuple[str, str, dict]]:
+    """Each teacher reply in a committee.jsonl record as (teacher, kind, entry), kind feedback, rationale or
+    review; a review's teacher is its reviewer."""
+    for name, entry in record["feedback"].items():
+        yield name, "feedback", entry
+    for name, rationale in record["rationales"].items():
+        yield name, "rationale", rationale
+        for reviewer, review in rationale.get("reviews", {}).items():
+            yield reviewer, "review", review
+
+
+def usable_text(entry: dict | None, field: str = "text") -> str | None:
+    """The stripped text of a reply that may be reviewed, scored or trained on; None when the request failed,
+    the provider refused it (text None, `refused` its reason), it was cut off at max_tokens (`truncated`: a
+    rationale without its final answer, an explanation that stops mid-sentence), or it is blank. Records
+    written before `truncated` and `refused` existed read as neither."""
+    entry = entry or {}
+    text = entry.get(field)
+    if entry.get("truncated") or entry.get("refused") is not None or not isinstance(text, str):
+        return None
+    return text.strip() or None

@@ -96,6 +96,7 @@ def merge_unlocked(config: MineConfig, force: bool) -> dict:
     stats = summarize((StudentAnswer.from_json(r, f"{answers_path} record {i}")
                        for i, r in enumerate(read_jsonl(answers_path))), *last_runs(shards))
     stats["shards"] = len(shards)
+    stats["dtype"] = shard_dtypes(shards)
     write_json(run / "stats.json", stats)
     print(f"merged {len(shards)} shards into {run}: {task.name} {config.split} accuracy "
           f"{stats['accuracy']:.1%} ({stats['correct']}/{stats['total']}), {stats['mistakes']} mistakes -> "
@@ -110,6 +111,15 @@ def last_runs(shards: list[Path]) -> tuple[int, float]:
     paths = [shard / "stats.json" for shard in shards]
     runs = [orjson.loads(path.read_bytes())["this_run"] for path in paths if path.exists()]
     return sum(r["generated_tokens"] for r in runs), max((r["seconds"] for r in runs), default=0.0)
+
+
+def shard_dtypes(shards: list[Path]) -> dict | list[dict] | None:
+    """What the shards ran in (fair/dtype.py): one record when they agree, else each distinct one; shards on
+    machines of different kinds may resolve `auto` differently."""
+    found = [orjson.loads(path.read_bytes()).get("dtype") for path in (s / "stats.json" for s in shards)
+             if path.exists()]
+    distinct = [d for i, d in enumerate(found) if d is not None and d not in found[:i]]
+    return distinct[0] if len(distinct) == 1 else distinct or None
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@
 Writes to data/<task>/<student>/ (or --out):
     answers.jsonl   every graded answer (StudentAnswer records), the resume log
     mistakes.jsonl  the wrong or unparseable ones, read by the committee stage
-    stats.json      accuracy, counts, tokens/s        config.yaml  the resolved settings
+    stats.json      accuracy, counts, tokens/s, the dtype it ran in and why       config.yaml  the resolved settings
 Each chunk of answers is appended and fsynced as soon as it is graded; a rerun skips finished ids, so a
 killed run loses at most the chunk in flight and never duplicates a record. One run per folder: a second
 `fair mine` on a folder (or shard) in use fails at once, naming the first one's pid (fair/lock.py).
@@ -32,6 +32,7 @@ from typing import Literal
 from tqdm import tqdm
 
 from fair.config import Validated, at_least, save_config
+from fair.dtype import Dtype, dtype_field, resolve_dtype
 from fair.engines.base import Engine, EngineName, Sampling, make_engine
 from fair.errors import FairError
 from fair.jsonl import append_jsonl, write_json
@@ -61,6 +62,7 @@ class MineConfig(Validated):
     out: str | None = None  # default data/<task>/<student>
     tensor_parallel_size: int = 1  # vLLM: GPUs per replica
     data_parallel_size: int = 1  # replicas, each in its own process on its own GPUs
+    dtype: Dtype = dtype_field()  # auto: bf16 on GPUs and CPUs with AMX or AVX512-BF16, else fp32 (fair/dtype.py)
     export_seed: bool = False  # also write the paper's <student>_<task>_false_round0.json
     shard: str | None = None  # "i/N": mine only rows i, i+N, i+2N, ... into <out>/shard-<i>-of-<N>/
 
@@ -108,13 +110,16 @@ def mine_unlocked(config: MineConfig, engine: Engine | None) -> dict:
     done = finished_answers(mistakes_path, answers_path)
     todo = [e for e in examples if e.id not in done]
     save_config(config, out / "config.yaml")
+    precision = resolve_dtype(config.dtype)
 
     generated_tokens, seconds = 0, 0.0
     if todo:
-        print(f"mining {len(todo)} of {len(examples)} {task.name} {config.split} examples ({len(done)} done) -> {out}")
+        print(f"mining {len(todo)} of {len(examples)} {task.name} {config.split} examples ({len(done)} done) in "
+              f"{precision.dtype} ({precision.reason}) -> {out}")
         engine = engine or make_engine(
             config.engine, config.model, chat=config.chat, batch_size=config.batch_size, seed=config.seed,
             tensor_parallel_size=config.tensor_parallel_size, data_parallel_size=config.data_parallel_size,
+            dtype=precision.dtype,
         )
         progress = tqdm(total=len(todo), unit="q", desc=f"mine {task.name}", dynamic_ncols=True)
         for start in range(0, len(todo), config.chunk_size):
@@ -131,7 +136,7 @@ def mine_unlocked(config: MineConfig, engine: Engine | None) -> dict:
 
     wanted = {e.id for e in examples}
     answers = [a for a in finished_answers(mistakes_path, answers_path).values() if a.id in wanted]
-    stats = summarize(answers, generated_tokens, seconds)
+    stats = summarize(answers, generated_tokens, seconds) | {"dtype": precision.to_json()}
     write_json(out / "stats.json", stats)
     if config.export_seed:
         mistakes = [a for a in answers if a.is_mistake]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fair.config import Validated
+from fair.dtype import Dtype, dtype_field
 from fair.engines.base import EngineName
 from fair.errors import FairError
 from fair.models import DEFAULT_STUDENT, model_short_name
@@ -36,6 +37,7 @@ class GenConfig(Validated):
     engine: EngineName = "auto"
     batch_size: int = 32  # transformers engine: prompts per forward batch while mining (vLLM batches on its own)
     max_new_tokens: int = 512  # the student's answer length while mining
+    dtype: Dtype = dtype_field()  # the student's while mining (fair/dtype.py)
     prompts: Literal["fair", "paper"] = "fair"
     threshold: float = 3.0
     window: int = 64
@@ -43,6 +45,7 @@ class GenConfig(Validated):
     export_paper: bool = True  # write the paper's feedback and rationale files at the end
     offline_latency_ms: tuple[int, int] = (50, 500)  # the simulator's reply latency range
     batch_api: bool = False  # the committee's feedback and rationales through OpenAI's Batch API (gen/teachers/batch.py)
+    max_cost_usd: float | None = None  # the committee stops before its folder's spending could pass this (USD)
     out: str | None = None  # the run's folder (mistakes, committee.jsonl, paper files); default data/<task>/<student>
 
     def validate(self) -> None:
@@ -56,14 +59,14 @@ class GenConfig(Validated):
 
     def mine_config(self) -> MineConfig:
         return MineConfig(task=self.task, model=self.student, limit=self.limit, engine=self.engine,
-                          batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, data_dir=self.data_dir,
-                          export_seed=self.export_paper, out=self.out)
+                          batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, dtype=self.dtype,
+                          data_dir=self.data_dir, export_seed=self.export_paper, out=self.out)
 
     def committee_config(self, base_url: str | None = None) -> CommitteeConfig:
         mistakes = str(self.mine_config().out_dir / "mistakes.jsonl")
         return CommitteeConfig(task=self.task, student=self.student, teachers=self.teachers, base_url=base_url,
                                prompts=self.prompts, threshold=self.threshold, window=self.window,
-                               batch_api=self.batch_api, mistakes=mistakes)
+                               batch_api=self.batch_api, max_cost_usd=self.max_cost_usd, mistakes=mistakes)
 
 
 def generate(config: GenConfig) -> None:

@@ -114,15 +114,19 @@ def fast(teachers, **changes):
 
 
 def run_small_committee(folder: Path, mistakes: Path, teachers, limit: int = 12, **config) -> tuple[dict, list[dict]]:
-    """The committee stage in-process on the first `limit` mistakes: (its result, the records it wrote)."""
+    """The committee stage in-process on the first `limit` mistakes: (its result, the records it wrote). A run that
+    stopped cleanly (its budget reached, a teacher out of quota) gives the result it stopped with."""
     import asyncio
 
     from fair.jsonl import read_jsonl
-    from gen.committee.run import CommitteeConfig, run_committee
+    from gen.committee.run import CommitteeConfig, RunStopped, run_committee
 
     config = CommitteeConfig(task="svamp", mistakes=str(mistakes), out=str(folder / "committee.jsonl"),
                              limit=limit, progress=False, **config)
-    result = asyncio.run(run_committee(config, teachers))
+    try:
+        result = asyncio.run(run_committee(config, teachers))
+    except RunStopped as stop:
+        result = stop.result
     return result, list(read_jsonl(config.out_path))
 
 
@@ -154,7 +158,8 @@ def svamp_reply(right_every: int = 2):
 
 
 def tiny_train_config(tmp_path: Path, tiny_model_dir: Path, data_dir: Path, **overrides) -> TrainConfig:
-    """`fair train` on the tiny model and the paper's SVAMP committee files: a few seconds a run."""
+    """`fair train` on the tiny model and the paper's SVAMP committee files: a few seconds a run. In float32,
+    whatever the CPU: the tests that use it compare runs to 1e-5 (tests/test_dtype.py trains in bf16)."""
     from fair.config import make_config
     from train.train import TrainConfig
 
@@ -163,7 +168,7 @@ def tiny_train_config(tmp_path: Path, tiny_model_dir: Path, data_dir: Path, **ov
         "task": "svamp", "student": str(tiny_model_dir), "max_length": 384, "batch_size": 8, "micro_batch_size": 2,
         "paper_feedback": str(seed / "Llama-2-7b-chat-hf_svamp_feedback_round0.json"),
         "paper_rationale": str(seed / "Llama-2-7b-chat-hf_svamp_rationale_round0.json"),
-        "max_steps": 4, "lr": 1e-3, "warmup_ratio": 0.0, "out": str(tmp_path / "run"),
+        "max_steps": 4, "lr": 1e-3, "warmup_ratio": 0.0, "dtype": "float32", "out": str(tmp_path / "run"),
     } | overrides, source="test")
 
 

@@ -26,7 +26,7 @@ from gen.teachers import batch as batch_module
 from gen.teachers.batch import Ledger
 from gen.teachers.cache import ResponseCache
 from gen.teachers.config import Teacher, committee_path, load_committee
-from gen.teachers.providers import ChatResponse
+from gen.teachers.providers import ChatResponse, Usage
 from tests.conftest import PLANTED_KEY, assert_complete, fast, import_seed_mistakes
 
 LIMIT = 6
@@ -93,11 +93,11 @@ def test_batch_run_gives_the_live_records_at_half_price(tmp_path, mistakes, monk
     for name, tokens_in, tokens_out, count in rows:
         stats, teacher = result["stats"][name], by_teacher[name]
         assert stats.batched == count == 2 * LIMIT
-        full = teacher.cost(stats.input_tokens, stats.output_tokens)  # this run's tokens, all at the full price
-        assert stats.cost == pytest.approx(full - teacher.cost(tokens_in, tokens_out) / 2)
+        full = teacher.cost(Usage(stats.input_tokens, stats.output_tokens))  # this run's tokens, all at the full price
+        assert stats.cost == pytest.approx(full - teacher.cost(Usage(tokens_in, tokens_out)) / 2)
         live_cost = sum(r["usage"][name]["cost"] for r in live.values())
         batch_cost = sum(r["usage"][name]["cost"] for r in batched.values())
-        assert live_cost - batch_cost == pytest.approx(teacher.cost(tokens_in, tokens_out) / 2)
+        assert live_cost - batch_cost == pytest.approx(teacher.cost(Usage(tokens_in, tokens_out)) / 2)
 
 
 class Killed(Exception):

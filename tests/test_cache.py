@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 from dataclasses import replace
@@ -38,6 +39,8 @@ def test_key_covers_what_changes_the_reply():
         key_for(TEACHER, replace(REQUEST, top_p=0.9)),
         key_for(TEACHER, replace(REQUEST, max_tokens=65)),
         key_for(TEACHER, replace(REQUEST, sample=1)),
+        key_for(replace(TEACHER, provider="gemini", thinking_budget=0), REQUEST),
+        key_for(replace(TEACHER, provider="gemini", thinking_budget=512), REQUEST),
     ]
     assert len({base, *changed}) == len(changed) + 1
     # Not a local server's port (it changes between runs), the key's variable, or the teacher's name.
@@ -114,3 +117,34 @@ def test_many_puts_in_a_loop_commit_in_groups(tmp_path):
         assert asyncio.run(go(cache)) == 3  # 3 full groups of 300; the last 100 wait for the flush interval
     with ResponseCache(tmp_path / "c.sqlite") as cache:  # and close() committed those
         assert len(cache) == 1000
+
+
+REPLIES = [
+    ChatResponse("4", 12, 1, cached_input_tokens=8),
+    ChatResponse("", 4100, 3, cache_write_tokens=4000, refusal="refusal"),
+    ChatResponse("", 20, 868, truncated=True),
+    ChatResponse("The answer is", 20, 768, truncated=True, batch=True),
+    ChatResponse("", 7, 0, refusal="SAFETY"),
+]
+
+
+def test_refusals_truncations_and_cache_counts_are_stored(tmp_path):
+    with ResponseCache(tmp_path / "c.sqlite") as cache:
+        for i, reply in enumerate(REPLIES):
+            cache.put(f"k{i}", "t", reply)
+    with ResponseCache(tmp_path / "c.sqlite") as cache:
+        assert [cache.get(f"k{i}") for i in range(len(REPLIES))] == REPLIES
+
+
+def test_an_old_cache_file_gains_the_new_columns(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # the schema with the batch column and nothing after it
+        db.execute("CREATE TABLE responses (key TEXT PRIMARY KEY, teacher TEXT NOT NULL, text TEXT NOT NULL, "
+                   "input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, created REAL NOT NULL, "
+                   "batch INTEGER NOT NULL DEFAULT 0)")
+        db.execute("INSERT INTO responses VALUES ('old', 't', 'four', 3, 1, 0, 1)")
+    with ResponseCache(path) as cache:
+        assert cache.get("old") == ChatResponse("four", 3, 1, batch=True)
+        cache.put("new", "t", REPLIES[1])
+    with ResponseCache(path) as cache:
+        assert cache.get("new") == REPLIES[1] and cache.get("old").refusal is None

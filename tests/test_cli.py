@@ -76,6 +76,8 @@ def test_tasks_lists_the_registry(capsys):
     (["mine", "--config", "nope.yaml"], "config file nope.yaml not found"),
     (["mine", "limit=abc"], "command line: limit must be int or None, got 'abc'"),
     (["eval", "--data-dir", "/nonexistent"], "data directory /nonexistent/svamp does not exist"),
+    (["mine", "--dtype", "fp16"], "command line: unknown dtype 'fp16' (choose from 'auto', 'float32', 'bfloat16')"),
+    (["eval", "dtype=float16"], "command line: unknown dtype 'float16'"),
     (["grade", "--task", "svamp", "/nonexistent.jsonl"], "/nonexistent.jsonl"),
 ])
 def test_bad_input_is_one_line_naming_the_culprit(capsys, tmp_path, argv, message):

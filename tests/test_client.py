@@ -8,8 +8,9 @@ import httpx
 import pytest
 
 from gen.teachers.cache import ResponseCache, key_for
-from gen.teachers.client import TeacherClient, TeacherFailed, _gate_for, estimate_tokens
+from gen.teachers.client import TeacherClient, TeacherFailed, estimate_tokens
 from gen.teachers.config import Teacher
+from gen.teachers.gates import gate_for
 from gen.teachers.providers import (
     ChatRequest,
     ChatResponse,
@@ -124,7 +125,7 @@ def test_429_retry_after_is_honoured_and_the_whole_teacher_cools_down(tmp_path):
         loop = asyncio.get_running_loop()
         first = asyncio.create_task(client.complete(request(0)))
         await asyncio.sleep(0.02)  # the first request has had its 429 by now
-        assert _gate_for(client.teacher).slow_until > loop.time()  # and the request rate is halved for a while
+        assert gate_for(client.teacher).slow_until > loop.time()  # and the request rate is halved for a while
         other = TeacherClient(client.teacher, client.cache, httpx.AsyncClient(), script)  # same key + model
         await asyncio.gather(first, other.complete(request(1)))
 
@@ -214,7 +215,7 @@ def test_token_reservations_settle_with_real_usage(tmp_path):
     script = Script(ChatResponse("ok", 30, 20))
 
     async def go(client):
-        gate = _gate_for(client.teacher)
+        gate = gate_for(client.teacher)
         charged = []
         acquire = gate.tokens.acquire
         gate.tokens.acquire = lambda amount: charged.append(amount) or acquire(amount)
@@ -239,7 +240,7 @@ def test_usage_above_the_estimate_is_charged_to_the_next_reservation(tmp_path):
     script = Script(ChatResponse("ok", 3000, 1000))
 
     async def go(client):
-        gate = _gate_for(client.teacher)
+        gate = gate_for(client.teacher)
         charged = []
         acquire = gate.tokens.acquire
         gate.tokens.acquire = lambda amount: charged.append(amount) or acquire(amount)
@@ -262,7 +263,7 @@ def test_never_more_than_rpm_in_any_window(tmp_path, monkeypatch):
     gate_rpm = 3
 
     async def go(client):
-        gate = _gate_for(t)
+        gate = gate_for(t)
         gate.rpm = gate_rpm
         loop = asyncio.get_running_loop()
         times = []

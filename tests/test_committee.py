@@ -19,6 +19,7 @@ import pytest
 from fair.jsonl import read_jsonl
 from fair.paper import accept, export_committee, import_committee
 from fair.tasks import get_task
+from gen.committee.review import parse_review_score
 from gen.offline.server import OfflineServer
 from gen.teachers.config import load_committee
 from tests.conftest import PLANTED_KEY, ROOT, assert_complete, fast, run_small_committee
@@ -60,7 +61,8 @@ def test_a_fatal_teacher_is_recorded_never_scored(tmp_path, seed_mistakes):
             if author != broken:
                 review = rationale["reviews"][broken]
                 assert review["score"] is None and review["error"]  # an error is never a score
-                assert len([r for r in rationale["reviews"].values() if r["score"] is not None]) == 1
+                healthy = [r for name, r in rationale["reviews"].items() if name != broken]
+                assert len(healthy) == 1 and healthy[0]["score"] == parse_review_score(healthy[0]["reply"])
 
 
 def test_a_planted_key_never_reaches_logs_or_outputs(tmp_path, seed_mistakes, monkeypatch, caplog):

@@ -14,7 +14,8 @@ from gen.committee.run import CommitteeConfig
 from gen.mine import MineConfig
 from gen.pipeline import GenConfig
 from gen.serve.server import ServeConfig
-from gen.teachers.config import load_committee, rebase
+from gen.teachers.config import Teacher, load_committee, rebase
+from gen.teachers.providers import Usage
 from tests.conftest import ROOT
 
 CONFIGS = ROOT / "configs"
@@ -67,6 +68,37 @@ def test_typed_flags():
 def test_teacher_committees_load(name):
     teachers = load_committee(Path(name).stem)
     assert len(teachers) >= 2 and len({t.name for t in teachers}) == len(teachers)
+
+
+def test_cost_prices_cached_input_and_cache_writes_at_their_own_rates():
+    t = Teacher(name="c", provider="anthropic", model="m", price_input=1.0, price_output=5.0, price_cached_input=0.1,
+                price_cache_write=1.25)
+    usage = Usage(input_tokens=1_000_000 + 2_000_000 + 4_000_000, output_tokens=1_000_000,
+                  cached_input_tokens=2_000_000, cache_write_tokens=4_000_000)
+    assert t.cost(usage) == pytest.approx(1.0 + 0.2 + 5.0 + 5.0)
+    assert t.cost(usage, batch=True) == pytest.approx((1.0 + 0.2 + 5.0 + 5.0) / 2)
+    plain = Teacher(name="p", provider="openai", model="m", price_input=0.4, price_output=1.6)  # no cache prices
+    assert plain.cost(Usage(1_000_000, 0, cached_input_tokens=500_000)) == pytest.approx(0.4)
+
+
+def test_thinking_budget_is_gemini_only_and_adds_to_the_output_limit():
+    g = Teacher(name="g", provider="gemini", model="m", max_tokens=768, thinking_budget=1024)
+    assert g.max_output_tokens() == 1792 and g.max_output_tokens(100) == 1124
+    assert Teacher(name="o", provider="openai", model="m", max_tokens=768).max_output_tokens() == 768
+    with pytest.raises(FairError, match="thinking_budget must be a whole number >= 0, for provider gemini"):
+        Teacher(name="g", provider="gemini", model="m", thinking_budget=-1)
+    with pytest.raises(FairError, match="thinking_budget"):
+        Teacher(name="o", provider="openai", model="m", thinking_budget=100)
+    with pytest.raises(FairError, match="prices must be >= 0"):
+        Teacher(name="o", provider="openai", model="m", price_cached_input=-0.1)
+
+
+def test_the_default_committee_prices_cached_input_and_bounds_thinking():
+    teachers = {t.name: t for t in load_committee("default")}
+    assert all(t.price_cached_input is not None and t.price_cached_input < t.price_input for t in teachers.values())
+    assert teachers["claude"].price_cache_write > teachers["claude"].price_input
+    gemini = teachers["gemini"]
+    assert gemini.thinking_budget is not None and gemini.max_output_tokens() >= gemini.max_tokens + 256
 
 
 def test_bad_committee_files(tmp_path):

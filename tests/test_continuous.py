@@ -15,7 +15,7 @@ PROMPTS = ["What is 2 + 2?", "Name a colour.", "A much longer prompt: " + "count
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir) -> HFEngine:
-    return HFEngine(str(tiny_model_dir), batch_size=2)
+    return HFEngine(str(tiny_model_dir), batch_size=2, dtype="float32")  # exact comparisons: not bf16 on any CPU
 
 
 def alone(engine: HFEngine, prompt: str, max_new_tokens: int) -> list[int]:

@@ -33,8 +33,10 @@ def test_cost_is_tokens_times_price_and_linear_in_mistakes(tmp_path, data_dir):
                                                  + row["output_tokens"] * teacher.price_output) / 1e6)
         for key in ("requests", "input_tokens", "output_tokens", "cost_usd", "batch_cost_usd", "hours"):
             assert two["teachers"][name][key] == pytest.approx(2 * row[key])
-        # Without a committee run to measure, outputs are the defaults: 1 feedback + 1 rationale + 2 reviews.
-        assert row["output_tokens"] == pytest.approx(1000 * (300 + 300 + 2 * 150))
+        # Without a committee run to measure, outputs are the defaults: 1 feedback + 1 rationale + 2 reviews, each
+        # of which may also think for the whole thinking budget (gemini's).
+        thinking = teacher.max_output_tokens() - teacher.max_tokens
+        assert row["output_tokens"] == pytest.approx(1000 * (300 + 300 + 2 * 150 + 4 * thinking))
     assert one["total"]["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in one["teachers"].values()))
     assert one["total"]["hours"] == max(r["hours"] for r in one["teachers"].values())
     assert one["requests_per_mistake"] == 12
@@ -102,3 +104,56 @@ def test_estimate_through_the_cli(tmp_path, data_dir, capsys):
     table = capsys.readouterr().out
     rows = round(len(get_task("gsm8k").load("train")) * 0.5)
     assert code == 0 and f"{rows:,} mistakes" in table and "careful" in table and "total" in table
+
+
+def two_teachers(tmp_path, **gemini) -> str:
+    """A committee file with cached-input and cache-write prices; `gemini` overrides the second teacher."""
+    path = tmp_path / "teachers.yaml"
+    second = {"name": "gemini", "provider": "gemini", "model": "gemini-2.5-flash", "price_input": 0.30,
+              "price_output": 2.50, "price_cached_input": 0.075, "max_tokens": 512} | gemini
+    path.write_bytes(orjson.dumps({"teachers": [
+        {"name": "claude", "provider": "anthropic", "model": "claude-haiku-4-5", "price_input": 1.0,
+         "price_output": 5.0, "price_cached_input": 0.10, "price_cache_write": 1.25},
+        second,
+    ]}))
+    return str(path)
+
+
+def test_cost_uses_the_cached_rates_a_committee_run_measured(tmp_path, data_dir, capsys):
+    mistakes = import_seed_mistakes(tmp_path, data_dir, count=5)
+    stats = {"claude": {"successes": 20, "input_tokens": 10_000, "output_tokens": 6_000, "cached_input_tokens": 4_000,
+                        "cache_write_tokens": 1_000},
+             "gemini": {"successes": 20, "input_tokens": 10_000, "output_tokens": 6_000, "cached_input_tokens": 5_000}}
+    (tmp_path / "committee_stats.json").write_bytes(orjson.dumps({"teachers": stats}))
+    result = run(tmp_path, teachers=two_teachers(tmp_path), mistakes=str(mistakes), num_mistakes=1000)
+    assert result["cached_input_source"] == "committee_stats"
+    claude, gemini = result["teachers"]["claude"], result["teachers"]["gemini"]
+    assert (claude["cached_input_share"], claude["cache_write_share"]) == (0.4, 0.1)
+    tokens_in, tokens_out = claude["input_tokens"], claude["output_tokens"]
+    assert claude["cost_usd"] == pytest.approx(
+        (tokens_in * 0.5 * 1.0 + tokens_in * 0.4 * 0.10 + tokens_in * 0.1 * 1.25 + tokens_out * 5.0) / 1e6)
+    tokens_in, tokens_out = gemini["input_tokens"], gemini["output_tokens"]
+    assert gemini["cost_usd"] == pytest.approx((tokens_in * 0.5 * 0.30 + tokens_in * 0.5 * 0.075
+                                                + tokens_out * 2.50) / 1e6)
+    assert "claude 40% read, 10% written" in capsys.readouterr().out
+
+
+def test_without_measured_cache_hits_none_are_assumed_and_said(tmp_path, data_dir, capsys):
+    result = run(tmp_path, teachers=two_teachers(tmp_path), num_mistakes=1000)
+    assert result["cached_input_source"] == "none assumed"
+    for row, (price_in, price_out) in zip(result["teachers"].values(), ((1.0, 5.0), (0.30, 2.50)), strict=True):
+        assert row["cached_input_share"] == row["cache_write_share"] == 0
+        assert row["cost_usd"] == pytest.approx((row["input_tokens"] * price_in + row["output_tokens"] * price_out) / 1e6)
+    assert "no cache hits assumed (none measured), so the cost is an upper bound" in capsys.readouterr().out
+
+
+def test_a_thinking_budget_counts_as_possible_output(tmp_path, data_dir, capsys):
+    plain = run(tmp_path, teachers=two_teachers(tmp_path), num_mistakes=100)
+    thinking = run(tmp_path, teachers=two_teachers(tmp_path, thinking_budget=1024), num_mistakes=100)
+    assert plain["output_tokens_per_request"]["gemini"] == {"feedback": 300, "rationale": 300, "review": 150}
+    assert thinking["output_tokens_per_request"]["gemini"] == {"feedback": 1324, "rationale": 1324, "review": 1174}
+    # One feedback, one rationale and one review per mistake, each of which may think its whole budget.
+    extra = thinking["teachers"]["gemini"]["output_tokens"] - plain["teachers"]["gemini"]["output_tokens"]
+    assert extra == 100 * 3 * 1024
+    assert thinking["teachers"]["claude"] == plain["teachers"]["claude"]
+    assert "plus each teacher's whole thinking_budget" in capsys.readouterr().out

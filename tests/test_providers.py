@@ -269,7 +269,7 @@ def test_make_provider_picks_the_class():
     assert kinds == {"openai": OpenAIProvider, "gemini": GeminiProvider, "anthropic": AnthropicProvider}
 
 
-def test_gemini_blocked_prompt_fails_fast():
-    blocked = {"promptFeedback": {"blockReason": "SAFETY"}}
-    error, _ = call(teacher("gemini"), reply(blocked))
-    assert isinstance(error, FatalError) and "prompt blocked (SAFETY)" in str(error)
+def test_gemini_blocked_prompt_is_a_refusal_not_an_error():
+    blocked = {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 7}}
+    response, _ = call(teacher("gemini"), reply(blocked))
+    assert (response.text, response.refusal, response.input_tokens) == ("", "SAFETY", 7)

@@ -28,7 +28,7 @@ from fair.grading import (
     grade_yes_no,
 )
 from gen.committee.review import parse_review_score
-from gen.teachers import providers
+from gen.teachers import transport
 from gen.teachers.batch import BatchRun, Ledger
 from gen.teachers.cache import ResponseCache
 from gen.teachers.client import TeacherStats
@@ -93,11 +93,13 @@ def shaped(template):
 
 
 def check(outcome) -> None:
-    """A good response with a text and counts that add up, or a provider error: nothing else."""
+    """A response (with a text, unless refused or truncated) and counts that add up, or a provider error."""
     if isinstance(outcome, ChatResponse):
-        assert isinstance(outcome.text, str) and outcome.text.strip()
-        for n in (outcome.input_tokens, outcome.output_tokens):
+        assert isinstance(outcome.text, str) and (outcome.text.strip() or outcome.truncated or outcome.refusal)
+        assert outcome.refusal is None or (isinstance(outcome.refusal, str) and outcome.refusal and not outcome.text)
+        for n in (outcome.input_tokens, outcome.output_tokens, outcome.cached_input_tokens, outcome.cache_write_tokens):
             assert type(n) is int and n >= 0
+        assert outcome.cached_input_tokens + outcome.cache_write_tokens <= outcome.input_tokens
     else:
         assert isinstance(outcome, ProviderError), repr(outcome)
         assert "\n" not in str(outcome)
@@ -173,7 +175,7 @@ def test_any_reply_is_a_response_or_a_provider_error(provider):
 
 
 def test_an_oversized_reply_is_cut_off(monkeypatch):
-    monkeypatch.setattr(providers, "MAX_REPLY_BYTES", 1000, raising=False)
+    monkeypatch.setattr(transport, "MAX_REPLY_BYTES", 1000, raising=False)
     big = orjson.dumps({"choices": [{"message": {"content": "x" * 5000}}]})
     outcome = call(teacher(), replying(big))
     assert isinstance(outcome, TransientError) and "1000 bytes" in str(outcome)

@@ -18,8 +18,9 @@ from fair.errors import FairError
 from fair.jsonl import JsonlAppender, append_jsonl, read_jsonl
 from gen.offline.server import OfflineServer
 from gen.teachers.cache import ResponseCache, key_for
-from gen.teachers.client import TeacherClient, TeacherFailed, _gate_for
+from gen.teachers.client import TeacherClient, TeacherFailed
 from gen.teachers.config import Teacher, load_committee, missing_keys
+from gen.teachers.gates import gate_for
 from gen.teachers.providers import ChatRequest, ChatResponse
 from tests.conftest import import_seed_mistakes, run_small_committee
 
@@ -134,7 +135,7 @@ def test_a_429_cools_only_its_key_and_the_retry_moves_to_the_other(tmp_path, two
                 began = loop.time()
                 await client.complete(request(0))  # key A: 429, then at once on key B
                 await client.complete(request(1))  # key A still cools: key B again
-                a, b = (_gate_for(view) for view in teacher.per_key())
+                a, b = (gate_for(view) for view in teacher.per_key())
                 return loop.time() - began, a.cooldown_until > loop.time() + 30, b.cooldown_until, client.stats
 
     elapsed, a_cools, b_cooldown, stats = asyncio.run(go())

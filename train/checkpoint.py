@@ -162,8 +162,9 @@ def set_adam_step(optimizer, zero: bool, step: int) -> None:
 
 def export(target: Path, model, tokenizer, *, student: str, lora: bool, zero: bool, rank: int) -> None:
     """A plain HF directory (safetensors) that `fair eval` and vLLM load: LoRA merged, ZeRO-3 shards gathered.
-    Collective under ZeRO: every rank calls it; rank 0 writes."""
-    weights = full_state(model, zero)
+    LoRA's frozen base comes from the student's own (fp32) files, not from the model in memory, which may hold
+    it in bf16 (train/train.py). Collective under ZeRO: every rank calls it; rank 0 writes."""
+    weights = dict(trainable_state(model, zero))  # full fine-tuning trains every weight
     require_finite(weights, f"export to {target}")  # every rank holds them all: all stop
     if rank == 0:
         from transformers import AutoModelForCausalLM
@@ -175,8 +176,10 @@ def export(target: Path, model, tokenizer, *, student: str, lora: bool, zero: bo
             fresh = PeftModel(fresh, model.peft_config["default"])
         result = fresh.load_state_dict(weights, strict=False)
         tied = {"lm_head.weight", "base_model.model.lm_head.weight"} if fresh.config.tie_word_embeddings else set()
-        if result.unexpected_keys or set(result.missing_keys) - tied:
-            raise RuntimeError(f"export could not place weights: {(result.unexpected_keys + result.missing_keys)[:5]}")
+        # LoRA: only the adapters come from here (the base is fresh's own); else every weight but a tied head
+        unplaced = result.unexpected_keys + ([] if lora else sorted(set(result.missing_keys) - tied))
+        if unplaced:
+            raise RuntimeError(f"export could not place weights: {unplaced[:5]}")
         if lora:
             fresh = fresh.merge_and_unload()
         fresh.save_pretrained(target, safe_serialization=True)
@@ -184,17 +187,6 @@ def export(target: Path, model, tokenizer, *, student: str, lora: bool, zero: bo
         print(f"exported {target}")
 
 
-def full_state(model, zero: bool) -> dict[str, torch.Tensor]:
-    """Every parameter, full and fp32 (collective under ZeRO: all ranks call it)."""
-    state = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            state[name] = full_param(param, zero)
-        elif zero and hasattr(param, "ds_id"):  # a frozen ZeRO-3 shard (LoRA's base weights): gather it
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters([param]):
-                state[name] = param.detach().float().cpu().clone()
-        else:
-            state[name] = param.detach().float().cpu()
-    return state
+def trainable_state(model, zero: bool) -> list[tuple[str, torch.Tensor]]:
+    """The trained parameters, full and fp32 (collective under ZeRO)."""
+    return [(name, full_param(param, zero)) for name, param in trainable(model)]

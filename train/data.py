@@ -2,7 +2,9 @@
 
 Per mistake, as in the paper's data.py, one feedback example (the student learns to explain its own mistake)
 and one rationale example (it learns the teacher's solution). A mistake is used only when it has both, as
-the paper's `assert cur_feedback and cur_rationale` did; every mistake left out is counted by reason.
+the paper's `assert cur_feedback and cur_rationale` did; every mistake left out is counted by reason. A text
+counts only when it is whole (fair/records.py's usable_text): never a failed or refused request, nor one cut
+off at max_tokens, feedback included, since the student would learn to end its explanation mid-sentence.
 
 Two prompt formats. 'chat' (ours): the prompt is the user turn of the student's chat template, and the
 rationale prompt is exactly `task.prompt`, the prompt the student is evaluated with. 'paper': the paper's
@@ -25,7 +27,7 @@ from fair import paper
 from fair.engines.base import encode_prompt
 from fair.errors import FairError
 from fair.jsonl import read_jsonl
-from fair.records import StudentAnswer, gold_hint, question_block
+from fair.records import StudentAnswer, gold_hint, question_block, usable_text
 from fair.tasks import Task
 
 Kind = Literal["feedback", "rationale"]
@@ -105,12 +107,6 @@ def load_records(source: str | Path, task: Task, *, rationale_path: str | Path |
     return records
 
 
-def _usable(entry: dict | None) -> str | None:
-    """The stripped text of a feedback or rationale, or None when it failed (None or blank, as the paper)."""
-    text = (entry or {}).get("text")
-    return text.strip() if isinstance(text, str) and text.strip() else None
-
-
 def teachers_of(records: list[dict]) -> list[str]:
     """Every teacher named in the records, in first-seen (committee) order."""
     return list(dict.fromkeys(n for r in records for n in (*r["feedback"], *r["rationales"])))
@@ -157,8 +153,8 @@ Chosen = list[tuple[str, str]]  # (teacher, text)
 
 def _choose(record: dict, mode: str, rng: random.Random) -> tuple[Chosen, Chosen, str | None]:
     """(feedbacks, rationales, None) for one mistake, or a reason to skip it."""
-    feedbacks = {n: t for n, e in record["feedback"].items() if (t := _usable(e))}
-    rationales = {n: t for n, e in record["rationales"].items() if (t := _usable(e))}
+    feedbacks = {n: t for n, e in record["feedback"].items() if (t := usable_text(e))}
+    rationales = {n: t for n, e in record["rationales"].items() if (t := usable_text(e))}
     if mode not in MODES:  # one teacher, unreviewed
         if mode not in record["feedback"] or mode not in record["rationales"]:
             return [], [], "teacher missing"

@@ -64,7 +64,7 @@ def forward(model, batch: dict, device: str, attention: str, autocast: bool, tar
             inputs["attention_mask"] = attention_mask_4d(batch["seq_ids"], torch.float32).to(device)
     else:
         inputs["attention_mask"] = batch["attention_mask"].to(device)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):  # "cpu" or "cuda"; bf16 matmuls, fp32 weights
         # use_cache=False: no KV cache in training, and with one transformers would ignore packed positions.
         if targets is None:
             return model(**inputs, use_cache=False).logits

@@ -31,6 +31,7 @@ from typing import Literal
 import torch
 
 from fair.config import Validated, at_least, save_config
+from fair.dtype import Dtype, Precision, dtype_field, resolve_dtype
 from fair.errors import FairError
 from fair.jsonl import append_jsonl, write_json
 from fair.lock import folder_lock
@@ -81,7 +82,7 @@ class TrainConfig(Validated):
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on GPUs, fp32 on CPUs
+    dtype: Dtype = dtype_field()  # bf16: autocast, fp32 master weights (auto: fair/dtype.py)
     deepspeed: str | None = None  # a ZeRO config (configs/deepspeed/*.json); needed for more than one process
     # --- output
     out: str | None = None  # default checkpoints/<task>-<student>-<teacher>
@@ -174,7 +175,10 @@ def load_model(config: TrainConfig, device: str):
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 master weights everywhere
+    # fp32 master weights for everything trained. LoRA under bf16 stores the frozen base in bf16 (half its
+    # memory; autocast computes in bf16 anyway), and peft makes the adapters, the trained part, fp32.
+    bf16_base = config.lora and resolve_dtype(config.dtype).bf16
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16_base else torch.float32)
     if config.pack and model.config._attn_implementation != "flash_attention_2" and varlen_supported(model):
         model.set_attn_implementation(VARLEN)  # packed examples without a mask or padding
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -254,7 +258,7 @@ def train_locked(config: TrainConfig, dist: Dist) -> Path:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and dist.zero:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and device == "cuda")
+    precision = resolve_dtype(config.dtype)
     tokenizer, model = load_model(config, device)
     items = load_data(config, tokenizer, dist)
 
@@ -271,7 +275,7 @@ def train_locked(config: TrainConfig, dist: Dist) -> Path:
     if dist.rank == 0:  # once the checks passed: a refused run leaves the folder's settings as they were
         save_config(config, config.out_dir / "train.yaml")
     params = [p for _, p in trainable(model)]
-    engine, optimizer, autocast = optimizer_for(config, model, params, dist, accumulation, bf16, device)
+    engine, optimizer, autocast = optimizer_for(config, model, params, dist, accumulation, precision.bf16)
     attention = getattr(model.config, "_attn_implementation", "sdpa")
 
     if resume_from:
@@ -285,7 +289,7 @@ def train_locked(config: TrainConfig, dist: Dist) -> Path:
     if dist.rank == 0:
         print(f"training {model_short_name(config.student)} on {len(items)} examples: {total} steps of "
               f"{config.batch_size} ({dist.world} process(es) x {accumulation} x {config.micro_batch_size}), "
-              f"alpha={config.alpha}, {'LoRA' if config.lora else 'full'}, from step {start}")
+              f"alpha={config.alpha}, {'LoRA' if config.lora else 'full'}, {describe(precision)}, from step {start}")
     model.train()
     run_began = time.perf_counter()
     run = Run(config, dist, tokenizer, engine, optimizer, params, device, attention, autocast, accumulation)
@@ -294,7 +298,7 @@ def train_locked(config: TrainConfig, dist: Dist) -> Path:
     if dist.rank == 0:
         write_json(config.out_dir / "train_summary.json", {
             "steps": total, "resumed_from": start, "seconds_this_run": round(time.perf_counter() - run_began, 2),
-            "examples": len(items), "processes": dist.world,
+            "examples": len(items), "processes": dist.world, "dtype": precision.to_json(),
         })
     target = config.out_dir / "final"
     export(target, model, tokenizer, student=config.student, lora=config.lora, zero=dist.zero, rank=dist.rank)
@@ -303,15 +307,22 @@ def train_locked(config: TrainConfig, dist: Dist) -> Path:
     return target
 
 
-def optimizer_for(config: TrainConfig, model, params, dist: Dist, accumulation: int, bf16: bool, device: str):
+def describe(precision: Precision) -> str:
+    if precision.bf16:
+        return f"bf16 autocast, fp32 weights and optimizer ({precision.reason})"
+    return f"float32 ({precision.reason})"
+
+
+def optimizer_for(config: TrainConfig, model, params, dist: Dist, accumulation: int, bf16: bool):
     """(what steps the model, its optimizer, whether to autocast): DeepSpeed's engine under ZeRO (it casts the
-    model itself when bf16 is on), else the model and torch's AdamW, autocast to bf16 on GPUs."""
+    model itself when bf16 is on, keeping fp32 master weights in its optimizer), else the model (fp32) and
+    torch's AdamW (fp32 state), with the forward autocast to bf16 when bf16 is on, on CPUs as on GPUs."""
     if dist.zero:
         engine, optimizer = deepspeed_engine(config, model, params, accumulation, bf16)
         return engine, optimizer, False
     # fused: one kernel for all of AdamW's element-wise updates (CPU and CUDA), same arithmetic
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-    return model, optimizer, bf16 and device == "cuda"
+    return model, optimizer, bf16
 
 
 def run_step(run: Run, items: list, step: int, total: int, steps_per_epoch: int, digest: str, model) -> None:

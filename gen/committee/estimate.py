@@ -15,11 +15,16 @@ Input tokens: the real prompts (gen/committee/prompts.py) built for --sample mis
 the split, with a student answer of --answer-tokens), counted as the client's rate limiter counts them
 (~4 characters per token, gen/teachers/client.py); a review's prompt also holds the reviewed rationale, counted at
 its author's output length. Output tokens: each teacher's mean per request in committee_stats.json beside
-the mistakes, when a committee run left one; else DEFAULT_OUTPUT_TOKENS per request type, capped at the
-teacher's max_tokens. Both are approximations: real tokenizers count differently, and thinking models bill
-their hidden reasoning as output.
+the mistakes, when a committee run left one (thinking included: providers bill it as output); else
+DEFAULT_OUTPUT_TOKENS per request type, capped at the teacher's max_tokens, plus the whole of its
+thinking_budget, which a thinking model may spend on every reply (teacher.max_output_tokens() bounds the two).
+Both are approximations: real tokenizers count differently.
 
-Cost: tokens x the teacher's price_input / price_output (USD per million, configs/teachers/*.yaml).
+Cost: tokens x the teacher's prices (USD per million, configs/teachers/*.yaml), as Teacher.cost bills them.
+Input read from the provider's prompt cache is priced at price_cached_input, and written to it at
+price_cache_write, in the shares of input that committee_stats.json measured per teacher; with no measured
+cache hits, none are assumed: the cost is then an upper bound (the prompts share their prefix, so a run
+usually hits, gen/committee/prompts.py).
 "batch $" prices the feedback and rationales of teachers marked `batch_api: true` at the Batch API's half
 price, as `fair committee --batch-api` sends them (reviews need the rationales first, so they stay online).
 Wall time: the larger of requests / rpm and tokens / tpm per teacher, each of its API keys bringing its own
@@ -46,7 +51,7 @@ from gen.committee.prompts import PROMPT_SETS, PromptSet
 from gen.committee.run import CommitteeConfig, count_mistakes
 from gen.teachers.client import estimate_tokens
 from gen.teachers.config import Teacher, load_committee
-from gen.teachers.providers import ChatRequest
+from gen.teachers.providers import ChatRequest, Usage
 
 # Output tokens per request when no committee run has been measured. The paper's SVAMP files
 # (shared/data/seed) average 116-160 tokens of feedback and 28-126 of rationale (chars / 4) from 2023's
@@ -105,15 +110,32 @@ def mean_prompt_tokens(task: Task, prompts: PromptSet, answers: list[StudentAnsw
 
 
 def output_tokens(teacher: Teacher, measured: dict[str, Any] | None) -> dict[str, float]:
-    """Per request type: the teacher's measured mean per request, else the defaults capped at max_tokens."""
+    """Per request type: the teacher's measured mean per request, else the defaults capped at max_tokens plus
+    all the thinking the teacher allows (what a thinking model may bill as output on every reply)."""
     if measured and measured.get("successes"):
         mean = measured["output_tokens"] / measured["successes"]
         return dict.fromkeys(DEFAULT_OUTPUT_TOKENS, mean)
-    return {kind: min(tokens, teacher.max_tokens) for kind, tokens in DEFAULT_OUTPUT_TOKENS.items()}
+    thinking = thinking_tokens(teacher, measured)
+    return {kind: min(tokens, teacher.max_tokens) + thinking for kind, tokens in DEFAULT_OUTPUT_TOKENS.items()}
 
 
-def per_mistake(teachers: list[Teacher], inputs: dict[str, float], outputs: dict[str, dict[str, float]]
-                ) -> dict[str, dict[str, float]]:
+def thinking_tokens(teacher: Teacher, measured: dict[str, Any] | None) -> int:
+    """What output_tokens counts for thinking apart from the text (never reviewed: a review holds only the
+    text): all of the thinking budget, or 0 when measured (a measured mean holds it)."""
+    return 0 if measured and measured.get("successes") else teacher.max_output_tokens() - teacher.max_tokens
+
+
+def cache_shares(measured: dict[str, Any] | None) -> tuple[float, float]:
+    """The shares of a teacher's input tokens that a committee run measured as read from and written to the
+    provider's prompt cache; (0, 0) when none was measured (no cache hits assumed)."""
+    if not measured or not measured.get("input_tokens"):
+        return 0.0, 0.0
+    total = measured["input_tokens"]
+    return measured.get("cached_input_tokens", 0) / total, measured.get("cache_write_tokens", 0) / total
+
+
+def per_mistake(teachers: list[Teacher], inputs: dict[str, float], outputs: dict[str, dict[str, float]],
+                thinking: dict[str, int] | None = None) -> dict[str, dict[str, float]]:
     """Requests and tokens per mistake for each teacher: what the Batch API could take, and the reviews."""
     result = {}
     for t in teachers:
@@ -123,26 +145,37 @@ def per_mistake(teachers: list[Teacher], inputs: dict[str, float], outputs: dict
             "requests": 2 + len(others),
             "batchable_input": inputs["feedback"] + inputs["rationale"],
             "batchable_output": out["feedback"] + out["rationale"],
-            "review_input": sum(inputs["review"] + outputs[o.name]["rationale"] for o in others),
+            "review_input": sum(inputs["review"] + outputs[o.name]["rationale"] - (thinking or {}).get(o.name, 0)
+                                for o in others),
             "review_output": len(others) * out["review"],
         }
     return result
 
 
-def costs(teachers: list[Teacher], unit: dict[str, dict[str, float]], mistakes: int) -> dict[str, Any]:
+def usage(input_tokens: float, output_tokens: float, share: tuple[float, float]) -> Usage:
+    """Estimated tokens as Teacher.cost takes them, `share` of the input read from and written to the cache
+    (fractional counts: means over many requests)."""
+    return Usage(input_tokens, output_tokens, input_tokens * share[0], input_tokens * share[1])  # type: ignore[arg-type]
+
+
+def costs(teachers: list[Teacher], unit: dict[str, dict[str, float]], mistakes: int,
+          shares: dict[str, tuple[float, float]] | None = None) -> dict[str, Any]:
+    """Per teacher and in total; `shares`: each teacher's cache_shares (none: no cache hits assumed)."""
     rows = {}
     for t in teachers:
-        u = unit[t.name]
+        u, share = unit[t.name], (shares or {}).get(t.name, (0.0, 0.0))
+        cached, written = share
         requests = u["requests"] * mistakes
         input_tokens = (u["batchable_input"] + u["review_input"]) * mistakes
         output_tokens = (u["batchable_output"] + u["review_output"]) * mistakes
-        cost = t.cost(input_tokens, output_tokens)
-        batchable = u["batchable_input"] * mistakes, u["batchable_output"] * mistakes
+        cost = t.cost(usage(input_tokens, output_tokens, share))
+        batchable = usage(u["batchable_input"] * mistakes, u["batchable_output"] * mistakes, share)
         keys = len(t.per_key())  # each key has the teacher's whole rpm and tpm
         minutes = max(requests / (t.rpm * keys), (input_tokens + output_tokens) / (t.tpm * keys))
-        batch_cost = cost - t.cost(*batchable) + t.cost(*batchable, batch=True) if t.batch_api else cost
+        batch_cost = cost - t.cost(batchable) + t.cost(batchable, batch=True) if t.batch_api else cost
         rows[t.name] = {
             "model": t.model, "requests": requests, "input_tokens": input_tokens,
+            "cached_input_share": cached, "cache_write_share": written,
             "output_tokens": output_tokens, "cost_usd": cost, "batch_cost_usd": batch_cost,
             "rpm": t.rpm, "tpm": t.tpm, "api_keys": keys, "hours": minutes / 60,
         }
@@ -203,8 +236,9 @@ def estimate(config: EstimateConfig) -> dict[str, Any]:
     stats_path = config.committee.mistakes_path.with_name("committee_stats.json")
     measured = measured_outputs(stats_path)
     outputs = {t.name: output_tokens(t, measured.get(t.name)) for t in teachers}
+    shares = {t.name: cache_shares(measured.get(t.name)) for t in teachers}
     inputs = mean_prompt_tokens(task, PROMPT_SETS[config.prompts], sample)
-    unit = per_mistake(teachers, inputs, outputs)
+    unit = per_mistake(teachers, inputs, outputs, {t.name: thinking_tokens(t, measured.get(t.name)) for t in teachers})
     result = {
         "task": task.name, "teachers_file": config.teachers, "prompts": config.prompts,
         "mistakes": mistakes, "mistakes_source": source, "sample": len(sample),
@@ -212,7 +246,8 @@ def estimate(config: EstimateConfig) -> dict[str, Any]:
         "input_tokens_per_request": inputs,
         "output_tokens_per_request": outputs,
         "output_tokens_source": "committee_stats" if measured else "defaults",
-        **costs(teachers, unit, mistakes),
+        "cached_input_source": "committee_stats" if any(any(v) for v in shares.values()) else "none assumed",
+        **costs(teachers, unit, mistakes, shares),
     }
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() if config.json
           else table(result, stats_path))
@@ -221,7 +256,14 @@ def estimate(config: EstimateConfig) -> dict[str, Any]:
 
 def table(result: dict[str, Any], stats_path: Path) -> str:
     measured = f"measured in {stats_path}" if result["output_tokens_source"] == "committee_stats" else \
-        f"assumed: {', '.join(f'{k} {v}' for k, v in DEFAULT_OUTPUT_TOKENS.items())} (capped at max_tokens)"
+        f"assumed: {', '.join(f'{k} {v}' for k, v in DEFAULT_OUTPUT_TOKENS.items())} (capped at max_tokens), plus " \
+        "each teacher's whole thinking_budget"
+    if result["cached_input_source"] == "committee_stats":
+        cached = "cached input: " + ", ".join(
+            f"{name} {r['cached_input_share']:.0%} read, {r['cache_write_share']:.0%} written"
+            for name, r in result["teachers"].items()) + f" of input tokens (measured in {stats_path})"
+    else:
+        cached = "cached input: no cache hits assumed (none measured), so the cost is an upper bound"
     inputs = ", ".join(f"{k} {v:.0f}" for k, v in result["input_tokens_per_request"].items())
     lines = [
         f"{result['task']}: {result['mistakes']:,} mistakes ({result['mistakes_source']}), committee "
@@ -229,6 +271,7 @@ def table(result: dict[str, Any], stats_path: Path) -> str:
         f"input tokens per request (mean of {result['sample']} built prompts): {inputs} "
         "(+ the rationale reviewed)",
         f"output tokens per request: {measured}",
+        cached,
         "",
     ]
     header = (f"{'teacher':<10} {'model':<24} {'requests':>11} {'input tok':>14} {'output tok':>14} "

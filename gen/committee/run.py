@@ -17,6 +17,17 @@ that moment are sent again; the rerun says how many. Memory stays flat whatever 
 the set of finished ids (tens of bytes each) and counters (make bench-scale measures it). One run per
 folder: a second `fair committee` on a folder in use fails at once, naming the first one's pid (fair/lock.py).
 
+Budget: with max_cost_usd, no request is sent that could take what this folder's cache has spent past it
+(gen/teachers/budget.py); the run then stops cleanly, writes what finished and says how many mistakes remain,
+and a rerun with a higher budget goes on, spending only the difference. It cannot be combined with batch_api.
+
+Replies the provider billed but that are not whole answers are recorded as such and never sent again: a
+refusal (text null, `refused` the provider's reason) and a reply cut off at max_tokens (`truncated`, text
+kept). Neither rationale is sent for review nor accepted, neither review gives a score; a cut-off feedback is
+kept, marked, and not trained on (fair/records.py's usable_text). A teacher out of quota stops the run:
+what finished is written, the rest is cancelled, the CLI says how many mistakes remain and exits 2; a rerun
+once the account has credit resumes (RunStopped).
+
 With batch_api, the feedback and rationales of teachers with batch_api: true are first asked through OpenAI's
 Batch API, which only fills the cache (gen/teachers/batch.py); the streaming run then finds them there.
 """
@@ -25,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -38,19 +48,21 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fair.config import Validated, at_least, save_config
 from fair.errors import FairError
-from fair.jsonl import JsonlAppender, read_jsonl, unique_ids, write_json
+from fair.jsonl import JsonlAppender, read_jsonl, unique_ids
 from fair.lock import folder_lock
 from fair.models import DEFAULT_STUDENT, model_short_name
-from fair.paper import accept
-from fair.records import Messages, StudentAnswer
-from fair.tasks import Task, get_task
-from gen.committee.prompts import PROMPT_SETS, PROMPT_VERSION, PromptSet, drafts
-from gen.committee.review import parse_review_score
+from fair.records import StudentAnswer
+from fair.tasks import get_task
+from gen.committee.mistake import Context, OutOfQuota, process
+from gen.committee.prompts import PROMPT_SETS, drafts
+from gen.committee.report import print_summary, progress_line, review_outcomes, write_stats
 from gen.teachers.batch import DEADLINE_S, BatchRun
+from gen.teachers.budget import BudgetExhausted, CostBudget
 from gen.teachers.cache import ResponseCache
-from gen.teachers.client import Admission, TeacherClient
+from gen.teachers.client import TeacherClient
 from gen.teachers.config import Teacher, load_committee, missing_keys
-from gen.teachers.providers import ChatRequest, ProviderError, http_client
+from gen.teachers.gates import Admission
+from gen.teachers.providers import http_client
 
 T = TypeVar("T")
 
@@ -74,6 +86,7 @@ class CommitteeConfig(Validated):
     progress: bool = True
     server: str | None = None  # a `fair serve` URL: run there as a job (its committee) and download the output
     priority: float = 1.0  # with server: the job's weight where it shares the teachers' limits with other jobs
+    max_cost_usd: float | None = None  # USD this folder may spend at most, over all runs (gen/teachers/budget.py)
 
     def validate(self) -> None:
         get_task(self.task)
@@ -84,6 +97,9 @@ class CommitteeConfig(Validated):
             raise FairError("with server, the server's committee answers: base_url and batch_api are its own")
         if self.priority <= 0:
             raise FairError(f"priority must be positive, got {self.priority}")
+        if self.max_cost_usd is not None and (self.max_cost_usd <= 0 or self.batch_api):
+            raise FairError(f"max_cost_usd must be positive and cannot cap batch_api (a batch bills all it was "
+                            f"given, up to 24 h later), got {self.max_cost_usd} with batch_api={self.batch_api}")
         if self.batch_poll_s <= 0 or self.batch_deadline_s <= 0:
             raise FairError(f"batch_poll_s and batch_deadline_s must be positive, got {self.batch_poll_s} and "
                             f"{self.batch_deadline_s}")
@@ -102,87 +118,13 @@ class CommitteeConfig(Validated):
         return Path(self.cache or self.out_path.with_name("requests.sqlite"))
 
 
-# ----------------------------------------------------------------------------------------------------------
-# One mistake through the committee
+class RunStopped(FairError):
+    """The run stopped before its end with everything finished written; `result` is what it did (the CLI still
+    prints it and writes committee_stats.json). The message is the one line the user reads."""
 
-
-@dataclass
-class Context:
-    task: Task
-    prompts_name: str
-    prompts: PromptSet
-    clients: dict[str, TeacherClient]
-    teachers: dict[str, Teacher]
-    threshold: float
-    errors: int = 0
-
-
-@dataclass
-class Reply:
-    text: str | None
-    error: str | None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    batch: bool = False  # answered through the Batch API: billed at half price
-
-
-async def ask(ctx: Context, teacher: Teacher, messages: Messages) -> Reply:
-    request = ChatRequest.for_teacher(teacher, messages)  # as gen/teachers/batch.py builds it: the same cache key
-    try:
-        response = await ctx.clients[teacher.name].complete(request)
-    except ProviderError as e:  # TeacherFailed after retries, or a fatal 4xx: recorded, never a score
-        ctx.errors += 1
-        return Reply(None, str(e))
-    return Reply(response.text, None, response.input_tokens, response.output_tokens, response.batch)
-
-
-async def rationale_with_reviews(ctx: Context, answer: StudentAnswer, author: Teacher) -> tuple[dict, list[Reply]]:
-    rationale = await ask(ctx, author, ctx.prompts.rationale(ctx.task, answer))
-    record: dict[str, Any] = {"text": rationale.text, "error": rationale.error, "reviews": {}}
-    replies = [rationale]
-    if rationale.text is not None:  # a failed rationale is never sent for review
-        reviewers = [t for name, t in ctx.teachers.items() if name != author.name]
-        reviews = await asyncio.gather(
-            *(ask(ctx, r, ctx.prompts.review(ctx.task, answer, rationale.text)) for r in reviewers)
-        )
-        for reviewer, review in zip(reviewers, reviews, strict=True):
-            score = parse_review_score(review.text)
-            record["reviews"][reviewer.name] = {"score": score, "reply": review.text, "error": review.error}
-            replies.append(review)
-    mean, accepted = accept([r["score"] for r in record["reviews"].values()], ctx.threshold)
-    record |= {"mean_score": mean, "accepted": accepted}
-    return record, replies
-
-
-async def process(ctx: Context, answer: StudentAnswer) -> dict[str, Any]:
-    names = list(ctx.teachers)
-    feedback_jobs = [ask(ctx, ctx.teachers[n], ctx.prompts.feedback(ctx.task, answer)) for n in names]
-    rationale_jobs = [rationale_with_reviews(ctx, answer, ctx.teachers[n]) for n in names]
-    results = await asyncio.gather(*feedback_jobs, *rationale_jobs)
-    feedbacks, rationales = results[: len(names)], results[len(names) :]
-    usage = {n: {"input_tokens": 0, "output_tokens": 0, "cost": 0.0} for n in names}
-
-    def charge(name: str, reply: Reply) -> None:
-        usage[name]["input_tokens"] += reply.input_tokens
-        usage[name]["output_tokens"] += reply.output_tokens
-        usage[name]["cost"] += ctx.teachers[name].cost(reply.input_tokens, reply.output_tokens, reply.batch)
-
-    for name, feedback in zip(names, feedbacks, strict=True):
-        charge(name, feedback)
-    for name, (_, replies) in zip(names, rationales, strict=True):
-        charge(name, replies[0])
-        reviewers = [n for n in names if n != name]
-        for reviewer, reply in zip(reviewers, replies[1:], strict=False):
-            charge(reviewer, reply)
-    return {
-        "id": answer.id,
-        "mistake": answer.to_json(),
-        "feedback": {n: {"text": f.text, "error": f.error} for n, f in zip(names, feedbacks, strict=True)},
-        "rationales": {n: r for n, (r, _) in zip(names, rationales, strict=True)},
-        "usage": usage,
-        "prompts": f"{ctx.prompts_name}-v{PROMPT_VERSION}",
-        "threshold": ctx.threshold,
-    }
+    def __init__(self, message: str, result: dict[str, Any]):
+        super().__init__(message)
+        self.result = result
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -237,6 +179,8 @@ async def run_committee(config: CommitteeConfig, teachers: list[Teacher], hooks:
 
 
 async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hooks: Hooks) -> dict[str, Any]:
+    """RunStopped (with the result) when a teacher is out of quota or the budget is reached: what finished is
+    written, the mistakes in flight are cancelled (the replies they had are cached) and a rerun resumes."""
     task = get_task(config.task)
     done = finished_ids(config.out_path)
     mistakes = pending_mistakes(config, done)
@@ -245,11 +189,14 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
     if repeated:
         print(f"resuming: {repeated} request(s) were in flight when the last run stopped and may be sent again")
     save_config(config, config.out_path.with_name("committee.yaml"))
+    budget = CostBudget(config.max_cost_usd, cache.spent_usd, ledger=cache)  # the folder's spending so far
+    total = count_mistakes(config)
     with cache, JsonlAppender(config.out_path) as out:  # closing commits what is pending, also on Ctrl-C
         async with httpx.AsyncClient() as http, contextlib.AsyncExitStack() as pools:
             # A connection pool per teacher, sized to its keys' concurrency.
             clients = {t.name: TeacherClient(t, cache, await pools.enter_async_context(
-                http_client(t.max_concurrency * len(t.per_key()))), admission=hooks.admission) for t in teachers}
+                http_client(t.max_concurrency * len(t.per_key()))), admission=hooks.admission, budget=budget)
+                for t in teachers}
             hooks.started(repeated, clients)
             ctx = Context(task, config.prompts, PROMPT_SETS[config.prompts], clients,
                           {t.name: t for t in teachers}, config.threshold)
@@ -260,7 +207,6 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
                 batch = await BatchRun(batched, cache, http, stats, config.batch_poll_s,
                                        deadline_s=config.batch_deadline_s).run(
                     drafts(pending_mistakes(config, done), task, ctx.prompts, batched))
-            total = count_mistakes(config)
             bar = tqdm(desc=f"committee {task.name}", unit=" mistakes", initial=len(done), total=total,
                        disable=not config.progress, dynamic_ncols=True)
             started, written = time.perf_counter(), 0
@@ -274,17 +220,41 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
                 out.write(records)
                 written += len(records)
                 bar.update(len(records))
-                line = progress_line(clients, time.perf_counter() - started, ctx.errors)
-                bar.set_postfix_str(line, refresh=False)
+                bar.set_postfix_str(progress_line(clients, time.perf_counter() - started, ctx.errors), refresh=False)
                 if errors:
                     raise errors[0]
                 hooks.written(clients, written)
 
-            await stream_window(lambda answer: process(ctx, answer), mistakes, config.window, write)
-            bar.close()
-    return {"written": written, "skipped": len(done), "repeated_after_kill": repeated,
-            "seconds": time.perf_counter() - started, "cache_commits": cache.commits,
-            "stats": {n: c.stats for n, c in clients.items()}, "batch": batch}
+            try:
+                stopped = await until_stopped(
+                    stream_window(lambda answer: process(ctx, answer), mistakes, config.window, write), budget, total)
+            finally:
+                bar.close()
+    result = {"written": written, "skipped": len(done), "total": total, "repeated_after_kill": repeated,
+              "seconds": time.perf_counter() - started, "cache_commits": cache.commits,
+              "stats": {n: c.stats for n, c in clients.items()}, "batch": batch, "stopped": stopped,
+              "budget": budget_stats(budget), "outcomes": review_outcomes(config.out_path)}
+    if stopped:
+        result["stopped"] = stopped.format(remaining=max(total - len(done) - written, 0))
+        raise RunStopped(result["stopped"], result)
+    return result
+
+
+async def until_stopped(run: Coroutine[Any, Any, None], budget: CostBudget, total: int) -> str | None:
+    """Await the run; None when it ended, else why it stopped early (with a {remaining} to fill in)."""
+    try:
+        await run
+    except OutOfQuota as e:
+        return f"{e}; {{remaining}} of {total} mistakes remain; rerun once the account has credit"
+    except BudgetExhausted:  # nothing was in flight; what finished is written, the rest waits for a rerun
+        return (f"budget reached: spent ${budget.total_usd:.4f} of ${budget.limit_usd:.4f}; {{remaining}} of {total} "
+                f"mistakes remain; rerun with a higher --max-cost-usd to continue")
+    return None
+
+
+def budget_stats(budget: CostBudget) -> dict[str, Any]:
+    return {"max_cost_usd": budget.limit_usd, "spent_usd": round(budget.total_usd, 6),
+            "spent_this_run_usd": round(budget.spent_usd, 6), "reached": budget.exhausted is not None}
 
 
 async def stream_window(work: Callable[[T], Coroutine[Any, Any, Any]], items: Iterator[T], window: int,
@@ -309,14 +279,6 @@ async def stream_window(work: Callable[[T], Coroutine[Any, Any, Any]], items: It
         raise
 
 
-def progress_line(clients: dict[str, TeacherClient], seconds: float, errors: int) -> str:
-    stats = [c.stats for c in clients.values()]
-    sent = sum(s.requests for s in stats)
-    tokens = sum(s.input_tokens + s.output_tokens for s in stats)
-    return (f"req/s={sent / max(seconds, 1e-9):.1f} tokens={tokens} retries={sum(s.retries for s in stats)} "
-            f"errors={errors} ${sum(s.cost for s in stats):.4f}")
-
-
 def committee(config: CommitteeConfig) -> dict[str, Any]:
     existing_mistakes(config)  # before any file is opened: a wrong path leaves nothing behind
     teachers = load_committee(config.teachers, config.base_url)
@@ -327,28 +289,15 @@ def committee(config: CommitteeConfig) -> dict[str, Any]:
         raise FairError(f"committee {config.teachers!r} needs the environment variable(s) {', '.join(missing)}; "
                         f"set them, or use the offline simulator: make gen TEACHERS=offline")
     with logging_redirect_tqdm():  # log lines print above the progress bar instead of through it
-        result = asyncio.run(run_committee(config, teachers))
-    print_summary(config, teachers, result)
-    write_stats(config, result)
+        try:
+            result = asyncio.run(run_committee(config, teachers))
+        except RunStopped as stop:  # what finished is reported and counted, then the one line and exit 2
+            finish(config, teachers, stop.result)
+            raise
+    finish(config, teachers, result)
     return result
 
 
-def write_stats(config: CommitteeConfig, result: dict[str, Any]) -> None:
-    """committee_stats.json beside the output: this run's counts, per teacher (`fair estimate` reads them)."""
-    write_json(config.out_path.with_name("committee_stats.json"), {
-        "written": result["written"], "skipped": result["skipped"], "seconds": round(result["seconds"], 2),
-        "repeated_after_kill": result["repeated_after_kill"], "cache_commits": result["cache_commits"],
-        "batch": dataclasses.asdict(result["batch"]) if result["batch"] else None,
-        "teachers": {name: dataclasses.asdict(stats) for name, stats in result["stats"].items()},
-    })
-
-
-def print_summary(config: CommitteeConfig, teachers: list[Teacher], result: dict[str, Any]) -> None:
-    from gen.committee.report import teacher_table
-
-    if batch := result["batch"]:
-        print(f"\nBatch API: {batch.answered} replies from {batch.batches} batch(es) in {batch.seconds:.1f}s; "
-              f"{batch.fell_back} left to the live path")
-    print(f"\n{result['written']} mistakes done this run ({result['skipped']} already done) in "
-          f"{result['seconds']:.1f}s -> {config.out_path}")
-    print(teacher_table(config.out_path, teachers, result["stats"]))
+def finish(config: CommitteeConfig, teachers: list[Teacher], result: dict[str, Any]) -> None:
+    print_summary(config, teachers, result)
+    write_stats(config, result)

@@ -4,7 +4,8 @@
     GET  /                                          the page (gen/serve/page.html); POST /login sets its cookie
     POST /v1/files  GET /v1/files[/{id}[/content]]  DELETE /v1/files/{id}
     POST /v1/batches  GET /v1/batches[/{id}]  POST /v1/batches/{id}/cancel
-    POST /v1/chat/completions                       a teacher, through the shared gates and a cache
+    POST /v1/chat/completions                       a teacher, through the shared gates and a cache; `stream: true`
+                                                    as OpenAI's server-sent events (gen/serve/chat.py)
     GET  /v1/models                                 the teachers
     POST /v1/fair/jobs  GET /v1/fair/jobs[/{id}]  POST /v1/fair/jobs/{id}/cancel
     GET  /v1/fair/jobs/{id}/events                  progress as server-sent events, until the job ends
@@ -34,17 +35,15 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException
 
 from fair.errors import FairError
-from gen.serve import uploads
+from gen.serve import chat, uploads
 from gen.serve.batches import Batches
 from gen.serve.budget import Budget
 from gen.serve.jobs import OPEN, Jobs
 from gen.serve.server import ServeConfig, same_token
 from gen.serve.store import Store, new_id
-from gen.serve.wire import ApiError, batch_object, chat_completion, chat_request, file_object
-from gen.teachers.cache import ResponseCache
-from gen.teachers.client import TeacherClient, gate_state
+from gen.serve.wire import ApiError, batch_object, file_object
 from gen.teachers.config import Teacher
-from gen.teachers.providers import ProviderError
+from gen.teachers.gates import gate_state
 
 COOKIE = "fair_serve_token"
 PAGE = Path(__file__).with_name("page.html")
@@ -94,12 +93,8 @@ class Service:
             print(f"fair serve: removed {path}, left without a record by the last stop", flush=True)
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=256))
         self.batches = Batches(self.store, self.budget, list(self.teachers.values()), self.http)
-        self.proxy_cache = ResponseCache(self.store.root / "proxy" / "requests.sqlite")
         interactive = self.budget.tenant("interactive", interactive=True)
-        self.proxy = {
-            n: TeacherClient(t, self.proxy_cache, self.http, admission=interactive)
-            for n, t in self.teachers.items()
-        }
+        self.proxy = chat.Proxy(self.store.root / "proxy", self.teachers, self.http, interactive)
         jobs, batches = self.jobs.resume(), self.batches.resume()
         if jobs or batches:
             print(f"fair serve: resumed {len(jobs)} job(s) and {len(batches)} batch(es)", flush=True)
@@ -107,7 +102,7 @@ class Service:
     async def stop(self) -> None:
         await self.jobs.close()
         await self.batches.close()
-        self.proxy_cache.close()
+        await self.proxy.close()
         await self.http.aclose()
         self.store.close()
 
@@ -356,14 +351,9 @@ def add_jobs(app: FastAPI, service: Service) -> None:
 
 
 def add_teachers(app: FastAPI, service: Service) -> None:
-    @app.post("/v1/chat/completions")
-    async def chat(body: Any = Body(...)) -> dict[str, Any]:  # noqa: B008 (FastAPI's way to take a raw body)
-        teacher, request = chat_request(body, service.teachers)
-        try:
-            response = await service.proxy[teacher.name].complete(request)
-        except ProviderError as e:  # the client's message: redacted, one line
-            raise ApiError(502, str(e), code="teacher_failed") from None
-        return chat_completion(teacher, request, response)
+    @app.post("/v1/chat/completions", response_model=None, openapi_extra=chat.openapi(service.teachers))
+    async def chat_completions(body: Any = Body(...)) -> dict[str, Any] | Response:  # noqa: B008 (a raw body)
+        return await service.proxy.answer(body)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from gen.teachers.client import WINDOW_S, Gate
+from gen.teachers.gates import WINDOW_S, Gate
 
 
 @dataclass(eq=False)

@@ -8,8 +8,10 @@ the committee's exactly-once promise: a server killed with SIGKILL and restarted
 itself, finished mistakes are skipped, cached replies are free, and only the requests in flight at the kill can
 be sent twice; each restart adds that count to the job's `repeated_after_restart`.
 
-Statuses: queued -> in_progress -> completed | failed | cancelled | stopped (max_cost_usd reached: it stops
-sending once the cost so far reaches it; replies already in flight may add a little). Cancel stops sending and
+Statuses: queued -> in_progress -> completed | failed | cancelled | stopped (the run stopped cleanly, its error
+the one line saying why: max_cost_usd reached, the committee's own budget, gen/teachers/budget.py, over
+everything the job's folder has spent, restarts included, so that no request is sent that could take it past the
+cap; or a teacher's account out of quota; committee_stats.json says which). Cancel stops sending and
 keeps the partial output. Progress (done/total, requests, cache hits, retries, 429s, failures, tokens, cost, an
 estimated final cost and an ETA) is read live from the run's clients and saved to the store once a second;
 counters of runs before a restart are kept as `previous`, so cost and requests add up across restarts.
@@ -30,13 +32,14 @@ from fair.errors import FairError
 from fair.jsonl import read_jsonl
 from fair.paper import write_paper_files
 from fair.tasks import get_task
+from gen.committee.report import write_stats
 from gen.committee.run import (
     CommitteeConfig,
     Hooks,
+    RunStopped,
     count_mistakes,
     finished_ids,
     run_committee,
-    write_stats,
 )
 from gen.serve.budget import Budget
 from gen.serve.store import Store, new_id
@@ -57,10 +60,6 @@ COUNTERS = (
 )
 SAVE_EVERY_S = 1.0
 STEM = "student"  # the paper's files: student_<task>_{feedback,rationale}_round0.json
-
-
-class CostCapReached(Exception):
-    pass
 
 
 @dataclasses.dataclass
@@ -185,11 +184,11 @@ class Jobs:
         )
         status, error = "completed", None
         try:
-            result = await run_committee(config, teachers, hooks)
-            write_stats(config, result)
+            write_stats(config, await run_committee(config, teachers, hooks))
             write_paper_files(get_task(config.task), config.out_path, f"{STEM}_{get_task(config.task).name}")
-        except CostCapReached:
-            status = "stopped"
+        except RunStopped as stop:  # its budget reached, or a teacher out of quota: resumable, nothing lost
+            write_stats(config, stop.result)
+            status, error = "stopped", str(stop)
         except asyncio.CancelledError:
             if job_id not in self.cancelled:  # the server is stopping: the job stays open and resumes
                 self.save(job_id)
@@ -216,12 +215,8 @@ class Jobs:
     def written(self, job_id: str, written: int) -> None:
         live = self.live[job_id]
         live.written = written
-        doc = self.get(job_id)
-        cap = doc["spec"]["max_cost_usd"]
         if time.monotonic() - live.saved >= SAVE_EVERY_S:
             self.save(job_id)
-        if cap is not None and self.progress(live, doc["previous"], doc["spec"])["cost"] >= cap:
-            raise CostCapReached
 
     def save(self, job_id: str, **changes: Any) -> None:
         if (live := self.live.get(job_id)) is not None:
@@ -263,6 +258,7 @@ class Jobs:
             threshold=spec["threshold"],
             window=spec["window"],
             limit=spec["limit"],
+            max_cost_usd=spec["max_cost_usd"],
             progress=False,
         )
 

@@ -69,6 +69,7 @@ def submit(http: httpx.Client, config: CommitteeConfig) -> dict[str, Any]:
         "window": config.window,
         "limit": config.limit,
         "priority": config.priority,
+        "max_cost_usd": config.max_cost_usd,
     }
     return call(http, "POST", "/v1/fair/jobs", json=spec)
 

@@ -4,12 +4,13 @@
     fair serve --teachers default --state data/serve      # real teachers: their keys come from this environment
     FAIR_SERVE_TOKEN=... fair serve --host 0.0.0.0        # any other bind than loopback needs an explicit token
 
-Routes (gen/serve/app.py): OpenAI's /v1/files and /v1/batches, /v1/chat/completions (a gated, cached proxy),
-/v1/fair/jobs (committee jobs), /v1/fair/limits, the page at /. Every route but /healthz needs the bearer token:
-FAIR_SERVE_TOKEN, else a random one kept in STATE/token (mode 0600; the server prints the file's path, never
-the token). Teachers, keys and limits are this server's committee file's (`teachers`, `base_url`); requests
-cannot set them. All work shares the teachers' gates (gen/serve/budget.py), lives in the state folder
-(gen/serve/store.py), and resumes by itself after a restart, also after SIGKILL. One server per state folder.
+Routes (gen/serve/app.py): OpenAI's /v1/files and /v1/batches, /v1/chat/completions (a gated, cached proxy,
+streaming too: gen/serve/chat.py), /v1/fair/jobs (committee jobs), /v1/fair/limits, the page at /. Every route
+but /healthz needs the bearer token: FAIR_SERVE_TOKEN, else a random one kept in STATE/token (mode 0600; the
+server prints the file's path, never the token). Teachers, keys and limits are this server's committee file's
+(`teachers`, `base_url`); requests cannot set them. All work shares the teachers' gates (gen/serve/budget.py),
+lives in the state folder (gen/serve/store.py), and resumes by itself after a restart, also after SIGKILL. One
+server per state folder.
 """
 
 from __future__ import annotations

@@ -1,14 +1,24 @@
-"""OpenAI's shapes as `fair serve` speaks them: errors, chat-completions bodies and replies, batch objects.
+"""OpenAI's shapes as `fair serve` speaks them: errors, chat-completions bodies, replies and stream chunks, batches.
 
 A chat body names a teacher of the server's committee as its `model` and may set only the sampling fields
 below; keys, base URLs and limits are the server's own (its committee file), so a body that names one of them
-gets a 400, as does any other field we would not honour (streaming, tools, n > 1).
+gets a 400, as does any other field we would not honour (tools, n > 1). The proxy (gen/serve/chat.py) also takes
+`stream` and `stream_options`; a batch line does not, as OpenAI's Batch API does not.
+
+A reply's finish_reason says how it ended, as OpenAI's do: "stop", "length" (truncated at the output limit) or
+"content_filter" (the provider refused; its reason is the message's `refusal`). A stream is OpenAI's sequence of
+chat.completion.chunk objects (`Chunks`): the role, the content in pieces, the finish, then, with
+`include_usage`, the usage with no choices; the route frames them as server-sent events and ends with [DONE].
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+import secrets
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from gen.teachers.config import Teacher
@@ -30,6 +40,9 @@ SERVER_ONLY = {
     "max_retries",
     "provider",
 }
+RANGES = {"temperature": (0, 2), "top_p": (0, 1)}  # OpenAI's
+STREAMING = frozenset({"stream", "stream_options"})  # the proxy's, not a batch line's
+STREAM_OPTIONS = {"include_usage", "include_obfuscation"}
 ROLES = {"system", "user", "assistant", "developer"}
 # OpenAI's batch statuses; `cancelling` and `finalizing` are passed through on the way to the last three.
 BATCH_OPEN = {"validating", "in_progress", "finalizing", "cancelling"}
@@ -48,12 +61,15 @@ class ApiError(Exception):
             404: "not_found_error",
             413: "invalid_request_error",
             409: "conflict_error",
-        }.get(self.status, "invalid_request_error")
+        }.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
         return {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}}
 
 
-def chat_request(body: Any, teachers: dict[str, Teacher], where: str = "body") -> tuple[Teacher, ChatRequest]:
-    """The teacher and request a chat-completions body asks for; ApiError(400) naming `where` and the field."""
+def chat_request(
+    body: Any, teachers: dict[str, Teacher], where: str = "body", also: frozenset[str] = frozenset()
+) -> tuple[Teacher, ChatRequest]:
+    """The teacher and request a chat-completions body asks for; ApiError(400) naming `where` and the field.
+    `also`: further fields the caller reads itself (the proxy's STREAMING)."""
     if not isinstance(body, dict):
         raise ApiError(400, f"{where}: expected a JSON object")
     if server_only := sorted(SERVER_ONLY & set(body)):
@@ -63,11 +79,11 @@ def chat_request(body: Any, teachers: dict[str, Teacher], where: str = "body") -
             f"server's committee file, not from a request",
             server_only[0],
         )
-    if unknown := sorted(set(body) - SAMPLING - {"model", "messages"}):
+    if unknown := sorted(set(body) - SAMPLING - also - {"model", "messages"}):
         raise ApiError(
             400,
             f"{where}: unsupported field(s) {', '.join(unknown)} (this server takes model, "
-            f"messages, {', '.join(sorted(SAMPLING))})",
+            f"messages, {', '.join(sorted(SAMPLING | also))})",
             unknown[0],
         )
     model = body.get("model")
@@ -102,7 +118,8 @@ def chat_request(body: Any, teachers: dict[str, Teacher], where: str = "body") -
 def _sampling(body: dict, teacher: Teacher, where: str) -> tuple[float, float, int]:
     temperature, top_p = body.get("temperature", teacher.temperature), body.get("top_p", teacher.top_p)
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens", teacher.max_tokens))
-    for name, value, low, high in (("temperature", temperature, 0, 2), ("top_p", top_p, 0, 1)):
+    for name, value in (("temperature", temperature), ("top_p", top_p)):
+        low, high = RANGES[name]
         if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
             raise ApiError(400, f"{where}: {name} must be a number in {low}..{high}", name)
     if (
@@ -119,22 +136,101 @@ def _sampling(body: dict, teacher: Teacher, where: str) -> tuple[float, float, i
     return float(temperature), float(top_p), max_tokens
 
 
-def chat_completion(teacher: Teacher, request: ChatRequest, response: ChatResponse) -> dict[str, Any]:
+@dataclass(frozen=True)
+class StreamOptions:
+    include_usage: bool = False  # a last chunk of the usage and no choices; every other one has usage null
+    include_obfuscation: bool = True  # OpenAI's default: pad each chunk so its size does not tell its text's
+
+
+def stream_options(body: dict[str, Any]) -> StreamOptions | None:
+    """None for a plain reply, else how to stream it; ApiError(400) naming the field, in OpenAI's terms."""
+    stream, options = body.get("stream"), body.get("stream_options")
+    if stream not in (None, True, False):
+        raise ApiError(400, "body: stream must be true or false", "stream")
+    if not stream:
+        if options is not None:
+            raise ApiError(400, "body: stream_options is only allowed when stream is true", "stream_options")
+        return None
+    if options is None:
+        return StreamOptions()
+    if not isinstance(options, dict) or set(options) - STREAM_OPTIONS:
+        raise ApiError(
+            400, f"body: stream_options takes only {', '.join(sorted(STREAM_OPTIONS))}", "stream_options"
+        )
+    for name, value in options.items():
+        if not isinstance(value, bool):
+            raise ApiError(400, f"body: stream_options.{name} must be a boolean", f"stream_options.{name}")
+    return StreamOptions(**options)
+
+
+def completion_head(teacher: Teacher, request: ChatRequest, kind: str) -> dict[str, Any]:
+    """What a reply and each of its stream's chunks open with; one request, one id (a digest of it)."""
     digest = hashlib.sha256(repr((teacher.name, request)).encode()).hexdigest()[:24]
+    return {"id": f"chatcmpl-{digest}", "object": kind, "created": int(time.time()), "model": teacher.name}
+
+
+def finish_reason(response: ChatResponse) -> str:
+    if response.refusal is not None:
+        return "content_filter"
+    return "length" if response.truncated else "stop"
+
+
+def usage(response: ChatResponse) -> dict[str, Any]:
+    """OpenAI's usage object; the teacher's prompt-cache reads as OpenAI reports its own (whatever its API)."""
     return {
-        "id": f"chatcmpl-{digest}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": teacher.name,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": response.text}, "finish_reason": "stop"}
-        ],
-        "usage": {
-            "prompt_tokens": response.input_tokens,
-            "completion_tokens": response.output_tokens,
-            "total_tokens": response.input_tokens + response.output_tokens,
-        },
+        "prompt_tokens": response.input_tokens,
+        "completion_tokens": response.output_tokens,
+        "total_tokens": response.input_tokens + response.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": response.cached_input_tokens},
     }
+
+
+def chat_completion(teacher: Teacher, request: ChatRequest, response: ChatResponse) -> dict[str, Any]:
+    # A refusal's content is null when it has no text, as OpenAI's is.
+    content = None if response.refusal is not None and not response.text else response.text
+    message = {"role": "assistant", "content": content, "refusal": response.refusal}
+    finish = finish_reason(response)
+    return {
+        **completion_head(teacher, request, "chat.completion"),
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": usage(response),
+    }
+
+
+class Chunks:
+    """One streamed reply's chat.completion.chunk objects, in OpenAI's order: `opening()` (the role) as soon as
+    the request is taken, then `reply()`: the content word by word, the refusal, the finish, the usage."""
+
+    PAD = 16  # obfuscation pads each chunk's text to a multiple of this many characters
+
+    def __init__(self, teacher: Teacher, request: ChatRequest, options: StreamOptions):
+        self.head = completion_head(teacher, request, "chat.completion.chunk")
+        self.options = options
+
+    def opening(self) -> dict[str, Any]:
+        return self._chunk({"role": "assistant", "content": "", "refusal": None})
+
+    def reply(self, response: ChatResponse) -> Iterator[dict[str, Any]]:
+        # Words with their trailing space (leading space alone first): the pieces join back to the exact text.
+        for piece in re.findall(r"\S+\s*|\s+", response.text):
+            yield self._chunk({"content": piece})
+        if response.refusal is not None:
+            yield self._chunk({"refusal": response.refusal})
+        yield self._chunk({}, finish_reason(response))
+        if self.options.include_usage:
+            yield {**self.head, "choices": [], "usage": usage(response)}
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        chunk = {
+            **self.head,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if self.options.include_usage:
+            chunk["usage"] = None
+        if self.options.include_obfuscation:
+            text = delta.get("content") or delta.get("refusal") or ""
+            chunk["obfuscation"] = secrets.token_urlsafe(self.PAD)[: self.PAD - len(text) % self.PAD]
+        return chunk
 
 
 def batch_object(doc: dict[str, Any]) -> dict[str, Any]:

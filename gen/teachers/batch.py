@@ -44,7 +44,6 @@ import orjson
 
 from fair.errors import FairError
 from gen.teachers.cache import key_for
-from gen.teachers.client import Retry
 from gen.teachers.keys import redact
 from gen.teachers.providers import (
     ChatRequest,
@@ -55,6 +54,7 @@ from gen.teachers.providers import (
     TransientError,
     lookup,
 )
+from gen.teachers.retry import Retry
 
 if TYPE_CHECKING:
     from gen.teachers.cache import ResponseCache
@@ -349,9 +349,7 @@ class BatchRun:
                 self.cache.put(key, api.teacher.name, reply)
                 answered += 1
                 stats.batched += 1
-                stats.input_tokens += reply.input_tokens
-                stats.output_tokens += reply.output_tokens
-                stats.cost += api.teacher.cost(reply.input_tokens, reply.output_tokens, batch=True)
+                stats.bill(reply.usage, api.teacher.cost(reply.usage, batch=True))
         self.cache.flush()  # committed before the ledger closes the batch: a kill in between downloads it again
         status, requests = batch.get("status", "lost") if batch else "lost", self.ledger.requests(input_file)
         self.ledger.finished(input_file, status)

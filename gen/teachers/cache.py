@@ -22,8 +22,17 @@ replies are never reused for the real API under the same model name; on a loopba
 port, which changes between runs (the offline simulator takes a free one each time). The key never sees the
 API key (a teacher's several keys share one cache). Prompt changes reach the key through the messages.
 
-A reply answered through the Batch API is stored with batch = 1, so its cost is counted at the batch price
-wherever it is read. Cache files written before that column existed gain it (as 0) when opened.
+A Gemini teacher's thinking_budget is in the key when set (it changes the reply; keys without one are as before).
+
+A reply is stored with everything its cost and use depend on: batch = 1 when answered through the Batch API (its
+cost is counted at the batch price wherever it is read), the cached-input and cache-write token counts (their own
+prices), truncated, and the refusal reason. Refusals and truncated replies are the provider's answer to that
+request and are kept like any other: a rerun does not pay for them again. Cache files written before a column
+existed gain it (0, or NULL for the refusal) when opened.
+
+Table `spending` is the ledger of gen/teachers/budget.py: one row, the USD spent (and reserved) through this
+file, `spent_usd` when opened; `save_spent` commits a new value like `mark_inflight`, `note_spent` with the next
+group commit.
 """
 
 from __future__ import annotations
@@ -51,11 +60,20 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     key TEXT PRIMARY KEY, teacher TEXT NOT NULL, text TEXT NOT NULL,
     input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, created REAL NOT NULL,
-    batch INTEGER NOT NULL DEFAULT 0
+    batch INTEGER NOT NULL DEFAULT 0, cached_input_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0, truncated INTEGER NOT NULL DEFAULT 0, refusal TEXT
 );
 CREATE TABLE IF NOT EXISTS inflight (key TEXT PRIMARY KEY, teacher TEXT NOT NULL, started REAL NOT NULL)
     WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS spending (id INTEGER PRIMARY KEY CHECK (id = 0), usd REAL NOT NULL);
 """
+# Columns added since the first files: an older file gains them when opened.
+ADDED_COLUMNS = {
+    "batch": "INTEGER NOT NULL DEFAULT 0", "cached_input_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "cache_write_tokens": "INTEGER NOT NULL DEFAULT 0", "truncated": "INTEGER NOT NULL DEFAULT 0", "refusal": "TEXT",
+}
+COLUMNS = ("text", "input_tokens", "output_tokens", "batch", "cached_input_tokens", "cache_write_tokens", "truncated",
+           "refusal")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -71,6 +89,8 @@ def key_for(teacher: Teacher, request: ChatRequest) -> str:
         "max_tokens": int(request.max_tokens),
         "sample": int(request.sample),
     }
+    if teacher.thinking_budget is not None:
+        fields["thinking_budget"] = int(teacher.thinking_budget)
     return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -105,16 +125,21 @@ class ResponseCache:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")  # another process reading the file waits, not fails
         self.db.executescript(SCHEMA)
-        if "batch" not in {row[1] for row in self.db.execute("PRAGMA table_info(responses)")}:
-            self.db.execute("ALTER TABLE responses ADD COLUMN batch INTEGER NOT NULL DEFAULT 0")  # an older file
+        present = {row[1] for row in self.db.execute("PRAGMA table_info(responses)")}
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in present:  # an older file
+                self.db.execute(f"ALTER TABLE responses ADD COLUMN {column} {kind}")
         with self.db:
             (self._abandoned,) = self.db.execute("SELECT COUNT(*) FROM inflight").fetchone()
             self.db.execute("DELETE FROM inflight")
+        row = self.db.execute("SELECT usd FROM spending").fetchone()
+        self.spent_usd = row[0] if row else 0.0  # by every run through this file so far (gen/teachers/budget.py)
         # Not yet committed: in-flight rows to add (and who waits for them), replies, requests given up on.
         self._begins: list[tuple[str, str, float]] = []
         self._waiting: list[asyncio.Future] = []
         self._replies: dict[str, tuple[str, ChatResponse, float]] = {}
         self._finished: list[str] = []
+        self._spent: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._failed: sqlite3.Error | None = None  # a commit the event loop's timer ran failed (disk full)
         self.commits = 0  # transactions so far: the benchmarks report commits per request
@@ -126,17 +151,33 @@ class ResponseCache:
     def get(self, key: str) -> ChatResponse | None:
         if (pending := self._replies.get(key)) is not None:
             return pending[1]
-        row = self.db.execute(
-            "SELECT text, input_tokens, output_tokens, batch FROM responses WHERE key = ?", (key,)
-        ).fetchone()
-        return ChatResponse(*row[:3], batch=bool(row[3])) if row else None
+        row = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM responses WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        text, input_tokens, output_tokens, batch, cached, written, truncated, refusal = row
+        return ChatResponse(text, input_tokens, output_tokens, batch=bool(batch), cached_input_tokens=cached,
+                            cache_write_tokens=written, truncated=bool(truncated), refusal=refusal)
 
     async def mark_inflight(self, key: str, teacher: str) -> None:
         """Record a request as in flight; returns once that is committed, so the caller may send it."""
+        self._begins.append((key, teacher, time.time()))
+        await self._committed()
+
+    async def save_spent(self, usd: float) -> None:
+        """The ledger's new total (gen/teachers/budget.py); returns once that is committed."""
+        self._spent = usd
+        await self._committed()
+
+    def note_spent(self, usd: float) -> None:
+        """The ledger's new total, committed with the next group."""
+        self._spent = usd
+        self._flush_in(self.flush_s)
+
+    async def _committed(self) -> None:
+        """Join the next group commit, which runs as soon as the loop is free, and return once it is done."""
         if self._failed is not None:  # the cache can no longer record what is sent: send nothing more
             raise self._failed
         waiter = asyncio.get_running_loop().create_future()
-        self._begins.append((key, teacher, time.time()))
         self._waiting.append(waiter)
         self._flush_in(0.0)
         await waiter
@@ -160,21 +201,24 @@ class ResponseCache:
             self._timer.cancel()
             self._timer = None
         begins, waiting, replies, finished = self._begins, self._waiting, self._replies, self._finished
-        if not (begins or replies or finished):
+        spent = self._spent
+        if not (begins or replies or finished or spent is not None):
             return
-        self._begins, self._waiting, self._replies, self._finished = [], [], {}, []
+        self._begins, self._waiting, self._replies, self._finished, self._spent = [], [], {}, [], None
         try:
             with self.db:
                 self.db.executemany(
-                    "INSERT OR REPLACE INTO responses (key, teacher, text, input_tokens, output_tokens, created, batch)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(k, t, r.text, r.input_tokens, r.output_tokens, now, int(r.batch))
-                     for k, (t, r, now) in replies.items()],
+                    f"INSERT OR REPLACE INTO responses (key, teacher, created, {', '.join(COLUMNS)})"
+                    f" VALUES (?, ?, ?{', ?' * len(COLUMNS)})",
+                    [(k, t, now, r.text, r.input_tokens, r.output_tokens, int(r.batch), r.cached_input_tokens,
+                      r.cache_write_tokens, int(r.truncated), r.refusal) for k, (t, r, now) in replies.items()],
                 )
                 done = [(k,) for k in (*replies, *finished)]
                 self.db.executemany("DELETE FROM inflight WHERE key = ?", done)
                 # After the deletes: a second request for a key just answered (both missed the cache) stays marked.
                 self.db.executemany("INSERT OR REPLACE INTO inflight VALUES (?, ?, ?)", begins)
+                if spent is not None:
+                    self.db.execute("INSERT OR REPLACE INTO spending VALUES (0, ?)", (spent,))
             self.commits += 1
         except sqlite3.Error as e:
             for waiter in waiting:

@@ -10,8 +10,10 @@ for the request and token buckets, waits out any cool-down, records the request 
 before it is sent), sends it, and hands the reply to the cache the moment it arrives. Failures are retried
 with exponential backoff and jitter; 429s have their own budget (2 x max_retries) so that a burst of them
 cannot use up the retries meant for 5xx and timeouts (curator #205), and the rest get max_retries.
-FatalError (other 4xx) is never retried. That is `Retry`, the one retry policy for every call to a teacher's
-API: the Batch API's calls (gen/teachers/batch.py) go through it too.
+FatalError (other 4xx) is never retried. That is `Retry` (gen/teachers/retry.py), the one retry policy for every
+call to a teacher's API: the Batch API's calls (gen/teachers/batch.py) go through it too. Refusals and truncated
+replies are the provider's answer, not failures: returned, cached and never re-sent (the caller decides what a
+cut-off reply is worth).
 
 Limits are shared by every client for the same provider, base_url, API key and model (one "gate"), because
 that is the unit the provider limits. A teacher with several API keys has one gate per key, each with the
@@ -26,7 +28,7 @@ event loop shares the gates, so the jobs of a `fair serve` process share one bud
     minute, which a provider's sliding window answers with a 429 at second 59; so the gate also keeps the
     send times of the last minute (plus a margin for network jitter) and never sends more than rpm in it.
   * tokens: a one-minute bucket of tpm. Before a call we reserve an estimate: prompt chars / 4 (+4 per
-    message) + max_tokens. Counting max_tokens is what OpenAI's own limiter does at request time, so the
+    message) + max_tokens (+ a Gemini teacher's thinking budget: Teacher.max_output_tokens). Counting max_tokens is what OpenAI's own limiter does at request time, so the
     estimate is never below what the provider charges and concurrent calls cannot overshoot TPM (litellm
     #5783). After the reply we settle with the real usage: aiolimiter cannot refund, so the gate keeps a
     signed token balance; surplus (estimate > actual) is credited to the next reservations, a shortfall is
@@ -35,28 +37,38 @@ event loop shares the gates, so the jobs of a `fair serve` process share one bud
     and every request for that gate waits it out before sending (not curator's fixed 10 s for everyone);
     for the next SLOW_S seconds the gate's per-minute cap is SLOW_FACTOR of rpm: gentle, since one 429 is
     more often a collision at a window's edge than a wrong limit.
-  * x-ratelimit-* / anthropic-ratelimit-* headers on every reply: when requests remaining is 0, or tokens
-    remaining are below this request's estimate, the gate cools down until the reported reset.
+  * x-ratelimit-* / anthropic-ratelimit-* headers on every reply: when requests remaining is 0, tokens
+    remaining are below this request's estimate, or Anthropic's input (output) tokens remaining are below its
+    prompt estimate (its max output), the gate cools down until the reported reset (gen/teachers/ratelimits.py:
+    a negative count or a zero reset is no information, so it never cools down for 0 s in a loop).
+  * out of quota (QuotaExhausted: billing or a daily quota, gen/teachers/providers.py): sent once, never retried,
+    raised to the caller as is (not as TeacherFailed), which stops the run. The gate then sends nothing for
+    QUOTA_HOLD_S: requests waiting for it fail the same way without being sent (a teacher with several keys uses
+    its other keys first); requests already in flight finish as they will, their replies cached. After the hold
+    (a long-lived `fair serve` process) the next request tries the key again, once.
+
+Accounting (TeacherStats): every attempt's billed usage counts, failed ones included (an empty or malformed 200
+reply is billed: its ProviderError carries the usage), cost at the teacher's prices for plain, cached and
+cache-write input (Teacher.cost). Sends per request: a reply (answer, refusal or truncation), a fatal error or a
+quota error: 1; transient failures: up to max_retries + 1; 429s: up to 2 * max_retries + 1 (plus the others).
+
+Cost: once the gate admits an attempt, it reserves its worst case from the run's budget (gen/teachers/budget.py)
+and settles it with the attempt's billed cost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import random
-import weakref
-from collections import deque
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
-from aiolimiter import AsyncLimiter
 
+from gen.teachers.budget import BudgetExhausted, CostBudget, worst_case_usd
 from gen.teachers.cache import key_for
+from gen.teachers.gates import WINDOW_S, Admission, Gate, gate_for
 from gen.teachers.keys import redact
 from gen.teachers.providers import (
     ChatProvider,
@@ -64,23 +76,23 @@ from gen.teachers.providers import (
     ChatResponse,
     FatalError,
     ProviderError,
+    QuotaExhausted,
     RateLimited,
     RateLimitInfo,
-    TransientError,
+    Usage,
     make_provider,
 )
+from gen.teachers.retry import MAX_COOLDOWN_S, Retry
 
 if TYPE_CHECKING:
     from gen.teachers.cache import ResponseCache
     from gen.teachers.config import Teacher
 
 log = logging.getLogger("gen.teachers.client")
-T = TypeVar("T")
 
 SLOW_S = 60.0  # after a 429, run this gate at SLOW_FACTOR of its request rate for this long
 SLOW_FACTOR = 0.9
-WINDOW_S = 60.5  # the per-minute window, with a margin for requests that arrive later than they left
-MAX_COOLDOWN_S = 300.0  # a longer Retry-After (a daily quota) is capped: the retry budget then decides
+QUOTA_HOLD_S = 300.0  # after a QuotaExhausted, a gate sends nothing for this long
 
 
 class TeacherFailed(ProviderError):
@@ -98,126 +110,46 @@ class TeacherStats:
     requests: int = 0  # HTTP attempts sent, retries included
     cache_hits: int = 0
     batched: int = 0  # replies from the Batch API this run (gen/teachers/batch.py): tokens and cost below, at batch price
-    successes: int = 0  # replies received from the provider (cache hits not included)
-    failures: int = 0  # requests that raised TeacherFailed
+    successes: int = 0  # replies received from the provider, refusals and truncations included (not cache hits)
+    refused: int = 0  # of successes: the provider declined to answer (ChatResponse.refusal)
+    truncated: int = 0  # of successes: cut off at the output limit
+    failures: int = 0  # requests that raised TeacherFailed or QuotaExhausted
     retries: int = 0
     rate_limited: int = 0  # 429 replies
-    input_tokens: int = 0  # of provider replies only: cached replies cost nothing this run
-    output_tokens: int = 0
+    # Billed by the provider this run, on every attempt (failed ones too); cache hits cost nothing this run.
+    input_tokens: int = 0  # every prompt token, cached reads and writes included
+    output_tokens: int = 0  # thinking and reasoning tokens included
+    cached_input_tokens: int = 0  # of input_tokens: prompt-cache reads
+    cache_write_tokens: int = 0  # of input_tokens: prompt-cache writes (Anthropic)
     cost: float = 0.0  # USD, from the teacher's prices
     wait_s: float = 0.0  # summed time attempts spent waiting for the limiters and cool-downs
     elapsed_s: float = 0.0  # wall time from the first complete() call to the latest one's end
 
+    def bill(self, usage: Usage, cost: float) -> None:
+        """Count one attempt's billed usage (a reply's, or a failed but billed reply's) and its cost."""
+        self.input_tokens += usage.input_tokens
+        self.output_tokens += usage.output_tokens
+        self.cached_input_tokens += usage.cached_input_tokens
+        self.cache_write_tokens += usage.cache_write_tokens
+        self.cost += cost
 
-def estimate_tokens(request: ChatRequest) -> int:
-    """What a call may cost against TPM, before we know: ~4 characters per token, plus all of max_tokens."""
-    return sum(len(content) for _, content in request.messages) // 4 + 4 * len(request.messages) + request.max_tokens
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Retries
-
-
-@dataclass(frozen=True)
-class Retry:
-    """When a failed call is sent again, and after how long (the module docstring says why). A loop of our own
-    rather than tenacity's: two budgets and a wait that reads the error needed custom stop and wait callbacks
-    there anyway, and building its AsyncRetrying for each request was 4% of the committee's CPU."""
-
-    max_retries: int
-    backoff_s: float  # the first retry waits about this long, doubling each time up to backoff_max_s
-    backoff_max_s: float = 60.0
-    # After a 429, wait at least its retry_after: unless the teacher has other keys, which may take the retry at
-    # once (the limited key's gate cools down).
-    honour_retry_after: bool = True
-
-    async def run(self, attempt: Callable[[], Awaitable[T]],
-                  on_retry: Callable[[ProviderError, int, float], None] | None = None) -> T:
-        """attempt() until it returns, raises FatalError, or a budget is spent (then its last error is raised);
-        on_retry(error, failures so far, wait) before each retry."""
-        rate_limited = others = 0
-        while True:
-            try:
-                return await attempt()
-            except (RateLimited, TransientError) as e:
-                if isinstance(e, RateLimited):
-                    rate_limited += 1
-                else:
-                    others += 1
-                if rate_limited > 2 * self.max_retries or others > self.max_retries:
-                    raise
-                wait = self.wait(rate_limited + others, e)
-                if on_retry is not None:
-                    on_retry(e, rate_limited + others, wait)
-                await asyncio.sleep(wait)
-
-    def wait(self, failures: int, error: ProviderError) -> float:
-        """Exponential with equal jitter; after a 429, at least its retry_after (see honour_retry_after)."""
-        step = min(self.backoff_max_s, self.backoff_s * 2 ** (failures - 1))
-        wait = step / 2 + random.uniform(0, step / 2)
-        if isinstance(error, RateLimited) and error.retry_after is not None and self.honour_retry_after:
-            wait = max(wait, min(error.retry_after, MAX_COOLDOWN_S))
-        return wait
+    def replied(self, response: ChatResponse) -> None:
+        """Count a reply from the provider: answer, refusal or truncation."""
+        self.successes += 1
+        self.refused += response.refusal is not None
+        self.truncated += response.truncated
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Gates: limits shared by every client with the same provider, base_url, key and model
+def estimate_input_tokens(request: ChatRequest) -> int:
+    """A request's prompt tokens, before we know: ~4 characters per token, +4 per message."""
+    return sum(len(content) for _, content in request.messages) // 4 + 4 * len(request.messages)
 
 
-@dataclass
-class Gate:
-    rpm: int
-    requests: AsyncLimiter
-    tokens: AsyncLimiter
-    slots: asyncio.Semaphore
-    load: int = 0  # attempts waiting for this gate or in flight through it: how keys share the work
-    sent: deque = field(default_factory=deque)  # loop.time() of each request sent in the last WINDOW_S
-    cooldown_until: float = 0.0  # loop.time() before which nobody sends
-    slow_until: float = 0.0  # loop.time() before which the per-minute cap is SLOW_FACTOR * rpm
-    token_balance: float = 0.0  # > 0: over-reserved tokens to credit; < 0: usage still to charge
-    rate_limited: int = 0  # 429s received through this gate
-
-
-# Limiters and semaphores belong to one event loop, so gates are kept per loop (and die with it).
-_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, Gate]] = weakref.WeakKeyDictionary()
-
-
-def _gate_for(teacher: Teacher) -> Gate:
-    """The gate of a one-key teacher (one of Teacher.per_key()): the same key and model share one."""
-    key = teacher.api_key()
-    ident = (teacher.provider, teacher.url, hashlib.sha256(key.encode()).hexdigest()[:16] if key else "",
-             teacher.model)
-    gates = _GATES.setdefault(asyncio.get_running_loop(), {})
-    if ident not in gates:  # the first teacher to use a gate sets its limits
-        burst = max(1.0, teacher.rpm / 60)
-        gates[ident] = Gate(
-            rpm=teacher.rpm,
-            requests=AsyncLimiter(burst, burst * 60 / teacher.rpm),
-            tokens=AsyncLimiter(teacher.tpm, 60),
-            slots=asyncio.Semaphore(teacher.max_concurrency),
-        )
-    return gates[ident]
-
-
-def gate_state(teacher: Teacher) -> list[dict[str, Any]]:
-    """Each of a teacher's gates as `fair serve` shows it (GET /v1/fair/limits); from inside its event loop."""
-    now = asyncio.get_running_loop().time()
-    states = []
-    for index, view in enumerate(teacher.per_key()):
-        gate = _gate_for(view)
-        states.append({"teacher": teacher.name, "key": index, "model": teacher.model, "rpm": gate.rpm,
-                       "tpm": int(gate.tokens.max_rate),
-                       "requests_last_minute": sum(1 for t in gate.sent if t > now - WINDOW_S),
-                       "cooldown_s": round(max(gate.cooldown_until - now, 0.0), 3),
-                       "queue": gate.load, "rate_limited": gate.rate_limited})
-    return states
-
-
-class Admission(Protocol):
-    """Who goes next through a gate shared by several jobs (`fair serve`, gen/serve/budget.py). Without one,
-    requests take a gate's concurrency slots and limits first come, first served."""
-
-    def turn(self, gate: Gate) -> AbstractAsyncContextManager[None]: ...
+def estimate_tokens(request: ChatRequest, teacher: Teacher | None = None) -> int:
+    """What a call may cost against TPM, before we know: its prompt plus all the output it may bill (max_tokens,
+    and a Gemini teacher's thinking budget: Teacher.max_output_tokens)."""
+    output = teacher.max_output_tokens(request.max_tokens) if teacher is not None else request.max_tokens
+    return estimate_input_tokens(request) + output
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -230,7 +162,9 @@ class _Call:
 
     key: str
     request: ChatRequest
-    estimate: int
+    estimate: int  # input_estimate + output_limit: what the gate reserves
+    input_estimate: int
+    output_limit: int  # the most output tokens the reply can bill
     begun: bool = False
     attempts: int = 0
 
@@ -238,9 +172,10 @@ class _Call:
 class TeacherClient:
     def __init__(self, teacher: Teacher, cache: ResponseCache, http: httpx.AsyncClient,
                  provider: ChatProvider | None = None, *, backoff_s: float | None = None, backoff_max_s: float = 60.0,
-                 admission: Admission | None = None):
+                 admission: Admission | None = None, budget: CostBudget | None = None):
         self.teacher = teacher
         self.admission = admission
+        self.budget = budget or CostBudget(None)  # without a run's budget: an uncapped one that only counts
         self.cache = cache
         # One provider per API key, each seeing a one-key teacher; a given `provider` (tests) serves all keys.
         self.keys = [(view, provider or make_provider(view, http)) for view in teacher.per_key()]
@@ -261,7 +196,8 @@ class TeacherClient:
             if (cached := self.cache.get(key)) is not None:
                 self.stats.cache_hits += 1
                 return cached
-            return await self._send(_Call(key, request, estimate_tokens(request)))
+            inputs, outputs = estimate_input_tokens(request), self.teacher.max_output_tokens(request.max_tokens)
+            return await self._send(_Call(key, request, inputs + outputs, inputs, outputs))
         finally:
             self.stats.elapsed_s = loop.time() - self._started
 
@@ -272,10 +208,17 @@ class TeacherClient:
             # Not sent again this run; a killed run leaves its in-flight rows, counted at the next start.
             self.cache.finish(call.key)
             self.stats.failures += 1
+            if isinstance(e, QuotaExhausted):  # the run stops: the caller says so, once
+                log.warning("%s: out of quota", e)
+                raise
             why = "fatal" if isinstance(e, FatalError) else f"gave up after {call.attempts} attempts"
             reason = redact(f"{why}: {e}", self.teacher.api_keys())
             log.warning("%s", reason)
             raise TeacherFailed(self.teacher.name, reason) from None
+        except BudgetExhausted:  # ends the run, not the request (no retry, no TeacherFailed): nothing is in flight
+            if call.begun:
+                self.cache.finish(call.key)
+            raise
 
     def _on_retry(self, error: ProviderError, failures: int, wait: float) -> None:
         self.stats.retries += 1
@@ -285,10 +228,11 @@ class TeacherClient:
     def _pick_key(self) -> tuple[ChatProvider, Gate]:
         """The key that can send soonest (see the module docstring)."""
         now = asyncio.get_running_loop().time()
-        gates = [(provider, _gate_for(view)) for view, provider in self.keys]
-        return min(gates, key=lambda pg: (max(pg[1].cooldown_until - now, 0.0), pg[1].load))
+        gates = [(provider, gate_for(view)) for view, provider in self.keys]
+        return min(gates, key=lambda pg: (pg[1].quota_until > now, max(pg[1].cooldown_until - now, 0.0), pg[1].load))
 
     async def _attempt(self, call: _Call) -> ChatResponse:
+        self.budget.check()  # a run stopped by its budget takes no more turns at gates it may share (fair serve)
         loop = asyncio.get_running_loop()
         provider, gate = self._pick_key()
         gate.load += 1
@@ -299,27 +243,33 @@ class TeacherClient:
                 while (delay := gate.cooldown_until - loop.time()) > 0:  # re-checked: a 429 may extend it
                     await asyncio.sleep(delay)
                 self.stats.wait_s += loop.time() - t0
+                if gate.out_of_quota is not None and loop.time() < gate.quota_until:  # this key's account said so
+                    self._settle(gate, call.estimate, None)
+                    raise QuotaExhausted(str(gate.out_of_quota))  # not sent
                 if not call.begun:  # right before the first send: a kill from here on may mean a double send
                     await self.cache.mark_inflight(call.key, self.teacher.name)
                     call.begun = True
+                reservation = await self.budget.reserve(worst_case_usd(self.teacher, call.request))  # the cost
                 call.attempts += 1
                 self.stats.requests += 1
                 try:
                     response = await provider.complete(call.request)
                 except ProviderError as e:
-                    gate.token_balance = min(gate.token_balance + call.estimate, gate.tokens.max_rate)
-                    if isinstance(e, RateLimited):
-                        self.stats.rate_limited += 1
-                        gate.rate_limited += 1
-                        self._on_rate_limited(gate, e.retry_after)
+                    billed = self._settle(gate, call.estimate, e.usage)
+                    self.budget.settle(reservation, reservation.usd if e.maybe_billed else billed)
+                    self._on_failure(gate, e)
+                    raise
+                except BaseException:  # cancelled in flight: it may have been billed, so its worst case
+                    self.budget.settle(reservation, reservation.usd)
                     raise
             finally:
                 gate.slots.release()
         finally:
             gate.load -= 1
         self.cache.put(call.key, self.teacher.name, response)  # first, before anything else can fail
-        self._settle(gate, call.estimate, response)
-        self._read_limits(gate, response.limits, call.estimate)
+        self.budget.settle(reservation, self._settle(gate, call.estimate, response.usage))
+        self.stats.replied(response)
+        self._read_limits(gate, response.limits, call)
         return response
 
     async def _admit(self, gate: Gate, estimate: int) -> None:
@@ -354,15 +304,27 @@ class TeacherClient:
         if charge:
             await gate.tokens.acquire(charge)
 
-    def _settle(self, gate: Gate, estimate: int, response: ChatResponse) -> None:
-        actual = response.input_tokens + response.output_tokens
-        if actual:  # a server that reports no usage leaves the estimate standing
+    def _settle(self, gate: Gate, estimate: int, usage: Usage | None) -> float:
+        """Give the gate back what an attempt did not use, and bill what it did; returns the cost billed. usage None:
+        nothing was billed (an HTTP error, a timeout), the whole estimate comes back; a reply without counts leaves
+        it standing."""
+        actual = usage.input_tokens + usage.output_tokens if usage is not None else 0
+        if usage is None or actual:
             gate.token_balance = min(gate.token_balance + estimate - actual, gate.tokens.max_rate)
-        s = self.stats
-        s.successes += 1
-        s.input_tokens += response.input_tokens
-        s.output_tokens += response.output_tokens
-        s.cost += self.teacher.cost(response.input_tokens, response.output_tokens)
+        if usage is None:
+            return 0.0
+        cost = self.teacher.cost(usage)
+        self.stats.bill(usage, cost)
+        return cost
+
+    def _on_failure(self, gate: Gate, error: ProviderError) -> None:
+        if isinstance(error, RateLimited):
+            self.stats.rate_limited += 1
+            gate.rate_limited += 1
+            self._on_rate_limited(gate, error.retry_after)
+        elif isinstance(error, QuotaExhausted):
+            gate.out_of_quota = error
+            gate.quota_until = asyncio.get_running_loop().time() + QUOTA_HOLD_S
 
     def _cool_down(self, gate: Gate, seconds: float) -> None:
         until = asyncio.get_running_loop().time() + min(seconds, MAX_COOLDOWN_S)
@@ -374,13 +336,13 @@ class TeacherClient:
         self._cool_down(gate, retry_after if retry_after is not None else self.retry.backoff_s)
         gate.slow_until = asyncio.get_running_loop().time() + SLOW_S
 
-    def _read_limits(self, gate: Gate, limits: RateLimitInfo | None, estimate: int) -> None:
+    def _read_limits(self, gate: Gate, limits: RateLimitInfo | None, call: _Call) -> None:
+        """Cool down until the reset of any budget the reply says cannot take this request again: requests, tokens
+        (its estimate), Anthropic's input tokens (its prompt) and output tokens (its max output)."""
         if limits is None:
             return
-        resets = []
-        if limits.remaining_requests == 0 and limits.reset_requests_s:
-            resets.append(limits.reset_requests_s)
-        if limits.remaining_tokens is not None and limits.remaining_tokens < estimate and limits.reset_tokens_s:
-            resets.append(limits.reset_tokens_s)
+        needs = (1, call.estimate, call.input_estimate, call.output_limit)
+        resets = [reset for (remaining, reset), need in zip(limits.budgets(), needs, strict=True)
+                  if remaining is not None and remaining < need and reset]
         if resets:
             self._cool_down(gate, max(resets))

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 from fair.config import CONFIGS_DIR, Validated, load_yaml, make_config
 from fair.errors import FairError
 from gen.teachers.keys import read_key
+from gen.teachers.transport import Usage
 
 Provider = Literal["openai", "gemini", "anthropic"]
 DEFAULT_BASE_URLS = {
@@ -55,7 +56,13 @@ class Teacher(Validated):
     tpm: int = 100_000  # tokens per minute (input + output)
     max_concurrency: int = 16  # requests in flight at once
     price_input: float = 0.0  # USD per million input tokens
-    price_output: float = 0.0  # USD per million output tokens
+    price_output: float = 0.0  # USD per million output tokens (thinking and reasoning tokens included)
+    price_cached_input: float | None = None  # USD / M input tokens read from the provider's prompt cache; None = price_input
+    price_cache_write: float | None = None  # USD / M tokens written to the prompt cache (Anthropic); None = price_input
+    # Gemini only: thinkingConfig.thinkingBudget, the most tokens the model may think; sent with maxOutputTokens =
+    # max_tokens + thinking_budget, so thoughts cannot eat the answer's max_tokens. 0 turns thinking off (2.5 Flash).
+    # None sends neither: a 2.5 model then thinks as much as it likes out of max_tokens, and may leave no answer.
+    thinking_budget: int | None = None
     temperature: float = 0.0
     top_p: float = 1.0
     max_tokens: int = 512
@@ -77,6 +84,12 @@ class Teacher(Validated):
                                 or len(set(names)) != len(names)):
             raise FairError(f"teacher {self.name!r}: api_key_env must be a variable name or a list of "
                             f"distinct names, got {env!r}")
+        prices = (self.price_input, self.price_output, self.price_cached_input, self.price_cache_write)
+        if any(p is not None and p < 0 for p in prices):
+            raise FairError(f"teacher {self.name!r}: prices must be >= 0")
+        if self.thinking_budget is not None and (self.provider != "gemini" or self.thinking_budget < 0):
+            raise FairError(f"teacher {self.name!r}: thinking_budget must be a whole number >= 0, for provider gemini "
+                            f"(Gemini's thinkingConfig.thinkingBudget), got {self.thinking_budget!r}")
         if self.batch_api and self.provider != "openai":
             raise FairError(f"teacher {self.name!r}: batch_api needs provider openai (OpenAI's Batch API)")
 
@@ -101,8 +114,18 @@ class Teacher(Validated):
         """One one-key teacher per API key (the teacher itself when keyless): the unit providers limit."""
         return [dataclasses.replace(self, api_key_env=env) for env in self.key_envs] or [self]
 
-    def cost(self, input_tokens: int, output_tokens: int, batch: bool = False) -> float:
-        full = (input_tokens * self.price_input + output_tokens * self.price_output) / 1e6
+    def max_output_tokens(self, max_tokens: int | None = None) -> int:
+        """The most output one reply can bill: max_tokens (the teacher's, or a request's) plus the thinking budget."""
+        return (self.max_tokens if max_tokens is None else max_tokens) + (self.thinking_budget or 0)
+
+    def cost(self, usage: Usage, batch: bool = False) -> float:
+        """USD for a reply's billed usage: cached reads and cache writes at their own prices, the rest of the input
+        at price_input; halved for the Batch API."""
+        cached, written = usage.cached_input_tokens, usage.cache_write_tokens
+        price_cached = self.price_input if self.price_cached_input is None else self.price_cached_input
+        price_write = self.price_input if self.price_cache_write is None else self.price_cache_write
+        full = ((usage.input_tokens - cached - written) * self.price_input + cached * price_cached
+                + written * price_write + usage.output_tokens * self.price_output) / 1e6
         return full * BATCH_PRICE if batch else full
 
 

@@ -1,244 +1,92 @@
 """Provider wire formats: one small class per API that turns a ChatRequest into an HTTP call and back.
 
-A provider makes only the raw call and maps every failure onto three exception types; the shared wrapper
-(gen/teachers/client.py) owns the cache, rate limits, retries and accounting.
+A provider makes only the raw call (gen/teachers/transport.py: the shared types, the HTTP call and the failure
+kinds, all re-exported here); the shared wrapper (gen/teachers/client.py) owns the cache, rate limits, retries
+and accounting.
 
     OpenAIProvider     POST {url}/chat/completions              any OpenAI-compatible server (DeepInfra,
                                                                 Mistral, Together, vllm serve, llama.cpp)
     GeminiProvider     POST {url}/models/{model}:generateContent key in x-goog-api-key, never in the URL
     AnthropicProvider  POST {url}/messages                      x-api-key, anthropic-version: 2023-06-01
 
-Failures: HTTP 429 -> RateLimited(retry_after); 5xx, 408, 409, timeouts, connection errors, invalid JSON,
-missing fields, empty text -> TransientError; other 4xx -> FatalError. Messages are built from the teacher's
-name, the status and the provider's error text only (never from the URL or headers), redacted (gen/teachers/keys.py),
-then cut to one line of MAX_ERROR_CHARS.
+Every reply is read as its provider documents it:
+  * billed usage. OpenAI: prompt_tokens (prompt_tokens_details.cached_tokens of them from its prompt cache),
+    completion_tokens (reasoning tokens included). Gemini: promptTokenCount (cachedContentTokenCount of them
+    cached) + toolUsePromptTokenCount as input; candidatesTokenCount + thoughtsTokenCount as output. Anthropic:
+    input_tokens + cache_read_input_tokens + cache_creation_input_tokens as input (the reads cached, the
+    creations written to the cache), output_tokens.
+  * refusals, a reply with no text and ChatResponse.refusal = the provider's reason: OpenAI message.refusal
+    ("refusal") or finish_reason "content_filter"; Gemini a candidate's finishReason in GEMINI_REFUSALS, or
+    promptFeedback.blockReason when no candidate has content; Anthropic stop_reason "refusal".
+  * truncation, ChatResponse.truncated: OpenAI finish_reason "length", Gemini MAX_TOKENS (with or without text:
+    a thinking model may spend the whole budget on thoughts), Anthropic stop_reason "max_tokens" or
+    "model_context_window_exceeded".
+  * out of quota (QuotaExhausted, which stops the run): OpenAI a 429 whose error.code or error.type is
+    "insufficient_quota"; Anthropic error.type "billing_error" or "credit balance is too low" (its 400); Gemini
+    "prepayment credits are depleted", or a 429 whose google.rpc.QuotaFailure names a per-day quota
+    (quotaId ...PerDay...) or whose message says "limit: 0" (a free tier without this model). Per-minute quotas are
+    rate limits, retried after their retryDelay; a per-day one lasts until midnight Pacific time, so the run stops
+    and a rerun the next day resumes.
 
-Replies are untrusted: the parsers read them through `lookup`, so that a reply of any shape (usage a string,
-counts "n/a", null objects, text a number, nested lists) becomes a TransientError for that request and never
-a ValueError, TypeError or AttributeError that would end the run. Token counts that are absent or null count 0
-(some local servers send none; the text is good and paid for); any other non-count is a malformed reply. Each
-attempt has one deadline, timeout_s from connect to the last byte (httpx's timeouts are per read, so a server
-that drips bytes would hold it forever), and a body over MAX_REPLY_BYTES is cut off.
+Requests put the stable prefix first (system prompt, then the turns in order), which is what the providers'
+prompt caches match on: OpenAI and Gemini cache such prefixes by themselves. Anthropic caches only what is marked:
+the system block gets cache_control when it is surely long enough to be cached (anthropic_cache_min_tokens: a
+write below the model's minimum is silently not made), counting a token per ANTHROPIC_CHARS_PER_TOKEN characters,
+more than the ~3.5 of English text, so that the estimate errs low. Gemini teachers with a thinking_budget send
+thinkingConfig.thinkingBudget and maxOutputTokens = max_tokens + thinking_budget (Teacher.max_output_tokens).
 """
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
-
-import httpx
-import orjson
-from httpx_aiohttp import HttpxAiohttpClient
+import re
+from typing import TYPE_CHECKING, Any
 
 from gen.teachers.keys import redact
-from gen.teachers.ratelimits import RateLimitInfo, parse_limits, retry_after
+from gen.teachers.ratelimits import RateLimitInfo
+from gen.teachers.transport import (
+    ChatProvider,
+    ChatRequest,
+    ChatResponse,
+    FatalError,
+    ProviderError,
+    QuotaExhausted,
+    RateLimited,
+    TransientError,
+    Usage,
+    _Provider,
+    http_client,
+    lookup,
+)
 
 if TYPE_CHECKING:
+    import httpx
+
     from gen.teachers.config import Teacher
 
+__all__ = [
+    "PROVIDERS", "AnthropicProvider", "ChatProvider", "ChatRequest", "ChatResponse", "FatalError", "GeminiProvider",
+    "OpenAIProvider", "ProviderError", "QuotaExhausted", "RateLimited", "TransientError", "Usage", "http_client",
+    "lookup", "make_provider", "redact",
+]
 
-@dataclass(frozen=True)
-class ChatRequest:
-    messages: tuple[tuple[str, str], ...]  # (role, content), role in system/user/assistant
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_tokens: int = 512
-    sample: int = 0  # salt: a new value asks for a new sample of the same prompt instead of the cached one
-
-    @classmethod
-    def for_teacher(cls, teacher: Teacher, messages: tuple[tuple[str, str], ...], sample: int = 0) -> ChatRequest:
-        """The request with the teacher's sampling settings: the request's values are what is sent and hashed."""
-        return cls(messages, teacher.temperature, teacher.top_p, teacher.max_tokens, sample)
-
-
-@dataclass(frozen=True)
-class ChatResponse:
-    text: str
-    input_tokens: int
-    output_tokens: int
-    limits: RateLimitInfo | None = field(default=None, compare=False)  # not cached: only for the limiter
-    batch: bool = False  # answered through OpenAI's Batch API, billed at half price (gen/teachers/batch.py)
-
-
-class ProviderError(Exception):
-    """Base of provider failures. Messages never contain API keys or full URLs with keys."""
-
-
-class RateLimited(ProviderError):
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after  # seconds, from Retry-After / retry-after-ms / reset headers
-
-
-class TransientError(ProviderError):
-    """5xx, timeouts, connection errors, malformed or empty replies: worth retrying."""
-
-
-class FatalError(ProviderError):
-    """Other 4xx (bad request, auth, unknown model): retrying cannot help."""
-
-
-class ChatProvider(Protocol):
-    """The seam between the shared client and one API: make the raw call, map failures, nothing else."""
-
-    async def complete(self, request: ChatRequest) -> ChatResponse: ...
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Reading untrusted replies
-
-MAX_ERROR_CHARS = 300
-MAX_REPLY_BYTES = 8 * 1024 * 1024  # a chat reply or a Batch API status is a few KB; more is a broken server
-MAX_COUNT = 2**40  # no reply is a trillion tokens: a bigger "count" is garbage
-
-
-def lookup(data: Any, *path: str | int) -> Any:
-    """data[path[0]][path[1]]...: None where a step is missing or the data has another shape."""
-    for step in path:
-        if isinstance(step, int):
-            data = data[step] if isinstance(data, list) and -len(data) <= step < len(data) else None
-        else:
-            data = data.get(step) if isinstance(data, dict) else None
-    return data
-
-
-def _error_text(data: Any, raw: bytes) -> str:
-    """The provider's own error message ({"error": {"message": ...}} in all three APIs), else the raw body."""
-    error = lookup(data, "error")
-    message = lookup(error, "message") if isinstance(error, dict) else error if isinstance(error, str) else None
-    return str(message) if message else raw.decode("utf-8", "replace")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The shared HTTP call
-
-
-def http_client(max_connections: int) -> httpx.AsyncClient:
-    """The HTTP client for live teacher calls: httpx's API (what providers and tests speak) over aiohttp's
-    connection pool and C HTTP parser (httpx-aiohttp, the OpenAI SDK's aiohttp backend). httpx's own pool
-    rescans every connection on each request and its HTTP/1.1 code is pure Python: 1.8 ms of CPU a request
-    against 0.5 ms over aiohttp, on the same workload (make bench-scale, README)."""
-    return HttpxAiohttpClient(limits=httpx.Limits(max_connections=max_connections))
-
-
-class _Provider:
-    """Posts JSON and maps failures; subclasses build the body and parse the reply."""
-
-    def __init__(self, teacher: Teacher, http: httpx.AsyncClient):
-        self.teacher = teacher
-        self.http = http
-
-    def __repr__(self) -> str:  # the key is read from the environment per call and never stored here
-        return f"{type(self).__name__}(teacher={self.teacher.name!r}, model={self.teacher.model!r})"
-
-    async def complete(self, request: ChatRequest) -> ChatResponse:
-        raise NotImplementedError
-
-    def _fail(self, cls: type[ProviderError], reason: str, **kw: Any) -> ProviderError:
-        """The error on one line, redacted before it is cut to length (a key cut in two would escape redaction)."""
-        reason = " ".join(redact(reason, self.teacher.api_keys()).split())
-        reason = reason[:MAX_ERROR_CHARS] + ("..." if len(reason) > MAX_ERROR_CHARS else "")
-        return cls(f"{self.teacher.name}: {reason}", **kw)
-
-    def malformed(self, what: str) -> ProviderError:
-        return self._fail(TransientError, f"malformed reply: {what}")
-
-    async def send(self, method: str, url: str, headers: dict[str, str], stream: bool = False,
-                   deadline: bool = True, **kwargs: Any) -> httpx.Response:
-        """One HTTP call with the teacher's timeout and extra headers; a reply below 400 is returned, transport
-        failures and HTTP errors raise RateLimited, TransientError or FatalError (also used by gen/teachers/batch.py).
-        The body is read (up to MAX_REPLY_BYTES) within the attempt's deadline, except that with stream=True a
-        good reply's body is left unread, for the caller to iterate and close. deadline=False leaves only httpx's
-        per-read timeouts: for an upload that may rightly take longer than timeout_s."""
-        t = self.teacher
-        # Built here, not by http.build_request: merging the client's defaults (base URL, headers, cookies), none
-        # of which we use, was a tenth of the committee's CPU a request.
-        request = httpx.Request(method, url, headers={**headers, **t.extra_headers},
-                                extensions={"timeout": httpx.Timeout(t.timeout_s).as_dict()}, **kwargs)
-        try:
-            async with asyncio.timeout(t.timeout_s if deadline else None):
-                resp = await self.http.send(request, stream=True)
-                if resp.status_code >= 400 or not stream:
-                    await self._read(resp)
-        except (httpx.TimeoutException, TimeoutError) as e:
-            raise self._fail(TransientError, f"timed out after {t.timeout_s:g} s ({type(e).__name__})") from None
-        except httpx.RequestError as e:  # connection refused, reset, DNS: str(e) may name the URL, so redact
-            raise self._fail(TransientError, f"{type(e).__name__}: {e}") from None
-        if resp.status_code < 400:
-            return resp
-        raise self._status_error(resp)
-
-    async def _read(self, resp: httpx.Response) -> None:
-        """Read the body into resp.content, giving up past MAX_REPLY_BYTES (decoded: a gzip bomb counts too)."""
-        chunks, size = [], 0
-        try:
-            async for chunk in resp.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_REPLY_BYTES:
-                    raise self._fail(TransientError, f"HTTP {resp.status_code}: reply over {MAX_REPLY_BYTES} bytes")
-                chunks.append(chunk)
-        finally:
-            await resp.aclose()
-        resp._content = b"".join(chunks)  # where httpx's own aread() keeps the body; ours stops at the cap
-
-    def _status_error(self, resp: httpx.Response) -> ProviderError:
-        status = resp.status_code
-        try:
-            data = orjson.loads(resp.content) if resp.content else None
-        except orjson.JSONDecodeError:
-            data = None
-        text = f"HTTP {status}: {_error_text(data, resp.content)}"
-        if status == 429:
-            return self._fail(RateLimited, text, retry_after=retry_after(resp.headers, data))
-        if status >= 500 or status in (408, 409):  # 409: OpenAI's "conflict, try again"; 529: Anthropic overloaded
-            return self._fail(TransientError, text)
-        return self._fail(FatalError, text)
-
-    def json_object(self, resp: httpx.Response) -> dict:
-        """A successful reply's JSON object; anything else is a TransientError."""
-        try:
-            data = orjson.loads(resp.content) if resp.content else None
-        except orjson.JSONDecodeError:
-            raise self._fail(TransientError, f"HTTP {resp.status_code}: reply is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise self._fail(TransientError, f"HTTP {resp.status_code}: reply is not a JSON object")
-        return data
-
-    async def _post(self, url: str, headers: dict[str, str], body: dict) -> tuple[dict, RateLimitInfo | None]:
-        resp = await self.send("POST", url, {"content-type": "application/json", **headers}, content=orjson.dumps(body))
-        return self.json_object(resp), parse_limits(resp.headers)
-
-    def _usage(self, data: Any, name: str) -> dict:
-        """The reply's usage object; absent or null is {} (every count 0)."""
-        usage = lookup(data, name)
-        if usage is not None and not isinstance(usage, dict):
-            raise self.malformed(f"{name} is not an object")
-        return usage or {}
-
-    def _count(self, usage: dict, *names: str) -> int:
-        """The sum of the named token counts: absent or null counts 0, anything but a whole number >= 0 is malformed."""
-        total = 0
-        for name in names:
-            n = usage.get(name)
-            if n is None:
-                continue
-            if isinstance(n, bool) or not isinstance(n, int | float) or not 0 <= n <= MAX_COUNT or n != int(n):
-                raise self.malformed(f"{name} is not a token count")
-            total += int(n)
-        return total
-
-    def _response(self, text: Any, input_tokens: int, output_tokens: int, limits: RateLimitInfo | None):
-        if not isinstance(text, str):
-            raise self.malformed("the text is not a string")
-        if not text.strip():
-            raise self._fail(TransientError, "empty reply (no text in the response)")
-        return ChatResponse(text, input_tokens, output_tokens, limits)
+GEMINI_REFUSALS = frozenset({
+    "SAFETY", "RECITATION", "LANGUAGE", "OTHER", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",
+    "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "IMAGE_OTHER",
+})
+ANTHROPIC_TRUNCATED = frozenset({"max_tokens", "model_context_window_exceeded"})
+ANTHROPIC_CHARS_PER_TOKEN = 5
+# The shortest prefix each Claude model caches (Anthropic's prompt-caching docs); models not listed: 1024.
+ANTHROPIC_CACHE_MIN = (("claude-haiku-4-5", 4096), ("claude-opus-4-5", 4096), ("claude-opus-4-6", 4096),
+                       ("claude-sonnet-4-6", 2048), ("claude-3-5-haiku", 2048), ("claude-3-haiku", 2048))
 
 
 def _split_system(request: ChatRequest) -> tuple[str | None, list[tuple[str, str]]]:
     system = [c for r, c in request.messages if r == "system"]
     return ("\n\n".join(system) if system else None), [(r, c) for r, c in request.messages if r != "system"]
+
+
+def anthropic_cache_min_tokens(model: str) -> int:
+    return next((n for prefix, n in ANTHROPIC_CACHE_MIN if model.startswith(prefix)), 1024)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -264,49 +112,78 @@ class OpenAIProvider(_Provider):
             "max_tokens": request.max_tokens,
         }
 
+    def out_of_quota(self, status: int, data: Any, text: str) -> bool:
+        error = lookup(data, "error")
+        return status == 429 and "insufficient_quota" in (lookup(error, "code"), lookup(error, "type"))
+
     def parse(self, data: Any, limits: RateLimitInfo | None = None) -> ChatResponse:
         """A chat-completions reply (live, or a Batch API result line's body) -> ChatResponse or TransientError."""
-        text = lookup(data, "choices", 0, "message", "content")
-        if text is None:
-            raise self.malformed("no choices[0].message.content")
         usage = self._usage(data, "usage")
-        return self._response(text, self._count(usage, "prompt_tokens"), self._count(usage, "completion_tokens"),
-                              limits)
+        billed = Usage(self._count(usage, "prompt_tokens"), self._count(usage, "completion_tokens"),
+                       self._count(self._usage(usage, "prompt_tokens_details"), "cached_tokens"))
+        choice = lookup(data, "choices", 0)
+        finish, refusal = lookup(choice, "finish_reason"), lookup(choice, "message", "refusal")
+        if isinstance(refusal, str) and refusal.strip():
+            return self.reply("", billed, limits, refusal="refusal")
+        if finish == "content_filter":
+            return self.reply("", billed, limits, refusal="content_filter")
+        text = lookup(choice, "message", "content")
+        if text is None:
+            raise self.malformed("no choices[0].message.content", billed)
+        return self.reply(text, billed, limits, truncated=finish == "length")
 
 
 class GeminiProvider(_Provider):
     async def complete(self, request: ChatRequest) -> ChatResponse:
         t, key = self.teacher, self.teacher.api_key()
         system, turns = _split_system(request)
-        body: dict[str, Any] = {
-            "contents": [{"role": "model" if r == "assistant" else "user", "parts": [{"text": c}]} for r, c in turns],
-            "generationConfig": {
-                "temperature": request.temperature,
-                "topP": request.top_p,
-                "maxOutputTokens": request.max_tokens,
-            },
-        }
-        if system is not None:
+        body: dict[str, Any] = {}
+        if system is not None:  # first: the stable prefix, as implicit caching matches it
             body["systemInstruction"] = {"parts": [{"text": system}]}
+        body["contents"] = [{"role": "model" if r == "assistant" else "user", "parts": [{"text": c}]}
+                            for r, c in turns]
+        body["generationConfig"] = {
+            "temperature": request.temperature,
+            "topP": request.top_p,
+            "maxOutputTokens": t.max_output_tokens(request.max_tokens),  # thoughts come out of the same budget
+        }
+        if t.thinking_budget is not None:
+            body["generationConfig"]["thinkingConfig"] = {"thinkingBudget": t.thinking_budget}
         headers = {"x-goog-api-key": key} if key else {}  # a header, so the key never lands in a logged URL
         model = t.model.removeprefix("models/")
         data, limits = await self._post(f"{t.url}/models/{model}:generateContent", headers, body)
         return self.parse(data, limits)
 
+    def out_of_quota(self, status: int, data: Any, text: str) -> bool:
+        if "prepayment credits are depleted" in text.lower():
+            return True
+        if status != 429:
+            return False
+        details = lookup(data, "error", "details")
+        quota_ids = [str(lookup(v, "quotaId")) for d in (details if isinstance(details, list) else [])
+                     if str(lookup(d, "@type")).endswith("QuotaFailure")
+                     for v in (lookup(d, "violations") or []) if isinstance(v, dict)]
+        return any("PerDay" in q for q in quota_ids) or re.search(r"\blimit: 0\b", text) is not None
+
     def parse(self, data: Any, limits: RateLimitInfo | None = None) -> ChatResponse:
-        parts = lookup(data, "candidates", 0, "content", "parts")
-        if not isinstance(parts, list):
-            if block := lookup(data, "promptFeedback", "blockReason"):
-                # The same prompt is blocked again on every retry: fail fast, recorded as this teacher's error.
-                raise self._fail(FatalError, f"prompt blocked ({block})")
-            raise self.malformed("no candidates[0].content.parts")
-        if not all(isinstance(p, dict) and isinstance(p.get("text", ""), str) for p in parts):
-            raise self.malformed("a part in candidates[0].content.parts is not an object with a text")
-        text = "".join(p.get("text", "") for p in parts if not p.get("thought"))  # skip thinking summaries
         usage = self._usage(data, "usageMetadata")
-        # Thinking tokens are billed as output tokens.
-        output = self._count(usage, "candidatesTokenCount", "thoughtsTokenCount")
-        return self._response(text, self._count(usage, "promptTokenCount"), output, limits)
+        billed = Usage(self._count(usage, "promptTokenCount", "toolUsePromptTokenCount"),
+                       self._count(usage, "candidatesTokenCount", "thoughtsTokenCount"),  # thoughts billed as output
+                       self._count(usage, "cachedContentTokenCount"))  # a part of promptTokenCount
+        candidate = lookup(data, "candidates", 0)
+        finish, parts = lookup(candidate, "finishReason"), lookup(candidate, "content", "parts")
+        if isinstance(finish, str) and finish in GEMINI_REFUSALS:
+            return self.reply("", billed, limits, refusal=finish)
+        if parts is None and isinstance(block := lookup(data, "promptFeedback", "blockReason"), str) and block:
+            return self.reply("", billed, limits, refusal=block)  # the prompt was blocked: no candidate at all
+        if parts is None and finish == "MAX_TOKENS":
+            return self.reply("", billed, limits, truncated=True)  # thinking spent the whole output budget
+        if not isinstance(parts, list):
+            raise self.malformed("no candidates[0].content.parts", billed)
+        if not all(isinstance(p, dict) and isinstance(p.get("text", ""), str) for p in parts):
+            raise self.malformed("a part in candidates[0].content.parts is not an object with a text", billed)
+        text = "".join(p.get("text", "") for p in parts if not p.get("thought"))  # skip thinking summaries
+        return self.reply(text, billed, limits, truncated=finish == "MAX_TOKENS")
 
 
 class AnthropicProvider(_Provider):
@@ -315,32 +192,42 @@ class AnthropicProvider(_Provider):
     async def complete(self, request: ChatRequest) -> ChatResponse:
         t, key = self.teacher, self.teacher.api_key()
         system, turns = _split_system(request)
-        body: dict[str, Any] = {
-            "model": t.model,
-            "max_tokens": request.max_tokens,
-            "messages": [{"role": r, "content": c} for r, c in turns],
-            "temperature": request.temperature,
-        }
+        body: dict[str, Any] = {"model": t.model, "max_tokens": request.max_tokens}
+        if system is not None:  # first: the stable prefix the prompt cache matches on
+            body["system"] = self.system(system)
+        body["messages"] = [{"role": r, "content": c} for r, c in turns]
+        body["temperature"] = request.temperature
         if request.top_p != 1.0:  # recent Claude models reject temperature and top_p together; 1.0 is the default
             body["top_p"] = request.top_p
-        if system is not None:
-            body["system"] = system
         headers = {"anthropic-version": self.VERSION, **({"x-api-key": key} if key else {})}
         data, limits = await self._post(f"{t.url}/messages", headers, body)
         return self.parse(data, limits)
 
+    def system(self, text: str) -> str | list[dict[str, Any]]:
+        """The system prompt, marked for the prompt cache when it is surely long enough (module docstring)."""
+        if len(text) < ANTHROPIC_CHARS_PER_TOKEN * anthropic_cache_min_tokens(self.teacher.model):
+            return text
+        return [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]
+
+    def out_of_quota(self, status: int, data: Any, text: str) -> bool:
+        return lookup(data, "error", "type") == "billing_error" or "credit balance is too low" in text.lower()
+
     def parse(self, data: Any, limits: RateLimitInfo | None = None) -> ChatResponse:
+        usage = self._usage(data, "usage")
+        read, written = self._count(usage, "cache_read_input_tokens"), self._count(usage, "cache_creation_input_tokens")
+        billed = Usage(self._count(usage, "input_tokens") + read + written, self._count(usage, "output_tokens"),
+                       read, written)
+        stop = lookup(data, "stop_reason")
+        if stop == "refusal":
+            return self.reply("", billed, limits, refusal="refusal")
         content = lookup(data, "content")
         if not isinstance(content, list):
-            raise self.malformed("no content list")
+            raise self.malformed("no content list", billed)
         blocks = [b for b in content if isinstance(b, dict) and b.get("type") == "text"]
         if not all(isinstance(b.get("text"), str) for b in blocks):
-            raise self.malformed("a text block's text is not a string")
-        usage = self._usage(data, "usage")
-        # Prompt-cache reads and writes are input tokens too (billed at other rates; counted at the base rate here).
-        input_tokens = self._count(usage, "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-        return self._response("".join(b["text"] for b in blocks), input_tokens, self._count(usage, "output_tokens"),
-                              limits)
+            raise self.malformed("a text block's text is not a string", billed)
+        return self.reply("".join(b["text"] for b in blocks), billed, limits,
+                          truncated=isinstance(stop, str) and stop in ANTHROPIC_TRUNCATED)
 
 
 PROVIDERS: dict[str, type[_Provider]] = {

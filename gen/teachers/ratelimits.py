@@ -1,11 +1,15 @@
 """Rate-limit headers and 429 waits, as the three APIs send them: remaining budgets, resets, Retry-After.
 
     OpenAI     x-ratelimit-remaining-{requests,tokens}, x-ratelimit-reset-* as durations ("6m0s"),
-               retry-after-ms and Retry-After on a 429
-    Anthropic  anthropic-ratelimit-*-remaining, -reset as RFC 3339 times, Retry-After
+               retry-after-ms and Retry-After on a 429 (Azure OpenAI sends the same headers)
+    Anthropic  anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-remaining and -reset (RFC 3339
+               times): input and output tokens are limited apart (ITPM, OTPM), tokens is the tightest of them
     Gemini     no headers: the 429 body's error.details[].retryDelay ("17s")
 
-Every parser returns None for what is absent or unreadable: a reply's headers never raise.
+Every parser returns None for what is absent or unreadable: a reply's headers never raise. A negative remaining
+count (Azure sends x-ratelimit-remaining-tokens: -1) and a reset of zero or less (Azure's "0", a time already
+past) are no information, None, never "exhausted" or "retry after 0 s": read as such they would send the same
+request again at once, in a loop.
 """
 
 from __future__ import annotations
@@ -29,6 +33,16 @@ class RateLimitInfo:
     remaining_tokens: int | None = None
     reset_requests_s: float | None = None  # seconds from now until the request budget refills
     reset_tokens_s: float | None = None
+    remaining_input_tokens: int | None = None  # Anthropic's input- and output-token budgets, limited apart
+    remaining_output_tokens: int | None = None
+    reset_input_tokens_s: float | None = None
+    reset_output_tokens_s: float | None = None
+
+    def budgets(self) -> tuple[tuple[int | None, float | None], ...]:
+        """(remaining, reset) of requests, tokens, input tokens and output tokens."""
+        return ((self.remaining_requests, self.reset_requests_s), (self.remaining_tokens, self.reset_tokens_s),
+                (self.remaining_input_tokens, self.reset_input_tokens_s),
+                (self.remaining_output_tokens, self.reset_output_tokens_s))
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
@@ -81,29 +95,37 @@ def parse_retry_after(headers: httpx.Headers, now: float | None = None) -> float
     return seconds if seconds is not None else _seconds_until(value, now)
 
 
-def _int(value: str | None) -> int | None:
+def _remaining(value: str | None) -> int | None:
+    """A remaining count; negative (Azure's -1) or unreadable is None."""
     try:
-        return int(float(value)) if value is not None else None
-    except ValueError:
+        n = int(float(value)) if value is not None else None
+    except (ValueError, OverflowError):
         return None
+    return n if n is not None and n >= 0 else None
+
+
+def _reset(seconds: float | None) -> float | None:
+    """A reset in seconds; zero or less is None (see the module docstring)."""
+    return seconds if seconds is not None and seconds > 0 else None
 
 
 def parse_limits(headers: httpx.Headers, now: float | None = None) -> RateLimitInfo | None:
     """OpenAI-style x-ratelimit-* headers (durations) or Anthropic's anthropic-ratelimit-* (RFC 3339 times)."""
     now = time.time() if now is None else now
-    if "anthropic-ratelimit-requests-remaining" in headers or "anthropic-ratelimit-tokens-remaining" in headers:
-        h = "anthropic-ratelimit-"
-        reset_req, reset_tok = headers.get(h + "requests-reset"), headers.get(h + "tokens-reset")
-        return RateLimitInfo(
-            _int(headers.get(h + "requests-remaining")), _int(headers.get(h + "tokens-remaining")),
-            _seconds_until(reset_req, now) if reset_req else None,
-            _seconds_until(reset_tok, now) if reset_tok else None,
-        )
+    if any(k.startswith("anthropic-ratelimit-") for k in headers):
+        budgets = {}
+        for name in ("requests", "tokens", "input_tokens", "output_tokens"):
+            h = f"anthropic-ratelimit-{name.replace('_', '-')}"
+            stamp = headers.get(f"{h}-reset")
+            budgets[f"remaining_{name}"] = _remaining(headers.get(f"{h}-remaining"))
+            budgets[f"reset_{name}_s"] = _reset(_seconds_until(stamp, now) if stamp else None)
+        return RateLimitInfo(**budgets)
     if any(k.startswith("x-ratelimit-") for k in headers):
         return RateLimitInfo(
-            _int(headers.get("x-ratelimit-remaining-requests")), _int(headers.get("x-ratelimit-remaining-tokens")),
-            parse_duration(headers.get("x-ratelimit-reset-requests")),
-            parse_duration(headers.get("x-ratelimit-reset-tokens")),
+            _remaining(headers.get("x-ratelimit-remaining-requests")),
+            _remaining(headers.get("x-ratelimit-remaining-tokens")),
+            _reset(parse_duration(headers.get("x-ratelimit-reset-requests"))),
+            _reset(parse_duration(headers.get("x-ratelimit-reset-tokens"))),
         )
     return None
 
@@ -112,11 +134,10 @@ def _retry_after_from_limits(limits: RateLimitInfo | None) -> float | None:
     """Without Retry-After: wait for the exhausted budget's reset, else the sooner of the two resets."""
     if limits is None:
         return None
-    exhausted = [r for n, r in ((limits.remaining_requests, limits.reset_requests_s),
-                                (limits.remaining_tokens, limits.reset_tokens_s)) if n == 0 and r is not None]
+    exhausted = [r for n, r in limits.budgets() if n == 0 and r is not None]
     if exhausted:
         return max(exhausted)
-    resets = [r for r in (limits.reset_requests_s, limits.reset_tokens_s) if r is not None]
+    resets = [r for _, r in limits.budgets() if r is not None]
     return min(resets) if resets else None
 
 

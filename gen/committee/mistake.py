@@ -1,0 +1,145 @@
+"""One mistake through the committee (gen/committee/run.py streams many): every teacher's feedback and rationale
+at once, each rationale's peer reviews as soon as it exists, and the record that gathers them with their usage.
+
+Replies the provider billed but that are not whole answers are kept as such (Reply): a refusal (text None,
+`refused` the reason) and a reply cut off at max_tokens (`truncated`, text kept); neither rationale is reviewed
+nor accepted, neither review scores. A teacher out of quota raises OutOfQuota, which ends the run, and
+`gather_all` cancels the mistake's other requests so that none keeps running (and paying) unowned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fair.paper import accept
+from fair.records import Messages, StudentAnswer, usable_text
+from fair.tasks import Task
+from gen.committee.prompts import PROMPT_VERSION, PromptSet
+from gen.committee.review import parse_review_score
+from gen.teachers.client import TeacherClient
+from gen.teachers.config import Teacher
+from gen.teachers.providers import ChatRequest, ProviderError, QuotaExhausted, Usage
+
+T = TypeVar("T")
+
+
+@dataclass
+class Context:
+    task: Task
+    prompts_name: str
+    prompts: PromptSet
+    clients: dict[str, TeacherClient]
+    teachers: dict[str, Teacher]
+    threshold: float
+    errors: int = 0
+
+
+@dataclass
+class Reply:
+    """One request's outcome as the record keeps it. A refusal and a reply cut off at max_tokens are answers
+    the provider billed and the cache keeps: recorded as such, never sent again, never reviewed or scored."""
+
+    text: str | None  # None: the request failed, or the provider refused it
+    error: str | None
+    usage: Usage = field(default_factory=Usage)
+    batch: bool = False  # answered through the Batch API: billed at half price
+    truncated: bool = False  # cut off at max_tokens: kept, marked, and neither reviewed nor accepted
+    refused: str | None = None  # the provider's reason ("SAFETY", "content_filter", "refusal")
+
+    def entry(self) -> dict[str, Any]:
+        return {"text": self.text, "error": self.error, "truncated": self.truncated, "refused": self.refused}
+
+    @property
+    def usable(self) -> bool:
+        """May be sent for review or scored: a whole answer (a cut-off rationale has no final answer)."""
+        return usable_text(self.entry()) is not None
+
+
+class OutOfQuota(Exception):
+    """A teacher's account has no credit left (QuotaExhausted): every request of the run would fail the same
+    way, so the run stops (`stream_committee` says how) instead of recording a failure for each one."""
+
+    def __init__(self, teacher: str, reason: str):
+        super().__init__(f"teacher {teacher}: the account is out of quota ({reason})")
+
+
+async def ask(ctx: Context, teacher: Teacher, messages: Messages) -> Reply:
+    request = ChatRequest.for_teacher(teacher, messages)  # as gen/teachers/batch.py builds it: the same cache key
+    try:
+        response = await ctx.clients[teacher.name].complete(request)
+    except QuotaExhausted as e:
+        raise OutOfQuota(teacher.name, str(e)) from None
+    except ProviderError as e:  # TeacherFailed after retries, or a fatal 4xx: recorded, never a score
+        ctx.errors += 1
+        return Reply(None, str(e), e.usage or Usage())  # what a failed reply was billed, if anything
+    text = None if response.refusal is not None else response.text
+    return Reply(text, None, response.usage, response.batch, response.truncated, response.refusal)
+
+
+async def gather_all(*jobs: Coroutine[Any, Any, T]) -> list[T]:
+    """asyncio.gather, except that a failure (a teacher out of quota, a cancelled run) cancels the other jobs
+    and waits for them before it propagates: gather alone would leave them running, and paying, unowned."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def rationale_with_reviews(ctx: Context, answer: StudentAnswer, author: Teacher) -> tuple[dict, list[Reply]]:
+    rationale = await ask(ctx, author, ctx.prompts.rationale(ctx.task, answer))
+    record: dict[str, Any] = {**rationale.entry(), "reviews": {}}
+    replies = [rationale]
+    if rationale.usable:  # a failed, refused or cut-off rationale is never sent for review: no score could count
+        reviewers = [t for name, t in ctx.teachers.items() if name != author.name]
+        reviews = await gather_all(
+            *(ask(ctx, r, ctx.prompts.review(ctx.task, answer, rationale.text)) for r in reviewers)
+        )
+        for reviewer, review in zip(reviewers, reviews, strict=True):
+            score = parse_review_score(review.text) if review.usable else None  # a cut-off verdict is no verdict
+            entry = review.entry()
+            record["reviews"][reviewer.name] = {"score": score, "reply": entry.pop("text"), **entry}
+            replies.append(review)
+    mean, accepted = accept([r["score"] for r in record["reviews"].values()], ctx.threshold)
+    record |= {"mean_score": mean, "accepted": accepted}
+    return record, replies
+
+
+USAGE_FIELDS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens")
+
+
+async def process(ctx: Context, answer: StudentAnswer) -> dict[str, Any]:
+    names = list(ctx.teachers)
+    feedback_jobs = [ask(ctx, ctx.teachers[n], ctx.prompts.feedback(ctx.task, answer)) for n in names]
+    rationale_jobs = [rationale_with_reviews(ctx, answer, ctx.teachers[n]) for n in names]
+    results = await gather_all(*feedback_jobs, *rationale_jobs)
+    feedbacks, rationales = results[: len(names)], results[len(names) :]
+    usage: dict[str, dict[str, Any]] = {n: dict.fromkeys(USAGE_FIELDS, 0) | {"cost": 0.0} for n in names}
+
+    def charge(name: str, reply: Reply) -> None:  # every reply the provider billed, cut off or refused too
+        for key in USAGE_FIELDS:
+            usage[name][key] += getattr(reply.usage, key)
+        usage[name]["cost"] += ctx.teachers[name].cost(reply.usage, reply.batch)
+
+    for name, feedback in zip(names, feedbacks, strict=True):
+        charge(name, feedback)
+    for name, (_, replies) in zip(names, rationales, strict=True):
+        charge(name, replies[0])
+        reviewers = [n for n in names if n != name]
+        for reviewer, reply in zip(reviewers, replies[1:], strict=False):
+            charge(reviewer, reply)
+    return {
+        "id": answer.id,
+        "mistake": answer.to_json(),
+        "feedback": {n: f.entry() for n, f in zip(names, feedbacks, strict=True)},
+        "rationales": {n: r for n, (r, _) in zip(names, rationales, strict=True)},
+        "usage": usage,
+        "prompts": f"{ctx.prompts_name}-v{PROMPT_VERSION}",
+        "threshold": ctx.threshold,
+    }
