@@ -5,7 +5,7 @@
     .venv/bin/python bench/soak.py --mistakes 24 --kills 2  # a tiny soak (tests/test_soak.py runs one)
 
 A bench script, beside bench_scale.py whose helpers it shares (the server, the committee command line, the
-record counter): like the benchmarks it is a long `make` target that prints figures for the README, and the
+record counter): like the benchmarks it is a long `make` target that prints figures for docs/benchmarks.md, and the
 test suite runs a tiny configuration of it through the same code.
 
 Everything on loopback: the offline simulator in its own process (bench_gen.Server) injects 500/503s, hangs
