@@ -148,11 +148,8 @@ class OfflineServer:
 
     def start(self) -> OfflineServer:
         if self.listener is None:
-            try:  # the ASGI stack is the serve extra's: a clear line where it is missing
-                from gen.offline.app import Listener
-            except ImportError as e:
-                raise FairError(f"the offline simulator needs the serve extra ({e.name} is missing): "
-                                "pip install -e '.[serve]'") from None
+            from gen.offline.app import Listener  # the ASGI stack, imported only by a simulator that serves
+
             self.listener = Listener(self).start()
             if self.log_path:
                 self.log_file = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in stop)
