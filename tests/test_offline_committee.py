@@ -40,6 +40,26 @@ def test_refusals_truncations_and_cached_input_are_counted_as_sent(tmp_path, dat
     rationales = [r for record in records for r in record["rationales"].values()]
     assert any(r.get("refused") or r.get("truncated") for r in rationales)
     assert not any(r["accepted"] for r in rationales if r.get("refused") or r.get("truncated"))
+    # The report counts the same: refused and cut-off replies per teacher, in the committee table.
+    assert main(["report", "--gen-dir", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    table = committee_table((tmp_path / "report" / "report.md").read_text())
+    assert sum(refused_count(row["refused"]) for row in table.values()) == counters["refusal"]
+    assert sum(int(row["cut off"]) for row in table.values()) == counters["truncate"]
+    assert {name: int(row["cut off"]) for name, row in table.items()} == {
+        name: t["truncated"] for name, t in stats.items()}
+
+
+def committee_table(report: str) -> dict[str, dict[str, str]]:
+    """report.md's committee table: teacher -> column -> cell."""
+    lines = report.split("## Committee", 1)[1].strip().split("\n\n", 1)[0].splitlines()  # the first table
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    return {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+
+
+def refused_count(cell: str) -> int:
+    """'3 SAFETY, 1 refusal' -> 4; '0' -> 0."""
+    return sum(int(part.split()[0]) for part in cell.split(","))
 
 
 def test_a_quota_stop_then_a_rerun_with_credit(tmp_path, data_dir, capsys):
@@ -50,6 +70,9 @@ def test_a_quota_stop_then_a_rerun_with_credit(tmp_path, data_dir, capsys):
     assert code == 2 and "out of quota" in err.strip().splitlines()[-1]
     written = out.read_bytes()
     assert 0 < len(written.splitlines()) < 6
+    stats = orjson.loads((tmp_path / "committee_stats.json").read_bytes())  # written at the stop, saying why
+    assert "out of quota" in stats["stopped"] and stats["written"] == len(written.splitlines())
+    assert sum(t["requests"] for t in stats["teachers"].values()) >= 30
     with OfflineServer(port=0, data_dir=data_dir) as server:
         code, err = committee(capsys, server.url, mistakes, out)
     assert code == 0, err
