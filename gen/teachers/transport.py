@@ -152,8 +152,8 @@ def error_text(data: Any, raw: bytes) -> str:
 def http_client(max_connections: int) -> httpx.AsyncClient:
     """The HTTP client for live teacher calls: httpx's API (what providers and tests speak) over aiohttp's
     connection pool and C HTTP parser (httpx-aiohttp, the OpenAI SDK's aiohttp backend). httpx's own pool
-    rescans every connection on each request and its HTTP/1.1 code is pure Python: 1.8 ms of CPU a request
-    against 0.5 ms over aiohttp, on the same workload (make bench-scale, README)."""
+    rescans every connection on each request and its HTTP/1.1 code is pure Python: several times the CPU a
+    request of aiohttp's, on the same workload (make bench-scale; figures in docs/benchmarks.md)."""
     return HttpxAiohttpClient(limits=httpx.Limits(max_connections=max_connections))
 
 
