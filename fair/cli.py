@@ -72,9 +72,9 @@ def cmd_gen(config, args: argparse.Namespace) -> None:
 
 
 def cmd_teachers_serve(config, args: argparse.Namespace) -> int:
-    from gen.offline import cli as offline_cli
+    from gen.offline.cli import run
 
-    return offline_cli.run(args)
+    return run(config)
 
 
 def cmd_serve(config, args: argparse.Namespace) -> int:
@@ -137,7 +137,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from gen.committee.run import CommitteeConfig
     from gen.from_paper import ImportCommitteeConfig, ImportMistakesConfig
     from gen.mine import MineConfig
-    from gen.offline import cli as offline_cli
+    from gen.offline.cli import SimulatorConfig
     from gen.pipeline import GenConfig
     from gen.serve.server import ServeConfig
 
@@ -160,8 +160,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         EstimateConfig)
     add("gen", "mine + committee + the paper's files (what `make gen` runs)", cmd_gen, GenConfig)
     teachers = sub.add_parser("teachers", help="teacher tools").add_subparsers(dest="teachers_command", required=True)
-    offline_cli.add_arguments(add("serve", "serve the offline committee simulator (OpenAI and Gemini wire formats)",
-                                  cmd_teachers_serve, None, under=teachers))
+    add("serve", "serve the offline committee simulator (OpenAI, Gemini and Anthropic wire formats)",
+        cmd_teachers_serve, SimulatorConfig, under=teachers)
     add("serve", "the committee as a service: jobs, OpenAI's files and batches, one budget", cmd_serve, ServeConfig)
     add("import-committee", "import the paper's feedback and rationale files", cmd_import_committee,
         ImportCommitteeConfig)

@@ -128,10 +128,15 @@ def _describe(hint: Any) -> str:
     return "None" if hint is type(None) else getattr(typing.get_origin(hint) or hint, "__name__", str(hint))
 
 
-def _field_type(cls: type, field: dataclasses.Field) -> type:
+def _field_hint(cls: type, field: dataclasses.Field) -> Any:
     hint = _hints(cls)[field.name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))  # `int | None` parses as int
+    return hint
+
+
+def _field_type(cls: type, field: dataclasses.Field) -> type:
+    hint = _field_hint(cls, field)
     if typing.get_origin(hint) is typing.Literal:
         return str
     return typing.get_origin(hint) or hint
@@ -168,8 +173,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, positional:
         elif kind is dict:  # a mapping on the command line in YAML's flow style: --x '{a: 1, b: 2}'
             parser.add_argument(*names, type=yaml.safe_load, metavar="YAML", **common)
         elif kind in (list, tuple):
-            item = typing.get_args(_hints(cls)[field.name])[:1] or (str,)
-            parser.add_argument(*names, nargs="+", type=item[0], **common)
+            items = typing.get_args(_field_hint(cls, field)) or (str, Ellipsis)
+            count = "+" if items[-1] is Ellipsis else len(items)  # tuple[float, float]: exactly two
+            parser.add_argument(*names, nargs=count, type=items[0], **common)
         else:
             parser.add_argument(*names, type=kind, **common)  # choices checked by the class: one message
     example = next((f for f in dataclasses.fields(cls)

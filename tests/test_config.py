@@ -12,6 +12,7 @@ from fair.config import add_config_arguments, build_config, save_config
 from fair.errors import FairError
 from gen.committee.run import CommitteeConfig
 from gen.mine import MineConfig
+from gen.offline.cli import SimulatorConfig
 from gen.pipeline import GenConfig
 from gen.serve.server import ServeConfig
 from gen.teachers.config import Teacher, load_committee, rebase
@@ -20,7 +21,7 @@ from tests.conftest import ROOT
 
 CONFIGS = ROOT / "configs"
 STAGES = {"mine.yaml": MineConfig, "eval.yaml": EvalConfig, "committee.yaml": CommitteeConfig, "gen.yaml": GenConfig,
-          "serve.yaml": ServeConfig}
+          "serve.yaml": ServeConfig, "simulator.yaml": SimulatorConfig}
 # Each file under configs/ is checked by the test that reads its folder; a file in no folder here fails below.
 CHECKED = {".": "*.yaml", "train": "*.yaml", "teachers": "*.yaml", "deepspeed": "*.json"}
 
