@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = getattr(args, "settings", None)
         return args.run(build_config(settings, args) if settings else None, args)
 
-    return main_guard(f"fair {args.command}", work)
+    command = " ".join(filter(None, (args.command, getattr(args, "teachers_command", None))))
+    return main_guard(f"fair {command}", work)
 
 
 if __name__ == "__main__":
