@@ -187,8 +187,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, positional:
 
 def option_help(cls: type, field: dataclasses.Field) -> str:
     """One line: what the field is (the comment beside it, `field_docs`), its choices, its default."""
-    # a shared field's own text first: one help for every config that has it (fair/dtype.py's `dtype_field`)
-    text = field.metadata.get("help") or field_docs(cls).get(field.name, "")  # tests/test_help.py: never empty
+    text = field_doc(cls, field)  # tests/test_help.py: never empty
     notes = []
     if choices := _choices(_hints(cls)[field.name]):
         notes.append("choices: " + ", ".join(format_value(c) for c in choices))
@@ -198,6 +197,13 @@ def option_help(cls: type, field: dataclasses.Field) -> str:
     elif default is not None:  # None is "not set": the comment says what happens then
         notes.append(f"default: {format_value(default)}")
     return f"{text} ({'; '.join(notes)})" if notes else text
+
+
+def field_doc(cls: type, field: dataclasses.Field) -> str:
+    """What the field is, in words: a shared field's own text first, one help for every config that has it
+    (fair/dtype.py's `dtype_field`), else the comment beside it. A class that copies another's field keeps it
+    documented by copying this into the copy's `metadata["help"]`."""
+    return field.metadata.get("help") or field_docs(cls).get(field.name, "")
 
 
 def field_default(field: dataclasses.Field) -> Any:

@@ -14,7 +14,7 @@ import typing
 import pytest
 
 from fair.cli import build_parser, main
-from fair.config import Validated, config_parser, field_default, field_docs, format_value
+from fair.config import Validated, config_parser, field_default, field_doc, field_docs, format_value
 
 
 def subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
@@ -78,8 +78,7 @@ def test_every_settings_class_documents_every_field():
     import gen.teachers.config  # noqa: F401  (Teacher)
 
     for cls in all_subclasses(Validated):
-        missing = [f.name for f in dataclasses.fields(cls) if not field_docs(cls).get(f.name) and
-                   not f.metadata.get("help")]
+        missing = [f.name for f in dataclasses.fields(cls) if not field_doc(cls, f)]
         assert not missing, f"{cls.__module__}.{cls.__name__}: no comment on {missing}"
 
 
