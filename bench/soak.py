@@ -334,13 +334,10 @@ def print_summary(report: dict, failures: list[str]) -> None:
     print(f"kills survived: {report['kills_survived']}; disk full: exit {full['exit']}, "
           f"{last_line(full['error'])!r}; second run: {second}")
     print(f"records: {records['expected']} expected, {records['written']} written; lost {records['lost']}, "
-          f"duplicated {records['duplicated']}")
+          f"duplicated {records['duplicated']}; wall time {report['wall_s']} s")
     print(f"requests: {report['usable_replies']:,} usable replies, {report['failed_requests']} failed for good "
-          f"(recorded as errors); re-paid {report['re_paid']} vs "
-          f"{records['in_flight_reported']} reported in flight")
-    print(f"wall time: {report['wall_s']} s")
-    for failure in failures:
-        print(f"FAILED: {failure}")
+          f"(recorded as errors); re-paid {report['re_paid']} vs {records['in_flight_reported']} reported in flight")
+    print("".join(f"FAILED: {failure}\n" for failure in failures), end="")
     print("soak: FAILED" if failures else "soak: passed (0 lost, 0 duplicated, re-paid within reported in flight)")
 
 
