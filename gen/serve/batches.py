@@ -23,11 +23,13 @@ from typing import Any
 import httpx
 
 from fair.jsonl import JsonlAppender, read_jsonl
+from fair.wire.batch import BATCH_OPEN, batch_object, check_create
+from fair.wire.errors import ApiError
 from gen.committee.run import stream_window
 from gen.serve.budget import Budget
 from gen.serve.store import Store, new_id
 from gen.serve.uploads import records
-from gen.serve.wire import BATCH_OPEN, ENDPOINT, ApiError, chat_completion, chat_request
+from gen.serve.wire import chat_completion, chat_request
 from gen.teachers.cache import ResponseCache
 from gen.teachers.client import TeacherClient
 from gen.teachers.config import Teacher
@@ -45,15 +47,10 @@ class Batches:
         self.cancelled: set[str] = set()
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        if body.get("endpoint") != ENDPOINT or body.get("completion_window") != "24h":
-            raise ApiError(400, f"endpoint must be {ENDPOINT} and completion_window 24h", "endpoint")
-        source = self.store.get("file", body["input_file_id"])
+        file_id = check_create(body)
+        source = self.store.get("file", file_id)
         if source is None or source["purpose"] != "batch":
-            raise ApiError(
-                400,
-                f"input_file_id {body['input_file_id']!r} is not a batch file of this server",
-                "input_file_id",
-            )
+            raise ApiError(400, f"input_file_id {file_id!r} is not a batch file of this server", "input_file_id")
         batch_id, now = new_id("batch"), time.time()
         self.store.folder("batch", batch_id).mkdir()  # before the row: see gen/serve/store.py
         doc = {
@@ -210,6 +207,12 @@ async def answer_line(
         "error": None,
         "response": {"status_code": 200, "request_id": body["id"], "body": body},
     }
+
+
+def public_batch(doc: dict[str, Any]) -> dict[str, Any]:
+    """A batch document as OpenAI's Batch object, with one field of ours beside OpenAI's: the requests in
+    flight when the server was killed, which may have been sent twice."""
+    return batch_object(doc, repeated_after_restart=doc["repeated_after_restart"])
 
 
 def count_lines(path: Path) -> int:
