@@ -1,5 +1,6 @@
 """OpenAI's Batch API objects, as the service (gen/serve/batches.py) and the simulator (gen/offline/batch.py) send
-them: the batch object, the file object, a page of a list, and the check of a create request.
+them: the batch object, the file object, a page of a list, an input line's check and a result line, and the
+check of a create request.
 
 A batch is kept as a document (a dict) by either side: id, input_file_id, status, created_at, metadata, total,
 completed, failed, and as it goes errors, output_file_id, error_file_id and `<status>_at` stamps. Statuses as
@@ -30,6 +31,30 @@ def check_create(body: dict[str, Any]) -> str:
         raise ApiError(400, f"input_file_id must be a file id (a string), got {file_id!r}", "input_file_id",
                        "invalid_request")
     return file_id
+
+
+def check_line(record: Any, n: int, seen: dict[str, int]) -> str:
+    """The custom_id of input line n (its JSON value): a POST to ENDPOINT with a custom_id no line before it in
+    `seen` (custom_id -> line, updated) has; else ApiError(400, "line n: ...", "file", a code of OpenAI's).
+    The line's body is each side's to read."""
+    if not isinstance(record, dict) or record.get("method") != "POST" or record.get("url") != ENDPOINT:
+        raise ApiError(400, f"line {n}: method must be POST and url {ENDPOINT}", "file", "invalid_request")
+    custom_id = record.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        raise ApiError(400, f"line {n}: custom_id must be a non-empty string", "file", "invalid_request")
+    if custom_id in seen:
+        raise ApiError(400, f"line {n}: duplicate custom_id {custom_id!r} (first on line {seen[custom_id]})", "file",
+                       "duplicate_custom_id")
+    seen[custom_id] = n
+    return custom_id
+
+
+def result_line(line_id: str, custom_id: str, status: int | None = None, request_id: str | None = None,
+                body: Any = None, error: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A line of a batch's output or error file: the response (status, request id, body) the request got, or
+    (status None) the error of a request that got none."""
+    response = None if status is None else {"status_code": status, "request_id": request_id, "body": body}
+    return {"id": line_id, "custom_id": custom_id, "response": response, "error": error}
 
 
 def batch_object(doc: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fair.wire.batch import ENDPOINT, batch_object, check_create, file_object, page, page_limit
+from fair.wire.batch import batch_object, check_create, check_line, file_object, page, page_limit, result_line
 from fair.wire.errors import ApiError
 from fair.wire.multipart import read_form
 from gen.offline.formats import INTERNAL, SHAPE_ERRORS
@@ -165,9 +165,8 @@ class BatchStore:
             # The bytes the live route would hash for the same body: the client serialises bodies with orjson.
             reply = self.answer_line(orjson.dumps(line["body"]), batch=batch.id)
             assert reply is not None  # only a live request waits, so only a live one is cut short by a stop
-            record = {"id": f"batch_req_{uuid.uuid4().hex[:24]}", "custom_id": line["custom_id"],
-                      "response": {"status_code": reply.status, "request_id": f"req_{uuid.uuid4().hex[:16]}",
-                                   "body": reply.body}, "error": None}
+            record = result_line(f"batch_req_{uuid.uuid4().hex[:24]}", line["custom_id"], reply.status,
+                                 f"req_{uuid.uuid4().hex[:16]}", reply.body)
             (outputs if reply.status == 200 else failures).append(orjson.dumps(record) + b"\n")
             self.count("batch_lines" if reply.status == 200 else "batch_line_errors")
         output = self.add_file(b"".join(outputs)) if outputs else None
@@ -180,29 +179,29 @@ class BatchStore:
 
 
 def validate(content: bytes) -> tuple[list[dict], list[dict]]:
-    """The input file's lines, and OpenAI-style validation errors ({code, message, line})."""
-    lines, errors, seen, models = [], [], set(), set()
+    """The input file's lines, and OpenAI-style validation errors ({code, message, line}): each line's shape
+    (fair/wire/batch.py's check_line) and body (a model and messages), one model in all, at least one line."""
+    lines, errors, models = [], [], set()
+    seen: dict[str, int] = {}
     for number, raw in enumerate(content.splitlines(), start=1):
         if not raw.strip():
             continue
         try:
             line = orjson.loads(raw)
+            check_line(line, number, seen)
             body = line["body"]
-            custom_id, model = line["custom_id"], body["model"]
-            ok = (isinstance(custom_id, str) and isinstance(model, str) and line.get("method") == "POST"
-                  and line.get("url") == ENDPOINT and isinstance(body.get("messages"), list) and body["messages"])
+            model = body["model"]
+            if not isinstance(model, str) or not isinstance(body.get("messages"), list) or not body["messages"]:
+                raise ValueError(model)
+        except ApiError as e:
+            errors.append({"code": e.code, "line": number, "message": str(e)})
+            continue
         except SHAPE_ERRORS:
-            ok = False
-        if not ok:
             errors.append({"code": "invalid_request", "line": number,
-                           "message": f"line {number} is not a {ENDPOINT} request with a custom_id and messages"})
-        elif custom_id in seen:
-            errors.append({"code": "duplicate_custom_id", "line": number,
-                           "message": f"custom_id {custom_id!r} appears more than once"})
-        else:
-            seen.add(custom_id)
-            models.add(model)
-            lines.append(line)
+                           "message": f"line {number}: the body is not a chat request with a model and messages"})
+            continue
+        models.add(model)
+        lines.append(line)
     if len(models) > 1:
         errors.append({"code": "mixed_models", "line": None, "message": "a batch may use one model only"})
     if not lines and not errors:

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from fair.jsonl import JsonlAppender, read_jsonl
-from fair.wire.batch import BATCH_OPEN, batch_object, check_create
+from fair.wire.batch import BATCH_OPEN, batch_object, check_create, result_line
 from fair.wire.errors import ApiError
 from gen.committee.run import stream_window
 from gen.serve.budget import Budget
@@ -194,19 +194,9 @@ async def answer_line(
     try:
         response = await clients[teacher.name].complete(request)
     except ProviderError as e:  # the client's message: redacted, one line
-        return False, {
-            "id": line_id,
-            "custom_id": record["custom_id"],
-            "response": None,
-            "error": {"code": "teacher_failed", "message": str(e)},
-        }
+        return False, result_line(line_id, record["custom_id"], error={"code": "teacher_failed", "message": str(e)})
     body = chat_completion(teacher, request, response)
-    return True, {
-        "id": line_id,
-        "custom_id": record["custom_id"],
-        "error": None,
-        "response": {"status_code": 200, "request_id": body["id"], "body": body},
-    }
+    return True, result_line(line_id, record["custom_id"], 200, body["id"], body)
 
 
 def public_batch(doc: dict[str, Any]) -> dict[str, Any]:

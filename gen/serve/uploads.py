@@ -23,7 +23,7 @@ import orjson
 
 from fair.errors import FairError
 from fair.records import StudentAnswer
-from fair.wire.batch import ENDPOINT
+from fair.wire.batch import check_line
 from fair.wire.errors import ApiError
 from fair.wire.multipart import Form, read_form
 from gen.serve.wire import chat_request
@@ -79,30 +79,17 @@ def check(path: Path, purpose: str, teachers: dict[str, Teacher]) -> int:
     seen: dict[str, int] = {}
     for n, record in records(path):
         if purpose == "batch":
-            key = record.get("custom_id")
-            if record.get("method") != "POST" or record.get("url") != ENDPOINT:
-                raise ApiError(400, f"line {n}: method must be POST and url {ENDPOINT}", "file")
+            check_line(record, n, seen)  # OpenAI's line shape (fair/wire/batch.py), then our reading of its body
             chat_request(record.get("body"), teachers, f"line {n}: body")
-        else:
-            try:
-                key = StudentAnswer.from_json(record, f"line {n}").id
-            except (FairError, TypeError) as e:
-                raise ApiError(
-                    400, str(e) if isinstance(e, FairError) else f"line {n}: {e}", "file"
-                ) from None
+            continue
+        try:
+            key = StudentAnswer.from_json(record, f"line {n}").id
+        except (FairError, TypeError) as e:
+            raise ApiError(400, str(e) if isinstance(e, FairError) else f"line {n}: {e}", "file") from None
         if not isinstance(key, str) or not key:
-            raise ApiError(
-                400,
-                f"line {n}: {'custom_id' if purpose == 'batch' else 'id'} must be a non-empty string",
-                "file",
-            )
+            raise ApiError(400, f"line {n}: id must be a non-empty string", "file")
         if key in seen:
-            raise ApiError(
-                400,
-                f"line {n}: duplicate {'custom_id' if purpose == 'batch' else 'id'} {key!r} "
-                f"(first on line {seen[key]})",
-                "file",
-            )
+            raise ApiError(400, f"line {n}: duplicate id {key!r} (first on line {seen[key]})", "file")
         seen[key] = n
     if not seen:
         raise ApiError(400, "the file holds no records", "file")
