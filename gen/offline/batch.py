@@ -9,17 +9,17 @@
 
 (the /v1 prefix is optional, as on the live route). The objects, the upload's reading and the error replies are
 fair/wire's, as the service's (gen/serve) are; what is the simulator's own is where files and batches are kept
-(BatchStore, in memory) and how a line is answered (`answer`, the simulator's pipeline). Each input line is
-{"custom_id", "method": "POST", "url":
-"/v1/chat/completions", "body": <a chat-completions body>}; a file with a bad line, a repeated custom_id or more
-than one model fails validation, as OpenAI's does. A batch stays in_progress for the server's batch_delay_s,
-then every line is answered by the simulator's one answer pipeline (Simulator.answer: the same body gets
-the same reply live or in a batch) and the batch completes. Fault injection fails lines instead of requests: a
-line that draws any fault (500), names an unknown model (404) or has a body that cannot be read (400) lands in
-the error file; no latency or rate limit applies. Files and batches live in memory and die with the server, so
-a client that comes back to a restarted server finds its batch gone (404). Memory is bounded for a server that
-runs for weeks: files past the store's size go oldest first (a later download is a 404, as for a deleted
-file), a finished batch keeps its counts but not its lines, and only the newest MAX_BATCHES batches are kept.
+(BatchStore, in memory) and how a line is answered (`Answer`, the simulator's pipeline). Each input line is
+{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body": <a chat-completions body>}; a file with a
+bad line, a repeated custom_id or more than one model fails validation, as OpenAI's does. A batch stays
+in_progress for the server's batch_delay_s, then every line is answered by the simulator's one answer pipeline
+(Simulator.answer: the same body gets the same reply live or in a batch) and the batch completes. Fault injection
+fails lines instead of requests: a line that draws any fault (500), names an unknown model (404) or has a body
+that cannot be read (400) lands in the error file; no latency or rate limit applies. Files and batches live in
+memory and die with the server, so a client that comes back to a restarted server finds its batch gone (404).
+Memory is bounded for a server that runs for weeks: files past the store's size go oldest first (a later download
+is a 404, as for a deleted file), a finished batch keeps its counts but not its lines, and only the newest
+MAX_BATCHES batches are kept.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.requests import Request
@@ -79,7 +79,10 @@ class Batch:
         })
 
 
-Answer = Callable[..., HttpReply]  # the simulator's pipeline: (the line's body bytes, batch=its id) -> the reply
+class Answer(Protocol):
+    """How a line is answered: the simulator's pipeline (Simulator.answer), given the body's bytes and the batch."""
+
+    def __call__(self, raw: bytes, *, batch: str) -> HttpReply: ...
 
 
 @dataclass

@@ -10,6 +10,10 @@ only requests in flight at a kill may be sent twice (`repeated_after_restart`, b
 Statuses as OpenAI's: in_progress -> finalizing -> completed, or cancelling -> cancelled, which keeps what was
 answered (output and error files with the lines so far). A line whose teacher fails for good (after retries) is
 a line of the error file; lines were checked at upload (gen/serve/uploads.py).
+
+The Batch API's objects, its input line's shape and its result lines are fair/wire/batch.py's, which the
+simulator (gen/offline/batch.py) sends too; what is the service's own is how a line is answered (`answer_line`,
+a teacher through its TeacherClient) and where files and batches are kept (gen/serve/store.py, durable).
 """
 
 from __future__ import annotations
