@@ -1,7 +1,7 @@
 """The offline committee's HTTP side (gen/offline/server.py runs it): Starlette routes on uvicorn, in a thread.
 
 The routes read the request (body, key, format) and hand it to the simulator's one answer pipeline
-(OfflineServer.admit, then .write after the latency or hang, which waits here without holding a thread); the
+(Simulator.admit, then .write after the latency or hang, which waits here without holding a thread); the
 Batch API's routes are in gen/offline/batch.py. uvicorn runs with uvloop and httptools where installed, no
 access log and no logging setup of its own (the simulator often runs inside another program's process).
 A connection is closed when it sends nothing for socket_timeout_s while a request or its body is awaited, or
@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -27,14 +27,13 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from fair.errors import FairError
+from fair.wire.errors import ApiError
 from gen.offline.api import bearer
 from gen.offline.batch import batch_routes
 from gen.offline.formats import INTERNAL, Format
-from gen.offline.http import ApiError, json_response, read_body
-from gen.offline.server import Ticket  # server.py imports this module only once it starts a listener
-
-if TYPE_CHECKING:
-    from gen.offline.server import OfflineServer, Reply
+from gen.offline.http import json_response, read_body
+from gen.offline.replies import HttpReply
+from gen.offline.simulator import Simulator, Ticket
 
 MAX_BODY = 4 << 20
 STARTUP_S = 30.0
@@ -43,7 +42,7 @@ STARTUP_S = 30.0
 class Routes:
     """The live routes of one simulator."""
 
-    def __init__(self, sim: OfflineServer):
+    def __init__(self, sim: Simulator):
         self.sim = sim
         self.stop_event: asyncio.Event | None = None  # made in the server's loop (lifespan)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -53,7 +52,7 @@ class Routes:
         chat += [Route(p, self.anthropic, methods=["POST"]) for p in ("/v1/messages", "/messages")]
         chat += [Route(f"{p}/models/{{call}}", self.gemini, methods=["POST"]) for p in ("/v1beta", "/v1", "")]
         listing = [Route(p, self.models, methods=["GET"]) for p in ("/v1/models", "/models", "/v1beta/models")]
-        routes = [Route("/health", self.health, methods=["GET"]), *chat, *listing, *batch_routes(self)]
+        routes = [Route("/health", self.health, methods=["GET"]), *chat, *listing, *batch_routes(self.sim.batches, self.error)]
         handlers = {404: self.no_route, 405: self.no_route, ApiError: self.api_error, Exception: self.internal}
         return Starlette(routes=routes, exception_handlers=handlers, lifespan=self.lifespan)
 
@@ -67,21 +66,21 @@ class Routes:
         if self.loop is not None and self.stop_event is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.stop_event.set)
 
-    def error(self, status: int, message: str, code: str | None = None, close: bool = False) -> Response:
+    def error(self, e: ApiError) -> Response:
+        """A request refused before the answer pipeline, counted among the errors."""
         self.sim.count("errors")
-        body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
-        return json_response(status, body, {"connection": "close"} if close else None)
+        return json_response(e.status, e.body(), {"connection": "close"} if e.close else None)
 
     async def no_route(self, request: Request, exc: Exception) -> Response:
-        return self.error(404, f"no route {request.method} {request.url.path}", "not_found")
+        return self.error(ApiError(404, f"no route {request.method} {request.url.path}", code="not_found"))
 
     async def api_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return self.error(exc.status, str(exc), exc.code, exc.close)
+        return self.error(exc)
 
     async def internal(self, request: Request, exc: Exception) -> Response:
         traceback.print_exception(exc)  # a bug in the simulator: say so rather than drop the connection
-        return self.error(500, INTERNAL, "server_error", close=True)
+        return self.error(ApiError(500, INTERNAL, code="server_error", close=True))
 
     async def health(self, request: Request) -> Response:
         return json_response(200, {"ok": True})
@@ -103,7 +102,7 @@ class Routes:
     async def gemini(self, request: Request) -> Response:
         model, _, call = request.path_params["call"].partition(":")
         if call not in ("generateContent", "streamGenerateContent"):
-            raise ApiError(404, f"no route POST {request.url.path}", "not_found")
+            raise ApiError(404, f"no route POST {request.url.path}", code="not_found")
         if call == "streamGenerateContent" and request.query_params.get("alt") != "sse":
             raise ApiError(400, "the simulator streams Gemini replies with ?alt=sse only", close=True)
         key = request.headers.get("x-goog-api-key") or request.query_params.get("key", "")
@@ -141,7 +140,7 @@ class Routes:
         return True
 
     @staticmethod
-    def respond(reply: Reply, extra: dict[str, str] | None = None) -> Response:
+    def respond(reply: HttpReply, extra: dict[str, str] | None = None) -> Response:
         headers = {**reply.headers, **(extra or {})}
         if reply.events is not None and reply.status == 200:
             return StreamingResponse(each(reply.events), 200, {"x-fair-simulator": "1", **headers},
@@ -207,7 +206,7 @@ class Listener:
     """uvicorn serving one simulator's routes on a socket bound here (so port 0 is known at once), in a daemon
     thread with its own event loop."""
 
-    def __init__(self, sim: OfflineServer):
+    def __init__(self, sim: Simulator):
         self.sim, self.routes = sim, Routes(sim)
         self.server: Any = None
         self.thread: threading.Thread | None = None

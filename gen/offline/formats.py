@@ -5,7 +5,7 @@
     anthropic  POST /v1/messages                               key: x-api-key (anthropic-version is not checked)
 
 A request is read into a `Chat` (model, prompt text, max_tokens, streaming, cache breakpoints); the answer
-pipeline (gen/offline/server.py) writes an `Answer`, which `body` renders as each API's JSON, usage included:
+pipeline (gen/offline/simulator.py) writes an `Answer`, which `body` renders as each API's JSON, usage included:
 OpenAI's prompt_tokens counts cached tokens (prompt_tokens_details.cached_tokens), Gemini's promptTokenCount too
 (cachedContentTokenCount), while Anthropic's input_tokens leaves out cache reads and writes. Refusals, thinking
 that spent the whole budget and truncations come out as each API sends them (see `body`); streams are in

@@ -1,5 +1,5 @@
 """What the offline simulator's routes share (gen/offline/app.py's live routes, gen/offline/batch.py's Batch API):
-JSON replies marked as the simulator's, bounded request bodies, and the error that refuses a request early."""
+JSON replies marked as the simulator's, and bounded request bodies (refused with fair/wire's ApiError)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,7 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-
-class ApiError(Exception):
-    """A request refused before the answer pipeline: OpenAI's error format, with its status and code."""
-
-    def __init__(self, status: int, message: str, code: str | None = None, close: bool = False):
-        super().__init__(message)
-        self.status, self.code, self.close = status, code, close  # close: the connection, after the reply
+from fair.wire.errors import ApiError
 
 
 def json_response(status: int, body: dict | bytes, headers: dict[str, str] | None = None) -> Response:

@@ -16,6 +16,7 @@ billed as output, and the answer gets what is left of maxOutputTokens.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 
 from gen.offline.api import tokens
 from gen.offline.formats import REFUSAL, Chat, Finish, Format
@@ -33,6 +34,19 @@ QUOTA: dict[Format, tuple[int, str, str]] = {
                "insufficient_quota"),
 }
 RAMBLE = "\nLet me double-check this once more before I give the final answer."
+
+
+@dataclass(frozen=True)
+class HttpReply:
+    """The simulator's answer to one chat request, live or a batch line: what the route sends or files (an HTTP
+    reply: not gen/committee/mistake.py's Reply, which is a teacher's answer as the committee reads it)."""
+
+    status: int
+    body: dict | bytes  # bytes: the malformed fault's cut-off JSON
+    headers: dict[str, str] = field(default_factory=dict)  # rate limits and retry-after (live routes only)
+    fault: str | None = None
+    outcome: str | None = None  # refusal, thinking, truncate, quota: what the counters call it
+    events: list[bytes] | None = None  # a stream's server-sent events
 
 
 def thoughts(chat: Chat, rng: random.Random) -> int:

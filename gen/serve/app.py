@@ -35,13 +35,14 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException
 
 from fair.errors import FairError
+from fair.wire.batch import file_object, page
+from fair.wire.errors import ApiError
 from gen.serve import chat, uploads
-from gen.serve.batches import Batches
+from gen.serve.batches import Batches, public_batch
 from gen.serve.budget import Budget
 from gen.serve.jobs import OPEN, Jobs
 from gen.serve.server import ServeConfig, same_token
 from gen.serve.store import Store, new_id
-from gen.serve.wire import ApiError, batch_object, file_object
 from gen.teachers.config import Teacher
 from gen.teachers.gates import gate_state
 
@@ -187,16 +188,6 @@ def add_errors(app: FastAPI) -> None:
         return JSONResponse(ApiError(e.status_code, str(e.detail)).body(), status_code=e.status_code)
 
 
-def listing(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": items,
-        "has_more": has_more,
-        "first_id": items[0]["id"] if items else None,
-        "last_id": items[-1]["id"] if items else None,
-    }
-
-
 UPLOAD_SCHEMA = {
     "requestBody": {
         "required": True,
@@ -253,7 +244,7 @@ def add_files(app: FastAPI, service: Service) -> None:
     @app.get("/v1/files")
     async def list_files(limit: int = 100, after: str | None = None) -> dict[str, Any]:
         items, more = service.store.list("file", max(1, min(limit, 10_000)), after)
-        return listing([file_object(d) for d in items], more)
+        return page([file_object(d) for d in items], more)
 
     @app.get("/v1/files/{file_id}")
     async def retrieve_file(file_id: str) -> dict[str, Any]:
@@ -280,20 +271,20 @@ def add_files(app: FastAPI, service: Service) -> None:
 def add_batches(app: FastAPI, service: Service) -> None:
     @app.post("/v1/batches")
     async def create_batch(spec: BatchSpec) -> dict[str, Any]:
-        return batch_object(service.batches.create(spec.model_dump()))
+        return public_batch(service.batches.create(spec.model_dump()))
 
     @app.get("/v1/batches")
     async def list_batches(limit: int = 20, after: str | None = None) -> dict[str, Any]:
         items, more = service.store.list("batch", max(1, min(limit, 100)), after)
-        return listing([batch_object(d) for d in items], more)
+        return page([public_batch(d) for d in items], more)
 
     @app.get("/v1/batches/{batch_id}")
     async def retrieve_batch(batch_id: str) -> dict[str, Any]:
-        return batch_object(service.batches.get(batch_id))
+        return public_batch(service.batches.get(batch_id))
 
     @app.post("/v1/batches/{batch_id}/cancel")
     async def cancel_batch(batch_id: str) -> dict[str, Any]:
-        return batch_object(service.batches.cancel(batch_id))
+        return public_batch(service.batches.cancel(batch_id))
 
 
 def add_jobs(app: FastAPI, service: Service) -> None:
@@ -305,7 +296,7 @@ def add_jobs(app: FastAPI, service: Service) -> None:
     @app.get("/v1/fair/jobs")
     async def list_jobs(limit: int = 20, after: str | None = None) -> dict[str, Any]:
         items, more = service.store.list("job", max(1, min(limit, 100)), after)
-        return listing([service.jobs.view(d["id"]) for d in items], more)
+        return page([service.jobs.view(d["id"]) for d in items], more)
 
     @app.get("/v1/fair/jobs/{job_id}")
     async def retrieve_job(job_id: str) -> dict[str, Any]:

@@ -10,6 +10,10 @@ only requests in flight at a kill may be sent twice (`repeated_after_restart`, b
 Statuses as OpenAI's: in_progress -> finalizing -> completed, or cancelling -> cancelled, which keeps what was
 answered (output and error files with the lines so far). A line whose teacher fails for good (after retries) is
 a line of the error file; lines were checked at upload (gen/serve/uploads.py).
+
+The Batch API's objects, its input line's shape and its result lines are fair/wire/batch.py's, which the
+simulator (gen/offline/batch.py) sends too; what is the service's own is how a line is answered (`answer_line`,
+a teacher through its TeacherClient) and where files and batches are kept (gen/serve/store.py, durable).
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from typing import Any
 import httpx
 
 from fair.jsonl import JsonlAppender, read_jsonl
+from fair.wire.batch import BATCH_OPEN, batch_object, check_create, result_line
+from fair.wire.errors import ApiError
 from gen.committee.run import stream_window
 from gen.serve.budget import Budget
 from gen.serve.store import Store, new_id
 from gen.serve.uploads import records
-from gen.serve.wire import BATCH_OPEN, ENDPOINT, ApiError, chat_completion, chat_request
+from gen.serve.wire import chat_completion, chat_request
 from gen.teachers.cache import ResponseCache
 from gen.teachers.client import TeacherClient
 from gen.teachers.config import Teacher
@@ -45,15 +51,10 @@ class Batches:
         self.cancelled: set[str] = set()
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        if body.get("endpoint") != ENDPOINT or body.get("completion_window") != "24h":
-            raise ApiError(400, f"endpoint must be {ENDPOINT} and completion_window 24h", "endpoint")
-        source = self.store.get("file", body["input_file_id"])
+        file_id = check_create(body)
+        source = self.store.get("file", file_id)
         if source is None or source["purpose"] != "batch":
-            raise ApiError(
-                400,
-                f"input_file_id {body['input_file_id']!r} is not a batch file of this server",
-                "input_file_id",
-            )
+            raise ApiError(400, f"input_file_id {file_id!r} is not a batch file of this server", "input_file_id")
         batch_id, now = new_id("batch"), time.time()
         self.store.folder("batch", batch_id).mkdir()  # before the row: see gen/serve/store.py
         doc = {
@@ -197,19 +198,15 @@ async def answer_line(
     try:
         response = await clients[teacher.name].complete(request)
     except ProviderError as e:  # the client's message: redacted, one line
-        return False, {
-            "id": line_id,
-            "custom_id": record["custom_id"],
-            "response": None,
-            "error": {"code": "teacher_failed", "message": str(e)},
-        }
+        return False, result_line(line_id, record["custom_id"], error={"code": "teacher_failed", "message": str(e)})
     body = chat_completion(teacher, request, response)
-    return True, {
-        "id": line_id,
-        "custom_id": record["custom_id"],
-        "error": None,
-        "response": {"status_code": 200, "request_id": body["id"], "body": body},
-    }
+    return True, result_line(line_id, record["custom_id"], 200, body["id"], body)
+
+
+def public_batch(doc: dict[str, Any]) -> dict[str, Any]:
+    """A batch document as OpenAI's Batch object, with one field of ours beside OpenAI's: the requests in
+    flight when the server was killed, which may have been sent twice."""
+    return batch_object(doc, repeated_after_restart=doc["repeated_after_restart"])
 
 
 def count_lines(path: Path) -> int:

@@ -41,13 +41,13 @@ import httpx
 import orjson
 from sse_starlette.sse import EventSourceResponse
 
+from fair.wire.errors import ApiError
 from gen.serve.budget import Tenant
 from gen.serve.wire import (
     RANGES,
     ROLES,
     STREAM_OPTIONS,
     STREAMING,
-    ApiError,
     Chunks,
     StreamOptions,
     chat_completion,

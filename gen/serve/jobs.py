@@ -32,6 +32,7 @@ from fair.errors import FairError
 from fair.jsonl import read_jsonl
 from fair.paper import write_paper_files
 from fair.tasks import get_task
+from fair.wire.errors import ApiError
 from gen.committee.report import write_stats
 from gen.committee.run import (
     CommitteeConfig,
@@ -43,7 +44,6 @@ from gen.committee.run import (
 )
 from gen.serve.budget import Budget
 from gen.serve.store import Store, new_id
-from gen.serve.wire import ApiError
 from gen.teachers.client import TeacherClient
 from gen.teachers.config import Teacher
 

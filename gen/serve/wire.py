@@ -1,4 +1,5 @@
-"""OpenAI's shapes as `fair serve` speaks them: errors, chat-completions bodies, replies and stream chunks, batches.
+"""OpenAI's chat shapes as `fair serve` speaks them: chat-completions bodies, replies and stream chunks (the
+error reply and the Batch API's objects, which the simulator sends too, are fair/wire/).
 
 A chat body names a teacher of the server's committee as its `model` and may set only the sampling fields
 below; keys, base URLs and limits are the server's own (its committee file), so a body that names one of them
@@ -21,10 +22,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from fair.wire.errors import ApiError
 from gen.teachers.config import Teacher
 from gen.teachers.providers import ChatRequest, ChatResponse
 
-ENDPOINT = "/v1/chat/completions"
 SAMPLING = {"temperature", "top_p", "max_tokens", "max_completion_tokens"}
 SERVER_ONLY = {
     "api_key",
@@ -44,25 +45,6 @@ RANGES = {"temperature": (0, 2), "top_p": (0, 1)}  # OpenAI's
 STREAMING = frozenset({"stream", "stream_options"})  # the proxy's, not a batch line's
 STREAM_OPTIONS = {"include_usage", "include_obfuscation"}
 ROLES = {"system", "user", "assistant", "developer"}
-# OpenAI's batch statuses; `cancelling` and `finalizing` are passed through on the way to the last three.
-BATCH_OPEN = {"validating", "in_progress", "finalizing", "cancelling"}
-
-
-class ApiError(Exception):
-    """An error reply in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.param, self.code = status, param, code
-
-    def body(self) -> dict[str, Any]:
-        kind = {
-            401: "authentication_error",
-            404: "not_found_error",
-            413: "invalid_request_error",
-            409: "conflict_error",
-        }.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
-        return {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}}
 
 
 def chat_request(
@@ -231,43 +213,3 @@ class Chunks:
             text = delta.get("content") or delta.get("refusal") or ""
             chunk["obfuscation"] = secrets.token_urlsafe(self.PAD)[: self.PAD - len(text) % self.PAD]
         return chunk
-
-
-def batch_object(doc: dict[str, Any]) -> dict[str, Any]:
-    """A batch document of the store as OpenAI's Batch object."""
-    stamps = {
-        f"{s}_at": doc.get(f"{s}_at")
-        for s in ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
-    }
-    return {
-        "id": doc["id"],
-        "object": "batch",
-        "endpoint": ENDPOINT,
-        "completion_window": "24h",
-        "input_file_id": doc["input_file_id"],
-        "status": doc["status"],
-        "created_at": int(doc["created_at"]),
-        "expires_at": int(doc["created_at"]) + 86400,
-        "metadata": doc.get("metadata"),
-        "errors": {"object": "list", "data": doc["errors"]} if doc.get("errors") else None,
-        "output_file_id": doc.get("output_file_id"),
-        "error_file_id": doc.get("error_file_id"),
-        "request_counts": {"total": doc["total"], "completed": doc["completed"], "failed": doc["failed"]},
-        **stamps,
-        # Ours: requests in flight when the server was killed, which may have been sent twice.
-        "repeated_after_restart": doc["repeated_after_restart"],
-    }
-
-
-def file_object(doc: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": doc["id"],
-        "object": "file",
-        "bytes": doc["bytes"],
-        "created_at": int(doc["created_at"]),
-        "filename": doc["filename"],
-        "purpose": doc["purpose"],
-        "status": "processed",
-        "expires_at": None,
-        "status_details": None,
-    }

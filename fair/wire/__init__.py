@@ -1,0 +1,9 @@
+"""The HTTP wire formats that both the service (gen/serve) and the offline simulator (gen/offline) speak.
+
+    errors.py     OpenAI's error reply, {"error": {"message", "type", "param", "code"}}
+    multipart.py  a multipart/form-data upload read as it streams in (python-multipart), its file part capped
+    batch.py      OpenAI's Batch API objects: the batch and file objects, a list page, a create request's check
+
+Kernel code: it imports fair/ and third-party libraries only, never a stage, so the simulator and the service
+share these shapes without sharing anything else.
+"""
