@@ -1,6 +1,6 @@
 """`fair teachers serve`: the offline committee, a local HTTP server that SIMULATES teacher LLM APIs.
 
-The simulator's command line; what it simulates is documented in gen/offline/server.py.
+The simulator's command line; what it simulates is documented in gen/offline/simulator.py.
 
     fair teachers serve --port 8765 --log server.log        # the same flags: python -m gen.offline.cli
     fair teachers serve --port 0 --port-file port --config configs/simulator.yaml --p-5xx 0.05
