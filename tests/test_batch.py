@@ -221,9 +221,9 @@ def test_a_cancelled_batch_falls_back_to_live(tmp_path, mistakes):
             cancelled: set[str] = set()
             deadline = time.monotonic() + 20
             while len(cancelled) < len(BATCHED) and time.monotonic() < deadline:
-                for batch_id in set(server.batches.batches) - cancelled:
+                for batch_id in {b["id"] for b in server.batches.docs.list("batch")[0]} - cancelled:
                     reply = httpx.post(f"{server.url}/v1/batches/{batch_id}/cancel")
-                    assert reply.json()["status"] == "cancelled"
+                    assert reply.json()["status"] == "cancelling"  # as OpenAI's: cancelled once its run stops
                     cancelled.add(batch_id)
                 time.sleep(0.01)
 
@@ -242,7 +242,7 @@ def test_a_batch_that_never_ends_is_cancelled_at_the_deadline_and_goes_live(tmp_
     with OfflineServer(port=0, batch_delay_s=3600) as server:
         config = config_for(tmp_path, mistakes, batch_api=True, batch_deadline_s=0.5)
         result, records = run(config, fast(load_committee("offline", server.url)))
-        statuses = {batch.status for batch in server.batches.batches.values()}
+        statuses = {batch["status"] for batch in server.batches.docs.list("batch")[0]}
     requests = 2 * len(BATCHED) * LIMIT
     assert (result["batch"].fell_back, result["batch"].answered) == (requests, 0)
     assert statuses == {"cancelled"}
@@ -260,7 +260,14 @@ def test_simulator_validates_input_files_like_openai(tmp_path):
         upload = httpx.post(f"{url}/v1/files", data={"purpose": "batch"}, files={"file": ("in.jsonl", content)})
         body = {"input_file_id": upload.json()["id"], "endpoint": "/v1/chat/completions",
                 "completion_window": "24h"}
-        return httpx.post(f"{url}/v1/batches", json=body).json()
+        return wait(url, httpx.post(f"{url}/v1/batches", json=body).json())
+
+    def wait(url: str, batch: dict) -> dict:  # validating (as OpenAI's), in_progress, finalizing: not yet ended
+        for _ in range(500):
+            if (batch := httpx.get(f"{url}/v1/batches/{batch['id']}").json())["status"] in ("completed", "failed"):
+                break
+            time.sleep(0.01)
+        return batch
 
     with OfflineServer(port=0, batch_delay_s=0) as server:
         for content, code in [(line("a") + line("a"), "duplicate_custom_id"),
@@ -268,11 +275,8 @@ def test_simulator_validates_input_files_like_openai(tmp_path):
                               (line("a", url="/v1/embeddings"), "invalid_request"), (b"\n", "empty_file")]:
             batch = submit(server.url, content)
             assert batch["status"] == "failed" and batch["errors"]["data"][0]["code"] == code
-        good = submit(server.url, line("a") + line("b", model="sim-careful"))
-        for _ in range(100):
-            if (done := httpx.get(f"{server.url}/v1/batches/{good['id']}").json())["status"] == "completed":
-                break
-            time.sleep(0.01)
+        good = done = submit(server.url, line("a") + line("b", model="sim-careful"))
+        assert done["status"] == "completed"
         output = httpx.get(f"{server.url}/v1/files/{done['output_file_id']}/content").content
         assert sorted(orjson.loads(x)["custom_id"] for x in output.splitlines()) == ["a", "b"]
         listing = httpx.get(f"{server.url}/v1/batches", params={"limit": 2}).json()

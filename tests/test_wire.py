@@ -94,8 +94,8 @@ def test_the_batch_object_and_its_pieces():
         check_create({"input_file_id": "file-1", "endpoint": ENDPOINT, "completion_window": "1h"})
     assert page([{"id": "b"}, {"id": "a"}], True) == {"object": "list", "data": [{"id": "b"}, {"id": "a"}],
                                                       "has_more": True, "first_id": "b", "last_id": "a"}
-    assert page_limit("100") == 100
-    for text in ("0", "101", "x", "-1"):
+    assert [page_limit(t) for t in ("100", "0", "101", "-1", 7)] == [100, 1, 100, 1, 7]  # clamped, as OpenAI's
+    for text in ("x", "1.5", ""):
         with pytest.raises(ApiError):
             page_limit(text)
     assert result_line("r", "a", error={"code": "x"}) == {"id": "r", "custom_id": "a", "response": None,

@@ -1,5 +1,6 @@
 """OpenAI's Batch API objects, as the service (gen/serve/batches.py) and the simulator (gen/offline/batch.py) send
-them: the batch object, the file object, a page of a list, an input line's check and a result line, and the
+them (fair/wire/batch_api.py, their one Files and Batch API, builds and checks them here): the batch object,
+the file object, a page of a list, an input line's check and a result line, and the
 check of a create request.
 
 A batch is kept as a document (a dict) by either side: id, input_file_id, status, created_at, metadata, total,
@@ -104,10 +105,11 @@ def page(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
     }
 
 
-def page_limit(text: str, largest: int = MAX_PAGE) -> int:
-    """A list's `limit` query parameter; ApiError(400) unless a whole number from 1 to `largest`."""
-    limit = int(text) if text.isdigit() else 0
-    if not 1 <= limit <= largest:
-        raise ApiError(400, f"limit must be a whole number from 1 to {largest}, got {text!r}", "limit",
-                       "invalid_request")
-    return limit
+def page_limit(text: str | int, largest: int = MAX_PAGE) -> int:
+    """A list's `limit` query parameter, clamped to 1..largest as OpenAI clamps it; ApiError(400) unless a whole
+    number."""
+    try:
+        limit = int(text)
+    except ValueError:
+        raise ApiError(400, f"limit must be a whole number, got {text!r}", "limit", "invalid_request") from None
+    return max(1, min(limit, largest))

@@ -2,7 +2,7 @@
 
 The routes read the request (body, key, format) and hand it to the simulator's one answer pipeline
 (Simulator.admit, then .write after the latency or hang, which waits here without holding a thread); the
-Batch API's routes are in gen/offline/batch.py. uvicorn runs with uvloop and httptools where installed, no
+Batch API's routes are fair/wire/batch_api.py's, over gen/offline/batch.py's store. uvicorn runs with uvloop and httptools where installed, no
 access log and no logging setup of its own (the simulator often runs inside another program's process).
 A connection is closed when it sends nothing for socket_timeout_s while a request or its body is awaited, or
 reads nothing of a reply for as long (`Patient`), and after socket_timeout_s idle between requests (uvicorn's
@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -27,15 +28,16 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from fair.errors import FairError
+from fair.wire import batch_api
 from fair.wire.errors import ApiError
 from gen.offline.api import bearer
-from gen.offline.batch import batch_routes
 from gen.offline.formats import INTERNAL, Format
 from gen.offline.http import json_response, read_body
 from gen.offline.replies import HttpReply
 from gen.offline.simulator import Simulator, Ticket
 
 MAX_BODY = 4 << 20
+MAX_JSON = 1 << 20  # a POST /v1/batches body
 STARTUP_S = 30.0
 
 
@@ -52,7 +54,8 @@ class Routes:
         chat += [Route(p, self.anthropic, methods=["POST"]) for p in ("/v1/messages", "/messages")]
         chat += [Route(f"{p}/models/{{call}}", self.gemini, methods=["POST"]) for p in ("/v1beta", "/v1", "")]
         listing = [Route(p, self.models, methods=["GET"]) for p in ("/v1/models", "/models", "/v1beta/models")]
-        routes = [Route("/health", self.health, methods=["GET"]), *chat, *listing, *batch_routes(self.sim.batches, self.error)]
+        batches = batch_api.routes(self.sim.batches.api, self.guarded, read_json)
+        routes = [Route("/health", self.health, methods=["GET"]), *chat, *listing, *batches]
         handlers = {404: self.no_route, 405: self.no_route, ApiError: self.api_error, Exception: self.internal}
         return Starlette(routes=routes, exception_handlers=handlers, lifespan=self.lifespan)
 
@@ -60,6 +63,7 @@ class Routes:
     async def lifespan(self, app: Any):
         self.loop, self.stop_event = asyncio.get_running_loop(), asyncio.Event()
         yield
+        await self.sim.batches.api.close()  # the batches die with the server (gen/offline/batch.py)
 
     def wake(self) -> None:
         """Called from another thread on stop: requests waiting out a latency or a hang return at once."""
@@ -70,6 +74,20 @@ class Routes:
         """A request refused before the answer pipeline, counted among the errors."""
         self.sim.count("errors")
         return json_response(e.status, e.body(), {"connection": "close"} if e.close else None)
+
+    def guarded(self, handler: batch_api.Handler) -> batch_api.Handler:
+        """A Batch API route whose ApiError becomes its error reply (after a POST the connection closes: its
+        body may be unread), and a bug a 500 rather than a dropped connection, as on the live routes."""
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ApiError as e:
+                e.close = e.close or request.method == "POST"
+                return self.error(e)
+            except Exception:
+                traceback.print_exc()
+                return self.error(ApiError(500, INTERNAL, code="server_error", close=True))
+        return route
 
     async def no_route(self, request: Request, exc: Exception) -> Response:
         return self.error(ApiError(404, f"no route {request.method} {request.url.path}", code="not_found"))
@@ -146,6 +164,13 @@ class Routes:
             return StreamingResponse(each(reply.events), 200, {"x-fair-simulator": "1", **headers},
                                      "text/event-stream")
         return json_response(reply.status, reply.body, headers)
+
+
+async def read_json(request: Request) -> Any:
+    try:
+        return orjson.loads(await read_body(request, MAX_JSON))
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "the body is not valid JSON", code="invalid_json") from None
 
 
 async def each(events: list[bytes]) -> AsyncIterator[bytes]:

@@ -1,25 +1,17 @@
-"""OpenAI's Batch API in the offline committee (`fair teachers serve`): what gen/teachers/batch.py is tested against.
+"""The offline committee's side of OpenAI's Files and Batch API (`fair teachers serve`): what gen/teachers/batch.py
+is tested against. The routes and a batch's life (validating -> in_progress -> finalizing -> completed, failed,
+expired, cancelling -> cancelled) are fair/wire/batch_api.py's, the service's too; what is the simulator's own is
+here: where files and batches are kept (`MemoryDocs`, in memory) and how a line is answered (`Answer`, the
+simulator's one answer pipeline, Simulator.answer: the same body gets the same reply live or in a batch).
 
-    POST /v1/files                  multipart: purpose=batch, file=<JSONL>       -> {"id": "file-...", ...}
-    POST /v1/batches                {"input_file_id", "endpoint", "completion_window"} -> the batch object
-    GET  /v1/batches/{id}           the batch object: status, request_counts, output_file_id, error_file_id
-    GET  /v1/batches                the batches, newest first (limit, after)
-    POST /v1/batches/{id}/cancel    cancelled, with no output
-    GET  /v1/files/{id}/content     the file's bytes
-
-(the /v1 prefix is optional, as on the live route). The objects, the upload's reading and the error replies are
-fair/wire's, as the service's (gen/serve) are; what is the simulator's own is where files and batches are kept
-(BatchStore, in memory) and how a line is answered (`Answer`, the simulator's pipeline). Each input line is
-{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body": <a chat-completions body>}; a file with a
-bad line, a repeated custom_id or more than one model fails validation, as OpenAI's does. A batch stays
-in_progress for the server's batch_delay_s, then every line is answered by the simulator's one answer pipeline
-(Simulator.answer: the same body gets the same reply live or in a batch) and the batch completes. Fault injection
-fails lines instead of requests: a line that draws any fault (500), names an unknown model (404) or has a body
-that cannot be read (400) lands in the error file; no latency or rate limit applies. Files and batches live in
-memory and die with the server, so a client that comes back to a restarted server finds its batch gone (404).
-Memory is bounded for a server that runs for weeks: files past the store's size go oldest first (a later download
-is a 404, as for a deleted file), a finished batch keeps its counts but not its lines, and only the newest
-MAX_BATCHES batches are kept.
+A batch waits out the server's batch_delay_s in_progress, then its lines are answered. Fault injection fails lines
+instead of requests: a line that draws any fault (500), names an unknown model (404) or has a body that cannot be
+read (400) lands in the error file; no latency or rate limit applies. A line's body is valid when it has a model
+(a string) and messages (a non-empty list). Files and batches live in memory and die with the server, so a client
+that comes back to a restarted server finds its batch gone (404). Memory is bounded for a server that runs for
+weeks: files past the store's size (--batch-store-mb) go oldest first (a later download is a 404, as for a deleted
+file), a batch holds only its counts (its lines are read from its input file while it runs), and only the newest
+MAX_BATCHES finished batches are kept.
 """
 
 from __future__ import annotations
@@ -27,56 +19,23 @@ from __future__ import annotations
 import io
 import threading
 import time
-import traceback
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
-from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from fair.wire.batch import batch_object, check_create, check_line, file_object, page, page_limit, result_line
+from fair.wire.batch import BATCH_OPEN, result_line
+from fair.wire.batch_api import BatchApi
 from fair.wire.errors import ApiError
 from fair.wire.multipart import read_form
-from gen.offline.formats import INTERNAL, SHAPE_ERRORS
-from gen.offline.http import json_response, read_body
+from gen.offline.http import json_response
 from gen.offline.replies import HttpReply
 
 MAX_UPLOAD = 200 << 20  # OpenAI's limit on one batch input file
-MAX_JSON = 1 << 20
-MAX_BATCHES = 10_000  # batch objects kept (a finished one is a few hundred bytes); the oldest go first
-
-
-@dataclass
-class Batch:
-    id: str
-    input_file_id: str
-    lines: list[dict]  # emptied once answered: the counts below keep what the batch object reports
-    created_at: float
-    metadata: dict | None = None
-    status: str = "in_progress"
-    errors: list[dict] | None = None  # validation errors: the batch failed before any line ran
-    completed: int = 0
-    failed: int = 0
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    finished_at: float | None = None
-    total: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.total = len(self.lines)
-
-    def to_json(self) -> dict[str, Any]:
-        stamp = int(self.finished_at or self.created_at)  # in_progress_at: lines are queued at once
-        return batch_object({
-            "id": self.id, "input_file_id": self.input_file_id, "status": self.status, "created_at": self.created_at,
-            "metadata": self.metadata, "errors": self.errors, "output_file_id": self.output_file_id,
-            "error_file_id": self.error_file_id, f"{self.status}_at": stamp, "total": self.total,
-            "completed": self.completed, "failed": self.failed,
-        })
+MAX_BATCHES = 10_000  # batch documents kept (a finished one is a few hundred bytes); the oldest finished go first
 
 
 class Answer(Protocol):
@@ -86,209 +45,149 @@ class Answer(Protocol):
 
 
 @dataclass
-class BatchStore:
-    """The simulator's files and batches, in memory; `answer_line` answers a line, `count` counts what happened, and
-    `stopping` set ends the batches waiting out their delay."""
+class MemoryDocs:
+    """File and batch documents (fair/wire/batch_api.py's Docs) and the files' bytes, in memory, in creation
+    order; the bytes at most max_bytes in all, the oldest files dropped to make room. `count` counts a batch."""
 
-    answer_line: Answer
     count: Callable[[str], None]
-    stopping: threading.Event
-    delay_s: float
-    max_bytes: int  # the files' total size; the oldest are dropped to make room
-    files: dict[str, bytes] = field(default_factory=dict)  # in creation order
-    batches: dict[str, Batch] = field(default_factory=dict)  # in creation order
+    max_bytes: int
+    objects: dict[str, dict[str, dict]] = field(default_factory=lambda: {"file": {}, "batch": {}})
+    blobs: dict[str, bytes] = field(default_factory=dict)
     stored_bytes: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # the tests read from another thread
 
-    def add_file(self, content: bytes) -> str:
+    def add(self, kind: str, doc: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            kept = self.objects[kind]
+            kept[doc["id"]] = dict(doc)
+            if kind == "batch" and len(kept) > MAX_BATCHES:
+                oldest = next((i for i, d in kept.items() if d["status"] not in BATCH_OPEN), None)
+                kept.pop(oldest, None)
+        if kind == "batch":
+            self.count("batches")
+        return doc
+
+    def add_file(self, doc: dict[str, Any], content: bytes) -> None:
         if len(content) > self.max_bytes:
             raise ApiError(400, f"the file ({len(content)} bytes) is larger than the simulator's file store "
-                                f"({self.max_bytes} bytes: --batch-store-mb)", code="invalid_request")
-        file_id = f"file-{uuid.uuid4().hex[:24]}"
+                                f"({self.max_bytes} bytes: --batch-store-mb)", "file", "invalid_request")
         with self.lock:
             while self.stored_bytes + len(content) > self.max_bytes:
-                self.stored_bytes -= len(self.files.pop(next(iter(self.files))))
-            self.files[file_id] = content
+                oldest = next(iter(self.blobs))
+                self.stored_bytes -= len(self.blobs.pop(oldest))
+                self.objects["file"].pop(oldest, None)
+            self.blobs[doc["id"]] = content
             self.stored_bytes += len(content)
+        self.add("file", doc)
+
+    def get(self, kind: str, object_id: str) -> dict[str, Any] | None:
+        with self.lock:
+            doc = self.objects[kind].get(object_id)
+            return None if doc is None else dict(doc)
+
+    def update(self, kind: str, object_id: str, **changes: Any) -> dict[str, Any]:
+        with self.lock:
+            doc = self.objects[kind][object_id]
+            doc |= changes
+            return dict(doc)
+
+    def delete(self, kind: str, object_id: str) -> None:
+        with self.lock:
+            self.objects[kind].pop(object_id, None)
+            if (content := self.blobs.pop(object_id, None)) is not None:
+                self.stored_bytes -= len(content)
+
+    def list(self, kind: str, limit: int = 100, after: str | None = None) -> tuple[list[dict[str, Any]], bool]:
+        with self.lock:
+            newest_first = [dict(d) for d in reversed(self.objects[kind].values())]
+        if after is not None:
+            ids = [d["id"] for d in newest_first]
+            newest_first = newest_first[ids.index(after) + 1:] if after in ids else []
+        return newest_first[:limit], len(newest_first) > limit
+
+    def content(self, file_id: str) -> bytes:
+        with self.lock:
+            if (content := self.blobs.get(file_id)) is None:
+                raise ApiError(404, f"no file {file_id!r} (dropped from the simulator's store)", "file_id",
+                               "not_found")
+            return content
+
+
+class BatchStore:
+    """The simulator's backend of fair/wire/batch_api.py: files and batches in memory, lines answered by
+    `answer_line`, what happened counted by `count`; `api` serves them."""
+
+    own_fields: tuple[str, ...] = ()
+
+    def __init__(self, answer_line: Answer, count: Callable[[str], None], delay_s: float, max_bytes: int):
+        self.answer_line, self.count, self.delay_s = answer_line, count, delay_s
+        self.docs = MemoryDocs(count, max_bytes)
+        self.api = BatchApi(self)
+
+    def add_file(self, content: bytes, purpose: str, filename: str) -> str:
+        file_id = f"file-{uuid.uuid4().hex[:24]}"
+        self.docs.add_file({"id": file_id, "bytes": len(content), "purpose": purpose, "created_at": time.time(),
+                            "filename": filename}, content)
         return file_id
 
-    def create(self, request: dict) -> Batch:
-        file_id = check_create(request)
-        with self.lock:
-            content = self.files.get(file_id)
-        if content is None:
-            raise ApiError(404, f"no file {file_id!r}", "input_file_id", "not_found")
-        lines, errors = validate(content)
-        batch = Batch(f"batch_{uuid.uuid4().hex[:24]}", file_id, lines, time.time(), request.get("metadata"))
-        if errors:
-            batch.status, batch.errors, batch.finished_at = "failed", errors, batch.created_at
-            batch.lines = []
-        with self.lock:
-            self.batches[batch.id] = batch
-            if len(self.batches) > MAX_BATCHES:
-                del self.batches[next(iter(self.batches))]
-        self.count("batches")
-        if not errors:
-            threading.Thread(target=self.run, args=(batch,), daemon=True, name=f"offline-{batch.id}").start()
-        return batch
-
-    def get(self, batch_id: str) -> Batch:
-        with self.lock:
-            if (batch := self.batches.get(batch_id)) is None:
-                raise ApiError(404, f"no batch {batch_id!r}", "batch_id", "not_found")
-            return batch
-
-    def cancel(self, batch_id: str) -> Batch:
-        batch = self.get(batch_id)
-        with self.lock:
-            if batch.status == "in_progress":
-                batch.status, batch.finished_at = "cancelled", time.time()
-        return batch
-
-    def run(self, batch: Batch) -> None:
-        """Wait out the delay, then answer the batch; a bug on the way fails it rather than leave it
-        in_progress, which a client would poll until its own deadline."""
-        if self.stopping.wait(self.delay_s) or batch.status != "in_progress":
-            return
-        try:
-            self.answer(batch)
-        except Exception:
-            traceback.print_exc()
-            error = {"code": "server_error", "line": None, "message": INTERNAL}
-            with self.lock:
-                if batch.status == "in_progress":
-                    batch.status, batch.errors, batch.finished_at = "failed", [error], time.time()
-        finally:
-            batch.lines = []  # answered or failed: only the counts are reported from now on
-
-    def answer(self, batch: Batch) -> None:
-        """Answer every line, then publish the output and error files."""
-        outputs, failures = [], []
-        for line in batch.lines:
-            # The bytes the live route would hash for the same body: the client serialises bodies with orjson.
-            reply = self.answer_line(orjson.dumps(line["body"]), batch=batch.id)
-            assert reply is not None  # only a live request waits, so only a live one is cut short by a stop
-            record = result_line(f"batch_req_{uuid.uuid4().hex[:24]}", line["custom_id"], reply.status,
-                                 f"req_{uuid.uuid4().hex[:16]}", reply.body)
-            (outputs if reply.status == 200 else failures).append(orjson.dumps(record) + b"\n")
-            self.count("batch_lines" if reply.status == 200 else "batch_line_errors")
-        output = self.add_file(b"".join(outputs)) if outputs else None
-        error = self.add_file(b"".join(failures)) if failures else None
-        with self.lock:
-            if batch.status == "in_progress":  # not cancelled meanwhile
-                batch.output_file_id, batch.error_file_id = output, error
-                batch.completed, batch.failed = len(outputs), len(failures)
-                batch.status, batch.finished_at = "completed", time.time()
-
-
-def validate(content: bytes) -> tuple[list[dict], list[dict]]:
-    """The input file's lines, and OpenAI-style validation errors ({code, message, line}): each line's shape
-    (fair/wire/batch.py's check_line) and body (a model and messages), one model in all, at least one line."""
-    lines, errors, models = [], [], set()
-    seen: dict[str, int] = {}
-    for number, raw in enumerate(content.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            line = orjson.loads(raw)
-            check_line(line, number, seen)
-            body = line["body"]
-            model = body["model"]
-            if not isinstance(model, str) or not isinstance(body.get("messages"), list) or not body["messages"]:
-                raise ValueError(model)
-        except ApiError as e:
-            errors.append({"code": e.code, "line": number, "message": str(e)})
-            continue
-        except SHAPE_ERRORS:
-            errors.append({"code": "invalid_request", "line": number,
-                           "message": f"line {number}: the body is not a chat request with a model and messages"})
-            continue
-        models.add(model)
-        lines.append(line)
-    if len(models) > 1:
-        errors.append({"code": "mixed_models", "line": None, "message": "a batch may use one model only"})
-    if not lines and not errors:
-        errors.append({"code": "empty_file", "line": None, "message": "the input file has no requests"})
-    return lines, errors
-
-
-# ---------------------------------------------------------------------------------------------------------
-# HTTP
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def batch_routes(store: BatchStore, error: Callable[[ApiError], Response]) -> list[Route]:
-    """The Batch API's routes, with and without the /v1 prefix; `error` renders a refusal (the live routes')."""
-    api = BatchApi(store, error)
-    routes = [("POST", "/files", api.upload), ("POST", "/batches", api.create), ("GET", "/batches", api.listing),
-              ("GET", "/batches/{ident}", api.get), ("POST", "/batches/{ident}/cancel", api.cancel),
-              ("GET", "/files/{ident}/content", api.content)]
-    return [Route(prefix + path, api.guarded(handler), methods=[method])
-            for prefix in ("/v1", "") for method, path, handler in routes]
-
-
-class BatchApi:
-    def __init__(self, store: BatchStore, error: Callable[[ApiError], Response]):
-        self.store, self.error = store, error
-
-    def guarded(self, handler: Handler) -> Handler:
-        """An ApiError becomes its error reply (after a POST the connection closes: its body may be unread);
-        a bug becomes a 500 rather than a dropped connection, as on the live routes."""
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ApiError as e:
-                e.close = e.close or request.method == "POST"
-                return self.error(e)
-            except Exception:
-                traceback.print_exc()
-                return self.error(ApiError(500, INTERNAL, code="server_error", close=True))
-        return route
-
-    async def upload(self, request: Request) -> Response:
-        """A multipart/form-data upload with purpose=batch and a file (fair/wire/multipart.py reads it)."""
+    async def receive(self, stream: AsyncIterator[bytes], content_type: str) -> dict[str, Any]:
+        """A multipart/form-data upload with purpose=batch and a file, kept in memory."""
         sink = io.BytesIO()
-        form = await read_form(request.stream(), request.headers.get("content-type", ""), sink, MAX_UPLOAD,
-                               "OpenAI's limit on a batch input file")
-        content = sink.getvalue()
-        if form.fields.get("purpose") != "batch" or not content:
+        form = await read_form(stream, content_type, sink, MAX_UPLOAD, "OpenAI's limit on a batch input file")
+        if form.fields.get("purpose") != "batch" or not sink.getvalue():
             raise ApiError(400, "expected the fields purpose=batch and file", "purpose", "invalid_request")
-        file_id = self.store.add_file(content)
-        self.store.count("batch_files")
-        return json_response(200, file_object({"id": file_id, "bytes": len(content), "purpose": "batch",
-                                               "created_at": time.time(), "filename": form.filename}))
+        file_id = self.add_file(sink.getvalue(), "batch", form.filename or "upload.jsonl")
+        self.count("batch_files")
+        return self.docs.get("file", file_id) or {}
 
-    async def create(self, request: Request) -> Response:
-        try:
-            body = orjson.loads(await read_body(request, MAX_JSON))
-        except orjson.JSONDecodeError:
-            raise ApiError(400, "the body is not valid JSON", code="invalid_json") from None
-        return json_response(200, self.store.create(body if isinstance(body, dict) else {}).to_json())
+    def lines(self, file_doc: dict[str, Any]) -> list[bytes]:
+        return self.docs.content(file_doc["id"]).splitlines()
 
-    async def cancel(self, request: Request) -> Response:
-        return json_response(200, self.store.cancel(request.path_params["ident"]).to_json())
+    def model(self, body: Any, n: int) -> str:
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str) or \
+                not isinstance(body.get("messages"), list) or not body["messages"]:
+            raise ApiError(400, f"line {n}: the body is not a chat request with a model and messages", "file",
+                           "invalid_request")
+        return body["model"]
 
-    async def get(self, request: Request) -> Response:
-        return json_response(200, self.store.get(request.path_params["ident"]).to_json())
+    def content(self, file_doc: dict[str, Any]) -> Response:
+        return json_response(200, self.docs.content(file_doc["id"]), {"content-type": "application/octet-stream"})
 
-    async def listing(self, request: Request) -> Response:
-        return json_response(200, listing(self.store, page_limit(request.query_params.get("limit", "20")),
-                                          request.query_params.get("after")))
+    def discard(self, file_doc: dict[str, Any]) -> None:
+        pass  # MemoryDocs.delete let go of the bytes with the document
 
-    async def content(self, request: Request) -> Response:
-        ident = request.path_params["ident"]
-        with self.store.lock:
-            content = self.store.files.get(ident)
-        if content is None:
-            raise ApiError(404, f"no file {ident!r}", "file_id", "not_found")
-        return json_response(200, content, {"content-type": "application/octet-stream"})
+    def start(self, batch_doc: dict[str, Any]) -> MemoryRun:
+        return MemoryRun(self, batch_doc["id"])
 
 
-def listing(store: BatchStore, limit: int, after: str | None) -> dict:
-    with store.lock:
-        newest_first = list(reversed(store.batches.values()))
-    if after:
-        ids = [b.id for b in newest_first]
-        newest_first = newest_first[ids.index(after) + 1:] if after in ids else []
-    return page([b.to_json() for b in newest_first[:limit]], len(newest_first) > limit)
+class MemoryRun:
+    """One batch's results in memory until they become its output and error files."""
+
+    def __init__(self, store: BatchStore, batch_id: str):
+        self.store, self.batch_id = store, batch_id
+        self.done: set[str] = set()  # nothing survives a restart here
+        self.counts = {"completed": 0, "failed": 0}
+        self.changes: dict[str, Any] = {}
+        self.results: dict[bool, list[bytes]] = {True: [], False: []}
+
+    async def answer(self, record: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        # The bytes the live route would hash for the same body: the client serialises bodies with orjson.
+        reply = self.store.answer_line(orjson.dumps(record["body"]), batch=self.batch_id)
+        line = result_line(f"batch_req_{uuid.uuid4().hex[:24]}", record["custom_id"], reply.status,
+                           f"req_{uuid.uuid4().hex[:16]}", reply.body)
+        return reply.status == 200, line
+
+    def write(self, ok: bool, line: dict[str, Any]) -> None:
+        self.results[ok].append(orjson.dumps(line) + b"\n")
+        self.store.count("batch_lines" if ok else "batch_line_errors")
+
+    def close(self) -> None:
+        pass  # nothing open: the results wait in memory for publish
+
+    def publish(self) -> dict[str, str]:
+        files = {}
+        for ok, name in ((True, "output_file_id"), (False, "error_file_id")):
+            if self.results[ok]:
+                content, self.results[ok] = b"".join(self.results[ok]), []
+                files[name] = self.store.add_file(content, "batch_output", f"{self.batch_id}_{name[:-8]}.jsonl")
+        return files

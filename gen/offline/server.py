@@ -27,7 +27,6 @@ class OfflineServer(Simulator):
         return self
 
     def stop(self) -> None:
-        self.stopping.set()  # wakes requests that wait out a latency or a hang, and batches waiting their delay
         if self.listener is not None:
             self.listener.stop()
         with self.lock:

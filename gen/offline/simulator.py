@@ -130,8 +130,7 @@ class Simulator:
         self.attempts: dict[str, int] = {}  # "model|body sha256" -> times received; oldest forgotten past a bound
         self.key_requests: dict[str, int] = {}  # key -> live chat requests, for quota_after
         self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.batches = BatchStore(self.answer, self.count, self.stopping, batch_delay_s, int(batch_store_mb * 2**20))
+        self.batches = BatchStore(self.answer, self.count, batch_delay_s, int(batch_store_mb * 2**20))
         self.log_path, self.log_file = log_path, None
 
     def summary(self) -> str:
