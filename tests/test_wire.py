@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import io
 
+import orjson
 import pytest
 
+from fair.wire import batch_api
 from fair.wire.batch import ENDPOINT, batch_object, check_create, check_line, page, page_limit, result_line
+from fair.wire.batch_api import BatchApi
 from fair.wire.errors import ApiError
 from fair.wire.multipart import read_form
 
@@ -102,3 +105,118 @@ def test_the_batch_object_and_its_pieces():
                                                           "error": {"code": "x"}}
     assert result_line("r", "a", 200, "req", {"ok": 1})["response"] == {"status_code": 200, "request_id": "req",
                                                                          "body": {"ok": 1}}
+
+
+# -- fair/wire/batch_api.py: a batch's life over a backend of the test's own -------------------------------
+
+class Backend:
+    """Files in memory (the simulator's MemoryDocs); each line answered once `gate` is set."""
+
+    own_fields = ()
+    delay_s = 0.0
+
+    def __init__(self, done: tuple[str, ...] = ()):
+        from gen.offline.batch import MemoryDocs
+
+        self.docs, self.done = MemoryDocs(lambda _: None, 1 << 20), set(done)
+        self.gate, self.written = asyncio.Event(), []
+
+    def lines(self, doc):
+        return self.docs.content(doc["id"]).splitlines()
+
+    def model(self, body, n):
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise ApiError(400, f"line {n}: no model", "file", "invalid_request")
+        return body["model"]
+
+    def discard(self, doc):
+        pass  # MemoryDocs.delete let go of the bytes
+
+    def start(self, doc):
+        backend = self
+
+        class Run:
+            done, changes = backend.done, {}
+            counts = {"completed": 0, "failed": 0}
+
+            async def answer(self, record):
+                await backend.gate.wait()
+                return True, result_line("r", record["custom_id"], 200, "q", {})
+
+            def write(self, ok, line):
+                backend.written.append(line["custom_id"])
+
+            def close(self):
+                pass
+
+            def publish(self):
+                return {"output_file_id": "file-out"} if backend.written else {}
+
+        return Run()
+
+
+def batch_file(api, *models: str) -> str:
+    lines = [orjson.dumps({"custom_id": f"c{i}", "method": "POST", "url": ENDPOINT, "body": {"model": m}})
+             for i, m in enumerate(models)]
+    api.docs.add_file({"id": "file-in", "purpose": "batch", "bytes": 1, "created_at": 0, "filename": "in.jsonl"},
+                      b"\n".join(lines) + b"\nnot json\n" * (models == ("bad",)))
+    return "file-in"
+
+
+async def until(api, batch_id, *statuses):
+    for _ in range(1000):
+        if (batch := api.retrieve(batch_id))["status"] in statuses:
+            return batch
+        await asyncio.sleep(0.001)
+    raise AssertionError(api.retrieve(batch_id))
+
+
+def create(api, file_id):
+    return api.create({"input_file_id": file_id, "endpoint": ENDPOINT, "completion_window": "24h"})
+
+
+def test_a_batch_goes_validating_in_progress_finalizing_completed_skipping_what_was_answered():
+    async def go():
+        backend = Backend(done=("c0",))  # answered before a restart
+        api = BatchApi(backend)
+        batch = create(api, batch_file(api, "m", "m", "m"))
+        assert batch["status"] == "validating"
+        assert (await until(api, batch["id"], "in_progress"))["request_counts"]["total"] == 3
+        backend.gate.set()
+        done = await until(api, batch["id"], "completed")
+        assert sorted(backend.written) == ["c1", "c2"] and done["output_file_id"] == "file-out"
+        assert done["request_counts"] == {"total": 3, "completed": 2, "failed": 0} and done["finalizing_at"]
+        with pytest.raises(ApiError) as refused:
+            api.delete_file("file-nope")
+        assert refused.value.status == 404
+        assert api.delete_file("file-in")["deleted"]
+    asyncio.run(go())
+
+
+def test_a_bad_input_file_fails_validation_with_each_line_named():
+    async def go():
+        api = BatchApi(Backend())
+        batch = await until(api, create(api, batch_file(api, "a", "b", 7))["id"], "failed")
+        assert [(e["line"], e["code"]) for e in batch["errors"]["data"]] == [(3, "invalid_request"),
+                                                                            (None, "mixed_models")]
+    asyncio.run(go())
+
+
+def test_cancel_keeps_what_was_answered_and_a_batch_open_past_its_window_expires(monkeypatch):
+    async def go():
+        backend = Backend()
+        api = BatchApi(backend)
+        batch = create(api, batch_file(api, "m", "m"))
+        await until(api, batch["id"], "in_progress")
+        with pytest.raises(ApiError):  # the input of an open batch
+            api.delete_file("file-in")
+        assert api.cancel(batch["id"])["status"] == "cancelling"
+        cancelled = await until(api, batch["id"], "cancelled")
+        assert cancelled["cancelled_at"] and backend.written == [] and cancelled["output_file_id"] is None
+        assert api.cancel(batch["id"])["status"] == "cancelled"  # a second cancel changes nothing
+        monkeypatch.setattr(batch_api, "EXPIRES_S", 0)
+        expired = await until(api, create(api, "file-in")["id"], "expired")
+        assert expired["expired_at"] and expired["request_counts"]["completed"] == 0
+        listed = api.list_batches("0")
+        assert [b["id"] for b in listed["data"]] == [expired["id"]] and listed["has_more"]
+    asyncio.run(go())

@@ -2,8 +2,9 @@
 
 The routes read the request (body, key, format) and hand it to the simulator's one answer pipeline
 (Simulator.admit, then .write after the latency or hang, which waits here without holding a thread); the
-Batch API's routes are fair/wire/batch_api.py's, over gen/offline/batch.py's store. uvicorn runs with uvloop and httptools where installed, no
-access log and no logging setup of its own (the simulator often runs inside another program's process).
+Batch API's routes are fair/wire/batch_api.py's, over gen/offline/batch.py's store. uvicorn runs with uvloop and
+httptools where installed, no access log and no logging setup of its own (the simulator often runs inside another
+program's process).
 A connection is closed when it sends nothing for socket_timeout_s while a request or its body is awaited, or
 reads nothing of a reply for as long (`Patient`), and after socket_timeout_s idle between requests (uvicorn's
 keep-alive timeout).

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,14 +34,15 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException
 
 from fair.errors import FairError
-from fair.wire.batch import file_object, page
+from fair.wire.batch import page
+from fair.wire.batch_api import MAX_FILES
 from fair.wire.errors import ApiError
 from gen.serve import chat, uploads
-from gen.serve.batches import Batches, public_batch
+from gen.serve.batches import ServeFiles
 from gen.serve.budget import Budget
 from gen.serve.jobs import OPEN, Jobs
 from gen.serve.server import ServeConfig, same_token
-from gen.serve.store import Store, new_id
+from gen.serve.store import Store
 from gen.teachers.config import Teacher
 from gen.teachers.gates import gate_state
 
@@ -93,7 +93,8 @@ class Service:
         for path in self.store.sweep():
             print(f"fair serve: removed {path}, left without a record by the last stop", flush=True)
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=256))
-        self.batches = Batches(self.store, self.budget, list(self.teachers.values()), self.http)
+        self.batches = ServeFiles(self.store, self.budget, list(self.teachers.values()), self.http,
+                                  int(self.config.max_upload_mb * 2**20)).api
         interactive = self.budget.tenant("interactive", interactive=True)
         self.proxy = chat.Proxy(self.store.root / "proxy", self.teachers, self.http, interactive)
         jobs, batches = self.jobs.resume(), self.batches.resume()
@@ -122,7 +123,6 @@ def make_app(config: ServeConfig, teachers: list[Teacher], token: str) -> FastAP
     add_auth(app, service)
     add_errors(app)
     add_files(app, service)
-    add_batches(app, service)
     add_jobs(app, service)
     add_teachers(app, service)
     return app
@@ -208,83 +208,43 @@ UPLOAD_SCHEMA = {
 
 
 def add_files(app: FastAPI, service: Service) -> None:
-    def get(file_id: str) -> dict[str, Any]:
-        if (doc := service.store.get("file", file_id)) is None:
-            raise ApiError(404, f"no file {file_id!r}", "file_id")
-        return doc
+    """OpenAI's Files and Batch API: fair/wire/batch_api.py's routes, with this app's schema and auth around."""
 
     @app.post("/v1/files", openapi_extra=UPLOAD_SCHEMA)
     async def upload(request: Request) -> dict[str, Any]:
-        file_id = new_id("file")
-        partial = service.store.folder("file", file_id).with_suffix(".partial")
-        try:
-            received = await uploads.receive(
-                request.stream(),
-                request.headers.get("content-type", ""),
-                partial,
-                int(service.config.max_upload_mb * 2**20),
-            )
-            purpose = received.fields["purpose"]
-            lines = uploads.check(partial, purpose, service.teachers)
-            partial.replace(service.store.folder("file", file_id))  # then the row: see gen/serve/store.py
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        doc = {
-            "id": file_id,
-            "purpose": purpose,
-            "filename": received.filename,
-            "bytes": received.size,
-            "created_at": time.time(),
-            "lines": lines,
-            "path": f"files/{file_id}",
-        }
-        return file_object(service.store.add("file", doc))
+        return await service.batches.upload(request.stream(), request.headers.get("content-type", ""))
 
     @app.get("/v1/files")
-    async def list_files(limit: int = 100, after: str | None = None) -> dict[str, Any]:
-        items, more = service.store.list("file", max(1, min(limit, 10_000)), after)
-        return page([file_object(d) for d in items], more)
+    async def list_files(limit: int = MAX_FILES, after: str | None = None) -> dict[str, Any]:
+        return service.batches.list_files(limit, after)
 
     @app.get("/v1/files/{file_id}")
     async def retrieve_file(file_id: str) -> dict[str, Any]:
-        return file_object(get(file_id))
+        return service.batches.retrieve_file(file_id)
 
-    @app.get("/v1/files/{file_id}/content")
-    async def file_content(file_id: str) -> FileResponse:
-        return FileResponse(service.store.root / get(file_id)["path"], media_type="application/jsonl")
+    @app.get("/v1/files/{file_id}/content", response_class=FileResponse)
+    async def file_content(file_id: str) -> Response:
+        return service.batches.content(file_id)
 
     @app.delete("/v1/files/{file_id}")
     async def delete_file(file_id: str) -> dict[str, Any]:
-        doc = get(file_id)
-        if doc["purpose"] != "batch_output" and any(
-            b["input_file_id"] == file_id and b["status"] not in ("completed", "cancelled", "failed")
-            for b in service.store.list("batch", 1_000_000)[0]
-        ):
-            raise ApiError(409, f"file {file_id} is the input of an open batch", "file_id")
-        service.store.delete("file", file_id)
-        if doc["purpose"] != "batch_output":  # a batch's result file stays in its batch's folder
-            (service.store.root / doc["path"]).unlink(missing_ok=True)
-        return {"id": file_id, "object": "file", "deleted": True}
+        return service.batches.delete_file(file_id)
 
-
-def add_batches(app: FastAPI, service: Service) -> None:
     @app.post("/v1/batches")
     async def create_batch(spec: BatchSpec) -> dict[str, Any]:
-        return public_batch(service.batches.create(spec.model_dump()))
+        return service.batches.create(spec.model_dump())
 
     @app.get("/v1/batches")
     async def list_batches(limit: int = 20, after: str | None = None) -> dict[str, Any]:
-        items, more = service.store.list("batch", max(1, min(limit, 100)), after)
-        return page([public_batch(d) for d in items], more)
+        return service.batches.list_batches(limit, after)
 
     @app.get("/v1/batches/{batch_id}")
     async def retrieve_batch(batch_id: str) -> dict[str, Any]:
-        return public_batch(service.batches.get(batch_id))
+        return service.batches.retrieve(batch_id)
 
     @app.post("/v1/batches/{batch_id}/cancel")
     async def cancel_batch(batch_id: str) -> dict[str, Any]:
-        return public_batch(service.batches.cancel(batch_id))
+        return service.batches.cancel(batch_id)
 
 
 def add_jobs(app: FastAPI, service: Service) -> None:

@@ -1,212 +1,143 @@
-"""OpenAI's Batch API on the server's committee (/v1/batches): each line is one chat request to a teacher.
+"""The service's side of OpenAI's Files and Batch API (/v1/files, /v1/batches): durable, each line one chat
+request to a teacher.
 
-A batch's lines go through the same TeacherClients as everything else (the shared gates, its own fair-queue
-tenant, gen/serve/budget.py), at most WINDOW at once, into its folder: output.jsonl and errors.jsonl in
-OpenAI's result shape ({id, custom_id, response: {status_code, request_id, body}, error}), appended as each
-line ends, and the response cache requests.sqlite. A restarted server resumes an open batch by itself: the
-custom_ids already in either file are skipped and cached replies are free, so every custom_id appears once and
-only requests in flight at a kill may be sent twice (`repeated_after_restart`, beside OpenAI's fields).
+The routes and a batch's life (validating -> in_progress -> finalizing -> completed, failed, expired,
+cancelling -> cancelled) are fair/wire/batch_api.py's, the simulator's too; what is the service's own is here:
+files and batches are kept in the state folder (gen/serve/store.py: a row per object, the bytes on disk), an
+upload is checked line by line before it is kept (gen/serve/uploads.py), and a line goes through the same
+TeacherClients as everything else (the shared gates, the batch's own fair-queue tenant, gen/serve/budget.py).
 
-Statuses as OpenAI's: in_progress -> finalizing -> completed, or cancelling -> cancelled, which keeps what was
-answered (output and error files with the lines so far). A line whose teacher fails for good (after retries) is
-a line of the error file; lines were checked at upload (gen/serve/uploads.py).
-
-The Batch API's objects, its input line's shape and its result lines are fair/wire/batch.py's, which the
-simulator (gen/offline/batch.py) sends too; what is the service's own is how a line is answered (`answer_line`,
-a teacher through its TeacherClient) and where files and batches are kept (gen/serve/store.py, durable).
+A batch's folder holds output.jsonl and errors.jsonl in OpenAI's result shape, appended as each line ends, and
+the response cache requests.sqlite. A restarted server resumes an open batch by itself: the custom_ids already
+in either file are skipped and cached replies are free, so every custom_id appears once and only requests in
+flight at a kill may be sent twice (`repeated_after_restart`, beside OpenAI's fields). A line whose teacher
+fails for good (after retries) is a line of the error file.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+from fastapi.responses import FileResponse
+from starlette.responses import Response
 
 from fair.jsonl import JsonlAppender, read_jsonl
-from fair.wire.batch import BATCH_OPEN, batch_object, check_create, result_line
-from fair.wire.errors import ApiError
-from gen.committee.run import stream_window
+from fair.wire.batch import result_line
+from fair.wire.batch_api import BatchApi
+from gen.serve import uploads
 from gen.serve.budget import Budget
 from gen.serve.store import Store, new_id
-from gen.serve.uploads import records
 from gen.serve.wire import chat_completion, chat_request
 from gen.teachers.cache import ResponseCache
 from gen.teachers.client import TeacherClient
 from gen.teachers.config import Teacher
 from gen.teachers.providers import ProviderError
 
-WINDOW = 64  # lines in flight per batch
-SAVE_EVERY_S = 1.0
 
+class ServeFiles:
+    """The service's backend of fair/wire/batch_api.py; `api` serves it."""
 
-class Batches:
-    def __init__(self, store: Store, budget: Budget, teachers: list[Teacher], http: httpx.AsyncClient):
-        self.store, self.budget, self.http = store, budget, http
+    own_fields = ("repeated_after_restart",)  # the requests in flight at a kill, which may have been sent twice
+    delay_s = 0.0
+
+    def __init__(self, store: Store, budget: Budget, teachers: list[Teacher], http: httpx.AsyncClient,
+                 max_upload_bytes: int):
+        self.docs, self.store, self.budget, self.http = store, store, budget, http
         self.teachers = {t.name: t for t in teachers}
-        self.tasks: dict[str, asyncio.Task] = {}
-        self.cancelled: set[str] = set()
+        self.max_upload_bytes = max_upload_bytes
+        self.api = BatchApi(self)
 
-    def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        file_id = check_create(body)
-        source = self.store.get("file", file_id)
-        if source is None or source["purpose"] != "batch":
-            raise ApiError(400, f"input_file_id {file_id!r} is not a batch file of this server", "input_file_id")
-        batch_id, now = new_id("batch"), time.time()
-        self.store.folder("batch", batch_id).mkdir()  # before the row: see gen/serve/store.py
-        doc = {
-            "id": batch_id,
-            "input_file_id": source["id"],
-            "status": "in_progress",
-            "created_at": now,
-            "in_progress_at": int(now),
-            "metadata": body.get("metadata"),
-            "total": source["lines"],
-            "completed": 0,
-            "failed": 0,
-            "repeated_after_restart": 0,
-        }
-        self.store.add("batch", doc)
-        self.start(batch_id)
-        return doc
-
-    def cancel(self, batch_id: str) -> dict[str, Any]:
-        doc = self.get(batch_id)
-        if doc["status"] in BATCH_OPEN:
-            self.cancelled.add(batch_id)
-            doc = self.store.update("batch", batch_id, status="cancelling", cancelling_at=int(time.time()))
-            if task := self.tasks.get(batch_id):
-                task.cancel()
-        return doc
-
-    def get(self, batch_id: str) -> dict[str, Any]:
-        if (doc := self.store.get("batch", batch_id)) is None:
-            raise ApiError(404, f"no batch {batch_id!r}", "batch_id")
-        return doc
-
-    def resume(self) -> list[str]:
-        open_ids = [
-            d["id"] for d in self.store.list("batch", limit=1_000_000)[0] if d["status"] in BATCH_OPEN
-        ]
-        for batch_id in open_ids:
-            if self.get(batch_id)["status"] == "cancelling":
-                self.cancelled.add(batch_id)
-            self.start(batch_id)
-        return open_ids
-
-    def start(self, batch_id: str) -> None:
-        self.tasks[batch_id] = asyncio.get_running_loop().create_task(self.run(batch_id), name=batch_id)
-
-    async def close(self) -> None:
-        tasks = list(self.tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    # -- one batch ---------------------------------------------------------------------------------------
-
-    async def run(self, batch_id: str) -> None:
-        doc, folder = self.get(batch_id), self.store.folder("batch", batch_id)
-        out_path, err_path = folder / "output.jsonl", folder / "errors.jsonl"
-        done = {r["custom_id"] for path in (out_path, err_path) if path.exists() for r in read_jsonl(path)}
-        counts = {"completed": count_lines(out_path), "failed": count_lines(err_path)}
-        cache = ResponseCache(folder / "requests.sqlite")
-        self.store.update(
-            "batch",
-            batch_id,
-            repeated_after_restart=doc["repeated_after_restart"] + cache.abandoned_inflight(),
-            **counts,
-        )
-        tenant = self.budget.tenant(batch_id)
-        clients = {n: TeacherClient(t, cache, self.http, admission=tenant) for n, t in self.teachers.items()}
-        saved = time.monotonic()
-        input_path = self.store.root / self.store.get("file", doc["input_file_id"])["path"]
-        lines = (r for _, r in records(input_path) if r["custom_id"] not in done)
-
-        async def answer(record: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
-            return await answer_line(batch_id, record, clients, self.teachers)
-
-        status = "completed"
+    async def receive(self, stream: AsyncIterator[bytes], content_type: str) -> dict[str, Any]:
+        """To `<id>.partial`, checked, renamed, then its row (see gen/serve/store.py); a bad file leaves nothing."""
+        file_id = new_id("file")
+        partial = self.store.folder("file", file_id).with_suffix(".partial")
         try:
-            with cache, JsonlAppender(out_path) as out, JsonlAppender(err_path) as err:
+            received = await uploads.receive(stream, content_type, partial, self.max_upload_bytes)
+            purpose = received.fields["purpose"]
+            lines = uploads.check(partial, purpose, self.teachers)
+            partial.replace(self.store.folder("file", file_id))
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return self.store.add("file", {"id": file_id, "purpose": purpose, "filename": received.filename,
+                                       "bytes": received.size, "created_at": time.time(), "lines": lines,
+                                       "path": f"files/{file_id}"})
 
-                def write(finished: set[asyncio.Task]) -> None:
-                    nonlocal saved
-                    for ok, line in (t.result() for t in finished):
-                        (out if ok else err).write([line])
-                        counts["completed" if ok else "failed"] += 1
-                    if time.monotonic() - saved >= SAVE_EVERY_S:
-                        saved = time.monotonic()
-                        self.store.update("batch", batch_id, **counts)
+    def lines(self, file_doc: dict[str, Any]) -> Iterator[bytes]:
+        with (self.store.root / file_doc["path"]).open("rb") as f:
+            yield from f
 
-                if batch_id not in self.cancelled:
-                    self.store.update("batch", batch_id, status="in_progress")
-                    await stream_window(answer, lines, WINDOW, write)
-        except asyncio.CancelledError:
-            if batch_id not in self.cancelled:  # the server is stopping: the batch resumes at the next start
-                self.store.update("batch", batch_id, **counts)
-                raise
-            status = "cancelled"
-        except Exception as e:  # noqa: BLE001 (a full disk: this batch fails, the server goes on)
-            status = "failed"
-            self.store.update(
-                "batch", batch_id, errors=[{"code": "server_error", "message": f"{type(e).__name__}: {e}"}]
-            )
-        finally:
-            self.tasks.pop(batch_id, None)
-        self.finish(batch_id, status, counts, out_path, err_path)
+    def model(self, body: Any, n: int) -> str:
+        return chat_request(body, self.teachers, f"line {n}: body")[0].name
 
-    def finish(
-        self, batch_id: str, status: str, counts: dict[str, int], out_path: Path, err_path: Path
-    ) -> None:
-        """Register the result files (as OpenAI does, only those with lines), then close the batch."""
-        if batch_id in self.cancelled:
-            status = "cancelled"
-        self.store.update("batch", batch_id, status="finalizing", finalizing_at=int(time.time()), **counts)
+    def content(self, file_doc: dict[str, Any]) -> Response:
+        return FileResponse(self.store.root / file_doc["path"], media_type="application/jsonl")
+
+    def discard(self, file_doc: dict[str, Any]) -> None:
+        if file_doc["purpose"] != "batch_output":  # a batch's result file stays in its batch's folder
+            (self.store.root / file_doc["path"]).unlink(missing_ok=True)
+
+    def start(self, batch_doc: dict[str, Any]) -> DiskRun:
+        return DiskRun(self, batch_doc)
+
+
+class DiskRun:
+    """One batch's run: its result files (appended), its response cache and a TeacherClient per teacher."""
+
+    def __init__(self, files: ServeFiles, doc: dict[str, Any]):
+        self.files, self.batch_id = files, doc["id"]
+        folder = files.store.folder("batch", self.batch_id)
+        folder.mkdir(exist_ok=True)
+        self.paths = {True: folder / "output.jsonl", False: folder / "errors.jsonl"}
+        self.out = {ok: JsonlAppender(path) for ok, path in self.paths.items()}  # a torn last line repaired first
+        self.done = {r["custom_id"] for path in self.paths.values() for r in read_jsonl(path)}
+        self.counts = {"completed": count_lines(self.paths[True]), "failed": count_lines(self.paths[False])}
+        self.cache = ResponseCache(folder / "requests.sqlite")
+        self.changes = {"repeated_after_restart": doc.get("repeated_after_restart", 0)
+                        + self.cache.abandoned_inflight()}
+        tenant = files.budget.tenant(self.batch_id)
+        self.clients = {n: TeacherClient(t, self.cache, files.http, admission=tenant)
+                        for n, t in files.teachers.items()}
+
+    async def answer(self, record: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """(answered?, the line for output.jsonl or errors.jsonl) of one input line, in OpenAI's result shape."""
+        teacher, request = chat_request(record["body"], self.files.teachers)
+        line_id = "batch_req_" + hashlib.sha256(f"{self.batch_id}|{record['custom_id']}".encode()).hexdigest()[:24]
+        try:
+            response = await self.clients[teacher.name].complete(request)
+        except ProviderError as e:  # the client's message: redacted, one line
+            return False, result_line(line_id, record["custom_id"],
+                                      error={"code": "teacher_failed", "message": str(e)})
+        body = chat_completion(teacher, request, response)
+        return True, result_line(line_id, record["custom_id"], 200, body["id"], body)
+
+    def write(self, ok: bool, line: dict[str, Any]) -> None:
+        self.out[ok].write([line])
+
+    def close(self) -> None:
+        for appender in self.out.values():
+            appender.close()
+        self.cache.close()
+
+    def publish(self) -> dict[str, str]:
+        """Register the result files with lines; an id of its own batch and name, so a kill before the batch's
+        last update re-registers the same row."""
         files = {}
-        for name, path, n in (
-            ("output_file_id", out_path, counts["completed"]),
-            ("error_file_id", err_path, counts["failed"]),
-        ):
-            if n:  # an id of its own batch and name: a kill before the last update re-registers the same row
-                file_id = "file-" + hashlib.sha256(f"{batch_id}|{name}".encode()).hexdigest()[:24]
-                self.store.add(
-                    "file",
-                    {
-                        "id": file_id,
-                        "purpose": "batch_output",
-                        "filename": path.name,
-                        "bytes": path.stat().st_size,
-                        "created_at": time.time(),
-                        "lines": n,
-                        "path": str(path.relative_to(self.store.root)),
-                    },
-                )
+        for ok, name, n in ((True, "output_file_id", self.counts["completed"]),
+                            (False, "error_file_id", self.counts["failed"])):
+            if n:
+                path = self.paths[ok]
+                file_id = "file-" + hashlib.sha256(f"{self.batch_id}|{name}".encode()).hexdigest()[:24]
+                self.files.store.add("file", {"id": file_id, "purpose": "batch_output", "filename": path.name,
+                                              "bytes": path.stat().st_size, "created_at": time.time(), "lines": n,
+                                              "path": str(path.relative_to(self.files.store.root))})
                 files[name] = file_id
-        self.store.update("batch", batch_id, status=status, **{f"{status}_at": int(time.time())}, **files)
-
-
-async def answer_line(
-    batch_id: str, record: dict[str, Any], clients: dict[str, TeacherClient], teachers: dict[str, Teacher]
-) -> tuple[bool, dict[str, Any]]:
-    """(answered?, the line for output.jsonl or errors.jsonl) of one input line, in OpenAI's result shape."""
-    teacher, request = chat_request(record["body"], teachers)
-    line_id = "batch_req_" + hashlib.sha256(f"{batch_id}|{record['custom_id']}".encode()).hexdigest()[:24]
-    try:
-        response = await clients[teacher.name].complete(request)
-    except ProviderError as e:  # the client's message: redacted, one line
-        return False, result_line(line_id, record["custom_id"], error={"code": "teacher_failed", "message": str(e)})
-    body = chat_completion(teacher, request, response)
-    return True, result_line(line_id, record["custom_id"], 200, body["id"], body)
-
-
-def public_batch(doc: dict[str, Any]) -> dict[str, Any]:
-    """A batch document as OpenAI's Batch object, with one field of ours beside OpenAI's: the requests in
-    flight when the server was killed, which may have been sent twice."""
-    return batch_object(doc, repeated_after_restart=doc["repeated_after_restart"])
+        return files
 
 
 def count_lines(path: Path) -> int:
