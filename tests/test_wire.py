@@ -119,7 +119,7 @@ class Backend:
         from gen.offline.batch import MemoryDocs
 
         self.docs, self.done = MemoryDocs(lambda _: None, 1 << 20), set(done)
-        self.gate, self.written = asyncio.Event(), []
+        self.gate, self.written, self.errors = asyncio.Event(), [], []
 
     def lines(self, doc):
         return self.docs.content(doc["id"]).splitlines()
@@ -145,6 +145,7 @@ class Backend:
 
             def write(self, ok, line):
                 backend.written.append(line["custom_id"])
+                backend.errors += [line["error"]["code"]] if not ok else []
 
             def close(self):
                 pass
@@ -216,7 +217,8 @@ def test_cancel_keeps_what_was_answered_and_a_batch_open_past_its_window_expires
         assert api.cancel(batch["id"])["status"] == "cancelled"  # a second cancel changes nothing
         monkeypatch.setattr(batch_api, "EXPIRES_S", 0)
         expired = await until(api, create(api, "file-in")["id"], "expired")
-        assert expired["expired_at"] and expired["request_counts"]["completed"] == 0
+        assert expired["expired_at"] and expired["request_counts"] == {"total": 2, "completed": 0, "failed": 2}
+        assert sorted(backend.written) == ["c0", "c1"] and backend.errors == ["batch_expired"] * 2
         listed = api.list_batches("0")
         assert [b["id"] for b in listed["data"]] == [expired["id"]] and listed["has_more"]
     asyncio.run(go())

@@ -14,8 +14,8 @@ A batch's life is one state machine, OpenAI's: created `validating`; its input f
 result appended as it ends (output file: status 200, error file: the rest); then `finalizing` (the result files
 registered, only those with lines) and `completed`. A cancel makes it `cancelling` at once and `cancelled` as
 soon as the lines in flight are stopped, keeping what was answered; one still open 24 h after its creation (its
-completion_window) is `expired` the same way. A bug on the way fails the batch rather than leave it open, which a
-client would poll until its own deadline. A batch left open by a stop resumes from `resume()`: the custom_ids
+completion_window) is `expired` the same way, its unanswered lines in the error file (code batch_expired). A bug
+on the way fails the batch rather than leave it open, which a client would poll until its own deadline. A batch left open by a stop resumes from `resume()`: the custom_ids
 already answered (the backend's `Run.done`) are skipped.
 
 Lists take OpenAI's cursor (`after`) and `limit`, clamped to 1..MAX_PAGE for batches (1..MAX_FILES for files) as
@@ -50,6 +50,7 @@ from fair.wire.batch import (
     file_object,
     page,
     page_limit,
+    result_line,
 )
 from fair.wire.errors import ApiError
 
@@ -245,6 +246,7 @@ class BatchApi:
             await asyncio.wait_for(self.answer_lines(doc, run), max(left, 0))
         except TimeoutError:
             status = "expired"
+            self.expire(doc, run)
         except asyncio.CancelledError:
             if self.batch(batch_id)["status"] != "cancelling":  # the server is stopping: resumed at the next start
                 self.docs.update("batch", batch_id, **run.counts)
@@ -268,6 +270,7 @@ class BatchApi:
             nonlocal saved
             for ok, line in (t.result() for t in finished):
                 run.write(ok, line)
+                run.done.add(line["custom_id"])
                 run.counts["completed" if ok else "failed"] += 1
             if time.monotonic() - saved >= SAVE_EVERY_S:
                 saved = time.monotonic()
@@ -285,6 +288,17 @@ class BatchApi:
         finally:
             for task in pending:  # cancelled, expired or stopping: the lines in flight go unanswered
                 task.cancel()
+
+    @staticmethod
+    def expire_line(custom_id: str) -> dict[str, Any]:
+        return result_line(f"batch_req_{new_hex()}", custom_id, error={
+            "code": "batch_expired", "message": "the request was not answered within the batch's completion window"})
+
+    def expire(self, doc: dict[str, Any], run: Run) -> None:
+        """The lines left unanswered at the completion window go to the error file, as OpenAI's do."""
+        for record in self.records(doc, run.done):
+            run.write(False, self.expire_line(record["custom_id"]))
+            run.counts["failed"] += 1
 
     def records(self, doc: dict[str, Any], done: set[str]) -> Iterator[dict[str, Any]]:
         for raw in self.backend.lines(self.file(doc["input_file_id"])):
