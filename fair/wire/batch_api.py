@@ -78,7 +78,7 @@ class Docs(Protocol):
 class Run(Protocol):
     """One batch's answering, from its start (or restart) to its result files."""
 
-    done: set[str]  # custom_ids answered before a restart: skipped
+    done: set[str]  # custom_ids answered (before a restart, then as lines end): skipped, and not expired
     counts: dict[str, int]  # {"completed", "failed"} so far, updated by the engine as lines end
     changes: dict[str, Any]  # fields of the backend's own to set on the batch when the run starts
 
@@ -240,10 +240,11 @@ class BatchApi:
         status = "completed"
         try:
             self.docs.update("batch", batch_id, **run.counts, **run.changes)
-            if doc["status"] == "cancelling":
-                raise asyncio.CancelledError
-            left = doc["created_at"] + EXPIRES_S - time.time()
-            await asyncio.wait_for(self.answer_lines(doc, run), max(left, 0))
+            if doc["status"] == "cancelling":  # cancelled before a stop, or while validating
+                status = "cancelled"
+            else:
+                left = doc["created_at"] + EXPIRES_S - time.time()
+                await asyncio.wait_for(self.answer_lines(doc, run), max(left, 0))
         except TimeoutError:
             status = "expired"
             self.expire(doc, run)
