@@ -21,7 +21,8 @@ from typing import Literal
 
 from fair.config import Validated, at_least, save_config
 from fair.dtype import Dtype, dtype_field, resolve_dtype
-from fair.engines.base import Engine, EngineName, Sampling, make_engine
+from fair.engines.base import Engine, EngineName, Sampling
+from fair.engines.factory import make_engine
 from fair.errors import FairError
 from fair.jsonl import append_jsonl, write_json
 from fair.lock import folder_lock

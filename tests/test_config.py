@@ -13,7 +13,7 @@ from fair.errors import FairError
 from gen.committee.run import CommitteeConfig
 from gen.mine import MineConfig
 from gen.pipeline import GenConfig
-from gen.serve.server import ServeConfig
+from gen.serve.config import ServeConfig
 from gen.teachers.config import Teacher, load_committee, rebase
 from gen.teachers.providers import Usage
 from tests.conftest import ROOT

@@ -299,5 +299,5 @@ def committee(config: CommitteeConfig) -> dict[str, Any]:
 
 
 def finish(config: CommitteeConfig, teachers: list[Teacher], result: dict[str, Any]) -> None:
-    print_summary(config, teachers, result)
-    write_stats(config, result)
+    print_summary(config.out_path, teachers, result)
+    write_stats(config.out_path, result)

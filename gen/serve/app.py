@@ -38,8 +38,8 @@ from fair.errors import FairError
 from gen.serve import chat, uploads
 from gen.serve.batches import Batches
 from gen.serve.budget import Budget
+from gen.serve.config import ServeConfig, same_token
 from gen.serve.jobs import OPEN, Jobs
-from gen.serve.server import ServeConfig, same_token
 from gen.serve.store import Store, new_id
 from gen.serve.wire import ApiError, batch_object, file_object
 from gen.teachers.config import Teacher
