@@ -129,13 +129,14 @@ def cmd_import_mistakes(args: argparse.Namespace) -> int:
     from fair.jsonl import append_jsonl
     from fair.models import model_short_name
     from fair.paper import import_mistakes
+    from fair.student import run_dir
     from fair.tasks import get_task
 
     task = get_task(args.task)
     answers = import_mistakes(task, args.file, task.load(args.split, args.data_dir))
     kept = [a for a in answers if a.is_mistake]
     student = model_short_name(args.file).split(f"_{args.task}", 1)[0].split("_", 1)[0]
-    out = Path(args.out or Path("data") / task.name / student)
+    out = Path(args.out or run_dir(task.name, student))
     path = out / "mistakes.jsonl"
     if path.exists():
         raise FairError(f"{path} exists: pass another --out, or remove it to import again")

@@ -36,6 +36,7 @@ from fair.errors import FairError
 from fair.jsonl import append_jsonl, write_json
 from fair.lock import folder_lock
 from fair.models import DEFAULT_STUDENT, model_short_name, resolve_model
+from fair.student import run_dir
 from fair.tasks import get_task
 from train.checkpoint import export, load_optimizer, save_checkpoint, trainable
 from train.data import (
@@ -114,12 +115,11 @@ class TrainConfig(Validated):
     @property
     def out_dir(self) -> Path:
         teacher = self.teacher if self.paper_feedback is None else f"paper-{self.teacher}"
-        return Path(self.out or Path("checkpoints") / f"{self.task}-{model_short_name(self.student)}-{teacher}")
+        return Path(self.out or Path("checkpoints") / f"{get_task(self.task).name}-{model_short_name(self.student)}-{teacher}")
 
     @property
     def committee_path(self) -> Path:
-        default = Path("data") / get_task(self.task).name / model_short_name(self.student) / "committee.jsonl"
-        return Path(self.committee or default)
+        return Path(self.committee or run_dir(self.task, self.student) / "committee.jsonl")
 
 
 # ----------------------------------------------------------------------------------------------------------
