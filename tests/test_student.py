@@ -47,3 +47,28 @@ def test_each_stage_keeps_its_own_split_and_output():
     assert EvalConfig(model="a/b").out_dir == Path("data/eval/b")
     with pytest.raises(FairError, match="chunk_size must be at least 1"):
         MineConfig(chunk_size=0)
+
+
+def test_gen_takes_its_stages_settings_as_they_are_there_and_flat_on_the_command_line():
+    import argparse
+    import typing
+
+    from fair.config import add_config_arguments, build_config
+    from gen.pipeline import FROM_COMMITTEE, FROM_MINING, GenConfig
+
+    for stage, names in ((MineConfig, FROM_MINING), (CommitteeConfig, FROM_COMMITTEE)):
+        theirs = {f.name: f for f in dataclasses.fields(stage)}
+        for f in dataclasses.fields(GenConfig):
+            if f.name in names:
+                assert (f.default, f.default_factory, f.metadata) == (theirs[f.name].default, theirs[f.name].default_factory,
+                                                                      theirs[f.name].metadata)
+                assert typing.get_type_hints(GenConfig)[f.name] == typing.get_type_hints(stage)[f.name]
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, GenConfig)
+    config = build_config(GenConfig, parser.parse_args(["--task", "gsm8k", "--limit", "50", "--teachers", "offline",
+                                                        "--student", "org/tiny", "window=8"]))
+    mine = config.mine_config()
+    assert (mine.task, mine.limit, mine.model, mine.export_seed) == ("gsm8k", 50, "org/tiny", True)
+    committee = config.committee_config("http://127.0.0.1:1")
+    assert (committee.teachers, committee.window, committee.student) == ("offline", 8, "org/tiny")
+    assert committee.mistakes_path == Path("data/gsm8k/tiny/mistakes.jsonl")
