@@ -294,7 +294,7 @@ def train_locked(config: TrainConfig, dist: Dist) -> Path:
     run_began = time.perf_counter()
     run = Run(config, dist, tokenizer, engine, optimizer, params, device, attention, autocast, accumulation)
     for step in range(start, total):
-        run_step(run, items, step, total, steps_per_epoch, digest, model)
+        run_step(config, run, items, step, total, steps_per_epoch, digest, model)
     if dist.rank == 0:
         write_json(config.out_dir / "train_summary.json", {
             "steps": total, "resumed_from": start, "seconds_this_run": round(time.perf_counter() - run_began, 2),
@@ -325,9 +325,10 @@ def optimizer_for(config: TrainConfig, model, params, dist: Dist, accumulation: 
     return model, optimizer, bf16
 
 
-def run_step(run: Run, items: list, step: int, total: int, steps_per_epoch: int, digest: str, model) -> None:
+def run_step(config: TrainConfig, run: Run, items: list, step: int, total: int, steps_per_epoch: int, digest: str,
+             model) -> None:
     """One optimizer step: its batch, the step, its log line, and a checkpoint when the save rule says so."""
-    config, dist = run.config, run.dist
+    dist = run.dist
     began = time.perf_counter()
     batch = [items[i] for i in step_plan(len(items), config, step, steps_per_epoch)]
     lr = learning_rate(config, step, total)
