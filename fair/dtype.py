@@ -2,8 +2,8 @@
 `fair gen`, the demo and the engines alike.
 
     auto       bfloat16 on a CUDA GPU, and on a CPU with bf16 matrix instructions (AMX: `amx_bf16`, or
-               AVX512-BF16: `avx512_bf16`), where a bf16 matmul runs 3.7x (decode shape) to 6.5x (large
-               shapes) an fp32 one (issue 23, torch 2.13 on 2 cores); float32 on every other CPU, where torch
+               AVX512-BF16: `avx512_bf16`), where a bf16 matmul runs several times as fast as an fp32 one
+               (docs/benchmarks.md); float32 on every other CPU, where torch
                emulates bf16 and it is slower than fp32.
     float32    as asked: the reference precision.
     bfloat16   as asked, on any device.

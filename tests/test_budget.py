@@ -292,3 +292,32 @@ def test_every_attempt_waiting_for_room_stops_with_the_run():
         assert all(isinstance(o, BudgetExhausted) for o in outcomes)
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize(("failure", "maybe_billed"), [(httpx.ReadTimeout("slow"), True),
+                                                       (httpx.RemoteProtocolError("dropped"), True),
+                                                       (httpx.ConnectError("refused"), False),
+                                                       (httpx.ConnectTimeout("no route"), False)])
+def test_an_attempt_that_may_have_reached_the_provider_keeps_its_worst_case_spent(tmp_path, failure,
+                                                                                 maybe_billed):
+    """No reply says what a timed-out request cost, and the provider may still finish and bill it: the budget keeps
+    its worst case; a connection that never opened cost nothing."""
+    from gen.teachers.client import TeacherFailed
+
+    teacher = Teacher(name="t", provider="openai", model="m", base_url="http://test/v1", max_retries=0,
+                      price_input=1.0, price_output=4.0)
+    request = ChatRequest((("user", "question"),), max_tokens=50)
+
+    def fail(_: httpx.Request) -> httpx.Response:
+        raise failure
+
+    async def go() -> CostBudget:
+        budget = CostBudget(1.0)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(fail)) as http:
+            with ResponseCache(tmp_path / "c.sqlite") as cache, pytest.raises(TeacherFailed):
+                await TeacherClient(teacher, cache, http, budget=budget).complete(request)
+        return budget
+
+    budget = asyncio.run(go())
+    assert budget.in_flight == 0
+    assert budget.total_usd == pytest.approx(worst_case_usd(teacher, request) if maybe_billed else 0.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import orjson
@@ -57,6 +58,14 @@ BAD_REQUESTS = [
     ("POST", CHAT, {"model": "sim-careful", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "x"}),
     ("POST", "/v1beta/models/sim-careful:generateContent", {"contents": [{"parts": [{"text": ["x"]}]}]}),
     ("POST", "/v1beta/models/sim-careful:generateContent", {"contents": "x"}),
+    ("POST", "/v1beta/models/sim-careful:streamGenerateContent", {"contents": [{"parts": [{"text": "x"}]}]}),
+    ("POST", "/v1beta/models/sim-careful:countTokens", {"contents": [{"parts": [{"text": "x"}]}]}),
+    ("POST", "/v1/messages", {"model": "sim-careful", "messages": [{"role": "user", "content": "hi"}]}),
+    ("POST", "/v1/messages", {"model": "sim-careful", "max_tokens": 9, "messages": [{"role": "user",
+                                                                                     "content": [{"type": "image"}]}]}),
+    ("POST", "/v1/messages", {"model": "sim-careful", "max_tokens": 9, "system": 5,
+                              "messages": [{"role": "user", "content": "hi"}]}),
+    ("POST", "/v1/messages", {"model": "sim-careful", "max_tokens": 9, "messages": []}),
 ]
 
 
@@ -103,7 +112,7 @@ def test_a_batch_whose_run_breaks_ends_failed_instead_of_in_progress_forever(mon
     with OfflineServer(port=0, batch_delay_s=0) as server, httpx.Client(base_url=server.url, timeout=5) as client:
         def broken(*args, **kwargs):
             raise RuntimeError("a bug in the simulator")
-        monkeypatch.setattr(server, "compose", broken)
+        monkeypatch.setattr(server, "write", broken)
         batch = finished(client, submit(client, line("a"))["id"])
         assert batch["status"] == "failed"
         assert "internal error" in batch["errors"]["data"][0]["message"]
@@ -146,3 +155,45 @@ def test_store_and_timeout_settings_are_validated():
         OfflineServer(port=0, batch_store_mb=0)
     with pytest.raises(FairError, match="socket_timeout_s"):
         OfflineServer(port=0, socket_timeout_s=0)
+
+
+def test_a_malformed_stream_is_cut_off_mid_json():
+    body = {"model": "sim-careful", "messages": [{"role": "user", "content": "What is 2 + 2?"}], "stream": True}
+    with OfflineServer(port=0, p_malformed=1) as server:
+        for path in (CHAT, "/v1/messages"):
+            events = httpx.post(server.url + path, json=body | {"max_tokens": 64}, timeout=5).text.split("\n\n")
+            with pytest.raises(ValueError):
+                orjson.loads(events[-2].partition("data: ")[2])
+            assert "[DONE]" not in events and "message_stop" not in "".join(events)
+        assert server.counters["fault_malformed"] == 2
+
+
+def test_stopping_wakes_a_request_in_a_hang():
+    with OfflineServer(port=0, p_hang=1, hang_s=60) as server, httpx.Client(base_url=server.url, timeout=30) as c:
+        pool = ThreadPoolExecutor(1)
+        hung = pool.submit(c.post, "/v1/messages", json={"model": "sim-careful", "max_tokens": 9,
+                                                         "messages": [{"role": "user", "content": "hi"}]})
+        deadline = time.monotonic() + 10
+        while not server.attempts and time.monotonic() < deadline:  # the request is in (and hangs)
+            time.sleep(0.01)
+        started = time.monotonic()
+        server.stop()
+        assert hung.result().status_code == 503 and time.monotonic() - started < 10  # well short of hang_s
+
+
+def test_a_client_that_stops_reading_a_reply_is_disconnected_after_the_socket_timeout():
+    blob = line("x", {"model": "sim-careful", "messages": [{"role": "user", "content": "x" * 16_000_000}]})
+    with OfflineServer(port=0, socket_timeout_s=0.3) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            file_id = upload(client, blob).json()["id"]
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(f"GET /v1/files/{file_id}/content HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            time.sleep(1.5)  # reads nothing for five timeouts: the server gives up on the reply
+            received = 0
+            try:
+                while chunk := sock.recv(1 << 16):
+                    received += len(chunk)
+            except ConnectionResetError:
+                pass
+        assert received < len(blob)  # what the kernel had buffered (a few MB), not the whole file
+        assert httpx.get(f"{server.url}/health").json() == {"ok": True}

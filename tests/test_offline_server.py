@@ -114,7 +114,7 @@ def test_offline_committee_config(server, answer):
     from gen.teachers.config import load_committee
 
     teachers = load_committee("offline")
-    assert {t.provider for t in teachers} == {"openai", "gemini"} and not any(t.api_key_env for t in teachers)
+    assert {t.provider for t in teachers} == {"openai", "gemini", "anthropic"} and not any(t.api_key_env for t in teachers)
     assert {t.model for t in teachers} <= set(server.personas)
     # `load_committee(..., base_url_override)` gives every teacher one base URL: Gemini routes work under any prefix
     messages = PROMPT_SETS["fair"].rationale(get_task("svamp"), answer)
@@ -231,3 +231,99 @@ def test_cli_serves_until_sigterm(tmp_path, data_dir):
     done = subprocess.run([sys.executable, "-m", "gen.offline.cli", "--config", str(bad)],
                           capture_output=True, text=True, timeout=30, env=env)
     assert done.returncode == 2 and "unknown setting" in done.stderr
+
+
+def anthropic(url: str, messages, model: str = "sim-careful", **kw) -> httpx.Response:
+    system = [c for r, c in messages if r == "system"]
+    body = {"model": model, "max_tokens": 512, "messages": [{"role": r, "content": c} for r, c in messages
+                                                            if r != "system"], **({"system": system[0]} if system else {})}
+    return httpx.post(f"{url}/v1/messages", json=body, timeout=5, **kw)
+
+
+def test_anthropic_messages_route(server, answer):
+    messages = PROMPT_SETS["fair"].rationale(get_task("svamp"), answer)
+    r = anthropic(server.url, messages, headers={"x-api-key": "sk-ant-x", "anthropic-version": "2023-06-01"})
+    assert r.status_code == 200 and r.headers["x-fair-simulator"] == "1"
+    data = r.json()
+    assert data["type"] == "message" and data["role"] == "assistant" and data["stop_reason"] == "end_turn"
+    assert data["content"][0]["type"] == "text" and data["content"][0]["text"].endswith(f"The answer is {answer.gold}.")
+    assert {"input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"} <= set(
+        data["usage"])
+    for budget in ("requests", "tokens", "input-tokens"):  # as admitted: its output is not written yet
+        assert int(r.headers[f"anthropic-ratelimit-{budget}-remaining"]) < int(
+            r.headers[f"anthropic-ratelimit-{budget}-limit"])
+    missing = anthropic(server.url, [("user", "hi")], model="claude-x")
+    assert missing.status_code == 404 and missing.json()["type"] == "error"
+    assert missing.json()["error"]["type"] == "not_found_error"
+    no_max = httpx.post(f"{server.url}/v1/messages", json={"model": "sim-careful", "messages": []}, timeout=5)
+    assert no_max.status_code == 400 and no_max.json()["error"]["type"] == "invalid_request_error"
+
+
+def sse_events(r: httpx.Response) -> list[tuple[str | None, str]]:
+    """(event name, data) of each server-sent event."""
+    out = []
+    for block in r.text.split("\n\n"):
+        if block.strip():
+            fields = dict(line.split(": ", 1) for line in block.splitlines())
+            out.append((fields.get("event"), fields["data"]))
+    return out
+
+
+def test_streams_on_the_wire(server):
+    body = {"model": "sim-careful", "max_tokens": 512, "messages": [{"role": "user", "content": "What is 1 + 1?"}],
+            "stream": True}
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=body | {"stream_options": {"include_usage": True}})
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(r)
+    assert events[-1] == (None, "[DONE]") and orjson.loads(events[-2][1])["usage"]["completion_tokens"] > 0
+    names = [name for name, _ in sse_events(httpx.post(f"{server.url}/v1/messages", json=body))]
+    assert names[:3] == ["message_start", "content_block_start", "ping"] and set(names[3:-3]) == {
+        "content_block_delta"} and names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    gemini_body = {"contents": [{"role": "user", "parts": [{"text": "What is 1 + 1?"}]}]}
+    url = f"{server.url}/v1beta/models/sim-careful:streamGenerateContent"
+    chunks = [orjson.loads(data) for _, data in sse_events(httpx.post(url, params={"alt": "sse"}, json=gemini_body))]
+    assert chunks[-1]["candidates"][0]["finishReason"] == "STOP" and "usageMetadata" in chunks[-1]
+    assert httpx.post(url, json=gemini_body).status_code == 400  # only alt=sse is simulated
+
+
+def test_reply_outcomes_are_drawn_per_body_and_counted(data_dir, tmp_path):
+    log = tmp_path / "log.jsonl"
+    with OfflineServer(port=0, data_dir=data_dir, p_refusal=0.3, p_truncate=0.3, seed=4, log_path=log) as s:
+        first = [openai(s.url, [("user", f"question {i}")]).json()["choices"][0] for i in range(20)]
+        again = [openai(s.url, [("user", f"question {i}")]).json()["choices"][0] for i in range(20)]
+        assert first == again  # drawn per body: a re-sent request is refused or cut again
+        refused = sum(c["message"]["refusal"] is not None for c in first)
+        cut = sum(c["finish_reason"] == "length" for c in first)
+        assert refused and cut and refused + cut < 20
+        assert (s.counters["refusal"], s.counters["truncate"], s.counters["completed"]) == (2 * refused, 2 * cut, 40)
+        assert f"refusal {2 * refused}, thinking 0, truncate {2 * cut}" in s.summary()
+    outcomes = [orjson.loads(line).get("outcome") for line in log.read_text().splitlines()]
+    assert outcomes.count("refusal") == 2 * refused and outcomes.count("truncate") == 2 * cut
+
+
+def test_quota_after_n_requests_of_a_key(data_dir):
+    with OfflineServer(port=0, data_dir=data_dir, quota_after=2) as s:
+        a = {"authorization": "Bearer key-a"}
+        assert [openai(s.url, [("user", f"q{i}")], headers=a).status_code for i in range(2)] == [200, 200]
+        out = openai(s.url, [("user", "q2")], headers=a)
+        assert out.status_code == 429 and out.json()["error"]["code"] == "insufficient_quota"
+        assert "retry-after" not in out.headers  # waiting does not help
+        assert openai(s.url, [("user", "q2")], headers={"authorization": "Bearer key-b"}).status_code == 200
+        credit = anthropic(s.url, [("user", "q3")], headers={"x-api-key": "key-a"})
+        assert credit.status_code == 400 and "credit balance is too low" in credit.json()["error"]["message"]
+        assert s.counters["quota"] == 2 and s.counters["rate_limited"] == 0
+
+
+def test_failure_settings_from_flags_and_config(tmp_path):
+    import argparse
+
+    from gen.offline.cli import add_arguments, settings
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = tmp_path / "sim.yaml"
+    config.write_text("p_refusal: 0.1\ncache_min_tokens: 0\n")
+    values = settings(parser.parse_args(["--config", str(config), "--p-truncate", "0.2", "--quota-after", "5"]))
+    assert values == {"p_refusal": 0.1, "cache_min_tokens": 0, "p_truncate": 0.2, "quota_after": 5}
+    with pytest.raises(FairError, match="reply rates"):
+        OfflineServer(p_refusal=0.7, p_thinking=0.7)

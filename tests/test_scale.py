@@ -93,7 +93,7 @@ def test_two_keys_send_twice_as_fast_each_within_its_limits(tmp_path, two_keys):
             server.limiter.buckets.clear()
             keyed = dataclasses.replace(teacher, api_key_env=two_keys[:n_keys])
             send_all(keyed, tmp_path / f"{n_keys}.sqlite", 20 * n_keys + steady)
-            sends[n_keys] = {key: [t for t, _ in b.events] for (key, _), b in server.limiter.buckets.items()}
+            sends[n_keys] = {key: [t for t, *_ in b.events] for (key, _), b in server.limiter.buckets.items()}
         assert server.counters["rate_limited"] == 0
     # Whole runs, first send to last: a token bucket allows at most its burst plus the rate times the time, so
     # a run takes at least (count - burst) / rate, however the client is scheduled. A stall mid-run refills the

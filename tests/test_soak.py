@@ -40,6 +40,7 @@ def test_a_tiny_soak_passes_its_own_checks(soak, data_dir, tmp_path):
     assert [records[k] for k in ("expected", "written", "lost", "duplicated", "foreign")] == [24, 24, 0, 0, 0]
     assert records["re_paid"] <= records["in_flight_reported"]
     assert report["kills_survived"] == 2 and sum(report["faults"].values()) > 0
+    assert sum(report["non_answers"].values()) > 0  # refusals, spent thinking, cut-off replies: met and not re-paid
     actions = [(s["action"], s["exit"]) for s in report["segments"]]
     assert sorted(actions) == [("disk_full", 1), ("finish", 0), ("kill", -9), ("kill", -9)]
     assert [s["rival"]["exit"] for s in report["segments"] if "rival" in s] == [2]

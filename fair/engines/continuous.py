@@ -14,8 +14,8 @@ is copied every step. Here a fixed set of `slots` decodes together over a KV cac
 
 The model itself is transformers' own, unchanged: attention modules call `cache.update(k, v, layer)` and a
 registered attention function (`slot_attention`) that handles grouped-query heads without copying the keys.
-Why not transformers' `generate_batch` (its paged continuous batching): measured here at 22 tokens/s on the
-CPU against 60 for plain `generate`; and vLLM-CPU reserves a core for its scheduler and compiles for minutes
+Why not transformers' `generate_batch` (its paged continuous batching): on a CPU it is slower than plain
+`generate` (docs/benchmarks.md); and vLLM-CPU reserves a core for its scheduler and compiles for minutes
 at every start. Architectures whose attention needs more than a causal mask (sliding windows, soft-capping)
 are not listed in fair.models.PLAIN_DECODERS and keep `generate`.
 """

@@ -33,7 +33,7 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")  # no usage reports sent from users' clusters by default
         if not torch.cuda.is_available():
             # On a CPU, vLLM's engine-core process busy-polls a core of its own; in-process it does not, and
-            # generation ran 2.4x faster on 2 cores (make bench-mine --vllm-variants, README). An explicit
+            # generation runs much faster on 2 cores (make bench-mine --vllm-variants). An explicit
             # setting in the environment still wins.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM

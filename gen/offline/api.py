@@ -1,35 +1,31 @@
-"""What the offline simulator shares with the APIs it imitates: their wire formats and per-key rate limits.
+"""What the offline simulator keeps per key, as the APIs it imitates do: rate limits and a prompt cache.
 
-Requests in: OpenAI's chat completions and Gemini's generateContent bodies, read into (model, prompt text,
-max_tokens). Replies out: each format's JSON with usage, or its error object. Limits: requests and tokens per
-minute per (key, model) over sliding 60 s windows, with OpenAI's x-ratelimit-* headers. The one answer
-pipeline (OfflineServer.answer in gen/offline/server.py) uses these for the live routes and the Batch API alike.
+Limits: requests and tokens per minute per (key, model) over sliding 60 s windows; a `Window` is what a reply's
+rate-limit headers report (gen/offline/formats.py writes them in each API's names). The prompt cache: a prompt
+whose prefix this (key, model) sent before reads that prefix from the cache, as OpenAI's and Gemini's automatic
+caches and Anthropic's cache_control breakpoints do. The one answer pipeline (OfflineServer in
+gen/offline/server.py) uses both for the live routes and the Batch API alike.
 """
 
 from __future__ import annotations
 
-import re
+import hashlib
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import orjson
-
 WINDOW_S = 60.0
-GEMINI_STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
-                 503: "UNAVAILABLE"}
-GEMINI_RE = re.compile(r"^(?:/v1beta|/v1)?/models/([^/:]+):generateContent$")
-# What reading a body of the wrong shape raises (orjson.JSONDecodeError is a ValueError): a 400, on the live
-# routes and for a batch line alike, never a crashed handler or batch.
-SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError)
-INTERNAL = "internal error in the offline committee simulator (see its stderr)"  # a bug, said rather than hidden
-UNREADABLE = "could not read the request body: not the expected JSON shape (streaming is not simulated)"
-MALFORMED = b'{"id": "chatcmpl-sim", "choices": [{"index": 0, "message": {"role": "assi'  # the malformed fault
+MAX_TRACKED = 1_000_000  # prompt prefixes remembered by the cache; oldest forgotten first
 
 
 def tokens(text: str) -> int:
     return len(text) // 4 + 1
+
+
+def prefix_tokens(chars: int) -> int:
+    """A prefix's tokens: never more than tokens() of any text that starts with it."""
+    return chars // 4
 
 
 def duration(seconds: float) -> str:
@@ -41,16 +37,39 @@ def duration(seconds: float) -> str:
     return f"{int(minutes)}m{secs_text}" if minutes else secs_text
 
 
+@dataclass(frozen=True)
+class Window:
+    """One (key, model)'s last minute as a reply reports it."""
+
+    rpm: int
+    tpm: int
+    requests: int  # admitted in the window
+    input_tokens: int
+    output_tokens: int
+    reset_s: float  # until the oldest admitted request leaves the window
+
+    @property
+    def remaining_requests(self) -> int:
+        return max(0, self.rpm - self.requests)
+
+    @property
+    def remaining_tokens(self) -> int:
+        return max(0, self.tpm - self.input_tokens - self.output_tokens)
+
+
 @dataclass
 class Bucket:
-    """One (key, model)'s admitted requests in the last minute, as [time, tokens] events."""
+    """One (key, model)'s admitted requests in the last minute, as [time, input tokens, output tokens] events."""
 
     events: deque = field(default_factory=deque)
-    tokens: int = 0
+    input: int = 0
+    output: int = 0
 
     def expire(self, now: float) -> None:
         while self.events and self.events[0][0] <= now - WINDOW_S:
-            self.tokens -= self.events.popleft()[1]
+            _, n_in, n_out = self.events.popleft()
+            self.input -= n_in
+            self.output -= n_out
 
 
 class Limiter:
@@ -63,94 +82,74 @@ class Limiter:
         self.buckets: dict[tuple[str, str], Bucket] = {}
         self.lock = threading.Lock()
 
-    def admit(self, key: str, model: str, cost: int) -> tuple[float | None, dict[str, str], list | None]:
-        """(None, headers, event) when admitted, else (seconds to wait, headers, None)."""
+    def admit(self, key: str, model: str, cost: int) -> tuple[float | None, Window, list | None]:
+        """(None, window, event) when admitted, else (seconds to wait, window, None)."""
         now = time.monotonic()
         with self.lock:
             b = self.buckets.setdefault((key, model), Bucket())
             b.expire(now)
-            wait, event = None, None
+            wait, event, used = None, None, b.input + b.output
             if len(b.events) >= self.rpm:
                 wait = b.events[len(b.events) - self.rpm][0] + WINDOW_S - now
-            elif b.tokens + cost > self.tpm:
-                excess, wait = b.tokens + cost - self.tpm, WINDOW_S  # a request over the whole tpm waits a window
-                for t, n in b.events:
-                    excess -= n
+            elif used + cost > self.tpm:
+                excess, wait = used + cost - self.tpm, WINDOW_S  # a request over the whole tpm waits a window
+                for t, n_in, n_out in b.events:
+                    excess -= n_in + n_out
                     if excess <= 0:
                         wait = t + WINDOW_S - now
                         break
             else:
-                event = [now, cost]
+                event = [now, cost, 0]
                 b.events.append(event)
-                b.tokens += cost
+                b.input += cost
             reset = b.events[0][0] + WINDOW_S - now if b.events else 0.0
-            headers = {
-                "x-ratelimit-limit-requests": str(self.rpm), "x-ratelimit-limit-tokens": str(self.tpm),
-                "x-ratelimit-remaining-requests": str(max(0, self.rpm - len(b.events))),
-                "x-ratelimit-remaining-tokens": str(max(0, self.tpm - b.tokens)),
-                "x-ratelimit-reset-requests": duration(reset), "x-ratelimit-reset-tokens": duration(reset),
-            }
-            return wait, headers, event
+            return wait, Window(self.rpm, self.tpm, len(b.events), b.input, b.output, reset), event
 
-    def settle(self, key: str, model: str, event: list, actual: int) -> None:
+    def settle(self, key: str, model: str, event: list, output: int) -> None:
         with self.lock:
             b = self.buckets.get((key, model))
             # Still in the window? Events are in time order, so it is iff it is not older than the first.
             if b is not None and b.events and event[0] >= b.events[0][0]:
-                b.tokens += actual - event[1]
-                event[1] = actual
+                b.output += output - event[2]
+                event[2] = output
+
+
+class PromptCache:
+    """Prompt prefixes each (key, model) sent, by sha256: what a later prompt can read from the cache.
+    A prompt names the prefixes it writes (character offsets where they end: every block_tokens from
+    min_tokens on for the automatic caches, the cache_control breakpoints for Anthropic's) and those it may read
+    (the same, or for Anthropic also the block boundaries up to 20 blocks before a breakpoint); the longest
+    prefix read that was written before is a hit."""
+
+    def __init__(self, min_tokens: int, block_tokens: int):
+        self.min_tokens, self.block_tokens = min_tokens, block_tokens
+        self.seen: dict[bytes, None] = {}  # insertion-ordered: the oldest is forgotten first
+        self.lock = threading.Lock()
+
+    def automatic(self, text: str) -> list[int]:
+        """The automatic caches' prefix ends: min_tokens (at least one block), then every block_tokens."""
+        step = self.block_tokens * 4
+        return list(range(max(self.min_tokens * 4, step), len(text) + 1, step))
+
+    def use(self, scope: str, text: str, writes: list[int], reads: list[int] | None = None) -> tuple[int, int]:
+        """(tokens read from the cache, tokens of the longest prefix written that was not there before)."""
+        writes, reads = self.cacheable(writes, text), self.cacheable(writes if reads is None else reads, text)
+        if not writes and not reads:
+            return 0, 0
+        digest = {e: hashlib.sha256(f"{scope}\0{text[:e]}".encode()).digest() for e in {*writes, *reads}}
+        with self.lock:
+            hits = [e for e in reads if digest[e] in self.seen]
+            for e in writes:
+                self.seen[digest[e]] = self.seen.pop(digest[e], None)
+            while len(self.seen) > MAX_TRACKED:
+                del self.seen[next(iter(self.seen))]
+        read = prefix_tokens(max(hits)) if hits else 0
+        return read, max(0, prefix_tokens(max(writes)) - read) if writes else 0
+
+    def cacheable(self, ends: list[int], text: str) -> list[int]:
+        return [e for e in ends if prefix_tokens(e) >= self.min_tokens and 0 < e <= len(text)]
 
 
 def bearer(header: str) -> str:
     scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
-
-
-def openai_text(body: dict) -> tuple[str, int]:
-    messages = body["messages"]
-    if not isinstance(messages, list) or not messages or body.get("stream"):
-        raise ValueError("messages")
-    text = "\n\n".join(str(m["content"]) for m in messages)
-    return text, int(body.get("max_tokens") or body.get("max_completion_tokens") or 4096)
-
-
-def read_chat(raw: bytes, gemini_model: str | None) -> tuple[str, str, int]:
-    """(model, prompt text, max_tokens) of a chat-completions body, or of a generateContent body for the model
-    its URL names; one of SHAPE_ERRORS when the body is not of that shape."""
-    body = orjson.loads(raw)
-    if gemini_model is not None:
-        return gemini_model, *gemini_text(body)
-    return str(body["model"]), *openai_text(body)
-
-
-def gemini_text(body: dict) -> tuple[str, int]:
-    parts = [p["text"] for p in (body.get("systemInstruction") or {}).get("parts", [])]
-    for content in body["contents"]:
-        parts += [p["text"] for p in content["parts"]]
-    if not parts or not all(isinstance(p, str) for p in parts):
-        raise ValueError("contents")
-    config = body.get("generationConfig") or {}
-    return "\n\n".join(map(str, parts)), int(config.get("maxOutputTokens") or 8192)
-
-
-def response(model: str, text: str, completion: int, prompt: int, finish: str, gemini: bool,
-             body_sha: str) -> dict:
-    """The reply in the wire format; an empty text is Gemini's reply with no candidates (as when it blocks one)."""
-    usage_total = prompt + completion
-    if gemini:
-        candidates = [] if not text else [{"content": {"role": "model", "parts": [{"text": text}]},
-                                        "finishReason": "STOP" if finish == "stop" else "MAX_TOKENS", "index": 0}]
-        return {"candidates": candidates, "modelVersion": model, "usageMetadata": {
-            "promptTokenCount": prompt, "candidatesTokenCount": completion, "totalTokenCount": usage_total}}
-    return {"id": f"chatcmpl-sim-{body_sha[:24]}", "object": "chat.completion", "created": int(time.time()),
-            "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                         "finish_reason": finish}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": usage_total}}
-
-
-def error_body(status: int, message: str, gemini: bool, kind: str = "invalid_request_error",
-               code: str | None = None) -> dict:
-    """An error in the wire format: Gemini's {code, status, message}, OpenAI's {message, type, code}."""
-    if gemini:
-        return {"error": {"code": status, "status": GEMINI_STATUS.get(status, "UNKNOWN"), "message": message}}
-    return {"error": {"message": message, "type": kind, "code": code}}

@@ -7,7 +7,7 @@
     POST /v1/batches/{id}/cancel    cancelled, with no output
     GET  /v1/files/{id}/content     the file's bytes
 
-(the /v1 prefix is optional, as on the live route). Each input line is {"custom_id", "method": "POST", "url":
+(the /v1 prefix is optional, as on the live route; uploads are parsed by python-multipart). Each input line is {"custom_id", "method": "POST", "url":
 "/v1/chat/completions", "body": <a chat-completions body>}; a file with a bad line, a repeated custom_id or more
 than one model fails validation, as OpenAI's does. A batch stays in_progress for the server's batch_delay_s,
 then every line is answered by the simulator's one answer pipeline (OfflineServer.answer: the same body gets
@@ -21,23 +21,27 @@ file), a finished batch keeps its counts but not its lines, and only the newest 
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import traceback
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from email import policy
-from email.parser import BytesParser
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
 
 import orjson
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from gen.offline.api import INTERNAL, SHAPE_ERRORS
+from gen.offline.formats import INTERNAL, SHAPE_ERRORS
+from gen.offline.http import ApiError, json_response, read_body
 
 if TYPE_CHECKING:
-    from gen.offline.http import Handler
+    from gen.offline.app import Routes
     from gen.offline.server import OfflineServer
 
 ENDPOINT = "/v1/chat/completions"
@@ -45,13 +49,6 @@ MAX_UPLOAD = 200 << 20  # OpenAI's limit on one batch input file
 MAX_JSON = 1 << 20
 MAX_BATCHES = 10_000  # batch objects kept (a finished one is a few hundred bytes); the oldest go first
 MAX_LIST = 100  # OpenAI's largest page of GET /batches
-ROUTE = re.compile(r"^(?:/v1)?/(files|batches)(?:/([A-Za-z0-9_-]+))?(?:/(content|cancel))?$")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None):
-        super().__init__(message)
-        self.status, self.code = status, code
 
 
 @dataclass
@@ -216,60 +213,76 @@ def validate(content: bytes) -> tuple[list[dict], list[dict]]:
 # ---------------------------------------------------------------------------------------------------------
 # HTTP
 
+Handler = Callable[[Request], Awaitable[Response]]
 
-def route_batch(handler: Handler, method: str, path: str) -> bool:
-    """Answer a Batch API request; False when `path` is not one of its routes."""
-    match = ROUTE.match(path)
-    if match is None:
-        return False
-    store: BatchStore = handler.server.sim.batches
-    kind, ident, action = match.groups()
-    try:
-        if (method, kind, ident, action) == ("POST", "files", None, None):
-            content = upload(handler)
-            file_id = store.add_file(content)
-            store.sim.count("batch_files")
-            handler.send(200, {"id": file_id, "object": "file", "bytes": len(content), "purpose": "batch",
-                               "created_at": int(time.time()), "filename": "batch.jsonl"})
-        elif (method, kind, ident, action) == ("POST", "batches", None, None):
+
+def batch_routes(live: Routes) -> list[Route]:
+    """The Batch API's routes, with and without the /v1 prefix."""
+    api = BatchApi(live)
+    routes = [("POST", "/files", api.upload), ("POST", "/batches", api.create), ("GET", "/batches", api.listing),
+              ("GET", "/batches/{ident}", api.get), ("POST", "/batches/{ident}/cancel", api.cancel),
+              ("GET", "/files/{ident}/content", api.content)]
+    return [Route(prefix + path, api.guarded(handler), methods=[method])
+            for prefix in ("/v1", "") for method, path, handler in routes]
+
+
+class BatchApi:
+    def __init__(self, live: Routes):
+        self.live, self.store = live, live.sim.batches
+
+    def guarded(self, handler: Handler) -> Handler:
+        """An ApiError becomes its error reply (after a POST the connection closes: its body may be unread);
+        a bug becomes a 500 rather than a dropped connection, as on the live routes."""
+        async def route(request: Request) -> Response:
             try:
-                request = orjson.loads(read_body(handler, MAX_JSON))
-            except orjson.JSONDecodeError:
-                raise ApiError(400, "the body is not valid JSON", "invalid_json") from None
-            handler.send(200, store.create(request if isinstance(request, dict) else {}).to_json())
-        elif method == "POST" and kind == "batches" and ident and action == "cancel":
-            handler.send(200, store.cancel(ident).to_json())
-        elif method == "GET" and kind == "batches" and ident and not action:
-            handler.send(200, store.get(ident).to_json())
-        elif (method, kind, ident, action) == ("GET", "batches", None, None):
-            handler.send(200, listing(store, handler.path))
-        elif method == "GET" and kind == "files" and ident and action == "content":
-            with store.lock:
-                content = store.files.get(ident)
-            if content is None:
-                raise ApiError(404, f"no file {ident!r}", "not_found")
-            handler.send(200, content, {"content-type": "application/octet-stream"})
-        else:
-            raise ApiError(404, f"no route {method} {path}", "not_found")
-    except ApiError as e:
-        handler.close_connection = method == "POST"  # its body may be unread: never parse it as a request
-        handler.error(e.status, str(e), False, code=e.code)
-    except Exception:  # a bug in the simulator: say so rather than drop the connection (as the live route does)
-        traceback.print_exc()
-        handler.close_connection = True
-        handler.error(500, INTERNAL, False, kind="server_error")
-    return True
+                return await handler(request)
+            except ApiError as e:
+                return self.live.error(e.status, str(e), e.code, close=e.close or request.method == "POST")
+            except Exception:
+                traceback.print_exc()
+                return self.live.error(500, INTERNAL, "server_error", close=True)
+        return route
+
+    async def upload(self, request: Request) -> Response:
+        content = await upload(request)
+        file_id = self.store.add_file(content)
+        self.store.sim.count("batch_files")
+        return json_response(200, {"id": file_id, "object": "file", "bytes": len(content), "purpose": "batch",
+                                   "created_at": int(time.time()), "filename": "batch.jsonl", "status": "processed"})
+
+    async def create(self, request: Request) -> Response:
+        try:
+            body = orjson.loads(await read_body(request, MAX_JSON))
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "the body is not valid JSON", "invalid_json") from None
+        return json_response(200, self.store.create(body if isinstance(body, dict) else {}).to_json())
+
+    async def cancel(self, request: Request) -> Response:
+        return json_response(200, self.store.cancel(request.path_params["ident"]).to_json())
+
+    async def get(self, request: Request) -> Response:
+        return json_response(200, self.store.get(request.path_params["ident"]).to_json())
+
+    async def listing(self, request: Request) -> Response:
+        return json_response(200, listing(self.store, request.query_params.get("limit", "20"),
+                                          request.query_params.get("after")))
+
+    async def content(self, request: Request) -> Response:
+        ident = request.path_params["ident"]
+        with self.store.lock:
+            content = self.store.files.get(ident)
+        if content is None:
+            raise ApiError(404, f"no file {ident!r}", "not_found")
+        return json_response(200, content, {"content-type": "application/octet-stream"})
 
 
-def listing(store: BatchStore, url: str) -> dict:
-    query = parse_qs(urlsplit(url).query)
-    text = query.get("limit", ["20"])[0]
+def listing(store: BatchStore, text: str, after: str | None) -> dict:
     limit = int(text) if text.isdigit() else 0
     if not 1 <= limit <= MAX_LIST:
         raise ApiError(400, f"limit must be a whole number from 1 to {MAX_LIST}, got {text!r}", "invalid_request")
     with store.lock:
         newest_first = list(reversed(store.batches.values()))
-    if after := query.get("after", [None])[0]:
+    if after:
         ids = [b.id for b in newest_first]
         newest_first = newest_first[ids.index(after) + 1:] if after in ids else []
     page = newest_first[:limit]
@@ -277,23 +290,19 @@ def listing(store: BatchStore, url: str) -> dict:
             "first_id": page[0].id if page else None, "last_id": page[-1].id if page else None}
 
 
-def read_body(handler: Handler, limit: int) -> bytes:
-    length = handler.body_length()
-    if not 0 < length <= limit:
-        handler.close_connection = True
-        raise ApiError(400, f"a body with a content-length of at most {limit} bytes is required")
-    return handler.rfile.read(length)
-
-
-def upload(handler: Handler) -> bytes:
-    """The `file` field of a multipart/form-data upload with purpose=batch."""
-    content_type = handler.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
+async def upload(request: Request) -> bytes:
+    """The `file` field of a multipart/form-data upload with purpose=batch (python-multipart parses it)."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise ApiError(400, "expected a multipart/form-data upload", "invalid_request")
-    raw = read_body(handler, MAX_UPLOAD)
-    message = BytesParser(policy=policy.HTTP).parsebytes(f"content-type: {content_type}\r\n\r\n".encode() + raw)
-    fields = {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
-              for part in message.iter_parts()}
-    if fields.get("purpose") != b"batch" or not fields.get("file"):
+    length = request.headers.get("content-length", "")
+    if not length.isdigit() or int(length) > MAX_UPLOAD:
+        raise ApiError(400, f"an upload with a content-length of at most {MAX_UPLOAD} bytes is required")
+    try:
+        async with request.form(max_files=1, max_fields=8, max_part_size=MAX_UPLOAD) as form:
+            file, purpose = form.get("file"), form.get("purpose")
+            content = await file.read() if isinstance(file, UploadFile) else b""
+    except (HTTPException, MultiPartException) as e:
+        raise ApiError(400, f"could not read the multipart upload: {getattr(e, 'detail', e)}") from None
+    if purpose != "batch" or not content:
         raise ApiError(400, "expected the fields purpose=batch and file", "invalid_request")
-    return fields["file"]
+    return content

@@ -4,6 +4,7 @@ The simulator's command line; what it simulates is documented in gen/offline/ser
 
     fair teachers serve --port 8765 --log server.log        # the same flags: python -m gen.offline.cli
     fair teachers serve --port 0 --port-file port --config sim.yaml --p-5xx 0.05
+    fair teachers serve --p-refusal 0.05 --p-truncate 0.05 --quota-after 500 --cache-min-tokens 256
 
 Settings: built-in defaults < a --config YAML of SETTINGS < flags. `run` serves until SIGTERM or SIGINT, then
 prints the counters; `main` (python -m gen.offline.cli) prints a FairError as one line and exits 2.
@@ -23,7 +24,9 @@ from fair.errors import FairError
 from gen.offline.server import OfflineServer
 
 SETTINGS = {"rpm": int, "tpm": int, "latency_ms": list, "p_5xx": float, "p_hang": float, "hang_s": float,
-            "p_malformed": float, "p_empty": float, "seed": int, "log": str, "data_dir": str, "personas": dict,
+            "p_malformed": float, "p_empty": float, "p_refusal": float, "p_thinking": float, "p_truncate": float,
+            "p_quota": float, "quota_after": int, "cache_min_tokens": int, "cache_block_tokens": int, "seed": int,
+            "log": str, "data_dir": str, "personas": dict,
             "batch_delay_s": float, "batch_store_mb": float, "socket_timeout_s": float}
 
 
@@ -42,6 +45,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hang-s", type=float, default=None, help="how long a hang lasts (default 30)")
     p.add_argument("--p-malformed", type=float, default=None, help="rate of 200 replies that are not valid JSON")
     p.add_argument("--p-empty", type=float, default=None, help="rate of 200 replies with empty content")
+    p.add_argument("--p-refusal", type=float, default=None,
+                   help="rate of bodies refused (OpenAI message.refusal, Gemini SAFETY, Anthropic stop_reason refusal)")
+    p.add_argument("--p-thinking", type=float, default=None,
+                   help="rate of bodies whose thinking spends all of max_tokens: no text, cut at max_tokens")
+    p.add_argument("--p-truncate", type=float, default=None, help="rate of bodies whose reply is cut at max_tokens")
+    p.add_argument("--p-quota", type=float, default=None,
+                   help="rate of requests refused as out of quota (OpenAI 429 insufficient_quota, Anthropic 400)")
+    p.add_argument("--quota-after", type=int, default=None, metavar="N",
+                   help="a key is out of quota after N requests (default: never)")
+    p.add_argument("--cache-min-tokens", type=int, default=None,
+                   help="shortest prompt prefix the prompt cache holds (default 1024, as OpenAI's and Gemini's)")
+    p.add_argument("--cache-block-tokens", type=int, default=None,
+                   help="automatic caches hold prefixes in steps of this many tokens past the minimum (default 128)")
     p.add_argument("--seed", type=int, default=None, help="seed of every draw (default 0)")
     p.add_argument("--batch-delay-s", type=float, default=None,
                    help="a Batch API batch completes this long after it is created (default 1)")

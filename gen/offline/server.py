@@ -1,19 +1,23 @@
 """The offline committee: a local HTTP server that SIMULATES teacher LLM APIs (`fair teachers serve`).
 
 It is a simulator for demos, tests and benchmarks, not a model: every response carries the header
-`x-fair-simulator: 1`. It speaks two wire formats,
+`x-fair-simulator: 1`. It speaks three wire formats (gen/offline/formats.py), streaming included:
 
-    OpenAI   POST /v1/chat/completions (or /chat/completions)      key: Authorization: Bearer KEY
-    Gemini   POST /v1beta/models/{model}:generateContent           key: x-goog-api-key or ?key=
+    OpenAI     POST /v1/chat/completions (or /chat/completions)      "stream": true -> server-sent events
+    Gemini     POST /v1beta/models/{model}:generateContent           :streamGenerateContent?alt=sse
+    Anthropic  POST /v1/messages                                     "stream": true -> server-sent events
     GET /health -> {"ok": true};  GET /v1/models (or /v1beta/models) lists the persona models
     OpenAI's Batch API: /v1/files, /v1/batches, ... (gen/offline/batch.py), done after --batch-delay-s
 
 and answers as one of several personas (gen/offline/personas.py: sim-careful, sim-sloppy, sim-harsh) from the
 benchmarks' gold solutions. Like a real API it enforces requests and tokens per minute per (key, model) over
-sliding 60 s windows (429 with Retry-After), and it injects faults at set rates: 5xx, hangs, malformed JSON,
-empty replies. A keyless request is the bucket "anonymous"; keys are bucket ids only and never logged. The wire
-formats and the limiter live in gen/offline/api.py, the HTTP routes in gen/offline/http.py, the command line
-in gen/offline/cli.py.
+sliding 60 s windows (429 with Retry-After and each API's rate-limit headers), reports prompt-cache reads on
+repeated prefixes (gen/offline/api.py), and at set rates it sends what real APIs send when things go wrong:
+faults drawn per attempt (5xx, or 529 for Anthropic; hangs; malformed JSON; empty replies), replies drawn per
+body (refusals, thinking that spent the whole budget, truncation at max_tokens: billed like the real ones) and
+an exhausted quota (after --quota-after requests of a key, or at a rate; live requests only). A keyless request
+is the bucket "anonymous"; keys are bucket ids only and never logged. The HTTP side (Starlette on uvicorn, in a
+thread of its own) is gen/offline/app.py, the command line gen/offline/cli.py.
 
 A server may run for weeks: a connection that stalls (or idles) for socket_timeout_s is closed, the Batch API's
 files are kept up to batch_store_mb (oldest dropped first), and a malformed request, live or in a batch, gets a
@@ -21,7 +25,8 @@ files are kept up to batch_store_mb (oldest dropped first), and a malformed requ
 
 Determinism: replies depend only on (seed, model, sha256 of the body); a fault is drawn from (seed, model,
 body hash, attempt), where `attempt` counts how often this exact body arrived, so a retry can succeed and a
-rerun of the same client sees the same sequence of faults.
+rerun of the same client sees the same sequence of faults. Refusals, spent thinking and truncations are drawn
+per body: the same request is refused again, as a real model at temperature 0 would.
 """
 
 from __future__ import annotations
@@ -38,19 +43,23 @@ from typing import Any
 import orjson
 
 from fair.errors import FairError
-from gen.offline.api import (
+from gen.offline.api import Limiter, PromptCache, Window, tokens
+from gen.offline.batch import BatchStore
+from gen.offline.formats import (
     MALFORMED,
     SHAPE_ERRORS,
     UNREADABLE,
-    Limiter,
+    Answer,
+    Chat,
+    Format,
+    body,
     error_body,
+    limit_headers,
     read_chat,
-    response,
-    tokens,
 )
-from gen.offline.batch import BatchStore
-from gen.offline.http import Handler, Server
-from gen.offline.personas import Kind, Persona, QuestionIndex, classify, merge_personas, write_reply
+from gen.offline.personas import Persona, QuestionIndex, merge_personas
+from gen.offline.replies import OUTCOMES, QUOTA, compose, thoughts
+from gen.offline.stream import events
 
 FAULTS = ("5xx", "hang", "malformed", "empty")
 MAX_TRACKED = 1_000_000  # bodies whose attempts are counted
@@ -68,6 +77,24 @@ class Reply:
     body: dict | bytes  # bytes: the malformed fault's cut-off JSON
     headers: dict[str, str] = field(default_factory=dict)  # rate limits and retry-after (live routes only)
     fault: str | None = None
+    outcome: str | None = None  # refusal, thinking, truncate, quota: what the counters call it
+    events: list[bytes] | None = None  # a stream's server-sent events
+
+
+@dataclass
+class Ticket:
+    """An admitted request: it waits out `pause` (latency, a hang) on the route, then `write` answers it."""
+
+    fmt: Format
+    chat: Chat
+    persona: Persona
+    key: str
+    body_sha: str
+    log: dict[str, Any]
+    headers: dict[str, str]
+    event: list | None  # the rate limiter's record of it, settled with the reply's tokens
+    fault: str | None
+    pause: float
 
 
 class OfflineServer:
@@ -76,16 +103,25 @@ class OfflineServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, rpm: int = 600, tpm: int = 1_000_000,
                  latency_ms: tuple[float, float] = (0, 0), p_5xx: float = 0, p_hang: float = 0, hang_s: float = 30,
-                 p_malformed: float = 0, p_empty: float = 0, seed: int = 0, log_path: str | Path | None = None,
-                 data_dir: str | Path | None = None, personas: dict[str, Any] | None = None,
-                 batch_delay_s: float = 1.0, batch_store_mb: float = 1024, socket_timeout_s: float = 60):
+                 p_malformed: float = 0, p_empty: float = 0, p_refusal: float = 0, p_thinking: float = 0,
+                 p_truncate: float = 0, p_quota: float = 0, quota_after: int | None = None,
+                 cache_min_tokens: int = 1024, cache_block_tokens: int = 128, seed: int = 0,
+                 log_path: str | Path | None = None, data_dir: str | Path | None = None,
+                 personas: dict[str, Any] | None = None, batch_delay_s: float = 1.0, batch_store_mb: float = 1024,
+                 socket_timeout_s: float = 60):
         self.fault_rates = dict(zip(FAULTS, (p_5xx, p_hang, p_malformed, p_empty), strict=True))
-        if not all(0 <= p <= 1 for p in self.fault_rates.values()) or sum(self.fault_rates.values()) > 1:
-            raise FairError("the fault rates p_5xx, p_hang, p_malformed, p_empty must each be in 0..1, "
-                            "and together at most 1")
+        self.outcome_rates = dict(zip(OUTCOMES, (p_refusal, p_thinking, p_truncate), strict=True))
+        for kind, rates in (("fault", self.fault_rates), ("reply", self.outcome_rates)):
+            if not all(0 <= p <= 1 for p in rates.values()) or sum(rates.values()) > 1:
+                raise FairError(f"the {kind} rates {', '.join(f'p_{n}' for n in rates)} must each be in 0..1, "
+                                "and together at most 1")
         if rpm < 1 or tpm < 1 or hang_s < 0 or batch_delay_s < 0 or not 0 <= latency_ms[0] <= latency_ms[1]:
             raise FairError("rpm and tpm must be >= 1, hang_s and batch_delay_s >= 0, and latency_ms MIN MAX "
                             "with 0 <= MIN <= MAX")
+        if not 0 <= p_quota <= 1 or (quota_after is not None and quota_after < 0):
+            raise FairError(f"p_quota must be in 0..1 and quota_after >= 0, got {p_quota} and {quota_after}")
+        if cache_min_tokens < 0 or cache_block_tokens < 1:
+            raise FairError("cache_min_tokens must be >= 0 and cache_block_tokens >= 1")
         if not 0 <= port <= 65535:
             raise FairError(f"port must be in 0..65535 (0 picks a free one), got {port}")
         if batch_store_mb <= 0 or socket_timeout_s <= 0:
@@ -94,40 +130,35 @@ class OfflineServer:
         self.host, self.requested_port, self.seed, self.hang_s = host, port, seed, hang_s
         self.socket_timeout_s = socket_timeout_s  # a client that stalls or idles longer is disconnected
         self.latency_ms = (float(latency_ms[0]), float(latency_ms[1]))
+        self.p_quota, self.quota_after = p_quota, quota_after
         self.limiter = Limiter(rpm, tpm)
+        self.cache = PromptCache(cache_min_tokens, cache_block_tokens)
         self.personas: dict[str, Persona] = merge_personas(personas)
         self.index = QuestionIndex.build(data_dir)
         self.counters = {"completed": 0, "rate_limited": 0, "errors": 0, **{f"fault_{f}": 0 for f in FAULTS},
-                         "batch_files": 0, "batches": 0, "batch_lines": 0, "batch_line_errors": 0}
+                         **{o: 0 for o in (*OUTCOMES, "quota")}, "batch_files": 0, "batches": 0, "batch_lines": 0,
+                         "batch_line_errors": 0}
         self.batches = BatchStore(self, batch_delay_s, int(batch_store_mb * 2**20))
         self.attempts: dict[str, int] = {}  # "model|body sha256" -> times received; oldest forgotten past a bound
+        self.key_requests: dict[str, int] = {}  # key -> live chat requests, for quota_after
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.log_path, self.log_file = log_path, None
-        self.httpd: Server | None = None
-        self.thread: threading.Thread | None = None
+        self.listener: Any = None  # gen.offline.app.Listener once started
 
     def start(self) -> OfflineServer:
-        if self.httpd is None:
-            try:
-                self.httpd = Server((self.host, self.requested_port), Handler)
-            except OSError as e:
-                raise FairError(f"cannot listen on {self.host}:{self.requested_port}: {e.strerror or e}") from None
-            self.httpd.sim = self
+        if self.listener is None:
+            from gen.offline.app import Listener  # the ASGI stack, imported only by a simulator that serves
+
+            self.listener = Listener(self).start()
             if self.log_path:
                 self.log_file = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in stop)
-            self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True,
-                                           name="offline-committee")
-            self.thread.start()
         return self
 
     def stop(self) -> None:
-        self.stopping.set()  # wakes handlers that sleep in a latency or a hang
-        if self.httpd is not None:
-            self.httpd.shutdown()
-            self.httpd.server_close()
-            if self.thread:
-                self.thread.join(timeout=5)
+        self.stopping.set()  # wakes requests that wait out a latency or a hang, and batches waiting their delay
+        if self.listener is not None:
+            self.listener.stop()
         with self.lock:
             if self.log_file:
                 self.log_file.close()
@@ -141,7 +172,7 @@ class OfflineServer:
 
     @property
     def port(self) -> int:
-        return self.httpd.server_address[1] if self.httpd else self.requested_port
+        return self.listener.port if self.listener else self.requested_port
 
     @property
     def url(self) -> str:
@@ -151,8 +182,9 @@ class OfflineServer:
         c = self.counters
         faults = ", ".join(f"{f} {c[f'fault_{f}']}" for f in FAULTS)
         return (f"offline committee: {c['completed']} completed, {c['rate_limited']} rate-limited (429), "
-                f"faults: {faults}, {c['errors']} other errors; {c['batches']} batches of {c['batch_lines']} "
-                f"requests ({c['batch_line_errors']} failed)")
+                f"faults: {faults}, {c['errors']} other errors; replies: refusal {c['refusal']}, thinking "
+                f"{c['thinking']}, truncate {c['truncate']}, quota {c['quota']}; {c['batches']} batches of "
+                f"{c['batch_lines']} requests ({c['batch_line_errors']} failed)")
 
     def count(self, name: str) -> None:
         with self.lock:
@@ -173,90 +205,133 @@ class OfflineServer:
                 del self.attempts[next(iter(self.attempts))]
             return n
 
-    def reply_draws(self, model: str, body_sha: str) -> tuple[random.Random, float]:
-        """A body's latency in seconds, then the rng its reply is written from: the same body gets the same reply
-        on the live path and in a batch."""
-        rng = draw(self.seed, model, body_sha)
-        return rng, rng.uniform(*self.latency_ms) / 1000
+    # --- the one answer pipeline: admit (every refusal), then write (after the route's wait) ------------------
 
-    def compose(self, persona: Persona, text: str, max_tokens: int, rng: random.Random) -> tuple[str, str, Kind]:
-        """The persona's reply to a prompt, cut at max_tokens: (reply, finish reason, kind of request)."""
-        entry = self.index.find(text)
-        kind = classify(text, entry)
-        reply, finish = write_reply(kind, entry, persona, text, rng), "stop"
-        if tokens(reply) > max_tokens:
-            reply, finish = reply[: max(4, (max_tokens - 1) * 4)], "length"  # tokens(reply) <= max_tokens
-        return reply, finish, kind
+    def answer(self, raw: bytes, *, batch: str) -> Reply:
+        """A Batch API line: no limit, no latency, no quota; any fault fails it with a 500."""
+        ticket = self.admit(raw, "openai", batch=batch)
+        return ticket if isinstance(ticket, Reply) else self.write(ticket)
 
-    def answer(self, raw: bytes, *, gemini_model: str | None = None, key: str = "anonymous",
-               batch: str | None = None) -> Reply | None:
-        """The one answer pipeline, for the live routes and each Batch API line alike: read the body (400), find
-        the persona (404), count the attempt, admit it past the rate limit (429), draw a fault (5xx), wait out the
-        latency, compose the reply; every outcome is logged. A live request (`batch` None) is charged to `key`'s
-        bucket and waits; a batch line has no limit and no latency (the draw is taken, not waited for), and any
-        fault fails it with a 500. None: the server stopped during the wait, and nothing is sent."""
-        gemini, live = gemini_model is not None, batch is None
+    def admit(self, raw: bytes, fmt: Format, *, gemini_model: str | None = None, gemini_stream: bool = False,
+              key: str = "anonymous", batch: str | None = None) -> Reply | Ticket:
+        """Read the body (400), find the persona (404), count the attempt, check the quota (OpenAI and Gemini
+        429, Anthropic 400), admit it past the rate limit (429), draw a fault (5xx). Every refusal is logged;
+        a Ticket is what was admitted. A live request (`batch` None) is charged to `key`'s bucket."""
+        live = batch is None
         try:
-            model, text, max_tokens = read_chat(raw, gemini_model)
+            chat = read_chat(raw, fmt, gemini_model, gemini_stream)
         except SHAPE_ERRORS:
-            return self.refuse(400, UNREADABLE, gemini, {} if live else {"batch": batch})
+            return self.refuse(fmt, 400, UNREADABLE, {} if live else {"batch": batch})
         body_sha = hashlib.sha256(raw).hexdigest()
-        log: dict[str, Any] = {"model": model, "body_sha256": body_sha, **({} if live else {"batch": batch})}
-        if (persona := self.personas.get(model)) is None:
+        log: dict[str, Any] = {"model": chat.model, "body_sha256": body_sha, **({} if live else {"batch": batch})}
+        if (persona := self.personas.get(chat.model)) is None:
             known = ", ".join(sorted(self.personas))
-            return self.refuse(404, f"The model `{model}` does not exist (simulated models: {known})", gemini, log,
-                               code="model_not_found")
-        log["attempt"] = attempt = self.attempt(model, body_sha)
-        prompt_tokens, headers, event = tokens(text), {}, None
+            return self.refuse(fmt, 404, f"The model `{chat.model}` does not exist (simulated models: {known})",
+                               log, code="model_not_found")
+        log["attempt"] = attempt = self.attempt(chat.model, body_sha)
+        headers, event = {}, None
         if live:
-            wait, limit_headers, event = self.limiter.admit(key, model, prompt_tokens)
-            headers = {} if gemini else limit_headers
+            if self.out_of_quota(key, chat.model, body_sha, attempt):
+                status, message, kind = QUOTA[fmt]
+                return self.refuse(fmt, status, message, log | {"outcome": "quota"}, kind=kind, code=kind)
+            wait, window, event = self.limiter.admit(key, chat.model, tokens(chat.text))
+            headers = limit_headers(fmt, window)
             if wait is not None:
-                wait = max(wait, 0.001)
-                retry = {"retry-after": str(math.ceil(wait)), "retry-after-ms": str(math.ceil(wait * 1000))}
-                return self.refuse(429, f"Rate limit reached for {model} (simulated): retry after {wait:.3f}s",
-                                   gemini, log, kind="requests", code="rate_limit_exceeded", headers=retry | headers)
-        fault = self.fault(model, body_sha, attempt)
+                return self.rate_limited(fmt, chat.model, wait, window, log)
+        fault = self.fault(chat.model, body_sha, attempt)
         if fault == "5xx" or (fault and not live):
-            status = self.error_status(model, body_sha, attempt) if live else 500
-            return self.refuse(status, "The server had an error while processing your request (simulated).",
-                               gemini, log | {"fault": fault}, kind="server_error")
-        rng, latency = self.reply_draws(model, body_sha)
+            status = self.error_status(fmt, chat.model, body_sha, attempt) if live else 500
+            return self.refuse(fmt, status, "The server had an error while processing your request (simulated).",
+                               log | {"fault": fault}, kind="server_error")
+        # The body's first draw (write draws after it); a draw costs about 10 us, so none is taken without latency.
+        latency = draw(self.seed, chat.model, body_sha).uniform(*self.latency_ms) / 1000 if self.latency_ms[1] else 0.0
         pause = (latency + (self.hang_s if fault == "hang" else 0.0)) if live else 0.0
-        if pause and self.stopping.wait(pause):
-            return None
-        reply, finish, kind = self.compose(persona, text, max_tokens, rng)
-        if fault == "empty":
-            reply = ""
-        completion_tokens = tokens(reply) if reply else 0
-        if event is not None:
-            self.limiter.settle(key, model, event, prompt_tokens + completion_tokens)
-        self.log({"status": 200, **log, "kind": kind, "prompt_tokens": prompt_tokens,
-                  "completion_tokens": completion_tokens, **({"fault": fault} if fault else {})})
-        if fault == "malformed":
-            return Reply(200, MALFORMED, headers, fault)
-        return Reply(200, response(model, reply, completion_tokens, prompt_tokens, finish, gemini, body_sha),
-                     headers, fault)
+        return Ticket(fmt, chat, persona, key, body_sha, log, headers, event, fault, pause)
 
-    def refuse(self, status: int, message: str, gemini: bool, log: dict[str, Any],
+    def write(self, t: Ticket) -> Reply:
+        """Compose the persona's reply (or the drawn refusal, spent thinking, truncation), read the prompt cache,
+        settle the rate limit, log it and render it in the request's format."""
+        rng = draw(self.seed, t.chat.model, t.body_sha)
+        rng.random()  # the latency's draw (admit): the reply's draws come after it, on the live path and in a batch
+        outcome = self.outcome(t.chat.model, t.body_sha)
+        thought = 0
+        if t.chat.thinking_budget and not outcome:
+            thought = thoughts(t.chat, draw(self.seed, "thoughts", t.chat.model, t.body_sha))
+        text, finish, thoughts_tokens, kind = compose(self.index, t.fmt, t.chat, t.persona, outcome, rng, thought)
+        if t.fault == "empty":
+            text, finish, thoughts_tokens = "", "stop", 0
+        read, written = self.prompt_cache(t)
+        answer = Answer(t.body_sha[:24], t.chat.model, text, finish, tokens(t.chat.text),
+                        (tokens(text) if text else 0) + thoughts_tokens, thoughts_tokens, read,
+                        written if t.chat.breakpoints is not None else 0)  # only Anthropic bills cache writes
+        if t.event is not None:
+            self.limiter.settle(t.key, t.chat.model, t.event, answer.completion_tokens)
+        self.log({"status": 200, **t.log, "kind": kind, "prompt_tokens": answer.prompt_tokens,
+                  "completion_tokens": answer.completion_tokens, **({"cached_tokens": read} if read else {}),
+                  **({"fault": t.fault} if t.fault else {}), **({"outcome": outcome} if outcome else {})})
+        stream = events(t.fmt, answer, t.chat.include_usage) if t.chat.stream else None
+        if t.fault == "malformed":  # cut off mid-JSON: a stream after half its events, with no end
+            stream = stream[: len(stream) // 2] + [b"data: " + MALFORMED + b"\n\n"] if stream else None
+            return Reply(200, MALFORMED, t.headers, t.fault, outcome, stream)
+        return Reply(200, body(t.fmt, answer), t.headers, t.fault, outcome, stream)
+
+    def prompt_cache(self, t: Ticket) -> tuple[int, int]:
+        """(tokens read, tokens written): Anthropic's cache at its breakpoints, each looked up at the 20 block
+        boundaries before it too; the automatic caches of OpenAI and Gemini at every block."""
+        scope, marks = f"{t.key}|{t.chat.model}", t.chat.breakpoints
+        if marks is None:
+            return self.cache.use(scope, t.chat.text, self.cache.automatic(t.chat.text))
+        bounds = t.chat.boundaries
+        reads = {b for mark in marks for b in [b for b in bounds if b <= mark][-20:]}
+        return self.cache.use(scope, t.chat.text, list(marks), sorted(reads | set(marks)))
+
+    def refuse(self, fmt: Format, status: int, message: str, log: dict[str, Any],
                kind: str = "invalid_request_error", code: str | None = None,
                headers: dict[str, str] | None = None) -> Reply:
         """An error reply in the request's wire format, logged with `log` (never a key: see log)."""
         self.log({"status": status, **log})
-        return Reply(status, error_body(status, message, gemini, kind, code), headers or {}, log.get("fault"))
+        return Reply(status, error_body(fmt, status, message, kind, code), headers or {}, log.get("fault"),
+                     log.get("outcome"))
+
+    def rate_limited(self, fmt: Format, model: str, wait: float, window: Window, log: dict[str, Any]) -> Reply:
+        wait = max(wait, 0.001)
+        retry = {"retry-after": str(math.ceil(wait)), "retry-after-ms": str(math.ceil(wait * 1000))}
+        return self.refuse(fmt, 429, f"Rate limit reached for {model} (simulated): retry after {wait:.3f}s", log,
+                           kind="requests", code="rate_limit_exceeded", headers=retry | limit_headers(fmt, window))
 
     def tally(self, reply: Reply) -> None:
         """The live routes' counters (a batch counts its lines itself)."""
-        self.count("rate_limited" if reply.status == 429 else f"fault_{reply.fault}" if reply.fault
-                   else "completed" if reply.status == 200 else "errors")
+        if reply.outcome:
+            self.count(reply.outcome)
+            if reply.outcome == "quota":
+                return
+        self.count("rate_limited" if reply.status == 429 else f"fault_{reply.fault}"
+                   if reply.fault else "completed" if reply.status == 200 else "errors")
 
-    def error_status(self, model: str, body_sha: str, attempt: int) -> int:
-        return draw(self.seed, "status", model, body_sha, attempt).choice((500, 503))
+    def out_of_quota(self, key: str, model: str, body_sha: str, attempt: int) -> bool:
+        with self.lock:
+            n = self.key_requests[key] = self.key_requests.get(key, 0) + 1
+        if self.quota_after is not None and n > self.quota_after:
+            return True
+        return bool(self.p_quota) and draw(self.seed, "quota", model, body_sha, attempt).random() < self.p_quota
+
+    def error_status(self, fmt: Format, model: str, body_sha: str, attempt: int) -> int:
+        return draw(self.seed, "status", model, body_sha, attempt).choice((500, 529 if fmt == "anthropic" else 503))
 
     def fault(self, model: str, body_sha: str, attempt: int) -> str | None:
-        u, edge = draw(self.seed, "fault", model, body_sha, attempt).random(), 0.0
-        for name, p in self.fault_rates.items():
-            edge += p
-            if u < edge:
-                return name
-        return None
+        return pick(draw(self.seed, "fault", model, body_sha, attempt).random(), self.fault_rates)
+
+    def outcome(self, model: str, body_sha: str) -> str | None:
+        if not any(self.outcome_rates.values()):
+            return None
+        return pick(draw(self.seed, "outcome", model, body_sha).random(), self.outcome_rates)
+
+
+def pick(u: float, rates: dict[str, float]) -> str | None:
+    """The name whose slice of [0, 1) holds u, the slices laid end to end in order; None past them all."""
+    edge = 0.0
+    for name, p in rates.items():
+        edge += p
+        if u < edge:
+            return name
+    return None

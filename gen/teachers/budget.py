@@ -20,11 +20,10 @@ provider can bill for it:
     role and separator tokens (OpenAI documents 3-4 per message, and 3 to prime the reply).
   * output: all of `max_output_tokens` (see there) at the output price.
 After the reply, the reservation is settled with the bill: the reply's cost from its usage; a ProviderError's
-billed usage if it carries one, else 0 (an error status or a refused connection is not billed); an attempt
-cancelled while in flight, its whole worst case (it may have been billed). Cache hits cost nothing and reserve
-nothing. The one bill the budget cannot see is that of an attempt that timed out after the provider took it
-(providers may finish and bill it): it is settled at 0 like any transport failure, so each timeout can leave
-the real spending above the ledger by at most that attempt's worst case.
+billed usage if it carries one, else 0 (an error status or a refused connection is not billed), except an
+attempt that may have reached the provider with no reply to say what it cost (a timeout, a connection lost after
+the body was sent: ProviderError.maybe_billed), which, like an attempt cancelled while in flight, keeps its whole
+worst case spent: providers may finish and bill it. Cache hits cost nothing and reserve nothing.
 
 When an attempt cannot fit, it waits for the attempts in flight to settle (their refunds may make room) and
 checks again; when nothing is in flight and it still cannot fit, the budget is exhausted for good: that attempt

@@ -6,8 +6,8 @@ row in one transaction. Rows still there when the cache is next opened were in f
 died (sent, maybe answered, and maybe billed twice); `abandoned_inflight()` reports how many, so the run can
 say so instead of hiding it.
 
-Writes are grouped: a commit costs 50-100 us however little it holds, and one for each mark and each reply
-was most of the cache's cost per request (make bench-scale times it at 1M rows).
+Writes are grouped: a commit has a fixed cost however little it holds, and one for each mark and each reply
+was most of the cache's cost per request (make bench-scale times it at 1M rows: docs/benchmarks.md).
   * `await mark_inflight()` joins the next group commit, which runs as soon as the event loop is free, with
     every other request about to be sent in this turn of the loop; the caller sends only once it returns.
   * `put()` holds a reply in memory (get() sees it at once) until the next commit: the next group of in-flight

@@ -255,7 +255,8 @@ class TeacherClient:
                 try:
                     response = await provider.complete(call.request)
                 except ProviderError as e:
-                    self.budget.settle(reservation, self._settle(gate, call.estimate, e.usage))
+                    billed = self._settle(gate, call.estimate, e.usage)
+                    self.budget.settle(reservation, reservation.usd if e.maybe_billed else billed)
                     self._on_failure(gate, e)
                     raise
                 except BaseException:  # cancelled in flight: it may have been billed, so its worst case

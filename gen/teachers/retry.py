@@ -24,7 +24,7 @@ MAX_COOLDOWN_S = 300.0  # a longer Retry-After (a daily quota) is capped: the re
 class Retry:
     """When a failed call is sent again, and after how long (the module docstring says why). A loop of our own
     rather than tenacity's: two budgets and a wait that reads the error needed custom stop and wait callbacks
-    there anyway, and building its AsyncRetrying for each request was 4% of the committee's CPU."""
+    there anyway, and building its AsyncRetrying for each request cost CPU on every call (docs/benchmarks.md)."""
 
     max_retries: int
     backoff_s: float  # the first retry waits about this long, doubling each time up to backoff_max_s

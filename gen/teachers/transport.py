@@ -77,6 +77,9 @@ class ProviderError(Exception):
     """Base of provider failures. Messages never contain API keys or full URLs with keys."""
 
     usage: Usage | None = None  # what a failed but billed 200 reply cost (set by _Provider._fail)
+    # The request may have reached the provider and been billed with no reply to say how much (a timeout, a
+    # connection lost after the body was sent): a cost budget keeps its worst case spent (gen/teachers/budget.py).
+    maybe_billed: bool = False
 
 
 class RateLimited(ProviderError):
@@ -106,6 +109,8 @@ class ChatProvider(Protocol):
 # ---------------------------------------------------------------------------------------------------------
 # Reading untrusted replies
 
+# Transport failures before the whole request reached the provider: nothing it could bill.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError, httpx.WriteTimeout)
 MAX_ERROR_CHARS = 300
 MAX_REPLY_BYTES = 8 * 1024 * 1024  # a chat reply or a Batch API status is a few KB; more is a broken server
 MAX_COUNT = 2**40  # no reply is a trillion tokens: a bigger "count" is garbage
@@ -135,8 +140,8 @@ def error_text(data: Any, raw: bytes) -> str:
 def http_client(max_connections: int) -> httpx.AsyncClient:
     """The HTTP client for live teacher calls: httpx's API (what providers and tests speak) over aiohttp's
     connection pool and C HTTP parser (httpx-aiohttp, the OpenAI SDK's aiohttp backend). httpx's own pool
-    rescans every connection on each request and its HTTP/1.1 code is pure Python: 1.8 ms of CPU a request
-    against 0.5 ms over aiohttp, on the same workload (make bench-scale, README)."""
+    rescans every connection on each request and its HTTP/1.1 code is pure Python: several times the CPU a
+    request of aiohttp's, on the same workload (make bench-scale; figures in docs/benchmarks.md)."""
     return HttpxAiohttpClient(limits=httpx.Limits(max_connections=max_connections))
 
 
@@ -186,9 +191,13 @@ class _Provider:
                 if resp.status_code >= 400 or not stream:
                     await self._read(resp)
         except (httpx.TimeoutException, TimeoutError) as e:
-            raise self._fail(TransientError, f"timed out after {t.timeout_s:g} s ({type(e).__name__})") from None
+            error = self._fail(TransientError, f"timed out after {t.timeout_s:g} s ({type(e).__name__})")
+            error.maybe_billed = not isinstance(e, NOT_SENT)
+            raise error from None
         except httpx.RequestError as e:  # connection refused, reset, DNS: str(e) may name the URL, so redact
-            raise self._fail(TransientError, f"{type(e).__name__}: {e}") from None
+            error = self._fail(TransientError, f"{type(e).__name__}: {e}")
+            error.maybe_billed = not isinstance(e, NOT_SENT)
+            raise error from None
         if resp.status_code < 400:
             return resp
         raise self._status_error(resp)
