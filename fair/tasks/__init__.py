@@ -26,6 +26,9 @@ from fair.errors import FairError
 from fair.grading import Grade, grade_number, grade_option, grade_yes_no
 
 AnswerType = Literal["number", "yesno", "option"]
+# What `Example.solution` holds: a worked solution, one step a line, ending in "#### <answer>" (GSM8K); the
+# equation that gives the answer (SVAMP); facts that decide it (StrategyQA); nothing (LogiQA).
+SolutionForm = Literal["worked", "equation", "facts", "none"]
 OPTION_LETTERS = "ABCD"
 PAPER_YES_NO = {"yes": "true", "no": "false"}  # the paper writes a yes/no gold or answer as "true"/"false"
 PAPER_INSTRUCTION = "Answer the following question. Let's think step by step."
@@ -57,6 +60,7 @@ class Task:
     local_dir: str = ""  # folder name under the data dir; defaults to the task name
     version: int = 1  # bump when prompts or grading change, so caches and results are not mixed up
     aliases: tuple[str, ...] = field(default=())
+    solution_form: SolutionForm = "none"  # what Example.solution holds (the offline committee writes from it)
     # How the paper shows the task (fair/paper.py):
     paper_gold: Callable[[Example], str] | None = None  # its files' gold_answer; None: ours (an option as its index 0-3)
     paper_hint: Callable[[Example], str] | None = None  # the gold in its training feedback prompt; None: paper_gold

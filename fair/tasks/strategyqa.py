@@ -38,6 +38,7 @@ TASK = Task(
         '"The answer is yes." or "The answer is no."'
     ),
     paper_prompt=lambda ex: PAPER_PROMPT.format(ex.question),
+    solution_form="facts",
     aliases=("strategyQA",),
     paper_gold=lambda ex: f"{PAPER_YES_NO[ex.gold]}.\t{ex.solution}",  # "true.\t<facts>"
     # Its data.py shows the gold field up to the TAB, "true.", so its hint reads "true..": kept for parity.
