@@ -8,11 +8,11 @@ A bench script, beside bench_scale.py whose helpers it shares (the server, the c
 record counter): like the benchmarks it is a long `make` target that prints figures for docs/benchmarks.md, and the
 test suite runs a tiny configuration of it through the same code.
 
-Everything on loopback: the offline simulator in its own process (bench_gen.Server) injects 500/503s, hangs
-(longer than the teachers' timeout, so each one is a timeout and a retry), malformed JSON and empty replies at
-high rates, answers with the billed replies that are not whole answers (refusals, thinking that spent the
-budget, replies cut off at max_tokens: each a reply, cached, never to be paid twice), adds latency, and rate-limits each teacher below the rpm the teachers are told (so 429s with
-Retry-After too). The real `fair committee` CLI works through the paper's SVAMP mistakes in segments:
+Everything on loopback: the simulator in its own process (bench_gen.Server) injects 500/503s, hangs (past the
+teachers' timeout: a timeout and a retry each), malformed JSON and empty replies at high rates, billed
+non-answers (refusals, spent thinking, cut-off replies: replies, cached, never paid twice), latency, and a rate
+limit below the rpm the teachers are told (429s with Retry-After). The real `fair committee` CLI works through
+the paper's SVAMP mistakes in segments:
 
   * an action comes once the segment has written `gap` records and the server has answered `requests` more
     (amid requests, not just after a write): progress, not a clock, as a timer on a loaded machine can fire
@@ -28,15 +28,14 @@ After each interrupted segment the soak waits until the server has answered what
 flight, so that each server log line belongs to one segment. Every segment must keep every record written
 before it.
 
-Measured: faults injected by kind (from the server's log), kills survived, records lost and duplicated in
-the final committee.jsonl, requests re-paid (a reply the client could use, answered in one segment and again
-in a later one) against the in-flight requests the resumed runs reported ("resuming: N request(s) ...").
+Measured: faults and non-answers by kind (the server's log), kills survived, records lost and duplicated, and
+re-paid requests (a usable reply answered in one segment and again in a later one) against the in-flight
+requests the resumed runs reported ("resuming: N request(s) ...").
 Exit 1 when any record is lost or duplicated, re-paid exceeds reported, or a segment misbehaves; exit 2 when
 the wall-clock cap (--cap-s) runs out: every process the soak started is killed first.
 
-Deterministic given --seed: the segments' actions, gaps, request counts, margins and the rival's segment come
-from one seeded RNG, and the simulator's faults from (seed, request body, attempt). Timing still varies, so
-the counts of faults and of requests in flight at a kill vary from run to run; the checks do not.
+Deterministic given --seed: the segments' plan from one seeded RNG, the simulator's faults from (seed, request
+body, attempt). Timing still varies, so the counts of faults and in-flight requests vary; the checks do not.
 Results: data/bench/soak.json (and the work folder, kept with --keep or when a check fails).
 """
 
@@ -69,6 +68,9 @@ from gen.teachers.cache import is_loopback
 ROOT = Path(__file__).resolve().parents[1]
 FAULT_KINDS = ("5xx", "hang", "malformed", "empty", "429")
 REPLY_KINDS = ("refusal", "thinking", "truncate")  # the simulator's log `outcome` of a billed non-answer
+# The simulator's rates: faults (a hang lasts --hang-s), then billed non-answers (replies: cached, never re-sent).
+RATES = {"p-5xx": 0.08, "p-hang": 0.02, "p-malformed": 0.05, "p-empty": 0.05,
+         "p-refusal": 0.03, "p-thinking": 0.02, "p-truncate": 0.03}
 DISK_FULL_ERROR = "fair committee: error: a write failed"
 
 
@@ -120,10 +122,8 @@ def write_inputs(workdir: Path, args: argparse.Namespace) -> list[str]:
 
 
 def start_server(workdir: Path, args: argparse.Namespace) -> Server:
-    faults = ("--p-5xx", str(args.p_5xx), "--p-hang", str(args.p_hang), "--hang-s", str(args.hang_s),
-              "--p-malformed", str(args.p_malformed), "--p-empty", str(args.p_empty),
-              "--p-refusal", str(args.p_refusal), "--p-thinking", str(args.p_thinking),
-              "--p-truncate", str(args.p_truncate))
+    rates = [part for flag in RATES for part in (f"--{flag}", str(getattr(args, flag.replace("-", "_"))))]
+    faults = (*rates, "--hang-s", str(args.hang_s))
     server = Server(workdir, "soak", argparse.Namespace(rpm=args.rpm, tpm=10**9, latency_ms=args.latency_ms),
                     extra=(*faults, "--seed", str(args.seed)))
     if not is_loopback(urlsplit(server.url).hostname or ""):
@@ -334,13 +334,10 @@ def print_summary(report: dict, failures: list[str]) -> None:
     print(f"kills survived: {report['kills_survived']}; disk full: exit {full['exit']}, "
           f"{last_line(full['error'])!r}; second run: {second}")
     print(f"records: {records['expected']} expected, {records['written']} written; lost {records['lost']}, "
-          f"duplicated {records['duplicated']}")
+          f"duplicated {records['duplicated']}; wall time {report['wall_s']} s")
     print(f"requests: {report['usable_replies']:,} usable replies, {report['failed_requests']} failed for good "
-          f"(recorded as errors); re-paid {report['re_paid']} vs "
-          f"{records['in_flight_reported']} reported in flight")
-    print(f"wall time: {report['wall_s']} s")
-    for failure in failures:
-        print(f"FAILED: {failure}")
+          f"(recorded as errors); re-paid {report['re_paid']} vs {records['in_flight_reported']} reported in flight")
+    print("".join(f"FAILED: {failure}\n" for failure in failures), end="")
     print("soak: FAILED" if failures else "soak: passed (0 lost, 0 duplicated, re-paid within reported in flight)")
 
 
@@ -389,15 +386,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="an action lands 1 to this many requests after its gap (30: about a second's worth)")
     p.add_argument("--rpm", type=int, default=600, help="the server's limit per teacher (teachers are told 2x)")
     p.add_argument("--latency-ms", type=float, nargs=2, default=(20, 200))
-    p.add_argument("--p-5xx", type=float, default=0.08)
-    p.add_argument("--p-hang", type=float, default=0.02)
+    for flag, rate in RATES.items():
+        p.add_argument(f"--{flag}", type=float, default=rate, help=f"the simulator's --{flag} (default {rate})")
     p.add_argument("--hang-s", type=float, default=3.0, help="a hang; above --timeout-s, so each one times out")
     p.add_argument("--timeout-s", type=float, default=1.5, help="the teachers' timeout per attempt")
-    p.add_argument("--p-malformed", type=float, default=0.05)
-    p.add_argument("--p-empty", type=float, default=0.05)
-    p.add_argument("--p-refusal", type=float, default=0.03, help="refusals (a reply: cached, never re-sent)")
-    p.add_argument("--p-thinking", type=float, default=0.02, help="Gemini replies whose thinking spent the budget")
-    p.add_argument("--p-truncate", type=float, default=0.03, help="replies cut off at max_tokens")
     p.add_argument("--data-dir", default=None, help="benchmark data (default $FAIR_DATA_DIR, else shared/data)")
     p.add_argument("--out", default=str(ROOT / "data" / "bench" / "soak.json"))
     p.add_argument("--keep", action="store_true", help="keep the work folder")

@@ -20,25 +20,38 @@ its scheduler and compiles the model for minutes at every start (docs/benchmarks
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from eval.evaluate import EvalConfig, evaluate
 from eval.experiment import MAX_NEW_TOKENS
 from eval.report import build_report
-from fair.config import load_yaml, make_config
-from fair.dtype import DTYPE_HELP, DTYPES
-from fair.errors import FairError
+from fair.config import Validated, at_least, build_config, config_parser, load_yaml, make_config
+from fair.dtype import Dtype, dtype_field
+from fair.engines.base import EngineName
+from fair.errors import main_guard
 from fair.models import smollm2_dir
 from gen.pipeline import GenConfig, generate
 from train.train import TrainConfig, train
 
 OUT = Path("data/demo")
 GEN_DIR = OUT / "gen"  # its own corpus: never the experiment's or a `fair gen` run's
+
+
+@dataclass
+class DemoConfig(Validated):
+    limit: int = 100  # SVAMP train questions to mine (fewer: a quicker taste, fewer mistakes to learn from)
+    engine: EngineName = "auto"  # auto: vLLM on GPUs, continuous-batching transformers on CPUs
+    batch_size: int = 64  # rows decoding together (transformers engine)
+    dtype: Dtype = dtype_field()  # every stage's (fair/dtype.py)
+    train_config: str = "configs/train/demo.yaml"  # the training settings (out, committee and dtype are the demo's)
+
+    def validate(self) -> None:
+        at_least(self, 1, "limit", "batch_size")
 
 
 def timed(stages: dict[str, float], name: str, work):
@@ -49,7 +62,7 @@ def timed(stages: dict[str, float], name: str, work):
     return result
 
 
-def run(args: argparse.Namespace) -> dict[str, float]:
+def run(args: DemoConfig) -> dict[str, float]:
     stages: dict[str, float] = {}
     gen = GenConfig(task="svamp", teachers="offline", limit=args.limit, engine=args.engine,
                     batch_size=args.batch_size, max_new_tokens=MAX_NEW_TOKENS, dtype=args.dtype, out=str(GEN_DIR))
@@ -82,21 +95,13 @@ def print_stages(stages: dict[str, float]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--limit", type=int, default=100, help="SVAMP train questions to mine")
-    parser.add_argument("--engine", default="auto", help="auto: vLLM on GPUs, continuous-batching transformers on CPUs")
-    parser.add_argument("--batch-size", type=int, default=64, help="rows decoding together (transformers engine)")
-    parser.add_argument("--dtype", default="auto", choices=DTYPES, help=f"every stage's: {DTYPE_HELP}")
-    parser.add_argument("--train-config", default="configs/train/demo.yaml")
-    args = parser.parse_args(argv)
-    try:
-        stages = run(args)
-    except FairError as e:
-        print(f"demo: error: {e}", file=sys.stderr)
-        return 2
-    print_stages(stages)
-    print(f"\nthe whole run, explained: {OUT / 'report.md'}")
-    return 0
+    args = config_parser(DemoConfig, "python -m eval.demo", __doc__).parse_args(argv)
+
+    def work() -> None:
+        print_stages(run(build_config(DemoConfig, args)))
+        print(f"\nthe whole run, explained: {OUT / 'report.md'}")
+
+    return main_guard("demo", work)
 
 
 if __name__ == "__main__":  # vLLM spawns processes

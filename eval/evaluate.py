@@ -35,7 +35,7 @@ CHUNK = 512  # answers per engine call and per append: a kill loses at most one 
 @dataclass
 class EvalConfig(StudentRun):  # model, limit, engine, sampling, dtype, ...: fair/student.py
     task: tuple[str, ...] = ("svamp",)  # one or more tasks, evaluated with one engine
-    split: str = "test"
+    split: str = "test"  # the split of every task to answer
     out: str | None = None  # default data/eval/<student>
 
     def __post_init__(self) -> None:

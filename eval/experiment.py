@@ -21,7 +21,6 @@ SVAMP train mistakes (mined once into data/svamp/smollm2-135m, then reused by bo
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gzip
 import json
@@ -35,8 +34,9 @@ from pathlib import Path
 
 from eval.evaluate import EvalConfig, evaluate
 from eval.results import render_results
-from fair.config import CONFIGS_DIR, load_yaml, make_config
-from fair.errors import FairError
+from fair.config import CONFIGS_DIR, Validated, at_least, build_config, config_parser, load_yaml, make_config
+from fair.engines.base import EngineName
+from fair.errors import FairError, main_guard
 from fair.tasks import default_data_dir, get_task
 from gen.pipeline import GenConfig, generate
 from train.train import TrainConfig, train
@@ -44,11 +44,34 @@ from train.train import TrainConfig, train
 SEED_DIR = default_data_dir() / "seed"
 PAPER_FILES = {"paper_feedback": str(SEED_DIR / "Llama-2-7b-chat-hf_svamp_feedback_round0.json"),
                "paper_rationale": str(SEED_DIR / "Llama-2-7b-chat-hf_svamp_rationale_round0.json")}
+RESULTS = "docs/results"  # the committed unit files
 MAX_NEW_TOKENS = 256  # SVAMP answers: the base model scores 13/300 at 256 as at 512, at 77% of the tokens
 
 # The frozen training budget, the same for every unit (why these values: the file's comments).
 BUDGET_FILE = CONFIGS_DIR / "train" / "experiment.yaml"
 BUDGET = load_yaml(BUDGET_FILE, {f.name for f in dataclasses.fields(TrainConfig)})
+
+
+@dataclass
+class ExperimentConfig(Validated):
+    units: tuple[str, ...] = ()  # units to run (--list shows them); none given: every missing one
+    list: bool = False  # list the units and which are done, and stop
+    render: bool = False  # only rebuild docs/results.md from docs/results/
+    results: str = RESULTS  # the unit files; the page goes to <results>.md
+    work: str = "data/experiment"  # weights, logs and predictions of each unit
+    engine: EngineName = "hf"  # the transformers engine: no vLLM start-up per unit
+    batch_size: int = 64  # rows decoding together
+    test_limit: int | None = None  # smoke runs: the first N test questions only
+    train_limit: int | None = None  # smoke runs: mine only the first N train questions
+    max_steps: int | None = None  # smoke runs: stop training after N steps
+
+    def validate(self) -> None:
+        at_least(self, 1, "batch_size", "test_limit", "train_limit", "max_steps")
+        if (self.test_limit or self.train_limit or self.max_steps) and Path(self.results) == Path(RESULTS):
+            raise FairError("test_limit, train_limit and max_steps are for smoke runs: give them their own --results "
+                            "and --work, so that no shortened unit counts as done")
+        if unknown := [u for u in self.units if u not in UNITS]:
+            raise FairError(f"unknown unit(s) {', '.join(unknown)}; --list shows them")
 
 
 @dataclass(frozen=True)
@@ -81,7 +104,7 @@ def _units() -> dict[str, Unit]:
 UNITS = _units()
 
 
-def run_unit(unit: Unit, args: argparse.Namespace) -> Path:
+def run_unit(unit: Unit, args: ExperimentConfig) -> Path:
     results, work = Path(args.results), Path(args.work)
     (results / f"{unit.name}.json").unlink(missing_ok=True)  # rerun: the unit counts as missing until both are new
     began = time.perf_counter()
@@ -120,7 +143,7 @@ def run_unit(unit: Unit, args: argparse.Namespace) -> Path:
     return path
 
 
-def train_config(unit: Unit, args: argparse.Namespace, work: Path) -> TrainConfig:
+def train_config(unit: Unit, args: ExperimentConfig, work: Path) -> TrainConfig:
     values = dataclasses.asdict(TrainConfig()) | BUDGET | unit.train | {"out": str(work / unit.name / "train")}
     if unit.source == "paper":
         values |= PAPER_FILES
@@ -131,7 +154,7 @@ def train_config(unit: Unit, args: argparse.Namespace, work: Path) -> TrainConfi
     return make_config(TrainConfig, values, source=f"experiment unit {unit.name}")
 
 
-def own_corpus(args: argparse.Namespace, work: Path) -> Path:
+def own_corpus(args: ExperimentConfig, work: Path) -> Path:
     """Mine SmolLM2's SVAMP train mistakes into the experiment's own folder and ask the offline committee; both
     resume, so the second unit finds the work done."""
     out = work / "own-corpus"
@@ -173,42 +196,21 @@ def machine() -> str:
             f"{torch.get_num_threads()} threads, torch {torch.__version__}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--units", nargs="*", default=None, help="units to run (default: every missing one)")
-    parser.add_argument("--list", action="store_true", help="list the units and which are done")
-    parser.add_argument("--render", action="store_true", help="only rebuild docs/results.md from docs/results/")
-    parser.add_argument("--results", default="docs/results", help="unit files; the page goes to <results>.md")
-    parser.add_argument("--work", default="data/experiment", help="weights, logs and predictions of each unit")
-    parser.add_argument("--engine", default="hf", help="the transformers engine: no vLLM start-up per unit")
-    parser.add_argument("--batch-size", type=int, default=64, help="rows decoding together")
-    parser.add_argument("--test-limit", type=int, default=None, help="smoke runs: first N test questions")
-    parser.add_argument("--train-limit", type=int, default=None, help="smoke runs: mine only N train questions")
-    parser.add_argument("--max-steps", type=int, default=None, help="smoke runs: stop training early")
-    args = parser.parse_args(argv)
-    smoke = args.test_limit or args.train_limit or args.max_steps
-    if smoke and Path(args.results) == Path(parser.get_default("results")):
-        print("experiment: --test-limit, --train-limit and --max-steps are for smoke runs: give them their own "
-              "--results and --work, so that no shortened unit counts as done", file=sys.stderr)
-        return 2
-    unknown = [u for u in args.units or [] if u not in UNITS]
-    if unknown:
-        print(f"experiment: unknown unit(s) {', '.join(unknown)}; --list shows them", file=sys.stderr)
-        return 2
+def experiment(args: ExperimentConfig) -> None:
     if args.list:
         for unit in UNITS.values():
             done = "done" if (Path(args.results) / f"{unit.name}.json").exists() else "missing"
             print(f"{unit.name:<20} {done:<8} {unit.source:<6} {unit.description}")
-        return 0
-    try:
-        if not args.render:
-            for name in args.units or [u for u in UNITS if not (Path(args.results) / f"{u}.json").exists()]:
-                run_unit(UNITS[name], args)
-        print(f"wrote {render_results(Path(args.results), UNITS, Path(args.results).with_suffix('.md'))}")
-    except FairError as e:
-        print(f"experiment: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return
+    if not args.render:
+        for name in args.units or [u for u in UNITS if not (Path(args.results) / f"{u}.json").exists()]:
+            run_unit(UNITS[name], args)
+    print(f"wrote {render_results(Path(args.results), UNITS, Path(args.results).with_suffix('.md'))}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = config_parser(ExperimentConfig, "python -m eval.experiment", __doc__).parse_args(argv)
+    return main_guard("experiment", lambda: experiment(build_config(ExperimentConfig, args)))
 
 
 if __name__ == "__main__":

@@ -13,20 +13,32 @@ Reproduce the numbers in docs/grader_report.md with
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from fair.errors import FairError
+from fair.config import Validated, build_config, config_parser
+from fair.errors import FairError, main_guard
 from fair.grading import normalise_yes_no
 from fair.jsonl import read_jsonl
 from fair.paper import gold_from_paper
 from fair.tasks import Example, Task, get_task
 
 PAPER_TEXT = "student_wrong_pred"
+
+
+@dataclass
+class GradeConfig(Validated):
+    task: str  # the benchmark whose grader judges the file (`fair tasks` lists them)
+    file: str  # our JSON Lines (id, gold, prediction) or a paper mistake file
+    json: bool = False  # print {"id", "correct", "extracted"} per record; the summary goes to stderr
+    data_dir: str | None = None  # benchmark data, for LogiQA records whose options are looked up by id
+
+    def validate(self) -> None:
+        get_task(self.task)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -130,29 +142,17 @@ def summary(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", required=True, help="gsm8k, svamp, strategyqa or logiqa")
-    parser.add_argument("file", help="our JSON Lines (id, gold, prediction) or a paper mistake file")
-    parser.add_argument("--json", action="store_true", help='print {"id", "correct", "extracted"} per record')
-    parser.add_argument("--data-dir", dest="data_dir", default=None, help="data for LogiQA options by id")
-
-
-def run(args: argparse.Namespace) -> int:
-    results = grade_file(args.task, args.file, getattr(args, "data_dir", None))
-    if args.json:  # stdout carries only the records, so that it can be piped; the summary goes to stderr
+def run(config: GradeConfig) -> int:
+    results = grade_file(config.task, config.file, config.data_dir)
+    if config.json:  # stdout carries only the records, so that it can be piped; the summary goes to stderr
         for r in results:
             print(orjson.dumps({"id": r["id"], "correct": r["correct"], "extracted": r["extracted"]}).decode())
         print(summary(results), file=sys.stderr)
     else:
-        print(f"{args.file} ({args.task})\n{summary(results)}")
+        print(f"{config.file} ({config.task})\n{summary(results)}")
     return 0
 
 
 if __name__ == "__main__":
-    main_parser = argparse.ArgumentParser(prog="fair grade", description=__doc__.split("\n")[0])
-    add_arguments(main_parser)
-    try:
-        sys.exit(run(main_parser.parse_args()))
-    except FairError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    parser = config_parser(GradeConfig, "fair grade", __doc__, positional=("file",))
+    sys.exit(main_guard("fair grade", lambda: run(build_config(GradeConfig, parser.parse_args()))))

@@ -10,8 +10,8 @@ Any part whose inputs are missing is left out of the page, with a line saying so
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,28 @@ import numpy as np
 import orjson
 
 from eval.results import mcnemar_exact, paired_bootstrap
+from fair.config import Validated
 from fair.errors import FairError
 from fair.jsonl import read_jsonl, unique_ids
 from fair.records import StudentAnswer, committee_replies
 from fair.tasks import get_task
+
+
+@dataclass
+class ReportConfig(Validated):
+    gen_dir: str  # the run's folder, data/<task>/<student>: stats.json, committee.jsonl
+    out: str  # where report.md and its PNGs go
+    train_dir: str | None = None  # the training output folder: log.jsonl, train_summary.json
+    before: str | None = None  # `fair eval` folder (<out>/<task>-<split>) of the untrained student
+    after: str | None = None  # `fair eval` folder of the trained student
+    threshold: float = 3.0  # the committee's: a rationale is accepted above this mean review score
+
+    def validate(self) -> None:
+        if not 1 <= self.threshold <= 5:
+            raise FairError(f"threshold must be within the 1-5 score range, got {self.threshold}")
+        for name in ("gen_dir", "train_dir", "before", "after"):  # a typo would give a report of nothing
+            if getattr(self, name) and not Path(getattr(self, name)).is_dir():
+                raise FairError(f"{name} {getattr(self, name)}: no such folder")
 
 
 def load_json(path: Path) -> dict | None:
@@ -300,21 +318,7 @@ def training_section(log: list[dict]) -> list[str]:
             f"{log[-1]['loss']:.3f} at step {log[-1]['step']}.", "", "![loss](loss.png)", ""]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gen-dir", required=True, help="data/<task>/<student>: stats.json, committee.jsonl")
-    parser.add_argument("--train-dir", help="the training output folder: log.jsonl, train_summary.json")
-    parser.add_argument("--before", help="fair eval output folder of the untrained student (<out>/<task>-<split>)")
-    parser.add_argument("--after", help="fair eval output folder of the trained student")
-    parser.add_argument("--threshold", type=float, default=3.0)
-    parser.add_argument("--out", required=True, help="where report.md and the PNGs go")
-
-
-def run(args: argparse.Namespace) -> int:
-    if not 1 <= args.threshold <= 5:
-        raise FairError(f"threshold must be within the 1-5 score range, got {args.threshold}")
-    for name in ("gen_dir", "train_dir", "before", "after"):  # a typo would give a report of nothing
-        if getattr(args, name) and not Path(getattr(args, name)).is_dir():
-            raise FairError(f"--{name.replace('_', '-')} {getattr(args, name)}: no such folder")
-    optional = (Path(p) if p else None for p in (args.train_dir, args.before, args.after))
-    build_report(Path(args.gen_dir), *optional, Path(args.out), args.threshold)
+def run(config: ReportConfig) -> int:
+    optional = (Path(p) if p else None for p in (config.train_dir, config.before, config.after))
+    build_report(Path(config.gen_dir), *optional, Path(config.out), config.threshold)
     return 0

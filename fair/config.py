@@ -8,18 +8,36 @@ never silently ignored, and `save_config` writes the resolved config next to the
 Every config class derives from `Validated`: its fields' types and choices, then its own `validate()`, are
 checked in `__post_init__`, so a config built in code or by `dataclasses.replace` is held to the same rules as
 one from the command line (a pipeline that builds its stages' configs cannot pass them a bad value).
+
+A setting is documented once, by the comment beside its field, and every `--help` line is made from it:
+
+    limit: int | None = None  # first N examples of the split; None for all
+    engine: EngineName = "auto"  # auto = vLLM on a GPU where installed, else transformers
+
+gives `--engine ENGINE  auto = vLLM on a GPU where installed, else transformers (choices: auto, hf, vllm;
+default: auto)`: the choices come from the `Literal` type, the default from the dataclass, so neither is typed
+twice. The comment is read from the class's source once per class (`field_docs`). A field that many configs
+share, made by one helper, carries its text in `metadata["help"]`, which is shown instead, the same in every
+command (fair/dtype.py's `dtype_field`).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import dataclasses
 import functools
+import inspect
+import io
+import re
+import textwrap
+import tokenize
 import types
 import typing
+from dataclasses import MISSING
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import yaml
 
@@ -110,30 +128,134 @@ def _describe(hint: Any) -> str:
     return "None" if hint is type(None) else getattr(typing.get_origin(hint) or hint, "__name__", str(hint))
 
 
-def _field_type(cls: type, field: dataclasses.Field) -> type:
+def _field_hint(cls: type, field: dataclasses.Field) -> Any:
     hint = _hints(cls)[field.name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))  # `int | None` parses as int
+    return hint
+
+
+def _field_type(cls: type, field: dataclasses.Field) -> type:
+    hint = _field_hint(cls, field)
     if typing.get_origin(hint) is typing.Literal:
         return str
     return typing.get_origin(hint) or hint
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type, help: dict[str, str] | None = None) -> None:
-    help = help or {}
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error: the usage of a command with 30 flags would bury it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} -h` lists the settings)\n")
+
+
+def config_parser(cls: type, prog: str, doc: str | None, positional: tuple[str, ...] = ()) -> Parser:
+    """The whole command line of a module run on its own (`python -m eval.demo`): `doc` above `cls`'s flags."""
+    parser = Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, cls, positional)
+    return parser
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, positional: tuple[str, ...] = ()) -> None:
+    """A flag per field of `cls` (the `positional` fields as arguments instead), each with its help: the field's
+    comment, its choices and its default (`option_help`). `parser.get_default("settings")` is `cls` then."""
     parser.add_argument("--config", metavar="FILE", help="YAML file of settings (flags and key=value override it)")
     for field in dataclasses.fields(cls):
-        flag = "--" + field.name.replace("_", "-")
+        names = [field.name] if field.name in positional else ["--" + field.name.replace("_", "-")]
+        dest = {} if field.name in positional else {"dest": field.name}
         kind = _field_type(cls, field)
-        text = help.get(field.name) or field.metadata.get("help", "")  # a field may carry its own (fair/dtype.py)
+        # "%" escaped: argparse %-formats help texts; None defaults: a flag not given leaves the YAML's value
+        common: dict[str, Any] = {"default": None, "help": option_help(cls, field).replace("%", "%%")} | dest
+        if field.name in positional:
+            common["nargs"] = "?"  # may come from the YAML instead; make_config names it when missing
         if kind is bool:
-            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, **common)
+        elif kind is dict:  # a mapping on the command line in YAML's flow style: --x '{a: 1, b: 2}'
+            parser.add_argument(*names, type=yaml.safe_load, metavar="YAML", **common)
         elif kind in (list, tuple):
-            item = typing.get_args(typing.get_type_hints(cls)[field.name])[:1] or (str,)
-            parser.add_argument(flag, dest=field.name, nargs="+", type=item[0], default=None, help=text)
+            items = typing.get_args(_field_hint(cls, field)) or (str, Ellipsis)
+            count = "+" if items[-1] is Ellipsis else len(items)  # tuple[float, float]: exactly two
+            parser.add_argument(*names, nargs=count, type=items[0], **common)
         else:
-            parser.add_argument(flag, dest=field.name, type=kind, default=None, help=text)
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="more overrides, e.g. batch_size=8")
+            parser.add_argument(*names, type=kind, **common)  # choices checked by the class: one message
+    example = next((f for f in dataclasses.fields(cls)
+                    if field_default(f) not in (None, MISSING) and not isinstance(field_default(f), tuple)), None)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="more settings, as in the YAML" + (
+        f", e.g. {example.name}={format_value(field_default(example))}".replace("%", "%%") if example else ""))
+    parser.set_defaults(settings=cls)
+
+
+def option_help(cls: type, field: dataclasses.Field) -> str:
+    """One line: what the field is (the comment beside it, `field_docs`), its choices, its default."""
+    text = field_doc(cls, field)  # tests/test_help.py: never empty
+    notes = []
+    if choices := _choices(_hints(cls)[field.name]):
+        notes.append("choices: " + ", ".join(format_value(c) for c in choices))
+    default = field_default(field)
+    if default is MISSING:
+        notes.append("required")
+    elif default is not None:  # None is "not set": the comment says what happens then
+        notes.append(f"default: {format_value(default)}")
+    return f"{text} ({'; '.join(notes)})" if notes else text
+
+
+def field_doc(cls: type, field: dataclasses.Field) -> str:
+    """What the field is, in words: a shared field's own text first, one help for every config that has it
+    (fair/dtype.py's `dtype_field`), else the comment beside it. A class that copies another's field keeps it
+    documented by copying this into the copy's `metadata["help"]`."""
+    return field.metadata.get("help") or field_docs(cls).get(field.name, "")
+
+
+def field_default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def format_value(value: Any) -> str:
+    """A value as the user types it: YAML's true/false, a list's items space-separated (as its flag takes them)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return " ".join(format_value(v) for v in value) or "[]"
+    return '""' if value == "" else str(value)
+
+
+def _choices(hint: Any) -> tuple[Any, ...]:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return tuple(c for arg in typing.get_args(hint) for c in _choices(arg))
+    return typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's documentation, typed once: the comment on its declaration's lines in the class's source
+    (`task: str = "svamp"  # the benchmark`). A base class's fields keep their own comments; comment-only lines
+    between fields (section headers) belong to no field."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update(_comments_of_fields(klass))
+    return docs
+
+
+def _comments_of_fields(klass: type) -> dict[str, str]:
+    try:
+        source = textwrap.dedent(inspect.getsource(klass))
+    except (OSError, TypeError):  # defined where no source is kept (an interactive session): no help text
+        return {}
+    comments: dict[int, str] = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            # a linter's pragma (noqa, type:, pragma) after the text is for the linter, not the reader
+            comments[token.start[0]] = re.sub(r"#\s*(noqa|type:|pragma)\b.*", "", token.string.lstrip("#")).strip()
+    body = ast.parse(source).body[0]
+    assert isinstance(body, ast.ClassDef)
+    return {
+        node.target.id: " ".join(comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments)
+        for node in body.body
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+    }
 
 
 def build_config(cls: type[C], args: argparse.Namespace) -> C:
@@ -157,6 +279,9 @@ def make_config(cls: type[C], values: dict[str, Any], source: str) -> C:
     for key in values:
         if key not in known:
             raise FairError(f"{source}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values and field_default(f) is MISSING]
+    if missing:
+        raise FairError(f"{source}: missing setting(s) {', '.join(missing)} (no default)")
     try:
         return cls(**values)
     except FairError as e:

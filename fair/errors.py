@@ -1,5 +1,44 @@
-"""One exception type for every user-facing failure: the CLI prints its message on one line and exits 2."""
+"""One exception type for every user-facing failure, and the one way a command ends on one: `main_guard`.
+
+Every entry point (`fair ...`, `python -m gen.offline.cli`, `python -m eval.demo`, ...) runs its work through
+`main_guard`, so they all end alike: a FairError is one line `<prog>: error: <message>` and exit 2; Ctrl-C is
+one line and exit 130 (finished work is on disk: every stage resumes); a write refused for want of space is
+one line and exit 1. Any other exception keeps its traceback: it is a bug, and the traceback is its report.
+"""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+import sys
+from collections.abc import Callable
 
 
 class FairError(Exception):
     """A problem with the user's input or environment, explained in one line that names the culprit."""
+
+
+def main_guard(prog: str, work: Callable[[], int | None]) -> int:
+    """Run `work`; its return value (None: 0) is the exit status, or the status of the failure it ended on."""
+    try:
+        return work() or 0
+    except FairError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; finished work is saved, rerun to resume", file=sys.stderr)
+        return 130
+    except (OSError, sqlite3.Error) as e:
+        if not storage_full(e):
+            raise
+        print(f"{prog}: error: a write failed ({e}): the disk is full or a file is over its size limit; "
+              "finished work is saved, free some space and rerun to resume", file=sys.stderr)
+        return 1
+
+
+def storage_full(e: BaseException) -> bool:
+    """A write refused for want of space: ENOSPC, EFBIG (RLIMIT_FSIZE), EDQUOT, or SQLite's FULL and IOERR
+    (SQLite reports a refused write as a generic I/O error). Any other error keeps its traceback."""
+    if isinstance(e, sqlite3.Error):
+        return getattr(e, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)

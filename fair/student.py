@@ -33,14 +33,14 @@ def run_dir(task: str, student: str) -> Path:
 
 @dataclass
 class StudentRun(Validated):
-    model: str = DEFAULT_STUDENT  # the bundled SmolLM2-135M-Instruct, a local directory or a hub id
-    limit: int | None = None  # first N examples of the split; None for all
+    model: str = DEFAULT_STUDENT  # the bundled SmolLM2-135M-Instruct, a local (or trained) folder or a hub id
+    limit: int | None = None  # first N examples of the split (of each task's); None for all
     engine: EngineName = "auto"  # auto = vLLM on a GPU where installed, else transformers
     batch_size: int = 32  # transformers engine: prompts per forward batch (vLLM batches on its own)
-    max_new_tokens: int = 512
+    max_new_tokens: int = 512  # the longest answer, in tokens; a cut-off answer is graded as it stands
     temperature: float = 0.0  # 0 = greedy; the paper sampled at 0.3 with top_p 0.9
-    top_p: float = 1.0
-    seed: int = 0
+    top_p: float = 1.0  # nucleus sampling; 1 keeps every token
+    seed: int = 0  # of the sampling; used only when temperature > 0
     chat: bool = True  # wrap prompts in the student's chat template (the paper used raw text)
     prompt_style: Literal["fair", "paper"] = "fair"  # ours asks for a gradeable final line; "paper" for parity
     data_dir: str | None = None  # local data in shared/data layout; default $FAIR_DATA_DIR or ../shared/data

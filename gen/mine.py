@@ -45,8 +45,8 @@ from fair.tasks import Example, get_task
 
 @dataclass
 class MineConfig(StudentRun):  # model, limit, engine, sampling, dtype, ...: fair/student.py
-    task: str = "svamp"
-    split: str = "train"
+    task: str = "svamp"  # the benchmark (`fair tasks` lists them)
+    split: str = "train"  # the split to answer; its mistakes are what the committee explains
     chunk_size: int = 256  # prompts per engine call and per durable write: a kill loses at most one chunk
     out: str | None = None  # default data/<task>/<student>
     export_seed: bool = False  # also write the paper's <student>_<task>_false_round0.json

@@ -16,7 +16,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fair.config import Validated
+from fair.config import Validated, field_doc
 from fair.errors import FairError
 from fair.models import model_short_name
 from fair.paper import write_paper_files
@@ -32,9 +32,10 @@ FROM_MINING = ("task", "limit", "engine", "batch_size", "max_new_tokens", "dtype
 FROM_COMMITTEE = ("student", "teachers", "prompts", "threshold", "window", "batch_api", "max_cost_usd")
 
 
-def settings_from(stage: type, names: tuple[str, ...]) -> Callable[[type], type]:
+def settings_from(stage: type, names: tuple[str, ...], notes: dict[str, str] | None = None) -> Callable[[type], type]:
     """A class decorator (under @dataclass) that gives the class these fields of a stage's config dataclass, as
-    they are there: type, default, metadata (a help text), ahead of the class's own fields."""
+    they are there: type, default and documentation (its comment there becomes the copy's help, plus a note on
+    what the field does here), ahead of the class's own fields."""
     fields = {f.name: f for f in dataclasses.fields(stage)}
     hints = typing.get_type_hints(stage)
 
@@ -42,8 +43,9 @@ def settings_from(stage: type, names: tuple[str, ...]) -> Callable[[type], type]
         cls.__annotations__ = {**{n: hints[n] for n in names}, **cls.__dict__.get("__annotations__", {})}
         for name in names:
             f = fields[name]
+            words = "; ".join(filter(None, (field_doc(stage, f), (notes or {}).get(name))))
             setattr(cls, name, dataclasses.field(default=f.default, default_factory=f.default_factory,
-                                                 metadata=f.metadata))
+                                                 metadata={**f.metadata, "help": words}))
         return cls
 
     return add
@@ -51,7 +53,7 @@ def settings_from(stage: type, names: tuple[str, ...]) -> Callable[[type], type]
 
 @dataclass
 @settings_from(MineConfig, FROM_MINING)
-@settings_from(CommitteeConfig, FROM_COMMITTEE)
+@settings_from(CommitteeConfig, FROM_COMMITTEE, {"teachers": f'"{OFFLINE}": the simulator, started and stopped here'})
 class GenConfig(Validated):
     export_paper: bool = True  # write the paper's feedback and rationale files at the end
     offline_latency_ms: tuple[int, int] = (50, 500)  # the simulator's reply latency range

@@ -191,7 +191,7 @@ def test_eval_train_eval_report_on_the_tiny_model(tmp_path, data_dir, tiny_model
     assert {p.name for p in (tmp_path / "report").glob("*.png")} == {"accuracy.png", "reviews.png", "loss.png"}
     code, _, err = run(capsys, "report", "--gen-dir", str(gen), "--train-dir", str(tmp_path / "nope"),
                        "--out", str(tmp_path / "report"))
-    assert code == 2 and "--train-dir" in err and "no such folder" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "train_dir" in err and "no such folder" in err and len(err.strip().splitlines()) == 1
 
 
 def test_teachers_serve_answers_a_committee_run_until_sigterm(tmp_path, data_dir, capsys):
@@ -218,3 +218,26 @@ def test_teachers_serve_answers_a_committee_run_until_sigterm(tmp_path, data_dir
     stats = orjson.loads((tmp_path / "committee_stats.json").read_bytes())["teachers"].values()
     assert server.returncode == 0 and requests + sum(t["cache_hits"] for t in stats) == 2 * 12
     assert f"offline committee: {requests} completed" in summary
+
+
+def test_every_entry_point_ends_alike(capsys):
+    """main_guard (fair/errors.py), the one tail of `fair`, `fair train`, the simulator, the demo, the experiment
+    and `python -m eval.regrade`: one line and a status per kind of end; a bug keeps its traceback."""
+    import errno
+
+    from fair.errors import FairError, main_guard
+
+    def raising(e: BaseException):
+        def work():
+            raise e
+        return work
+
+    assert main_guard("p", lambda: None) == 0 and main_guard("p", lambda: 3) == 3
+    assert main_guard("p", raising(FairError("bad x"))) == 2
+    assert capsys.readouterr().err == "p: error: bad x\n"
+    assert main_guard("p", raising(KeyboardInterrupt())) == 130
+    assert "p: interrupted; finished work is saved" in capsys.readouterr().err
+    assert main_guard("p", raising(OSError(errno.ENOSPC, "No space left on device"))) == 1
+    assert "the disk is full" in capsys.readouterr().err
+    with pytest.raises(OSError):
+        main_guard("p", raising(OSError(errno.EACCES, "Permission denied")))

@@ -315,15 +315,23 @@ def test_quota_after_n_requests_of_a_key(data_dir):
 
 
 def test_failure_settings_from_flags_and_config(tmp_path):
-    import argparse
+    """The simulator's settings go the one config path (fair/config.py); its defaults are OfflineServer's."""
+    import inspect
 
-    from gen.offline.cli import add_arguments, settings
+    from fair.config import build_config, config_parser
+    from gen.offline.cli import SimulatorConfig
 
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
     config = tmp_path / "sim.yaml"
     config.write_text("p_refusal: 0.1\ncache_min_tokens: 0\n")
-    values = settings(parser.parse_args(["--config", str(config), "--p-truncate", "0.2", "--quota-after", "5"]))
-    assert values == {"p_refusal": 0.1, "cache_min_tokens": 0, "p_truncate": 0.2, "quota_after": 5}
+    argv = ["--config", str(config), "--p-truncate", "0.2", "--quota-after", "5", "latency_ms=[1, 2]"]
+    settings = build_config(SimulatorConfig, config_parser(SimulatorConfig, "sim", None).parse_args(argv))
+    assert (settings.p_refusal, settings.cache_min_tokens, settings.p_truncate, settings.quota_after,
+            settings.latency_ms) == (0.1, 0, 0.2, 5, (1.0, 2.0))
+    server = settings.server()
+    assert (server.outcome_rates["refusal"], server.quota_after, server.latency_ms) == (0.1, 5, (1.0, 2.0))
+    defaults = {n: p.default for n, p in inspect.signature(OfflineServer).parameters.items()} | {"log": None}
+    # the port differs on purpose: the command serves a known one, code a free one
+    differ = {n for n in defaults if n not in ("log_path", "port") and getattr(SimulatorConfig(), n) != defaults[n]}
+    assert not differ
     with pytest.raises(FairError, match="reply rates"):
-        OfflineServer(p_refusal=0.7, p_thinking=0.7)
+        SimulatorConfig(p_refusal=0.7, p_thinking=0.7).server()

@@ -1,6 +1,5 @@
 """`fair grade`: re-grading the paper's mistake files and our JSON Lines, and one-line errors on bad input."""
 
-import argparse
 import subprocess
 import sys
 from collections import Counter
@@ -8,7 +7,8 @@ from collections import Counter
 import orjson
 import pytest
 
-from eval.regrade import add_arguments, grade_file, run
+from eval.regrade import GradeConfig, grade_file, run
+from fair.config import build_config, config_parser
 from fair.errors import FairError
 from fair.tasks import default_data_dir
 
@@ -18,10 +18,9 @@ STRATEGYQA = SEED / "Llama-2-7b-chat-hf_strategyQA_false_round0.json"
 needs_seed = pytest.mark.skipif(not SVAMP.exists() or not STRATEGYQA.exists(), reason="shared seed data absent")
 
 
-def args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_args(argv)
+def args(*argv: str) -> GradeConfig:
+    parser = config_parser(GradeConfig, "fair grade", None, positional=("file",))
+    return build_config(GradeConfig, parser.parse_args(argv))
 
 
 def verdicts(results: list[dict]) -> Counter:
@@ -81,7 +80,7 @@ def test_module_entry_point_exits_2_with_a_one_line_error(tmp_path):
     cmd = [sys.executable, "-m", "eval.regrade", "--task", "svamp", str(tmp_path / "none.jsonl")]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 2
-    assert done.stderr == f"error: {tmp_path / 'none.jsonl'}: no such file\n"
+    assert done.stderr == f"fair grade: error: {tmp_path / 'none.jsonl'}: no such file\n"
 
 
 # --- our JSON Lines ----------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fair.cli import storage_full
+from fair.errors import storage_full
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 

@@ -32,7 +32,7 @@ import torch
 
 from fair.config import Validated, at_least, save_config
 from fair.dtype import Dtype, Precision, dtype_field, resolve_dtype
-from fair.errors import FairError
+from fair.errors import FairError, main_guard
 from fair.jsonl import append_jsonl, write_json
 from fair.lock import folder_lock
 from fair.models import DEFAULT_STUDENT, model_short_name, resolve_model
@@ -54,41 +54,41 @@ from train.varlen import VARLEN, varlen_supported
 @dataclass
 class TrainConfig(Validated):
     # --- data
-    task: str = "svamp"
+    task: str = "svamp"  # the benchmark the committee's records are from (`fair tasks` lists them)
     student: str = DEFAULT_STUDENT  # the model to train: bundled SmolLM2, a local directory or a hub id
     committee: str | None = None  # default data/<task>/<student>/committee.jsonl
     paper_feedback: str | None = None  # or the paper's *_feedback_round0.json ...
     paper_rationale: str | None = None  # ... with its *_rationale_round0.json
     teacher: str = "mixed"  # mixed | all | no-review | a teacher's name (raw, unreviewed)
     prompt_format: Literal["chat", "paper"] = "chat"  # chat: the student's template, as at evaluation
-    data_dir: str | None = None
+    data_dir: str | None = None  # local data in shared/data layout; default $FAIR_DATA_DIR or ../shared/data
     # --- objective
     alpha: float = 0.5  # weight of the feedback loss; 1 - alpha weighs the rationale loss
     # --- optimisation
-    lr: float = 1e-5
+    lr: float = 1e-5  # peak learning rate (AdamW)
     batch_size: int = 8  # examples per optimizer step, over all ranks and accumulation steps
     micro_batch_size: int = 4  # examples per forward pass on one rank
-    epochs: int = 10
+    epochs: int = 10  # passes over the training examples
     max_steps: int | None = None  # stop after this many steps (smoke runs, benchmarks)
-    max_length: int = 512
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    schedule: Literal["constant", "cosine"] = "constant"
-    warmup_ratio: float = 0.03
-    seed: int = 0
+    max_length: int = 512  # tokens per example, prompt and target; a longer one is left out (data_report.json counts them)
+    weight_decay: float = 0.01  # AdamW's decoupled weight decay
+    grad_clip: float = 1.0  # the gradient's largest global norm
+    schedule: Literal["constant", "cosine"] = "constant"  # the learning rate after warm-up
+    warmup_ratio: float = 0.03  # share of the steps over which the learning rate rises linearly from 0
+    seed: int = 0  # of the examples' draw, each epoch's order and torch (dropout, LoRA's initialisation)
     pack: bool = False  # pack examples into rows of max_length (no attention across them)
     compile: bool = False  # torch.compile each decoder layer: fuses its elementwise ops (no DeepSpeed yet)
     # --- model
     lora: bool = False  # train LoRA adapters (merged into the exported model) instead of every weight
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_r: int = 16  # LoRA: the adapters' rank
+    lora_alpha: int = 32  # LoRA: the adapters' scale is lora_alpha / lora_r
+    lora_dropout: float = 0.05  # LoRA: dropout on the adapters' input
     dtype: Dtype = dtype_field()  # bf16: autocast, fp32 master weights (auto: fair/dtype.py)
     deepspeed: str | None = None  # a ZeRO config (configs/deepspeed/*.json); needed for more than one process
     # --- output
     out: str | None = None  # default checkpoints/<task>-<student>-<teacher>
     save_every: int = 0  # steps between checkpoints; 0 = at the end of each epoch
-    log_every: int = 1
+    log_every: int = 1  # steps between lines of log.jsonl and of the console
 
     def validate(self) -> None:
         get_task(self.task)
@@ -371,19 +371,16 @@ def deepspeed_engine(config: TrainConfig, model, params, accumulation: int, bf16
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from fair.config import add_config_arguments, build_config
+    from fair.config import build_config, config_parser
 
-    parser = argparse.ArgumentParser(prog="fair train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, TrainConfig)
+    parser = config_parser(TrainConfig, "fair train", __doc__)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> None:
         train(build_config(TrainConfig, args))
-    except FairError as e:
-        print(f"fair train: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return main_guard("fair train", work)
 
 
 if __name__ == "__main__":

@@ -61,18 +61,18 @@ DEFAULT_OUTPUT_TOKENS = {"feedback": 300, "rationale": 300, "review": 150}
 
 @dataclass
 class EstimateConfig(Validated):
-    task: str = "svamp"
+    task: str = "svamp"  # the benchmark (`fair tasks` lists them)
     teachers: str = "default"  # a committee in configs/teachers/ or a YAML path
     student: str = DEFAULT_STUDENT  # names the default mistakes file data/<task>/<student>/mistakes.jsonl
     mistakes: str | None = None  # the mistakes.jsonl to count and sample (default: the one committee reads)
     num_mistakes: int | None = None  # assume this many mistakes instead of counting or guessing
-    split: str = "train"
+    split: str = "train"  # with no mistakes file: the split `fair mine` would answer
     limit: int | None = None  # with no mistakes file: first N examples of the split, as `fair mine --limit`
     mistake_rate: float = 0.5  # with no mistakes file: the share of the split the student gets wrong
     answer_tokens: int = 200  # with no mistakes file: the length of a student's wrong answer, in tokens
-    prompts: Literal["fair", "paper"] = "fair"
+    prompts: Literal["fair", "paper"] = "fair"  # the committee's prompts: ours, or the paper's for parity
     sample: int = 200  # mistakes whose prompts are built and measured
-    data_dir: str | None = None
+    data_dir: str | None = None  # local data in shared/data layout; default $FAIR_DATA_DIR or ../shared/data
     json: bool = False  # print JSON instead of a table
 
     def validate(self) -> None:

@@ -70,12 +70,12 @@ T = TypeVar("T")
 
 @dataclass
 class CommitteeConfig(Validated):
-    task: str = "svamp"
+    task: str = "svamp"  # the benchmark (`fair tasks` lists them)
     student: str = DEFAULT_STUDENT  # names the default folder data/<task>/<student>/
     mistakes: str | None = None  # default data/<task>/<student>/mistakes.jsonl
     teachers: str = "default"  # a committee in configs/teachers/ or a YAML path
     base_url: str | None = None  # send every teacher to this server (e.g. the offline committee)
-    prompts: Literal["fair", "paper"] = "fair"
+    prompts: Literal["fair", "paper"] = "fair"  # ours (gen/committee/prompts.py), or the paper's for parity
     threshold: float = 3.0  # a rationale is accepted when its mean valid review score is above this
     window: int = 64  # mistakes in flight at once; bounds memory and what a kill can repeat
     limit: int | None = None  # first N mistakes; None for all
@@ -84,7 +84,7 @@ class CommitteeConfig(Validated):
     batch_api: bool = False  # feedback and rationales of batch_api teachers via OpenAI's Batch API (half price)
     batch_poll_s: float = 60.0  # longest wait between a batch's status checks (from 1 s, doubling)
     batch_deadline_s: float = DEADLINE_S  # a batch still open this long after its creation is cancelled: live
-    progress: bool = True
+    progress: bool = True  # a progress bar on stderr
     server: str | None = None  # a `fair serve` URL: run there as a job (its committee) and download the output
     priority: float = 1.0  # with server: the job's weight where it shares the teachers' limits with other jobs
     max_cost_usd: float | None = None  # USD this folder may spend at most, over all runs (gen/teachers/budget.py)

@@ -3,104 +3,81 @@
 The simulator's command line; what it simulates is documented in gen/offline/server.py.
 
     fair teachers serve --port 8765 --log server.log        # the same flags: python -m gen.offline.cli
-    fair teachers serve --port 0 --port-file port --config sim.yaml --p-5xx 0.05
+    fair teachers serve --port 0 --port-file port --config configs/simulator.yaml --p-5xx 0.05
     fair teachers serve --p-refusal 0.05 --p-truncate 0.05 --quota-after 500 --cache-min-tokens 256
 
-Settings: built-in defaults < a --config YAML of SETTINGS < flags. `run` serves until SIGTERM or SIGINT, then
-prints the counters; `main` (python -m gen.offline.cli) prints a FairError as one line and exits 2.
+Settings: `SimulatorConfig`, on the one config path of every command (fair/config.py): its defaults < a
+--config YAML < flags < key=value; configs/simulator.yaml lists them. Their types are checked when the config
+is built; their ranges by `OfflineServer`, where the rules live, before anything listens. `run` serves until
+SIGTERM or SIGINT, then prints the counters.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fair.config import load_yaml
-from fair.errors import FairError
+from fair.config import Validated, build_config, config_parser
+from fair.errors import main_guard
 from gen.offline.server import OfflineServer
 
-SETTINGS = {"rpm": int, "tpm": int, "latency_ms": list, "p_5xx": float, "p_hang": float, "hang_s": float,
-            "p_malformed": float, "p_empty": float, "p_refusal": float, "p_thinking": float, "p_truncate": float,
-            "p_quota": float, "quota_after": int, "cache_min_tokens": int, "cache_block_tokens": int, "seed": int,
-            "log": str, "data_dir": str, "personas": dict,
-            "batch_delay_s": float, "batch_store_mb": float, "socket_timeout_s": float}
 
+@dataclass
+class SimulatorConfig(Validated):
+    host: str = "127.0.0.1"  # address to bind; the default answers only this machine (loopback)
+    port: int = 8765  # 0 picks a free one (see port_file)
+    port_file: str | None = None  # also write the port to this file once listening (for scripts and tests)
+    rpm: int = 600  # requests per minute per (key, model); past it a 429 with Retry-After
+    tpm: int = 1_000_000  # tokens per minute per (key, model), input and output
+    latency_ms: tuple[float, float] = (0.0, 0.0)  # MIN MAX: each reply waits a uniform draw, in milliseconds
+    p_5xx: float = 0.0  # rate of 500/503 replies
+    p_hang: float = 0.0  # rate of replies delayed by hang_s
+    hang_s: float = 30.0  # how long a hang lasts, in seconds
+    p_malformed: float = 0.0  # rate of 200 replies that are not valid JSON
+    p_empty: float = 0.0  # rate of 200 replies with empty content
+    p_refusal: float = 0.0  # rate of bodies refused (OpenAI message.refusal, Gemini SAFETY, Anthropic refusal)
+    p_thinking: float = 0.0  # rate of bodies whose thinking spends all of max_tokens: no text, cut at max_tokens
+    p_truncate: float = 0.0  # rate of bodies whose reply is cut at max_tokens
+    p_quota: float = 0.0  # rate of requests refused as out of quota (OpenAI 429 insufficient_quota, Anthropic 400)
+    quota_after: int | None = None  # a key is out of quota after this many requests; None: never
+    cache_min_tokens: int = 1024  # shortest prompt prefix the prompt cache holds (OpenAI's and Gemini's minimum)
+    cache_block_tokens: int = 128  # automatic caches hold prefixes in steps of this many tokens past the minimum
+    seed: int = 0  # of every draw: faults, latencies and the personas' replies
+    batch_delay_s: float = 1.0  # a Batch API batch completes this long after it is created
+    batch_store_mb: float = 1024.0  # the Batch API's files kept in memory; past it the oldest are dropped
+    socket_timeout_s: float = 60.0  # close a connection that sends or reads nothing this long
+    log: str | None = None  # append one JSON line per request here (no keys)
+    data_dir: str | None = None  # benchmark data for the personas' answers; default $FAIR_DATA_DIR or ../shared/data
+    personas: dict[str, Any] | None = None  # more or changed personas by model name (gen/offline/personas.py)
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: loopback only)")
-    p.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one (default 8765)")
-    p.add_argument("--port-file", default=None, help="also write the port to this file once listening")
-    p.add_argument("--config", default=None, metavar="FILE",
-                   help=f"YAML of settings ({', '.join(SETTINGS)}); flags override it")
-    p.add_argument("--rpm", type=int, default=None, help="requests per minute per (key, model) (default 600)")
-    p.add_argument("--tpm", type=int, default=None, help="tokens per minute per (key, model) (default 1000000)")
-    p.add_argument("--latency-ms", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
-                   help="uniform latency per reply in milliseconds (default 0 0)")
-    p.add_argument("--p-5xx", type=float, default=None, help="rate of 500/503 replies")
-    p.add_argument("--p-hang", type=float, default=None, help="rate of replies delayed by --hang-s")
-    p.add_argument("--hang-s", type=float, default=None, help="how long a hang lasts (default 30)")
-    p.add_argument("--p-malformed", type=float, default=None, help="rate of 200 replies that are not valid JSON")
-    p.add_argument("--p-empty", type=float, default=None, help="rate of 200 replies with empty content")
-    p.add_argument("--p-refusal", type=float, default=None,
-                   help="rate of bodies refused (OpenAI message.refusal, Gemini SAFETY, Anthropic stop_reason refusal)")
-    p.add_argument("--p-thinking", type=float, default=None,
-                   help="rate of bodies whose thinking spends all of max_tokens: no text, cut at max_tokens")
-    p.add_argument("--p-truncate", type=float, default=None, help="rate of bodies whose reply is cut at max_tokens")
-    p.add_argument("--p-quota", type=float, default=None,
-                   help="rate of requests refused as out of quota (OpenAI 429 insufficient_quota, Anthropic 400)")
-    p.add_argument("--quota-after", type=int, default=None, metavar="N",
-                   help="a key is out of quota after N requests (default: never)")
-    p.add_argument("--cache-min-tokens", type=int, default=None,
-                   help="shortest prompt prefix the prompt cache holds (default 1024, as OpenAI's and Gemini's)")
-    p.add_argument("--cache-block-tokens", type=int, default=None,
-                   help="automatic caches hold prefixes in steps of this many tokens past the minimum (default 128)")
-    p.add_argument("--seed", type=int, default=None, help="seed of every draw (default 0)")
-    p.add_argument("--batch-delay-s", type=float, default=None,
-                   help="a Batch API batch completes this long after it is created (default 1)")
-    p.add_argument("--batch-store-mb", type=float, default=None,
-                   help="the Batch API's files kept in memory, oldest dropped first past it (default 1024)")
-    p.add_argument("--socket-timeout-s", type=float, default=None,
-                   help="close a connection that stalls (sends or reads nothing) this long (default 60)")
-    p.add_argument("--log", default=None, metavar="PATH", help="append one JSON line per request (no keys)")
-    p.add_argument("--data-dir", default=None, help="benchmark data (default $FAIR_DATA_DIR, else shared/data)")
-
-
-def settings(args: argparse.Namespace) -> dict[str, Any]:
-    """OfflineServer's keyword arguments: built-in defaults < the --config YAML < flags."""
-    values = load_yaml(args.config, set(SETTINGS)) if args.config else {}
-    for key, value in values.items():
-        kind = SETTINGS[key]
-        if isinstance(value, bool) or not (isinstance(value, kind) or (kind is float and isinstance(value, int))):
-            raise FairError(f"config file {args.config}: {key} must be {kind.__name__}, got {value!r}")
-    values |= {k: getattr(args, k) for k in SETTINGS if getattr(args, k, None) is not None}
-    if "latency_ms" in values:
-        if len(values["latency_ms"]) != 2:
-            raise FairError("latency_ms must be two numbers, MIN and MAX")
-        values["latency_ms"] = tuple(values["latency_ms"])
-    if "log" in values:
+    def server(self) -> OfflineServer:
+        """The simulator these settings describe, not yet listening; it checks their ranges."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         values["log_path"] = values.pop("log")
-    return values
+        del values["port_file"]
+        return OfflineServer(values.pop("host"), values.pop("port"), **values)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(config: SimulatorConfig) -> int:
     """Serve until SIGTERM or SIGINT, then print the summary; the handlers go in first, so a parent that
     signals as soon as it reads the port still gets a clean exit."""
     done = threading.Event()
     previous = {s: signal.signal(s, lambda *_: done.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     server = None
     try:
-        server = OfflineServer(args.host, args.port, **settings(args)).start()
+        server = config.server().start()
         print(f"offline committee (simulator): {server.index.size} questions indexed from "
               f"{', '.join(server.index.loaded) or 'no data (generic replies only)'}; "
               f"models {', '.join(sorted(server.personas))}", file=sys.stderr, flush=True)
-        if args.port_file:
-            tmp = Path(f"{args.port_file}.tmp")
+        if config.port_file:
+            tmp = Path(f"{config.port_file}.tmp")
             tmp.write_text(f"{server.port}\n")
-            tmp.replace(args.port_file)  # atomic: a reader never sees a half-written port
+            tmp.replace(config.port_file)  # atomic: a reader never sees a half-written port
         print(f"offline committee listening on {server.url}", flush=True)
         while not done.wait(1.0):
             pass
@@ -114,14 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gen.offline.cli", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except FairError as e:
-        print(f"offline committee: error: {e}", file=sys.stderr)
-        return 2
+    args = config_parser(SimulatorConfig, "python -m gen.offline.cli", __doc__).parse_args(argv)
+    return main_guard("offline committee", lambda: run(build_config(SimulatorConfig, args)))
 
 
 if __name__ == "__main__":

@@ -56,12 +56,12 @@ BATCH_PRICE = 0.5  # OpenAI's Batch API bills input and output tokens at half th
 @dataclass(frozen=True)
 class Teacher(Validated):
     name: str  # short and unique in the committee: it keys feedback, rationales and reviews
-    provider: Provider
-    model: str
+    provider: Provider  # the wire format and auth it speaks (gen/teachers/providers.py)
+    model: str  # the provider's model id, e.g. gpt-4o-mini
     base_url: str | None = None  # None = the provider's public endpoint
     # A variable name, or several (one API key each); None for keyless local servers (vllm serve, llama.cpp).
     # A YAML list becomes a tuple wherever a Teacher is built (fair/config.py's Validated).
-    api_key_env: tuple[str, ...] | str | None = None
+    api_key_env: tuple[str, ...] | str | None = None  # the environment variable(s) holding its API key(s)
     rpm: int = 60  # requests per minute
     tpm: int = 100_000  # tokens per minute (input + output)
     max_concurrency: int = 16  # requests in flight at once
@@ -72,14 +72,14 @@ class Teacher(Validated):
     # Gemini only: thinkingConfig.thinkingBudget, the most tokens the model may think; sent with maxOutputTokens =
     # max_tokens + thinking_budget, so thoughts cannot eat the answer's max_tokens. 0 turns thinking off (2.5 Flash).
     # None sends neither: a 2.5 model then thinks as much as it likes out of max_tokens, and may leave no answer.
-    thinking_budget: int | None = None
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_tokens: int = 512
+    thinking_budget: int | None = None  # Gemini only: the most tokens it may think (see above)
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0  # nucleus sampling; 1 keeps every token
+    max_tokens: int = 512  # the longest reply, in tokens
     timeout_s: float = 60.0  # per attempt, from connect to the last byte of the reply
     max_retries: int = 8  # per request, for 5xx, timeouts and malformed replies (429s get twice as many)
     retry_backoff_s: float = 1.0  # first retry's wait, doubled each retry (with jitter); Retry-After wins if longer
-    extra_headers: dict[str, str] = field(default_factory=dict)
+    extra_headers: dict[str, str] = field(default_factory=dict)  # HTTP headers sent with every request, beside the provider's own
     batch_api: bool = False  # the endpoint serves OpenAI's Batch API: `fair committee --batch-api` may use it
 
     def validate(self) -> None:
