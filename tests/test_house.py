@@ -134,13 +134,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-# Known, and to go: the simulator's app <-> batch <-> server (gen/offline: app imports server's Ticket, server
-# imports app lazily, batch names both for its types). Issue 25 leaves it for later; this entry goes with it.
-KNOWN_CYCLES = ("gen.offline.",)
-
-
 def test_no_import_cycle_between_modules():
-    found = [c for c in cycles(import_graph()) if not all(m.startswith(KNOWN_CYCLES) for m in c)]
+    found = cycles(import_graph())
     assert not found, "modules that import each other (directly or round a circle):\n" + "\n".join(
         " <-> ".join(c) for c in found)
 
