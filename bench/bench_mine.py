@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-from fair.engines.base import Generation, Sampling, encode_prompt, make_engine
+from fair.engines.base import Generation, Sampling, encode_prompt
+from fair.engines.factory import make_engine
 from fair.engines.hf import HFEngine
 from fair.jsonl import write_json
 from fair.tasks import get_task

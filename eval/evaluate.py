@@ -17,41 +17,26 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from fair.config import Validated, at_least, save_config
-from fair.dtype import Dtype, dtype_field, resolve_dtype
-from fair.engines.base import Engine, EngineName, Sampling, make_engine
-from fair.errors import FairError
+from fair.config import save_config
+from fair.dtype import resolve_dtype
+from fair.engines.base import Engine
 from fair.jsonl import append_jsonl, write_json
 from fair.lock import folder_lock
-from fair.models import DEFAULT_STUDENT, model_short_name
+from fair.models import model_short_name
 from fair.paper import export_mistakes
 from fair.records import answer_examples, check_resumable, finished_answers
+from fair.student import StudentRun
 from fair.tasks import get_task
 
 CHUNK = 512  # answers per engine call and per append: a kill loses at most one chunk (SVAMP test: one)
 
 
 @dataclass
-class EvalConfig(Validated):
+class EvalConfig(StudentRun):  # model, limit, engine, sampling, dtype, ...: fair/student.py
     task: tuple[str, ...] = ("svamp",)  # one or more tasks, evaluated with one engine
-    model: str = DEFAULT_STUDENT  # the bundled SmolLM2-135M-Instruct, a trained folder or a hub id
     split: str = "test"  # the split of every task to answer
-    limit: int | None = None  # first N examples of each split; None for all
-    engine: EngineName = "auto"  # auto = vLLM on a GPU where installed, else transformers
-    batch_size: int = 32  # transformers engine: prompts per forward batch (vLLM batches on its own)
-    max_new_tokens: int = 512  # the longest answer, in tokens; a cut-off answer is graded as it stands
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0  # nucleus sampling; 1 keeps every token
-    seed: int = 0  # of the sampling; used only when temperature > 0
-    chat: bool = True  # wrap prompts in the student's chat template (the paper used raw text)
-    prompt_style: Literal["fair", "paper"] = "fair"  # ours asks for a gradeable final line; "paper" for parity
-    data_dir: str | None = None  # local data in shared/data layout; default $FAIR_DATA_DIR or ../shared/data
     out: str | None = None  # default data/eval/<student>
-    tensor_parallel_size: int = 1  # vLLM: GPUs per replica
-    data_parallel_size: int = 1  # replicas, each in its own process on its own GPUs
-    dtype: Dtype = dtype_field()  # auto: bf16 on GPUs and CPUs with AMX or AVX512-BF16, else fp32 (fair/dtype.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.task, str):  # `task: svamp` in a YAML file, or EvalConfig(task="svamp")
@@ -59,12 +44,9 @@ class EvalConfig(Validated):
         super().__post_init__()
 
     def validate(self) -> None:
+        super().validate()
         for name in self.task:
             get_task(name)
-        at_least(self, 1, "limit", "batch_size", "max_new_tokens", "tensor_parallel_size", "data_parallel_size")
-        if not 0 <= self.temperature <= 2 or not 0 < self.top_p <= 1:
-            raise FairError(f"temperature must be in [0, 2] and top_p in (0, 1], got {self.temperature} and "
-                            f"{self.top_p}")
 
     @property
     def out_dir(self) -> Path:
@@ -83,7 +65,6 @@ def evaluate_locked(config: EvalConfig, engine: Engine | None = None) -> list[di
     model weights answers only what is missing (nothing, the second time: the engine is not even started)."""
     tasks = [get_task(name) for name in config.task]
     datasets = {task.name: task.load(config.split, config.data_dir)[: config.limit] for task in tasks}
-    sampling = Sampling(config.max_new_tokens, config.temperature, config.top_p, config.seed)
     precision = resolve_dtype(config.dtype)
     rows = []
     for task in tasks:
@@ -94,13 +75,9 @@ def evaluate_locked(config: EvalConfig, engine: Engine | None = None) -> list[di
         todo = [e for e in datasets[task.name] if e.id not in done]
         began = time.perf_counter()
         if todo:
-            engine = engine or make_engine(
-                config.engine, config.model, chat=config.chat, batch_size=config.batch_size, seed=config.seed,
-                tensor_parallel_size=config.tensor_parallel_size, data_parallel_size=config.data_parallel_size,
-                dtype=precision.dtype,
-            )
+            engine = engine or config.start_engine(precision.dtype)
             for start in range(0, len(todo), CHUNK):
-                chunk = answer_examples(engine, task, todo[start : start + CHUNK], sampling, config.prompt_style)
+                chunk = answer_examples(engine, task, todo[start : start + CHUNK], config.sampling, config.prompt_style)
                 append_jsonl(out / "predictions.jsonl", (a.to_json() for a in chunk))
         seconds = time.perf_counter() - began
         wanted = {e.id for e in datasets[task.name]}

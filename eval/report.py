@@ -79,7 +79,7 @@ def review_numbers(records: list[dict], threshold: float) -> dict[str, Any]:
         "agreement": agree / (agree + disagree) if agree + disagree else None,
         "accepted_correct": verdicts[(True, True)] / accepted if accepted else None,
         "correct_accepted": verdicts[(True, True)] / correct if correct else None,
-        "verdicts": {f"accepted={a} correct={c}": n for (a, c), n in sorted(verdicts.items())},
+        "verdicts": verdicts,
     }
 
 
@@ -289,14 +289,26 @@ def committee_section(records: list[dict], reviews: dict, threshold: float, gen_
               f"scores, every reviewer gave the same verdict (above {threshold} or not).",
               f"Peer review against the gold answer: {percent(reviews['accepted_correct'])} of accepted rationales "
               f"reach the gold answer, and {percent(reviews['correct_accepted'])} of the rationales that reach it were "
-              f"accepted ({reviews['verdicts']}).", "", "![reviews](reviews.png)", ""]
+              "accepted:", "", *verdict_table(reviews["verdicts"]), "", "![reviews](reviews.png)", ""]
     accepted, rejected = example_rationales(records)
     for title, item in (("An accepted rationale", accepted), ("A rejected rationale", rejected)):
         if item:
             text = item["text"].strip().replace("\n", "\n> ")
-            lines += [f"### {title} (by {item['author']}; scores {item['scores']})", "",
+            lines += [f"### {title} (by {item['author']}; scores: {score_words(item['scores'])})", "",
                       f"Question: {item['question']} (gold: {item['gold']})", "", f"> {text[:1200]}", ""]
     return lines
+
+
+def verdict_table(verdicts: Counter) -> list[str]:
+    """Rationales by the committee's verdict (rows) and by our grader's against the gold answer (columns)."""
+    return ["| rationales | reach the gold answer | do not |", "| --- | ---: | ---: |",
+            *(f"| {name} | {verdicts[(accepted, True)]} | {verdicts[(accepted, False)]} |"
+              for name, accepted in (("accepted", True), ("rejected", False)))]
+
+
+def score_words(scores: dict[str, float | None]) -> str:
+    """'gpt 4, gemini no score': each reviewer's score, as a reader writes it."""
+    return ", ".join(f"{reviewer} {'no score' if score is None else f'{score:g}'}" for reviewer, score in scores.items())
 
 
 def training_section(log: list[dict]) -> list[str]:

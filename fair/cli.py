@@ -139,7 +139,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from gen.mine import MineConfig
     from gen.offline.cli import SimulatorConfig
     from gen.pipeline import GenConfig
-    from gen.serve.server import ServeConfig
+    from gen.serve.config import ServeConfig
 
     parser = Parser(prog="fair", description="FAIR: distil reasoning from a committee of teachers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

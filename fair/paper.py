@@ -9,8 +9,9 @@
   `correct_rationale`, the accepted texts. The paper's teachers are gpt, gemini and mistral; ours are
   whatever the committee names, in its order. The functions below convert both ways.
 - Its prompts, verbatim from its all_prompts.py: the committee's feedback and review requests, and the
-  "### Instruction / ### Input / ### Response" training templates. It shows LogiQA as its student prompt
-  (context, query, options as a Python list) wherever a question appears; every other task as the bare question.
+  "### Instruction / ### Input / ### Response" training templates. Where a task differs (its gold, the hint in
+  a training prompt, the question shown, the training instruction, matching a file's records by question), its
+  own file says so in the `paper_*` fields of its `Task` (fair/tasks/__init__.py); nothing here names a task.
 - Its acceptance rule: a rationale is kept when the mean of its valid peer scores is above the threshold (3).
 
 The per-task student prompts (`Task.paper_prompt`) stay in the task files beside our own prompts.
@@ -26,21 +27,18 @@ from typing import Any
 from fair.errors import FairError
 from fair.jsonl import JsonArrayWriter, read_jsonl, unique_ids
 from fair.records import Messages, StudentAnswer
-from fair.tasks import OPTION_LETTERS, Example, Task
+from fair.tasks import OPTION_LETTERS, PAPER_YES_NO, Example, Task
 from fair.tasks._common import read_json_array
 
 # ----------------------------------------------------------------------------------------------------------
 # Its gold answers
 
 NO_ANSWER = "ABSOLUTE_WRONG_FINAL_ANS"
-YES_NO_TO_PAPER = {"yes": "true", "no": "false"}
 
 
 def paper_gold(task: Task, answer: StudentAnswer) -> str:
-    if task.name == "strategyqa":
-        return f"{YES_NO_TO_PAPER[answer.gold]}.\t{answer.solution}"
-    if task.name == "gsm8k":
-        return answer.solution
+    if task.paper_gold is not None:
+        return task.paper_gold(answer.example())
     if task.answer_type == "option":
         return str(OPTION_LETTERS.index(answer.gold))
     return answer.gold
@@ -50,7 +48,7 @@ def paper_final_answer(task: Task, extracted: str | None) -> str:
     if extracted is None:
         return NO_ANSWER
     if task.answer_type == "yesno":
-        return YES_NO_TO_PAPER[extracted]
+        return PAPER_YES_NO[extracted]
     if task.answer_type == "option":
         return str(OPTION_LETTERS.index(extracted))
     return extracted
@@ -89,17 +87,12 @@ TRAINING_TEMPLATE = "\n### Instruction:\n{}\n### Input:\n{}\n### Response:\n"
 TRAINING_FEEDBACK_INSTRUCTION = ("Imagine you are a teacher, I will give you one student's incorrect answer to a "
                                  "question. You should point out the mistakes in the student's answer.")
 TRAINING_FEEDBACK_INPUT = "Question: {}\nStudent's Answer: {}\nHint: The correct answer should be {}.\n"
-TRAINING_RATIONALE_INSTRUCTION = {
-    "strategyqa": "Answer the following question. Let's think step by step. First, you should answer \"true\" or "
-                  "\"false\". Then, you should explain how you drew this conclusion.",
-    "logiqa": "Answer the following question based on the given context, query and options.",
-}
-TRAINING_DEFAULT_INSTRUCTION = "Answer the following question. Let's think step by step."
 
 
 def shown_question(task: Task, answer: StudentAnswer) -> str:
-    """The question inside a feedback, review or training prompt: LogiQA as its student prompt, else bare."""
-    return task.paper_prompt(answer.example()) if task.name == "logiqa" else answer.question
+    """The question inside a feedback, review or training prompt: the student's paper prompt where the task
+    says so (LogiQA's context and options), else the bare question."""
+    return task.paper_prompt(answer.example()) if task.paper_shows_prompt else answer.question
 
 
 def feedback_messages(task: Task, answer: StudentAnswer) -> Messages:
@@ -108,9 +101,9 @@ def feedback_messages(task: Task, answer: StudentAnswer) -> Messages:
 
 
 def rationale_messages(task: Task, answer: StudentAnswer) -> Messages:
-    """The teacher gets the student's own prompt: StrategyQA's and LogiQA's carry answer instructions."""
-    question = task.paper_prompt(answer.example()) if task.name in ("strategyqa", "logiqa") else answer.question
-    return (("user", question),)
+    """The teacher gets the student's own paper prompt (StrategyQA's and LogiQA's carry answer instructions; the
+    maths tasks' is the bare question)."""
+    return (("user", task.paper_prompt(answer.example())),)
 
 
 def review_messages(task: Task, answer: StudentAnswer, rationale: str) -> Messages:
@@ -118,23 +111,19 @@ def review_messages(task: Task, answer: StudentAnswer, rationale: str) -> Messag
 
 
 def training_hint(task: Task, mistake: StudentAnswer) -> str:
-    """The gold as its data.py shows it: StrategyQA 'true.' (its gold field up to the TAB, so the hint reads
-    'true..'), GSM8K the number after ####, LogiQA the option index 0-3 (not the letter); kept for parity."""
-    gold = paper_gold(task, mistake)
-    if task.name == "strategyqa":
-        return gold.split("\t")[0].strip()
-    if task.name == "gsm8k":
-        return gold.split("####")[1].strip() if "####" in gold else mistake.gold
-    return gold.strip()
+    """The gold as its data.py shows it: the task's `paper_hint` (StrategyQA 'true.', GSM8K the number after
+    ####), else its paper gold (LogiQA the option index 0-3, not the letter); kept for parity."""
+    if task.paper_hint is not None:
+        return task.paper_hint(mistake.example())
+    return paper_gold(task, mistake).strip()
 
 
 def training_prompts(task: Task, mistake: StudentAnswer) -> tuple[str, str]:
     """(feedback prompt, rationale prompt) of one mistake in its training templates, no chat template."""
     question = shown_question(task, mistake)
     feedback_input = TRAINING_FEEDBACK_INPUT.format(question, mistake.prediction, training_hint(task, mistake))
-    instruction = TRAINING_RATIONALE_INSTRUCTION.get(task.name, TRAINING_DEFAULT_INSTRUCTION)
     return (TRAINING_TEMPLATE.format(TRAINING_FEEDBACK_INSTRUCTION, feedback_input).strip(),
-            TRAINING_TEMPLATE.format(instruction, question).strip())
+            TRAINING_TEMPLATE.format(task.paper_instruction, question).strip())
 
 
 def accept(scores: list[float | None], threshold: float) -> tuple[float | None, bool]:
@@ -179,12 +168,12 @@ def import_mistakes(task: Task, path: str | Path, examples: list[Example]) -> li
 
 
 def example_matcher(task: Task, examples: list[Example]):
-    """Records are matched to examples by row (`id`), except StrategyQA, whose hub row order differs from the
-    current export, so it is matched by question text (see shared/data/seed/PROVENANCE.md)."""
+    """Records are matched to examples by row (`id`), or by question text where the task says its rows moved
+    (`paper_match_by_question`: StrategyQA's hub row order differs from the export, shared/data/seed/PROVENANCE.md)."""
     by_question = {_normalise(e.question): e for e in examples}
 
     def match(record: dict[str, Any], where: str) -> Example:
-        if task.name == "strategyqa":
+        if task.paper_match_by_question:
             example = by_question.get(_normalise(record["question"]))
         else:
             row = record["id"]

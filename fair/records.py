@@ -11,6 +11,7 @@ reply text may be reviewed, scored or trained on.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,16 @@ def question_block(task: Task, answer: StudentAnswer) -> str:
         return answer.question
     options = "\n".join(f"{OPTION_LETTERS[k]}. {o}" for k, o in enumerate(answer.options))
     return f"{answer.context}\n\nQuestion: {answer.question}\n{options}"
+
+
+def fence(text: str) -> str:
+    """The text between a line of '<'s and a line of '>'s, three each unless the text holds a run as long (a
+    Python session's ">>>", or a rationale that ends our fence and writes its own hint): then one more than its
+    longest run, as Markdown lengthens a code fence. The text cannot close its fence and pass for our prompt.
+    The committee's prompts (gen/committee/prompts.py) and the student's training prompts (train/data.py) fence
+    a student's answer and a rationale with it."""
+    n = max([3] + [len(run) + 1 for run in re.findall(r">{3,}", text)])
+    return f"{'<' * n}\n{text.strip()}\n{'>' * n}"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from fair.errors import FairError
 from fair.jsonl import append_jsonl
 from fair.models import model_short_name
 from fair.paper import import_committee, import_mistakes
+from fair.student import run_dir
 from fair.tasks import get_task
 
 
@@ -59,7 +60,7 @@ def import_mistakes_file(config: ImportMistakesConfig) -> Path:
     answers = import_mistakes(task, config.file, task.load(config.split, config.data_dir))
     kept = [a for a in answers if a.is_mistake]
     student = model_short_name(config.file).split(f"_{config.task}", 1)[0].split("_", 1)[0]
-    path = fresh(Path(config.out or Path("data") / task.name / student) / "mistakes.jsonl")
+    path = fresh(Path(config.out or run_dir(task.name, student)) / "mistakes.jsonl")
     append_jsonl(path, (a.to_json() for a in kept))
     print(f"imported {len(answers)} records from {config.file}: {len(kept)} mistakes written to {path}; "
           f"{len(answers) - len(kept)} dropped because our grader judges them correct")

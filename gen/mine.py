@@ -27,51 +27,35 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from tqdm import tqdm
 
-from fair.config import Validated, at_least, save_config
-from fair.dtype import Dtype, dtype_field, resolve_dtype
-from fair.engines.base import Engine, EngineName, Sampling, make_engine
+from fair.config import at_least, save_config
+from fair.dtype import resolve_dtype
+from fair.engines.base import Engine
 from fair.errors import FairError
 from fair.jsonl import append_jsonl, write_json
 from fair.lock import folder_lock
-from fair.models import DEFAULT_STUDENT, model_short_name
+from fair.models import model_short_name
 from fair.paper import export_mistakes
 from fair.records import StudentAnswer, answer_examples, check_resumable, finished_answers
+from fair.student import StudentRun, run_dir
 from fair.tasks import Example, get_task
 
 
 @dataclass
-class MineConfig(Validated):
+class MineConfig(StudentRun):  # model, limit, engine, sampling, dtype, ...: fair/student.py
     task: str = "svamp"  # the benchmark (`fair tasks` lists them)
-    model: str = DEFAULT_STUDENT  # the bundled SmolLM2-135M-Instruct, a local directory or a hub id
     split: str = "train"  # the split to answer; its mistakes are what the committee explains
-    limit: int | None = None  # first N examples of the split; None for all
-    engine: EngineName = "auto"  # auto = vLLM on a GPU where installed, else transformers
-    batch_size: int = 32  # transformers engine: prompts per forward batch (vLLM batches on its own)
     chunk_size: int = 256  # prompts per engine call and per durable write: a kill loses at most one chunk
-    max_new_tokens: int = 512  # the longest answer, in tokens; a cut-off answer is graded as it stands
-    temperature: float = 0.0  # 0 = greedy; the paper sampled at 0.3 with top_p 0.9
-    top_p: float = 1.0  # nucleus sampling; 1 keeps every token
-    seed: int = 0  # of the sampling; used only when temperature > 0
-    chat: bool = True  # wrap prompts in the student's chat template (the paper used raw text)
-    prompt_style: Literal["fair", "paper"] = "fair"  # ours asks for a gradeable final line; "paper" for parity
-    data_dir: str | None = None  # local data in shared/data layout; default $FAIR_DATA_DIR or ../shared/data
     out: str | None = None  # default data/<task>/<student>
-    tensor_parallel_size: int = 1  # vLLM: GPUs per replica
-    data_parallel_size: int = 1  # replicas, each in its own process on its own GPUs
-    dtype: Dtype = dtype_field()  # auto: bf16 on GPUs and CPUs with AMX or AVX512-BF16, else fp32 (fair/dtype.py)
     export_seed: bool = False  # also write the paper's <student>_<task>_false_round0.json
     shard: str | None = None  # "i/N": mine only rows i, i+N, i+2N, ... into <out>/shard-<i>-of-<N>/
 
     def validate(self) -> None:
+        super().validate()
         get_task(self.task)
-        at_least(self, 1, "batch_size", "chunk_size", "max_new_tokens", "tensor_parallel_size",
-                 "data_parallel_size", "limit")
-        if not 0 <= self.temperature <= 2 or not 0 < self.top_p <= 1:
-            raise FairError("temperature must be in [0, 2] and top_p in (0, 1]")
+        at_least(self, 1, "chunk_size")
         if self.shard is not None:
             parse_shard(self.shard)
 
@@ -82,17 +66,13 @@ class MineConfig(Validated):
     @property
     def run_dir(self) -> Path:
         """The whole run's folder: where an unsharded run writes and where `fair merge` joins the shards."""
-        return Path(self.out or Path("data") / get_task(self.task).name / model_short_name(self.model))
+        return Path(self.out or run_dir(self.task, self.model))
 
     @property
     def out_dir(self) -> Path:
         if (shard := self.shard_index_count) is None:
             return self.run_dir
         return self.run_dir / shard_folder_name(*shard)
-
-    @property
-    def sampling(self) -> Sampling:
-        return Sampling(self.max_new_tokens, self.temperature, self.top_p, self.seed)
 
 
 def mine(config: MineConfig, engine: Engine | None = None) -> dict:
@@ -116,11 +96,7 @@ def mine_unlocked(config: MineConfig, engine: Engine | None) -> dict:
     if todo:
         print(f"mining {len(todo)} of {len(examples)} {task.name} {config.split} examples ({len(done)} done) in "
               f"{precision.dtype} ({precision.reason}) -> {out}")
-        engine = engine or make_engine(
-            config.engine, config.model, chat=config.chat, batch_size=config.batch_size, seed=config.seed,
-            tensor_parallel_size=config.tensor_parallel_size, data_parallel_size=config.data_parallel_size,
-            dtype=precision.dtype,
-        )
+        engine = engine or config.start_engine(precision.dtype)
         progress = tqdm(total=len(todo), unit="q", desc=f"mine {task.name}", dynamic_ncols=True)
         for start in range(0, len(todo), config.chunk_size):
             began = time.perf_counter()

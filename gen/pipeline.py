@@ -11,14 +11,14 @@ paper's <student>_<task>_{false,feedback,rationale}_round0.json. Each stage resu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
-from fair.config import Validated
-from fair.dtype import Dtype, dtype_field
-from fair.engines.base import EngineName
+from fair.config import Validated, field_doc
 from fair.errors import FairError
-from fair.models import DEFAULT_STUDENT, model_short_name
+from fair.models import model_short_name
 from fair.paper import write_paper_files
 from fair.tasks import get_task
 from gen.committee.run import CommitteeConfig, committee
@@ -26,27 +26,37 @@ from gen.mine import MineConfig, mine
 from gen.teachers.config import load_committee, missing_keys
 
 OFFLINE = "offline"
+# `fair gen`'s settings are its stages': these are taken by name from their configs, where each is typed, given
+# its default and documented once. The command line and configs/gen.yaml see them flat: --task, --limit, --teachers.
+FROM_MINING = ("task", "limit", "engine", "batch_size", "max_new_tokens", "dtype", "data_dir", "out")
+FROM_COMMITTEE = ("student", "teachers", "prompts", "threshold", "window", "batch_api", "max_cost_usd")
+
+
+def settings_from(stage: type, names: tuple[str, ...], notes: dict[str, str] | None = None) -> Callable[[type], type]:
+    """A class decorator (under @dataclass) that gives the class these fields of a stage's config dataclass, as
+    they are there: type, default and documentation (its comment there becomes the copy's help, plus a note on
+    what the field does here), ahead of the class's own fields."""
+    fields = {f.name: f for f in dataclasses.fields(stage)}
+    hints = typing.get_type_hints(stage)
+
+    def add(cls: type) -> type:
+        cls.__annotations__ = {**{n: hints[n] for n in names}, **cls.__dict__.get("__annotations__", {})}
+        for name in names:
+            f = fields[name]
+            words = "; ".join(filter(None, (field_doc(stage, f), (notes or {}).get(name))))
+            setattr(cls, name, dataclasses.field(default=f.default, default_factory=f.default_factory,
+                                                 metadata={**f.metadata, "help": words}))
+        return cls
+
+    return add
 
 
 @dataclass
+@settings_from(MineConfig, FROM_MINING)
+@settings_from(CommitteeConfig, FROM_COMMITTEE, {"teachers": f'"{OFFLINE}": the simulator, started and stopped here'})
 class GenConfig(Validated):
-    task: str = "svamp"  # the benchmark (`fair tasks` lists them)
-    student: str = DEFAULT_STUDENT  # the model to mine: bundled SmolLM2, a local directory or a hub id
-    teachers: str = "default"  # a committee in configs/teachers/ or a YAML path; "offline" starts the simulator
-    limit: int | None = None  # first N train examples to mine (and so at most N mistakes)
-    engine: EngineName = "auto"  # the student's while mining: auto = vLLM on a GPU where installed, else transformers
-    batch_size: int = 32  # transformers engine: prompts per forward batch while mining (vLLM batches on its own)
-    max_new_tokens: int = 512  # the student's answer length while mining
-    dtype: Dtype = dtype_field()  # the student's while mining (fair/dtype.py)
-    prompts: Literal["fair", "paper"] = "fair"  # the committee's prompts: ours, or the paper's for parity
-    threshold: float = 3.0  # a rationale is accepted when its mean valid review score is above this
-    window: int = 64  # mistakes in flight at once in the committee; bounds memory and what a kill can repeat
-    data_dir: str | None = None  # local data in shared/data layout; default $FAIR_DATA_DIR or ../shared/data
     export_paper: bool = True  # write the paper's feedback and rationale files at the end
     offline_latency_ms: tuple[int, int] = (50, 500)  # the simulator's reply latency range
-    batch_api: bool = False  # the committee's feedback and rationales through OpenAI's Batch API (gen/teachers/batch.py)
-    max_cost_usd: float | None = None  # the committee stops before its folder's spending could pass this (USD)
-    out: str | None = None  # the run's folder (mistakes, committee.jsonl, paper files); default data/<task>/<student>
 
     def validate(self) -> None:
         """The settings are its stages': building their configs checks them by the stages' own rules, before
@@ -58,15 +68,13 @@ class GenConfig(Validated):
             raise FairError(f"offline_latency_ms must be MIN MAX with 0 <= MIN <= MAX, got {low} {high}")
 
     def mine_config(self) -> MineConfig:
-        return MineConfig(task=self.task, model=self.student, limit=self.limit, engine=self.engine,
-                          batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, dtype=self.dtype,
-                          data_dir=self.data_dir, export_seed=self.export_paper, out=self.out)
+        return MineConfig(**{n: getattr(self, n) for n in FROM_MINING}, model=self.student,
+                          export_seed=self.export_paper)
 
     def committee_config(self, base_url: str | None = None) -> CommitteeConfig:
         mistakes = str(self.mine_config().out_dir / "mistakes.jsonl")
-        return CommitteeConfig(task=self.task, student=self.student, teachers=self.teachers, base_url=base_url,
-                               prompts=self.prompts, threshold=self.threshold, window=self.window,
-                               batch_api=self.batch_api, max_cost_usd=self.max_cost_usd, mistakes=mistakes)
+        return CommitteeConfig(**{n: getattr(self, n) for n in FROM_COMMITTEE}, task=self.task, base_url=base_url,
+                               mistakes=mistakes)
 
 
 def generate(config: GenConfig) -> None:

@@ -127,7 +127,7 @@ def test_eval_rerun_reuses_predictions_without_an_engine(tmp_path, data_dir, tin
 
     def no_engine(*a, **k):
         raise AssertionError("the engine must not start when every answer exists")
-    monkeypatch.setattr("eval.evaluate.make_engine", no_engine)
+    monkeypatch.setattr("fair.student.make_engine", no_engine)
     assert main(args) == 0
     assert orjson.loads((tmp_path / "svamp-test" / "summary.json").read_bytes())["correct"] == orjson.loads(first)["correct"]
     assert len(list(read_jsonl(tmp_path / "svamp-test" / "predictions.jsonl"))) == 3

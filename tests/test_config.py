@@ -18,7 +18,7 @@ from gen.from_paper import ImportCommitteeConfig, ImportMistakesConfig
 from gen.mine import MineConfig
 from gen.offline.cli import SimulatorConfig
 from gen.pipeline import GenConfig
-from gen.serve.server import ServeConfig
+from gen.serve.config import ServeConfig
 from gen.teachers.config import Teacher, load_committee, rebase
 from gen.teachers.providers import Usage
 from tests.conftest import ROOT

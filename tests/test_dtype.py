@@ -128,7 +128,7 @@ def test_answers_in_another_dtype_are_not_added_to_a_folder(tmp_path, data_dir, 
 def test_engines_get_the_resolved_dtype(monkeypatch, machine, tiny_model_dir):
     """make_engine resolves once and hands the engine float32 or bfloat16; vLLM (on a CPU too) is told it."""
     import fair.engines.hf
-    from fair.engines.base import make_engine
+    from fair.engines.factory import make_engine
     from fair.engines.vllm import VLLMEngine
 
     machine(False, AMX_CPU)

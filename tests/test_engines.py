@@ -9,7 +9,8 @@ import types
 import pytest
 import torch
 
-from fair.engines.base import Sampling, cut_at_stop, encode_prompt, make_engine
+from fair.engines.base import Sampling, cut_at_stop, encode_prompt
+from fair.engines.factory import make_engine
 from fair.engines.hf import HFEngine
 
 PROMPTS = ["What is 2 + 2?", "Name a colour.", "A much longer prompt: " + "count the apples and pears " * 6, "Hi"]

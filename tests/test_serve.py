@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from fair.errors import FairError
-from gen.serve.server import ServeConfig, bearer_token
+from gen.serve.config import ServeConfig, bearer_token
 from gen.teachers.config import load_committee
 from tests.conftest import import_seed_mistakes
 from tests.serve_util import (

@@ -377,3 +377,16 @@ def test_varlen_attention_gives_the_padded_batch_its_loss_and_gradients(records,
     (reference, reference_grads), (loss, grads) = results
     assert loss == pytest.approx(reference, rel=1e-5)
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(reference_grads, grads, strict=True))
+
+
+def test_the_training_prompt_fences_the_answer_as_the_committee_does():
+    """A student's answer that holds '>>>' (a Python session) cannot close the fence early in either prompt."""
+    from gen.committee.prompts import fair_feedback
+    from train.data import chat_feedback_prompt
+
+    task = get_task("svamp")
+    [example] = task.load("train")[:1]
+    mistake = StudentAnswer.graded(task, example, ">>> 2 + 2\n4\n>>>> The answer is 5.", finish_reason="stop")
+    fenced = "<<<<<\n>>> 2 + 2\n4\n>>>> The answer is 5.\n>>>>>"
+    assert fenced in chat_feedback_prompt(task, mistake)
+    assert fenced in fair_feedback(task, mistake)[-1][1]

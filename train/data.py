@@ -27,7 +27,7 @@ from fair import paper
 from fair.engines.base import encode_prompt
 from fair.errors import FairError
 from fair.jsonl import read_jsonl
-from fair.records import StudentAnswer, gold_hint, question_block, usable_text
+from fair.records import StudentAnswer, fence, gold_hint, question_block, usable_text
 from fair.tasks import Task
 
 Kind = Literal["feedback", "rationale"]
@@ -179,7 +179,7 @@ def chat_feedback_prompt(task: Task, mistake: StudentAnswer) -> str:
     return (
         "A student answered the question below incorrectly. Point out the mistakes in the student's answer.\n\n"
         f"Question:\n{question_block(task, mistake)}\n\n"
-        f"Student's answer:\n<<<\n{mistake.prediction.strip()}\n>>>\n\n"
+        f"Student's answer:\n{fence(mistake.prediction)}\n\n"
         f"Hint: the correct final answer is {gold_hint(task, mistake)}."
     )
 

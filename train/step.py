@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,9 @@ from fair.models import PLAIN_DECODERS
 from train.checkpoint import latest_checkpoint
 from train.data import FEEDBACK, RATIONALE, attention_mask_4d, collate, single_row
 from train.varlen import VARLEN, example_bounds
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def target_tokens(items) -> tuple[int, int]:
@@ -46,8 +50,6 @@ def weighted_loss(logits, labels, kinds, n_feedback: int, n_rationale: int, alph
     feedback_sum, rationale_sum = ce[kinds == FEEDBACK].sum(), ce[kinds == RATIONALE].sum()
     loss = alpha * feedback_sum / max(n_feedback, 1) + (1 - alpha) * rationale_sum / max(n_rationale, 1)
     return loss, feedback_sum.item(), rationale_sum.item()
-
-
 
 
 def forward(model, batch: dict, device: str, attention: str, autocast: bool, targets: torch.Tensor | None = None):
@@ -85,15 +87,38 @@ def my_micro_batches(batch: list, size: int, dist) -> list[list]:
     return [chunk for i, chunk in enumerate(micro) if min(i % period, period - 1 - i % period) == dist.rank]
 
 
+class StepConfig(Protocol):
+    """What a step reads of its TrainConfig (train/train.py, which imports this module: named here by shape)."""
+
+    alpha: float
+    micro_batch_size: int
+    max_length: int
+    pack: bool
+    grad_clip: float
+
+    @property
+    def out_dir(self) -> Path: ...
+
+
+class Ranks(Protocol):
+    """The run's processes (train/train.py's Dist): this one's rank, how many, whether ZeRO runs, a sum over all."""
+
+    rank: int
+    world: int
+    zero: bool
+
+    def all_sum(self, values: list[float]) -> list[float]: ...
+
+
 @dataclass
 class Run:
     """What every step needs, built once by train_locked."""
-    config: Any  # TrainConfig
-    dist: Any  # Dist
-    tokenizer: Any
-    engine: Any  # the model, or DeepSpeed's engine around it
-    optimizer: Any
-    params: list
+    config: StepConfig
+    dist: Ranks
+    tokenizer: PreTrainedTokenizerBase
+    engine: torch.nn.Module  # the model, or DeepSpeed's engine around it (a Module too)
+    optimizer: torch.optim.Optimizer  # or DeepSpeed's ZeRO optimizer, which has the same param_groups
+    params: list[torch.nn.Parameter]
     device: str
     attention: str
     autocast: bool
@@ -107,7 +132,7 @@ def take_step(run: Run, batch: list, step: int, lr: float) -> dict:
     n_feedback, n_rationale = target_tokens(batch)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    sums = [0.0, 0.0]
+    sums = [0.0, 0.0, 0.0]  # this rank's loss (the sum of its micro-batches' shares), feedback and rationale CE sums
     for chunk in my_micro_batches(batch, config.micro_batch_size, dist):
         if config.pack and run.attention == VARLEN:  # the whole micro-batch in one row: no padding at all
             tensors = collate(chunk, run.tokenizer.pad_token_id, True, sum(len(i.input_ids) for i in chunk))
@@ -122,15 +147,17 @@ def take_step(run: Run, batch: list, step: int, lr: float) -> dict:
         loss, feedback_sum, rationale_sum = weighted_loss(logits, tensors["labels"].to(run.device),
                                                           tensors["kinds"].to(run.device), n_feedback, n_rationale,
                                                           config.alpha)
-        sums[0] += feedback_sum
-        sums[1] += rationale_sum
+        sums[0] += loss.item()
+        sums[1] += feedback_sum
+        sums[2] += rationale_sum
         if dist.zero:  # DeepSpeed divides by accumulation steps and averages over ranks: undo both
             run.engine.backward(loss * run.accumulation * dist.world)
             run.engine.step()
         else:
             loss.backward()
-    feedback_total, rationale_total = dist.all_sum(sums)  # every rank sees the same sums: all stop together
-    total_loss = config.alpha * feedback_total / max(n_feedback, 1) + (1 - config.alpha) * rationale_total / max(n_rationale, 1)
+    # Every rank sees the same sums, so all stop together. The shares add up to the step's loss as weighted_loss
+    # defines it: what is logged is what was minimised.
+    total_loss, feedback_total, rationale_total = dist.all_sum(sums)
     require_finite_step(step, "loss", total_loss, config)
     if dist.zero:  # DeepSpeed has stepped already (on bf16 it does not skip): the weights in memory are lost
         require_finite_step(step, "gradient norm", run.engine.get_global_grad_norm(), config)
@@ -147,7 +174,7 @@ def take_step(run: Run, batch: list, step: int, lr: float) -> dict:
     }
 
 
-def require_finite_step(step: int, what: str, value, config) -> None:
+def require_finite_step(step: int, what: str, value, config: StepConfig) -> None:
     if value is not None and not math.isfinite(float(value)):  # DeepSpeed's norm may be a tensor
         last = latest_checkpoint(config.out_dir / "checkpoints")
         raise FairError(f"step {step + 1}: the {what} is {value}, not finite; stopped without saving (last good "

@@ -36,6 +36,7 @@ from fair.errors import FairError, main_guard
 from fair.jsonl import append_jsonl, write_json
 from fair.lock import folder_lock
 from fair.models import DEFAULT_STUDENT, model_short_name, resolve_model
+from fair.student import run_dir
 from fair.tasks import get_task
 from train.checkpoint import export, load_optimizer, save_checkpoint, trainable
 from train.data import (
@@ -114,12 +115,11 @@ class TrainConfig(Validated):
     @property
     def out_dir(self) -> Path:
         teacher = self.teacher if self.paper_feedback is None else f"paper-{self.teacher}"
-        return Path(self.out or Path("checkpoints") / f"{self.task}-{model_short_name(self.student)}-{teacher}")
+        return Path(self.out or Path("checkpoints") / f"{get_task(self.task).name}-{model_short_name(self.student)}-{teacher}")
 
     @property
     def committee_path(self) -> Path:
-        default = Path("data") / get_task(self.task).name / model_short_name(self.student) / "committee.jsonl"
-        return Path(self.committee or default)
+        return Path(self.committee or run_dir(self.task, self.student) / "committee.jsonl")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -294,7 +294,7 @@ def train_locked(config: TrainConfig, dist: Dist) -> Path:
     run_began = time.perf_counter()
     run = Run(config, dist, tokenizer, engine, optimizer, params, device, attention, autocast, accumulation)
     for step in range(start, total):
-        run_step(run, items, step, total, steps_per_epoch, digest, model)
+        run_step(config, run, items, step, total, steps_per_epoch, digest, model)
     if dist.rank == 0:
         write_json(config.out_dir / "train_summary.json", {
             "steps": total, "resumed_from": start, "seconds_this_run": round(time.perf_counter() - run_began, 2),
@@ -325,9 +325,10 @@ def optimizer_for(config: TrainConfig, model, params, dist: Dist, accumulation: 
     return model, optimizer, bf16
 
 
-def run_step(run: Run, items: list, step: int, total: int, steps_per_epoch: int, digest: str, model) -> None:
+def run_step(config: TrainConfig, run: Run, items: list, step: int, total: int, steps_per_epoch: int, digest: str,
+             model) -> None:
     """One optimizer step: its batch, the step, its log line, and a checkpoint when the save rule says so."""
-    config, dist = run.config, run.dist
+    dist = run.dist
     began = time.perf_counter()
     batch = [items[i] for i in step_plan(len(items), config, step, steps_per_epoch)]
     lr = learning_rate(config, step, total)

@@ -3,6 +3,10 @@
 A task says where its data lives (local files in the layout of `shared/data`, or a Hugging Face hub name),
 how one row becomes an `Example`, how the student is prompted, and how an answer is graded. Mining and
 evaluation both call `Task.grade`, so the two stages can never disagree on what counts as a mistake.
+
+A task also says how the paper (arXiv 2410.03663) shows it: the `paper_*` fields, which fair/paper.py reads so
+that no module outside this folder branches on a task's name. Their defaults fit a task whose question stands
+alone and whose gold is a short answer (SVAMP); a task that differs declares it in its own file.
 """
 
 from __future__ import annotations
@@ -22,7 +26,12 @@ from fair.errors import FairError
 from fair.grading import Grade, grade_number, grade_option, grade_yes_no
 
 AnswerType = Literal["number", "yesno", "option"]
+# What `Example.solution` holds: a worked solution, one step a line, ending in "#### <answer>" (GSM8K); the
+# equation that gives the answer (SVAMP); facts that decide it (StrategyQA); nothing (LogiQA).
+SolutionForm = Literal["worked", "equation", "facts", "none"]
 OPTION_LETTERS = "ABCD"
+PAPER_YES_NO = {"yes": "true", "no": "false"}  # the paper writes a yes/no gold or answer as "true"/"false"
+PAPER_INSTRUCTION = "Answer the following question. Let's think step by step."
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,13 @@ class Task:
     local_dir: str = ""  # folder name under the data dir; defaults to the task name
     version: int = 1  # bump when prompts or grading change, so caches and results are not mixed up
     aliases: tuple[str, ...] = field(default=())
+    solution_form: SolutionForm = "none"  # what Example.solution holds (the offline committee writes from it)
+    # How the paper shows the task (fair/paper.py):
+    paper_gold: Callable[[Example], str] | None = None  # its files' gold_answer; None: ours (an option as its index 0-3)
+    paper_hint: Callable[[Example], str] | None = None  # the gold in its training feedback prompt; None: paper_gold
+    paper_instruction: str = PAPER_INSTRUCTION  # its training rationale prompt's "### Instruction"
+    paper_shows_prompt: bool = False  # its feedback, review and training prompts show paper_prompt, not the bare question
+    paper_match_by_question: bool = False  # its mistake files match the split by question text, not by row (`id`)
 
     def grade(self, text: str, example: Example) -> Grade:
         if self.answer_type == "number":

@@ -30,4 +30,7 @@ TASK = Task(
     to_example=to_example,
     prompt=number_prompt,
     paper_prompt=question_only,
+    solution_form="worked",
+    paper_gold=lambda ex: ex.solution,  # the whole solution, ending in "#### <number>"
+    paper_hint=lambda ex: ex.solution.split("####")[1].strip() if "####" in ex.solution else ex.gold,
 )

@@ -79,4 +79,6 @@ TASK = Task(
     prompt=prompt,
     paper_prompt=lambda ex: PAPER_PROMPT.format(ex.context, ex.question, list(ex.options)),
     aliases=("logiQA",),
+    paper_instruction="Answer the following question based on the given context, query and options.",
+    paper_shows_prompt=True,  # a question without its context and options could not be answered
 )

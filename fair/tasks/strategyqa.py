@@ -1,7 +1,7 @@
 """StrategyQA (Geva et al. 2021): yes/no questions that need implicit multi-step reasoning."""
 
 from fair.errors import FairError
-from fair.tasks import Example, Task, require_field
+from fair.tasks import PAPER_YES_NO, Example, Task, require_field
 from fair.tasks._common import read_split_jsonl
 
 
@@ -38,5 +38,13 @@ TASK = Task(
         '"The answer is yes." or "The answer is no."'
     ),
     paper_prompt=lambda ex: PAPER_PROMPT.format(ex.question),
+    solution_form="facts",
     aliases=("strategyQA",),
+    paper_gold=lambda ex: f"{PAPER_YES_NO[ex.gold]}.\t{ex.solution}",  # "true.\t<facts>"
+    # Its data.py shows the gold field up to the TAB, "true.", so its hint reads "true..": kept for parity.
+    paper_hint=lambda ex: f"{PAPER_YES_NO[ex.gold]}.",
+    paper_instruction=('Answer the following question. Let\'s think step by step. First, you should answer "true" or '
+                       '"false". Then, you should explain how you drew this conclusion.'),
+    # The hub's row order differs from the export the paper's files were made from (shared/data/seed/PROVENANCE.md).
+    paper_match_by_question=True,
 )

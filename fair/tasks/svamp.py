@@ -29,4 +29,5 @@ TASK = Task(
     to_example=to_example,
     prompt=number_prompt,
     paper_prompt=question_only,
+    solution_form="equation",
 )

@@ -15,12 +15,11 @@ answered from the cache; bump PROMPT_VERSION with any edit so that committee rec
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from fair import paper
-from fair.records import Messages, StudentAnswer, gold_hint, question_block
+from fair.records import Messages, StudentAnswer, fence, gold_hint, question_block
 from fair.tasks import Task
 from gen.teachers.config import Teacher
 from gen.teachers.providers import ChatRequest
@@ -31,14 +30,6 @@ from gen.teachers.providers import ChatRequest
 PROMPT_VERSION = 3
 
 SYSTEM = "You are an expert teacher. You are precise, concise and never invent facts."
-
-
-def fence(text: str) -> str:
-    """The text between a line of '<'s and a line of '>'s, three each unless the text holds a run as long (a
-    Python session's ">>>", or a rationale that ends our fence and writes its own hint): then one more than its
-    longest run, as Markdown lengthens a code fence. The text cannot close its fence and pass for our prompt."""
-    n = max([3] + [len(run) + 1 for run in re.findall(r">{3,}", text)])
-    return f"{'<' * n}\n{text.strip()}\n{'>' * n}"
 
 
 def question_first(task: Task, answer: StudentAnswer, request: str) -> Messages:

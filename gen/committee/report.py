@@ -19,7 +19,6 @@ from fair.records import committee_replies
 from gen.teachers.config import Teacher
 
 if TYPE_CHECKING:
-    from gen.committee.run import CommitteeConfig
     from gen.teachers.client import TeacherClient
 
 KINDS = ("feedback", "rationale", "review")
@@ -96,10 +95,10 @@ def progress_line(clients: dict[str, TeacherClient], seconds: float, errors: int
             f"${sum(s.cost for s in stats):.4f}")
 
 
-def write_stats(config: CommitteeConfig, result: dict[str, Any]) -> None:
-    """committee_stats.json beside the output: this run's counts per teacher (`fair estimate` reads them), why the
+def write_stats(out_path: Path, result: dict[str, Any]) -> None:
+    """committee_stats.json beside the output (committee.jsonl at out_path): this run's counts per teacher (`fair estimate` reads them), why the
     run stopped early (null when it did not), and per teacher the outcomes of every record so far."""
-    write_json(config.out_path.with_name("committee_stats.json"), {
+    write_json(out_path.with_name("committee_stats.json"), {
         "written": result["written"], "skipped": result["skipped"], "seconds": round(result["seconds"], 2),
         "repeated_after_kill": result["repeated_after_kill"], "cache_commits": result["cache_commits"],
         "stopped": result["stopped"], "budget": result["budget"],
@@ -109,10 +108,10 @@ def write_stats(config: CommitteeConfig, result: dict[str, Any]) -> None:
     })
 
 
-def print_summary(config: CommitteeConfig, teachers: list[Teacher], result: dict[str, Any]) -> None:
+def print_summary(out_path: Path, teachers: list[Teacher], result: dict[str, Any]) -> None:
     if batch := result["batch"]:
         print(f"\nBatch API: {batch.answered} replies from {batch.batches} batch(es) in {batch.seconds:.1f}s; "
               f"{batch.fell_back} left to the live path")
     print(f"\n{result['written']} mistakes done this run ({result['skipped']} already done) in "
-          f"{result['seconds']:.1f}s -> {config.out_path}")
+          f"{result['seconds']:.1f}s -> {out_path}")
     print(teacher_table(teachers, result["stats"], result["outcomes"]))

@@ -50,8 +50,9 @@ from fair.config import Validated, at_least, save_config
 from fair.errors import FairError
 from fair.jsonl import JsonlAppender, read_jsonl, unique_ids
 from fair.lock import folder_lock
-from fair.models import DEFAULT_STUDENT, model_short_name
+from fair.models import DEFAULT_STUDENT
 from fair.records import StudentAnswer
+from fair.student import run_dir
 from fair.tasks import get_task
 from gen.committee.mistake import Context, OutOfQuota, process
 from gen.committee.prompts import PROMPT_SETS, drafts
@@ -106,8 +107,7 @@ class CommitteeConfig(Validated):
 
     @property
     def mistakes_path(self) -> Path:
-        default = Path("data") / get_task(self.task).name / model_short_name(self.student) / "mistakes.jsonl"
-        return Path(self.mistakes or default)
+        return Path(self.mistakes or run_dir(self.task, self.student) / "mistakes.jsonl")
 
     @property
     def out_path(self) -> Path:
@@ -299,5 +299,5 @@ def committee(config: CommitteeConfig) -> dict[str, Any]:
 
 
 def finish(config: CommitteeConfig, teachers: list[Teacher], result: dict[str, Any]) -> None:
-    print_summary(config, teachers, result)
-    write_stats(config, result)
+    print_summary(config.out_path, teachers, result)
+    write_stats(config.out_path, result)

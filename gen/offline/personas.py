@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from fair.errors import FairError
 from fair.grading import extract_number, extract_option, extract_yes_no
-from fair.tasks import OPTION_LETTERS, Example, Task, default_data_dir, get_task
+from fair.tasks import OPTION_LETTERS, Example, Task, default_data_dir, registry
 
 Kind = Literal["feedback", "rationale", "review", "other"]
 
@@ -80,8 +80,6 @@ def merge_personas(overrides: dict[str, Any] | None) -> dict[str, Persona]:
 
 # --- finding the question in a prompt ------------------------------------------------------------------
 
-SPLITS = {"gsm8k": ("train", "test"), "svamp": ("train", "test"), "strategyqa": ("train", "test"),
-          "logiqa": ("validation", "test")}
 KEY_CHARS = 32  # questions are indexed by their first 32 normalised characters (fewer if shorter)
 SCAN_CHARS = 50_000  # a question starts within this many characters of the prompt's start (bounds the work)
 SPACES_RE = re.compile(r"\s+")
@@ -141,14 +139,13 @@ class QuestionIndex:
 @cache
 def _build_index(data_dir: str) -> QuestionIndex:
     entries, loaded = [], []
-    for name, splits in SPLITS.items():
-        task = get_task(name)
-        for split in splits:
-            try:  # an explicit data_dir: a missing file is an error here, never a download from the hub
+    for task in sorted(set(registry().values()), key=lambda t: t.name):  # each task once, not once per alias
+        for split in task.splits:
+            try:  # an explicit data_dir: a missing file (LogiQA's train) is skipped, never downloaded from the hub
                 examples = task.load(split, data_dir)
             except FairError:
                 continue
-            loaded.append(f"{name}/{split}")
+            loaded.append(f"{task.name}/{split}")
             for ex in examples:
                 anchor = normalise(ex.context if ex.options else ex.question)
                 if anchor:
@@ -253,18 +250,18 @@ def _closes_at_end(eq: str) -> bool:
 def rationale_steps(entry: Entry, answer: str) -> list[str]:
     """Steps from the gold solution, whose last step reaches `answer` (the gold, or a wrong one)."""
     ex, gold = entry.example, entry.example.gold
-    if entry.task.name == "gsm8k":
+    if entry.task.solution_form == "worked":
         lines = [re.sub(r"<<[^>]*>>", "", line).strip() for line in ex.solution.split("\n")]
         lines = [line for line in lines if line and not line.startswith("####")] or [f"The result is {gold}."]
         if answer != gold:
             head, sep, tail = lines[-1].rpartition(gold)
             lines[-1] = head + answer + tail if sep else lines[-1] + f" So the result is {answer}."
         return lines
-    if entry.task.name == "svamp":
+    if entry.task.solution_form == "equation":
         eq = clean_equation(ex.solution) if ex.solution else "the two quantities the question asks about"
         return ["Find the quantities the question actually asks about and ignore the others.",
                 f"The computation is {eq}.", f"{eq} = {answer}."]
-    if entry.task.answer_type == "yesno":
+    if entry.task.solution_form == "facts":
         facts = [s.strip() for s in re.split(r"(?<=[.!?])\s+", ex.solution) if s.strip()]
         verdict = "holds" if answer == "yes" else "does not hold"
         return [*facts[:4], f"Putting these facts together, the claim in the question {verdict}."]

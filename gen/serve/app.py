@@ -40,8 +40,8 @@ from fair.wire.errors import ApiError
 from gen.serve import chat, uploads
 from gen.serve.batches import ServeFiles
 from gen.serve.budget import Budget
+from gen.serve.config import ServeConfig, same_token
 from gen.serve.jobs import OPEN, Jobs
-from gen.serve.server import ServeConfig, same_token
 from gen.serve.store import Store
 from gen.teachers.config import Teacher
 from gen.teachers.gates import gate_state

@@ -184,10 +184,10 @@ class Jobs:
         )
         status, error = "completed", None
         try:
-            write_stats(config, await run_committee(config, teachers, hooks))
+            write_stats(config.out_path, await run_committee(config, teachers, hooks))
             write_paper_files(get_task(config.task), config.out_path, f"{STEM}_{get_task(config.task).name}")
         except RunStopped as stop:  # its budget reached, or a teacher out of quota: resumable, nothing lost
-            write_stats(config, stop.result)
+            write_stats(config.out_path, stop.result)
             status, error = "stopped", str(stop)
         except asyncio.CancelledError:
             if job_id not in self.cancelled:  # the server is stopping: the job stays open and resumes

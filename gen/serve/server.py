@@ -4,6 +4,7 @@
     fair serve --teachers default --state data/serve      # real teachers: their keys come from this environment
     FAIR_SERVE_TOKEN=... fair serve --host 0.0.0.0        # any other bind than loopback needs an explicit token
 
+Settings and the bearer token: gen/serve/config.py.
 Routes (gen/serve/app.py): OpenAI's /v1/files and /v1/batches, /v1/chat/completions (a gated, cached proxy,
 streaming too: gen/serve/chat.py), /v1/fair/jobs (committee jobs), /v1/fair/limits, the page at /. Every route
 but /healthz needs the bearer token: FAIR_SERVE_TOKEN, else a random one kept in STATE/token (mode 0600; the
@@ -15,64 +16,16 @@ server per state folder.
 
 from __future__ import annotations
 
-import hmac
 import os
-import secrets
 import socket
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from fair.config import Validated, save_config
+from fair.config import save_config
 from fair.errors import FairError
 from fair.lock import folder_lock
-from gen.teachers.cache import is_loopback
+from gen.serve.config import TOKEN_ENV, ServeConfig, bearer_token
 from gen.teachers.config import load_committee, missing_keys
-
-TOKEN_ENV = "FAIR_SERVE_TOKEN"
-
-
-@dataclass
-class ServeConfig(Validated):
-    host: str = "127.0.0.1"  # another address needs FAIR_SERVE_TOKEN set
-    port: int = 8765  # 0 picks a free one (see port_file)
-    state: str = "data/serve"  # files, batches, jobs, the token; one server per folder
-    teachers: str = "offline"  # the committee every job, batch and chat request uses (configs/teachers/)
-    base_url: str | None = None  # send every teacher to this server (e.g. `fair teachers serve`)
-    offline: bool = False  # start the offline simulator in this process and point the teachers at it
-    reserve: float = 0.0  # fraction of each key's rpm kept for /v1/chat/completions (jobs and batches wait)
-    max_upload_mb: float = 200.0  # OpenAI's batch input limit
-    port_file: str | None = None  # write the bound port here once listening (for scripts and tests)
-
-    def validate(self) -> None:
-        if not 0 <= self.reserve < 1:
-            raise FairError(f"reserve must be in 0..1 (a fraction of each key's rpm), got {self.reserve}")
-        if not 0 <= self.port <= 65535 or self.max_upload_mb <= 0:
-            raise FairError(
-                f"port must be in 0..65535 and max_upload_mb positive, got {self.port} and "
-                f"{self.max_upload_mb}"
-            )
-        if self.offline and self.base_url:
-            raise FairError("offline starts its own simulator: leave base_url unset")
-
-
-def bearer_token(state: Path, host: str) -> str:
-    """FAIR_SERVE_TOKEN, else STATE/token (made once, 0600). Off loopback only an explicit token will do."""
-    if token := os.environ.get(TOKEN_ENV, "").strip():
-        return token
-    if not is_loopback(host):
-        raise FairError(f"binding {host} (not loopback) needs an explicit token: set {TOKEN_ENV}")
-    path = state / "token"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
-    return path.read_text().strip()
-
-
-def same_token(given: str | None, token: str) -> bool:
-    """Constant-time: how long a comparison takes must not tell an attacker how much of a guess was right."""
-    return given is not None and hmac.compare_digest(given.encode(), token.encode())
 
 
 def listen(host: str, port: int) -> socket.socket:

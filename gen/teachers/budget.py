@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from fair.errors import FairError
-from gen.teachers.transport import Usage
+from gen.teachers.config import Usage
 
 if TYPE_CHECKING:
     from gen.teachers.config import Teacher

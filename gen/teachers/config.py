@@ -31,7 +31,17 @@ from urllib.parse import urlsplit, urlunsplit
 from fair.config import CONFIGS_DIR, Validated, load_yaml, make_config
 from fair.errors import FairError
 from gen.teachers.keys import read_key
-from gen.teachers.transport import Usage
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the provider bills for one reply (the transport reads it off each reply; `Teacher.cost` prices it)."""
+
+    input_tokens: int = 0  # every prompt token, cached reads and cache writes included
+    output_tokens: int = 0  # visible + thinking/reasoning tokens
+    cached_input_tokens: int = 0  # of input_tokens: read from the provider's prompt cache (cheaper rate)
+    cache_write_tokens: int = 0  # of input_tokens: written to the prompt cache (Anthropic; dearer rate)
+
 
 Provider = Literal["openai", "gemini", "anthropic"]
 DEFAULT_BASE_URLS = {

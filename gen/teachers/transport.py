@@ -31,17 +31,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import httpx
 import orjson
 from httpx_aiohttp import HttpxAiohttpClient
 
+from gen.teachers.config import Teacher, Usage
 from gen.teachers.keys import redact
 from gen.teachers.ratelimits import RateLimitInfo, parse_limits, retry_after
-
-if TYPE_CHECKING:
-    from gen.teachers.config import Teacher
 
 
 @dataclass(frozen=True)
@@ -56,16 +54,6 @@ class ChatRequest:
     def for_teacher(cls, teacher: Teacher, messages: tuple[tuple[str, str], ...], sample: int = 0) -> ChatRequest:
         """The request with the teacher's sampling settings: the request's values are what is sent and hashed."""
         return cls(messages, teacher.temperature, teacher.top_p, teacher.max_tokens, sample)
-
-
-@dataclass(frozen=True)
-class Usage:
-    """What the provider bills for one reply."""
-
-    input_tokens: int = 0  # every prompt token, cached reads and cache writes included
-    output_tokens: int = 0  # visible + thinking/reasoning tokens
-    cached_input_tokens: int = 0  # of input_tokens: read from the provider's prompt cache (cheaper rate)
-    cache_write_tokens: int = 0  # of input_tokens: written to the prompt cache (Anthropic; dearer rate)
 
 
 @dataclass(frozen=True)
