@@ -1,7 +1,7 @@
 """OpenAI's Batch API on the server's committee (/v1/batches): each line is one chat request to a teacher.
 
 A batch's lines go through the same TeacherClients as everything else (the shared gates, its own fair-queue
-tenant, gen/serve/budget.py), at most WINDOW at once, into its folder: output.jsonl and errors.jsonl in
+tenant, serve/budget.py), at most WINDOW at once, into its folder: output.jsonl and errors.jsonl in
 OpenAI's result shape ({id, custom_id, response: {status_code, request_id, body}, error}), appended as each
 line ends, and the response cache requests.sqlite. A restarted server resumes an open batch by itself: the
 custom_ids already in either file are skipped and cached replies are free, so every custom_id appears once and
@@ -9,11 +9,11 @@ only requests in flight at a kill may be sent twice (`repeated_after_restart`, b
 
 Statuses as OpenAI's: in_progress -> finalizing -> completed, or cancelling -> cancelled, which keeps what was
 answered (output and error files with the lines so far). A line whose teacher fails for good (after retries) is
-a line of the error file; lines were checked at upload (gen/serve/uploads.py).
+a line of the error file; lines were checked at upload (serve/uploads.py).
 
 The Batch API's objects, its input line's shape and its result lines are fair/wire/batch.py's, which the
-simulator (gen/offline/batch.py) sends too; what is the service's own is how a line is answered (`answer_line`,
-a teacher through its TeacherClient) and where files and batches are kept (gen/serve/store.py, durable).
+simulator (simulator/batch.py) sends too; what is the service's own is how a line is answered (`answer_line`,
+a teacher through its TeacherClient) and where files and batches are kept (serve/store.py, durable).
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from fair.jsonl import JsonlAppender, read_jsonl
 from fair.wire.batch import BATCH_OPEN, batch_object, check_create, result_line
 from fair.wire.errors import ApiError
 from gen.committee.run import stream_window
-from gen.serve.budget import Budget
-from gen.serve.store import Store, new_id
-from gen.serve.uploads import records
-from gen.serve.wire import chat_completion, chat_request
 from gen.teachers.cache import ResponseCache
 from gen.teachers.client import TeacherClient
 from gen.teachers.config import Teacher
 from gen.teachers.providers import ProviderError
+from serve.budget import Budget
+from serve.store import Store, new_id
+from serve.uploads import records
+from serve.wire import chat_completion, chat_request
 
 WINDOW = 64  # lines in flight per batch
 SAVE_EVERY_S = 1.0
@@ -56,7 +56,7 @@ class Batches:
         if source is None or source["purpose"] != "batch":
             raise ApiError(400, f"input_file_id {file_id!r} is not a batch file of this server", "input_file_id")
         batch_id, now = new_id("batch"), time.time()
-        self.store.folder("batch", batch_id).mkdir()  # before the row: see gen/serve/store.py
+        self.store.folder("batch", batch_id).mkdir()  # before the row: see serve/store.py
         doc = {
             "id": batch_id,
             "input_file_id": source["id"],

@@ -8,7 +8,7 @@
     GET  /v1/files/{id}/content     the file's bytes
 
 (the /v1 prefix is optional, as on the live route). The objects, the upload's reading and the error replies are
-fair/wire's, as the service's (gen/serve) are; what is the simulator's own is where files and batches are kept
+fair/wire's, as the service's (serve/) are; what is the simulator's own is where files and batches are kept
 (BatchStore, in memory) and how a line is answered (`Answer`, the simulator's pipeline). Each input line is
 {"custom_id", "method": "POST", "url": "/v1/chat/completions", "body": <a chat-completions body>}; a file with a
 bad line, a repeated custom_id or more than one model fails validation, as OpenAI's does. A batch stays
@@ -41,9 +41,9 @@ from starlette.routing import Route
 from fair.wire.batch import batch_object, check_create, check_line, file_object, page, page_limit, result_line
 from fair.wire.errors import ApiError
 from fair.wire.multipart import read_form
-from gen.offline.formats import INTERNAL, SHAPE_ERRORS
-from gen.offline.http import json_response, read_body
-from gen.offline.replies import HttpReply
+from simulator.formats import INTERNAL, SHAPE_ERRORS
+from simulator.http import json_response, read_body
+from simulator.replies import HttpReply
 
 MAX_UPLOAD = 200 << 20  # OpenAI's limit on one batch input file
 MAX_JSON = 1 << 20

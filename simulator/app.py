@@ -1,8 +1,8 @@
-"""The offline committee's HTTP side (gen/offline/server.py runs it): Starlette routes on uvicorn, in a thread.
+"""The offline committee's HTTP side (simulator/server.py runs it): Starlette routes on uvicorn, in a thread.
 
 The routes read the request (body, key, format) and hand it to the simulator's one answer pipeline
 (Simulator.admit, then .write after the latency or hang, which waits here without holding a thread); the
-Batch API's routes are in gen/offline/batch.py. uvicorn runs with uvloop and httptools where installed, no
+Batch API's routes are in simulator/batch.py. uvicorn runs with uvloop and httptools where installed, no
 access log and no logging setup of its own (the simulator often runs inside another program's process).
 A connection is closed when it sends nothing for socket_timeout_s while a request or its body is awaited, or
 reads nothing of a reply for as long (`Patient`), and after socket_timeout_s idle between requests (uvicorn's
@@ -28,12 +28,12 @@ from starlette.routing import Route
 
 from fair.errors import FairError
 from fair.wire.errors import ApiError
-from gen.offline.api import bearer
-from gen.offline.batch import batch_routes
-from gen.offline.formats import INTERNAL, Format
-from gen.offline.http import json_response, read_body
-from gen.offline.replies import HttpReply
-from gen.offline.simulator import Simulator, Ticket
+from simulator.api import bearer
+from simulator.batch import batch_routes
+from simulator.formats import INTERNAL, Format
+from simulator.http import json_response, read_body
+from simulator.replies import HttpReply
+from simulator.simulator import Simulator, Ticket
 
 MAX_BODY = 4 << 20
 STARTUP_S = 30.0
