@@ -50,11 +50,11 @@ endif
 	touch $(STAMP)
 
 DEMO_LIMIT ?= 100
-# The whole FAIR loop on a CPU, offline (eval/demo.py): mine SmolLM2's mistakes on DEMO_LIMIT SVAMP train
+# The whole FAIR loop on a CPU, offline (cli/demo.py): mine SmolLM2's mistakes on DEMO_LIMIT SVAMP train
 # questions, ask the offline committee, evaluate on the SVAMP test split, train (configs/train/demo.yaml),
 # evaluate again, report; prints the time of every stage. Every stage resumes: a second run takes seconds.
 demo: $(STAMP) ## the whole loop offline on a CPU in under 20 minutes: mine, committee, train, evaluate before/after
-	$(PY) -m eval.demo --limit $(DEMO_LIMIT) --engine $(ENGINE) --dtype $(DTYPE)
+	$(PY) -m cli.demo --limit $(DEMO_LIMIT) --engine $(ENGINE) --dtype $(DTYPE)
 
 gen: $(STAMP) ## mine + committee + paper files: make gen DATASET=gsm8k [TEACHERS=offline] [LIMIT=N] [BATCH_API=1] [MAX_COST=USD]
 	$(FAIR) gen --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) --engine $(ENGINE) --dtype $(DTYPE) \
@@ -102,7 +102,7 @@ docs: $(STAMP) ## build the documentation site into site/ (open site/index.html)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 experiment: $(STAMP) ## does distillation help? runs the missing units (25-80 min each on 2 cores), rebuilds docs/results.md
-	$(PY) -m eval.experiment
+	$(PY) -m cli.experiment
 
 bench-mine: $(STAMP) ## the CPU's matmul ceiling; paper's loop vs our static and continuous batching vs vLLM on 64 SVAMP questions
 	$(PY) bench/bench_mine.py

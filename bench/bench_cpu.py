@@ -38,8 +38,8 @@ from unittest import mock
 import aiohttp
 import httpx
 import orjson
-from bench_gen import PEERS, SEED, Server, bench_teachers, log_metrics, peer_requests, run_peer
 
+from bench.bench_gen import PEERS, SEED, Server, bench_teachers, log_metrics, peer_requests, run_peer
 from fair.jsonl import append_jsonl, read_jsonl, write_json
 from fair.paper import import_mistakes
 from fair.tasks import default_data_dir, get_task

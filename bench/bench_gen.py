@@ -6,7 +6,7 @@
 
 Workload: the paper's real SVAMP mistakes (its seed file, via import_mistakes), the paper's prompts, three
 simulated teachers (sim-careful, sim-sloppy, sim-harsh), 12 requests per mistake (3 feedback, 3 rationales,
-6 peer reviews). Every client gets a fresh `gen.offline.server` process with its own request log:
+6 peer reviews). Every client gets a fresh `simulator.server` process with its own request log:
 RPM/TPM enforced per (key, model) over sliding 60 s windows (--rpm, 1M TPM), latency uniform 50-500 ms, no
 injected faults. Each teacher has its own API key.
 
@@ -72,7 +72,7 @@ class Server:
         self.log = workdir / f"server-{name}.log"
         port_file = workdir / f"port-{name}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gen.offline.cli", "--port", "0", "--port-file", str(port_file),
+            [sys.executable, "-m", "simulator.cli", "--port", "0", "--port-file", str(port_file),
              "--rpm", str(args.rpm), "--tpm", str(args.tpm), "--latency-ms", *map(str, args.latency_ms),
              "--seed", "0", "--log", str(self.log), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(600):  # at most 60 s to start

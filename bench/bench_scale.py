@@ -43,12 +43,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import bench_cpu
 import orjson
 import psutil
 import yaml
-from bench_gen import Server
 
+from bench import bench_cpu
+from bench.bench_gen import Server
 from fair.jsonl import JsonlAppender, read_jsonl, write_json
 from fair.records import StudentAnswer
 from fair.tasks import get_task
@@ -106,7 +106,7 @@ class Run:
 
 def committee_command(workdir: Path, task: str, url: str, window: int) -> list[str]:
     """The `fair committee` command line on workdir's mistakes.jsonl and teachers.yaml."""
-    return [sys.executable, "-m", "fair.cli", "committee", "--task", task, "--mistakes",
+    return [sys.executable, "-m", "cli.main", "committee", "--task", task, "--mistakes",
             str(workdir / "mistakes.jsonl"), "--out", str(workdir / "committee.jsonl"), "--teachers",
             str(workdir / "teachers.yaml"), "--base-url", url, "--window", str(window), "--no-progress"]
 

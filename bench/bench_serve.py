@@ -30,7 +30,7 @@ import orjson
 from fair.jsonl import append_jsonl, read_jsonl
 from fair.paper import import_mistakes
 from fair.tasks import default_data_dir, get_task
-from gen.offline.server import OfflineServer
+from simulator.server import OfflineServer
 
 SEED = "seed/Llama-2-7b-chat-hf_svamp_false_round0.json"
 OFFLINE = Path(__file__).resolve().parents[1] / "configs" / "teachers" / "offline.yaml"
@@ -63,7 +63,7 @@ def first_record_s(path: Path, started: float, timeout: float = 600) -> float:
 
 def served(folder: Path, mistakes: list[Path], teachers: Path, sim: OfflineServer) -> dict:
     port_file = folder / "serve.port"
-    command = [sys.executable, "-m", "fair.cli", "serve", "--port", "0", "--port-file", str(port_file),
+    command = [sys.executable, "-m", "cli.main", "serve", "--port", "0", "--port-file", str(port_file),
                "--state", str(folder / "state"), "--teachers", str(teachers), "--base-url", sim.url]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=os.environ | {"FAIR_SERVE_TOKEN": TOKEN})
     try:
@@ -99,7 +99,7 @@ def served(folder: Path, mistakes: list[Path], teachers: Path, sim: OfflineServe
 
 def separate(folder: Path, mistakes: list[Path], teachers: Path, sim: OfflineServer) -> dict:
     def command(path: Path) -> list[str]:
-        return [sys.executable, "-m", "fair.cli", "committee", "--task", "svamp", "--mistakes", str(path),
+        return [sys.executable, "-m", "cli.main", "committee", "--task", "svamp", "--mistakes", str(path),
                 "--teachers", str(teachers), "--base-url", sim.url, "--window", "8", "--no-progress"]
 
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}

@@ -50,8 +50,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from train_runs import ROOT, RunSpec, run
 
+from bench.train_runs import ROOT, RunSpec, run
 from fair.config import make_config
 from fair.jsonl import write_json
 from fair.models import resolve_model

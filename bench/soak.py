@@ -57,9 +57,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
-from bench_gen import SEED, Server
-from bench_scale import committee_command, line_count, wait_for_records, write_teachers
 
+from bench.bench_gen import SEED, Server
+from bench.bench_scale import committee_command, line_count, wait_for_records, write_teachers
 from fair.jsonl import append_jsonl, read_jsonl, unique_ids, write_json
 from fair.paper import import_mistakes
 from fair.tasks import default_data_dir, get_task

@@ -150,7 +150,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def config_parser(cls: type, prog: str, doc: str | None, positional: tuple[str, ...] = ()) -> Parser:
-    """The whole command line of a module run on its own (`python -m eval.demo`): `doc` above `cls`'s flags."""
+    """The whole command line of a module run on its own (`python -m cli.demo`): `doc` above `cls`'s flags."""
     parser = Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser, cls, positional)
     return parser

@@ -1,6 +1,6 @@
 """One exception type for every user-facing failure, and the one way a command ends on one: `main_guard`.
 
-Every entry point (`fair ...`, `python -m gen.offline.cli`, `python -m eval.demo`, ...) runs its work through
+Every entry point (`fair ...`, `python -m simulator.cli`, `python -m cli.demo`, ...) runs its work through
 `main_guard`, so they all end alike: a FairError is one line `<prog>: error: <message>` and exit 2; Ctrl-C is
 one line and exit 130 (finished work is on disk: every stage resumes); a write refused for want of space is
 one line and exit 1. Any other exception keeps its traceback: it is a bug, and the traceback is its report.

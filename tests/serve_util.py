@@ -14,7 +14,7 @@ import httpx
 import orjson
 
 from fair.jsonl import read_jsonl
-from gen.offline.server import OfflineServer
+from simulator.server import OfflineServer
 
 TOKEN = "test-token-5b1f0e"
 OFFLINE = Path(__file__).resolve().parents[1] / "configs" / "teachers" / "offline.yaml"
@@ -44,7 +44,7 @@ class Served:
         port_file = self.state.parent / f"{self.state.name}.port"
         port_file.unlink(missing_ok=True)
         log = self.state.parent / f"{self.state.name}.log"
-        command = [sys.executable, "-m", "fair.cli", "serve", "--port", "0", "--port-file", str(port_file),
+        command = [sys.executable, "-m", "cli.main", "serve", "--port", "0", "--port-file", str(port_file),
                    "--state", str(self.state), "--teachers", str(self.teachers), "--base-url", self.sim_url,
                    *self.args]
         self.process = subprocess.Popen(command, stdout=log.open("a"), stderr=subprocess.STDOUT,

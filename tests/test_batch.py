@@ -1,5 +1,5 @@
 """The committee through OpenAI's Batch API (gen/teachers/batch.py), against the offline server's batch endpoints
-(gen/offline/batch.py): the live run's records at half the price, resume without resubmitting, fallbacks."""
+(simulator/batch.py): the live run's records at half the price, resume without resubmitting, fallbacks."""
 
 from __future__ import annotations
 
@@ -17,16 +17,16 @@ import httpx
 import orjson
 import pytest
 
-from fair.cli import main
+from cli.main import main
 from fair.errors import FairError
 from fair.jsonl import read_jsonl
 from gen.committee.run import CommitteeConfig, run_committee
-from gen.offline.server import OfflineServer
 from gen.teachers import batch as batch_module
 from gen.teachers.batch import Ledger
 from gen.teachers.cache import ResponseCache
 from gen.teachers.config import Teacher, committee_path, load_committee
 from gen.teachers.providers import ChatResponse, Usage
+from simulator.server import OfflineServer
 from tests.conftest import PLANTED_KEY, assert_complete, fast, import_seed_mistakes
 
 LIMIT = 6
@@ -151,7 +151,7 @@ def test_a_rerun_reattaches_to_its_batches_instead_of_resubmitting(tmp_path, mis
 @pytest.mark.slow
 def test_sigkill_while_polling_then_rerun_reattaches(tmp_path, mistakes):
     """The same with a real `fair committee --batch-api` process killed by SIGKILL."""
-    command = [sys.executable, "-m", "fair.cli", "committee", "--task", "svamp", "--mistakes", str(mistakes),
+    command = [sys.executable, "-m", "cli.main", "committee", "--task", "svamp", "--mistakes", str(mistakes),
                "--out", str(tmp_path / "committee.jsonl"), "--teachers", "offline", "--limit", str(LIMIT),
                "--no-progress", "--batch-api", "--batch-poll-s", "0.05"]
     with OfflineServer(port=0, batch_delay_s=2.0) as server:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,8 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 @pytest.fixture(scope="module")
 def bench():
-    """bench/bench_train.py, which imports its sibling train_runs by its bare name."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        return importlib.import_module("bench_train")
-    finally:
-        sys.path.remove(str(BENCH))
+    """bench/bench_train.py."""
+    return importlib.import_module("bench.bench_train")
 
 
 def test_each_pair_alternates_which_side_runs_first_and_zero_runs_once(bench):
@@ -181,11 +176,7 @@ def test_gpu_sh_stops_without_a_gpu():
 
 
 def test_gpu_report_names_the_gpu_and_renders_both_benches(tmp_path):
-    sys.path.insert(0, str(BENCH))
-    try:
-        report = importlib.import_module("gpu_report")
-    finally:
-        sys.path.remove(str(BENCH))
+    report = importlib.import_module("bench.gpu_report")
     mine = {
         "settings": {"questions": 4},
         "rows": [{"engine": "ours: VLLMEngine", "tokens_per_s": 5123.4}],

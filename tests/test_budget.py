@@ -14,14 +14,14 @@ import httpx
 import orjson
 import pytest
 
-from fair.cli import main
+from cli.main import main
 from fair.jsonl import read_jsonl
-from gen.offline.server import OfflineServer
 from gen.teachers.budget import BudgetExhausted, CostBudget, worst_case_usd
 from gen.teachers.cache import ResponseCache
 from gen.teachers.client import TeacherClient
 from gen.teachers.config import Teacher, load_committee
 from gen.teachers.providers import ChatRequest, ChatResponse, TransientError, Usage
+from simulator.server import OfflineServer
 from tests.conftest import ROOT, fast, import_seed_mistakes, run_small_committee
 
 # ---------------------------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def test_a_run_killed_mid_flight_and_rerun_stays_within_the_budget(tmp_path, see
         args = ["committee", "--task", "svamp", "--teachers", "offline", "--base-url", server.url, "--mistakes",
                 str(seed_mistakes), "--out", str(tmp_path / "committee.jsonl"), "--limit", "12", "--no-progress",
                 "--max-cost-usd", str(limit)]
-        killed = subprocess.Popen([sys.executable, "-m", "fair.cli", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+        killed = subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while not log_path.exists() or len(log_path.read_bytes().splitlines()) < 10:  # replies, more in flight

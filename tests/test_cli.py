@@ -12,7 +12,7 @@ import sys
 import orjson
 import pytest
 
-from fair.cli import main
+from cli.main import main
 from fair.jsonl import read_jsonl
 from tests.conftest import assert_complete, cli_args, import_seed_mistakes, tiny_train_config
 
@@ -198,7 +198,7 @@ def test_teachers_serve_answers_a_committee_run_until_sigterm(tmp_path, data_dir
     """`fair teachers serve` in its own process, as a user starts it; `fair committee` talks to it; SIGTERM stops
     it with its summary, which counts what the committee sent and the request log recorded."""
     mistakes, log = import_seed_mistakes(tmp_path, data_dir, count=2), tmp_path / "server.log"
-    server = subprocess.Popen([sys.executable, "-m", "fair.cli", "teachers", "serve", "--port", "0", "--log", str(log)],
+    server = subprocess.Popen([sys.executable, "-m", "cli.main", "teachers", "serve", "--port", "0", "--log", str(log)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=os.environ | {"FAIR_DATA_DIR": str(data_dir)})
     try:

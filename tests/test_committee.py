@@ -20,8 +20,8 @@ from fair.jsonl import read_jsonl
 from fair.paper import accept, export_committee, import_committee
 from fair.tasks import get_task
 from gen.committee.review import parse_review_score
-from gen.offline.server import OfflineServer
 from gen.teachers.config import load_committee
+from simulator.server import OfflineServer
 from tests.conftest import PLANTED_KEY, ROOT, assert_complete, fast, run_small_committee
 
 
@@ -33,7 +33,7 @@ from tests.conftest import PLANTED_KEY, ROOT, assert_complete, fast, run_small_c
     ("429", {"rpm": 6}, "rate_limited"),
 ])
 def test_each_fault_class_is_survived(tmp_path, seed_mistakes, fault, server_settings, counter, monkeypatch):
-    from gen.offline import api as offline_api
+    from simulator import api as offline_api
 
     monkeypatch.setattr(offline_api, "WINDOW_S", 2.0)  # "per minute" becomes per 2 s: Retry-After stays short
     with OfflineServer(port=0, seed=1, **server_settings) as server:
@@ -103,7 +103,7 @@ def test_paper_files_round_trip(tmp_path, data_dir):
 
 
 def committee_cli(tmp_path, mistakes, url, limit):
-    return [sys.executable, "-m", "fair.cli", "committee", "--task", "svamp", "--mistakes", str(mistakes),
+    return [sys.executable, "-m", "cli.main", "committee", "--task", "svamp", "--mistakes", str(mistakes),
             "--out", str(tmp_path / "committee.jsonl"), "--teachers", str(tmp_path / "teachers.yaml"),
             "--base-url", url, "--limit", str(limit), "--window", "8", "--no-progress"]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from cli.main import main
 from eval.report import build_report
-from fair.cli import main
 from fair.jsonl import read_jsonl
 from fair.paper import export_committee
 from fair.records import StudentAnswer, question_block

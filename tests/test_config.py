@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cli.pipeline import GenConfig
 from eval.evaluate import EvalConfig
 from eval.regrade import GradeConfig
 from eval.report import ReportConfig
@@ -16,11 +17,10 @@ from fair.errors import FairError
 from gen.committee.run import CommitteeConfig
 from gen.from_paper import ImportCommitteeConfig, ImportMistakesConfig
 from gen.mine import MineConfig
-from gen.offline.cli import SimulatorConfig
-from gen.pipeline import GenConfig
-from gen.serve.config import ServeConfig
 from gen.teachers.config import Teacher, load_committee, rebase
 from gen.teachers.providers import Usage
+from serve.config import ServeConfig
+from simulator.cli import SimulatorConfig
 from tests.conftest import ROOT
 
 CONFIGS = ROOT / "configs"

@@ -62,3 +62,15 @@ def test_sampling_is_seeded_and_top_p_narrows(engine):
     greedy = engine.generate(PROMPTS, Sampling(max_new_tokens=8))
     narrow = engine.generate(PROMPTS, Sampling(max_new_tokens=8, temperature=1.0, top_p=1e-6, seed=3))
     assert [g.text for g in narrow] == [g.text for g in greedy]  # top_p near 0 keeps only the likeliest token
+
+
+def test_bf16_continuous_matches_generate_one_at_a_time(tiny_model_dir):
+    """In bfloat16 too (the engine's choice on CPUs with AMX or AVX512-BF16): the slot cache, the fused attention
+    and the argmax keep the run's dtype and give what `generate` gives each prompt alone in that dtype."""
+    engine = HFEngine(str(tiny_model_dir), batch_size=3, dtype="bfloat16")
+    assert engine.model.dtype == torch.bfloat16
+    results = engine.generate(PROMPTS, Sampling(max_new_tokens=12))
+    for prompt, generation in zip(PROMPTS, results, strict=True):
+        tokens = alone(engine, prompt, 12)
+        end = next((k + 1 for k, t in enumerate(tokens) if t in engine._eos_ids()), len(tokens))
+        assert generation.text == engine.tokenizer.decode(tokens[:end], skip_special_tokens=True)

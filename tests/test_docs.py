@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fair.cli import build_parser
+from cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

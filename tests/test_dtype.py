@@ -55,9 +55,9 @@ def test_an_explicit_dtype_wins_over_the_hardware(machine, cuda, features):
 
 
 def test_bad_dtypes_are_one_line_errors_naming_the_setting():
+    from cli.pipeline import GenConfig
     from eval.evaluate import EvalConfig
     from gen.mine import MineConfig
-    from gen.pipeline import GenConfig
     from train.train import TrainConfig
 
     with pytest.raises(FairError, match=r"^unknown dtype 'fp16' \(choose from auto, float32, bfloat16\)$"):
@@ -69,9 +69,9 @@ def test_bad_dtypes_are_one_line_errors_naming_the_setting():
 
 
 def test_every_stage_offers_the_setting_with_one_help_text():
+    from cli.pipeline import GenConfig
     from eval.evaluate import EvalConfig
     from gen.mine import MineConfig
-    from gen.pipeline import GenConfig
     from train.train import TrainConfig
 
     for cls in (MineConfig, EvalConfig, GenConfig, TrainConfig):

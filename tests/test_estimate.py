@@ -8,13 +8,13 @@ import dataclasses
 import orjson
 import pytest
 
-from fair.cli import main
+from cli.main import main
 from fair.config import make_config
 from fair.tasks import get_task
 from gen.committee.estimate import EstimateConfig, costs, estimate
 from gen.committee.run import CommitteeConfig, committee
-from gen.offline.server import OfflineServer
 from gen.teachers.config import load_committee
+from simulator.server import OfflineServer
 from tests.conftest import import_seed_mistakes
 
 

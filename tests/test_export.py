@@ -6,10 +6,10 @@ import tracemalloc
 
 import orjson
 
+from cli.pipeline import GenConfig, export
 from fair.jsonl import append_jsonl, write_json
 from fair.records import StudentAnswer
 from gen.committee.run import CommitteeConfig
-from gen.pipeline import GenConfig, export
 
 TEXT = "Subtract the eaten apples from the bought ones: 12 - 5 = 7. The answer is 7. " * 40  # ~3 KB
 

@@ -1,6 +1,6 @@
 """Every option of every `fair` command explains itself: a help line naming its choices and its default.
 
-The commands are found by walking fair/cli.py's parser, not listed here, so a new command or option is held to
+The commands are found by walking cli/main.py's parser, not listed here, so a new command or option is held to
 the same rule the day it is added. A settings class's choices and defaults are read from the dataclass itself
 (its `Literal` types, its field defaults), so the test fails if the help line and the class disagree.
 """
@@ -13,7 +13,7 @@ import typing
 
 import pytest
 
-from fair.cli import build_parser, main
+from cli.main import build_parser, main
 from fair.config import Validated, config_parser, field_default, field_doc, field_docs, format_value
 
 
@@ -72,9 +72,9 @@ def test_every_option_has_a_help_line_with_its_choices_and_default(path):
 
 
 def test_every_settings_class_documents_every_field():
-    """Beyond the commands: the settings of a driver (`python -m eval.demo`) or of a YAML only (a committee's
+    """Beyond the commands: the settings of a driver (`python -m cli.demo`) or of a YAML only (a committee's
     Teacher) are documented the same way."""
-    import eval.demo  # noqa: F401  (DemoConfig, and ExperimentConfig through it)
+    import cli.demo  # noqa: F401  (DemoConfig, and ExperimentConfig through it)
     import gen.teachers.config  # noqa: F401  (Teacher)
 
     for cls in all_subclasses(Validated):

@@ -9,7 +9,7 @@ from pathlib import Path
 from fair.tasks import registry
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("fair", "gen", "train", "eval", "bench")
+PACKAGES = ("fair", "gen", "train", "eval", "simulator", "serve", "cli", "bench")
 
 
 def sources() -> dict[str, Path]:

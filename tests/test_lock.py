@@ -118,14 +118,14 @@ def test_merge_refuses_while_a_shard_is_being_mined(tmp_path, data_dir):
 
 
 def test_readers_count_an_id_written_twice_once(tmp_path, data_dir):
+    from cli.pipeline import GenConfig, export
     from eval.report import build_report
     from fair.jsonl import append_jsonl, read_jsonl
     from gen.committee.report import review_outcomes
     from gen.committee.run import CommitteeConfig, count_mistakes
     from gen.committee.run import run_committee as run
-    from gen.offline.server import OfflineServer
-    from gen.pipeline import GenConfig, export
     from gen.teachers.config import load_committee
+    from simulator.server import OfflineServer
     from tests.conftest import import_seed_mistakes
 
     once = import_seed_mistakes(tmp_path / "once", data_dir, count=3)

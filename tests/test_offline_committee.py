@@ -8,9 +8,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from fair.cli import main
+from cli.main import main
 from fair.jsonl import read_jsonl
-from gen.offline.server import OfflineServer
+from simulator.server import OfflineServer
 from tests.conftest import import_seed_mistakes
 
 pytestmark = pytest.mark.timeout(120)

@@ -12,7 +12,7 @@ import pytest
 from fair.records import StudentAnswer
 from fair.tasks import get_task
 from gen.committee.prompts import fair_feedback, fair_review, fence
-from gen.offline.personas import classify, section
+from simulator.personas import classify, section
 
 FENCED = [
     "Two plus two is 4. The answer is 4.",  # a three-character fence, as before

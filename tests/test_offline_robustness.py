@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from fair.errors import FairError
-from gen.offline.server import OfflineServer
+from simulator.server import OfflineServer
 
 pytestmark = pytest.mark.timeout(60)
 CHAT = "/v1/chat/completions"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gen.offline.server import OfflineServer
+from simulator.server import OfflineServer
 
 openai = pytest.importorskip("openai")
 anthropic = pytest.importorskip("anthropic")

@@ -17,8 +17,8 @@ from fair.errors import FairError
 from fair.records import StudentAnswer
 from fair.tasks import get_task
 from gen.committee.prompts import PROMPT_SETS
-from gen.offline.api import duration
-from gen.offline.server import OfflineServer
+from simulator.api import duration
+from simulator.server import OfflineServer
 
 EXACT = {"p_wrong": 0, "p_sloppy": 0, "review_noise": 0, "p_unparseable_review": 0, "p_alt_score_format": 0}
 PERSONAS = {"sim-careful": EXACT, "sim-harsh": EXACT | {"review_bias": -1.2}}
@@ -211,7 +211,7 @@ def test_cli_serves_until_sigterm(tmp_path, data_dir):
     port_file = tmp_path / "port"
     env = os.environ | {"FAIR_DATA_DIR": str(data_dir)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gen.offline.cli", "--port", "0", "--port-file", str(port_file),
+        [sys.executable, "-m", "simulator.cli", "--port", "0", "--port-file", str(port_file),
          "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:
@@ -228,7 +228,7 @@ def test_cli_serves_until_sigterm(tmp_path, data_dir):
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("rpms: 5\n")
-    done = subprocess.run([sys.executable, "-m", "gen.offline.cli", "--config", str(bad)],
+    done = subprocess.run([sys.executable, "-m", "simulator.cli", "--config", str(bad)],
                           capture_output=True, text=True, timeout=30, env=env)
     assert done.returncode == 2 and "unknown setting" in done.stderr
 
@@ -319,7 +319,7 @@ def test_failure_settings_from_flags_and_config(tmp_path):
     import inspect
 
     from fair.config import build_config, config_parser
-    from gen.offline.cli import SimulatorConfig
+    from simulator.cli import SimulatorConfig
 
     config = tmp_path / "sim.yaml"
     config.write_text("p_refusal: 0.1\ncache_min_tokens: 0\n")

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from eval.experiment import UNITS
+from cli.experiment import UNITS
 from eval.report import change_line, wilson
 from eval.results import mcnemar_exact, paired_bootstrap, render_results
 
@@ -79,7 +79,7 @@ def test_report_change_line_is_paired_on_the_shared_questions(tmp_path):
 
 
 def test_smoke_flags_never_write_into_the_committed_results(capsys):
-    from eval.experiment import main
+    from cli.experiment import main
 
     assert main(["--units", "base", "--test-limit", "2"]) == 2
     assert "give them their own --results" in capsys.readouterr().err
@@ -88,7 +88,7 @@ def test_smoke_flags_never_write_into_the_committed_results(capsys):
 @pytest.mark.slow
 def test_a_unit_writes_both_files_and_the_page(tmp_path, data_dir):
     """The real thing, shortened: SmolLM2 trains one step on the paper's files and answers 3 test questions."""
-    from eval.experiment import main
+    from cli.experiment import main
 
     results = tmp_path / "results"
     args = ["--units", "base", "paper-alpha1", "--test-limit", "3", "--max-steps", "1",

@@ -16,12 +16,12 @@ import fair.jsonl as jsonl_module
 import gen.teachers.cache as cache_module
 from fair.errors import FairError
 from fair.jsonl import JsonlAppender, append_jsonl, read_jsonl
-from gen.offline.server import OfflineServer
 from gen.teachers.cache import ResponseCache, key_for
 from gen.teachers.client import TeacherClient, TeacherFailed
 from gen.teachers.config import Teacher, load_committee, missing_keys
 from gen.teachers.gates import gate_for
 from gen.teachers.providers import ChatRequest, ChatResponse
+from simulator.server import OfflineServer
 from tests.conftest import import_seed_mistakes, run_small_committee
 
 KEYS = {"FAIR_TEST_KEY_A": "sk-test-key-a-1111", "FAIR_TEST_KEY_B": "sk-test-key-b-2222"}

@@ -219,8 +219,8 @@ def test_a_committee_run_with_a_windows_key_works_and_writes_no_key(tmp_path, da
                                                                     capsys, raw):
     from fair.jsonl import read_jsonl
     from gen.committee.run import CommitteeConfig, run_committee
-    from gen.offline.server import OfflineServer
     from gen.teachers.config import load_committee
+    from simulator.server import OfflineServer
     from tests.conftest import fast, import_seed_mistakes
 
     monkeypatch.setenv(ENV, raw)

@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 from fair.errors import FairError
-from gen.serve.config import ServeConfig, bearer_token
 from gen.teachers.config import load_committee
+from serve.config import ServeConfig, bearer_token
 from tests.conftest import import_seed_mistakes
 from tests.serve_util import (
     TOKEN,
@@ -54,7 +54,7 @@ def http(server):
 
 def route_table() -> list[tuple[str, str]]:
     """Every (method, path) the app serves, path parameters filled in; /healthz is the one open route."""
-    from gen.serve.app import make_app
+    from serve.app import make_app
 
     teachers = load_committee("offline")
     app = make_app(ServeConfig(state="/nonexistent-never-started"), teachers, "unused")
@@ -287,7 +287,7 @@ def test_our_batch_api_client_drives_the_server_unchanged(server, monkeypatch):
 
 def test_fair_committee_server_submits_follows_and_downloads(server, mistakes, tmp_path):
     out = tmp_path / "run" / "committee.jsonl"
-    command = [sys.executable, "-m", "fair.cli", "committee", "--task", "svamp", "--mistakes", str(mistakes),
+    command = [sys.executable, "-m", "cli.main", "committee", "--task", "svamp", "--mistakes", str(mistakes),
                "--limit", "3", "--out", str(out), "--server", server.url, "--no-progress"]
     env = os.environ | {"FAIR_SERVE_TOKEN": TOKEN}
     run = subprocess.run(command, capture_output=True, text=True, timeout=90, env=env)

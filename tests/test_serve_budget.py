@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import orjson
 import pytest
 
-from gen.offline.server import OfflineServer
-from gen.serve.budget import Budget
+from serve.budget import Budget
+from simulator.server import OfflineServer
 from tests.conftest import import_seed_mistakes
 from tests.serve_util import Served, submit, teachers_yaml, upload_mistakes, wait_job
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from gen.offline.server import OfflineServer
+from simulator.server import OfflineServer
 from tests.conftest import import_seed_mistakes
 from tests.serve_util import TOKEN, Served, submit, teachers_yaml, upload_mistakes, wait_job
 

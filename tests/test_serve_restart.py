@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from gen.offline.server import OfflineServer
+from simulator.server import OfflineServer
 from tests.conftest import import_seed_mistakes
 from tests.serve_util import (
     TOKEN,

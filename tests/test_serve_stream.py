@@ -1,4 +1,4 @@
-"""`fair serve`'s chat proxy streaming (gen/serve/chat.py): the official `openai` SDK and raw HTTP against a real
+"""`fair serve`'s chat proxy streaming (serve/chat.py): the official `openai` SDK and raw HTTP against a real
 server process whose teachers are an offline simulator of the test's (so the test counts what reaches it):
 OpenAI's chunks and framing, the same text and usage as the plain reply (from the cache), errors before the
 stream as OpenAI error JSON, a teacher's failure as the stream's error event, and a client that disconnects."""
@@ -18,10 +18,10 @@ import orjson
 import pytest
 import yaml
 
-from gen.offline.server import OfflineServer
-from gen.serve.wire import Chunks, StreamOptions, chat_completion
 from gen.teachers.config import load_committee
 from gen.teachers.providers import ChatRequest, ChatResponse
+from serve.wire import Chunks, StreamOptions, chat_completion
+from simulator.server import OfflineServer
 from tests.serve_util import TOKEN, Served, teachers_yaml
 
 pytestmark = pytest.mark.timeout(120)

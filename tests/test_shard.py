@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fair.cli import main
+from cli.main import main
 from fair.config import make_config
 from fair.errors import FairError
 from fair.jsonl import read_jsonl

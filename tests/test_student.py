@@ -53,8 +53,8 @@ def test_gen_takes_its_stages_settings_as_they_are_there_and_flat_on_the_command
     import argparse
     import typing
 
+    from cli.pipeline import FROM_COMMITTEE, FROM_MINING, GenConfig
     from fair.config import add_config_arguments, build_config, field_doc
-    from gen.pipeline import FROM_COMMITTEE, FROM_MINING, GenConfig
 
     for stage, names in ((MineConfig, FROM_MINING), (CommitteeConfig, FROM_COMMITTEE)):
         theirs = {f.name: f for f in dataclasses.fields(stage)}

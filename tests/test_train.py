@@ -135,7 +135,7 @@ def test_alpha_zero_trains_on_rationales_only(config, tmp_path):
 
 
 def test_lora_exports_a_merged_model_that_evaluates(config, tmp_path, capsys):
-    from fair.cli import main
+    from cli.main import main
 
     lora = dataclasses.replace(config, lora=True, lora_r=4, lora_alpha=8, max_steps=2, pack=True)
     final = train(lora)

@@ -7,13 +7,13 @@ import dataclasses
 
 import pytest
 
+from cli.main import main
+from cli.pipeline import GenConfig
 from eval.evaluate import EvalConfig
-from fair.cli import main
 from fair.errors import FairError
 from gen.committee.estimate import EstimateConfig
 from gen.committee.run import CommitteeConfig
 from gen.mine import MineConfig
-from gen.pipeline import GenConfig
 from gen.teachers.config import Teacher
 
 pytestmark = pytest.mark.timeout(60)  # a value that slips through could start a server or a training run
@@ -68,7 +68,7 @@ INVALID = [
 
 
 def test_the_table_covers_every_subcommand():
-    from fair.cli import build_parser
+    from cli.main import build_parser
 
     sub = next(a for a in build_parser("train")._actions if a.dest == "command")
     covered = {argv[0] for argv, _ in INVALID}

@@ -116,7 +116,7 @@ class Backend:
     delay_s = 0.0
 
     def __init__(self, done: tuple[str, ...] = ()):
-        from gen.offline.batch import MemoryDocs
+        from simulator.batch import MemoryDocs
 
         self.docs, self.done = MemoryDocs(lambda _: None, 1 << 20), set(done)
         self.gate, self.written, self.errors = asyncio.Event(), [], []

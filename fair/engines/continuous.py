@@ -13,7 +13,9 @@ is copied every step. Here a fixed set of `slots` decodes together over a KV cac
               half of them are idle, so that the last long answers do not pay for empty rows.
 
 The model itself is transformers' own, unchanged: attention modules call `cache.update(k, v, layer)` and a
-registered attention function (`slot_attention`) that handles grouped-query heads without copying the keys.
+registered attention function (`slot_attention`: torch's fused attention kernel, grouped-query heads read
+without copying the keys). A decode step is then mostly the weights' matmuls (bench/profile_decode.py shows
+where it goes); greedy decoding takes the argmax of the last position's logits, never a softmax.
 Why not transformers' `generate_batch` (its paged continuous batching): on a CPU it is slower than plain
 `generate` (docs/benchmarks.md); and vLLM-CPU reserves a core for its scheduler and compiles for minutes
 at every start. Architectures whose attention needs more than a causal mask (sliding windows, soft-capping)
@@ -26,12 +28,14 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from transformers import AttentionInterface
 
 from fair.engines.base import Generation, Sampling, cut_at_stop
 from fair.models import PLAIN_DECODERS
 
 ATTENTION = "fair_slots"
+PREFILL_TOKENS = 4096  # padded prompt positions a prefill forward takes: bounds its activations' memory
 
 
 def supports(model) -> bool:
@@ -40,17 +44,20 @@ def supports(model) -> bool:
 
 
 def slot_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **_):
-    """Softmax attention with grouped-query heads read in place: query [B,H,L,D], key/value [B,Hkv,T,D],
-    mask [B,1,L,T] bool (True = attend). Returns [B,L,H,D], as transformers' attention functions do."""
+    """Attention through torch's fused kernel (scaled_dot_product_attention: scores, mask, softmax and the
+    weighted sum in one pass, no [B,H,L,T] tensors in memory), query [B,H,L,D], key/value [B,Hkv,T,D].
+    Prefill (L > 1): each row's prompt attends causally to itself (right padding: pads come last, so the
+    causal mask is right for every real position). Decode (L = 1): the heads of a group share a key head, so
+    they are stacked as that head's queries (no copy of the keys, which torch's own grouped-query path makes
+    in bf16) under the row's mask [B,1,1,T] (True = attend). Returns [B,L,H,D], as transformers' do."""
     b, heads, length, dim = query.shape
-    groups = heads // key.shape[1]
-    q = query.reshape(b, key.shape[1], groups * length, dim)  # heads of one group share a key head: stack them
-    scores = torch.matmul(q, key.transpose(-1, -2)) * (scaling if scaling is not None else dim**-0.5)
-    mask = attention_mask.repeat(1, 1, groups, 1) if groups > 1 else attention_mask
-    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    weights = scores.float().softmax(dim=-1).to(value.dtype)  # in fp32, as transformers' own attention does
-    out = torch.matmul(weights, value)  # [B, Hkv, groups * L, D]
-    return out.view(b, heads, length, dim).transpose(1, 2).contiguous(), None
+    if length > 1:
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling,
+                                             enable_gqa=heads != key.shape[1])
+        return out.transpose(1, 2), None
+    q = query.view(b, key.shape[1], heads // key.shape[1], dim)
+    out = F.scaled_dot_product_attention(q, key, value, attn_mask=attention_mask, scale=scaling)
+    return out.view(b, 1, heads, dim), None
 
 
 AttentionInterface.register(ATTENTION, slot_attention)
@@ -112,7 +119,8 @@ class ContinuousBatcher:
 
     def generate(self, encoded: list[list[int]], sampling: Sampling, progress=None) -> list[Generation]:
         """Completions in the order of `encoded`; the model's own attention setting is restored afterwards,
-        and the cache is let go (it is the largest buffer: about 1 GB for SmolLM2 at 64 slots)."""
+        and the cache is let go. It is the largest buffer: slots x (longest prompt + max_new_tokens) positions
+        in the model's dtype, 23 KB a position for SmolLM2 in bf16 (0.7 GB at 64 slots x 500 positions)."""
         if not encoded:
             return []
         usual = self.model.config._attn_implementation
@@ -153,12 +161,22 @@ class ContinuousBatcher:
         return results  # type: ignore[return-value]
 
     def _prefill(self, taken: list[tuple[int, int]], encoded, slots: list[Slot], next_tokens) -> None:
+        """New prompts through the model, at most PREFILL_TOKENS padded positions a forward: the activations
+        of a forward grow with rows x width, and 64 long prompts at once would dwarf the model and its cache."""
+        width = max(len(encoded[i]) for _, i in taken)
+        rows = max(1, PREFILL_TOKENS // width)
+        for start in range(0, len(taken), rows):
+            self._prefill_some(taken[start : start + rows], encoded, slots, next_tokens)
+
+    def _prefill_some(self, taken: list[tuple[int, int]], encoded, slots: list[Slot], next_tokens) -> None:
         lengths = [len(encoded[i]) for _, i in taken]
         width, device = max(lengths), self.device
         ids = torch.tensor([encoded[i] + [0] * (width - len(encoded[i])) for _, i in taken], device=device)
-        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()  # a view per row, no copies
         self.cache.prefill([k for k, _ in taken])
-        # The model's body, then the output layer at each prompt's last position only (not at every position).
+        # The model's body, then the output layer at each prompt's
+        # last position only, not at every position: [rows, width, vocabulary] logits would be the largest
+        # tensor of the run.
         hidden = getattr(self.model, self.model.base_model_prefix)(
             input_ids=ids, position_ids=torch.arange(width, device=device).expand(len(taken), -1),
             attention_mask=causal.expand(len(taken), 1, width, width), past_key_values=self.cache,
@@ -178,14 +196,14 @@ class ContinuousBatcher:
                             attention_mask=visible[:, None, None, :], past_key_values=self.cache,
                             use_cache=True).logits[:, -1]
         chosen = self._choose(logits)
-        for k, slot in enumerate(slots):
+        for slot, token in zip(slots, chosen.tolist(), strict=True):  # one host copy for all rows
             if slot.request >= 0:
-                slot.tokens.append(int(chosen[k]))
+                slot.tokens.append(token)
         next_tokens.copy_(chosen)
 
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
         if self.sampling.greedy:
-            return logits.argmax(dim=-1)
+            return logits.float().argmax(dim=-1)  # same ids (bf16 -> fp32 is exact), 3x as fast as on bf16
         probs = (logits.float() / self.sampling.temperature).softmax(dim=-1)
         if self.sampling.top_p < 1:
             sorted_probs, order = probs.sort(dim=-1, descending=True)

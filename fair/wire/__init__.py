@@ -1,4 +1,4 @@
-"""The HTTP wire formats that both the service (gen/serve) and the offline simulator (gen/offline) speak.
+"""The HTTP wire formats that both the service (serve/) and the offline simulator (simulator/) speak.
 
     errors.py     OpenAI's error reply, {"error": {"message", "type", "param", "code"}}
     multipart.py  a multipart/form-data upload read as it streams in (python-multipart), its file part capped

@@ -1,4 +1,4 @@
-"""OpenAI's Batch API objects, as the service (gen/serve/batches.py) and the simulator (gen/offline/batch.py) send
+"""OpenAI's Batch API objects, as the service (serve/batches.py) and the simulator (simulator/batch.py) send
 them (fair/wire/batch_api.py, their one Files and Batch API, builds and checks them here): the batch object,
 the file object, a page of a list, an input line's check and a result line, and the
 check of a create request.

@@ -1,4 +1,4 @@
-"""OpenAI's Files and Batch API, once, for the service (gen/serve) and the simulator (gen/offline):
+"""OpenAI's Files and Batch API, once, for the service (serve/) and the simulator (simulator/):
 
     POST /v1/files                  multipart: purpose, file                     -> the file object
     GET  /v1/files[/{id}]           the files, newest first (limit, after), or one
@@ -63,7 +63,7 @@ INTERNAL = "internal error in the server; the batch stopped here"
 
 
 class Docs(Protocol):
-    """Where file and batch documents are kept (kind "file" or "batch"), as gen/serve/store.py keeps them."""
+    """Where file and batch documents are kept (kind "file" or "batch"), as serve/store.py keeps them."""
 
     def add(self, kind: str, doc: dict[str, Any]) -> dict[str, Any]: ...
     def get(self, kind: str, object_id: str) -> dict[str, Any] | None: ...

@@ -2,7 +2,7 @@
 rationale is peer-reviewed by the other teachers.
 
     fair committee --task svamp --teachers offline --base-url http://127.0.0.1:8765
-    fair committee --task svamp --server http://127.0.0.1:8765   # as a job of `fair serve` (gen/serve/)
+    fair committee --task svamp --server http://127.0.0.1:8765   # as a job of `fair serve` (serve/)
     fair committee --task gsm8k --teachers default --window 128
     fair committee --task gsm8k --teachers default --batch-api   # OpenAI's Batch API first: half price, slower
 
@@ -133,7 +133,7 @@ class RunStopped(FairError):
 
 @dataclass
 class Hooks:
-    """What a long-lived caller plugs into a run (`fair serve`'s jobs, gen/serve/jobs.py); the CLI needs none."""
+    """What a long-lived caller plugs into a run (`fair serve`'s jobs, serve/jobs.py); the CLI needs none."""
 
     admission: Admission | None = None  # whose request goes next through a gate shared with other jobs
     # Told, once the clients exist, how many requests may be sent twice (in flight when the last run was killed).

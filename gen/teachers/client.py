@@ -21,7 +21,7 @@ teacher's rpm, tpm and max_concurrency; every attempt goes to the key that can s
 fewest requests waiting or in flight, among keys not cooling down after a 429 (if all are, the one whose
 cool-down ends first). A retry picks again, so a 429 moves the work to the other keys. Every client of one
 event loop shares the gates, so the jobs of a `fair serve` process share one budget; its `Admission`
-(gen/serve/budget.py) decides whose request takes a gate's next slot, where a lone run takes first come. Per gate:
+(serve/budget.py) decides whose request takes a gate's next slot, where a lone run takes first come. Per gate:
   * requests: a token bucket refilled at rpm/60 per second that holds one second's worth (or one request
     when rpm < 60): providers enforce per-minute limits at sub-minute granularity, so a full minute's
     burst at start-up would earn 429s. The bucket alone lets one second's worth more than rpm into the first

@@ -3,7 +3,7 @@ provider limits (gen/teachers/client.py states the policy that its TeacherClient
 
 Limiters and semaphores belong to one event loop, so the gates are kept per loop and die with it; the first
 teacher to use a gate sets its limits. `fair serve` shows them (gate_state) and decides whose request takes a
-gate's next turn (an Admission, gen/serve/budget.py).
+gate's next turn (an Admission, serve/budget.py).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def gate_state(teacher: Teacher) -> list[dict[str, Any]]:
 
 
 class Admission(Protocol):
-    """Who goes next through a gate shared by several jobs (`fair serve`, gen/serve/budget.py). Without one,
+    """Who goes next through a gate shared by several jobs (`fair serve`, serve/budget.py). Without one,
     requests take a gate's concurrency slots and limits first come, first served."""
 
     def turn(self, gate: Gate) -> AbstractAsyncContextManager[None]: ...

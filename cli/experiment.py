@@ -1,9 +1,9 @@
 """`make experiment`: does FAIR distillation help a real student? Units of work that a 2-core CPU finishes.
 
-    .venv/bin/python -m eval.experiment                     # every unit whose result file is missing
-    .venv/bin/python -m eval.experiment --units paper-fair-s0 base
-    .venv/bin/python -m eval.experiment --list              # the units and which are done
-    .venv/bin/python -m eval.experiment --render            # only rebuild docs/results.md
+    .venv/bin/python -m cli.experiment                     # every unit whose result file is missing
+    .venv/bin/python -m cli.experiment --units paper-fair-s0 base
+    .venv/bin/python -m cli.experiment --list              # the units and which are done
+    .venv/bin/python -m cli.experiment --render            # only rebuild docs/results.md
 
 One unit trains one variant of SmolLM2-135M-Instruct with the frozen budget of configs/train/experiment.yaml,
 then evaluates it on the 300 SVAMP test questions (`base` only evaluates). A finished unit writes two small files, meant to be
@@ -32,13 +32,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cli.pipeline import GenConfig, generate
 from eval.evaluate import EvalConfig, evaluate
 from eval.results import render_results
 from fair.config import CONFIGS_DIR, Validated, at_least, build_config, config_parser, load_yaml, make_config
 from fair.engines.base import EngineName
 from fair.errors import FairError, main_guard
 from fair.tasks import default_data_dir, get_task
-from gen.pipeline import GenConfig, generate
 from train.train import TrainConfig, train
 
 SEED_DIR = default_data_dir() / "seed"
@@ -171,7 +171,7 @@ def loss_summary(log: Path) -> dict:
 
 
 def command() -> str:
-    return shlex.join([Path(sys.executable).name, "-m", "eval.experiment", *sys.argv[1:]])
+    return shlex.join([Path(sys.executable).name, "-m", "cli.experiment", *sys.argv[1:]])
 
 
 def commit() -> str:
@@ -209,7 +209,7 @@ def experiment(args: ExperimentConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = config_parser(ExperimentConfig, "python -m eval.experiment", __doc__).parse_args(argv)
+    args = config_parser(ExperimentConfig, "python -m cli.experiment", __doc__).parse_args(argv)
     return main_guard("experiment", lambda: experiment(build_config(ExperimentConfig, args)))
 
 

@@ -6,7 +6,7 @@ The multipart body is parsed as it arrives (fair/wire/multipart.py), and the `fi
 
 Then the file is checked, each error naming its line: UTF-8, one JSON object per line, and per purpose
   batch          OpenAI's batch input: {custom_id (unique), method: POST, url: /v1/chat/completions, body}
-                 with a body that gen/serve/wire.py accepts (model = a teacher of this server)
+                 with a body that serve/wire.py accepts (model = a teacher of this server)
   fair-mistakes  mistakes.jsonl records (fair/records.py's StudentAnswer), ids unique
 A bad file is deleted and answered with a 400; nothing about it stays.
 """
@@ -26,8 +26,8 @@ from fair.records import StudentAnswer
 from fair.wire.batch import check_line
 from fair.wire.errors import ApiError
 from fair.wire.multipart import Form, read_form
-from gen.serve.wire import chat_request
 from gen.teachers.config import Teacher
+from serve.wire import chat_request
 
 PURPOSES = ("batch", "fair-mistakes")
 PLAIN_NAME = re.compile(r"^[^/\\\x00-\x1f]{1,255}$")

@@ -3,7 +3,7 @@ error reply and the Batch API's objects, which the simulator sends too, are fair
 
 A chat body names a teacher of the server's committee as its `model` and may set only the sampling fields
 below; keys, base URLs and limits are the server's own (its committee file), so a body that names one of them
-gets a 400, as does any other field we would not honour (tools, n > 1). The proxy (gen/serve/chat.py) also takes
+gets a 400, as does any other field we would not honour (tools, n > 1). The proxy (serve/chat.py) also takes
 `stream` and `stream_options`; a batch line does not, as OpenAI's Batch API does not.
 
 A reply's finish_reason says how it ended, as OpenAI's do: "stop", "length" (truncated at the output limit) or

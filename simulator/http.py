@@ -1,4 +1,4 @@
-"""What the offline simulator's routes share (gen/offline/app.py's live routes, the Batch API's backend, gen/offline/batch.py):
+"""What the offline simulator's routes share (simulator/app.py's live routes, the Batch API's backend, simulator/batch.py):
 JSON replies marked as the simulator's, and bounded request bodies (refused with fair/wire's ApiError)."""
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from fair.errors import FairError
 from fair.jsonl import write_json
 from gen.committee.run import CommitteeConfig, existing_mistakes
-from gen.serve.config import TOKEN_ENV
+from serve.config import TOKEN_ENV
 
 LOCAL_TOKEN = Path("data/serve/token")
 TERMINAL = ("completed", "failed", "cancelled", "stopped")

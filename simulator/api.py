@@ -1,10 +1,10 @@
 """What the offline simulator keeps per key, as the APIs it imitates do: rate limits and a prompt cache.
 
 Limits: requests and tokens per minute per (key, model) over sliding 60 s windows; a `Window` is what a reply's
-rate-limit headers report (gen/offline/formats.py writes them in each API's names). The prompt cache: a prompt
+rate-limit headers report (simulator/formats.py writes them in each API's names). The prompt cache: a prompt
 whose prefix this (key, model) sent before reads that prefix from the cache, as OpenAI's and Gemini's automatic
 caches and Anthropic's cache_control breakpoints do. The one answer pipeline (Simulator in
-gen/offline/simulator.py) uses both for the live routes and the Batch API alike.
+simulator/simulator.py) uses both for the live routes and the Batch API alike.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""The offline committee's HTTP side (gen/offline/server.py runs it): Starlette routes on uvicorn, in a thread.
+"""The offline committee's HTTP side (simulator/server.py runs it): Starlette routes on uvicorn, in a thread.
 
 The routes read the request (body, key, format) and hand it to the simulator's one answer pipeline
 (Simulator.admit, then .write after the latency or hang, which waits here without holding a thread); the
-Batch API's routes are fair/wire/batch_api.py's, over gen/offline/batch.py's store. uvicorn runs with uvloop and
+Batch API's routes are fair/wire/batch_api.py's, over simulator/batch.py's store. uvicorn runs with uvloop and
 httptools where installed, no access log and no logging setup of its own (the simulator often runs inside another
 program's process).
 A connection is closed when it sends nothing for socket_timeout_s while a request or its body is awaited, or
@@ -31,11 +31,11 @@ from starlette.routing import Route
 from fair.errors import FairError
 from fair.wire import batch_api
 from fair.wire.errors import ApiError
-from gen.offline.api import bearer
-from gen.offline.formats import INTERNAL, Format
-from gen.offline.http import json_response, read_body
-from gen.offline.replies import HttpReply
-from gen.offline.simulator import Simulator, Ticket
+from simulator.api import bearer
+from simulator.formats import INTERNAL, Format
+from simulator.http import json_response, read_body
+from simulator.replies import HttpReply
+from simulator.simulator import Simulator, Ticket
 
 MAX_BODY = 4 << 20
 MAX_JSON = 1 << 20  # a POST /v1/batches body
@@ -64,7 +64,7 @@ class Routes:
     async def lifespan(self, app: Any):
         self.loop, self.stop_event = asyncio.get_running_loop(), asyncio.Event()
         yield
-        await self.sim.batches.api.close()  # the batches die with the server (gen/offline/batch.py)
+        await self.sim.batches.api.close()  # the batches die with the server (simulator/batch.py)
 
     def wake(self) -> None:
         """Called from another thread on stop: requests waiting out a latency or a hang return at once."""

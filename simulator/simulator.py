@@ -1,24 +1,24 @@
 """The offline committee's answer pipeline: what a local HTTP server that SIMULATES teacher LLM APIs answers
-(gen/offline/server.py serves it: `fair teachers serve`).
+(simulator/server.py serves it: `fair teachers serve`).
 
 It is a simulator for demos, tests and benchmarks, not a model: every response carries the header
-`x-fair-simulator: 1`. It speaks three wire formats (gen/offline/formats.py), streaming included:
+`x-fair-simulator: 1`. It speaks three wire formats (simulator/formats.py), streaming included:
 
     OpenAI     POST /v1/chat/completions (or /chat/completions)      "stream": true -> server-sent events
     Gemini     POST /v1beta/models/{model}:generateContent           :streamGenerateContent?alt=sse
     Anthropic  POST /v1/messages                                     "stream": true -> server-sent events
     GET /health -> {"ok": true};  GET /v1/models (or /v1beta/models) lists the persona models
-    OpenAI's Batch API: /v1/files, /v1/batches, ... (gen/offline/batch.py), done after --batch-delay-s
+    OpenAI's Batch API: /v1/files, /v1/batches, ... (simulator/batch.py), done after --batch-delay-s
 
-and answers as one of several personas (gen/offline/personas.py: sim-careful, sim-sloppy, sim-harsh) from the
+and answers as one of several personas (simulator/personas.py: sim-careful, sim-sloppy, sim-harsh) from the
 benchmarks' gold solutions. Like a real API it enforces requests and tokens per minute per (key, model) over
 sliding 60 s windows (429 with Retry-After and each API's rate-limit headers), reports prompt-cache reads on
-repeated prefixes (gen/offline/api.py), and at set rates it sends what real APIs send when things go wrong:
+repeated prefixes (simulator/api.py), and at set rates it sends what real APIs send when things go wrong:
 faults drawn per attempt (5xx, or 529 for Anthropic; hangs; malformed JSON; empty replies), replies drawn per
 body (refusals, thinking that spent the whole budget, truncation at max_tokens: billed like the real ones) and
 an exhausted quota (after --quota-after requests of a key, or at a rate; live requests only). A keyless request
 is the bucket "anonymous"; keys are bucket ids only and never logged. The HTTP side (Starlette on uvicorn, in a
-thread of its own) is gen/offline/app.py, started by gen/offline/server.py; the command line gen/offline/cli.py.
+thread of its own) is simulator/app.py, started by simulator/server.py; the command line simulator/cli.py.
 
 A server may run for weeks: a connection that stalls (or idles) for socket_timeout_s is closed, the Batch API's
 files are kept up to batch_store_mb (oldest dropped first), and a malformed request, live or in a batch, gets a
@@ -44,9 +44,9 @@ from typing import Any
 import orjson
 
 from fair.errors import FairError
-from gen.offline.api import Limiter, PromptCache, Window, tokens
-from gen.offline.batch import BatchStore
-from gen.offline.formats import (
+from simulator.api import Limiter, PromptCache, Window, tokens
+from simulator.batch import BatchStore
+from simulator.formats import (
     MALFORMED,
     SHAPE_ERRORS,
     UNREADABLE,
@@ -58,9 +58,9 @@ from gen.offline.formats import (
     limit_headers,
     read_chat,
 )
-from gen.offline.personas import Persona, QuestionIndex, merge_personas
-from gen.offline.replies import OUTCOMES, QUOTA, HttpReply, compose, thoughts
-from gen.offline.stream import events
+from simulator.personas import Persona, QuestionIndex, merge_personas
+from simulator.replies import OUTCOMES, QUOTA, HttpReply, compose, thoughts
+from simulator.stream import events
 
 FAULTS = ("5xx", "hang", "malformed", "empty")
 MAX_TRACKED = 1_000_000  # bodies whose attempts are counted
@@ -87,7 +87,7 @@ class Ticket:
 
 
 class Simulator:
-    """The answer pipeline and its settings (gen/offline/server.py's OfflineServer serves it over HTTP).
+    """The answer pipeline and its settings (simulator/server.py's OfflineServer serves it over HTTP).
     `personas` maps model names to Persona objects or to overrides of a built-in's fields ({"p_wrong": 0})."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, rpm: int = 600, tpm: int = 1_000_000,

@@ -4,13 +4,13 @@
     fair serve --teachers default --state data/serve      # real teachers: their keys come from this environment
     FAIR_SERVE_TOKEN=... fair serve --host 0.0.0.0        # any other bind than loopback needs an explicit token
 
-Settings and the bearer token: gen/serve/config.py.
-Routes (gen/serve/app.py): OpenAI's /v1/files and /v1/batches, /v1/chat/completions (a gated, cached proxy,
-streaming too: gen/serve/chat.py), /v1/fair/jobs (committee jobs), /v1/fair/limits, the page at /. Every route
+Settings and the bearer token: serve/config.py.
+Routes (serve/app.py): OpenAI's /v1/files and /v1/batches, /v1/chat/completions (a gated, cached proxy,
+streaming too: serve/chat.py), /v1/fair/jobs (committee jobs), /v1/fair/limits, the page at /. Every route
 but /healthz needs the bearer token: FAIR_SERVE_TOKEN, else a random one kept in STATE/token (mode 0600; the
 server prints the file's path, never the token). Teachers, keys and limits are this server's committee file's
-(`teachers`, `base_url`); requests cannot set them. All work shares the teachers' gates (gen/serve/budget.py),
-lives in the state folder (gen/serve/store.py), and resumes by itself after a restart, also after SIGKILL. One
+(`teachers`, `base_url`); requests cannot set them. All work shares the teachers' gates (serve/budget.py),
+lives in the state folder (serve/store.py), and resumes by itself after a restart, also after SIGKILL. One
 server per state folder.
 """
 
@@ -24,8 +24,8 @@ from pathlib import Path
 from fair.config import save_config
 from fair.errors import FairError
 from fair.lock import folder_lock
-from gen.serve.config import TOKEN_ENV, ServeConfig, bearer_token
 from gen.teachers.config import load_committee, missing_keys
+from serve.config import TOKEN_ENV, ServeConfig, bearer_token
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -44,8 +44,8 @@ def listen(host: str, port: int) -> socket.socket:
 def serve(config: ServeConfig) -> int:
     import uvicorn
 
-    from gen.offline.server import OfflineServer
-    from gen.serve.app import make_app
+    from serve.app import make_app
+    from simulator.server import OfflineServer
 
     state = Path(config.state)
     state.mkdir(parents=True, exist_ok=True)

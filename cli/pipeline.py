@@ -97,7 +97,7 @@ def offline_server(config: GenConfig):
     if config.teachers != OFFLINE:
         yield None
         return
-    from gen.offline.server import OfflineServer
+    from simulator.server import OfflineServer
 
     with OfflineServer(port=0, latency_ms=config.offline_latency_ms, data_dir=config.data_dir) as server:
         print(f"offline committee (a simulator) listening on {server.url}")

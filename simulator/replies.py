@@ -1,6 +1,6 @@
 """The simulated replies that go wrong the way real ones do, and the out-of-quota errors of each API.
 
-`compose` writes the persona's reply (gen/offline/personas.py), cut at max_tokens, or, when the pipeline drew one
+`compose` writes the persona's reply (simulator/personas.py), cut at max_tokens, or, when the pipeline drew one
 of OUTCOMES for the body, what a real API sends instead, billed as it bills it:
 
     refusal   OpenAI: message.refusal, content null; Anthropic: stop_reason "refusal" after what it had written;
@@ -18,9 +18,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from gen.offline.api import tokens
-from gen.offline.formats import REFUSAL, Chat, Finish, Format
-from gen.offline.personas import Kind, Persona, QuestionIndex, classify, write_reply
+from simulator.api import tokens
+from simulator.formats import REFUSAL, Chat, Finish, Format
+from simulator.personas import Kind, Persona, QuestionIndex, classify, write_reply
 
 OUTCOMES = ("refusal", "thinking", "truncate")
 # What an account out of credit gets: (status, message, OpenAI's type and code).

@@ -3,9 +3,9 @@ request to a teacher.
 
 The routes and a batch's life (validating -> in_progress -> finalizing -> completed, failed, expired,
 cancelling -> cancelled) are fair/wire/batch_api.py's, the simulator's too; what is the service's own is here:
-files and batches are kept in the state folder (gen/serve/store.py: a row per object, the bytes on disk), an
-upload is checked line by line before it is kept (gen/serve/uploads.py), and a line goes through the same
-TeacherClients as everything else (the shared gates, the batch's own fair-queue tenant, gen/serve/budget.py).
+files and batches are kept in the state folder (serve/store.py: a row per object, the bytes on disk), an
+upload is checked line by line before it is kept (serve/uploads.py), and a line goes through the same
+TeacherClients as everything else (the shared gates, the batch's own fair-queue tenant, serve/budget.py).
 
 A batch's folder holds output.jsonl and errors.jsonl in OpenAI's result shape, appended as each line ends, and
 the response cache requests.sqlite. A restarted server resumes an open batch by itself: the custom_ids already
@@ -29,10 +29,10 @@ from starlette.responses import Response
 from fair.jsonl import JsonlAppender, read_jsonl
 from fair.wire.batch import result_line
 from fair.wire.batch_api import BatchApi
-from gen.serve import uploads
-from gen.serve.budget import Budget
-from gen.serve.store import Store, new_id
-from gen.serve.wire import chat_completion, chat_request
+from serve import uploads
+from serve.budget import Budget
+from serve.store import Store, new_id
+from serve.wire import chat_completion, chat_request
 from gen.teachers.cache import ResponseCache
 from gen.teachers.client import TeacherClient
 from gen.teachers.config import Teacher
@@ -53,7 +53,7 @@ class ServeFiles:
         self.api = BatchApi(self)
 
     async def receive(self, stream: AsyncIterator[bytes], content_type: str) -> dict[str, Any]:
-        """To `<id>.partial`, checked, renamed, then its row (see gen/serve/store.py); a bad file leaves nothing."""
+        """To `<id>.partial`, checked, renamed, then its row (see serve/store.py); a bad file leaves nothing."""
         file_id = new_id("file")
         partial = self.store.folder("file", file_id).with_suffix(".partial")
         try:

@@ -5,11 +5,11 @@
     anthropic  POST /v1/messages                               key: x-api-key (anthropic-version is not checked)
 
 A request is read into a `Chat` (model, prompt text, max_tokens, streaming, cache breakpoints); the answer
-pipeline (gen/offline/simulator.py) writes an `Answer`, which `body` renders as each API's JSON, usage included:
+pipeline (simulator/simulator.py) writes an `Answer`, which `body` renders as each API's JSON, usage included:
 OpenAI's prompt_tokens counts cached tokens (prompt_tokens_details.cached_tokens), Gemini's promptTokenCount too
 (cachedContentTokenCount), while Anthropic's input_tokens leaves out cache reads and writes. Refusals, thinking
 that spent the whole budget and truncations come out as each API sends them (see `body`); streams are in
-gen/offline/stream.py. The shapes follow the official SDKs' types (openai, anthropic, google-genai).
+simulator/stream.py. The shapes follow the official SDKs' types (openai, anthropic, google-genai).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import orjson
 
-from gen.offline.api import Window, duration
+from simulator.api import Window, duration
 
 Format = Literal["openai", "gemini", "anthropic"]
 # stop: a whole reply; length: cut at max_tokens; refusal: the model declined (Gemini: SAFETY with no content);

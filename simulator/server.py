@@ -1,5 +1,5 @@
-"""The offline committee served: the simulator's answer pipeline (gen/offline/simulator.py) behind its HTTP side
-(gen/offline/app.py, Starlette on uvicorn in a thread of its own), what `fair teachers serve` runs.
+"""The offline committee served: the simulator's answer pipeline (simulator/simulator.py) behind its HTTP side
+(simulator/app.py, Starlette on uvicorn in a thread of its own), what `fair teachers serve` runs.
 
     with OfflineServer(port=0) as server:
         httpx.post(server.url + "/v1/chat/completions", json=...)
@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from gen.offline.simulator import Simulator
+from simulator.simulator import Simulator
 
 
 class OfflineServer(Simulator):
     """The simulator listening on host:port (0 picks a free one) from `start` (or `with`) until `stop`."""
 
-    listener: Any = None  # gen.offline.app.Listener once started
+    listener: Any = None  # simulator.app.Listener once started
 
     def start(self) -> OfflineServer:
         if self.listener is None:
-            from gen.offline.app import Listener  # the ASGI stack, imported only by a simulator that serves
+            from simulator.app import Listener  # the ASGI stack, imported only by a simulator that serves
 
             self.listener = Listener(self).start()
             if self.log_path:

@@ -1,11 +1,11 @@
 """`fair serve`'s HTTP routes (FastAPI): OpenAI's files, batches and chat completions, committee jobs, the page.
 
     GET  /healthz                                   the only route without the bearer token
-    GET  /                                          the page (gen/serve/page.html); POST /login sets its cookie
+    GET  /                                          the page (serve/page.html); POST /login sets its cookie
     POST /v1/files  GET /v1/files[/{id}[/content]]  DELETE /v1/files/{id}
     POST /v1/batches  GET /v1/batches[/{id}]  POST /v1/batches/{id}/cancel
     POST /v1/chat/completions                       a teacher, through the shared gates and a cache; `stream: true`
-                                                    as OpenAI's server-sent events (gen/serve/chat.py)
+                                                    as OpenAI's server-sent events (serve/chat.py)
     GET  /v1/models                                 the teachers
     POST /v1/fair/jobs  GET /v1/fair/jobs[/{id}]  POST /v1/fair/jobs/{id}/cancel
     GET  /v1/fair/jobs/{id}/events                  progress as server-sent events, until the job ends
@@ -37,12 +37,12 @@ from fair.errors import FairError
 from fair.wire.batch import page
 from fair.wire.batch_api import MAX_FILES
 from fair.wire.errors import ApiError
-from gen.serve import chat, uploads
-from gen.serve.batches import ServeFiles
-from gen.serve.budget import Budget
-from gen.serve.config import ServeConfig, same_token
-from gen.serve.jobs import OPEN, Jobs
-from gen.serve.store import Store
+from serve import chat, uploads
+from serve.batches import ServeFiles
+from serve.budget import Budget
+from serve.config import ServeConfig, same_token
+from serve.jobs import OPEN, Jobs
+from serve.store import Store
 from gen.teachers.config import Teacher
 from gen.teachers.gates import gate_state
 

@@ -1,8 +1,8 @@
 """`fair teachers serve`: the offline committee, a local HTTP server that SIMULATES teacher LLM APIs.
 
-The simulator's command line; what it simulates is documented in gen/offline/simulator.py.
+The simulator's command line; what it simulates is documented in simulator/simulator.py.
 
-    fair teachers serve --port 8765 --log server.log        # the same flags: python -m gen.offline.cli
+    fair teachers serve --port 8765 --log server.log        # the same flags: python -m simulator.cli
     fair teachers serve --port 0 --port-file port --config configs/simulator.yaml --p-5xx 0.05
     fair teachers serve --p-refusal 0.05 --p-truncate 0.05 --quota-after 500 --cache-min-tokens 256
 
@@ -24,7 +24,7 @@ from typing import Any
 
 from fair.config import Validated, build_config, config_parser
 from fair.errors import main_guard
-from gen.offline.server import OfflineServer
+from simulator.server import OfflineServer
 
 
 @dataclass
@@ -53,7 +53,7 @@ class SimulatorConfig(Validated):
     socket_timeout_s: float = 60.0  # close a connection that sends or reads nothing this long
     log: str | None = None  # append one JSON line per request here (no keys)
     data_dir: str | None = None  # benchmark data for the personas' answers; default $FAIR_DATA_DIR or ../shared/data
-    personas: dict[str, Any] | None = None  # more or changed personas by model name (gen/offline/personas.py)
+    personas: dict[str, Any] | None = None  # more or changed personas by model name (simulator/personas.py)
 
     def server(self) -> OfflineServer:
         """The simulator these settings describe, not yet listening; it checks their ranges."""
@@ -91,7 +91,7 @@ def run(config: SimulatorConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = config_parser(SimulatorConfig, "python -m gen.offline.cli", __doc__).parse_args(argv)
+    args = config_parser(SimulatorConfig, "python -m simulator.cli", __doc__).parse_args(argv)
     return main_guard("offline committee", lambda: run(build_config(SimulatorConfig, args)))
 
 

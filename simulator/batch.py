@@ -31,8 +31,8 @@ from fair.wire.batch import BATCH_OPEN, result_line
 from fair.wire.batch_api import BatchApi
 from fair.wire.errors import ApiError
 from fair.wire.multipart import read_form
-from gen.offline.http import json_response
-from gen.offline.replies import HttpReply
+from simulator.http import json_response
+from simulator.replies import HttpReply
 
 MAX_UPLOAD = 200 << 20  # OpenAI's limit on one batch input file
 MAX_BATCHES = 10_000  # batch documents kept (a finished one is a few hundred bytes); the oldest finished go first

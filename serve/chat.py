@@ -7,7 +7,7 @@
 
 Every request goes through the server's own TeacherClient for its teacher (gen/teachers/client.py): its response
 cache (STATE/proxy/requests.sqlite), the key's limits and retries, and the interactive turn in the shared gates'
-fair queues (gen/serve/budget.py). A body the server would not honour is a 400 before anything else happens, in
+fair queues (serve/budget.py). A body the server would not honour is a 400 before anything else happens, in
 OpenAI's error shape; a teacher that fails for good is a 502.
 
 Streaming (`stream: true`) is OpenAI's wire format, not the teacher's: the call upstream stays the committee's
@@ -42,8 +42,12 @@ import orjson
 from sse_starlette.sse import EventSourceResponse
 
 from fair.wire.errors import ApiError
-from gen.serve.budget import Tenant
-from gen.serve.wire import (
+from gen.teachers.cache import ResponseCache
+from gen.teachers.client import TeacherClient
+from gen.teachers.config import Teacher
+from gen.teachers.providers import ChatRequest, ChatResponse, ProviderError
+from serve.budget import Tenant
+from serve.wire import (
     RANGES,
     ROLES,
     STREAM_OPTIONS,
@@ -54,10 +58,6 @@ from gen.serve.wire import (
     chat_request,
     stream_options,
 )
-from gen.teachers.cache import ResponseCache
-from gen.teachers.client import TeacherClient
-from gen.teachers.config import Teacher
-from gen.teachers.providers import ChatRequest, ChatResponse, ProviderError
 
 PING_S = 15  # sse-starlette's comment line while a stream waits: under the usual idle timeouts of proxies
 STOP_WAIT_S = 10.0

@@ -1,7 +1,7 @@
 """Committee jobs (/v1/fair/jobs): gen/committee/run.py's run, one per job folder, inside the server's event loop.
 
 A job is a mistakes file (uploaded with purpose fair-mistakes) and the run's settings (task, teachers, prompts,
-threshold, window, limit), plus a priority (its weight in the shared gates' fair queues, gen/serve/budget.py)
+threshold, window, limit), plus a priority (its weight in the shared gates' fair queues, serve/budget.py)
 and an optional max_cost_usd. Its folder holds what `fair committee` writes: committee.jsonl, the response
 cache requests.sqlite, committee.yaml, committee_stats.json, and at the end the paper's two files. So a job keeps
 the committee's exactly-once promise: a server killed with SIGKILL and restarted resumes every unfinished job by
@@ -42,10 +42,10 @@ from gen.committee.run import (
     finished_ids,
     run_committee,
 )
-from gen.serve.budget import Budget
-from gen.serve.store import Store, new_id
 from gen.teachers.client import TeacherClient
 from gen.teachers.config import Teacher
+from serve.budget import Budget
+from serve.store import Store, new_id
 
 OPEN = ("queued", "in_progress", "cancelling")
 COUNTERS = (
@@ -109,7 +109,7 @@ class Jobs:
             raise ApiError(400, str(e)) from None
         self.check_task(self.store.root / source["path"], config)
         folder.mkdir()
-        link(self.store.root / source["path"], config.mistakes_path)  # before the row: see gen/serve/store.py
+        link(self.store.root / source["path"], config.mistakes_path)  # before the row: see serve/store.py
         doc = {
             "id": job_id,
             "object": "fair.job",

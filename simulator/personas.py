@@ -5,9 +5,9 @@ found in the prompt (GSM8K solution text, SVAMP equation, StrategyQA facts, Logi
 spoiled at each persona's error rates, so that the committee code downstream sees realistic variety: wrong
 final answers, terse rationales, biased or noisy review scores, reviews with no score at all. Every draw
 comes from the `random.Random` the server seeds per request, so the same request always gets the same reply.
-The rest lives in gen/offline/simulator.py (the answer pipeline, faults), gen/offline/replies.py (refusals,
-spent thinking, truncation), gen/offline/app.py (routes), gen/offline/formats.py and stream.py (wire formats)
-and gen/offline/api.py (rate limits, the prompt cache). Prompts are read as gen/committee/prompts.py writes them.
+The rest lives in simulator/simulator.py (the answer pipeline, faults), simulator/replies.py (refusals,
+spent thinking, truncation), simulator/app.py (routes), simulator/formats.py and stream.py (wire formats)
+and simulator/api.py (rate limits, the prompt cache). Prompts are read as gen/committee/prompts.py writes them.
 """
 
 from __future__ import annotations

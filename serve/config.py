@@ -1,6 +1,6 @@
-"""`fair serve`'s settings and who may talk to it: the config (gen/serve/server.py runs it) and the bearer token.
+"""`fair serve`'s settings and who may talk to it: the config (serve/server.py runs it) and the bearer token.
 
-Apart from the server, which starts the app (gen/serve/app.py), because the app reads both: so neither of the
+Apart from the server, which starts the app (serve/app.py), because the app reads both: so neither of the
 two imports the other.
 """
 

@@ -1,4 +1,4 @@
-"""Streamed replies: an Answer as each API's server-sent events (the non-streamed bodies: gen/offline/formats.py).
+"""Streamed replies: an Answer as each API's server-sent events (the non-streamed bodies: simulator/formats.py).
 
     openai     chat.completion.chunk objects: the role first, the text in pieces, the finish_reason, then (with
                stream_options.include_usage) a last chunk with no choices and the usage, and `data: [DONE]`
@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from gen.offline.formats import (
+from simulator.formats import (
     ANTHROPIC_STOP,
     Answer,
     Format,
