@@ -37,14 +37,14 @@ from fair.errors import FairError
 from fair.wire.batch import page
 from fair.wire.batch_api import MAX_FILES
 from fair.wire.errors import ApiError
+from gen.teachers.config import Teacher
+from gen.teachers.gates import gate_state
 from serve import chat, uploads
 from serve.batches import ServeFiles
 from serve.budget import Budget
 from serve.config import ServeConfig, same_token
 from serve.jobs import OPEN, Jobs
 from serve.store import Store
-from gen.teachers.config import Teacher
-from gen.teachers.gates import gate_state
 
 COOKIE = "fair_serve_token"
 PAGE = Path(__file__).with_name("page.html")

@@ -29,14 +29,14 @@ from starlette.responses import Response
 from fair.jsonl import JsonlAppender, read_jsonl
 from fair.wire.batch import result_line
 from fair.wire.batch_api import BatchApi
-from serve import uploads
-from serve.budget import Budget
-from serve.store import Store, new_id
-from serve.wire import chat_completion, chat_request
 from gen.teachers.cache import ResponseCache
 from gen.teachers.client import TeacherClient
 from gen.teachers.config import Teacher
 from gen.teachers.providers import ProviderError
+from serve import uploads
+from serve.budget import Budget
+from serve.store import Store, new_id
+from serve.wire import chat_completion, chat_request
 
 
 class ServeFiles:
