@@ -43,20 +43,60 @@ class ServeConfig(Validated):
             raise FairError("offline starts its own simulator: leave base_url unset")
 
 
+MIN_TOKEN = 43  # characters of a token off loopback, and of STATE/token: secrets.token_urlsafe(32), 32 bytes
+MIN_DISTINCT = 16  # distinct characters: a long run of one character is not 32 bytes of entropy
+MIN_LOOPBACK_TOKEN = 16  # a user's FAIR_SERVE_TOKEN on loopback: only this machine's users can reach it
+
+
 def bearer_token(state: Path, host: str) -> str:
-    """FAIR_SERVE_TOKEN, else STATE/token (made once, 0600). Off loopback only an explicit token will do."""
+    """FAIR_SERVE_TOKEN, else STATE/token (made once, atomically, 0600). Off loopback only an explicit token will
+    do, and it must carry 32 bytes of entropy (MIN_TOKEN characters, MIN_DISTINCT of them distinct); on loopback
+    a user's token needs MIN_LOOPBACK_TOKEN characters. Never an empty token: a 0-byte STATE/token (what a start
+    that failed mid-write left, before writes were atomic) is replaced; a short one is refused."""
+    loopback = is_loopback(host)
     if token := os.environ.get(TOKEN_ENV, "").strip():
+        need = MIN_LOOPBACK_TOKEN if loopback else MIN_TOKEN
+        if len(token) < need or (not loopback and len(set(token)) < MIN_DISTINCT):
+            raise FairError(
+                f"{TOKEN_ENV} is too short: binding {host} needs at least {need} characters"
+                + ("" if loopback else f", {MIN_DISTINCT} of them distinct (e.g. python -c "
+                   "'import secrets; print(secrets.token_urlsafe(32))')")
+            )
         return token
-    if not is_loopback(host):
+    if not loopback:
         raise FairError(f"binding {host} (not loopback) needs an explicit token: set {TOKEN_ENV}")
     path = state / "token"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    token = path.read_text().strip() if path.exists() else ""
+    if not token:
+        token = secrets.token_urlsafe(32)
+        write_private(path, token + "\n")
+    if len(token) < MIN_TOKEN:
+        raise FairError(f"{path}: the token is too short (under {MIN_TOKEN} characters); delete the file to get "
+                        "a new one")
+    return token
+
+
+def write_private(path: Path, text: str) -> None:
+    """`text` into `path` (mode 0600) whole or not at all: a temporary file, fsynced, renamed, the folder fsynced."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
         with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
-    return path.read_text().strip()
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def same_token(given: str | None, token: str) -> bool:
-    """Constant-time: how long a comparison takes must not tell an attacker how much of a guess was right."""
-    return given is not None and hmac.compare_digest(given.encode(), token.encode())
+    """Constant-time: how long a comparison takes must not tell an attacker how much of a guess was right. An
+    empty token or guess never matches (compare_digest("", "") is True)."""
+    return bool(given) and bool(token) and hmac.compare_digest(given.encode(), token.encode())

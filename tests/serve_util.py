@@ -34,8 +34,9 @@ def teachers_yaml(folder: Path, url: str, rpm: int = 600, concurrency: int = 16)
 class Served:
     """`fair serve` in its own process: start(), stop() (SIGTERM) or kill() (SIGKILL), start() again."""
 
-    def __init__(self, state: Path, teachers: Path, sim_url: str, *args: str):
+    def __init__(self, state: Path, teachers: Path, sim_url: str, *args: str, token: str | None = TOKEN):
         self.state, self.teachers, self.sim_url, self.args = state, teachers, sim_url, args
+        self.token = token  # FAIR_SERVE_TOKEN; None: unset, so the server keeps its own in STATE/token
         self.process: subprocess.Popen | None = None
         self.url = ""
         self.output: list[str] = []
@@ -47,8 +48,10 @@ class Served:
         command = [sys.executable, "-m", "cli.main", "serve", "--port", "0", "--port-file", str(port_file),
                    "--state", str(self.state), "--teachers", str(self.teachers), "--base-url", self.sim_url,
                    *self.args]
-        self.process = subprocess.Popen(command, stdout=log.open("a"), stderr=subprocess.STDOUT,
-                                        env=os.environ | {"FAIR_SERVE_TOKEN": TOKEN})
+        env = {k: v for k, v in os.environ.items() if k != "FAIR_SERVE_TOKEN"}
+        if self.token is not None:
+            env["FAIR_SERVE_TOKEN"] = self.token
+        self.process = subprocess.Popen(command, stdout=log.open("a"), stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while not port_file.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:

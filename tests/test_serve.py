@@ -88,8 +88,9 @@ def test_the_token_file_is_private_and_a_public_bind_needs_an_explicit_token(tmp
     assert bearer_token(tmp_path, "127.0.0.1") == token  # kept across restarts
     with pytest.raises(FairError, match="FAIR_SERVE_TOKEN"):
         bearer_token(tmp_path, "0.0.0.0")
-    monkeypatch.setenv("FAIR_SERVE_TOKEN", "explicit")
-    assert bearer_token(tmp_path, "0.0.0.0") == "explicit"
+    explicit = "Xq3" + "".join(chr(ord("a") + i) for i in range(26)) + "0123456789ABCDEF"
+    monkeypatch.setenv("FAIR_SERVE_TOKEN", explicit)
+    assert bearer_token(tmp_path, "0.0.0.0") == explicit
 
 
 GOOD = batch_lines(2)
