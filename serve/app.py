@@ -41,7 +41,7 @@ from gen.teachers.config import Teacher
 from gen.teachers.gates import gate_state
 from serve import chat, uploads
 from serve.batches import ServeFiles
-from serve.budget import Budget
+from serve.budget import PRIORITY, Budget
 from serve.config import ServeConfig, same_token
 from serve.jobs import OPEN, Jobs
 from serve.store import Store
@@ -66,7 +66,7 @@ class JobSpec(BaseModel):
     threshold: float = Field(3.0, ge=1, le=5)
     window: int = Field(64, ge=1, le=4096)
     limit: int | None = Field(None, ge=1)
-    priority: float = Field(1.0, gt=0, le=100)  # the job's weight in the shared gates' fair queues
+    priority: float = Field(1.0, ge=PRIORITY[0], le=PRIORITY[1])  # its weight in the shared gates' fair queues
     max_cost_usd: float | None = Field(None, gt=0)
 
 

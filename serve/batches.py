@@ -100,8 +100,8 @@ class DiskRun:
         self.cache = ResponseCache(folder / "requests.sqlite")
         self.changes = {"repeated_after_restart": doc.get("repeated_after_restart", 0)
                         + self.cache.abandoned_inflight()}
-        tenant = files.budget.tenant(self.batch_id)
-        self.clients = {n: TeacherClient(t, self.cache, files.http, admission=tenant)
+        self.tenant = files.budget.tenant(self.batch_id)
+        self.clients = {n: TeacherClient(t, self.cache, files.http, admission=self.tenant)
                         for n, t in files.teachers.items()}
 
     async def answer(self, record: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
@@ -123,6 +123,7 @@ class DiskRun:
         for appender in self.out.values():
             appender.close()
         self.cache.close()
+        self.tenant.close()
 
     def publish(self) -> dict[str, str]:
         """Register the result files with lines; an id of its own batch and name, so a kill before the batch's

@@ -10,7 +10,9 @@ tenant's turn comes:
   * Tenants (a job, a batch, the interactive proxy) take turns by stride scheduling: each turn advances the
     tenant's pass by 1 / weight, and the waiting tenant with the lowest pass goes next, so concurrent jobs
     share a key in proportion to their priority. A tenant that was idle starts at the queue's current pass
-    (it cannot bank turns while it had nothing to send).
+    (it cannot bank turns while it had nothing to send). Weights are clamped to PRIORITY (a job's priority is
+    refused outside it), so every pass stays finite; a tenant whose job or batch ended is closed and leaves
+    every queue, so a turn costs the same after 100k finished jobs as after none.
   * Interactive requests (POST /v1/chat/completions) go before any job's, and a `reserve` fraction of each key's
     rpm is theirs: a job or batch request waits while the key's last 60 s already hold (1 - reserve) x rpm.
   * One request holds a gate's turn at a time, from its turn until it has its slot and its limits; then the
@@ -28,6 +30,8 @@ from dataclasses import dataclass, field
 
 from gen.teachers.gates import WINDOW_S, Gate
 
+PRIORITY = (0.01, 100.0)  # a tenant's weight: the least and most a job's priority may be
+
 
 @dataclass(eq=False)
 class Tenant:
@@ -41,6 +45,11 @@ class Tenant:
 
     def turn(self, gate: Gate) -> contextlib.AbstractAsyncContextManager[None]:
         return self.budget.queue(gate).turn(self)
+
+    def close(self) -> None:
+        """Its job or batch ended: out of every queue (a turn it still waits for comes back in at the current pass)."""
+        for queue in self.budget.queues.values():
+            queue.forget(self)
 
 
 @dataclass(eq=False)
@@ -66,13 +75,24 @@ class FairQueue:
             if waiter.done() and not waiter.cancelled():  # granted, then cancelled before it could run
                 self._release()
             else:
-                with contextlib.suppress(ValueError):  # _next may have dropped it already
+                with contextlib.suppress(KeyError, ValueError):  # _next may have dropped it already
                     self.waiting[tenant].remove(waiter)
+                    self._drop_idle(tenant)
             raise
         try:
             yield
         finally:
             self._release()
+
+    def forget(self, tenant: Tenant) -> None:
+        if not self.waiting.get(tenant):
+            self.passes.pop(tenant, None)
+            self.waiting.pop(tenant, None)
+
+    def _drop_idle(self, tenant: Tenant) -> None:
+        """No waiter left: its deque goes (its pass stays, so an idle tenant cannot bank turns)."""
+        if not self.waiting.get(tenant):
+            self.waiting.pop(tenant, None)
 
     def _release(self) -> None:
         self.busy = False
@@ -85,18 +105,20 @@ class FairQueue:
         if tenant is None:
             return
         waiter = self.waiting[tenant].popleft()
+        self._drop_idle(tenant)
         self.busy = True
-        self.now_pass = self.passes[tenant]
+        self.now_pass = self.passes.setdefault(tenant, self.now_pass)
         self.passes[tenant] += 1 / tenant.weight
         tenant.turns += 1
         waiter.set_result(None)
 
     def _next(self) -> Tenant | None:
         """The interactive tenant when it waits, else the job with the lowest pass while the reserve allows."""
-        for queue in self.waiting.values():
+        for tenant, queue in list(self.waiting.items()):
             while queue and queue[0].cancelled():
                 queue.popleft()
-        ready = [t for t, q in self.waiting.items() if q]
+            self._drop_idle(tenant)
+        ready = list(self.waiting)
         if not ready:
             return None
         if interactive := [t for t in ready if t.interactive]:
@@ -105,7 +127,7 @@ class FairQueue:
             if self.timer is None:
                 self.timer = asyncio.get_running_loop().call_later(wait, self._wake)
             return None
-        return min(ready, key=lambda t: self.passes[t])
+        return min(ready, key=lambda t: self.passes.setdefault(t, self.now_pass))
 
     def _reserve_wait(self) -> float:
         """Seconds until a job may take the gate's next place under the reserve; 0 when it may now."""
@@ -129,7 +151,8 @@ class Budget:
         self.queues: dict[int, FairQueue] = {}  # by id(gate): gates live as long as their event loop
 
     def tenant(self, name: str, weight: float = 1.0, interactive: bool = False) -> Tenant:
-        return Tenant(self, name, weight, interactive)
+        """`weight` clamped to PRIORITY: a job of an older server's row may hold any positive number."""
+        return Tenant(self, name, min(max(weight, PRIORITY[0]), PRIORITY[1]), interactive)
 
     def queue(self, gate: Gate) -> FairQueue:
         if (queue := self.queues.get(id(gate))) is None:

@@ -177,8 +177,9 @@ class Jobs:
         teachers = [
             t for name, t in self.teachers.items() if not spec["teachers"] or name in spec["teachers"]
         ]
+        tenant = self.budget.tenant(job_id, spec["priority"])
         hooks = Hooks(
-            admission=self.budget.tenant(job_id, spec["priority"]),
+            admission=tenant,
             started=lambda repeated, clients: self.started(job_id, config, repeated, clients),
             written=lambda clients, written: self.written(job_id, written),
         )
@@ -198,6 +199,7 @@ class Jobs:
             status, error = "failed", str(e) if isinstance(e, FairError) else f"{type(e).__name__}: {e}"
         finally:
             self.tasks.pop(job_id, None)
+            tenant.close()
         self.save(job_id, status=status, error=error, finished_at=time.time())
         self.live.pop(job_id, None)
 

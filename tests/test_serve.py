@@ -196,6 +196,8 @@ def test_job_events_stream_progress_until_the_end(http, mistakes):
         ({"teachers": ["gpt"]}, "not in this server's committee"),
         ({"task": "nope"}, "unknown task"),
         ({"threshold": 9}, "threshold"),
+        ({"priority": 5e-324}, "priority: input should be greater than or equal to 0.01"),
+        ({"priority": 1000}, "priority: input should be less than or equal to 100"),
         ({"task": "gsm8k"}, "task 'svamp', but the job's task is 'gsm8k'"),
         ({"mistakes_file_id": "file-missing"}, "not a fair-mistakes file"),
     ],

@@ -4,6 +4,7 @@ requests, and two real jobs on one key that together stay within the key's rpm w
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -59,6 +60,31 @@ def test_an_idle_job_cannot_bank_turns():
     assert counts["late"] == pytest.approx(
         50, abs=2
     )  # an even split from here on, not 100 turns of catching up
+
+
+def test_a_tiny_priority_keeps_passes_finite_and_shares_fairly():
+    async def run() -> tuple[Counter, Budget]:
+        budget = Budget()  # two equal jobs of priority 5e-324 (an old row): clamped, not an infinite stride
+        tenants = [budget.tenant("a", 5e-324), budget.tenant("b", 5e-324)]
+        return await take_turns(budget, FakeGate(), tenants, 100), budget
+
+    counts, budget = asyncio.run(run())
+    assert counts["a"] == pytest.approx(50, abs=2)
+    assert all(math.isfinite(p) for q in budget.queues.values() for p in q.passes.values())
+
+
+def test_finished_tenants_leave_the_queues():
+    async def run() -> Budget:
+        budget, gate = Budget(), FakeGate()
+        for i in range(200):
+            tenant = budget.tenant(f"job{i}")
+            await take_turns(budget, gate, [tenant], 3)
+            tenant.close()  # the job ended
+        await take_turns(budget, gate, [budget.tenant("live")], 3)
+        return budget
+
+    (queue,) = asyncio.run(run()).queues.values()
+    assert len(queue.passes) <= 1 and len(queue.waiting) <= 1
 
 
 def test_the_reserve_keeps_room_for_interactive_requests():
