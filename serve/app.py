@@ -12,7 +12,8 @@
     GET  /v1/fair/jobs/{id}/files[/{name}]          committee.jsonl, committee_stats.json, the paper's files
     GET  /v1/fair/limits                            each gate: limits, use over the last minute, cool-down, 429s
 
-Auth is a middleware, so that it runs before anything reads a body: `Authorization: Bearer TOKEN`, or the page's
+Every body is capped by route before it is read (serve/limits.py). Auth is a middleware, so that it runs
+before anything reads a body: `Authorization: Bearer TOKEN`, or the page's
 cookie (HttpOnly, SameSite=Strict, set by POST /login), compared in constant time. Errors are OpenAI's shape,
 {"error": {"message", "type", "param", "code"}}; a request the schema refuses is a 400 naming the field.
 """
@@ -44,6 +45,7 @@ from serve.batches import ServeFiles
 from serve.budget import PRIORITY, Budget
 from serve.config import ServeConfig, same_token
 from serve.jobs import OPEN, Jobs
+from serve.limits import CLOSE, BodyCap
 from serve.store import Store
 
 COOKIE = "fair_serve_token"
@@ -121,6 +123,7 @@ def make_app(config: ServeConfig, teachers: list[Teacher], token: str) -> FastAP
     app = FastAPI(title="fair serve", version="1", lifespan=lifespan)
     app.state.service = service
     add_auth(app, service)
+    app.add_middleware(BodyCap, max_upload=int(config.max_upload_mb * 2**20))  # outside auth: before any read
     add_errors(app)
     add_files(app, service)
     add_jobs(app, service)
@@ -168,7 +171,7 @@ def add_auth(app: FastAPI, service: Service) -> None:
 def add_errors(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, e: ApiError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status)
+        return JSONResponse(e.body(), status_code=e.status, headers=CLOSE if e.close else None)
 
     @app.exception_handler(FairError)
     async def fair_error(_: Request, e: FairError) -> JSONResponse:
@@ -185,7 +188,8 @@ def add_errors(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, e: HTTPException) -> JSONResponse:
-        return JSONResponse(ApiError(e.status_code, str(e.detail)).body(), status_code=e.status_code)
+        return JSONResponse(ApiError(e.status_code, str(e.detail)).body(), status_code=e.status_code,
+                            headers=e.headers)
 
 
 UPLOAD_SCHEMA = {

@@ -10,7 +10,7 @@ streaming too: serve/chat.py), /v1/fair/jobs (committee jobs), /v1/fair/limits, 
 but /healthz needs the bearer token: FAIR_SERVE_TOKEN, else a random one kept in STATE/token (mode 0600; the
 server prints the file's path, never the token). Teachers, keys and limits are this server's committee file's
 (`teachers`, `base_url`); requests cannot set them. All work shares the teachers' gates (serve/budget.py),
-lives in the state folder (serve/store.py), and resumes by itself after a restart, also after SIGKILL. One
+lives in the state folder (serve/store.py; files 0600, folders 0700), and resumes by itself after a restart, also after SIGKILL. One
 server per state folder.
 """
 
@@ -28,7 +28,7 @@ from gen.teachers.config import load_committee, missing_keys
 from serve.config import TOKEN_ENV, ServeConfig, bearer_token
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, backlog: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -37,18 +37,29 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         raise FairError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    sock.listen(128)
+    sock.listen(backlog)
     return sock
+
+
+def make_private(state: Path) -> None:
+    """The state folder holds uploads, teachers' replies and the token: this user's alone. Every file the server
+    makes is 0600 and every folder 0700 (its umask), and what an older version left readable is made so too."""
+    os.umask(0o077)
+    state.mkdir(parents=True, exist_ok=True)
+    for path in [state, *state.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 def serve(config: ServeConfig) -> int:
     import uvicorn
 
     from serve.app import make_app
+    from serve.connections import BACKLOG, HEADER_BYTES, KEEP_ALIVE_S, guarded_h11  # uvicorn's, so only here
     from simulator.server import OfflineServer
 
     state = Path(config.state)
-    state.mkdir(parents=True, exist_ok=True)
+    make_private(state)
     with folder_lock(state, "serve"):
         token = bearer_token(state, config.host)
         simulator = OfflineServer(port=0).start() if config.offline else None
@@ -59,7 +70,7 @@ def serve(config: ServeConfig) -> int:
                     f"committee {config.teachers!r} needs the environment variable(s) {', '.join(missing)}"
                 )
             save_config(config, state / "serve.yaml")
-            sock = listen(config.host, config.port)
+            sock = listen(config.host, config.port, BACKLOG)
             port = sock.getsockname()[1]
             app = make_app(config, teachers, token)
             where = "$" + TOKEN_ENV if os.environ.get(TOKEN_ENV) else state / "token"
@@ -75,7 +86,9 @@ def serve(config: ServeConfig) -> int:
             # asyncio's own loop, not uvloop: the response cache reads its timers' when() (gen/teachers/cache.py).
             server = uvicorn.Server(
                 uvicorn.Config(
-                    app, loop="asyncio", log_level="warning", access_log=False, timeout_graceful_shutdown=5
+                    app, loop="asyncio", log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                    http=guarded_h11(), h11_max_incomplete_event_size=HEADER_BYTES, timeout_keep_alive=KEEP_ALIVE_S,
+                    backlog=BACKLOG,
                 )
             )
             server.run(sockets=[sock])

@@ -7,7 +7,7 @@
     STATE/jobs/<job-id>/        mistakes.jsonl, committee.jsonl, requests.sqlite, committee_stats.json, paper files
     STATE/proxy/requests.sqlite the chat-completions proxy's response cache
 
-Crash safety by order: a file is written to `<id>.partial`, renamed, then its row committed; a job's or batch's
+Every file here is 0600 and every folder 0700 (serve/server.py's make_private). Crash safety by order: a file is written to `<id>.partial`, renamed, then its row committed; a job's or batch's
 folder is made before its row. So a kill leaves at most a folder or file without a row, which `sweep()` removes
 at the next start: no orphans, and a row always has its bytes. One server per state folder: `fair serve` holds
 fair/lock.py's lock on it for its whole life.

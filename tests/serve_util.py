@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -34,8 +35,10 @@ def teachers_yaml(folder: Path, url: str, rpm: int = 600, concurrency: int = 16)
 class Served:
     """`fair serve` in its own process: start(), stop() (SIGTERM) or kill() (SIGKILL), start() again."""
 
-    def __init__(self, state: Path, teachers: Path, sim_url: str, *args: str, token: str | None = TOKEN):
+    def __init__(self, state: Path, teachers: Path, sim_url: str, *args: str, token: str | None = TOKEN,
+                 nofile: int | None = None):
         self.state, self.teachers, self.sim_url, self.args = state, teachers, sim_url, args
+        self.nofile = nofile  # the server's RLIMIT_NOFILE, soft and hard: its descriptors, for flood tests
         self.token = token  # FAIR_SERVE_TOKEN; None: unset, so the server keeps its own in STATE/token
         self.process: subprocess.Popen | None = None
         self.url = ""
@@ -51,7 +54,10 @@ class Served:
         env = {k: v for k, v in os.environ.items() if k != "FAIR_SERVE_TOKEN"}
         if self.token is not None:
             env["FAIR_SERVE_TOKEN"] = self.token
-        self.process = subprocess.Popen(command, stdout=log.open("a"), stderr=subprocess.STDOUT, env=env)
+        limit = None if self.nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                                                             (self.nofile, self.nofile))
+        self.process = subprocess.Popen(command, stdout=log.open("a"), stderr=subprocess.STDOUT, env=env,
+                                        preexec_fn=limit)
         deadline = time.monotonic() + timeout
         while not port_file.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:

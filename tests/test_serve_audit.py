@@ -3,7 +3,9 @@ failed start, unbounded request bodies, idle sockets, unbounded priorities, worl
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import socket
 import stat
 from pathlib import Path
@@ -22,11 +24,22 @@ STRONG = "k9Q2x7LmPz4Rw8Tn1Vb6Yc3Hd5Jf0Gs2Ua9Ee7Ii4Oo"  # 44 characters, 32 dist
 
 
 def raw(url: str, request: bytes, timeout: float = 20.0) -> bytes:
-    """Send `request` as is (httpx refuses headers such as `Bearer ` with nothing after it); the reply's head."""
+    """Send `request` as is (httpx refuses headers such as `Bearer ` with nothing after it), 64 KB at a time
+    until the server answers or closes; the reply, read until the server closes the connection."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=timeout) as sock:
-        sock.sendall(request)
-        return sock.recv(65536)
+        for start in range(0, len(request), 2**16):
+            if select.select([sock], [], [], 0)[0]:
+                break  # answered (or closed) before the whole request was sent
+            try:
+                sock.sendall(request[start:start + 2**16])
+            except OSError:
+                break
+        reply = b""
+        with contextlib.suppress(ConnectionResetError):  # a close with our bytes unread resets after the reply
+            while chunk := sock.recv(65536):
+                reply += chunk
+        return reply
 
 
 def test_a_zero_byte_token_file_from_a_failed_start_is_replaced_not_trusted(tmp_path, monkeypatch):
@@ -78,7 +91,7 @@ def own_token(tmp_path_factory, data_dir):
 
 def test_a_server_started_over_an_empty_token_file_refuses_empty_credentials(own_token):
     url = own_token.url
-    assert raw(url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \r\n\r\n").startswith(b"HTTP/1.1 401")
+    assert raw(url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 401")
     assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer"}).status_code == 401
     assert httpx.get(url + "/v1/models", cookies={"fair_serve_token": ""}).status_code == 401
     login = httpx.post(url + "/login", data={"token": ""})
@@ -89,4 +102,86 @@ def test_a_server_started_over_an_empty_token_file_refuses_empty_credentials(own
 
 
 def modes(root: Path) -> set[tuple[str, int]]:
+    """(name, mode) of `root` and everything under it."""
     return {(p.name, stat.S_IMODE(p.stat().st_mode)) for p in [root, *root.rglob("*")]}
+
+
+def head(path: str, token: str, length: int | None, extra: str = "") -> bytes:
+    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n{framing}\r\n{extra}\r\n").encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "length", "kind"),
+    [
+        ("/login", 2000, "application/x-www-form-urlencoded"),
+        ("/login", 858 * 2**20, "application/x-www-form-urlencoded"),
+        ("/v1/chat/completions", 2**30, "application/json"),
+        ("/v1/fair/jobs", 64 * 2**20, "application/json"),
+        ("/v1/files", 2**30, "multipart/form-data; boundary=x"),
+    ],
+)
+def test_a_body_over_its_routes_cap_is_a_413_before_it_is_read(own_token, path, length, kind):
+    token = (own_token.state / "token").read_text().strip()
+    reply = raw(own_token.url, head(path, token, length, f"Content-Type: {kind}\r\n") + b"token=" + b"x" * 500)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:300]
+    assert b"larger than this route's limit" in reply
+
+
+@pytest.mark.parametrize(
+    ("path", "chunk"), [("/login", 4096), ("/v1/chat/completions", 2**20), ("/v1/fair/jobs", 2**20)]
+)
+def test_a_chunked_body_is_cut_off_at_its_routes_cap(own_token, path, chunk):
+    """No Content-Length: the server answers 413 once the body passes the cap, without waiting for its end."""
+    token = (own_token.state / "token").read_text().strip()
+    kind = "application/x-www-form-urlencoded" if path == "/login" else "application/json"
+    body = b"".join(f"{chunk:x}\r\n".encode() + b"x" * chunk + b"\r\n" for _ in range(20))  # no last chunk
+    reply = raw(own_token.url, head(path, token, None, f"Content-Type: {kind}\r\n") + body)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:300]
+
+
+def test_a_form_of_many_small_fields_is_refused(own_token):
+    token = (own_token.state / "token").read_text().strip()
+    fields = {f"f{i}": "1" for i in range(100)}
+    response = httpx.post(own_token.url + "/v1/files", headers={"Authorization": f"Bearer {token}"},
+                          data={"purpose": "batch", **fields}, files={"file": ("a.jsonl", b"{}\n")})
+    assert response.status_code == 400 and "too many form fields" in response.json()["error"]["message"]
+
+
+def test_state_files_and_folders_are_the_users_alone(own_token):
+    token = (own_token.state / "token").read_text().strip()
+    response = httpx.post(own_token.url + "/v1/files", headers={"Authorization": f"Bearer {token}"},
+                          data={"purpose": "fair-mistakes"}, files={"file": ("m.jsonl", b"not json\n")})
+    assert response.status_code == 400  # refused, but the server has made its folders and database meanwhile
+    found = modes(own_token.state)
+    assert {n for n, m in found if m not in (0o600, 0o700)} == set(), sorted(found)
+    assert {"state", "files", "jobs", "serve.sqlite", "token"} <= {n for n, _ in found}
+
+
+def test_healthz_answers_under_a_flood_of_idle_sockets(tmp_path, data_dir):
+    """More silent connections than the server has descriptors: the oldest idle ones make room for new ones."""
+    nofile = 640
+    with OfflineServer(port=0, data_dir=data_dir) as sim, Served(
+        tmp_path / "state", teachers_yaml(tmp_path, sim.url), sim.url, nofile=nofile
+    ) as served:
+        host, port = served.url.removeprefix("http://").rsplit(":", 1)
+        flood = []
+        try:
+            for _ in range(nofile + 200):
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.connect_ex((host, int(port)))  # no handshake wait: the backlog may be full
+                flood.append(sock)
+            reply = raw(served.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout=10)
+            assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+        finally:
+            for sock in flood:
+                sock.close()
+        log = (tmp_path / "state.log").read_text()
+        assert "out of system resource" not in log, log[-2000:]
+
+
+def test_headers_over_the_limit_are_refused_before_they_are_read(own_token):
+    pad = b"X-Pad: " + b"a" * 2**20 + b"\r\n"
+    reply = raw(own_token.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + pad * 8 + b"Connection: close\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:200]

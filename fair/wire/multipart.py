@@ -17,6 +17,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from fair.wire.errors import ApiError
 
 MAX_FIELD = 1024  # the purpose field and headers: anything longer is not a form a client of ours sends
+MAX_FIELDS = 16  # parts in one form: OpenAI's upload has two; a million small ones is an attack, not a form
 
 
 class Form:
@@ -28,6 +29,7 @@ class Form:
         self.filename: str | None = None  # None: the form had no file part
         self.size = 0
         self._header, self._value, self._headers = b"", b"", {}
+        self._parts = 0
         self._name: str | None = None
         self._field = bytearray()
 
@@ -52,6 +54,9 @@ class Form:
         self._header, self._value = b"", b""
 
     def _on_headers_finished(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_FIELDS:
+            raise ApiError(400, f"too many form fields (more than {MAX_FIELDS})")
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = options.get(b"name", b"").decode("utf-8", "replace")
         if self._name == "file":
