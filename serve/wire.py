@@ -94,6 +94,8 @@ def chat_request(
                 "messages",
             )
         pairs.append(("system" if message["role"] == "developer" else message["role"], message["content"]))
+    if all(role == "system" for role, _ in pairs):  # Anthropic's and Gemini's APIs refuse such a conversation
+        raise ApiError(400, f"{where}: messages need a user or assistant message, not only system ones", "messages")
     return teacher, ChatRequest(tuple(pairs), *_sampling(body, teacher, where))
 
 

@@ -117,6 +117,7 @@ def test_the_sdks_stream_helper_accumulates_the_same_reply(served):
     [
         ({"model": "gpt-nonexistent"}, "model"),
         ({"messages": []}, "messages"),
+        ({"model": "harsh", "messages": [{"role": "system", "content": ""}]}, "messages"),  # Anthropic's 400
         ({"stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
         ({"stream_options": {"include_everything": True}}, "stream_options"),
         ({"n": 2}, "n"),
