@@ -17,28 +17,15 @@ server per state folder.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
 from fair.config import save_config
 from fair.errors import FairError
 from fair.lock import folder_lock
+from fair.wire.listen import listen
 from gen.teachers.config import load_committee, missing_keys
 from serve.config import TOKEN_ENV, ServeConfig, bearer_token
-
-
-def listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise FairError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    sock.listen(128)
-    return sock
 
 
 def serve(config: ServeConfig) -> int:
@@ -59,7 +46,7 @@ def serve(config: ServeConfig) -> int:
                     f"committee {config.teachers!r} needs the environment variable(s) {', '.join(missing)}"
                 )
             save_config(config, state / "serve.yaml")
-            sock = listen(config.host, config.port)
+            sock = listen(config.host, config.port, backlog=128)
             port = sock.getsockname()[1]
             app = make_app(config, teachers, token)
             where = "$" + TOKEN_ENV if os.environ.get(TOKEN_ENV) else state / "token"
