@@ -36,7 +36,7 @@ from fair.config import load_yaml, make_config
 from fair.dtype import DTYPE_HELP, DTYPES
 from fair.errors import FairError
 from fair.models import smollm2_dir
-from fair.rss import Peak
+from fair.rss import Peak, release_freed
 from gen.pipeline import GenConfig, generate
 from train.train import TrainConfig, train
 
@@ -52,7 +52,8 @@ class Stage:
 
 
 def timed(stages: dict[str, Stage], name: str, work):
-    gc.collect()  # what the stage before left behind is not this stage's peak
+    gc.collect()  # the stage before's engine or model (reference cycles) and the heap it freed: not this stage's
+    release_freed()
     began = time.perf_counter()
     with Peak() as peak:
         result = work()

@@ -47,19 +47,46 @@ def children_peak_mb() -> float:
 
 @dataclasses.dataclass
 class Peak:
-    """`with Peak() as p: work()`; then p.mb is the work's own peak RSS, p.children_mb its child processes' (0
+    """`with Peak() as p: work()` (or p.start() ... p.stop()); then p.mb is the work's own peak RSS, p.children_mb its child processes' (0
     when no child ran longer or larger than before), p.own False where the peak could not be reset."""
 
     mb: float = 0.0
     children_mb: float = 0.0
     own: bool = True
 
-    def __enter__(self) -> Peak:
+    def start(self) -> Peak:
         self.own = reset_peak()
         self._children_before = children_peak_mb()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self.mb = peak_mb()
         children = children_peak_mb()
         self.children_mb = children if children > self._children_before else 0.0
+
+    def __enter__(self) -> Peak:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def release_freed() -> None:
+    """Hand the memory that glibc's malloc keeps after frees back to the kernel (malloc_trim). glibc raises its
+    mmap threshold up to 32 MB after large frees, so activations and caches of changing shapes end up in the
+    heap, where freed holes stay resident: training's RSS grew by ~0.4 GB a step without this. Elsewhere a no-op."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc():
+    import ctypes
+    import ctypes.util
+
+    if sys.platform != "linux" or not ctypes.util.find_library("c"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _glibc()

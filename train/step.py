@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from fair.errors import FairError
 from fair.models import PLAIN_DECODERS
+from fair.rss import release_freed
 from train.checkpoint import latest_checkpoint
 from train.data import FEEDBACK, RATIONALE, attention_mask_4d, collate, single_row
 from train.varlen import VARLEN, example_bounds
@@ -129,6 +130,8 @@ def take_step(run: Run, batch: list, step: int, lr: float) -> dict:
             run.engine.step()
         else:
             loss.backward()
+        del logits, loss
+        release_freed()  # this micro-batch's activations, freed, leave the heap (fair/rss.py)
     feedback_total, rationale_total = dist.all_sum(sums)  # every rank sees the same sums: all stop together
     total_loss = config.alpha * feedback_total / max(n_feedback, 1) + (1 - config.alpha) * rationale_total / max(n_rationale, 1)
     require_finite_step(step, "loss", total_loss, config)
