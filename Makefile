@@ -104,7 +104,7 @@ docs: $(STAMP) ## build the documentation site into site/ (open site/index.html)
 experiment: $(STAMP) ## does distillation help? runs the missing units (25-80 min each on 2 cores), rebuilds docs/results.md
 	$(PY) -m cli.experiment
 
-bench-mine: $(STAMP) ## the CPU's matmul ceiling; paper's loop vs our static and continuous batching vs vLLM on 64 SVAMP questions
+bench-mine: $(STAMP) ## fp32 and bf16 matmul ceilings; the paper's loop vs our static and continuous batching (fp32, --dtype) vs vLLM, each engine's share of the bf16 ceiling
 	$(PY) bench/bench_mine.py
 
 bench-gen: $(STAMP) ## committee throughput vs the paper's sequential loop and peer clients, on the offline server
