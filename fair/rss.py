@@ -1,4 +1,4 @@
-"""Peak resident memory of one stretch of work: the demo's stages (eval/demo.py), each test (tests/conftest.py).
+"""Peak resident memory of one stretch of work: the demo's stages (cli/demo.py), each test (tests/conftest.py).
 
 On Linux the kernel keeps a process's peak RSS (VmHWM in /proc/self/status) and resets it to the current RSS
 when "5" is written to /proc/self/clear_refs, so a stage's own peak is: reset before, read VmHWM after. Where
@@ -74,7 +74,8 @@ class Peak:
 def release_freed() -> None:
     """Hand the memory that glibc's malloc keeps after frees back to the kernel (malloc_trim). glibc raises its
     mmap threshold up to 32 MB after large frees, so activations and caches of changing shapes end up in the
-    heap, where freed holes stay resident: training's RSS grew by ~0.4 GB a step without this. Elsewhere a no-op."""
+    heap, where freed holes stay resident: training's RSS grew every step without this (docs/benchmarks.md).
+    Elsewhere a no-op."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
 
