@@ -120,6 +120,9 @@ def test_refusals_are_replies_with_their_reason_and_usage(provider, body, refusa
 @pytest.mark.parametrize(("provider", "body", "text"), [
     ("openai", openai("The answer is", finish="length"), "The answer is"),
     ("openai", openai("", finish="length"), ""),
+    # Every token spent on reasoning: content is null on OpenAI-compatible servers with a reasoning parser (vLLM,
+    # DeepInfra): the same request would be cut off again, so it is a truncation, not a malformed reply to re-send.
+    ("openai", openai(None, finish="length", reasoning_content="Let me think"), ""),
     ("gemini", gemini([{"text": "The answer"}], finish="MAX_TOKENS"), "The answer"),
     ("gemini", gemini(None, finish="MAX_TOKENS", usage={"promptTokenCount": 20, "thoughtsTokenCount": 100}), ""),
     ("gemini", gemini([{"text": "all thoughts", "thought": True}], finish="MAX_TOKENS"), ""),

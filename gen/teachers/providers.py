@@ -18,7 +18,8 @@ Every reply is read as its provider documents it:
   * refusals, a reply with no text and ChatResponse.refusal = the provider's reason: OpenAI message.refusal
     ("refusal") or finish_reason "content_filter"; Gemini a candidate's finishReason in GEMINI_REFUSALS, or
     promptFeedback.blockReason when no candidate has content; Anthropic stop_reason "refusal".
-  * truncation, ChatResponse.truncated: OpenAI finish_reason "length", Gemini MAX_TOKENS (with or without text:
+  * truncation, ChatResponse.truncated: OpenAI finish_reason "length" (with or without content: a reasoning
+    model may spend max_tokens on reasoning, and servers with a reasoning parser then send content null), Gemini MAX_TOKENS (with or without text:
     a thinking model may spend the whole budget on thoughts), Anthropic stop_reason "max_tokens" or
     "model_context_window_exceeded".
   * out of quota (QuotaExhausted, which stops the run): OpenAI a 429 whose error.code or error.type is
@@ -128,6 +129,8 @@ class OpenAIProvider(_Provider):
         if finish == "content_filter":
             return self.reply("", billed, limits, refusal="content_filter")
         text = lookup(choice, "message", "content")
+        if text is None and finish == "length":  # every token spent on reasoning (content null on some servers)
+            return self.reply("", billed, limits, truncated=True)
         if text is None:
             raise self.malformed("no choices[0].message.content", billed)
         return self.reply(text, billed, limits, truncated=finish == "length")
