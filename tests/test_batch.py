@@ -98,6 +98,11 @@ def test_batch_run_gives_the_live_records_at_half_price(tmp_path, mistakes, monk
         live_cost = sum(r["usage"][name]["cost"] for r in live.values())
         batch_cost = sum(r["usage"][name]["cost"] for r in batched.values())
         assert live_cost - batch_cost == pytest.approx(teacher.cost(Usage(tokens_in, tokens_out)) / 2)
+    # The folder's ledger holds what the batches cost too: a later capped rerun counts it against its budget.
+    spent = sum(s.cost for s in result["stats"].values())
+    assert result["budget"]["spent_usd"] == pytest.approx(spent, abs=1e-6)
+    with ResponseCache(tmp_path / "batch" / "requests.sqlite") as cache:
+        assert cache.spent_usd == pytest.approx(spent, abs=1e-6)
 
 
 class Killed(Exception):

@@ -205,7 +205,7 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
                 batched = [t for t in teachers if t.batch_api]
                 stats = {t.name: clients[t.name].stats for t in batched}
                 batch = await BatchRun(batched, cache, http, stats, config.batch_poll_s,
-                                       deadline_s=config.batch_deadline_s).run(
+                                       deadline_s=config.batch_deadline_s, budget=budget).run(
                     drafts(pending_mistakes(config, done), task, ctx.prompts, batched))
             bar = tqdm(desc=f"committee {task.name}", unit=" mistakes", initial=len(done), total=total,
                        disable=not config.progress, dynamic_ncols=True)

@@ -57,6 +57,7 @@ from gen.teachers.providers import (
 from gen.teachers.retry import Retry
 
 if TYPE_CHECKING:
+    from gen.teachers.budget import CostBudget
     from gen.teachers.cache import ResponseCache
     from gen.teachers.client import TeacherStats
     from gen.teachers.config import Teacher
@@ -226,9 +227,11 @@ class BatchRun:
     """One run's batches: `await BatchRun(teachers, cache, http, stats, poll_s).run(drafts(...))`."""
 
     def __init__(self, teachers: list[Teacher], cache: ResponseCache, http: httpx.AsyncClient,
-                 stats: dict[str, TeacherStats], poll_s: float, deadline_s: float = DEADLINE_S):
+                 stats: dict[str, TeacherStats], poll_s: float, deadline_s: float = DEADLINE_S,
+                 budget: CostBudget | None = None):
         self.apis = {t.name: BatchAPI(t, http) for t in teachers}
         self.cache, self.stats, self.poll_s, self.deadline_s = cache, stats, poll_s, deadline_s
+        self.budget = budget  # uncapped (a batch cannot stop half-way): it counts the batches' cost in the ledger
         self.ledger = Ledger(cache.db)
         self.report = BatchReport()
         self.follows: list[asyncio.Task] = []
@@ -349,7 +352,10 @@ class BatchRun:
                 self.cache.put(key, api.teacher.name, reply)
                 answered += 1
                 stats.batched += 1
-                stats.bill(reply.usage, api.teacher.cost(reply.usage, batch=True))
+                cost = api.teacher.cost(reply.usage, batch=True)
+                stats.bill(reply.usage, cost)
+                if self.budget is not None:
+                    self.budget.charge(cost)
         self.cache.flush()  # committed before the ledger closes the batch: a kill in between downloads it again
         status, requests = batch.get("status", "lost") if batch else "lost", self.ledger.requests(input_file)
         self.ledger.finished(input_file, status)

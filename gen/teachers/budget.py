@@ -44,6 +44,8 @@ the ledger existed starts at 0.
 The Batch API (gen/teachers/batch.py) is not budgeted: a batch bills everything it was submitted with, up to
 24 hours later, and cannot be stopped at a budget half-way, so a budgeted run refuses batch_api
 (CommitteeConfig.validate). Run the Batch API uncapped (`fair estimate` prices it first), or cap a live run.
+What a batch's replies cost is still charged to the ledger as they are collected (`charge`), so a later capped
+run on the same folder counts it.
 """
 
 from __future__ import annotations
@@ -147,6 +149,13 @@ class CostBudget:
                 self.settle(reservation, 0.0)  # not sent
                 raise
         return reservation
+
+    def charge(self, usd: float) -> None:
+        """Count what was billed without a reservation (a Batch API reply, collected after the fact), so the
+        ledger holds everything spent through its cache."""
+        self.spent_usd += usd
+        if self.ledger is not None:
+            self.ledger.note_spent(self.total_usd)
 
     def settle(self, reservation: Reservation, actual_usd: float) -> None:
         """The attempt is over and billed `actual_usd`: its reservation gives way to that."""
