@@ -163,6 +163,13 @@ def test_an_empty_reply_without_a_reason_is_transient_and_carries_its_usage(prov
                                           "details.", "type": "insufficient_quota", "param": None,
                                "code": "insufficient_quota"}}),
     ("openai", 429, {"error": {"message": "quota", "type": "requests", "code": "insufficient_quota"}}),
+    # An account without an active billing: a 429 too (github.com/lifan0127/ai-research-assistant/issues/174,
+    # github.com/BerriAI/litellm/issues/2743), and code null in older replies (binary-husky/gpt_academic#681).
+    ("openai", 429, {"error": {"message": "Your account is not active, please check your billing details on our "
+                                          "website.", "type": "billing_not_active", "param": None,
+                               "code": "billing_not_active"}}),
+    ("openai", 429, {"error": {"message": "Your account is not active, please check your billing details on our "
+                                          "website.", "type": "billing_not_active", "param": None, "code": None}}),
     ("anthropic", 400, {"type": "error", "error": {"type": "invalid_request_error", "message": "Your credit balance "
                         "is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase "
                         "credits."}}),
