@@ -22,7 +22,8 @@ upload, the batch id right after the create; a rerun re-attaches to every open b
 requests. A run killed between create and commit finds its batch again by listing the batches made from the
 uploaded file, so no paid request is sent twice.
 
-Fallback: a line in the error file, a reply that does not parse, and every request of a batch that failed,
+Fallback (what a line that is no good reply was billed, an empty 200's usage, is still counted): a line in the
+error file, a reply that does not parse, and every request of a batch that failed,
 expired, was cancelled or is unknown to the server (404, e.g. a restarted simulator) stay out of the cache, so
 the committee sends them live; the run reports how many (`fell_back`). They are not resubmitted: another batch
 round could add another 24 hours, for requests that are few.
@@ -52,6 +53,7 @@ from gen.teachers.providers import (
     OpenAIProvider,
     ProviderError,
     TransientError,
+    Usage,
     lookup,
 )
 from gen.teachers.retry import Retry
@@ -336,8 +338,17 @@ class BatchRun:
             return None
         try:
             return key, dataclasses.replace(api.provider.parse(lookup(response, "body")), batch=True)
-        except TransientError:
+        except TransientError as e:  # goes live; an empty or malformed 200 was billed all the same
+            if e.usage is not None:
+                self.bill(api, e.usage)
             return None
+
+    def bill(self, api: BatchAPI, usage: Usage) -> None:
+        """Count what a result line was billed, at the batch price, in the stats and the ledger."""
+        cost = api.teacher.cost(usage, batch=True)
+        self.stats[api.teacher.name].bill(usage, cost)
+        if self.budget is not None:
+            self.budget.charge(cost)
 
     async def collect(self, api: BatchAPI, input_file: str, batch: dict | None) -> None:
         """Put the batch's good replies in the cache as they download; whatever is left goes live."""
@@ -352,10 +363,7 @@ class BatchRun:
                 self.cache.put(key, api.teacher.name, reply)
                 answered += 1
                 stats.batched += 1
-                cost = api.teacher.cost(reply.usage, batch=True)
-                stats.bill(reply.usage, cost)
-                if self.budget is not None:
-                    self.budget.charge(cost)
+                self.bill(api, reply.usage)
         self.cache.flush()  # committed before the ledger closes the batch: a kill in between downloads it again
         status, requests = batch.get("status", "lost") if batch else "lost", self.ledger.requests(input_file)
         self.ledger.finished(input_file, status)
