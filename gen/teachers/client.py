@@ -229,6 +229,10 @@ class TeacherClient:
             if call.begun:
                 self.cache.finish(call.key)
             raise
+        except asyncio.CancelledError:  # marked but never sent (e.g. held by a halted budget): no double send
+            if call.begun and call.attempts == 0:
+                self.cache.finish(call.key)
+            raise
 
     def _on_retry(self, error: ProviderError, failures: int, wait: float) -> None:
         self.stats.retries += 1
@@ -257,8 +261,8 @@ class TeacherClient:
                     self._settle(gate, call.estimate, None)
                     raise QuotaExhausted(str(gate.out_of_quota))  # not sent
                 if not call.begun:  # right before the first send: a kill from here on may mean a double send
+                    call.begun = True  # before the await: a request cancelled while its mark commits is unmarked
                     await self.cache.mark_inflight(call.key, self.teacher.name)
-                    call.begun = True
                 reservation = await self.budget.reserve(worst_case_usd(self.teacher, call.request))  # the cost
                 call.attempts += 1
                 self.stats.requests += 1
