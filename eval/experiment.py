@@ -45,6 +45,7 @@ SEED_DIR = default_data_dir() / "seed"
 PAPER_FILES = {"paper_feedback": str(SEED_DIR / "Llama-2-7b-chat-hf_svamp_feedback_round0.json"),
                "paper_rationale": str(SEED_DIR / "Llama-2-7b-chat-hf_svamp_rationale_round0.json")}
 MAX_NEW_TOKENS = 256  # SVAMP answers: the base model scores 13/300 at 256 as at 512, at 77% of the tokens
+ENGINE, BATCH_SIZE = "hf", 64  # the transformers engine (no vLLM start-up per unit), 64 rows decoding together
 
 # The frozen training budget, the same for every unit (why these values: the file's comments).
 BUDGET_FILE = CONFIGS_DIR / "train" / "experiment.yaml"
@@ -180,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", action="store_true", help="only rebuild docs/results.md from docs/results/")
     parser.add_argument("--results", default="docs/results", help="unit files; the page goes to <results>.md")
     parser.add_argument("--work", default="data/experiment", help="weights, logs and predictions of each unit")
-    parser.add_argument("--engine", default="hf", help="the transformers engine: no vLLM start-up per unit")
-    parser.add_argument("--batch-size", type=int, default=64, help="rows decoding together")
+    parser.add_argument("--engine", default=ENGINE, help="the transformers engine: no vLLM start-up per unit")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="rows decoding together")
     parser.add_argument("--test-limit", type=int, default=None, help="smoke runs: first N test questions")
     parser.add_argument("--train-limit", type=int, default=None, help="smoke runs: mine only N train questions")
     parser.add_argument("--max-steps", type=int, default=None, help="smoke runs: stop training early")
