@@ -234,7 +234,8 @@ def eval_section(ev: dict, settings: dict) -> list[str]:
     verdict = ("**bf16 changes the accuracy beyond noise**: evaluation should keep float32 under `auto` "
                "(fair/dtype.py)." if ev["beyond_noise"]
                else "**bf16 does not change the accuracy beyond noise** (the interval includes 0 and p >= "
-               f"{NOISE}).")
+               f"{NOISE}); at this many discordant questions the interval still allows anything from "
+               f"{low * 100:+.1f} to {high * 100:+.1f} points.")
     lines = [f"## The base student on {ev['questions']} SVAMP test questions", "",
              f"`fair eval`'s code path with the experiment's settings: engine {settings['engine']}, "
              f"{settings['batch_size']} rows decoding together, at most {settings['max_new_tokens']} new tokens, "
