@@ -23,7 +23,7 @@ limit_flag = $(if $(LIMIT),--limit $(LIMIT))
 batch_flag = $(if $(BATCH_API),--batch-api)
 cost_flag = $(if $(MAX_COST),--max-cost-usd $(MAX_COST))
 
-.PHONY: help setup demo experiment gen mine committee serve train eval test test-fast lint bench-mine bench-gen bench-train bench-gpu bench-scale bench-serve soak clean
+.PHONY: help setup demo experiment gen mine committee serve train eval test test-fast lint bench-mine bench-gen bench-train bench-dtype bench-gpu bench-scale bench-serve soak clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -112,6 +112,9 @@ bench-gen: $(STAMP) ## committee throughput vs the paper's sequential loop and p
 
 bench-train: $(STAMP) ## our trainer vs TRL's SFTTrainer (own venv), same data: tokens/s, peak memory, loss curves; ZeRO-2
 	$(PY) bench/bench_train.py
+
+bench-dtype: $(STAMP) ## float32 vs bfloat16: the base student's SVAMP accuracy (paired), the demo's training losses
+	$(PY) bench/bench_dtype.py
 
 bench-gpu: $(STAMP) ## on a GPU host: bench-mine with vLLM and bench-train, figures to docs/bench-gpu.md (< 10 min)
 	bench/gpu.sh
