@@ -41,21 +41,40 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RU_MAXRSS_MB
 
 
+def current_mb() -> float:
+    """This process's resident memory now, in MB (VmRSS); 0 where /proc is not there."""
+    try:
+        for line in STATUS.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def children_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * RU_MAXRSS_MB
 
 
 @dataclasses.dataclass
 class Peak:
-    """`with Peak() as p: work()` (or p.start() ... p.stop()); then p.mb is the work's own peak RSS, p.children_mb its child processes' (0
-    when no child ran longer or larger than before), p.own False where the peak could not be reset."""
+    """`with Peak() as p: work()` (or p.start() ... p.stop()); then p.mb is the process's peak RSS during the
+    work (what it already held included), p.growth_mb how far the work took it above what it held at the start,
+    p.children_mb its child processes' peak (0 when no child ran longer or larger than before), p.own False where
+    the peak could not be reset."""
 
     mb: float = 0.0
     children_mb: float = 0.0
     own: bool = True
+    start_mb: float = 0.0
+
+    @property
+    def growth_mb(self) -> float:
+        return max(self.mb - self.start_mb, 0.0)
 
     def start(self) -> Peak:
         self.own = reset_peak()
+        self.start_mb = current_mb()
         self._children_before = children_peak_mb()
         return self
 

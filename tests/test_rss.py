@@ -43,6 +43,28 @@ def test_probe_that_takes_300_mb():
     assert len(block) == 300 * MB
 
 
+HELD: list[bytearray] = []
+
+
+@pytest.mark.skipif(os.environ.get("FAIR_RSS_PROBE") != "1", reason="run by the test below, in a child pytest")
+def test_probe_that_leaves_300_mb_resident():
+    HELD.append(touch(300))
+
+
+@pytest.mark.skipif(os.environ.get("FAIR_RSS_PROBE") != "1", reason="run by the test below, in a child pytest")
+def test_probe_after_it_that_takes_10_mb():
+    assert len(touch(10)) == 10 * MB
+
+
+def test_the_guard_holds_a_test_to_what_it_adds_not_what_earlier_ones_left():
+    env = os.environ | {"FAIR_RSS_PROBE": "1", "FAIR_TEST_MAX_RSS_GB": "0.25"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "tests/test_rss.py::test_probe_that_leaves_300_mb_resident",
+                          "tests/test_rss.py::test_probe_after_it_that_takes_10_mb"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "1 failed, 1 passed" in run.stdout, run.stdout
+
+
 def test_the_guard_fails_a_test_above_the_limit():
     env = os.environ | {"FAIR_RSS_PROBE": "1", "FAIR_TEST_MAX_RSS_GB": "0.25"}
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
