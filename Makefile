@@ -23,7 +23,7 @@ limit_flag = $(if $(LIMIT),--limit $(LIMIT))
 batch_flag = $(if $(BATCH_API),--batch-api)
 cost_flag = $(if $(MAX_COST),--max-cost-usd $(MAX_COST))
 
-.PHONY: help setup demo experiment gen mine committee serve train eval test test-fast lint bench-mine bench-gen bench-train bench-gpu bench-scale bench-serve soak clean
+.PHONY: help setup demo experiment gen mine committee serve train eval test test-fast lint bench-mine bench-gen bench-train bench-dtype bench-gpu bench-scale bench-serve soak clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -104,7 +104,7 @@ docs: $(STAMP) ## build the documentation site into site/ (open site/index.html)
 experiment: $(STAMP) ## does distillation help? runs the missing units (25-80 min each on 2 cores), rebuilds docs/results.md
 	$(PY) -m cli.experiment
 
-bench-mine: $(STAMP) ## the CPU's matmul ceiling; paper's loop vs our static and continuous batching vs vLLM on 64 SVAMP questions
+bench-mine: $(STAMP) ## fp32 and bf16 matmul ceilings; the paper's loop vs our static and continuous batching (fp32, --dtype) vs vLLM, each engine's share of the bf16 ceiling
 	$(PY) bench/bench_mine.py
 
 bench-gen: $(STAMP) ## committee throughput vs the paper's sequential loop and peer clients, on the offline server
@@ -112,6 +112,9 @@ bench-gen: $(STAMP) ## committee throughput vs the paper's sequential loop and p
 
 bench-train: $(STAMP) ## our trainer vs TRL's SFTTrainer (own venv), same data: tokens/s, peak memory, loss curves; ZeRO-2
 	$(PY) bench/bench_train.py
+
+bench-dtype: $(STAMP) ## float32 vs bfloat16: the base student's SVAMP accuracy (paired), the demo's training losses
+	$(PY) bench/bench_dtype.py
 
 bench-gpu: $(STAMP) ## on a GPU host: bench-mine with vLLM and bench-train, figures to docs/bench-gpu.md (< 10 min)
 	bench/gpu.sh

@@ -18,7 +18,7 @@ HTTP stacks: the same OpenAI request (a 1.3 kB prompt) and a fixed 0.5 kB reply,
 48 in flight (16 for each of three teachers), client CPU per request, against a hypercorn server in its own
 process (it speaks HTTP/1.1 and cleartext HTTP/2): httpx's own HTTP/1.1 with a pool per teacher (what the
 committee used before), httpx with one pool of 100 (its default), httpx over HTTP/2 (a connection per teacher),
-httpx over aiohttp (what the committee uses now: gen/providers.http_client), and aiohttp alone.
+httpx over aiohttp (what the committee uses now: gen/teachers/transport.py: http_client), and aiohttp alone.
 Results: data/bench/cpu.json.
 """
 

@@ -65,4 +65,5 @@ echo "GPU: $gpu"
 step 200 "$python" bench/bench_mine.py "${mine_args[@]}"
 step 360 "$python" bench/bench_train.py "${train_args[@]}" --out data/bench/train-gpu.json
 step 30 "$python" bench/gpu_report.py --gpu "$gpu" --mine data/bench/mine.json \
-  --train data/bench/train-gpu.json --cpu-train data/bench/train.json --out "$out"
+  --train data/bench/train-gpu.json --cpu-train data/bench/train.json --out "$out" \
+  --commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"

@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train", required=True)
     p.add_argument("--cpu-train", help="bench_train's JSON from a CPU run, shown beside")
     p.add_argument("--out", required=True)
+    p.add_argument("--commit", default="unknown", help="the commit measured (bench/gpu.sh gives the checkout's)")
     args = p.parse_args(argv)
     loaded = []
     for name in (args.mine, args.train):
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Benchmarks on a GPU",
         "",
-        f"GPU: {args.gpu}. Written by `bench/gpu.sh` on "
+        f"GPU: {args.gpu}. Commit `{args.commit}`, written by `bench/gpu.sh` on "
         f"{time.strftime('%Y-%m-%d %H:%M %Z')}; every ratio was measured side by side in that one run.",
         "",
     ]
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += [
             "## CPU figures",
             "",
-            "See the README's Benchmarks section (this host had no CPU run of "
+            "See the [benchmarks](benchmarks.md#training) page (this host had no CPU run of "
             "bench_train.py to show beside).",
             "",
         ]

@@ -11,16 +11,18 @@
     5. after      the trained student on the same 300 questions
     6. report     data/demo/report.md: accuracy before and after with 95% intervals, the committee, the loss
 
-Every stage resumes, so a second run reuses what exists and takes seconds. Everything goes to data/demo/,
-the corpus to data/demo/gen/. Answers are capped at 256 new tokens (cli/experiment.py: MAX_NEW_TOKENS).
-On a CPU the transformers engine
-with continuous batching is used: on 2 cores it answers faster than vLLM-CPU, which reserves one core for
-its scheduler and compiles the model for minutes at every start (docs/benchmarks.md).
+Every stage resumes, so a second run reuses what exists and takes seconds. The table at the end gives each
+stage's seconds and its own peak RSS (fair/rss.py; child processes apart), also in data/demo/stages.json.
+Everything goes to data/demo/, the corpus to data/demo/gen/. Answers are capped at 256 new tokens
+(cli/experiment.py: MAX_NEW_TOKENS). On a CPU the transformers engine with continuous batching is used: on
+2 cores it answers faster than vLLM-CPU, which reserves one core for its scheduler and compiles the model at
+every start (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import sys
 import time
@@ -36,6 +38,7 @@ from fair.dtype import Dtype, dtype_field
 from fair.engines.base import EngineName
 from fair.errors import main_guard
 from fair.models import smollm2_dir
+from fair.rss import Peak, release_freed
 from train.train import TrainConfig, train
 
 OUT = Path("data/demo")
@@ -54,16 +57,26 @@ class DemoConfig(Validated):
         at_least(self, 1, "limit", "batch_size")
 
 
-def timed(stages: dict[str, float], name: str, work):
+@dataclass
+class Stage:
+    seconds: float
+    peak_rss_mb: float  # the stage's own peak, this process (fair/rss.py)
+    children_peak_rss_mb: float  # its child processes' peak (vLLM's engine), 0 when none ran
+
+
+def timed(stages: dict[str, Stage], name: str, work):
+    gc.collect()  # the stage before's engine or model (reference cycles) and the heap it freed: not this stage's
+    release_freed()
     began = time.perf_counter()
-    result = work()
-    stages[name] = time.perf_counter() - began
-    print(f"--- {name}: {stages[name]:.0f} s", flush=True)
+    with Peak() as peak:
+        result = work()
+    stages[name] = Stage(time.perf_counter() - began, peak.mb, peak.children_mb)
+    print(f"--- {name}: {stages[name].seconds:.0f} s, peak RSS {peak.mb:,.0f} MB", flush=True)
     return result
 
 
-def run(args: DemoConfig) -> dict[str, float]:
-    stages: dict[str, float] = {}
+def run(args: DemoConfig) -> dict[str, Stage]:
+    stages: dict[str, Stage] = {}
     gen = GenConfig(task="svamp", teachers="offline", limit=args.limit, engine=args.engine,
                     batch_size=args.batch_size, max_new_tokens=MAX_NEW_TOKENS, dtype=args.dtype, out=str(GEN_DIR))
 
@@ -84,14 +97,16 @@ def run(args: DemoConfig) -> dict[str, float]:
     return stages
 
 
-def print_stages(stages: dict[str, float]) -> None:
+def print_stages(stages: dict[str, Stage]) -> None:
     width = max(map(len, stages))
-    print("\n| stage | seconds |\n| --- | ---: |")
-    for name, seconds in stages.items():
-        print(f"| {name:<{width}} | {seconds:7.1f} |")
-    print(f"| {'total':<{width}} | {sum(stages.values()):7.1f} |")
+    print("\n| stage | seconds | peak RSS (MB) | children's peak RSS (MB) |\n| --- | ---: | ---: | ---: |")
+    for name, s in stages.items():
+        print(f"| {name:<{width}} | {s.seconds:7.1f} | {s.peak_rss_mb:7,.0f} | {s.children_peak_rss_mb:7,.0f} |")
+    peak = max(s.peak_rss_mb for s in stages.values())
+    print(f"| {'total':<{width}} | {sum(s.seconds for s in stages.values()):7.1f} | {peak:7,.0f} | "
+          f"{max(s.children_peak_rss_mb for s in stages.values()):7,.0f} |")
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "stages.json").write_text(json.dumps(stages, indent=1) + "\n")
+    (OUT / "stages.json").write_text(json.dumps({n: dataclasses.asdict(s) for n, s in stages.items()}, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException
 
 from fair.errors import FairError
-from fair.wire.batch import page
+from fair.wire.batch import page, page_limit
 from fair.wire.batch_api import MAX_FILES
 from fair.wire.errors import ApiError
 from gen.teachers.config import Teacher
@@ -259,7 +259,7 @@ def add_jobs(app: FastAPI, service: Service) -> None:
 
     @app.get("/v1/fair/jobs")
     async def list_jobs(limit: int = 20, after: str | None = None) -> dict[str, Any]:
-        items, more = service.store.list("job", max(1, min(limit, 100)), after)
+        items, more = service.store.list("job", page_limit(limit), after)
         return page([service.jobs.view(d["id"]) for d in items], more)
 
     @app.get("/v1/fair/jobs/{job_id}")

@@ -17,28 +17,15 @@ server per state folder.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
 from fair.config import save_config
 from fair.errors import FairError
 from fair.lock import folder_lock
+from fair.wire.listen import listen
 from gen.teachers.config import load_committee, missing_keys
 from serve.config import TOKEN_ENV, ServeConfig, bearer_token
-
-
-def listen(host: str, port: int, backlog: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise FairError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    sock.listen(backlog)
-    return sock
 
 
 def make_private(state: Path) -> None:

@@ -13,7 +13,6 @@ keep-alive timeout).
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 import traceback
@@ -31,6 +30,7 @@ from starlette.routing import Route
 from fair.errors import FairError
 from fair.wire import batch_api
 from fair.wire.errors import ApiError
+from fair.wire.listen import listen
 from simulator.api import bearer
 from simulator.formats import INTERNAL, Format
 from simulator.http import json_response, read_body
@@ -239,7 +239,7 @@ class Listener:
         self.port = 0
 
     def start(self) -> Listener:
-        sock = bind(self.sim.host, self.sim.requested_port)
+        sock = listen(self.sim.host, self.sim.requested_port, backlog=1024)  # a bench connects by the hundred
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.routes.app(), http=protocol(self.sim.socket_timeout_s), log_config=None,
                                 log_level="warning", access_log=False, timeout_keep_alive=self.sim.socket_timeout_s,
@@ -262,16 +262,3 @@ class Listener:
             self.server.should_exit = True
         if self.thread is not None:
             self.thread.join(timeout=10)
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise FairError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    sock.listen(1024)
-    return sock

@@ -1,5 +1,7 @@
 """Shared fixtures (a tiny random llama with SmolLM2's tokenizer, a fake engine, the shared data dir, the paper's
-SVAMP mistakes) and the helpers several test files use (the committee on the simulator, the tiny trainer)."""
+SVAMP mistakes), the helpers several test files use (the committee on the simulator, the tiny trainer), and the
+memory guard: each test's own peak RSS (its setup and call; fair/rss.py) fails it above FAIR_TEST_MAX_RSS_GB
+(default 4: users run the suite on laptops), and the run ends with its biggest tests."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING
 import orjson
 import pytest
 
+from fair import rss
 from fair.engines.base import Generation, Sampling
 from fair.tasks import default_data_dir
 
@@ -53,6 +56,46 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The memory guard. Setup is measured with the call: a module fixture that loads a model counts against the first
+# test that needs it. A test is held to what it adds: its peak above the RSS the process had when it began (a test
+# cannot be blamed for what earlier ones left resident; the summary lists both). Where the peak cannot be reset
+# (no /proc/self/clear_refs) nothing is measured; a test that resets it itself (tests/test_rss.py) is measured from
+# its last reset.
+
+MAX_RSS_MB = float(os.environ.get("FAIR_TEST_MAX_RSS_GB", "4")) * 1024
+PEAKS: dict[str, tuple[float, float, float]] = {}  # test id -> (growth, peak, child processes' peak) in MB
+PEAK_KEY = pytest.StashKey[rss.Peak]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item):
+    item.stash[PEAK_KEY] = rss.Peak().start()
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_call(item):
+    result = yield
+    peak = item.stash.get(PEAK_KEY, None)
+    if peak is not None and peak.own:
+        peak.stop()
+        PEAKS[item.nodeid] = (peak.growth_mb, peak.mb, peak.children_mb)
+        if max(peak.growth_mb, peak.children_mb) > MAX_RSS_MB:
+            pytest.fail(f"peak RSS {peak.growth_mb:,.0f} MB above the process's {peak.start_mb:,.0f} MB at its start "
+                        f"(child processes {peak.children_mb:,.0f} MB) is above FAIR_TEST_MAX_RSS_GB "
+                        f"({MAX_RSS_MB / 1024:g} GB)", pytrace=False)
+    return result
+
+
+def pytest_terminal_summary(terminalreporter):
+    if PEAKS:
+        terminalreporter.section("biggest tests by own peak RSS (MB: what the test added, the process's peak, "
+                                 "child processes apart)")
+        for nodeid, (growth, peak, children) in sorted(PEAKS.items(), key=lambda kv: -max(kv[1][0], kv[1][2]))[:10]:
+            terminalreporter.write_line(f"{growth:7,.0f} {peak:7,.0f} {children:7,.0f}  {nodeid}")
 
 
 class FakeEngine:

@@ -98,6 +98,11 @@ def test_batch_run_gives_the_live_records_at_half_price(tmp_path, mistakes, monk
         live_cost = sum(r["usage"][name]["cost"] for r in live.values())
         batch_cost = sum(r["usage"][name]["cost"] for r in batched.values())
         assert live_cost - batch_cost == pytest.approx(teacher.cost(Usage(tokens_in, tokens_out)) / 2)
+    # The folder's ledger holds what the batches cost too: a later capped rerun counts it against its budget.
+    spent = sum(s.cost for s in result["stats"].values())
+    assert result["budget"]["spent_usd"] == pytest.approx(spent, abs=1e-6)
+    with ResponseCache(tmp_path / "batch" / "requests.sqlite") as cache:
+        assert cache.spent_usd == pytest.approx(spent, abs=1e-6)
 
 
 class Killed(Exception):
@@ -312,3 +317,38 @@ def test_cli_batch_api_and_its_errors(tmp_path, mistakes, capsys):
         assert main([*common, "--teachers", "offline"]) == 0
     stats = orjson.loads((tmp_path / "committee_stats.json").read_bytes())
     assert stats["batch"]["answered"] == 2 * len(BATCHED) * 2 and stats["teachers"]["careful"]["batched"] == 4
+
+
+def test_a_billed_line_that_is_no_answer_still_counts_what_it_cost(tmp_path):
+    """An empty 200 in the output file goes live, but the batch billed it: its usage counts in the stats and the
+    ledger, at the batch price."""
+    from gen.teachers.batch import BatchRun
+    from gen.teachers.budget import CostBudget
+    from gen.teachers.client import TeacherStats
+
+    t = Teacher(name="careful", provider="openai", model="m", base_url="http://test/v1", price_input=1.0,
+                price_output=2.0)
+    empty = {"choices": [{"message": {"role": "assistant", "content": ""}, "finish_reason": "stop"}],
+             "usage": {"prompt_tokens": 1000, "completion_tokens": 500}}
+    line = orjson.dumps({"custom_id": "k1", "response": {"status_code": 200, "body": empty}}).decode()
+
+    async def go():
+        with ResponseCache(tmp_path / "requests.sqlite") as cache:
+            stats = {t.name: TeacherStats(t.name)}
+            budget = CostBudget(None, ledger=cache)
+            async with httpx.AsyncClient() as http:
+                run = BatchRun([t], cache, http, stats, 0.01, budget=budget)
+            run.ledger.uploaded("file-1", t.name, {"k1"})
+            api = run.apis[t.name]
+
+            async def lines(file_id):
+                yield line
+
+            api.lines = lines
+            await run.collect(api, "file-1", {"id": "batch-1", "status": "completed", "output_file_id": "out-1"})
+            return stats[t.name], budget, cache.get("k1")
+
+    stats, budget, cached = asyncio.run(go())
+    assert cached is None and (stats.input_tokens, stats.output_tokens, stats.batched) == (1000, 500, 0)
+    assert stats.cost == pytest.approx(t.cost(Usage(1000, 500), batch=True))
+    assert budget.spent_usd == pytest.approx(stats.cost)

@@ -155,7 +155,7 @@ def test_gpu_sh_dry_run_prints_its_three_steps_with_time_limits():
         "bench/gpu_report.py",
     ]
     assert sum(int(s.split()[2]) for s in steps) <= 600  # the whole script within 10 minutes
-    assert "--out /tmp/x\\ y.md" in steps[2]
+    assert "--out /tmp/x\\ y.md" in steps[2] and "--commit " in steps[2]  # the page names what it measured
     assert "--no-trl" not in steps[1] and "--no-trl" in run_gpu_sh("--dry-run", "--no-trl").stdout
 
 
@@ -208,9 +208,11 @@ def test_gpu_report_names_the_gpu_and_renders_both_benches(tmp_path):
         str(tmp_path / "absent.json"),
         "--out",
         str(out),
+        "--commit",
+        "abc1234",
     ]
     assert report.main(argv) == 0
     text = out.read_text()
-    assert "GPU: NVIDIA H200, 143771 MiB" in text and "5,123.4" in text and "4/4 identical" in text
-    assert "tokens/s 1.500x" in text and ": ok" in text and "README's Benchmarks section" in text
+    assert "GPU: NVIDIA H200, 143771 MiB. Commit `abc1234`" in text and "5,123.4" in text and "4/4 identical" in text
+    assert "tokens/s 1.500x" in text and ": ok" in text and "[benchmarks](benchmarks.md#training)" in text
     assert report.main([*argv[:3], str(tmp_path / "absent.json"), *argv[4:]]) == 2

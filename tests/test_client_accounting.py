@@ -32,11 +32,14 @@ def test_usage_of_a_request_that_fails_for_good_is_counted_too(tmp_path):
     script = Script(billed(TransientError("t: empty reply"), Usage(100, 40)))
 
     async def go(client):
-        with pytest.raises(TeacherFailed):
+        with pytest.raises(TeacherFailed) as failed:
             await client.complete(request())
+        return failed.value
 
-    client, _ = run(go, tmp_path, teacher(max_retries=2), script)
+    client, failed = run(go, tmp_path, teacher(max_retries=2), script)
     assert len(script.calls) == 3 and (client.stats.input_tokens, client.stats.output_tokens) == (300, 120)
+    # The committee's record of the failed request (gen/committee/mistake.py's ask) counts what it was billed.
+    assert failed.usage == Usage(300, 120)
 
 
 @pytest.mark.parametrize("reply", [

@@ -225,6 +225,43 @@ def test_a_teacher_out_of_quota_stops_the_run_and_a_rerun_finishes_it(scripted, 
     assert not {n for _, _, n, _ in sent} & {numbers[i] for i in written}
 
 
+def test_a_quota_stop_lets_the_requests_in_flight_land_and_a_rerun_does_not_pay_for_them_again(scripted, monkeypatch,
+                                                                                                 capsys):
+    """Teacher b's account runs dry while teacher a's requests are in flight: those are paid for, so the run waits
+    for their replies (into the cache) before it stops, instead of cancelling them to be sent again."""
+    teachers, mistakes, scripts, sent = scripted
+    quota, landed = {"ok": False}, []
+    play = ScriptedProvider.complete
+
+    async def slow(self, request):
+        response = await play(self, request)  # b raises at once; a answers after a while
+        if self.name == "a":
+            await asyncio.sleep(0.2)
+            landed.append(request)
+        return response
+
+    def out_of_credit(kind: str, number: int) -> ChatResponse:
+        if not quota["ok"]:
+            raise QuotaExhausted("openai 429: You exceeded your current quota, please check your plan and billing")
+        return good(kind, number)
+
+    monkeypatch.setattr(ScriptedProvider, "complete", slow)
+    scripts |= {"a": good, "b": out_of_credit, "c": good}
+    args = ["committee", "--task", "svamp", "--mistakes", str(mistakes), "--teachers", str(teachers),
+            "--window", "2", "--no-progress"]
+    assert main(args) == 2
+    sent_to_a = [request for name, _, _, request in sent if name == "a"]
+    assert sent_to_a and len(landed) == len(sent_to_a)  # none cancelled in flight
+    a = load_teacher(teachers, "a")
+    first = {key_for(a, request) for request in sent_to_a}
+    sent.clear()
+    quota["ok"] = True
+    capsys.readouterr()
+    assert main(args) == 0
+    assert not first & {key_for(a, request) for name, _, _, request in sent if name == "a"}
+    assert "resuming:" not in capsys.readouterr().out  # the requests cancelled at the stop had not been sent
+
+
 def load_teacher(path: Path, name: str) -> Teacher:
     return next(t for t in load_committee(str(path)) if t.name == name)
 

@@ -14,6 +14,7 @@ from eval.regrade import GradeConfig
 from eval.report import ReportConfig
 from fair.config import add_config_arguments, build_config, field_default, save_config
 from fair.errors import FairError
+from gen.committee.estimate import EstimateConfig
 from gen.committee.run import CommitteeConfig
 from gen.from_paper import ImportCommitteeConfig, ImportMistakesConfig
 from gen.mine import MineConfig
@@ -27,7 +28,7 @@ CONFIGS = ROOT / "configs"
 STAGES = {"mine.yaml": MineConfig, "eval.yaml": EvalConfig, "committee.yaml": CommitteeConfig, "gen.yaml": GenConfig,
           "serve.yaml": ServeConfig, "simulator.yaml": SimulatorConfig, "grade.yaml": GradeConfig,
           "report.yaml": ReportConfig, "import-mistakes.yaml": ImportMistakesConfig,
-          "import-committee.yaml": ImportCommitteeConfig}
+          "import-committee.yaml": ImportCommitteeConfig, "estimate.yaml": EstimateConfig}
 # Each file under configs/ is checked by the test that reads its folder; a file in no folder here fails below.
 CHECKED = {".": "*.yaml", "train": "*.yaml", "teachers": "*.yaml", "deepspeed": "*.json"}
 
@@ -46,6 +47,24 @@ def test_every_config_file_is_checked():
     checked = {(CONFIGS / folder / name).resolve() for folder in CHECKED for name in config_files(folder)}
     assert set(STAGES) == set(config_files("."))  # a new stage YAML needs its class here
     assert {p.resolve() for p in CONFIGS.rglob("*") if p.is_file()} == checked
+
+
+def command_settings(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> dict[str, type | None]:
+    """Each leaf command of cli/main.py's parser and its settings class (None for `tasks`, and for `train`,
+    whose class is mirrored by configs/train/ and added to the parser only when it is the command)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return {k: v for name, sub in action.choices.items() for k, v in command_settings(sub, (*path, name)).items()}
+    return {" ".join(path): parser.get_default("settings")}
+
+
+def test_every_command_has_its_yaml():
+    from cli.main import build_parser
+
+    commands = command_settings(build_parser())
+    assert {"estimate", "teachers serve", "merge"} <= set(commands)
+    missing = {name: cls.__name__ for name, cls in commands.items() if cls and cls not in STAGES.values()}
+    assert not missing, f"commands whose settings no configs/*.yaml mirrors: {missing}"
 
 
 @pytest.mark.parametrize("name", config_files("."))

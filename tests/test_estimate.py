@@ -157,3 +157,14 @@ def test_a_thinking_budget_counts_as_possible_output(tmp_path, data_dir, capsys)
     assert extra == 100 * 3 * 1024
     assert thinking["teachers"]["claude"] == plain["teachers"]["claude"]
     assert "plus each teacher's whole thinking_budget" in capsys.readouterr().out
+
+
+def test_a_measured_mean_counts_the_batch_api_replies_too():
+    """committee_stats.json counts a Batch API reply's tokens in output_tokens and the reply in `batched`, not in
+    `successes`: the mean output per reply is over both, or a --batch-api run doubles the estimate."""
+    from gen.committee.estimate import output_tokens
+
+    teacher = load_committee("default")[0]
+    measured = {"successes": 10, "batched": 10, "output_tokens": 20 * 200}
+    assert set(output_tokens(teacher, measured).values()) == {200}
+    assert set(output_tokens(teacher, {"successes": 0, "batched": 4, "output_tokens": 4 * 90}).values()) == {90}

@@ -120,6 +120,9 @@ def test_refusals_are_replies_with_their_reason_and_usage(provider, body, refusa
 @pytest.mark.parametrize(("provider", "body", "text"), [
     ("openai", openai("The answer is", finish="length"), "The answer is"),
     ("openai", openai("", finish="length"), ""),
+    # Every token spent on reasoning: content is null on OpenAI-compatible servers with a reasoning parser (vLLM,
+    # DeepInfra): the same request would be cut off again, so it is a truncation, not a malformed reply to re-send.
+    ("openai", openai(None, finish="length", reasoning_content="Let me think"), ""),
     ("gemini", gemini([{"text": "The answer"}], finish="MAX_TOKENS"), "The answer"),
     ("gemini", gemini(None, finish="MAX_TOKENS", usage={"promptTokenCount": 20, "thoughtsTokenCount": 100}), ""),
     ("gemini", gemini([{"text": "all thoughts", "thought": True}], finish="MAX_TOKENS"), ""),
@@ -160,6 +163,13 @@ def test_an_empty_reply_without_a_reason_is_transient_and_carries_its_usage(prov
                                           "details.", "type": "insufficient_quota", "param": None,
                                "code": "insufficient_quota"}}),
     ("openai", 429, {"error": {"message": "quota", "type": "requests", "code": "insufficient_quota"}}),
+    # An account without an active billing: a 429 too (github.com/lifan0127/ai-research-assistant/issues/174,
+    # github.com/BerriAI/litellm/issues/2743), and code null in older replies (binary-husky/gpt_academic#681).
+    ("openai", 429, {"error": {"message": "Your account is not active, please check your billing details on our "
+                                          "website.", "type": "billing_not_active", "param": None,
+                               "code": "billing_not_active"}}),
+    ("openai", 429, {"error": {"message": "Your account is not active, please check your billing details on our "
+                                          "website.", "type": "billing_not_active", "param": None, "code": None}}),
     ("anthropic", 400, {"type": "error", "error": {"type": "invalid_request_error", "message": "Your credit balance "
                         "is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase "
                         "credits."}}),

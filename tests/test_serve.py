@@ -185,6 +185,9 @@ def test_job_events_stream_progress_until_the_end(http, mistakes):
                 events.append(line.split(":", 1)[1].strip())
     assert events[0] == "progress" and events[-1] == "end"
     assert http.get(f"/v1/fair/jobs/{job['id']}").json()["status"] == "completed"
+    # The list clamps its limit to 1..100 as OpenAI's lists do (fair/wire/batch.py: page_limit).
+    assert len(http.get("/v1/fair/jobs?limit=0").json()["data"]) == 1
+    assert http.get("/v1/fair/jobs?limit=1000").json()["has_more"] is False
 
 
 @pytest.mark.parametrize(

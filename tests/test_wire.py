@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 
 import orjson
 import pytest
 
+from fair.errors import FairError
 from fair.wire import batch_api
 from fair.wire.batch import ENDPOINT, batch_object, check_create, check_line, page, page_limit, result_line
 from fair.wire.batch_api import BatchApi
 from fair.wire.errors import ApiError
+from fair.wire.listen import listen
 from fair.wire.multipart import read_form
 
 BOUNDARY = "b0undary"
@@ -222,3 +225,13 @@ def test_cancel_keeps_what_was_answered_and_a_batch_open_past_its_window_expires
         listed = api.list_batches("0")
         assert [b["id"] for b in listed["data"]] == [expired["id"]] and listed["has_more"]
     asyncio.run(go())
+
+
+def test_listen_binds_port_0_at_once_and_a_taken_port_is_one_line():
+    with listen("127.0.0.1", 0, backlog=8) as sock:
+        port = sock.getsockname()[1]
+        assert port > 0
+        with socket.create_connection(("127.0.0.1", port), timeout=5):  # listening: the connection is queued
+            pass
+        with pytest.raises(FairError, match=f"^cannot listen on 127.0.0.1:{port}: "):
+            listen("127.0.0.1", port, backlog=8)

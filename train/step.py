@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from fair.errors import FairError
 from fair.models import PLAIN_DECODERS
+from fair.rss import release_freed
 from train.checkpoint import latest_checkpoint
 from train.data import FEEDBACK, RATIONALE, attention_mask_4d, collate, single_row
 from train.varlen import VARLEN, example_bounds
@@ -155,6 +156,8 @@ def take_step(run: Run, batch: list, step: int, lr: float) -> dict:
             run.engine.step()
         else:
             loss.backward()
+        del logits, loss
+        release_freed()  # this micro-batch's activations, freed, leave the heap (fair/rss.py)
     # Every rank sees the same sums, so all stop together. The shares add up to the step's loss as weighted_loss
     # defines it: what is logged is what was minimised.
     total_loss, feedback_total, rationale_total = dist.all_sum(sums)

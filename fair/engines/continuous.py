@@ -203,7 +203,7 @@ class ContinuousBatcher:
 
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
         if self.sampling.greedy:
-            return logits.float().argmax(dim=-1)  # same ids (bf16 -> fp32 is exact), 3x as fast as on bf16
+            return logits.float().argmax(dim=-1)  # same ids (bf16 -> fp32 is exact), faster than on bf16 (docs/benchmarks.md)
         probs = (logits.float() / self.sampling.temperature).softmax(dim=-1)
         if self.sampling.top_p < 1:
             sorted_probs, order = probs.sort(dim=-1, descending=True)

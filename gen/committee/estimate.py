@@ -112,17 +112,21 @@ def mean_prompt_tokens(task: Task, prompts: PromptSet, answers: list[StudentAnsw
 def output_tokens(teacher: Teacher, measured: dict[str, Any] | None) -> dict[str, float]:
     """Per request type: the teacher's measured mean per request, else the defaults capped at max_tokens plus
     all the thinking the teacher allows (what a thinking model may bill as output on every reply)."""
-    if measured and measured.get("successes"):
-        mean = measured["output_tokens"] / measured["successes"]
-        return dict.fromkeys(DEFAULT_OUTPUT_TOKENS, mean)
+    if replies := measured_replies(measured):
+        return dict.fromkeys(DEFAULT_OUTPUT_TOKENS, measured["output_tokens"] / replies)
     thinking = thinking_tokens(teacher, measured)
     return {kind: min(tokens, teacher.max_tokens) + thinking for kind, tokens in DEFAULT_OUTPUT_TOKENS.items()}
+
+
+def measured_replies(measured: dict[str, Any] | None) -> int:
+    """The replies a run's output_tokens were billed for: live ones and the Batch API's (counted apart)."""
+    return (measured.get("successes") or 0) + (measured.get("batched") or 0) if measured else 0
 
 
 def thinking_tokens(teacher: Teacher, measured: dict[str, Any] | None) -> int:
     """What output_tokens counts for thinking apart from the text (never reviewed: a review holds only the
     text): all of the thinking budget, or 0 when measured (a measured mean holds it)."""
-    return 0 if measured and measured.get("successes") else teacher.max_output_tokens() - teacher.max_tokens
+    return 0 if measured_replies(measured) else teacher.max_output_tokens() - teacher.max_tokens
 
 
 def cache_shares(measured: dict[str, Any] | None) -> tuple[float, float]:

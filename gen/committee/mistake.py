@@ -3,8 +3,9 @@ at once, each rationale's peer reviews as soon as it exists, and the record that
 
 Replies the provider billed but that are not whole answers are kept as such (Reply): a refusal (text None,
 `refused` the reason) and a reply cut off at max_tokens (`truncated`, text kept); neither rationale is reviewed
-nor accepted, neither review scores. A teacher out of quota raises OutOfQuota, which ends the run, and
-`gather_all` cancels the mistake's other requests so that none keeps running (and paying) unowned.
+nor accepted, neither review scores. A teacher out of quota raises OutOfQuota, which ends the run: first the
+run's budget is halted (nothing more is sent) and the requests already in flight, paid for, land in the cache;
+then `gather_all` cancels the mistake's other requests, none of them sent, so that none is left running unowned.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ async def ask(ctx: Context, teacher: Teacher, messages: Messages) -> Reply:
     try:
         response = await ctx.clients[teacher.name].complete(request)
     except QuotaExhausted as e:
+        budget = ctx.clients[teacher.name].budget  # the run's, shared by every teacher
+        budget.halt()  # no new sends; the requests in flight are paid for: their replies land in the cache first
+        await budget.drained()
         raise OutOfQuota(teacher.name, str(e)) from None
     except ProviderError as e:  # TeacherFailed after retries, or a fatal 4xx: recorded, never a score
         ctx.errors += 1

@@ -25,7 +25,8 @@ Replies the provider billed but that are not whole answers are recorded as such 
 refusal (text null, `refused` the provider's reason) and a reply cut off at max_tokens (`truncated`, text
 kept). Neither rationale is sent for review nor accepted, neither review gives a score; a cut-off feedback is
 kept, marked, and not trained on (fair/records.py's usable_text). A teacher out of quota stops the run:
-what finished is written, the rest is cancelled, the CLI says how many mistakes remain and exits 2; a rerun
+nothing more is sent, the requests already in flight (paid for) land in the cache, what finished is written,
+the rest (never sent) is cancelled, the CLI says how many mistakes remain and exits 2; a rerun
 once the account has credit resumes (RunStopped).
 
 With batch_api, the feedback and rationales of teachers with batch_api: true are first asked through OpenAI's
@@ -180,7 +181,7 @@ async def run_committee(config: CommitteeConfig, teachers: list[Teacher], hooks:
 
 async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hooks: Hooks) -> dict[str, Any]:
     """RunStopped (with the result) when a teacher is out of quota or the budget is reached: what finished is
-    written, the mistakes in flight are cancelled (the replies they had are cached) and a rerun resumes."""
+    written, the rest is cancelled once nothing is in flight (their replies are cached) and a rerun resumes."""
     task = get_task(config.task)
     done = finished_ids(config.out_path)
     mistakes = pending_mistakes(config, done)
@@ -205,7 +206,7 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
                 batched = [t for t in teachers if t.batch_api]
                 stats = {t.name: clients[t.name].stats for t in batched}
                 batch = await BatchRun(batched, cache, http, stats, config.batch_poll_s,
-                                       deadline_s=config.batch_deadline_s).run(
+                                       deadline_s=config.batch_deadline_s, budget=budget).run(
                     drafts(pending_mistakes(config, done), task, ctx.prompts, batched))
             bar = tqdm(desc=f"committee {task.name}", unit=" mistakes", initial=len(done), total=total,
                        disable=not config.progress, dynamic_ncols=True)

@@ -22,7 +22,8 @@ upload, the batch id right after the create; a rerun re-attaches to every open b
 requests. A run killed between create and commit finds its batch again by listing the batches made from the
 uploaded file, so no paid request is sent twice.
 
-Fallback: a line in the error file, a reply that does not parse, and every request of a batch that failed,
+Fallback (what a line that is no good reply was billed, an empty 200's usage, is still counted): a line in the
+error file, a reply that does not parse, and every request of a batch that failed,
 expired, was cancelled or is unknown to the server (404, e.g. a restarted simulator) stay out of the cache, so
 the committee sends them live; the run reports how many (`fell_back`). They are not resubmitted: another batch
 round could add another 24 hours, for requests that are few.
@@ -52,11 +53,13 @@ from gen.teachers.providers import (
     OpenAIProvider,
     ProviderError,
     TransientError,
+    Usage,
     lookup,
 )
 from gen.teachers.retry import Retry
 
 if TYPE_CHECKING:
+    from gen.teachers.budget import CostBudget
     from gen.teachers.cache import ResponseCache
     from gen.teachers.client import TeacherStats
     from gen.teachers.config import Teacher
@@ -226,9 +229,11 @@ class BatchRun:
     """One run's batches: `await BatchRun(teachers, cache, http, stats, poll_s).run(drafts(...))`."""
 
     def __init__(self, teachers: list[Teacher], cache: ResponseCache, http: httpx.AsyncClient,
-                 stats: dict[str, TeacherStats], poll_s: float, deadline_s: float = DEADLINE_S):
+                 stats: dict[str, TeacherStats], poll_s: float, deadline_s: float = DEADLINE_S,
+                 budget: CostBudget | None = None):
         self.apis = {t.name: BatchAPI(t, http) for t in teachers}
         self.cache, self.stats, self.poll_s, self.deadline_s = cache, stats, poll_s, deadline_s
+        self.budget = budget  # uncapped (a batch cannot stop half-way): it counts the batches' cost in the ledger
         self.ledger = Ledger(cache.db)
         self.report = BatchReport()
         self.follows: list[asyncio.Task] = []
@@ -333,8 +338,17 @@ class BatchRun:
             return None
         try:
             return key, dataclasses.replace(api.provider.parse(lookup(response, "body")), batch=True)
-        except TransientError:
+        except TransientError as e:  # goes live; an empty or malformed 200 was billed all the same
+            if e.usage is not None:
+                self.bill(api, e.usage)
             return None
+
+    def bill(self, api: BatchAPI, usage: Usage) -> None:
+        """Count what a result line was billed, at the batch price, in the stats and the ledger."""
+        cost = api.teacher.cost(usage, batch=True)
+        self.stats[api.teacher.name].bill(usage, cost)
+        if self.budget is not None:
+            self.budget.charge(cost)
 
     async def collect(self, api: BatchAPI, input_file: str, batch: dict | None) -> None:
         """Put the batch's good replies in the cache as they download; whatever is left goes live."""
@@ -349,7 +363,7 @@ class BatchRun:
                 self.cache.put(key, api.teacher.name, reply)
                 answered += 1
                 stats.batched += 1
-                stats.bill(reply.usage, api.teacher.cost(reply.usage, batch=True))
+                self.bill(api, reply.usage)
         self.cache.flush()  # committed before the ledger closes the batch: a kill in between downloads it again
         status, requests = batch.get("status", "lost") if batch else "lost", self.ledger.requests(input_file)
         self.ledger.finished(input_file, status)

@@ -44,6 +44,8 @@ the ledger existed starts at 0.
 The Batch API (gen/teachers/batch.py) is not budgeted: a batch bills everything it was submitted with, up to
 24 hours later, and cannot be stopped at a budget half-way, so a budgeted run refuses batch_api
 (CommitteeConfig.validate). Run the Batch API uncapped (`fair estimate` prices it first), or cap a live run.
+What a batch's replies cost is still charged to the ledger as they are collected (`charge`), so a later capped
+run on the same folder counts it.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class CostBudget:
         self.reserved_usd = 0.0
         self.in_flight = 0  # reservations not yet settled
         self.exhausted: BudgetExhausted | None = None
+        self.halted = False  # the run is stopping (a teacher out of quota): no attempt is sent any more
         self._settled = asyncio.Event()  # set (and replaced) at each settle: wakes the attempts waiting for room
 
     @property
@@ -130,7 +133,10 @@ class CostBudget:
             raise BudgetExhausted(e.spent_usd, e.limit_usd, e.worst_case_usd)
 
     async def reserve(self, worst_case_usd: float) -> Reservation:
-        """Hold `worst_case_usd` before an attempt is sent; wait for room, or raise BudgetExhausted."""
+        """Hold `worst_case_usd` before an attempt is sent; wait for room, or raise BudgetExhausted. Once halted,
+        it never returns: the attempt holds no money and waits to be cancelled with the run."""
+        if self.halted:
+            await asyncio.get_running_loop().create_future()
         while not (self.exhausted is None and self.fits(worst_case_usd)):
             if self.exhausted is None and self.in_flight == 0:
                 self.exhausted = BudgetExhausted(self.total_usd, self.limit_usd, worst_case_usd)
@@ -147,6 +153,23 @@ class CostBudget:
                 self.settle(reservation, 0.0)  # not sent
                 raise
         return reservation
+
+    def halt(self) -> None:
+        """Send nothing more: the run is about to stop (a teacher out of quota); see `drained`."""
+        self.halted = True
+
+    async def drained(self) -> None:
+        """Return once no attempt is in flight: each one's reply is paid for, so it lands in the cache before a
+        halted run cancels what is left (which then holds no money and was never sent)."""
+        while self.in_flight:
+            await self._settled.wait()
+
+    def charge(self, usd: float) -> None:
+        """Count what was billed without a reservation (a Batch API reply, collected after the fact), so the
+        ledger holds everything spent through its cache."""
+        self.spent_usd += usd
+        if self.ledger is not None:
+            self.ledger.note_spent(self.total_usd)
 
     def settle(self, reservation: Reservation, actual_usd: float) -> None:
         """The attempt is over and billed `actual_usd`: its reservation gives way to that."""

@@ -191,7 +191,8 @@ class ResponseCache:
             self._flush_in(self.flush_s)
 
     def finish(self, key: str) -> None:
-        """A request that failed for good: it is no longer in flight."""
+        """A request that failed for good, or was never sent: it is no longer in flight."""
+        self._begins = [begin for begin in self._begins if begin[0] != key]  # a mark not yet committed: never made
         self._finished.append(key)
         self._flush_in(self.flush_s)
 

@@ -167,6 +167,14 @@ class _Call:
     output_limit: int  # the most output tokens the reply can bill
     begun: bool = False
     attempts: int = 0
+    billed: Usage | None = None  # what its failed attempts were billed (empty or malformed 200s), if anything
+
+    def bill(self, usage: Usage | None) -> None:
+        if usage is not None:
+            b = self.billed or Usage()
+            self.billed = Usage(b.input_tokens + usage.input_tokens, b.output_tokens + usage.output_tokens,
+                                b.cached_input_tokens + usage.cached_input_tokens,
+                                b.cache_write_tokens + usage.cache_write_tokens)
 
 
 class TeacherClient:
@@ -214,9 +222,15 @@ class TeacherClient:
             why = "fatal" if isinstance(e, FatalError) else f"gave up after {call.attempts} attempts"
             reason = redact(f"{why}: {e}", self.teacher.api_keys())
             log.warning("%s", reason)
-            raise TeacherFailed(self.teacher.name, reason) from None
+            failed = TeacherFailed(self.teacher.name, reason)
+            failed.usage = call.billed  # the caller's record counts what the failed attempts were billed
+            raise failed from None
         except BudgetExhausted:  # ends the run, not the request (no retry, no TeacherFailed): nothing is in flight
             if call.begun:
+                self.cache.finish(call.key)
+            raise
+        except asyncio.CancelledError:  # marked but never sent (e.g. held by a halted budget): no double send
+            if call.begun and call.attempts == 0:
                 self.cache.finish(call.key)
             raise
 
@@ -247,8 +261,8 @@ class TeacherClient:
                     self._settle(gate, call.estimate, None)
                     raise QuotaExhausted(str(gate.out_of_quota))  # not sent
                 if not call.begun:  # right before the first send: a kill from here on may mean a double send
+                    call.begun = True  # before the await: a request cancelled while its mark commits is unmarked
                     await self.cache.mark_inflight(call.key, self.teacher.name)
-                    call.begun = True
                 reservation = await self.budget.reserve(worst_case_usd(self.teacher, call.request))  # the cost
                 call.attempts += 1
                 self.stats.requests += 1
@@ -256,6 +270,7 @@ class TeacherClient:
                     response = await provider.complete(call.request)
                 except ProviderError as e:
                     billed = self._settle(gate, call.estimate, e.usage)
+                    call.bill(e.usage)
                     self.budget.settle(reservation, reservation.usd if e.maybe_billed else billed)
                     self._on_failure(gate, e)
                     raise

@@ -18,11 +18,12 @@ Every reply is read as its provider documents it:
   * refusals, a reply with no text and ChatResponse.refusal = the provider's reason: OpenAI message.refusal
     ("refusal") or finish_reason "content_filter"; Gemini a candidate's finishReason in GEMINI_REFUSALS, or
     promptFeedback.blockReason when no candidate has content; Anthropic stop_reason "refusal".
-  * truncation, ChatResponse.truncated: OpenAI finish_reason "length", Gemini MAX_TOKENS (with or without text:
+  * truncation, ChatResponse.truncated: OpenAI finish_reason "length" (with or without content: a reasoning
+    model may spend max_tokens on reasoning, and servers with a reasoning parser then send content null), Gemini MAX_TOKENS (with or without text:
     a thinking model may spend the whole budget on thoughts), Anthropic stop_reason "max_tokens" or
     "model_context_window_exceeded".
   * out of quota (QuotaExhausted, which stops the run): OpenAI a 429 whose error.code or error.type is
-    "insufficient_quota"; Anthropic error.type "billing_error" or "credit balance is too low" (its 400); Gemini
+    "insufficient_quota" or "billing_not_active"; Anthropic error.type "billing_error" or "credit balance is too low" (its 400); Gemini
     "prepayment credits are depleted", or a 429 whose google.rpc.QuotaFailure names a per-day quota
     (quotaId ...PerDay...) or whose message says "limit: 0" (a free tier without this model). Per-minute quotas are
     rate limits, retried after their retryDelay; a per-day one lasts until midnight Pacific time, so the run stops
@@ -73,6 +74,9 @@ GEMINI_REFUSALS = frozenset({
     "SAFETY", "RECITATION", "LANGUAGE", "OTHER", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",
     "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "IMAGE_OTHER",
 })
+# A 429 with either as error.code or error.type is the account's, not a rate limit: out of credit, or no active
+# billing ("Your account is not active, please check your billing details").
+OPENAI_QUOTA_ERRORS = frozenset({"insufficient_quota", "billing_not_active"})
 ANTHROPIC_TRUNCATED = frozenset({"max_tokens", "model_context_window_exceeded"})
 ANTHROPIC_CHARS_PER_TOKEN = 5
 # The shortest prefix each Claude model caches (Anthropic's prompt-caching docs); models not listed: 1024.
@@ -114,7 +118,7 @@ class OpenAIProvider(_Provider):
 
     def out_of_quota(self, status: int, data: Any, text: str) -> bool:
         error = lookup(data, "error")
-        return status == 429 and "insufficient_quota" in (lookup(error, "code"), lookup(error, "type"))
+        return status == 429 and bool(OPENAI_QUOTA_ERRORS & {lookup(error, "code"), lookup(error, "type")})
 
     def parse(self, data: Any, limits: RateLimitInfo | None = None) -> ChatResponse:
         """A chat-completions reply (live, or a Batch API result line's body) -> ChatResponse or TransientError."""
@@ -128,6 +132,8 @@ class OpenAIProvider(_Provider):
         if finish == "content_filter":
             return self.reply("", billed, limits, refusal="content_filter")
         text = lookup(choice, "message", "content")
+        if text is None and finish == "length":  # every token spent on reasoning (content null on some servers)
+            return self.reply("", billed, limits, truncated=True)
         if text is None:
             raise self.malformed("no choices[0].message.content", billed)
         return self.reply(text, billed, limits, truncated=finish == "length")
