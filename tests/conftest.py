@@ -61,7 +61,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 # ---------------------------------------------------------------------------------------------------------
 # The memory guard. Setup is measured with the call: a module fixture that loads a model counts against the first
 # test that needs it. A test is held to what it adds: its peak above the RSS the process had when it began (a test
-# cannot be blamed for what earlier ones left resident; the summary lists both). Where the peak cannot be reset
+# cannot be blamed for what earlier ones left resident; the summary lists both). Child processes are listed but
+# not judged: ru_maxrss of the children only grows and counts a child when it is reaped, so a server an earlier
+# test started and a later one reaped would be charged to the later test. Where the peak cannot be reset
 # (no /proc/self/clear_refs) nothing is measured; a test that resets it itself (tests/test_rss.py) is measured from
 # its last reset.
 
@@ -83,7 +85,7 @@ def pytest_runtest_call(item):
     if peak is not None and peak.own:
         peak.stop()
         PEAKS[item.nodeid] = (peak.growth_mb, peak.mb, peak.children_mb)
-        if max(peak.growth_mb, peak.children_mb) > MAX_RSS_MB:
+        if peak.growth_mb > MAX_RSS_MB:  # children are listed, not judged: see the note above
             pytest.fail(f"peak RSS {peak.growth_mb:,.0f} MB above the process's {peak.start_mb:,.0f} MB at its start "
                         f"(child processes {peak.children_mb:,.0f} MB) is above FAIR_TEST_MAX_RSS_GB "
                         f"({MAX_RSS_MB / 1024:g} GB)", pytrace=False)
