@@ -30,26 +30,26 @@ def reset_peak() -> bool:
     return True
 
 
-def peak_mb() -> float:
-    """This process's peak RSS in MB (2**20 bytes) since the last reset_peak(), else since it started."""
+def _status_mb(field: str) -> float | None:
+    """A field of /proc/self/status (VmHWM, VmRSS) in MB; None where /proc is not there."""
     try:
         for line in STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RU_MAXRSS_MB
+    return None
+
+
+def peak_mb() -> float:
+    """This process's peak RSS in MB (2**20 bytes) since the last reset_peak(), else since it started."""
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RU_MAXRSS_MB
 
 
 def current_mb() -> float:
     """This process's resident memory now, in MB (VmRSS); 0 where /proc is not there."""
-    try:
-        for line in STATUS.read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return _status_mb("VmRSS") or 0.0
 
 
 def children_peak_mb() -> float:
