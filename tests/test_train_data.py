@@ -11,7 +11,7 @@ import torch
 
 from fair.engines.base import encode_prompt
 from fair.errors import FairError
-from fair.records import StudentAnswer
+from fair.records import StudentAnswer, usable_text
 from fair.tasks import get_task
 from train.data import (
     FEEDBACK,
@@ -82,7 +82,7 @@ def test_mixed_draws_the_same_texts_as_the_papers_code(records, seed_files):
 
 def test_single_teacher_takes_its_raw_unreviewed_texts(records, seed_files):
     rationale_file = json.loads(seed_files[1].read_text())
-    examples, report = build_examples(records, SVAMP, "gpt", seed=0, prompt_format="chat")
+    examples, report = build_examples(records, SVAMP, "gpt", seed=0, prompt_format="chat", filter="none")
     assert report.rationale_examples == report.feedback_examples == 387 and report.skipped == {}
     assert [e.completion for e in kinds_of(examples, "rationale")] == [r["gpt_rationale"][0].strip() for r in rationale_file]
     assert {e.teacher for e in examples} == {"gpt"}
@@ -97,10 +97,37 @@ def test_all_takes_every_accepted_rationale_and_every_feedback(records):
 
 
 def test_no_review_ignores_the_reviews(records):
-    examples, report = build_examples(records, SVAMP, "no-review", seed=0, prompt_format="chat")
+    examples, report = build_examples(records, SVAMP, "mixed", seed=0, prompt_format="chat", filter="none")
     assert report.rationale_examples == report.feedback_examples == 387 and report.skipped == {}
     accepted = {(r["id"], t["text"].strip()) for r in records for t in r["rationales"].values() if t["accepted"]}
     assert any((e.mistake_id, e.completion) not in accepted for e in kinds_of(examples, "rationale"))
+
+
+def grades_gold(record: dict, text: str) -> bool:
+    mistake = StudentAnswer.from_json(record["mistake"], "test")
+    return bool(SVAMP.grade(text, mistake.example()).correct)
+
+
+def test_gold_filter_keeps_exactly_the_rationales_that_grade_correct(records):
+    by_id = {r["id"]: r for r in records}
+    gold = {(r["id"], t) for r in records for n, e in r["rationales"].items()
+            if (t := usable_text(e)) and grades_gold(r, t)}
+    examples, report = build_examples(records, SVAMP, "all", seed=0, prompt_format="chat", filter="gold")
+    assert {(e.mistake_id, e.completion) for e in kinds_of(examples, "rationale")} == gold
+    assert 0 < len(gold) < sum(len(r["rationales"]) for r in records)  # the check removes some, not all
+    skipped = sum(not any(i == r["id"] for i, _ in gold) for r in records)
+    assert report.skipped == ({"no rationale with the gold answer": skipped} if skipped else {})
+    both, _ = build_examples(records, SVAMP, "all", seed=0, prompt_format="chat", filter="gold+review")
+    assert {(e.mistake_id, e.completion) for e in kinds_of(both, "rationale")} == {
+        (i, t) for i, t in gold if any(e.get("accepted") and usable_text(e) == t
+                                       for e in by_id[i]["rationales"].values())}
+    mixed, _ = build_examples(records, SVAMP, "mixed", seed=0, prompt_format="chat", filter="gold")
+    assert {(e.mistake_id, e.completion) for e in kinds_of(mixed, "rationale")} <= gold
+
+
+def test_unknown_filter_is_one_line(records):
+    with pytest.raises(FairError, match="unknown filter 'gold-only': choose review, gold, gold\\+review, none"):
+        build_examples(records, SVAMP, "mixed", seed=0, filter="gold-only")
 
 
 def test_unknown_teacher_names_the_teachers(records):
@@ -124,9 +151,9 @@ def test_failures_are_skipped_and_counted_by_reason(records):
     del few[2]["feedback"]["gpt"]
     for entry in few[3]["rationales"].values():
         entry["text"] = None
-    _, report = build_examples(few, SVAMP, "gpt", seed=0, prompt_format="chat")
+    _, report = build_examples(few, SVAMP, "gpt", seed=0, prompt_format="chat", filter="none")
     assert report.skipped == {"feedback failed": 1, "rationale failed": 2, "teacher missing": 1}
-    _, report = build_examples(few, SVAMP, "no-review", seed=0, prompt_format="chat")
+    _, report = build_examples(few, SVAMP, "mixed", seed=0, prompt_format="chat", filter="none")
     assert report.skipped == {"feedback failed": 1, "rationale failed": 1} and report.rationale_examples == 2
 
 
