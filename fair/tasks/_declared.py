@@ -17,6 +17,7 @@ from the memory-mapped Arrow cache of `datasets`), so a corpus of millions of qu
 from __future__ import annotations
 
 import csv
+import dataclasses
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from fair.config import REPO_ROOT, Validated, make_config
+from fair.config import REPO_ROOT, Validated, field_default, field_doc, format_value, make_config
 from fair.errors import FairError
 from fair.grading import LETTERS, AnswerKind, normalise_yes_no
 from fair.jsonl import read_jsonl
@@ -37,16 +38,16 @@ FIELD_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 
 @dataclass
 class TaskSpec(Validated):
-    splits: dict  # each split's rows: a .jsonl, .csv, .tsv or .parquet file (relative to this file's folder) or, with `hub`, the name of the hub's split: {train: train.csv, test: test.csv}
+    splits: dict  # each split's rows: a .jsonl, .csv, .tsv or .parquet file (relative to this file's folder) or, with `hub`, the name of the hub's split: `{train: train.csv, test: test.csv}`
     hub: str | None = None  # a Hugging Face dataset id: `splits` then maps each split to one of its splits
     hub_config: str | None = None  # the hub dataset's configuration (subset), where it has several
-    question: str = "question"  # the field holding the question, or a template over fields: "{context}\n\n{question}"
+    question: str = "question"  # the field holding the question, or a template over fields: `"{context}\n\n{question}"`
     answer: str = "answer"  # the field holding the gold answer (option: a letter, or an index from 0)
     answer_kind: AnswerKind = "exact"  # the grader: number, yesno (yes/no or true/false), option (a letter A-D), exact (a string), regex (answer_pattern's match)
     options: str | tuple[str, ...] | None = None  # option: the fields holding options A, B, ... in order, or one field holding a list of 2-4 options
     answer_pattern: str | None = None  # regex: a reply's last match of this regular expression is its answer: the group named `answer`, else the first group, else the whole match
-    id: str | None = None  # the field holding each row's unique id (a resumed run matches answers by it); none: "<split>-<row>"
-    prompt: str | None = None  # the student's prompt, a template over {question} (an option task's question with its lettered options); none: the question, then how to state the answer for the kind
+    id: str | None = None  # the field holding each row's unique id (a resumed run matches answers by it); none: `<split>-<row>`
+    prompt: str | None = None  # the student's prompt, a template over `{question}` (an option task's question with its lettered options); none: the question, then how to state the answer for the kind
 
     def validate(self) -> None:
         self._check_splits()
@@ -82,6 +83,18 @@ class TaskSpec(Validated):
                 raise FairError(f"splits: {split}: {source!r} is not a {', '.join(READERS)} file")
         if self.hub is None and self.hub_config is not None:
             raise FairError("hub_config: only with hub")
+
+
+def keys_table() -> str:
+    """The keys of a task file as docs/tasks.md shows them, each key's text from its field here (checked by
+    tests/test_tasks.py, so that the page never says other than the code)."""
+    rows = ["| key | default | what |", "| --- | --- | --- |"]
+    for f in dataclasses.fields(TaskSpec):
+        default = field_default(f)
+        shown = "required" if default is dataclasses.MISSING else "none" if default is None else f"`{format_value(default)}`"
+        text = field_doc(TaskSpec, f).replace("|", "\\|")  # a bar inside a cell would end it
+        rows.append(f"| `{f.name}` | {shown} | {text} |")
+    return "\n".join(rows) + "\n"
 
 
 def template_fields(template: str) -> list[str]:
@@ -175,9 +188,13 @@ class Declared:
         if not question:
             raise FairError(f"{where}: the question is empty (the question of {self.shown})")
         options = self._options(row, field, where)
+        answer = field(spec.answer, "answer")
+        try:
+            gold = self._gold(answer, len(options), where)
+        except FairError as e:  # a gold its kind cannot take: which task file says that kind
+            raise FairError(f"{e} (the answer of {self.shown})") from None
         return dict(id=str(field(spec.id, "id")) if spec.id else f"{split}-{index}", index=index, split=split,
-                    question=question, gold=self._gold(field(spec.answer, "answer"), len(options), where),
-                    options=options)
+                    question=question, gold=gold, options=options)
 
     def _options(self, row: dict[str, Any], field: Callable[..., Any], where: str) -> tuple[str, ...]:
         names = self.spec.options
