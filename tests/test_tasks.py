@@ -294,3 +294,42 @@ def test_a_corpus_streams_through_mining_and_resumes_in_memory_far_below_its_siz
     assert len(ids) == len(set(ids)) == rows
     # Holding the split's examples alone would take more than the file; a chunk of 32 takes about 0.25 MB.
     assert peak < size / 5, f"peak {peak / 2**20:.1f} MB of Python memory for a {size / 2**20:.1f} MB corpus"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# End to end
+
+
+@pytest.mark.slow
+def test_a_declared_task_mines_goes_to_the_offline_committee_trains_and_evaluates(tmp_path, tiny_model_dir, capsys,
+                                                                                  monkeypatch):
+    """A YAML task over a CSV written here, through every stage on the tiny model: `fair gen` (mining, the offline
+    committee, the paper's files), `fair train` on the committee's records, `fair eval` of the trained model."""
+    monkeypatch.chdir(tmp_path)
+    pairs = [(3, 4), (12, 5), (6, 8), (20, 4), (15, 7), (9, 9), (7, 6), (11, 2)]
+    (tmp_path / "sums").mkdir()
+    for split, part in (("train", pairs), ("test", pairs[:4])):
+        (tmp_path / "sums" / f"{split}.csv").write_text("a,b,total\n" + "".join(f"{a},{b},{a + b}\n" for a, b in part))
+    task = str(declare(tmp_path, "splits: {train: sums/train.csv, test: sums/test.csv}\n"
+                                 "question: 'Ann has {a} shells and finds {b} more. How many shells does she have?'\n"
+                                 "answer: total\nanswer_kind: number\n", "sums"))
+    code, _, err = run(capsys, "gen", "--task", task, "--student", str(tiny_model_dir), "--engine", "hf",
+                       "--teachers", "offline", "--max-new-tokens", "4", "--offline-latency-ms", "0", "5")
+    assert code == 0, err
+    gen = tmp_path / "data" / "sums" / tiny_model_dir.name
+    mistakes, records = list(read_jsonl(gen / "mistakes.jsonl")), list(read_jsonl(gen / "committee.jsonl"))
+    assert len(records) == len(mistakes) > 0 and {m["task"] for m in mistakes} == {"sums"}
+    assert (gen / f"{tiny_model_dir.name}_sums_rationale_round0.json").exists()
+    # The simulator knew the questions (fair gen passed it the task): its teachers' rationales reach the gold.
+    assert any(r["accepted"] for record in records for r in record["rationales"].values())
+
+    code, _, err = run(capsys, "train", "--task", task, "--student", str(tiny_model_dir), "--committee",
+                       str(gen / "committee.jsonl"), "--max-steps", "1", "--batch-size", "2", "--micro-batch-size", "1",
+                       "--max-length", "256", "--dtype", "float32", "--out", str(tmp_path / "train"))
+    assert code == 0, err
+    assert [r["step"] for r in read_jsonl(tmp_path / "train" / "log.jsonl")] == [1]
+
+    code, out, err = run(capsys, "eval", "--task", task, "--model", str(tmp_path / "train" / "final"), "--engine",
+                         "hf", "--max-new-tokens", "4", "--out", str(tmp_path / "eval"))
+    assert code == 0 and "sums" in out, err
+    assert orjson.loads((tmp_path / "eval" / "sums-test" / "summary.json").read_bytes())["total"] == 4

@@ -21,6 +21,7 @@ import pkgutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -88,8 +89,9 @@ class Task:
     def grade(self, text: str, example: Example) -> Grade:
         return grade(self.answer_type, text, example.gold, options=example.options, pattern=self.answer_pattern)
 
-    def load(self, split: str, data_dir: str | Path | None = None) -> list[Example]:
-        return list(self.examples(split, data_dir))
+    def load(self, split: str, data_dir: str | Path | None = None, limit: int | None = None) -> list[Example]:
+        """The split's first `limit` examples (None: all), reading no row past them."""
+        return list(islice(self.examples(split, data_dir), limit))
 
     def examples(self, split: str, data_dir: str | Path | None = None) -> Iterator[Example]:
         """The split's examples one at a time; a wrong split or a missing file is reported now, a bad row when
