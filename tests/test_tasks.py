@@ -111,6 +111,22 @@ def test_a_regex_task_reads_the_patterns_last_match(tmp_path):
     assert task.grade("SKU-0457 is close; SKU-12 fits.", example).extracted == "SKU-12"
 
 
+def test_a_hub_task_maps_its_splits_to_the_hubs_and_reads_them_lazily(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    asked = []
+
+    def load_dataset(hub_id, config, split):
+        asked.append((hub_id, config, split))
+        return datasets.Dataset.from_dict({"query": ["Is ice cold?", "Is fire cold?"], "label": [True, False]})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    task = get_task(str(declare(tmp_path, "splits: {train: train, test: validation}\nhub: someone/ice\n"
+                                          "hub_config: easy\nquestion: query\nanswer: label\nanswer_kind: yesno\n")))
+    assert task.describe_source() == "hub someone/ice (easy)"
+    assert [(e.id, e.gold) for e in task.load("test", limit=1)] == [("test-0", "yes")]
+    assert asked == [("someone/ice", "easy", "validation")]
+
+
 def test_every_task_in_configs_loads_and_every_data_file_there_is_read():
     named = set()
     for name in declared_names():
