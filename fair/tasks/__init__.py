@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol
 
 from fair.config import CONFIGS_DIR, REPO_ROOT
 from fair.errors import FairError
-from fair.grading import AnswerKind, Grade, grade
+from fair.grading import LETTERS, AnswerKind, Grade, grade
 from fair.tasks._common import MissingDataFile, hub_rows
 from fair.tasks._declared import load_declared
 
@@ -35,7 +35,7 @@ DECLARED_DIR = CONFIGS_DIR / "tasks"  # `--task NAME` finds NAME.yaml here
 # What `Example.solution` holds: a worked solution, one step a line, ending in "#### <answer>" (GSM8K); the
 # equation that gives the answer (SVAMP); facts that decide it (StrategyQA); nothing (LogiQA).
 SolutionForm = Literal["worked", "equation", "facts", "none"]
-OPTION_LETTERS = "ABCD"
+OPTION_LETTERS = LETTERS  # the letters the option grader reads, A-D
 PAPER_YES_NO = {"yes": "true", "no": "false"}  # the paper writes a yes/no gold or answer as "true"/"false"
 PAPER_INSTRUCTION = "Answer the following question. Let's think step by step."
 
@@ -49,7 +49,7 @@ class Example:
     gold: str  # canonical answer: "145" / "yes" / "B"
     solution: str = ""  # reference reasoning where the dataset has one (GSM8K solution, StrategyQA facts)
     context: str = ""  # LogiQA passage
-    options: tuple[str, ...] = ()  # LogiQA options, without their "A." prefixes
+    options: tuple[str, ...] = ()  # LogiQA's (or a declared option task's) options, without their "A." prefixes
 
 
 class RowSource(Protocol):
