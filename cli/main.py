@@ -14,7 +14,7 @@
     fair import-mistakes   turn the paper's *_false_round0.json into our mistakes.jsonl   (gen/from_paper.py)
     fair import-committee  the paper's *_feedback/_rationale_round0.json as committee.jsonl  (gen/from_paper.py)
     fair report  one Markdown page with plots for a whole run                   (eval/report.py)
-    fair tasks   list the registered tasks
+    fair tasks   list the tasks: the built-ins and those declared in configs/tasks/*.yaml
 
 Every option of every command is a field of the command's settings class, documented once beside the field;
 `fair COMMAND -h` shows each with its choices and default, and each takes `--config FILE.yaml` and trailing
@@ -120,11 +120,11 @@ def cmd_report(config, args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(config, args: argparse.Namespace) -> None:
-    from fair.tasks import registry, task_names
+    from fair.tasks import declared_names, get_task, task_names
 
-    for name in task_names():
-        task = registry()[name]
-        print(f"{name:<12} {task.answer_type:<7} splits: {', '.join(task.splits):<24} hub: {task.hub_id}")
+    for name in [*task_names(), *declared_names()]:  # a declared file that does not load stops the list, named
+        task = get_task(name)
+        print(f"{task.name:<12} {task.answer_type:<7} splits: {', '.join(task.splits):<24} {task.describe_source()}")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -173,7 +173,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add("import-mistakes", "import the paper's *_false_round0.json as mistakes.jsonl", cmd_import_mistakes,
         ImportMistakesConfig, positional=("file",))
     add("report", "write report.md with plots for a run (accuracy, reviews, loss, time)", cmd_report, ReportConfig)
-    add("tasks", "list the registered tasks", cmd_tasks, None)
+    add("tasks", "list the tasks: the built-ins and those declared in configs/tasks/*.yaml", cmd_tasks, None)
     return parser
 
 

@@ -99,7 +99,8 @@ def offline_server(config: GenConfig):
         return
     from simulator.server import OfflineServer
 
-    with OfflineServer(port=0, latency_ms=config.offline_latency_ms, data_dir=config.data_dir) as server:
+    with OfflineServer(port=0, latency_ms=config.offline_latency_ms, data_dir=config.data_dir,
+                       tasks=(config.task,)) as server:  # a task declared in YAML is not among the built-ins
         print(f"offline committee (a simulator) listening on {server.url}")
         yield server.url
 

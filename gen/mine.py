@@ -13,6 +13,10 @@ Each chunk of answers is appended and fsynced as soon as it is graded; a rerun s
 killed run loses at most the chunk in flight and never duplicates a record. One run per folder: a second
 `fair mine` on a folder (or shard) in use fails at once, naming the first one's pid (fair/lock.py).
 
+Memory holds a chunk and the answered ids, never the split: it is read a row at a time, twice (a first pass
+counts the work and checks every row before the model loads), and the answer logs are streamed, so a corpus of
+millions of questions mines as a small one does.
+
 Sharding (`--shard i/N`, 0-based): shard i takes the examples whose row in the split is i modulo N, after
 --limit. Strided rather than hashed or in blocks: shards differ in size by at most one and see the same mix of
 the split; a row's shard never depends on --limit, so raising the limit only extends each shard, and its
@@ -24,8 +28,9 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from tqdm import tqdm
@@ -38,9 +43,9 @@ from fair.jsonl import append_jsonl, write_json
 from fair.lock import folder_lock
 from fair.models import model_short_name
 from fair.paper import export_mistakes
-from fair.records import StudentAnswer, answer_examples, check_resumable, finished_answers
+from fair.records import StudentAnswer, answer_examples, answered, check_resumable
 from fair.student import StudentRun, run_dir
-from fair.tasks import Example, get_task
+from fair.tasks import Example, Task, get_task
 
 
 @dataclass
@@ -84,23 +89,24 @@ def mine_unlocked(config: MineConfig, engine: Engine | None) -> dict:
     task = get_task(config.task)
     out = config.out_dir
     check_resumable(config, out / "config.yaml", ("task", "shard"))
-    examples = task.load(config.split, config.data_dir)[: config.limit]
-    examples = shard_examples(examples, config.shard_index_count)
     answers_path, mistakes_path = out / "answers.jsonl", out / "mistakes.jsonl"
-    done = finished_answers(mistakes_path, answers_path)
-    todo = [e for e in examples if e.id not in done]
+    done = {a.id for a in answered(mistakes_path, answers_path)}
+    # The first pass: the bar's total, and every row read and checked before the model loads, not hours in.
+    total = todo = 0
+    for example in run_examples(task, config):
+        total, todo = total + 1, todo + (example.id not in done)
     save_config(config, out / "config.yaml")
     precision = resolve_dtype(config.dtype)
 
     generated_tokens, seconds = 0, 0.0
     if todo:
-        print(f"mining {len(todo)} of {len(examples)} {task.name} {config.split} examples ({len(done)} done) in "
+        print(f"mining {todo} of {total} {task.name} {config.split} examples ({len(done)} done) in "
               f"{precision.dtype} ({precision.reason}) -> {out}")
         engine = engine or config.start_engine(precision.dtype)
-        progress = tqdm(total=len(todo), unit="q", desc=f"mine {task.name}", dynamic_ncols=True)
-        for start in range(0, len(todo), config.chunk_size):
+        progress = tqdm(total=todo, unit="q", desc=f"mine {task.name}", dynamic_ncols=True)
+        for batch in chunks((e for e in run_examples(task, config) if e.id not in done), config.chunk_size):
             began = time.perf_counter()
-            chunk = answer_examples(engine, task, todo[start : start + config.chunk_size], config.sampling, config.prompt_style)
+            chunk = answer_examples(engine, task, batch, config.sampling, config.prompt_style)
             seconds += time.perf_counter() - began
             generated_tokens += sum(a.generated_tokens for a in chunk)
             # Mistakes first: if a kill lands between the two writes, the resume log still knows the id.
@@ -110,12 +116,11 @@ def mine_unlocked(config: MineConfig, engine: Engine | None) -> dict:
             progress.set_postfix(tok_s=f"{generated_tokens / seconds:.0f}", wrong=sum(a.is_mistake for a in chunk))
         progress.close()
 
-    wanted = {e.id for e in examples}
-    answers = [a for a in finished_answers(mistakes_path, answers_path).values() if a.id in wanted]
-    stats = summarize(answers, generated_tokens, seconds) | {"dtype": precision.to_json()}
+    stats = summarize(run_answers(config, mistakes_path, answers_path), generated_tokens, seconds)
+    stats |= {"dtype": precision.to_json()}
     write_json(out / "stats.json", stats)
     if config.export_seed:
-        mistakes = [a for a in answers if a.is_mistake]
+        mistakes = [a for a in run_answers(config, mistakes_path, answers_path) if a.is_mistake]
         paper_path = out / f"{model_short_name(config.model)}_{task.name}_false_round0.json"
         write_json(paper_path, export_mistakes(task, mistakes))
         print(f"wrote {len(mistakes)} mistakes in the paper's format to {paper_path}")
@@ -137,12 +142,30 @@ def shard_folder_name(index: int, count: int) -> str:
     return f"shard-{index}-of-{count}"
 
 
-def shard_examples(examples: list[Example], shard: tuple[int, int] | None) -> list[Example]:
-    """Shard i of N: the rows i modulo N (see the module docstring for why strided)."""
-    if shard is None:
-        return examples
-    index, count = shard
-    return [e for e in examples if e.index % count == index]
+def shard_examples(examples: Iterable[Example], shard: tuple[int, int] | None) -> Iterator[Example]:
+    """Shard i of N: the rows i modulo N (see the module docstring for why strided), read lazily."""
+    return (e for e in examples if in_shard(e.index, shard))
+
+
+def in_shard(row: int, shard: tuple[int, int] | None) -> bool:
+    return shard is None or row % shard[1] == shard[0]
+
+
+def run_examples(task: Task, config: MineConfig) -> Iterator[Example]:
+    """This run's examples, read from the split afresh: its first --limit rows, of them this shard's."""
+    return shard_examples(islice(task.examples(config.split, config.data_dir), config.limit), config.shard_index_count)
+
+
+def run_answers(config: MineConfig, *paths: Path) -> Iterator[StudentAnswer]:
+    """The answers in the logs to this run's rows (by row number, as `run_examples` picks them), streamed."""
+    return (a for a in answered(*paths) if (config.limit is None or a.index < config.limit)
+            and in_shard(a.index, config.shard_index_count))
+
+
+def chunks(items: Iterable[Example], size: int) -> Iterator[list[Example]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
 
 
 def summarize(answers: Iterable[StudentAnswer], generated_tokens: int, seconds: float) -> dict:

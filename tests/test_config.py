@@ -30,7 +30,8 @@ STAGES = {"mine.yaml": MineConfig, "eval.yaml": EvalConfig, "committee.yaml": Co
           "report.yaml": ReportConfig, "import-mistakes.yaml": ImportMistakesConfig,
           "import-committee.yaml": ImportCommitteeConfig, "estimate.yaml": EstimateConfig}
 # Each file under configs/ is checked by the test that reads its folder; a file in no folder here fails below.
-CHECKED = {".": "*.yaml", "train": "*.yaml", "teachers": "*.yaml", "deepspeed": "*.json"}
+CHECKED = {".": "*.yaml", "train": "*.yaml", "teachers": "*.yaml", "deepspeed": "*.json",
+           "tasks": "*.yaml", "tasks/arithmetic": "*.csv"}  # declared tasks and their data: tests/test_tasks.py
 
 
 def config_files(folder: str) -> list[str]:
