@@ -48,7 +48,7 @@ from typing import Any
 
 import yaml
 
-from cli.pipeline import GenConfig, generate, settings_from
+from cli.pipeline import GenConfig, generate, require_keys, settings_from
 from eval.evaluate import EvalConfig, evaluate
 from eval.report import build_report, change_line, load_json, percent, wilson
 from fair.config import Validated, at_least, build_config, config_parser, load_yaml, make_config, save_config
@@ -68,7 +68,8 @@ FROM_GEN = tuple(f.name for f in dataclasses.fields(GenConfig) if f.name not in 
 # What training takes from the loop, not from train_config or train: set there, they would be silently replaced.
 TRAIN_SETS = ("task", "student", "committee", "out", "dtype", "data_dir", "paper_feedback", "paper_rationale")
 # Settings that change how the work is done, not what it is: a rerun may change them in a loop's folder.
-FREE = ("rounds", "max_cost_usd", "window", "batch_api", "batch_size", "offline_latency_ms")
+# (As mining's own check has it, fair/records.py's ANSWER_DEFINING: the engine and its batch size are not in it.)
+FREE = ("rounds", "max_cost_usd", "window", "batch_api", "engine", "batch_size", "offline_latency_ms")
 
 
 @dataclass
@@ -186,6 +187,7 @@ class Progress:
 def run_loop(config: LoopConfig, stages: Stages | None = None) -> dict[str, Any]:
     """Every round up to config.rounds (or the first with nothing to teach); the summary (loop.json's content)."""
     stages = stages or Stages()
+    require_keys(config.gen_config(0, config.student))  # before the first evaluation, not after it
     out = config.out_dir
     with folder_lock(out, "loop"):  # one loop per folder: two would train one round's folder at once
         check_unchanged(config, out / "loop.yaml")

@@ -80,17 +80,20 @@ class GenConfig(Validated):
 
 
 def generate(config: GenConfig) -> None:
-    teachers = load_committee(config.teachers)
-    if config.teachers != OFFLINE and (missing := missing_keys(teachers)):
-        # Before mining: an hour of student inference should not end in a missing-key error.
-        raise FairError(f"committee {config.teachers!r} needs the environment variable(s) {', '.join(missing)}; "
-                        f"set them, or use the offline simulator: make gen DATASET={config.task} TEACHERS=offline")
+    require_keys(config)
     mine(config.mine_config())
     with offline_server(config) as base_url:
         committee_config = config.committee_config(base_url)
         committee(committee_config)
     if config.export_paper:
         export(config, committee_config)
+
+
+def require_keys(config: GenConfig) -> None:
+    """Before mining: an hour of student inference should not end in a missing-key error."""
+    if config.teachers != OFFLINE and (missing := missing_keys(load_committee(config.teachers))):
+        raise FairError(f"committee {config.teachers!r} needs the environment variable(s) {', '.join(missing)}; "
+                        f"set them, or use the offline simulator: make gen DATASET={config.task} TEACHERS=offline")
 
 
 @contextlib.contextmanager

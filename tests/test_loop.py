@@ -178,6 +178,15 @@ def test_a_student_without_mistakes_ends_the_loop(tmp_path):
     assert "The loop stopped early: round 1's" in (tmp_path / "loop" / "loop.md").read_text()
 
 
+def test_missing_api_keys_are_named_before_the_first_evaluation(tmp_path, monkeypatch):
+    for name in ("OPENAI_API_KEY", "GEMINI_API_KEY", "ANTHROPIC_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    fakes = Fakes()
+    with pytest.raises(FairError, match="needs the environment variable.*OPENAI_API_KEY"):
+        run_loop(loop_config(tmp_path, teachers="default"), fakes.stages())
+    assert fakes.calls == [] and not (tmp_path / "loop").exists()
+
+
 def test_bad_settings_are_one_line_errors(tmp_path):
     with pytest.raises(FairError, match="rounds must be at least 1"):
         loop_config(tmp_path, rounds=0)
@@ -189,6 +198,15 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         loop_config(tmp_path, eval_split="dev")
     with pytest.raises(FairError, match="window must be at least 1"):  # a stage's own rule, checked up front
         loop_config(tmp_path, window=0)
+
+
+def test_the_command_line_says_a_bad_setting_in_one_line(tmp_path, capsys):
+    from cli.main import main
+
+    assert main(["loop", "--rounds", "0", "--out", str(tmp_path / "loop")]) == 2
+    err = capsys.readouterr().err
+    assert "fair loop: error:" in err and "rounds must be at least 1" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "loop").exists()
 
 
 @pytest.mark.slow
@@ -207,7 +225,7 @@ def test_two_rounds_on_the_tiny_model_and_the_offline_committee(tmp_path, data_d
     out = tmp_path / "loop"
     summary = orjson.loads((out / "loop.json").read_bytes())
     assert [r["round"] for r in summary["rounds"]] == [0, 1]
-    assert summary["rounds"][1]["student"] == str(out / "round0" / "train" / "final")
+    assert summary["rounds"][1]["student"] == str(Path("loop") / "round0" / "train" / "final")  # as --out says
     for r in (0, 1):
         assert summary["rounds"][r]["records"] > 0 and summary["rounds"][r]["test"]["total"] == 3
         for kind in ("false", "feedback", "rationale"):
