@@ -63,14 +63,16 @@ gen: $(STAMP) ## mine + committee + paper files: make gen DATASET=gsm8k [TEACHER
 ROUNDS ?= 2
 LOOP_LIMIT ?= 100
 LOOP_TRAIN ?= configs/train/demo.yaml
+LOOP_ARGS ?=
 # Rounds (cli/loop.py): mine LOOP_LIMIT train questions, ask the committee, train, evaluate on the test split, then
 # again from the trained student. The offline committee unless TEACHERS is given (TEACHERS=default pays real
 # teachers; MAX_COST caps every round together). Outputs in data/<task>/<student>-loop/: loop.md compares the rounds.
-# Every stage resumes: rerun after a kill, or with a larger ROUNDS to go on.
+# Every stage resumes: rerun after a kill, or with a larger ROUNDS to go on. LOOP_ARGS adds flags of `fair loop -h`,
+# e.g. LOOP_ARGS="--eval-limit 100 --train '{epochs: 2}'".
 loop_teachers = $(if $(filter file,$(origin TEACHERS)),offline,$(TEACHERS))
 loop: $(STAMP) ## rounds of mine, committee, train, evaluate: make loop DATASET=svamp ROUNDS=2 [TEACHERS=default] [LOOP_LIMIT=N]
 	$(FAIR) loop --task $(DATASET) --student $(STUDENT) --teachers $(loop_teachers) --rounds $(ROUNDS) \
-	  --limit $(LOOP_LIMIT) --train-config $(LOOP_TRAIN) --engine $(ENGINE) --dtype $(DTYPE) $(batch_flag) $(cost_flag)
+	  --limit $(LOOP_LIMIT) --train-config $(LOOP_TRAIN) --engine $(ENGINE) --dtype $(DTYPE) $(batch_flag) $(cost_flag) $(LOOP_ARGS)
 
 mine: $(STAMP) ## mine a student's mistakes: make mine DATASET=gsm8k [STUDENT=...] [LIMIT=N]
 	$(FAIR) mine --task $(DATASET) --model $(STUDENT) --engine $(ENGINE) --dtype $(DTYPE) $(limit_flag)

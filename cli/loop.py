@@ -315,9 +315,10 @@ def page(summary: dict[str, Any]) -> list[str]:
                  row["accepted_rationales"], money(row["data_cost_usd"]), money(row["paid_usd"]),
                  row["examples_trained"], accuracy(row["test"])]
         lines.append(f"| {row['round']} | " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
-    lines += ["", "Round r mines round r-1's trained student (round 0: the untrained one) on the train split, asks the "
-              "committee about its mistakes and trains it on the replies; its accuracy is the trained student's.",
-              f"Paid in all: {money(summary['paid_usd'])} (the loop's cache ledger; data cost counts a reply reused "
+    lines += ["", "Round r mines round r-1's trained student (round 0's: the untrained one) on the train questions (its "
+              "train accuracy), asks the committee about its mistakes and trains it on the replies (the "
+              f"{summary['split']} accuracy is the trained student's).",
+              f"Paid in all: ${money(summary['paid_usd'])} (the loop's cache ledger; data cost counts a reply reused "
               "from an earlier round again).", ""]
     changes = [f"- round {row['round']} against the row before: {row['change']}" for row in summary["rounds"]
                if row.get("change")]

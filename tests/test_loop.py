@@ -111,7 +111,7 @@ def test_each_round_starts_from_the_round_befores_trained_student(tmp_path):
     page = (out / "loop.md").read_text()
     assert "| start (untrained) |" in page and "30.0% [" in page
     assert "| 2 | 10 | 70.0% | 3 | 18 | 3 | 0.0900 | 0.0900 | 6 | 60.0% [" in page
-    assert "Paid in all: 0.2700" in page and "- round 2 against the row before: +10.0 points" in page
+    assert "Paid in all: $0.2700" in page and "- round 2 against the row before: +10.0 points" in page
 
 
 def test_the_round_configs_share_one_cache_and_name_the_papers_files_by_round(tmp_path):
