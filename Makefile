@@ -62,7 +62,7 @@ gen: $(STAMP) ## mine + committee + paper files: make gen DATASET=gsm8k [TEACHER
 
 ROUNDS ?= 2
 LOOP_LIMIT ?= 100
-LOOP_TRAIN ?= configs/train/demo.yaml
+LOOP_TRAIN ?= demo
 LOOP_ARGS ?=
 # Rounds (cli/loop.py): mine LOOP_LIMIT train questions, ask the committee, train, evaluate on the test split, then
 # again from the trained student. The offline committee unless TEACHERS is given (TEACHERS=default pays real

@@ -51,7 +51,16 @@ import yaml
 from cli.pipeline import GenConfig, generate, require_keys, settings_from
 from eval.evaluate import EvalConfig, evaluate
 from eval.report import build_report, change_line, load_json, percent, wilson
-from fair.config import Validated, at_least, build_config, config_parser, load_yaml, make_config, save_config
+from fair.config import (
+    CONFIGS_DIR,
+    Validated,
+    at_least,
+    build_config,
+    config_parser,
+    load_yaml,
+    make_config,
+    save_config,
+)
 from fair.errors import FairError, main_guard
 from fair.jsonl import read_jsonl, unique_ids, write_json
 from fair.lock import folder_lock
@@ -77,7 +86,7 @@ FREE = ("rounds", "max_cost_usd", "window", "batch_api", "engine", "batch_size",
 class LoopConfig(Validated):
     student: str = DEFAULT_STUDENT  # round 0's: the bundled SmolLM2-135M-Instruct, a local folder or a hub id
     rounds: int = 2  # rounds of mine -> committee -> train -> evaluate, each from the round before's trained student
-    train_config: str = "configs/train/demo.yaml"  # training settings (YAML); the loop sets task, student, data, out, dtype
+    train_config: str = "demo"  # training settings: a file of configs/train/ by name, or a YAML path (the loop sets task, student, data, out, dtype)
     train: dict[str, Any] = field(default_factory=dict)  # training settings over train_config's, e.g. '{epochs: 2}'
     eval_split: str = "test"  # the split every round's trained student is evaluated on
     eval_limit: int | None = None  # first N questions of eval_split; None for all
@@ -100,6 +109,18 @@ class LoopConfig(Validated):
     def out_dir(self) -> Path:
         return Path(self.out or run_dir(self.task, self.student).with_name(f"{model_short_name(self.student)}-loop"))
 
+    @property
+    def train_config_path(self) -> Path:
+        """As teachers are named: a name of configs/train/ (from any folder), else a path."""
+        path = Path(self.train_config)
+        if path.suffix in (".yaml", ".yml") or path.exists():
+            return path
+        if not (CONFIGS_DIR / "train" / f"{self.train_config}.yaml").exists():
+            known = sorted(p.stem for p in (CONFIGS_DIR / "train").glob("*.yaml"))
+            raise FairError(f"train_config: no {self.train_config!r} in configs/train/ (known: {', '.join(known)}; "
+                            "or a path to a YAML file)")
+        return CONFIGS_DIR / "train" / f"{self.train_config}.yaml"
+
     def round_dir(self, round: int) -> Path:
         return self.out_dir / f"round{round}"
 
@@ -114,7 +135,7 @@ class LoopConfig(Validated):
         from train.train import TrainConfig  # torch: not for `fair -h`
 
         names = {f.name for f in dataclasses.fields(TrainConfig)}
-        values = load_yaml(self.train_config, names) | dict(self.train) | {
+        values = load_yaml(self.train_config_path, names) | dict(self.train) | {
             "task": self.task, "student": student, "committee": str(self.round_dir(round) / "committee.jsonl"),
             "out": str(self.round_dir(round) / "train"), "dtype": self.dtype, "data_dir": self.data_dir,
             "paper_feedback": None, "paper_rationale": None}
