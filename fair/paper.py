@@ -230,7 +230,8 @@ def paper_file_name(stem: str, kind: str, round: int = 0) -> str:
 def write_paper_files(task: Task, committee_path: Path, stem: str, round: int = 0) -> tuple[str, str]:
     """The paper's two files beside committee.jsonl, `<stem>_{feedback,rationale}_round<r>.json`, written as it is
     read: memory stays flat whatever its size."""
-    names = tuple(str(committee_path.parent / paper_file_name(stem, kind, round)) for kind in ("feedback", "rationale"))
+    names = (str(committee_path.parent / paper_file_name(stem, "feedback", round)),
+             str(committee_path.parent / paper_file_name(stem, "rationale", round)))
     with JsonArrayWriter(names[0]) as feedback, JsonArrayWriter(names[1]) as rationale:
         for feedback_record, rationale_record in export_committee(task, unique_ids(read_jsonl(committee_path))):
             feedback.add(feedback_record)
