@@ -7,6 +7,7 @@
     fair serve   the committee as a service: jobs, OpenAI's batches, one budget (serve/server.py)
     fair estimate    requests, tokens, USD and hours a committee run will take  (gen/committee/estimate.py)
     fair gen     mine + committee + the paper's files, in one go                (cli/pipeline.py)
+    fair loop    rounds of gen + train + eval, each from the last round's student (cli/loop.py)
     fair teachers serve   the offline committee simulator                       (simulator/cli.py)
     fair train   alpha * feedback loss + (1 - alpha) * rationale loss            (train/train.py)
     fair eval    accuracy and wrong predictions on one or more tasks            (eval/evaluate.py)
@@ -71,6 +72,12 @@ def cmd_gen(config, args: argparse.Namespace) -> None:
     generate(config)
 
 
+def cmd_loop(config, args: argparse.Namespace) -> None:
+    from cli.loop import print_done, run_loop
+
+    print_done(run_loop(config))
+
+
 def cmd_teachers_serve(config, args: argparse.Namespace) -> int:
     from simulator.cli import run
 
@@ -130,6 +137,7 @@ def cmd_tasks(config, args: argparse.Namespace) -> None:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Every subcommand; `train`'s flags only when it is the command: its module imports torch (seconds, and
     200 MB that a long committee run would otherwise carry)."""
+    from cli.loop import LoopConfig
     from cli.pipeline import GenConfig
     from eval.evaluate import EvalConfig
     from eval.regrade import GradeConfig
@@ -159,6 +167,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add("estimate", "requests, tokens, cost and hours of a committee run, before it runs", cmd_estimate,
         EstimateConfig)
     add("gen", "mine + committee + the paper's files (what `make gen` runs)", cmd_gen, GenConfig)
+    add("loop", "rounds: mine, committee, train, evaluate, then again from the trained student (what `make loop` runs)",
+        cmd_loop, LoopConfig)
     teachers = sub.add_parser("teachers", help="teacher tools").add_subparsers(dest="teachers_command", required=True)
     add("serve", "serve the offline committee simulator (OpenAI, Gemini and Anthropic wire formats)",
         cmd_teachers_serve, SimulatorConfig, under=teachers)

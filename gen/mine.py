@@ -42,7 +42,7 @@ from fair.errors import FairError
 from fair.jsonl import append_jsonl, write_json
 from fair.lock import folder_lock
 from fair.models import model_short_name
-from fair.paper import export_mistakes
+from fair.paper import export_mistakes, paper_file_name
 from fair.records import StudentAnswer, answer_examples, answered, check_resumable
 from fair.student import StudentRun, run_dir
 from fair.tasks import Example, Task, get_task
@@ -54,19 +54,27 @@ class MineConfig(StudentRun):  # model, limit, engine, sampling, dtype, ...: fai
     split: str = "train"  # the split to answer; its mistakes are what the committee explains
     chunk_size: int = 256  # prompts per engine call and per durable write: a kill loses at most one chunk
     out: str | None = None  # default data/<task>/<student>
-    export_seed: bool = False  # also write the paper's <student>_<task>_false_round0.json
+    export_seed: bool = False  # also write the paper's <student>_<task>_false_round<r>.json
+    paper_student: str | None = None  # <student> in the paper's file names; default the model's folder or hub name
+    paper_round: int = 0  # <r> in the paper's file names: the round whose student this is (`fair loop`)
     shard: str | None = None  # "i/N": mine only rows i, i+N, i+2N, ... into <out>/shard-<i>-of-<N>/
 
     def validate(self) -> None:
         super().validate()
         get_task(self.task)
         at_least(self, 1, "chunk_size")
+        at_least(self, 0, "paper_round")
         if self.shard is not None:
             parse_shard(self.shard)
 
     @property
     def shard_index_count(self) -> tuple[int, int] | None:
         return None if self.shard is None else parse_shard(self.shard)
+
+    @property
+    def paper_stem(self) -> str:
+        """`<student>_<task>`, the start of the paper's file names (fair/paper.py's paper_file_name)."""
+        return f"{model_short_name(self.paper_student or self.model)}_{get_task(self.task).name}"
 
     @property
     def run_dir(self) -> Path:
@@ -121,7 +129,7 @@ def mine_unlocked(config: MineConfig, engine: Engine | None) -> dict:
     write_json(out / "stats.json", stats)
     if config.export_seed:
         mistakes = [a for a in run_answers(config, mistakes_path, answers_path) if a.is_mistake]
-        paper_path = out / f"{model_short_name(config.model)}_{task.name}_false_round0.json"
+        paper_path = out / paper_file_name(config.paper_stem, "false", config.paper_round)
         write_json(paper_path, export_mistakes(task, mistakes))
         print(f"wrote {len(mistakes)} mistakes in the paper's format to {paper_path}")
     print(
