@@ -28,8 +28,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from fair.config import at_least, save_config
 from fair.dtype import resolve_dtype
 from fair.engines.base import Engine
@@ -38,6 +36,7 @@ from fair.jsonl import append_jsonl, write_json
 from fair.lock import folder_lock
 from fair.models import model_short_name
 from fair.paper import export_mistakes
+from fair.progress import progress
 from fair.records import StudentAnswer, answer_examples, check_resumable, finished_answers
 from fair.student import StudentRun, run_dir
 from fair.tasks import Example, get_task
@@ -97,7 +96,7 @@ def mine_unlocked(config: MineConfig, engine: Engine | None) -> dict:
         print(f"mining {len(todo)} of {len(examples)} {task.name} {config.split} examples ({len(done)} done) in "
               f"{precision.dtype} ({precision.reason}) -> {out}")
         engine = engine or config.start_engine(precision.dtype)
-        progress = tqdm(total=len(todo), unit="q", desc=f"mine {task.name}", dynamic_ncols=True)
+        bar = progress(f"mine {task.name}", len(todo), unit="q")
         for start in range(0, len(todo), config.chunk_size):
             began = time.perf_counter()
             chunk = answer_examples(engine, task, todo[start : start + config.chunk_size], config.sampling, config.prompt_style)
@@ -106,9 +105,9 @@ def mine_unlocked(config: MineConfig, engine: Engine | None) -> dict:
             # Mistakes first: if a kill lands between the two writes, the resume log still knows the id.
             append_jsonl(mistakes_path, (a.to_json() for a in chunk if a.is_mistake))
             append_jsonl(answers_path, (a.to_json() for a in chunk))
-            progress.update(len(chunk))
-            progress.set_postfix(tok_s=f"{generated_tokens / seconds:.0f}", wrong=sum(a.is_mistake for a in chunk))
-        progress.close()
+            bar.update(len(chunk))
+            bar.note(f"tok/s={generated_tokens / seconds:.0f} wrong={sum(a.is_mistake for a in chunk)}")
+        bar.close()
 
     wanted = {e.id for e in examples}
     answers = [a for a in finished_answers(mistakes_path, answers_path).values() if a.id in wanted]

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import httpx
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fair.config import Validated, at_least, save_config
@@ -52,6 +51,7 @@ from fair.errors import FairError
 from fair.jsonl import JsonlAppender, read_jsonl, unique_ids
 from fair.lock import folder_lock
 from fair.models import DEFAULT_STUDENT
+from fair.progress import progress
 from fair.records import StudentAnswer
 from fair.student import run_dir
 from fair.tasks import get_task
@@ -208,8 +208,7 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
                 batch = await BatchRun(batched, cache, http, stats, config.batch_poll_s,
                                        deadline_s=config.batch_deadline_s, budget=budget).run(
                     drafts(pending_mistakes(config, done), task, ctx.prompts, batched))
-            bar = tqdm(desc=f"committee {task.name}", unit=" mistakes", initial=len(done), total=total,
-                       disable=not config.progress, dynamic_ncols=True)
+            bar = progress(f"committee {task.name}", total, unit="mistakes", initial=len(done), enabled=config.progress)
             started, written = time.perf_counter(), 0
 
             def write(finished: set[asyncio.Task]) -> None:
@@ -221,7 +220,7 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
                 out.write(records)
                 written += len(records)
                 bar.update(len(records))
-                bar.set_postfix_str(progress_line(clients, time.perf_counter() - started, ctx.errors), refresh=False)
+                bar.note(progress_line(clients, time.perf_counter() - started, ctx.errors))
                 if errors:
                     raise errors[0]
                 hooks.written(clients, written)
