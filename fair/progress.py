@@ -25,6 +25,7 @@ ranks other than 0, `--no-progress`).
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -82,7 +83,7 @@ class Progress:
         text = tqdm.format_meter(self.n, self.total, self.clock() - self.began, prefix=self.desc, unit=f" {self.unit}",
                                  initial=self.initial, postfix=self.postfix or None,
                                  bar_format=LINE if self.total else LINE_NO_TOTAL)
-        return " ".join(text.split())
+        return re.sub(r"(\d)s/ ", r"\1 s/", " ".join(text.split()))  # a slow rate inverts: "2.20 s/step"
 
     def print_line(self) -> None:
         self.printed, self.printed_n = self.clock(), self.n

@@ -57,6 +57,10 @@ def test_an_unknown_total_says_count_and_rate_and_the_end_is_not_repeated():
     bar.close()
     bar.close()
     assert stream.getvalue() == "export: 80 rows, 2.00 rows/s, 00:40 elapsed\n"
+    slow = Progress("train", 10, unit="step", stream=stream, clock=clock)
+    clock.now += 5
+    slow.update()
+    assert slow.line() == "train: 1/10 step (10%), 5.00 s/step, 00:05 elapsed, ETA 00:45"
 
 
 def test_a_terminal_gets_a_redrawn_bar_with_rate_and_eta(capsys):

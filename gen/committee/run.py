@@ -85,7 +85,7 @@ class CommitteeConfig(Validated):
     batch_api: bool = False  # feedback and rationales of batch_api teachers via OpenAI's Batch API (half price)
     batch_poll_s: float = 60.0  # longest wait between a batch's status checks (from 1 s, doubling)
     batch_deadline_s: float = DEADLINE_S  # a batch still open this long after its creation is cancelled: live
-    progress: bool = True  # a progress bar on stderr
+    progress: bool = True  # progress on stderr: a bar on a terminal, else a line every 30 s (fair/progress.py)
     server: str | None = None  # a `fair serve` URL: run there as a job (its committee) and download the output
     priority: float = 1.0  # with server: the job's weight where it shares the teachers' limits with other jobs
     max_cost_usd: float | None = None  # USD this folder may spend at most, over all runs (gen/teachers/budget.py)
@@ -208,7 +208,8 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
                 batch = await BatchRun(batched, cache, http, stats, config.batch_poll_s,
                                        deadline_s=config.batch_deadline_s, budget=budget).run(
                     drafts(pending_mistakes(config, done), task, ctx.prompts, batched))
-            bar = progress(f"committee {task.name}", total, unit="mistakes", initial=len(done), enabled=config.progress)
+            bar = progress(f"committee {task.name}", total, unit="mistakes", initial=len(done),
+                           enabled=config.progress)
             started, written = time.perf_counter(), 0
 
             def write(finished: set[asyncio.Task]) -> None:
