@@ -65,6 +65,12 @@ class Progress:
         elif self.enabled and self.clock() - self.printed >= self.interval_s:
             self.print_line()
 
+    def set_total(self, total: int | None) -> None:
+        """A total learnt on the way (a `fair serve` job's, as its events report it)."""
+        self.total = total
+        if self.bar is not None:
+            self.bar.total = total
+
     def note(self, text: str) -> None:
         """What the stage adds after the ETA (tokens/s, cost, loss), shown with the next line or redraw."""
         self.postfix = text
