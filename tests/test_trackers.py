@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ def scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
-def test_every_tracker_gets_each_step_the_end_and_the_evaluation(offline, tmp_path, tiny_model_dir, data_dir):
+def test_every_tracker_gets_each_step_the_end_and_the_evaluation(offline, tmp_path, tiny_model_dir, data_dir, capsys):
     from mlflow.tracking import MlflowClient
     from trackio.sqlite_storage import SQLiteStorage
 
@@ -60,6 +61,9 @@ def test_every_tracker_gets_each_step_the_end_and_the_evaluation(offline, tmp_pa
     report_evaluation(dataclasses.replace(config, max_steps=3),
                       [{"task": "svamp", "split": "test", "accuracy": 0.25, "total": 4}])
 
+    printed = capsys.readouterr()
+    assert "step 3/3 loss " in printed.out  # the console line stays, and the progress line (stderr: not a terminal)
+    assert re.search(r"^train: 3/3 step \(100%\), .* elapsed, ETA 00:00, loss=\d", printed.err, re.M)
     log = list(read_jsonl(Path(config.out) / "log.jsonl"))
     losses = [(r["step"], r["loss"]) for r in log]
     assert [s for s, _ in losses] == [1, 2, 3] and all(r["grad_norm"] > 0 and r["tokens_per_s"] > 0 for r in log)
@@ -120,3 +124,16 @@ def test_the_command_line_takes_a_comma_list_or_the_flag_repeated():
     assert report_to("--report-to", "tensorboard", "--report-to", "mlflow") == ("tensorboard", "mlflow")
     assert report_to("report_to=trackio") == ("trackio",)
     assert report_to() == ()
+
+
+def test_only_rank_zero_reports(tmp_path, tiny_model_dir, data_dir):
+    """Under DeepSpeed every rank runs the loop; the others neither open a tracker nor write a line."""
+    from train.trackers import RunLog
+    from train.train import Dist
+
+    config = tiny_train_config(tmp_path, tiny_model_dir, data_dir, report_to="tensorboard")
+    record = {"step": 1, "loss": 1.0, "lr": 1e-3, "target_tokens_per_s": 10.0}
+    with RunLog(config, 0, 4, Dist(rank=1)) as log:
+        log.step(record)
+        log.end({"steps": 4, "seconds_this_run": 1.0, "examples": 8})
+    assert not Path(config.out).exists()

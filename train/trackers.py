@@ -23,7 +23,8 @@ resume) and the evaluation after training continue the same run in every tracker
 The run's settings are sent once, when the run is created (mlflow refuses a parameter changed later, and a
 resume may change the run-only ones, such as micro_batch_size).
 
-Trackers sit behind `Tracker` (log, close). Each is imported only when asked for: none is a dependency of the
+Trackers sit behind `Tracker` (log, summary, close; W&B keeps the end's numbers in its run summary, the others
+as metrics at the last step). Each is imported only when asked for: none is a dependency of the
 package, and a missing one is one line naming `pip install -e .[track]` before anything is trained.
 """
 
@@ -56,6 +57,9 @@ class Tracker(Protocol):
     run_id: str | None
 
     def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def summary(self, metrics: dict[str, float], step: int) -> None:
+        """The numbers of the run's end (training's, the evaluation's), `step` its last."""
 
     def close(self) -> None: ...
 
@@ -90,6 +94,8 @@ class TensorBoard:
         for name, value in metrics.items():
             self.writer.add_scalar(name, value, step)
 
+    summary = log
+
     def close(self) -> None:
         self.writer.close()
 
@@ -103,6 +109,11 @@ class WandB:
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)
+
+    def summary(self, metrics: dict[str, float], step: int) -> None:
+        # The run's summary, not its history: a resumed W&B run's history goes on after its last step and drops
+        # a step logged at or before it, which is where the evaluation after training belongs.
+        self.run.summary.update(metrics)
 
     def close(self) -> None:
         self.run.finish()
@@ -121,6 +132,8 @@ class MLflow:
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.mlflow.log_metrics(metrics, step=step)
 
+    summary = log
+
     def close(self) -> None:
         self.mlflow.end_run()
 
@@ -134,6 +147,8 @@ class Trackio:
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.trackio.log(metrics, step=step)
+
+    summary = log
 
     def close(self) -> None:
         self.trackio.finish()
@@ -200,6 +215,11 @@ def log_all(trackers: list[Tracker], metrics: dict[str, float], step: int) -> No
         tracker.log(metrics, step)
 
 
+def summary_all(trackers: list[Tracker], metrics: dict[str, float], step: int) -> None:
+    for tracker in trackers:
+        tracker.summary(metrics, step)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # What train/train.py calls: a run's log, and the evaluation after it
 
@@ -233,8 +253,8 @@ class RunLog:
         if self.rank != 0:
             return
         write_json(self.out / "train_summary.json", summary)
-        log_all(self.trackers, {"train/seconds": summary["seconds_this_run"], "train/examples": summary["examples"]},
-                self.total)
+        summary_all(self.trackers, {"train/seconds": summary["seconds_this_run"],
+                                    "train/examples": summary["examples"]}, self.total)
 
     def __enter__(self) -> RunLog:
         return self
@@ -254,6 +274,6 @@ def report_evaluation(config: Any, rows: list[dict]) -> None:
     step = orjson.loads((config.out_dir / "train_summary.json").read_bytes())["steps"]
     trackers = open_trackers(config.report_to, config.out_dir, asdict(config), step + 1)
     try:
-        log_all(trackers, {f"eval/{r['task']}-{r['split']}/accuracy": r["accuracy"] for r in rows}, step)
+        summary_all(trackers, {f"eval/{r['task']}-{r['split']}/accuracy": r["accuracy"] for r in rows}, step)
     finally:
         close_all(trackers)
