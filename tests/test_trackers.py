@@ -137,3 +137,16 @@ def test_only_rank_zero_reports(tmp_path, tiny_model_dir, data_dir):
         log.step(record)
         log.end({"steps": 4, "seconds_this_run": 1.0, "examples": 8})
     assert not Path(config.out).exists()
+
+
+def test_naming_the_trackers_imports_none_of_them():
+    """Checked in a fresh interpreter (this one may have imported them): TrainConfig's check of the names finds
+    the packages without importing them; only a run that reports imports its trackers."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from train.trackers import tracker_names; tracker_names('tensorboard,wandb,mlflow,trackio'); "
+            "print(sorted({'tensorboard', 'wandb', 'mlflow', 'trackio'} & set(sys.modules)))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).parents[1])
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stderr
