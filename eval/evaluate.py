@@ -25,7 +25,7 @@ from fair.jsonl import append_jsonl, write_json
 from fair.lock import folder_lock
 from fair.models import model_short_name
 from fair.paper import export_mistakes
-from fair.progress import progress
+from fair.progress import Progress
 from fair.records import answer_examples, check_resumable, finished_answers
 from fair.student import StudentRun
 from fair.tasks import get_task
@@ -77,7 +77,7 @@ def evaluate_locked(config: EvalConfig, engine: Engine | None = None) -> list[di
         began = time.perf_counter()
         if todo:
             engine = engine or config.start_engine(precision.dtype)
-            with progress(f"eval {task.name} {config.split}", len(todo), unit="q") as bar:
+            with Progress(f"eval {task.name} {config.split}", len(todo), unit="q") as bar:
                 for start in range(0, len(todo), CHUNK):
                     chunk = answer_examples(engine, task, todo[start : start + CHUNK], config.sampling,
                                             config.prompt_style)

@@ -1,6 +1,6 @@
 """Progress you can see, the same way in every long command (mine, committee, train, eval, export).
 
-    with progress(f"mine {task.name}", total=len(todo), unit="q") as bar:   # the one call a stage makes
+    with Progress(f"mine {task.name}", total=len(todo), unit="q") as bar:   # the one call a stage makes
         for chunk in ...:
             bar.update(len(chunk))
             bar.note(f"tok/s={rate:.0f}")                                 # optional: shown after the ETA
@@ -110,8 +110,3 @@ class Progress:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def progress(desc: str, total: int | None, unit: str = "it", initial: int = 0, enabled: bool = True,
-             stream: TextIO | None = None) -> Progress:
-    """The one call each stage makes (the module docstring): a context manager with update(n) and note(text)."""
-    return Progress(desc, total, unit, initial, enabled, stream)

@@ -36,7 +36,7 @@ from fair.jsonl import append_jsonl, write_json
 from fair.lock import folder_lock
 from fair.models import model_short_name
 from fair.paper import export_mistakes
-from fair.progress import progress
+from fair.progress import Progress
 from fair.records import StudentAnswer, answer_examples, check_resumable, finished_answers
 from fair.student import StudentRun, run_dir
 from fair.tasks import Example, get_task
@@ -96,7 +96,7 @@ def mine_unlocked(config: MineConfig, engine: Engine | None) -> dict:
         print(f"mining {len(todo)} of {len(examples)} {task.name} {config.split} examples ({len(done)} done) in "
               f"{precision.dtype} ({precision.reason}) -> {out}")
         engine = engine or config.start_engine(precision.dtype)
-        bar = progress(f"mine {task.name}", len(todo), unit="q")
+        bar = Progress(f"mine {task.name}", len(todo), unit="q")
         for start in range(0, len(todo), config.chunk_size):
             began = time.perf_counter()
             chunk = answer_examples(engine, task, todo[start : start + config.chunk_size], config.sampling, config.prompt_style)

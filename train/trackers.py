@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 from fair.errors import FairError
 from fair.jsonl import append_jsonl, write_json
-from fair.progress import Progress, progress
+from fair.progress import Progress
 
 PROJECT = "fair-distill"  # the wandb project, the mlflow experiment and the trackio project
 IDS_FILE = "trackers.json"
@@ -235,7 +235,7 @@ class RunLog:
         # on_rank_zero (train.Dist): a tracker that cannot open stops every rank, not rank 0 alone
         dist.on_rank_zero(lambda: self.trackers.extend(
             open_trackers(config.report_to, self.out, asdict(config), first_step + 1)))
-        self.bar: Progress = progress("train", total, unit="step", initial=first_step, enabled=self.rank == 0)
+        self.bar = Progress("train", total, unit="step", initial=first_step, enabled=self.rank == 0)
 
     def step(self, record: dict) -> None:
         if self.rank != 0:

@@ -51,7 +51,7 @@ from fair.errors import FairError
 from fair.jsonl import JsonlAppender, read_jsonl, unique_ids
 from fair.lock import folder_lock
 from fair.models import DEFAULT_STUDENT
-from fair.progress import progress
+from fair.progress import Progress
 from fair.records import StudentAnswer
 from fair.student import run_dir
 from fair.tasks import get_task
@@ -208,7 +208,7 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
                 batch = await BatchRun(batched, cache, http, stats, config.batch_poll_s,
                                        deadline_s=config.batch_deadline_s, budget=budget).run(
                     drafts(pending_mistakes(config, done), task, ctx.prompts, batched))
-            bar = progress(f"committee {task.name}", total, unit="mistakes", initial=len(done),
+            bar = Progress(f"committee {task.name}", total, unit="mistakes", initial=len(done),
                            enabled=config.progress)
             started, written = time.perf_counter(), 0
 
