@@ -105,8 +105,8 @@ def mine_unlocked(config: MineConfig, engine: Engine | None) -> dict:
             # Mistakes first: if a kill lands between the two writes, the resume log still knows the id.
             append_jsonl(mistakes_path, (a.to_json() for a in chunk if a.is_mistake))
             append_jsonl(answers_path, (a.to_json() for a in chunk))
-            bar.update(len(chunk))
             bar.note(f"tok/s={generated_tokens / seconds:.0f} wrong={sum(a.is_mistake for a in chunk)}")
+            bar.update(len(chunk))  # after the note: a plain line printed here shows this chunk's
         bar.close()
 
     wanted = {e.id for e in examples}

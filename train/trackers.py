@@ -245,8 +245,8 @@ class RunLog:
         if step % self.config.log_every == 0 or step == self.total:
             self.bar.write(f"step {step}/{self.total} loss {record['loss']:.4f} lr {record['lr']:.2e} "
                            f"{record['target_tokens_per_s']:.0f} target tok/s")
-        self.bar.update()
         self.bar.note(f"loss={record['loss']:.4f}")
+        self.bar.update()
         log_all(self.trackers, {m: float(record[k]) for k, m in STEP_METRICS.items() if record.get(k) is not None}, step)
 
     def end(self, summary: dict) -> None:

@@ -220,8 +220,8 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
                 records = [t.result() for t in finished if t.exception() is None]
                 out.write(records)
                 written += len(records)
-                bar.update(len(records))
                 bar.note(progress_line(clients, time.perf_counter() - started, ctx.errors))
+                bar.update(len(records))  # after the note: a plain line printed here shows the counts as they are
                 if errors:
                     raise errors[0]
                 hooks.written(clients, written)
