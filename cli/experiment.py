@@ -39,6 +39,7 @@ from fair.config import CONFIGS_DIR, Validated, at_least, build_config, config_p
 from fair.engines.base import EngineName
 from fair.errors import FairError, main_guard
 from fair.tasks import default_data_dir, get_task
+from train.trackers import report_evaluation
 from train.train import TrainConfig, train
 
 SEED_DIR = default_data_dir() / "seed"
@@ -128,6 +129,8 @@ def run_unit(unit: Unit, args: ExperimentConfig) -> Path:
                                 dtype=BUDGET["dtype"],
                                 max_new_tokens=MAX_NEW_TOKENS, limit=args.test_limit,
                                 out=str(work / unit.name / "eval")))
+    if unit.train is not None:
+        report_evaluation(config, [row])  # into the training's runs of the trackers its report_to names, if any
     wanted = {e.id for e in get_task("svamp").load("test")[: args.test_limit]}  # what `evaluate` counted
     answers = [json.loads(line) for line in (work / unit.name / "eval" / "svamp-test" / "predictions.jsonl").open()]
     answers = sorted((a for a in answers if a["id"] in wanted), key=lambda a: a["index"])

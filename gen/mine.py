@@ -33,8 +33,6 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
-from tqdm import tqdm
-
 from fair.config import at_least, save_config
 from fair.dtype import resolve_dtype
 from fair.engines.base import Engine
@@ -43,6 +41,7 @@ from fair.jsonl import append_jsonl, write_json
 from fair.lock import folder_lock
 from fair.models import model_short_name
 from fair.paper import export_mistakes, paper_file_name
+from fair.progress import Progress
 from fair.records import StudentAnswer, answer_examples, answered, check_resumable
 from fair.student import StudentRun, run_dir
 from fair.tasks import Example, Task, get_task
@@ -111,7 +110,7 @@ def mine_unlocked(config: MineConfig, engine: Engine | None) -> dict:
         print(f"mining {todo} of {total} {task.name} {config.split} examples ({len(done)} done) in "
               f"{precision.dtype} ({precision.reason}) -> {out}")
         engine = engine or config.start_engine(precision.dtype)
-        progress = tqdm(total=todo, unit="q", desc=f"mine {task.name}", dynamic_ncols=True)
+        bar = Progress(f"mine {task.name}", todo, unit="q")
         for batch in chunks((e for e in run_examples(task, config) if e.id not in done), config.chunk_size):
             began = time.perf_counter()
             chunk = answer_examples(engine, task, batch, config.sampling, config.prompt_style)
@@ -120,9 +119,9 @@ def mine_unlocked(config: MineConfig, engine: Engine | None) -> dict:
             # Mistakes first: if a kill lands between the two writes, the resume log still knows the id.
             append_jsonl(mistakes_path, (a.to_json() for a in chunk if a.is_mistake))
             append_jsonl(answers_path, (a.to_json() for a in chunk))
-            progress.update(len(chunk))
-            progress.set_postfix(tok_s=f"{generated_tokens / seconds:.0f}", wrong=sum(a.is_mistake for a in chunk))
-        progress.close()
+            bar.note(f"tok/s={generated_tokens / seconds:.0f} wrong={sum(a.is_mistake for a in chunk)}")
+            bar.update(len(chunk))  # after the note: a plain line printed here shows this chunk's
+        bar.close()
 
     stats = summarize(run_answers(config, mistakes_path, answers_path), generated_tokens, seconds)
     stats |= {"dtype": precision.to_json()}
