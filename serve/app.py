@@ -133,15 +133,14 @@ def make_app(config: ServeConfig, teachers: list[Teacher], token: str) -> FastAP
     add_jobs(app, service)
     add_teachers(app, service)
     folder = lambda job_id: service.jobs.folder(job_id)  # noqa: E731 (the jobs exist once the app starts)
-    add_reading(app, folder, job_index(folder), page_settings(config, teachers))
+    add_reading(app, folder, job_index(folder), page_settings(teachers))
     return app
 
 
-def page_settings(config: ServeConfig, teachers: list[Teacher]) -> dict[str, Any]:
+def page_settings(teachers: list[Teacher]) -> dict[str, Any]:
     """What the page's forms offer: this server's committee, the tasks, the job settings' choices and bounds."""
     return {
         "read_only": False,
-        "committee": config.teachers,
         "teachers": [t.name for t in teachers],
         "tasks": task_names(),
         "prompts": list(get_args(JobSpec.model_fields["prompts"].annotation)),
@@ -309,7 +308,7 @@ def add_jobs(app: FastAPI, service: Service) -> None:
     @app.post("/v1/fair/estimate")
     async def estimate_job(spec: JobSpec) -> dict[str, Any]:
         """What the job would cost and how long it would take (`fair estimate`), before it is submitted."""
-        return await asyncio.to_thread(service.jobs.estimate, spec.model_dump())
+        return await service.jobs.estimate(spec.model_dump())
 
 
 def add_teachers(app: FastAPI, service: Service) -> None:

@@ -114,10 +114,17 @@ class Jobs:
         self.start(job_id)
         return self.view(job_id)
 
-    def estimate(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """`fair estimate` of a job's spec, over its uploaded mistakes (at most `limit` of them) and its teachers."""
-        path = self.store.root / self.source(spec)["path"]
-        teachers = self.chosen(spec)
+    async def estimate(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """`fair estimate` of a job's spec, over its uploaded mistakes (at most `limit` of them) and its teachers: the
+        store is read here, on the loop; the file (read three times: its task, its count, a sample) in a thread."""
+        path, teachers = self.store.root / self.source(spec)["path"], self.chosen(spec)
+        result = await asyncio.to_thread(self.price, spec, path, teachers)
+        # Named as the user knows them, not by the server's paths.
+        limit = f", at most limit {spec['limit']}" if spec["limit"] else ""
+        return result | {"teachers_file": Path(self.committee).stem,
+                         "mistakes_source": f"{spec['mistakes_file_id']}{limit}"}
+
+    def price(self, spec: dict[str, Any], path: Path, teachers: list[Teacher]) -> dict[str, Any]:
         try:
             mistakes = count_mistakes(CommitteeConfig(task=spec["task"], mistakes=str(path), limit=spec["limit"]))
             config = EstimateConfig(task=spec["task"], teachers=self.committee, mistakes=str(path),
@@ -125,11 +132,7 @@ class Jobs:
         except FairError as e:
             raise ApiError(400, str(e)) from None
         self.check_task(path, config.committee)
-        # Named as the user knows them, not by the server's paths.
-        return committee_estimate(config, teachers) | {
-            "teachers_file": Path(self.committee).stem,
-            "mistakes_source": f"{spec['mistakes_file_id']}" + (f", at most limit {spec['limit']}" if spec["limit"] else ""),
-        }
+        return committee_estimate(config, teachers)
 
     def source(self, spec: dict[str, Any]) -> dict[str, Any]:
         """The uploaded mistakes file a spec names; a 400 unless it is one."""

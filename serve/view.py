@@ -56,14 +56,15 @@ class Viewer:
 
 def make_view_app(config: ViewConfig, token: str) -> FastAPI:
     folder = Path(config.folder)
-    index_dir = Path(tempfile.mkdtemp(prefix="fair-view-"))
+    indexes: list[Path] = []  # the temporary folder of the records' index, while the app runs
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
+        indexes.append(Path(tempfile.mkdtemp(prefix="fair-view-")))
         try:
             yield
         finally:
-            shutil.rmtree(index_dir, ignore_errors=True)
+            shutil.rmtree(indexes.pop(), ignore_errors=True)
 
     def run_folder(job_id: str) -> Path:
         if job_id != RUN:
@@ -75,7 +76,7 @@ def make_view_app(config: ViewConfig, token: str) -> FastAPI:
     app.add_middleware(BodyCap, max_upload=0)  # no uploads here; /login's cap as fair serve's
     add_errors(app)
     about = {"read_only": True, "run": RUN, "folder": folder.resolve().name}
-    add_reading(app, run_folder, lambda job_id: index_dir / f"{run_folder(job_id).name}.index.sqlite", about)
+    add_reading(app, run_folder, lambda job_id: indexes[-1] / f"{run_folder(job_id).name}.index.sqlite", about)
     return app
 
 
