@@ -16,14 +16,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Query
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from fair.wire.errors import ApiError
-from serve.records_view import INDEX_NAME, MAX_PAGE, Filters, RecordIndex
+from serve.records_view import INDEX_NAME, MAX_PAGE, Filters, Flag, RecordIndex
 
 JOB_FILES = ("mistakes.jsonl", "committee.jsonl", "committee_stats.json", "committee.yaml")
 RUN = "local"  # `fair view`'s one run, as a job id
@@ -66,7 +66,7 @@ def add_reading(app: FastAPI, folder: Callable[[str], Path], index: Callable[[st
         accepted: bool | None = Query(None, description="an accepted rationale (true) or one not accepted"),
         min_score: float | None = Query(None, ge=0, le=100, description="a rationale's mean review score at least"),
         max_score: float | None = Query(None, ge=0, le=100, description="a rationale's mean review score at most"),
-        flag: Literal["refused", "truncated", "failed"] | None = Query(None, description="a reply so marked"),
+        flag: Annotated[Flag | None, Query(description="a reply so marked")] = None,
         q: str | None = Query(None, max_length=200, description="text in the question, the answers or a reply"),
         offset: int = Query(0, ge=0, le=MAX_N),
         limit: int = Query(20, ge=1, le=MAX_PAGE),

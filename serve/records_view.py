@@ -15,7 +15,8 @@ Filters (all optional, combined with AND; a record matches when one of its repli
                usable: refused, cut off, failed)
     min_score, max_score   a rationale whose mean review score lies in the range (unreviewed ones have none)
     flag       refused | truncated | failed: a feedback, rationale or review so marked
-    q          the words, case-insensitive, in the question, the gold answer, the student's answer or any reply
+    q          text (a substring, case-insensitive) in the id, the question, the gold answer, the student's answer
+               or any reply
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import hashlib
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import orjson
 
@@ -36,7 +37,8 @@ INDEX_NAME = "committee.index.sqlite"
 MAX_PAGE = 100
 HEAD_BYTES = 4096  # the first bytes, hashed: a file replaced by one of the same inode and size is noticed
 BATCH = 2000  # records per transaction while the index is built
-FLAGS = ("refused", "truncated", "failed")
+Flag = Literal["refused", "truncated", "failed"]  # the replies' marks, each a column of `replies`
+FLAGS = get_args(Flag)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
 CREATE TABLE IF NOT EXISTS records (n INTEGER PRIMARY KEY, offset INTEGER, length INTEGER, id TEXT, text TEXT);
@@ -45,6 +47,7 @@ CREATE TABLE IF NOT EXISTS replies (
     failed INTEGER
 );
 CREATE INDEX IF NOT EXISTS replies_by_teacher ON replies (teacher, kind, n);
+CREATE TABLE IF NOT EXISTS teachers (name TEXT PRIMARY KEY);
 CREATE INDEX IF NOT EXISTS replies_by_n ON replies (n);
 """
 LOCKS: dict[Path, threading.Lock] = {}  # one builder per index: requests come from a pool of threads
@@ -56,8 +59,12 @@ class Filters:
     accepted: bool | None = None
     min_score: float | None = None
     max_score: float | None = None
-    flag: Literal["refused", "truncated", "failed"] | None = None
+    flag: Flag | None = None
     q: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.flag is not None and self.flag not in FLAGS:  # it names a column: never anything else
+            raise FairError(f"flag must be one of {', '.join(FLAGS)}, got {self.flag!r}")
 
     def where(self) -> tuple[str, list[Any]]:
         """The SQL condition on `records` and its arguments (always parameterised)."""
@@ -75,7 +82,7 @@ class Filters:
                 reply.append(f"score {op} ?")
                 args.append(bound)
         if self.flag:
-            reply.append(f"{self.flag} = 1")  # one of FLAGS: a column name, never the user's text
+            reply.append(f"{self.flag} = 1")  # one of FLAGS (checked above): a column, never the user's text
         conditions = [f"n IN (SELECT n FROM replies WHERE {' AND '.join(reply)})"] if reply else []
         if self.q and self.q.strip():
             conditions.append("instr(text, ?) > 0")
@@ -137,7 +144,7 @@ class RecordIndex:
             f"SELECT n, offset, length FROM records WHERE {where} ORDER BY n LIMIT ? OFFSET ?",  # noqa: S608
             (*args, limit, max(0, offset)),
         ).fetchall()
-        teachers = [r[0] for r in self.db.execute("SELECT DISTINCT teacher FROM replies ORDER BY teacher")]
+        teachers = [r[0] for r in self.db.execute("SELECT name FROM teachers ORDER BY name")]
         data = []
         if rows:
             with self.path.open("rb") as f:
@@ -179,7 +186,7 @@ class RecordIndex:
 
     def reset(self, inode: int | None) -> None:
         with self.db:
-            for table in ("records", "replies", "meta"):
+            for table in ("records", "replies", "teachers", "meta"):
                 self.db.execute(f"DELETE FROM {table}")  # noqa: S608 (the names above)
             self.db.executemany("INSERT INTO meta VALUES (?, ?)", [
                 ("inode", inode), ("head", hashlib.sha256(b"").hexdigest()), ("bytes", 0), ("lines", 0)])
@@ -218,6 +225,7 @@ class RecordIndex:
         with self.db:
             self.db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?)", records)
             self.db.executemany("INSERT INTO replies VALUES (?, ?, ?, ?, ?, ?, ?, ?)", replies)
+            self.db.executemany("INSERT OR IGNORE INTO teachers VALUES (?)", {(r[1],) for r in replies})
             self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [("bytes", offset), ("lines", line_no)])
 
 

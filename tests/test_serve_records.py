@@ -11,6 +11,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from fair.errors import FairError
 from serve.records_view import Filters, RecordIndex
 from serve.view import ViewConfig, make_view_app
 from tests.conftest import import_seed_mistakes
@@ -217,3 +218,8 @@ def test_a_jobs_records_and_its_estimate_in_fair_serve(tmp_path, data_dir):
         settings = http.get("/v1/fair/page").json()
         assert settings["read_only"] is False and settings["teachers"] == ["careful", "sloppy", "harsh"]
         assert "svamp" in settings["tasks"] and settings["prompts"] == ["fair", "paper"]
+
+
+def test_a_flag_is_one_of_the_marks_never_sql():
+    with pytest.raises(FairError, match="flag must be one of refused, truncated, failed"):
+        Filters(flag="refused = 1 OR 1")  # type: ignore[arg-type]
