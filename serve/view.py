@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -32,6 +32,7 @@ from serve.app import add_auth, add_errors
 from serve.config import TOKEN_ENV, bearer_token
 from serve.limits import BodyCap
 from serve.reading import RUN, add_reading
+from serve.records_view import INDEX_NAME
 
 
 @dataclass
@@ -54,29 +55,29 @@ class Viewer:
     token: str
 
 
-def make_view_app(config: ViewConfig, token: str) -> FastAPI:
-    folder = Path(config.folder)
-    indexes: list[Path] = []  # the temporary folder of the records' index, while the app runs
+class Stopped(BaseException):
+    """SIGTERM, raised where the main thread is, so that the index's temporary folder is removed on the way out."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI):
-        indexes.append(Path(tempfile.mkdtemp(prefix="fair-view-")))
-        try:
-            yield
-        finally:
-            shutil.rmtree(indexes.pop(), ignore_errors=True)
+
+def stopped(signum: int, frame: object) -> None:
+    raise Stopped
+
+
+def make_view_app(config: ViewConfig, token: str, index_dir: Path) -> FastAPI:
+    """`index_dir`: where the records' index is kept (a temporary folder: never the run's)."""
+    folder = Path(config.folder)
 
     def run_folder(job_id: str) -> Path:
         if job_id != RUN:
             raise ApiError(404, f"no job {job_id!r}: `fair view` shows one run, {RUN!r}", "job_id")
         return folder
 
-    app = FastAPI(title="fair view", version="1", lifespan=lifespan)
+    app = FastAPI(title="fair view", version="1", docs_url=None, redoc_url=None)
     add_auth(app, Viewer(token))
     app.add_middleware(BodyCap, max_upload=0)  # no uploads here; /login's cap as fair serve's
     add_errors(app)
     about = {"read_only": True, "run": RUN, "folder": folder.resolve().name}
-    add_reading(app, run_folder, lambda job_id: indexes[-1] / f"{run_folder(job_id).name}.index.sqlite", about)
+    add_reading(app, run_folder, lambda _: index_dir / INDEX_NAME, about)  # one run, one index
     return app
 
 
@@ -93,7 +94,6 @@ def view(config: ViewConfig) -> int:
     token = bearer_token(state, config.host)
     sock = listen(config.host, config.port, BACKLOG)
     port = sock.getsockname()[1]
-    app = make_view_app(config, token)
     where = "$" + TOKEN_ENV if os.environ.get(TOKEN_ENV) else state / "token"
     print(f"fair view: http://{config.host}:{port}/ (bearer token in {where}); {config.folder}, read-only",
           flush=True)
@@ -101,11 +101,15 @@ def view(config: ViewConfig) -> int:
         tmp = Path(f"{config.port_file}.tmp")
         tmp.write_text(f"{port}\n")
         tmp.replace(config.port_file)
-    server = uvicorn.Server(uvicorn.Config(
-        app, loop="asyncio", log_level="warning", access_log=False, timeout_graceful_shutdown=5,
-        http=guarded_h11(), h11_max_incomplete_event_size=HEADER_BYTES, timeout_keep_alive=KEEP_ALIVE_S,
-        backlog=BACKLOG,
-    ))
-    server.run(sockets=[sock])
+    # uvicorn stops on SIGTERM and then raises it again: to `stopped`, not to the default action, which would end
+    # the process before the temporary folder is removed.
+    signal.signal(signal.SIGTERM, stopped)
+    with contextlib.suppress(Stopped), tempfile.TemporaryDirectory(prefix="fair-view-") as index_dir:
+        server = uvicorn.Server(uvicorn.Config(
+            make_view_app(config, token, Path(index_dir)), loop="asyncio", log_level="warning", access_log=False,
+            timeout_graceful_shutdown=5, http=guarded_h11(), h11_max_incomplete_event_size=HEADER_BYTES,
+            timeout_keep_alive=KEEP_ALIVE_S, backlog=BACKLOG,
+        ))
+        server.run(sockets=[sock])
     print("fair view: stopped", file=sys.stderr)
     return 0

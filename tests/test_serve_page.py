@@ -104,7 +104,9 @@ def test_a_job_is_submitted_watched_and_inspected_from_the_page_alone(tmp_path, 
         folder = tmp_path / "state" / "jobs" / job_id
         assert (tmp_path / "downloaded.jsonl").read_bytes() == (folder / "committee.jsonl").read_bytes()
         assert page.locator("#error").text_content() == ""
+        before = sorted(p.name for p in folder.iterdir())
         check_fair_view(browser.new_page(), tmp_path, folder)  # a page of its own: its own cookies
+        assert sorted(p.name for p in folder.iterdir()) == before
         browser.close()
 
 
@@ -136,8 +138,9 @@ def check_fair_view(page, tmp_path, folder) -> None:
     """`fair view FOLDER` (the real command): the same viewer, nothing to submit."""
     from playwright.sync_api import expect
 
-    port_file = tmp_path / "view.port"
-    env = {**os.environ, "FAIR_SERVE_TOKEN": TOKEN}
+    port_file, temporary = tmp_path / "view.port", tmp_path / "view-tmp"
+    temporary.mkdir()
+    env = {**os.environ, "FAIR_SERVE_TOKEN": TOKEN, "TMPDIR": str(temporary)}
     with (tmp_path / "view.log").open("w") as log:
         view = subprocess.Popen([sys.executable, "-m", "cli.main", "view", str(folder), "--port", "0",
                                  "--port-file", str(port_file)], cwd=ROOT, env=env, stdout=log, stderr=log)
@@ -156,4 +159,6 @@ def check_fair_view(page, tmp_path, folder) -> None:
         expect(page.locator("#downloads a", has_text="committee.jsonl")).to_be_visible()
     finally:
         view.terminate()
-        view.wait(10)
+        assert view.wait(10) == 0
+    assert "fair view: stopped" in (tmp_path / "view.log").read_text()
+    assert not list(temporary.iterdir())  # its index went with it; the run's folder was never written

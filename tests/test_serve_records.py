@@ -135,7 +135,7 @@ def test_a_line_that_is_no_committee_record_is_one_line_naming_it(tmp_path):
     write_records(path, 2)
     with path.open("ab") as f:
         f.write(b'{"id": "x"}\n')
-    with TestClient(make_view_app(ViewConfig(str(tmp_path)), TOKEN)) as http:
+    with TestClient(make_view_app(ViewConfig(str(tmp_path)), TOKEN, tmp_path)) as http:
         response = http.get("/v1/fair/jobs/local/records", headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == 400
     assert response.json()["error"]["message"] == (
@@ -154,8 +154,8 @@ def large(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def viewer(large):
-    with TestClient(make_view_app(ViewConfig(str(large)), TOKEN)) as http:
+def viewer(large, tmp_path_factory):
+    with TestClient(make_view_app(ViewConfig(str(large)), TOKEN, tmp_path_factory.mktemp("index"))) as http:
         http.headers["Authorization"] = f"Bearer {TOKEN}"
         yield http
 
