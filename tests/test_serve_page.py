@@ -84,9 +84,12 @@ def test_a_job_is_submitted_watched_and_inspected_from_the_page_alone(tmp_path, 
         page.get_by_label("Task", exact=True).select_option("svamp")
         page.get_by_label("harsh", exact=True).uncheck()
         page.get_by_label("Priority (its share of the teachers' limits)").fill("2")
-        page.get_by_label("Cost cap in USD (empty: none)").fill("5")
         submit_button = page.get_by_role("button", name="Submit job")
         expect(submit_button).to_be_disabled()  # not before its cost is seen
+        page.get_by_label("Cost cap in USD (empty: none)").fill("0")
+        page.get_by_role("button", name="Estimate cost and time").click()
+        expect(page.locator("#error")).to_have_text("max_cost_usd: Input should be greater than 0")  # the API's line
+        page.get_by_label("Cost cap in USD (empty: none)").fill("5")
         page.get_by_role("button", name="Estimate cost and time").click()
         expect(page.locator("#estimate")).to_contain_text("12 mistakes, 72 requests (6 a mistake)")
         submit_button.click()
