@@ -88,17 +88,25 @@ def _units() -> dict[str, Unit]:
     fair, noreview = "FAIR: mixed, peer-reviewed, alpha 0.5", "mixed, no peer review"
     units = [Unit("base", "none", "no training", None),
              Unit("paper-fair-s0", "paper", fair, {"teacher": "mixed", "seed": 0}),
-             Unit("paper-noreview-s0", "paper", noreview, {"teacher": "no-review", "seed": 0}),
+             Unit("paper-noreview-s0", "paper", noreview, {"teacher": "mixed", "filter": "none", "seed": 0}),
              # GPT-3.5 is the single best teacher by the committee's own measure, chosen before any test result:
              # the most rationales accepted by its peers in the paper's file (355 of 387, Mixtral 352, Gemini 267).
-             Unit("paper-single-gpt", "paper", "single best teacher (GPT-3.5), raw", {"teacher": "gpt"}),
+             Unit("paper-single-gpt", "paper", "single best teacher (GPT-3.5), raw", {"teacher": "gpt", "filter": "none"}),
              Unit("paper-alpha0", "paper", "FAIR with alpha 0 (rationales only)", {"teacher": "mixed", "alpha": 0.0}),
              Unit("paper-alpha1", "paper", "FAIR with alpha 1 (feedback only)", {"teacher": "mixed", "alpha": 1.0}),
              Unit("own-fair", "own", fair, {"teacher": "mixed"}),
-             Unit("own-noreview", "own", noreview, {"teacher": "no-review"})]
+             Unit("own-noreview", "own", noreview, {"teacher": "mixed", "filter": "none"})]
     for seed in (1, 2):
         units += [Unit(f"paper-fair-s{seed}", "paper", fair, {"teacher": "mixed", "seed": seed}),
-                  Unit(f"paper-noreview-s{seed}", "paper", noreview, {"teacher": "no-review", "seed": seed})]
+                  Unit(f"paper-noreview-s{seed}", "paper", noreview, {"teacher": "mixed", "filter": "none", "seed": seed})]
+    # The recipes (docs/results.md, "Recipes"): which rationales to keep, and how many a mistake.
+    recipes = [("gold", "mixed, gold check (no review)", {"teacher": "mixed", "filter": "gold"}),
+               ("goldreview", "mixed, gold check + peer review", {"teacher": "mixed", "filter": "gold+review"}),
+               ("all", "every teacher's texts, unfiltered", {"teacher": "all", "filter": "none"}),
+               ("allgold", "every teacher's texts, gold check", {"teacher": "all", "filter": "gold"})]
+    for seed in (0, 1, 2):
+        units += [Unit(f"paper-{name}-s{seed}", "paper", description, train | {"seed": seed})
+                  for name, description, train in recipes]
     return {u.name: u for u in units}
 
 

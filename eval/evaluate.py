@@ -64,7 +64,7 @@ def evaluate_locked(config: EvalConfig, engine: Engine | None = None) -> list[di
     """Each task's predictions are appended as they are graded; a rerun with the same settings and the same
     model weights answers only what is missing (nothing, the second time: the engine is not even started)."""
     tasks = [get_task(name) for name in config.task]
-    datasets = {task.name: task.load(config.split, config.data_dir)[: config.limit] for task in tasks}
+    datasets = {task.name: task.load(config.split, config.data_dir, config.limit) for task in tasks}
     precision = resolve_dtype(config.dtype)
     rows = []
     for task in tasks:

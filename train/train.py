@@ -42,6 +42,7 @@ from train.checkpoint import export, load_optimizer, save_checkpoint, trainable
 from train.data import (
     FEEDBACK,
     RATIONALE,
+    Filter,
     build_examples,
     load_records,
     tokenize_examples,
@@ -59,7 +60,8 @@ class TrainConfig(Validated):
     committee: str | None = None  # default data/<task>/<student>/committee.jsonl
     paper_feedback: str | None = None  # or the paper's *_feedback_round0.json ...
     paper_rationale: str | None = None  # ... with its *_rationale_round0.json
-    teacher: str = "mixed"  # mixed | all | no-review | a teacher's name (raw, unreviewed)
+    teacher: str = "mixed"  # mixed (one random text a mistake: FAIR) | all | a teacher's name
+    filter: Filter = "review"  # which rationales qualify: review (peer-accepted) | gold | gold+review | none
     prompt_format: Literal["chat", "paper"] = "chat"  # chat: the student's template, as at evaluation
     data_dir: str | None = None  # local data in shared/data layout; default $FAIR_DATA_DIR or ../shared/data
     # --- objective
@@ -114,7 +116,8 @@ class TrainConfig(Validated):
 
     @property
     def out_dir(self) -> Path:
-        teacher = self.teacher if self.paper_feedback is None else f"paper-{self.teacher}"
+        teacher = self.teacher if self.filter == "review" else f"{self.teacher}-{self.filter.replace('+', '-')}"
+        teacher = teacher if self.paper_feedback is None else f"paper-{teacher}"
         return Path(self.out or Path("checkpoints") / f"{get_task(self.task).name}-{model_short_name(self.student)}-{teacher}")
 
     @property
@@ -208,7 +211,7 @@ def load_data(config: TrainConfig, tokenizer, dist: Dist):
             raise FairError(f"no committee data at {config.committee_path}: run `fair gen --task {task.name}` "
                             "(or --paper-feedback/--paper-rationale for the paper's files)")
         records = load_records(config.committee_path, task)
-    examples, report = build_examples(records, task, config.teacher, config.seed, config.prompt_format)
+    examples, report = build_examples(records, task, config.teacher, config.seed, config.prompt_format, config.filter)
     tokenized, token_report = tokenize_examples(examples, tokenizer, config.max_length, config.prompt_format)
     if config.alpha == 0 or config.alpha == 1:  # a zero-weight kind costs compute and teaches nothing
         keep = RATIONALE if config.alpha == 0 else FEEDBACK

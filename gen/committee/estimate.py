@@ -218,7 +218,7 @@ def mistakes_and_sample(config: EstimateConfig, task: Task) -> tuple[int, str, l
         records = spread(enumerate(read_jsonl(path)), counted, config.sample)
         sample = [StudentAnswer.from_json(r, f"{path} record {i}") for i, r in records]
     else:
-        examples = task.load(config.split, config.data_dir)[: config.limit]
+        examples = task.load(config.split, config.data_dir, config.limit)
         chosen = spread(examples, len(examples), config.sample)
         sample = [stand_in(task, e, config.answer_tokens) for e in chosen]
     if config.num_mistakes is not None:
