@@ -5,6 +5,7 @@
     fair committee   feedback, rationales and peer reviews from the teachers    (gen/committee/run.py)
                      --server URL: as a job of a `fair serve` instead            (serve/remote.py)
     fair serve   the committee as a service: jobs, OpenAI's batches, one budget (serve/server.py)
+    fair view FOLDER the page's record viewer over a local run, read-only     (serve/view.py)
     fair estimate    requests, tokens, USD and hours a committee run will take  (gen/committee/estimate.py)
     fair gen     mine + committee + the paper's files, in one go                (cli/pipeline.py)
     fair loop    rounds of gen + train + eval, each from the last round's student (cli/loop.py)
@@ -90,6 +91,12 @@ def cmd_serve(config, args: argparse.Namespace) -> int:
     return serve(config)
 
 
+def cmd_view(config, args: argparse.Namespace) -> int:
+    from serve.view import view
+
+    return view(config)
+
+
 def cmd_import_committee(config, args: argparse.Namespace) -> None:
     from gen.from_paper import import_committee_file
 
@@ -147,6 +154,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from gen.from_paper import ImportCommitteeConfig, ImportMistakesConfig
     from gen.mine import MineConfig
     from serve.config import ServeConfig
+    from serve.view import ViewConfig
     from simulator.cli import SimulatorConfig
 
     parser = Parser(prog="fair", description="FAIR: distil reasoning from a committee of teachers.")
@@ -173,6 +181,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add("serve", "serve the offline committee simulator (OpenAI, Gemini and Anthropic wire formats)",
         cmd_teachers_serve, SimulatorConfig, under=teachers)
     add("serve", "the committee as a service: jobs, OpenAI's files and batches, one budget", cmd_serve, ServeConfig)
+    add("view", "the page's record viewer over a local run's folder, read-only", cmd_view, ViewConfig,
+        positional=("folder",))
     add("import-committee", "import the paper's feedback and rationale files", cmd_import_committee,
         ImportCommitteeConfig)
     add("train", "fine-tune the student on the committee's feedback and rationales", cmd_train,

@@ -22,6 +22,7 @@ from gen.mine import MineConfig
 from gen.teachers.config import Teacher, load_committee, rebase
 from gen.teachers.providers import Usage
 from serve.config import ServeConfig
+from serve.view import ViewConfig
 from simulator.cli import SimulatorConfig
 from tests.conftest import ROOT
 
@@ -29,7 +30,8 @@ CONFIGS = ROOT / "configs"
 STAGES = {"mine.yaml": MineConfig, "eval.yaml": EvalConfig, "committee.yaml": CommitteeConfig, "gen.yaml": GenConfig,
           "serve.yaml": ServeConfig, "simulator.yaml": SimulatorConfig, "grade.yaml": GradeConfig,
           "report.yaml": ReportConfig, "import-mistakes.yaml": ImportMistakesConfig,
-          "import-committee.yaml": ImportCommitteeConfig, "estimate.yaml": EstimateConfig, "loop.yaml": LoopConfig}
+          "import-committee.yaml": ImportCommitteeConfig, "estimate.yaml": EstimateConfig, "loop.yaml": LoopConfig,
+          "view.yaml": ViewConfig}
 # Each file under configs/ is checked by the test that reads its folder; a file in no folder here fails below.
 CHECKED = {".": "*.yaml", "train": "*.yaml", "teachers": "*.yaml", "deepspeed": "*.json",
            "tasks": "*.yaml", "tasks/arithmetic": "*.csv"}  # declared tasks and their data: tests/test_tasks.py

@@ -69,6 +69,8 @@ INVALID = [
     (["report", "--gen-dir", ".", "--out", "report", "--threshold", "9"], "threshold must be within the 1-5"),
     (["serve", "--reserve", "1"], "reserve must be in 0..1"),
     (["serve", "--port", "70000"], "port must be in 0..65535"),
+    (["view", "--port", "70000", "run"], "port must be in 0..65535"),
+    (["view", "/nonexistent/run"], "/nonexistent/run: no committee.jsonl"),
     (["tasks", "--bogus"], "unrecognized arguments: --bogus"),
 ]
 
