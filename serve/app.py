@@ -50,7 +50,7 @@ from serve.budget import PRIORITY, Budget
 from serve.config import ServeConfig, same_token
 from serve.jobs import OPEN, Jobs
 from serve.limits import CLOSE, BodyCap
-from serve.reading import add_reading, job_index
+from serve.reading import add_reading, job_run
 from serve.store import Store
 
 COOKIE = "fair_serve_token"
@@ -71,7 +71,7 @@ class JobSpec(BaseModel):
     prompts: Literal["fair", "paper"] = "fair"
     threshold: float = Field(3.0, ge=1, le=5)
     window: int = Field(64, ge=1, le=4096)
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1, le=2**53)  # the store keeps it as JSON (the page reads it too)
     priority: float = Field(1.0, ge=PRIORITY[0], le=PRIORITY[1])  # its weight in the shared gates' fair queues
     max_cost_usd: float | None = Field(None, gt=0)
 
@@ -132,8 +132,8 @@ def make_app(config: ServeConfig, teachers: list[Teacher], token: str) -> FastAP
     add_files(app, service)
     add_jobs(app, service)
     add_teachers(app, service)
-    folder = lambda job_id: service.jobs.folder(job_id)  # noqa: E731 (the jobs exist once the app starts)
-    add_reading(app, folder, job_index(folder), page_settings(teachers))
+    # service.jobs exists once the app starts
+    add_reading(app, lambda job_id: job_run(service.jobs.folder(job_id), job_id), page_settings(teachers))
     return app
 
 

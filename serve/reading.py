@@ -7,14 +7,18 @@
     GET /v1/fair/jobs/{id}/records/{n}       the n-th record (from 0): the page's side-by-side of one mistake
 
 The records come from serve/records_view.py's index, which reads only what the file gained since the last
-request; its queries run in a worker thread, so a first request on a large file (the index being built) holds no
-other request up.
+request. Its queries run in READERS, threads of their own: a first request on a large file builds the index
+(minutes, for a million records) and the requests after it wait for that build; waiting in the event loop's
+default threads, they would hold up what the rest of the server does there (the DNS lookups of the teachers'
+connections, the estimate route's reading). An error names a run's file as the run says (`Run.name`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +32,22 @@ from serve.records_view import INDEX_NAME, MAX_PAGE, Filters, Flag, RecordIndex
 JOB_FILES = ("mistakes.jsonl", "committee.jsonl", "committee_stats.json", "committee.yaml")
 RUN = "local"  # `fair view`'s one run, as a job id
 MAX_N = 2**62  # record numbers and offsets past SQLite's integers are a 400, not a 500
+READERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fair-records")
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the routes read of a run: its folder, where its records' index lives, and what errors call its
+    committee.jsonl (`fair serve`: the job's, never by the server's own paths)."""
+
+    folder: Path
+    index: Path
+    name: str
+
+
+def job_run(folder: Path, job_id: str) -> Run:
+    """A job of `fair serve`: its index beside the committee.jsonl it indexes; named as under the state folder."""
+    return Run(folder, folder / INDEX_NAME, f"jobs/{job_id}/committee.jsonl")
 
 
 def downloadable(folder: Path, name: str) -> bool:
@@ -36,9 +56,17 @@ def downloadable(folder: Path, name: str) -> bool:
     return allowed and (folder / name).is_file()
 
 
-def add_reading(app: FastAPI, folder: Callable[[str], Path], index: Callable[[str], Path],
-                about: dict[str, Any]) -> None:
-    """`folder(id)`: a run's folder (ApiError 404 for an unknown id); `index(id)`: where its records' index lives."""
+def add_reading(app: FastAPI, run: Callable[[str], Run], about: dict[str, Any]) -> None:
+    """`run(id)`: the run a job id names (ApiError 404 for an unknown id)."""
+
+    async def read(job_id: str, query: Callable[[RecordIndex], Any]) -> Any:
+        where = run(job_id)
+
+        def indexed() -> Any:
+            with RecordIndex(where.folder / "committee.jsonl", where.index, where.name) as records:
+                return query(records)
+
+        return await asyncio.get_running_loop().run_in_executor(READERS, indexed)
 
     @app.get("/v1/fair/page")
     async def page_settings() -> dict[str, Any]:
@@ -46,7 +74,7 @@ def add_reading(app: FastAPI, folder: Callable[[str], Path], index: Callable[[st
 
     @app.get("/v1/fair/jobs/{job_id}/files")
     async def job_files(job_id: str) -> dict[str, Any]:
-        where = folder(job_id)
+        where = run(job_id).folder
         names = [n for n in JOB_FILES if (where / n).exists()] + sorted(
             p.name for p in where.glob("*_round0.json")
         )
@@ -54,7 +82,7 @@ def add_reading(app: FastAPI, folder: Callable[[str], Path], index: Callable[[st
 
     @app.get("/v1/fair/jobs/{job_id}/files/{name}")
     async def job_file(job_id: str, name: str) -> FileResponse:
-        where = folder(job_id)
+        where = run(job_id).folder
         if not downloadable(where, name):
             raise ApiError(404, f"job {job_id} has no file {name!r}", "name")
         return FileResponse(where / name)
@@ -72,27 +100,11 @@ def add_reading(app: FastAPI, folder: Callable[[str], Path], index: Callable[[st
         limit: int = Query(20, ge=1, le=MAX_PAGE),
     ) -> dict[str, Any]:
         filters = Filters(teacher, accepted, min_score, max_score, flag, q)
-        path, index_path = folder(job_id) / "committee.jsonl", index(job_id)
-
-        def query() -> dict[str, Any]:
-            with RecordIndex(path, index_path) as records:
-                return records.page(filters, offset, limit)
-
-        return await asyncio.to_thread(query)
+        return await read(job_id, lambda records: records.page(filters, offset, limit))
 
     @app.get("/v1/fair/jobs/{job_id}/records/{n}")
     async def job_record(job_id: str, n: int = PathParam(..., ge=0, le=MAX_N)) -> dict[str, Any]:
-        path, index_path = folder(job_id) / "committee.jsonl", index(job_id)
-
-        def query() -> dict[str, Any] | None:
-            with RecordIndex(path, index_path) as records:
-                return records.record(n)
-
-        if (record := await asyncio.to_thread(query)) is None:
+        if (record := await read(job_id, lambda records: records.record(n))) is None:
             raise ApiError(404, f"job {job_id} has no record {n} (yet)", "n")
         return {"n": n, "record": record}
 
-
-def job_index(folder: Callable[[str], Path]) -> Callable[[str], Path]:
-    """A job's records index: in its own folder, beside the committee.jsonl it indexes."""
-    return lambda job_id: folder(job_id) / INDEX_NAME

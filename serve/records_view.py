@@ -5,9 +5,11 @@ SQLite index beside it (INDEX_NAME in a job's folder; a temporary folder for `fa
 the run's folder) holds one row per record (its byte offset and length, its id, the text a search looks in) and one
 per reply (teacher, kind, score, accepted, refused, truncated, failed). The index is built once and then extended by
 what the file gained since: complete lines only, so the line a run is writing waits for its newline (a last line
-that parses without one is a finished record, as fair/jsonl.py reads it). It is built again when the file was
-replaced: another inode, a shorter file, or other first bytes. A page is one query of the index and `limit` seeks
-into the file.
+that parses without one is a finished record, as fair/jsonl.py reads it, and the newline that a repair adds to
+it later ends that line, not a line of its own). It is built again when the file was replaced: another inode, a
+shorter file, or other bytes at either end of what was indexed (a file truncated and written again in place may
+start with the same record). A page is one query of the index and `limit` seeks into the file. Errors name the file
+as the caller says (`name`: `fair serve` names a job's file by its job, never by the server's own paths).
 
 Filters (all optional, combined with AND; a record matches when one of its replies matches them all):
     teacher    a reply by this teacher (a review's teacher is its reviewer)
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -35,7 +38,7 @@ from fair.records import committee_replies
 
 INDEX_NAME = "committee.index.sqlite"
 MAX_PAGE = 100
-HEAD_BYTES = 4096  # the first bytes, hashed: a file replaced by one of the same inode and size is noticed
+EDGE_BYTES = 4096  # the first and the last of the bytes indexed, hashed: a file replaced in place is noticed
 BATCH = 2000  # records per transaction while the index is built
 Flag = Literal["refused", "truncated", "failed"]  # the replies' marks, each a column of `replies`
 FLAGS = get_args(Flag)
@@ -110,10 +113,11 @@ def search_text(record: dict[str, Any]) -> str:
 
 
 class RecordIndex:
-    """The index of one committee.jsonl; use as a context manager (one connection per use, any thread)."""
+    """The index of one committee.jsonl; use as a context manager (one connection per use, any thread). `name`:
+    what errors call the file (default: its path)."""
 
-    def __init__(self, path: Path, index_path: Path):
-        self.path, self.index_path = path, index_path
+    def __init__(self, path: Path, index_path: Path, name: str | None = None):
+        self.path, self.index_path, self.name = path, index_path, name or str(path)
         self.lock = LOCKS.setdefault(index_path, threading.Lock())
 
     def __enter__(self) -> RecordIndex:
@@ -170,15 +174,16 @@ class RecordIndex:
 
     def refresh(self) -> None:
         """Index what the file gained since the last call; from scratch when it is not the file indexed."""
-        if not self.path.exists():
+        try:
+            f = self.path.open("rb")
+        except FileNotFoundError:
             if self.meta("inode") is not None:
                 self.reset(None)
             return
-        stat = self.path.stat()
-        with self.path.open("rb") as f:
+        with f:
+            stat = os.fstat(f.fileno())  # the file opened, not what the path names a moment later
             done = self.meta("bytes", 0)
-            head = hashlib.sha256(f.read(min(HEAD_BYTES, done))).hexdigest()
-            if self.meta("inode") != stat.st_ino or stat.st_size < done or self.meta("head") != head:
+            if self.meta("inode") != stat.st_ino or stat.st_size < done or (done and self.meta("edges") != edges(f, done)):
                 self.reset(stat.st_ino)
                 done = 0
             if stat.st_size > done:
@@ -189,44 +194,54 @@ class RecordIndex:
             for table in ("records", "replies", "teachers", "meta"):
                 self.db.execute(f"DELETE FROM {table}")  # noqa: S608 (the names above)
             self.db.executemany("INSERT INTO meta VALUES (?, ?)", [
-                ("inode", inode), ("head", hashlib.sha256(b"").hexdigest()), ("bytes", 0), ("lines", 0)])
+                ("inode", inode), ("edges", None), ("bytes", 0), ("lines", 0)])
 
     def extend(self, f, start: int) -> None:
-        f.seek(start)
+        f.seek(max(0, start - 1))
+        # The last line indexed had no newline (a kill before it): what follows it, up to the next newline, is
+        # still that line (the newline a repair adds), not a new one.
+        same_line = start > 0 and f.read(1) != b"\n"
         offset, line_no, n = start, self.meta("lines", 0), self.count()
         records, replies = [], []
         for line in f:
             if not line.endswith(b"\n") and not parses(line):
                 break  # being written: its newline will come
-            line_no += 1
+            if same_line:
+                same_line = False
+            else:
+                line_no += 1
             if line.strip():
                 try:
                     record = orjson.loads(line)
                 except orjson.JSONDecodeError:
-                    raise FairError(f"{self.path}:{line_no}: not valid JSON") from None
+                    raise FairError(f"{self.name}:{line_no}: not valid JSON") from None
                 if not isinstance(record, dict) or not all(
                         isinstance(record.get(k), dict) for k in ("feedback", "rationales")):
-                    raise FairError(f"{self.path}:{line_no}: not a committee record (an object with feedback "
+                    raise FairError(f"{self.name}:{line_no}: not a committee record (an object with feedback "
                                     "and rationales)")
                 records.append((n, offset, len(line), str(record.get("id")), search_text(record)))
                 replies += reply_rows(n, record)
                 n += 1
             offset += len(line)
             if len(records) >= BATCH:
-                self.save(records, replies, offset, line_no)
+                self.save(records, replies, offset, line_no, edges(f, offset))
                 records, replies = [], []
-        self.save(records, replies, offset, line_no)
-        f.seek(0)
-        with self.db:
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('head', ?)",
-                            (hashlib.sha256(f.read(min(HEAD_BYTES, offset))).hexdigest(),))
+        self.save(records, replies, offset, line_no, edges(f, offset))
 
-    def save(self, records: list, replies: list, offset: int, line_no: int) -> None:
+    def save(self, records: list, replies: list, offset: int, line_no: int, seen: str) -> None:
         with self.db:
             self.db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?)", records)
             self.db.executemany("INSERT INTO replies VALUES (?, ?, ?, ?, ?, ?, ?, ?)", replies)
             self.db.executemany("INSERT OR IGNORE INTO teachers VALUES (?)", {(r[1],) for r in replies})
-            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [("bytes", offset), ("lines", line_no)])
+            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [("bytes", offset), ("lines", line_no),
+                                                                            ("edges", seen)])
+
+
+def edges(f, done: int) -> str:
+    """A hash of the first and the last EDGE_BYTES of the file's first `done` bytes (what the index holds); read
+    with pread, so that a file being iterated over keeps its place."""
+    k, fd = min(EDGE_BYTES, done), f.fileno()
+    return hashlib.sha256(os.pread(fd, k, 0) + b"\0" + os.pread(fd, k, done - k)).hexdigest()
 
 
 def parses(line: bytes) -> bool:

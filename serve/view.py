@@ -31,7 +31,7 @@ from fair.wire.listen import listen
 from serve.app import add_auth, add_errors
 from serve.config import TOKEN_ENV, bearer_token
 from serve.limits import BodyCap
-from serve.reading import RUN, add_reading
+from serve.reading import RUN, Run, add_reading
 from serve.records_view import INDEX_NAME
 
 
@@ -67,17 +67,17 @@ def make_view_app(config: ViewConfig, token: str, index_dir: Path) -> FastAPI:
     """`index_dir`: where the records' index is kept (a temporary folder: never the run's)."""
     folder = Path(config.folder)
 
-    def run_folder(job_id: str) -> Path:
+    def run(job_id: str) -> Run:  # one run, one index; its file named as the user named its folder
         if job_id != RUN:
             raise ApiError(404, f"no job {job_id!r}: `fair view` shows one run, {RUN!r}", "job_id")
-        return folder
+        return Run(folder, index_dir / INDEX_NAME, str(folder / "committee.jsonl"))
 
     app = FastAPI(title="fair view", version="1", docs_url=None, redoc_url=None)
     add_auth(app, Viewer(token))
     app.add_middleware(BodyCap, max_upload=0)  # no uploads here; /login's cap as fair serve's
     add_errors(app)
     about = {"read_only": True, "run": RUN, "folder": folder.resolve().name}
-    add_reading(app, run_folder, lambda _: index_dir / INDEX_NAME, about)  # one run, one index
+    add_reading(app, run, about)
     return app
 
 

@@ -4,15 +4,19 @@ the file would, a growing file is indexed by what it gained, and a page reads on
 
 from __future__ import annotations
 
+import asyncio
 import random
+import threading
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 
 from fair.errors import FairError
-from serve.records_view import Filters, RecordIndex
+from fair.jsonl import repair_torn_tail
+from serve.records_view import INDEX_NAME, LOCKS, Filters, RecordIndex
 from serve.view import ViewConfig, make_view_app
 from tests.conftest import import_seed_mistakes
 from tests.serve_util import served_with_simulator, submit, upload_mistakes, wait_job
@@ -218,8 +222,79 @@ def test_a_jobs_records_and_its_estimate_in_fair_serve(tmp_path, data_dir):
         settings = http.get("/v1/fair/page").json()
         assert settings["read_only"] is False and settings["teachers"] == ["careful", "sloppy", "harsh"]
         assert "svamp" in settings["tasks"] and settings["prompts"] == ["fair", "paper"]
+        # Hostile input: a limit past what the store's JSON holds is a 400, not a 500 (nor a folder left behind).
+        huge = http.post("/v1/fair/jobs", json={"mistakes_file_id": file_id, "limit": 10**30})
+        assert huge.status_code == 400 and huge.json()["error"]["param"] == "limit"
+        assert http.post("/v1/fair/estimate", json={"mistakes_file_id": file_id, "limit": 10**30}).status_code == 400
+        # A broken line is one line naming the job's file, never by the server's own paths.
+        with (tmp_path / "state" / "jobs" / job["id"] / "committee.jsonl").open("ab") as f:
+            f.write(b"{broken\n")
+        broken = http.get(f"/v1/fair/jobs/{job['id']}/records")
+        assert broken.status_code == 400 and str(tmp_path) not in broken.text
+        assert broken.json()["error"]["message"] == f"jobs/{job['id']}/committee.jsonl:7: not valid JSON"
 
 
 def test_a_flag_is_one_of_the_marks_never_sql():
     with pytest.raises(FairError, match="flag must be one of refused, truncated, failed"):
         Filters(flag="refused = 1 OR 1")  # type: ignore[arg-type]
+
+
+def test_line_numbers_hold_after_a_kill_and_the_repair_of_its_last_line(tmp_path):
+    """A last line that parsed without its newline is indexed; the newline repair_torn_tail adds before the next
+    append ends that line, it is no line of its own: an error further on names its real line."""
+    path = tmp_path / "committee.jsonl"
+    write_records(path, 3)
+    path.write_bytes(path.read_bytes()[:-1])  # killed before the last record's newline
+    with RecordIndex(path, tmp_path / "index.sqlite") as index:
+        assert index.count() == 3
+    repair_torn_tail(path)
+    with path.open("ab") as f:
+        f.write(b"{broken\n")
+    with pytest.raises(FairError, match=r"committee.jsonl:4: not valid JSON"):
+        RecordIndex(path, tmp_path / "index.sqlite").__enter__()
+
+
+def test_a_file_rewritten_in_place_with_the_same_first_bytes_is_indexed_again(tmp_path):
+    """Truncated and written again (same inode, same first record, longer than before): the bytes before where the
+    index stopped are checked too, so it starts over rather than reading on from the middle of a line."""
+    path, index_path = tmp_path / "committee.jsonl", tmp_path / "index.sqlite"
+    first = committee_record(0, random.Random(0)) | {"padding": "x" * 5000}  # beyond the hashed first bytes
+    line = orjson.dumps(first) + b"\n"
+    path.write_bytes(line + orjson.dumps(committee_record(1, random.Random(1))) + b"\n")
+    with RecordIndex(path, index_path) as index:
+        assert index.count() == 2
+    inode = path.stat().st_ino
+    with path.open("r+b") as f:  # another run into the same file: same first record, then others
+        f.truncate(0)
+        f.write(line + b"".join(orjson.dumps(committee_record(i, random.Random(i)) | {"note": "second run"}) + b"\n"
+                                for i in (1, 2, 3)))
+    assert path.stat().st_ino == inode
+    with RecordIndex(path, index_path) as index:
+        assert [d["record"].get("note") for d in index.page(Filters())["data"]] == [None, *["second run"] * 3]
+
+
+def test_requests_waiting_for_an_index_leave_the_servers_shared_threads_free(tmp_path):
+    """While an index is built (minutes, for a million records) its requests wait for it: they wait in threads of
+    their own, not in the event loop's default pool, which the rest of the server needs (the DNS lookups of the
+    teachers' connections, the estimate route). Forty waiting requests, more than that pool's threads."""
+    write_records(tmp_path / "committee.jsonl", 3)
+    index_dir = tmp_path / "index"
+    index_dir.mkdir()
+    app = make_view_app(ViewConfig(str(tmp_path)), TOKEN, index_dir)
+    building = LOCKS.setdefault(index_dir / INDEX_NAME, threading.Lock())
+
+    async def run() -> list[int]:
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://view",
+                                     headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+            building.acquire()  # as a build of the index holds it
+            try:
+                waiting = [asyncio.create_task(http.get("/v1/fair/jobs/local/records")) for _ in range(40)]
+                await asyncio.sleep(0.5)  # let them reach their threads
+                assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 20) == "free"
+                assert await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo("localhost", 80), 20)
+            finally:
+                building.release()
+            return [(await w).status_code for w in waiting]
+
+    assert asyncio.run(run()) == [200] * 40
