@@ -6,13 +6,16 @@ view` shows the same viewer over the job's folder, read-only."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from simulator.server import OfflineServer
@@ -59,7 +62,15 @@ def test_the_page_logs_in_shows_jobs_and_gates_and_cancels_a_job(tmp_path, data_
         row = page.locator("#jobs tbody tr", has_text=job["id"])
         expect(row).to_be_visible()
         expect(page.locator("#gates tbody tr")).to_have_count(3)
-        row.locator("button", has_text="cancel").click()
+        # An action's error stays until the user acts again: the lists' refresh (every two seconds) keeps it.
+        for box in page.locator("#teachers input").all():
+            box.uncheck()
+        page.get_by_role("button", name="Estimate cost and time").click()
+        expect(page.locator("#error")).to_have_text("teachers: choose at least one")
+        page.evaluate("refresh()")
+        expect(page.locator("#error")).to_have_text("teachers: choose at least one")
+        # Each row's buttons name their job (a screen reader reads a row's "cancel" out of its table).
+        page.get_by_role("button", name=f"cancel {job['id']}").click()
         expect(row).to_contain_text("cancelled", timeout=10_000)
         assert wait_job(http, job["id"])["status"] == "cancelled"
         assert page.locator("#error").text_content() == ""
@@ -139,10 +150,10 @@ def filter_and_open(page, tmp_path) -> None:
                                               else tmp_path / "viewer.png"))
 
 
-def check_fair_view(page, tmp_path, folder) -> None:
-    """`fair view FOLDER` (the real command): the same viewer, nothing to submit."""
-    from playwright.sync_api import expect
-
+@contextlib.contextmanager
+def fair_view(tmp_path: Path, folder: Path):
+    """`fair view FOLDER` (the real command) in its own process, its index in a temporary folder of the test's;
+    yields its URL. It must exit 0 on SIGTERM and leave that folder empty."""
     port_file, temporary = tmp_path / "view.port", tmp_path / "view-tmp"
     temporary.mkdir()
     env = {**os.environ, "FAIR_SERVE_TOKEN": TOKEN, "TMPDIR": str(temporary)}
@@ -154,7 +165,19 @@ def check_fair_view(page, tmp_path, folder) -> None:
         while not port_file.exists():
             assert view.poll() is None and time.monotonic() < deadline, (tmp_path / "view.log").read_text()
             time.sleep(0.05)
-        url = f"http://127.0.0.1:{port_file.read_text().strip()}"
+        yield f"http://127.0.0.1:{port_file.read_text().strip()}"
+    finally:
+        view.terminate()
+        assert view.wait(10) == 0
+    assert "fair view: stopped" in (tmp_path / "view.log").read_text()
+    assert not list(temporary.iterdir())  # its index went with it; the run's folder was never written
+
+
+def check_fair_view(page, tmp_path, folder) -> None:
+    """`fair view FOLDER`: the same viewer, nothing to submit."""
+    from playwright.sync_api import expect
+
+    with fair_view(tmp_path, folder) as url:
         assert httpx.get(url + "/v1/fair/page").status_code == 401
         log_in(page, url)
         expect(page.locator("#title")).to_have_text(f"fair view: {folder.name}")
@@ -162,8 +185,64 @@ def check_fair_view(page, tmp_path, folder) -> None:
         expect(page.locator("#submit-section")).to_be_hidden()
         expect(page.locator("#job-cancel")).to_be_hidden()
         expect(page.locator("#downloads a", has_text="committee.jsonl")).to_be_visible()
-    finally:
-        view.terminate()
-        assert view.wait(10) == 0
-    assert "fair view: stopped" in (tmp_path / "view.log").read_text()
-    assert not list(temporary.iterdir())  # its index went with it; the run's folder was never written
+
+
+HOSTILE = '<img src=x onerror="window.pwned=1">'  # teacher replies are untrusted; so is a folder's file names
+
+
+def hostile_record(i: int) -> dict:
+    """A committee record with HOSTILE in every field the viewer shows (and a number where a text was)."""
+    def reply(**more) -> dict:
+        return {"text": f"{HOSTILE} javascript:alert(1) {i}", "error": HOSTILE, "truncated": True,
+                "refused": HOSTILE} | more
+
+    review = {"score": HOSTILE, "reply": HOSTILE, "error": None, "truncated": False, "refused": None}
+    mistake = {"id": HOSTILE, "question": f"{HOSTILE} question {i}", "gold": HOSTILE, "prediction": HOSTILE,
+               "extracted": HOSTILE}
+    return {"id": f"{HOSTILE}{i}", "mistake": mistake, "feedback": {HOSTILE: reply(), "plain": reply(text=7)},
+            "rationales": {HOSTILE: reply(reviews={HOSTILE: review}, mean_score=HOSTILE, accepted=HOSTILE)}}
+
+
+def test_the_viewer_shows_hostile_records_as_text_and_pages_by_keyboard(tmp_path):
+    """HOSTILE in every field, in a teacher's name and in a file name runs nothing and is shown as written; the
+    pages turn from the keyboard, and the focus never falls off a button that a turn disabled."""
+    from playwright.sync_api import expect, sync_playwright
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "committee.jsonl").write_bytes(b"".join(orjson.dumps(hostile_record(i)) + b"\n" for i in range(25)))
+    (folder / f"{HOSTILE}_round0.json").write_text("[]")
+    with fair_view(tmp_path, folder) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        log_in(page, url)
+        expect(page.locator("#records-count")).to_have_text("records 1 to 20 of 25 matching (25 in committee.jsonl)")
+        expect(page.locator("#records tbody tr").first).to_contain_text(f"{HOSTILE} question 0")
+        expect(page.locator("#downloads")).to_contain_text(f"{HOSTILE}_round0.json")
+        filters = page.locator("#filters")
+        filters.get_by_label("Teacher").select_option(HOSTILE)  # a filter's value goes to the server as data
+        filters.get_by_label("Text").fill(HOSTILE + " QUESTION 3")
+        filters.get_by_label("Text").press("Enter")
+        expect(page.locator("#records-count")).to_have_text("records 1 to 1 of 1 matching (25 in committee.jsonl)")
+        page.locator("#records tbody tr").first.get_by_role("button").press("Enter")
+        expect(page.locator("#mistake-heading")).to_be_focused()
+        columns = page.locator("#mistake-columns article")
+        expect(columns).to_have_count(2)
+        expect(columns.nth(0)).to_contain_text(f"Review by {HOSTILE}: score {HOSTILE}")
+        expect(page.locator("#mistake-question")).to_have_text(f"{HOSTILE} question 3")
+        # The pages from the keyboard: the last page disables Next, so the focus moves to Previous, and back.
+        filters.get_by_label("Text").fill("")
+        filters.get_by_label("Text").press("Enter")
+        expect(page.locator("#records-count")).to_contain_text("records 1 to 20 of 25")
+        page.get_by_role("button", name="Next page").focus()
+        page.keyboard.press("Enter")
+        expect(page.locator("#records-count")).to_contain_text("records 21 to 25 of 25")
+        expect(page.get_by_role("button", name="Previous page")).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(page.locator("#records-count")).to_contain_text("records 1 to 20 of 25")
+        expect(page.get_by_role("button", name="Next page")).to_be_focused()
+        assert page.evaluate("window.pwned") is None and page.locator("img").count() == 0
+        assert errors == [] and page.locator("#error").text_content() == ""
+        browser.close()
