@@ -81,6 +81,16 @@ def make_view_app(config: ViewConfig, token: str, index_dir: Path) -> FastAPI:
     return app
 
 
+def view_token(config: ViewConfig) -> tuple[str, str]:
+    """`fair serve`'s token (serve/config.py's bearer_token) and where it is, for the banner. STATE/token when
+    FAIR_SERVE_TOKEN is unset or blank, as bearer_token reads it: the state folder is made for it then."""
+    state = Path(config.state)
+    if os.environ.get(TOKEN_ENV, "").strip():
+        return bearer_token(state, config.host), "$" + TOKEN_ENV
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return bearer_token(state, config.host), str(state / "token")
+
+
 def view(config: ViewConfig) -> int:
     import uvicorn
 
@@ -88,13 +98,9 @@ def view(config: ViewConfig) -> int:
 
     if not (Path(config.folder) / "committee.jsonl").is_file():
         raise FairError(f"{config.folder}: no committee.jsonl (view the folder `fair committee` wrote into)")
-    state = Path(config.state)
-    if not os.environ.get(TOKEN_ENV):
-        state.mkdir(mode=0o700, parents=True, exist_ok=True)
-    token = bearer_token(state, config.host)
+    token, where = view_token(config)
     sock = listen(config.host, config.port, BACKLOG)
     port = sock.getsockname()[1]
-    where = "$" + TOKEN_ENV if os.environ.get(TOKEN_ENV) else state / "token"
     print(f"fair view: http://{config.host}:{port}/ (bearer token in {where}); {config.folder}, read-only",
           flush=True)
     if config.port_file:

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from fair.errors import FairError
 from fair.jsonl import repair_torn_tail
 from serve.records_view import INDEX_NAME, LOCKS, Filters, RecordIndex
-from serve.view import ViewConfig, make_view_app
+from serve.view import ViewConfig, make_view_app, view_token
 from tests.conftest import import_seed_mistakes
 from tests.serve_util import served_with_simulator, submit, upload_mistakes, wait_job
 
@@ -195,6 +195,35 @@ def test_the_view_routes_name_what_they_refuse(viewer, large):
     assert names == ["committee.jsonl", "committee_stats.json"]
     assert viewer.get("/v1/fair/jobs/local/files/committee_stats.json").json() == {"teachers": {}}
     assert viewer.get("/v1/fair/jobs/local/files/requests.sqlite").status_code == 404
+
+
+READ_ROUTES = ["/", "/v1/fair/page", "/v1/fair/jobs/local/files", "/v1/fair/jobs/local/files/committee.jsonl",
+               "/v1/fair/jobs/local/records", "/v1/fair/jobs/local/records/0", "/v1/fair/jobs/nobody/records"]
+
+
+@pytest.mark.parametrize("route", READ_ROUTES)
+def test_every_read_route_wants_the_token(tmp_path, route):
+    """Without it, with a wrong one, in the query string, under another scheme or as a cookie of no login: a 401
+    (the page: its login form), whatever the route and whether or not the job exists."""
+    write_records(tmp_path / "committee.jsonl", 2)
+    with TestClient(make_view_app(ViewConfig(str(tmp_path)), TOKEN, tmp_path)) as http:
+        for headers, params in [({}, {}), ({"Authorization": "Bearer nope"}, {}), ({}, {"token": TOKEN}),
+                                ({}, {"access_token": TOKEN}), ({"Authorization": f"Basic {TOKEN}"}, {}),
+                                ({"Authorization": TOKEN}, {}), ({"Cookie": "fair_serve_session=x"}, {})]:
+            response = http.get(route, headers=headers, params=params)
+            assert response.status_code == 401, (headers, params)
+            assert "q0" not in response.text and "committee.jsonl" not in response.text
+        assert http.get(route, headers={"Authorization": f"Bearer {TOKEN}"}).status_code in (200, 404)
+
+
+def test_fair_view_reads_a_blank_token_variable_as_unset(tmp_path, monkeypatch):
+    """As fair serve does (serve/config.py's bearer_token): STATE/token, the state folder made for it."""
+    monkeypatch.setenv("FAIR_SERVE_TOKEN", "  ")
+    token, where = view_token(ViewConfig(str(tmp_path), state=str(tmp_path / "state")))
+    assert (tmp_path / "state" / "token").read_text().strip() == token and where == str(tmp_path / "state" / "token")
+    monkeypatch.setenv("FAIR_SERVE_TOKEN", TOKEN)
+    assert view_token(ViewConfig(str(tmp_path), state=str(tmp_path / "elsewhere"))) == (TOKEN, "$FAIR_SERVE_TOKEN")
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_a_jobs_records_and_its_estimate_in_fair_serve(tmp_path, data_dir):
