@@ -85,7 +85,8 @@ def add_reading(app: FastAPI, run: Callable[[str], Run], about: dict[str, Any]) 
         where = run(job_id).folder
         if not downloadable(where, name):
             raise ApiError(404, f"job {job_id} has no file {name!r}", "name")
-        return FileResponse(where / name)
+        # An attachment, never shown inline (a tab would try to draw a 1 GB committee.jsonl), never sniffed.
+        return FileResponse(where / name, filename=name, headers={"X-Content-Type-Options": "nosniff"})
 
     @app.get("/v1/fair/jobs/{job_id}/records")
     async def job_records(

@@ -216,7 +216,9 @@ def test_the_viewer_shows_hostile_records_as_text_and_pages_by_keyboard(tmp_path
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page()
         errors: list[str] = []
+        console: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: console.append(m.text))
         log_in(page, url)
         expect(page.locator("#records-count")).to_have_text("records 1 to 20 of 25 matching (25 in committee.jsonl)")
         expect(page.locator("#records tbody tr").first).to_contain_text(f"{HOSTILE} question 0")
@@ -245,4 +247,12 @@ def test_the_viewer_shows_hostile_records_as_text_and_pages_by_keyboard(tmp_path
         expect(page.get_by_role("button", name="Next page")).to_be_focused()
         assert page.evaluate("window.pwned") is None and page.locator("img").count() == 0
         assert errors == [] and page.locator("#error").text_content() == ""
+        assert not [m for m in console if "Content Security Policy" in m]  # the page's own script and style run
+        # The second wall: markup that ever reached the page as HTML runs nothing (its Content-Security-Policy).
+        # Its error event, awaited here, reaches the onerror attribute first: it had its turn.
+        page.evaluate("""html => new Promise(done => {
+            document.body.insertAdjacentHTML("beforeend", html);
+            document.querySelector("body > img").addEventListener("error", () => done());
+        })""", HOSTILE)
+        assert page.evaluate("window.pwned") is None
         browser.close()

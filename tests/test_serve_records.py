@@ -5,6 +5,8 @@ the file would, a growing file is indexed by what it gained, and a page reads on
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import random
 import threading
 from pathlib import Path
@@ -193,7 +195,14 @@ def test_the_view_routes_name_what_they_refuse(viewer, large):
     assert viewer.post("/v1/fair/jobs", json={}).status_code in (404, 405)  # read-only: nothing to submit
     names = [f["name"] for f in viewer.get("/v1/fair/jobs/local/files").json()["data"]]
     assert names == ["committee.jsonl", "committee_stats.json"]
-    assert viewer.get("/v1/fair/jobs/local/files/committee_stats.json").json() == {"teachers": {}}
+    download = viewer.get("/v1/fair/jobs/local/files/committee_stats.json")
+    assert download.json() == {"teachers": {}} and download.headers["x-content-type-options"] == "nosniff"
+    assert download.headers["content-disposition"] == 'attachment; filename="committee_stats.json"'
+    page = viewer.get("/")  # the page: its own script and style only, by hash, and requests to itself
+    policy = page.headers["content-security-policy"]
+    script = page.text.split("<script>")[1].split("</script>")[0]
+    assert f"script-src 'sha256-{base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()}';" in policy
+    assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
     assert viewer.get("/v1/fair/jobs/local/files/requests.sqlite").status_code == 404
 
 
