@@ -69,9 +69,12 @@ def test_the_page_logs_in_shows_jobs_and_gates_and_cancels_a_job(tmp_path, data_
         expect(page.locator("#error")).to_have_text("teachers: choose at least one")
         page.evaluate("refresh()")
         expect(page.locator("#error")).to_have_text("teachers: choose at least one")
-        # Each row's buttons name their job (a screen reader reads a row's "cancel" out of its table).
-        page.get_by_role("button", name=f"cancel {job['id']}").click()
+        # Each row's buttons name their job (a screen reader reads a row's "cancel" out of its table); the
+        # keyboard's focus, on a button that the job's end turns off, goes to the row's records button.
+        page.get_by_role("button", name=f"cancel {job['id']}").focus()
+        page.keyboard.press("Enter")
         expect(row).to_contain_text("cancelled", timeout=10_000)
+        expect(page.get_by_role("button", name=f"records of {job['id']}")).to_be_focused()
         assert wait_job(http, job["id"])["status"] == "cancelled"
         assert page.locator("#error").text_content() == ""
         browser.close()
