@@ -93,6 +93,27 @@ class Filters:
         return " AND ".join(conditions) or "1", args
 
 
+def shape_error(record: Any) -> str | None:
+    """What keeps a line from being read as a committee record (every object the index and the page read into),
+    or None: `fair view` shows any folder, and a hand-edited or foreign file is one line naming the field."""
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), dict) for k in ("feedback", "rationales")):
+        return "not a committee record (an object with feedback and rationales)"
+    if record.get("mistake") is not None and not isinstance(record["mistake"], dict):
+        return "mistake is not an object"
+    for key in ("feedback", "rationales"):
+        for name, entry in record[key].items():
+            if not isinstance(entry, dict):
+                return f"{key}.{name} is not an object"
+    for name, rationale in record["rationales"].items():
+        reviews = rationale.get("reviews", {})
+        if not isinstance(reviews, dict):
+            return f"rationales.{name}.reviews is not an object"
+        for reviewer, review in reviews.items():
+            if not isinstance(review, dict):
+                return f"rationales.{name}.reviews.{reviewer} is not an object"
+    return None
+
+
 def reply_rows(n: int, record: dict[str, Any]) -> list[tuple[Any, ...]]:
     rows = []
     for teacher, kind, entry in committee_replies(record):
@@ -215,10 +236,8 @@ class RecordIndex:
                     record = orjson.loads(line)
                 except orjson.JSONDecodeError:
                     raise FairError(f"{self.name}:{line_no}: not valid JSON") from None
-                if not isinstance(record, dict) or not all(
-                        isinstance(record.get(k), dict) for k in ("feedback", "rationales")):
-                    raise FairError(f"{self.name}:{line_no}: not a committee record (an object with feedback "
-                                    "and rationales)")
+                if problem := shape_error(record):
+                    raise FairError(f"{self.name}:{line_no}: {problem}")
                 records.append((n, offset, len(line), str(record.get("id")), search_text(record)))
                 replies += reply_rows(n, record)
                 n += 1

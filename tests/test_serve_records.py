@@ -148,6 +148,28 @@ def test_a_line_that_is_no_committee_record_is_one_line_naming_it(tmp_path):
         f"{path}:3: not a committee record (an object with feedback and rationales)")
 
 
+@pytest.mark.parametrize(("line", "field"), [
+    (b'{"feedback": {"careful": "a text"}, "rationales": {}}', "feedback.careful is not an object"),
+    (b'{"feedback": {"careful": null}, "rationales": {}}', "feedback.careful is not an object"),
+    (b'{"feedback": {}, "rationales": {"harsh": [1]}}', "rationales.harsh is not an object"),
+    (b'{"feedback": {}, "rationales": {"harsh": {"reviews": [3]}}}', "rationales.harsh.reviews is not an object"),
+    (b'{"feedback": {}, "rationales": {"harsh": {"reviews": null}}}', "rationales.harsh.reviews is not an object"),
+    (b'{"feedback": {}, "rationales": {"harsh": {"reviews": {"sloppy": 3}}}}',
+     "rationales.harsh.reviews.sloppy is not an object"),
+    (b'{"mistake": "a question", "feedback": {}, "rationales": {}}', "mistake is not an object"),
+])
+def test_a_record_of_another_shape_is_one_line_naming_its_field(tmp_path, line, field):
+    """A hand-edited or foreign committee.jsonl (`fair view` shows any folder): one line naming the line and the
+    field, never a 500."""
+    write_records(tmp_path / "committee.jsonl", 1)
+    with (tmp_path / "committee.jsonl").open("ab") as f:
+        f.write(line + b"\n")
+    with TestClient(make_view_app(ViewConfig(str(tmp_path)), TOKEN, tmp_path)) as http:
+        response = http.get("/v1/fair/jobs/local/records", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == f"{tmp_path / 'committee.jsonl'}:2: {field}"
+
+
 @pytest.fixture(scope="module")
 def large(tmp_path_factory) -> Path:
     """100,000 records (about 190 MB) in a run's folder, with the files `fair view` offers to download."""
