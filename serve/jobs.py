@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from fair.errors import FairError
 from fair.jsonl import read_jsonl
 from fair.paper import write_paper_files
@@ -61,6 +63,7 @@ COUNTERS = (
 )
 SAVE_EVERY_S = 1.0
 STEM = "student"  # the paper's files: student_<task>_{feedback,rationale}_round0.json
+ESTIMATING = anyio.CapacityLimiter(4)  # estimates reading their files at once; the others wait without a thread
 
 
 @dataclasses.dataclass
@@ -116,9 +119,11 @@ class Jobs:
 
     async def estimate(self, spec: dict[str, Any]) -> dict[str, Any]:
         """`fair estimate` of a job's spec, over its uploaded mistakes (at most `limit` of them) and its teachers: the
-        store is read here, on the loop; the file (read three times: its task, its count, a sample) in a thread."""
+        store is read here, on the loop; the file (read three times: its task, its count, a sample) in a thread, at
+        most ESTIMATING at once: never in the loop's default threads, which the rest of the server needs (the
+        teachers' DNS lookups), nor in more of anyio's than a few (its file downloads)."""
         path, teachers = self.store.root / self.source(spec)["path"], self.chosen(spec)
-        result = await asyncio.to_thread(self.price, spec, path, teachers)
+        result = await anyio.to_thread.run_sync(self.price, spec, path, teachers, limiter=ESTIMATING)
         # Named as the user knows them, not by the server's paths.
         limit = f", at most limit {spec['limit']}" if spec["limit"] else ""
         return result | {"teachers_file": Path(self.committee).stem,

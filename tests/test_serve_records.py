@@ -9,6 +9,7 @@ import base64
 import hashlib
 import random
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -358,3 +359,32 @@ def test_requests_waiting_for_an_index_leave_the_servers_shared_threads_free(tmp
             return [(await w).status_code for w in waiting]
 
     assert asyncio.run(run()) == [200] * 40
+
+
+def test_estimates_reading_a_large_file_leave_the_servers_shared_threads_free(tmp_path, monkeypatch):
+    """The estimate reads the uploaded file three times (seconds, for 200 MB): forty at once, each stuck in its
+    reading here, must leave the event loop's default threads to the rest of the server (as the records do)."""
+    from gen.teachers.config import load_committee
+    from serve.app import make_app
+    from serve.config import ServeConfig
+    from serve.jobs import Jobs
+
+    reading = threading.Event()
+    monkeypatch.setattr(Jobs, "source", lambda self, spec: {"path": "files/file-big"})
+    monkeypatch.setattr(Jobs, "price", lambda self, spec, path, teachers: reading.wait(60) and {"mistakes": 1})
+    app = make_app(ServeConfig(state=str(tmp_path / "state")), load_committee("offline"), TOKEN)
+    with TestClient(app) as http:
+        http.headers["Authorization"] = f"Bearer {TOKEN}"
+        answers: list[int] = []
+        asking = [threading.Thread(target=lambda: answers.append(http.post(
+            "/v1/fair/estimate", json={"mistakes_file_id": "file-big"}).status_code)) for _ in range(40)]
+        for thread in asking:
+            thread.start()
+        try:
+            time.sleep(0.5)  # let them reach their threads
+            free = http.portal.call(lambda: asyncio.wait_for(asyncio.to_thread(lambda: "free"), 20))
+        finally:
+            reading.set()
+            for thread in asking:
+                thread.join()
+    assert free == "free" and answers == [200] * 40
