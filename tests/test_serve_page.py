@@ -69,6 +69,13 @@ def test_the_page_logs_in_shows_jobs_and_gates_and_cancels_a_job(tmp_path, data_
         expect(page.locator("#error")).to_have_text("teachers: choose at least one")
         page.evaluate("refresh()")
         expect(page.locator("#error")).to_have_text("teachers: choose at least one")
+        # A login that ended (here: its cookie gone) says so in the page's words, not the API's bearer tokens.
+        cookies = page.context.cookies()
+        page.context.clear_cookies()
+        page.evaluate("refresh()")
+        expect(page.locator("#error")).to_have_text(
+            "logged out (the server restarted or its token changed): reload the page to log in again")
+        page.context.add_cookies(cookies)
         # Each row's buttons name their job (a screen reader reads a row's "cancel" out of its table); the
         # keyboard's focus, on a button that the job's end turns off, goes to the row's records button.
         page.get_by_role("button", name=f"cancel {job['id']}").focus()
@@ -97,6 +104,7 @@ def test_a_job_is_submitted_watched_and_inspected_from_the_page_alone(tmp_path, 
         page.get_by_label("Upload a mistakes file (JSONL)", exact=True).set_input_files(str(mistakes))
         page.get_by_role("button", name="Upload", exact=True).click()
         expect(page.get_by_label("Mistakes file", exact=True)).to_contain_text("mistakes.jsonl")
+        expect(page.locator("#estimate")).to_contain_text("Uploaded mistakes.jsonl as file-")  # a live region
         page.get_by_label("Task", exact=True).select_option("svamp")
         page.get_by_label("harsh", exact=True).uncheck()
         page.get_by_label("Priority (its share of the teachers' limits)").fill("2")
