@@ -295,6 +295,28 @@ def test_a_jobs_records_and_its_estimate_in_fair_serve(tmp_path, data_dir):
         assert broken.json()["error"]["message"] == f"jobs/{job['id']}/committee.jsonl:7: not valid JSON"
 
 
+@pytest.mark.parametrize(("params", "status", "total"), [
+    ({"teacher": "harsh' OR 1=1 --"}, 200, 0), ({"q": "%"}, 200, 0), ({"q": "_"}, 200, 0),
+    ({"q": "') OR 1=1 --"}, 200, 0), ({"q": "\x00"}, 200, 0), ({"q": "x" * 201}, 400, None),
+    ({"teacher": "t" * 201}, 400, None), ({"min_score": "nan"}, 400, None), ({"max_score": "inf"}, 400, None),
+    ({"min_score": -1}, 400, None), ({"offset": -1}, 400, None), ({"offset": 2**63}, 400, None),
+    ({"limit": 0}, 400, None), ({"limit": 10**6}, 400, None), ({"accepted": "1 OR 1"}, 400, None),
+    ({"flag": "refused=1 OR 1"}, 400, None), ({"offset": 2**62}, 200, 6), ({"min_score": 5, "max_score": 1}, 200, 0),
+])
+def test_hostile_filters_are_data_or_a_400(tmp_path, params, status, total):
+    """Filter values are bound parameters (LIKE's wildcards and quotes match themselves), bounded in length and
+    range: a 400 naming the parameter, never a 500, never more than the records."""
+    write_records(tmp_path / "committee.jsonl", 6)
+    with TestClient(make_view_app(ViewConfig(str(tmp_path)), TOKEN, tmp_path)) as http:
+        response = http.get("/v1/fair/jobs/local/records", params=params,
+                            headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == status, response.text
+    if status == 200:
+        assert response.json()["total"] == total and len(response.json()["data"]) <= 6
+    else:
+        assert response.json()["error"]["param"] == f"query.{next(iter(params))}"
+
+
 def test_a_flag_is_one_of_the_marks_never_sql():
     with pytest.raises(FairError, match="flag must be one of refused, truncated, failed"):
         Filters(flag="refused = 1 OR 1")  # type: ignore[arg-type]
