@@ -22,7 +22,7 @@ from fair.jsonl import repair_torn_tail
 from serve.records_view import INDEX_NAME, LOCKS, Filters, RecordIndex
 from serve.view import ViewConfig, make_view_app, view_token
 from tests.conftest import import_seed_mistakes
-from tests.serve_util import served_with_simulator, submit, upload_mistakes, wait_job
+from tests.serve_util import batch_lines, served_with_simulator, submit, upload, upload_mistakes, wait_job
 
 TOKEN = "view-token-0123456789abcdef"
 TEACHERS = ("careful", "harsh", "sloppy")
@@ -283,7 +283,12 @@ def test_a_jobs_records_and_its_estimate_in_fair_serve(tmp_path, data_dir):
         settings = http.get("/v1/fair/page").json()
         assert settings["read_only"] is False and settings["teachers"] == ["careful", "sloppy", "harsh"]
         assert "svamp" in settings["tasks"] and settings["prompts"] == ["fair", "paper"]
-        # Hostile input: a limit past what the store's JSON holds is a 400, not a 500 (nor a folder left behind).
+        # Hostile input: another purpose's file, a job's id or a path for the mistakes file is a 400 naming it.
+        batch_file = upload(http, batch_lines(2), "batch").json()["id"]
+        for foreign in (batch_file, job["id"], "../token", f"files/{file_id}"):
+            refused = http.post("/v1/fair/estimate", json={"mistakes_file_id": foreign})
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == "mistakes_file_id", foreign
+        # A limit past what the store's JSON holds is a 400, not a 500 (nor a folder left behind).
         huge = http.post("/v1/fair/jobs", json={"mistakes_file_id": file_id, "limit": 10**30})
         assert huge.status_code == 400 and huge.json()["error"]["param"] == "limit"
         assert http.post("/v1/fair/estimate", json={"mistakes_file_id": file_id, "limit": 10**30}).status_code == 400
