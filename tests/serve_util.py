@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import resource
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from simulator.server import OfflineServer
 
 TOKEN = "test-token-5b1f0e"
 OFFLINE = Path(__file__).resolve().parents[1] / "configs" / "teachers" / "offline.yaml"
+TEACHERS = ("careful", "harsh", "sloppy")  # committee_record's committee
 
 
 def teachers_yaml(folder: Path, url: str, rpm: int = 600, concurrency: int = 16) -> Path:
@@ -150,3 +152,32 @@ def served_with_simulator(folder: Path, data_dir, *flags: str):
     with OfflineServer(port=0, data_dir=data_dir) as sim, Served(
             folder / "state", teachers_yaml(folder, sim.url), sim.url, *flags) as served:
         yield served
+
+
+def committee_record(i: int, rng: random.Random) -> dict:
+    """A committee.jsonl record of the real shape (fair/records.py's committee_replies reads it) with random
+    scores, acceptance and marks."""
+    def reply(text: str) -> dict:
+        mark = rng.random()
+        return {"text": None if mark < 0.05 else text, "error": "HTTP 500" if 0.05 <= mark < 0.08 else None,
+                "truncated": 0.08 <= mark < 0.12, "refused": "policy" if mark < 0.05 else None}
+
+    rationales = {}
+    for t in TEACHERS:
+        reviews = {r: {"score": float(rng.randint(1, 5)), "reply": f"review of {t} by {r} {i}", "error": None,
+                       "truncated": False, "refused": None} for r in TEACHERS if r != t}
+        mean = sum(v["score"] for v in reviews.values()) / len(reviews)
+        rationales[t] = reply(f"rationale {t} {i}") | {"reviews": reviews, "mean_score": mean, "accepted": mean >= 3}
+    question = f"Question {i}: how many apples" + (" and a Zebra" if i % 97 == 0 else "")
+    return {"id": f"q{i}", "mistake": {"id": f"q{i}", "question": question, "gold": str(i), "prediction": "7",
+                                       "extracted": "7"},
+            "feedback": {t: reply(f"feedback {t} {i}") for t in TEACHERS}, "rationales": rationales,
+            "threshold": 3.0}
+
+
+def write_records(path: Path, count: int, seed: int = 0, start: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    records = [committee_record(i, rng) for i in range(start, start + count)]
+    with path.open("ab") as f:
+        f.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    return records
