@@ -8,9 +8,10 @@
 
 The records come from serve/records_view.py's index, which reads only what the file gained since the last
 request. Its queries run in READERS, threads of their own: a first request on a large file builds the index
-(minutes, for a million records) and the requests after it wait for that build; waiting in the event loop's
-default threads, they would hold up what the rest of the server does there (the DNS lookups of the teachers'
-connections, the estimate route's reading). An error names a run's file as the run says (`Run.name`).
+(minutes, for a million records), which in the event loop's default threads would hold up what the rest of the
+server does there (the DNS lookups of the teachers' connections). The requests that come meanwhile wait for that
+build on the loop, not in a thread: eight reloads of one large job would otherwise hold every reader, and every
+other job's records with them. An error names a run's file as the run says (`Run.name`).
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from fair.wire.errors import ApiError
-from serve.records_view import INDEX_NAME, MAX_PAGE, Filters, Flag, RecordIndex
+from serve.records_view import INDEX_NAME, MAX_PAGE, Filters, Flag, RecordIndex, index_lock
 
 JOB_FILES = ("mistakes.jsonl", "committee.jsonl", "committee_stats.json", "committee.yaml")
 RUN = "local"  # `fair view`'s one run, as a job id
 MAX_N = 2**62  # record numbers and offsets past SQLite's integers are a 400, not a 500
 READERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fair-records")
+WAIT_S = 0.05  # how often a request waiting for an index in use looks again
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ def add_reading(app: FastAPI, run: Callable[[str], Run], about: dict[str, Any]) 
 
     async def read(job_id: str, query: Callable[[RecordIndex], Any]) -> Any:
         where = run(job_id)
+        in_use = index_lock(where.index)
+        while in_use.locked():  # being built, most likely: wait here, holding no reader
+            await asyncio.sleep(WAIT_S)
 
         def indexed() -> Any:
             with RecordIndex(where.folder / "committee.jsonl", where.index, where.name) as records:

@@ -56,6 +56,11 @@ CREATE INDEX IF NOT EXISTS replies_by_n ON replies (n);
 LOCKS: dict[Path, threading.Lock] = {}  # one builder per index: requests come from a pool of threads
 
 
+def index_lock(index_path: Path) -> threading.Lock:
+    """The lock a use of this index holds (a build of it, minutes for a million records, holds it throughout)."""
+    return LOCKS.setdefault(index_path, threading.Lock())
+
+
 @dataclasses.dataclass(frozen=True)
 class Filters:
     teacher: str | None = None
@@ -139,7 +144,7 @@ class RecordIndex:
 
     def __init__(self, path: Path, index_path: Path, name: str | None = None):
         self.path, self.index_path, self.name = path, index_path, name or str(path)
-        self.lock = LOCKS.setdefault(index_path, threading.Lock())
+        self.lock = index_lock(index_path)
 
     def __enter__(self) -> RecordIndex:
         self.lock.acquire()

@@ -14,10 +14,12 @@ import time
 import httpx
 import orjson
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from fair.errors import FairError
 from fair.jsonl import repair_torn_tail
+from serve.reading import Run, add_reading
 from serve.records_view import INDEX_NAME, LOCKS, Filters, RecordIndex
 from serve.view import ViewConfig, make_view_app, view_token
 from tests.serve_util import committee_record, write_records
@@ -187,3 +189,27 @@ def test_estimates_reading_a_large_file_leave_the_servers_shared_threads_free(tm
             for thread in asking:
                 thread.join()
     assert free == "free" and answers == [200] * 40
+
+
+def test_requests_waiting_for_one_jobs_index_leave_the_others_readable(tmp_path):
+    """Requests for a job whose index is being built wait without holding a reading thread: a page reloaded eight
+    times over a job of a million records leaves every other job's records readable meanwhile."""
+    for name in ("big", "small"):
+        (tmp_path / name).mkdir()
+        write_records(tmp_path / name / "committee.jsonl", 3)
+    app = FastAPI()
+    add_reading(app, lambda job: Run(tmp_path / job, tmp_path / job / INDEX_NAME, job), {})
+    building = LOCKS.setdefault(tmp_path / "big" / INDEX_NAME, threading.Lock())
+
+    async def run() -> tuple[int, list[int]]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://serve") as http:
+            building.acquire()  # as a build of the big job's index holds it
+            try:
+                waiting = [asyncio.create_task(http.get("/v1/fair/jobs/big/records")) for _ in range(8)]
+                await asyncio.sleep(0.5)  # let them reach whatever they wait in
+                small = await asyncio.wait_for(http.get("/v1/fair/jobs/small/records"), 20)
+            finally:
+                building.release()
+            return small.status_code, [(await w).status_code for w in waiting]
+
+    assert asyncio.run(run()) == (200, [200] * 8)
