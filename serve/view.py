@@ -2,7 +2,7 @@
 
     fair view data/svamp/smollm2-135m                # http://127.0.0.1:8766/, the token in data/serve/token
     fair view runs/a --state /srv/fair-serve         # another server's token
-    FAIR_SERVE_TOKEN=... fair view runs/a --host 0.0.0.0
+    FAIR_SERVE_TOKEN=... fair view runs/a --host 0.0.0.0   # a strong token of its own; plain HTTP (it warns)
 
 The folder is what `fair committee` writes into: committee.jsonl, and beside it what else is there of
 mistakes.jsonl, committee_stats.json, committee.yaml and the paper's files (links to download). It is served by
@@ -28,6 +28,7 @@ from fair.config import Validated
 from fair.errors import FairError
 from fair.wire.errors import ApiError
 from fair.wire.listen import listen
+from gen.teachers.cache import is_loopback
 from serve.app import add_auth, add_errors
 from serve.config import TOKEN_ENV, bearer_token
 from serve.limits import BodyCap
@@ -103,6 +104,10 @@ def view(config: ViewConfig) -> int:
     port = sock.getsockname()[1]
     print(f"fair view: http://{config.host}:{port}/ (bearer token in {where}); {config.folder}, read-only",
           flush=True)
+    if not is_loopback(config.host):
+        print(f"fair view: warning: {config.host} is not loopback: the page and its token cross the network "
+              "unencrypted (put TLS in front); give it a token of its own, not the one of a fair serve that spends",
+              file=sys.stderr, flush=True)
     if config.port_file:
         tmp = Path(f"{config.port_file}.tmp")
         tmp.write_text(f"{port}\n")

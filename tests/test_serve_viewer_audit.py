@@ -7,7 +7,10 @@ serve` does."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 
@@ -22,6 +25,7 @@ from fair.jsonl import repair_torn_tail
 from serve.reading import Run, add_reading
 from serve.records_view import INDEX_NAME, LOCKS, Filters, RecordIndex
 from serve.view import ViewConfig, make_view_app, view_token
+from tests.conftest import ROOT
 from tests.serve_util import committee_record, write_records
 
 TOKEN = "view-token-0123456789abcdef"
@@ -213,3 +217,24 @@ def test_requests_waiting_for_one_jobs_index_leave_the_others_readable(tmp_path)
             return small.status_code, [(await w).status_code for w in waiting]
 
     assert asyncio.run(run()) == (200, [200] * 8)
+
+
+def test_fair_view_off_loopback_warns_that_its_token_travels_in_clear(tmp_path):
+    """Bound beyond loopback (with a strong FAIR_SERVE_TOKEN, which it insists on), `fair view` says that the page
+    and its token cross the network unencrypted, and that the token should not be the spending fair serve's."""
+    write_records(tmp_path / "committee.jsonl", 1)
+    port_file = tmp_path / "view.port"
+    env = {**os.environ, "FAIR_SERVE_TOKEN": "k9Q2x7LmPz4Rw8Tn1Vb6Yc3Hd5Jf0Gs2Ua9Ee7Ii4Oo"}
+    view = subprocess.Popen([sys.executable, "-m", "cli.main", "view", str(tmp_path), "--host", "0.0.0.0",
+                             "--port", "0", "--port-file", str(port_file)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            assert view.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        view.terminate()
+        output = view.communicate(timeout=10)[0]
+    assert "fair view: warning: 0.0.0.0 is not loopback: the page and its token cross the network unencrypted" in (
+        output), output
