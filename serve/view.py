@@ -9,7 +9,8 @@ mistakes.jsonl, committee_stats.json, committee.yaml and the paper's files (link
 the code `fair serve` serves a job's data with: serve/app.py's token check, login, errors and page, and
 serve/reading.py's routes, with the folder as the one job RUN. Nothing here submits or spends: no jobs, uploads,
 batches or chat, and the page, told it is read-only, offers none. The folder is never written: the records' index
-lives in a temporary folder, removed at exit.
+lives in a temporary folder (in index_dir, else $TMPDIR), removed at exit; it grows to about the size of
+committee.jsonl.
 """
 
 from __future__ import annotations
@@ -43,10 +44,13 @@ class ViewConfig(Validated):
     port: int = 8766  # 0 picks a free one (see port_file)
     state: str = "data/serve"  # `fair serve`'s state folder: its token (STATE/token) guards this page too
     port_file: str | None = None  # write the bound port here once listening (for scripts and tests)
+    index_dir: str | None = None  # build the records' index here (default: $TMPDIR); as big as committee.jsonl
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
             raise FairError(f"port must be in 0..65535, got {self.port}")
+        if self.index_dir is not None and not Path(self.index_dir).is_dir():
+            raise FairError(f"index_dir {self.index_dir}: no such folder")
 
 
 @dataclass
@@ -115,7 +119,7 @@ def view(config: ViewConfig) -> int:
     # uvicorn stops on SIGTERM and then raises it again: to `stopped`, not to the default action, which would end
     # the process before the temporary folder is removed.
     signal.signal(signal.SIGTERM, stopped)
-    with contextlib.suppress(Stopped), tempfile.TemporaryDirectory(prefix="fair-view-") as index_dir:
+    with contextlib.suppress(Stopped), tempfile.TemporaryDirectory(prefix="fair-view-", dir=config.index_dir) as index_dir:
         server = uvicorn.Server(uvicorn.Config(
             make_view_app(config, token, Path(index_dir)), loop="asyncio", log_level="warning", access_log=False,
             timeout_graceful_shutdown=5, http=guarded_h11(), h11_max_incomplete_event_size=HEADER_BYTES,

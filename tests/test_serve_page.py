@@ -163,14 +163,16 @@ def filter_and_open(page, tmp_path) -> None:
 
 @contextlib.contextmanager
 def fair_view(tmp_path: Path, folder: Path):
-    """`fair view FOLDER` (the real command) in its own process, its index in a temporary folder of the test's;
-    yields its URL. It must exit 0 on SIGTERM and leave that folder empty."""
-    port_file, temporary = tmp_path / "view.port", tmp_path / "view-tmp"
+    """`fair view FOLDER` (the real command) in its own process, its index in a folder of the test's (--index-dir;
+    $TMPDIR another); yields its URL. It must exit 0 on SIGTERM and leave both folders empty."""
+    port_file, temporary, index_dir = tmp_path / "view.port", tmp_path / "view-tmp", tmp_path / "view-index"
     temporary.mkdir()
+    index_dir.mkdir()
     env = {**os.environ, "FAIR_SERVE_TOKEN": TOKEN, "TMPDIR": str(temporary)}
     with (tmp_path / "view.log").open("w") as log:
         view = subprocess.Popen([sys.executable, "-m", "cli.main", "view", str(folder), "--port", "0",
-                                 "--port-file", str(port_file)], cwd=ROOT, env=env, stdout=log, stderr=log)
+                                 "--port-file", str(port_file), "--index-dir", str(index_dir)], cwd=ROOT, env=env,
+                                stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 30
         while not port_file.exists():
@@ -181,7 +183,7 @@ def fair_view(tmp_path: Path, folder: Path):
         view.terminate()
         assert view.wait(10) == 0
     assert "fair view: stopped" in (tmp_path / "view.log").read_text()
-    assert not list(temporary.iterdir())  # its index went with it; the run's folder was never written
+    assert not list(temporary.iterdir()) and not list(index_dir.iterdir())  # its index went with it
 
 
 def check_fair_view(page, tmp_path, folder) -> None:
@@ -193,6 +195,7 @@ def check_fair_view(page, tmp_path, folder) -> None:
         log_in(page, url)
         expect(page.locator("#title")).to_have_text(f"fair view: {folder.name}")
         expect(page.locator("#records-count")).to_contain_text("of 12 matching")
+        assert list((tmp_path / "view-index").glob("fair-view-*/committee.index.sqlite"))  # where it was told
         expect(page.locator("#submit-section")).to_be_hidden()
         expect(page.locator("#job-cancel")).to_be_hidden()
         expect(page.locator("#downloads a", has_text="committee.jsonl")).to_be_visible()

@@ -71,6 +71,7 @@ INVALID = [
     (["serve", "--port", "70000"], "port must be in 0..65535"),
     (["view", "--port", "70000", "run"], "port must be in 0..65535"),
     (["view", "/nonexistent/run"], "/nonexistent/run: no committee.jsonl"),
+    (["view", "run", "--index-dir", "/nonexistent/index"], "index_dir /nonexistent/index: no such folder"),
     (["tasks", "--bogus"], "unrecognized arguments: --bogus"),
 ]
 
