@@ -29,7 +29,8 @@ OFFLINE = "offline"
 # `fair gen`'s settings are its stages': these are taken by name from their configs, where each is typed, given
 # its default and documented once. The command line and configs/gen.yaml see them flat: --task, --limit, --teachers.
 FROM_MINING = ("task", "limit", "engine", "batch_size", "max_new_tokens", "dtype", "data_dir", "out")
-FROM_COMMITTEE = ("student", "teachers", "prompts", "threshold", "window", "batch_api", "max_cost_usd")
+FROM_COMMITTEE = ("student", "teachers", "prompts", "filter", "samples", "threshold", "window", "batch_api",
+                  "max_cost_usd")
 
 
 def settings_from(stage: type, names: tuple[str, ...], notes: dict[str, str] | None = None) -> Callable[[type], type]:
