@@ -213,3 +213,30 @@ def test_training_drops_the_mistakes_that_copy_a_test_question(data_dir, tmp_pat
     kept, report = drop_contaminated(records, SVAMP, data_dir)
     assert "copy" in report["dropped_ids"] and report["checked"] == 51 and report["against"] == "svamp test"
     assert [r["id"] for r in kept] == [r["id"] for r in records if r["id"] not in report["dropped_ids"]]
+
+
+def test_evaluation_scores_the_clean_questions_apart(tmp_path, data_dir, fake_engine_cls):
+    from eval.evaluate import EvalConfig, evaluate
+
+    test = SVAMP.load("test", data_dir)
+    clean = clean_ids(SVAMP, "test", data_dir)
+    gold = {SVAMP.prompt(e): e.gold for e in test}
+    dirty = {SVAMP.prompt(e) for e in test if e.id not in clean}
+    # Right on every contaminated question, wrong on every clean one: accuracy 29/300, clean 0/271.
+    engine = fake_engine_cls(lambda prompt: f"The answer is {gold[prompt] if prompt in dirty else -1}.")
+    [row] = evaluate(EvalConfig(task=("svamp",), out=str(tmp_path)), engine)
+    assert (row["correct"], row["total"], row["clean_correct"], row["clean_total"]) == (29, 300, 0, 271)
+    summary = orjson.loads((tmp_path / "svamp-test" / "summary.json").read_bytes())
+    assert summary["clean_accuracy"] == 0.0 and summary["clean_total"] == 271
+
+
+def test_samples_leave_the_papers_shape_one_rationale_a_teacher(scripted):
+    from fair.paper import export_committee
+
+    records, _ = run(scripted, filter="gold", samples=2)
+    for record, (feedback, rationale) in zip(records, export_committee(SVAMP, records), strict=True):
+        assert {k for k in rationale if k.endswith("_rationale")} == {"a_rationale", "b_rationale", "c_rationale",
+                                                                     "correct_rationale"}
+        assert rationale["correct_rationale"] == [r["text"] for r in record["rationales"].values() if r["gold"]]
+        assert rationale["a_rationale"][1:] == [0, 0]  # no review was asked
+        assert {k for k in feedback if k.endswith("_feedback")} == {"a_feedback", "b_feedback", "c_feedback"}
