@@ -240,3 +240,20 @@ def test_samples_leave_the_papers_shape_one_rationale_a_teacher(scripted):
         assert rationale["correct_rationale"] == [r["text"] for r in record["rationales"].values() if r["gold"]]
         assert rationale["a_rationale"][1:] == [0, 0]  # no review was asked
         assert {k for k in feedback if k.endswith("_feedback")} == {"a_feedback", "b_feedback", "c_feedback"}
+
+
+def test_training_decontaminates_by_default_and_saves_the_committees_filter(tmp_path, tiny_model_dir, data_dir):
+    import yaml
+
+    from tests.conftest import tiny_train_config
+    from train.train import train
+
+    out = train(tiny_train_config(tmp_path, tiny_model_dir, data_dir, max_steps=1)).parent
+    report = orjson.loads((out / "data_report.json").read_bytes())["decontamination"]
+    assert report["checked"] == 387 and report["against"] == "svamp test" and report["threshold"] == 0.5
+    assert 0 < report["dropped"] == len(report["dropped_ids"]) < 387
+    assert yaml.safe_load((out / "train.yaml").read_text())["filter"] == "review"  # the paper's files' filter
+    records = import_committee(SVAMP, data_dir / "seed" / "Llama-2-7b-chat-hf_svamp_feedback_round0.json",
+                               data_dir / "seed" / "Llama-2-7b-chat-hf_svamp_rationale_round0.json",
+                               SVAMP.load("train", data_dir))
+    assert report["dropped"] == drop_contaminated(records, SVAMP, data_dir)[1]["dropped"]
