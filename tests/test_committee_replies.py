@@ -253,12 +253,13 @@ def test_a_mistakes_prompts_share_the_system_message_and_question_as_their_prefi
     assert requests[1][1][1] == prefix + task.prompt(answer.example()).removeprefix(question_block(task, answer)).lstrip()
 
 
-def test_the_batch_drafts_are_the_requests_the_run_sends(scripted):
+@pytest.mark.parametrize("samples", [1, 3])
+def test_the_batch_drafts_are_the_requests_the_run_sends(scripted, samples):
     teachers, mistakes, scripts, sent = scripted
     scripts |= {"a": good, "b": good, "c": good}
-    committee(config(teachers, mistakes, limit=2))
+    committee(config(teachers, mistakes, limit=2, samples=samples))
     members = load_committee(str(teachers))
     answers = [StudentAnswer.from_json(r, "test") for r in list(read_jsonl(mistakes))[:2]]
-    draft_keys = {key_for(t, r) for t, r in drafts(answers, get_task("svamp"), PROMPT_SETS["fair"], members)}
+    draft_keys = {key_for(t, r) for t, r in drafts(answers, get_task("svamp"), PROMPT_SETS["fair"], members, samples)}
     run_keys = {key_for(load_teacher(teachers, name), r) for name, kind, _, r in sent if kind != "review"}
-    assert draft_keys == run_keys and len(draft_keys) == 2 * 2 * 3
+    assert draft_keys == run_keys and len(draft_keys) == 2 * (1 + samples) * 3

@@ -257,3 +257,18 @@ def test_training_decontaminates_by_default_and_saves_the_committees_filter(tmp_
                                data_dir / "seed" / "Llama-2-7b-chat-hf_svamp_rationale_round0.json",
                                SVAMP.load("train", data_dir))
     assert report["dropped"] == drop_contaminated(records, SVAMP, data_dir)[1]["dropped"]
+
+
+def test_the_offline_committee_answers_each_sample_as_its_own_request(tmp_path, seed_mistakes):
+    from simulator.server import OfflineServer
+    from tests.conftest import fast, run_small_committee
+
+    with OfflineServer(port=0) as server:
+        teachers = fast(load_committee("offline", server.url))
+        result, records = run_small_committee(tmp_path, seed_mistakes, teachers, limit=4, filter="gold", samples=2)
+    # Sent, never a cache hit of the first sample (the simulator takes the OpenAI and Gemini seeds), and no review.
+    assert {n: (s.requests, s.cache_hits) for n, s in result["stats"].items()} == dict.fromkeys(
+        (t.name for t in teachers), (4 * 3, 0))
+    for record in records:
+        assert set(record["rationales"]) == {f"{t.name}{s}" for t in teachers for s in ("", "#2")}
+        assert all(r["accepted"] == r["gold"] and not r["reviews"] for r in record["rationales"].values())
