@@ -248,9 +248,9 @@ def step_plan(n: int, config: TrainConfig, step: int, steps_per_epoch: int) -> l
 
 
 def train(config: TrainConfig) -> Path:
-    if config.filter is None and (config.paper_feedback or config.committee_path.exists()):  # saved resolved
-        records = [] if config.paper_feedback else read_jsonl(config.committee_path)
-        config = replace(config, filter=committee_filter(records, str(config.committee_path)))
+    if config.filter is None and (config.paper_feedback or config.committee_path.exists()):  # saved resolved,
+        records = [] if config.paper_feedback else read_jsonl(config.committee_path)  # in the folder it names
+        config = replace(config, filter=committee_filter(records, str(config.committee_path)), out=str(config.out_dir))
     dist = setup_distributed(config)
     with contextlib.ExitStack() as stack:
         # One run per folder, held by rank 0 for all ranks (they share the folder, so each taking the lock
