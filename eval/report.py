@@ -113,10 +113,10 @@ def example_rationales(records: list[dict]) -> tuple[dict | None, dict | None]:
     """The first accepted and the first rejected (but reviewed) rationale, for the page."""
     accepted = rejected = None
     for record in records:
-        for author, rationale in record["rationales"].items():
+        for key, rationale in record["rationales"].items():
             if rationale["text"] is None or not rationale["reviews"]:
                 continue
-            item = {"question": record["mistake"]["question"], "gold": record["mistake"]["gold"], "author": teacher_of(author),
+            item = {"question": record["mistake"]["question"], "gold": record["mistake"]["gold"], "author": teacher_of(key),
                     "text": rationale["text"], "scores": {r: v["score"] for r, v in rationale["reviews"].items()}}
             if rationale["accepted"] and accepted is None:
                 accepted = item

@@ -134,7 +134,6 @@ async def rationale_with_reviews(ctx: Context, answer: StudentAnswer, author: Te
     return record, replies
 
 
-
 async def process(ctx: Context, answer: StudentAnswer) -> dict[str, Any]:
     names = list(ctx.teachers)
     authors = [(n, k) for n in names for k in range(1, ctx.samples + 1)]  # each teacher's samples, in order

@@ -32,9 +32,8 @@ def new_outcome() -> dict[str, Any]:
 def review_outcomes(path: Path) -> dict[str, dict[str, Any]]:
     """Per teacher, over every record so far: rationales written (cut-off ones included: written, never
     accepted; every sample counts), accepted (under the run's filter), passing the gold check, and failed (an
-    error or a refusal); the sum and count of the scores their peers gave
-    them; every reply it refused, by the provider's reason; and its replies cut off, by kind. Counters, not
-    lists: the file may hold a million records."""
+    error or a refusal); the sum and count of the scores their peers gave them; every reply it refused, by the
+    provider's reason; and its replies cut off, by kind. Counters, not lists: the file may hold a million records."""
     outcome: dict[str, dict[str, Any]] = {}
     if path.exists():
         for record in unique_ids(read_jsonl(path)):
@@ -103,7 +102,8 @@ def write_stats(out_path: Path, result: dict[str, Any]) -> None:
     run's counts per teacher (`fair estimate` reads them), why the run stopped early (null when it did not), and
     per teacher the outcomes of every record so far."""
     write_json(out_path.with_name("committee_stats.json"), {
-        "filter": result["filter"], "samples": result["samples"], "written": result["written"], "skipped": result["skipped"], "seconds": round(result["seconds"], 2),
+        "filter": result["filter"], "samples": result["samples"], "written": result["written"],
+        "skipped": result["skipped"], "seconds": round(result["seconds"], 2),
         "repeated_after_kill": result["repeated_after_kill"], "cache_commits": result["cache_commits"],
         "stopped": result["stopped"], "budget": result["budget"],
         "batch": dataclasses.asdict(result["batch"]) if result["batch"] else None,

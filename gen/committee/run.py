@@ -111,6 +111,9 @@ class CommitteeConfig(Validated):
         at_least(self, 1, "window", "limit", "samples")
         if self.server and (self.base_url or self.batch_api):
             raise FairError("with server, the server's committee answers: base_url and batch_api are its own")
+        if self.server and (self.filter != "review" or self.samples != 1):  # a job's spec has neither yet
+            raise FairError(f"with server, jobs run the paper's recipe: filter review and samples 1, got filter "
+                            f"{self.filter} and samples {self.samples}")
         if self.priority <= 0:
             raise FairError(f"priority must be positive, got {self.priority}")
         if self.max_cost_usd is not None and (self.max_cost_usd <= 0 or self.batch_api):
