@@ -19,7 +19,7 @@ only its score) counts REVIEW_OUTPUT_TOKENS. The result says how many requests w
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -156,8 +156,11 @@ def data_cost(records: Iterable[dict], prices: dict[str, Prices], filter: Filter
     return cost
 
 
-def requests(record: dict, mistake: StudentAnswer, task: Task, filter: Filter, samples: int | None):
-    """Each request a recipe's data took: (kind, teacher billed, its entry, a text estimate of its usage)."""
+Request = tuple[str, str, dict, Callable[[], Usage]]  # (kind, teacher billed, its entry, a text estimate of its usage)
+
+
+def requests(record: dict, mistake: StudentAnswer, task: Task, filter: Filter, samples: int | None) -> Iterator[Request]:
+    """Each request a recipe's data took, as a Request."""
     for teacher, entry in record["feedback"].items():
         yield "feedback", teacher, entry, lambda e=entry: estimated(paper.feedback_messages(task, mistake), e.get("text"))
     for key, rationale in record["rationales"].items():
