@@ -12,10 +12,11 @@
     GET  /v1/fair/jobs/{id}/files[/{name}]          committee.jsonl, committee_stats.json, the paper's files
     GET  /v1/fair/limits                            each gate: limits, use over the last minute, cool-down, 429s
 
-Every body is capped by route before it is read (serve/limits.py). Auth is a middleware, so that it runs
-before anything reads a body: `Authorization: Bearer TOKEN`, or the page's
-cookie (HttpOnly, SameSite=Strict, set by POST /login), compared in constant time. Errors are OpenAI's shape,
-{"error": {"message", "type", "param", "code"}}; a request the schema refuses is a 400 naming the field.
+Every body is capped by route before it is read (serve/limits.py). Auth (serve/auth.py) is a middleware, so that
+it runs before anything reads a body: `Authorization: Bearer TOKEN`, or the page's session cookie (set by POST
+/login; a change made with it must come from the page's own Origin). Errors are OpenAI's shape,
+{"error": {"message", "type", "param", "code"}}, whatever went wrong: a request the schema refuses is a 400 naming
+the field, an unexpected error a 500 (a 503 when the process is out of descriptors or disk).
 """
 
 from __future__ import annotations
@@ -34,13 +35,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException
 
-from fair.errors import FairError
+from fair.errors import FairError, out_of_resources
 from fair.wire.batch import page, page_limit
 from fair.wire.batch_api import MAX_FILES
 from fair.wire.errors import ApiError
 from gen.teachers.config import Teacher
 from gen.teachers.gates import gate_state
 from serve import chat, uploads
+from serve.auth import COOKIE, LOGIN, Auth, Sessions
 from serve.batches import ServeFiles
 from serve.budget import PRIORITY, Budget
 from serve.config import ServeConfig, same_token
@@ -48,12 +50,7 @@ from serve.jobs import OPEN, Jobs
 from serve.limits import CLOSE, BodyCap
 from serve.store import Store
 
-COOKIE = "fair_serve_token"
 PAGE = Path(__file__).with_name("page.html")
-LOGIN = (
-    "<!doctype html><title>fair serve</title><form method=post action=/login>"
-    "<label>Token <input name=token type=password autofocus></label> <button>Open</button></form>"
-)
 JOB_FILES = ("mistakes.jsonl", "committee.jsonl", "committee_stats.json", "committee.yaml")
 
 
@@ -120,7 +117,9 @@ def make_app(config: ServeConfig, teachers: list[Teacher], token: str) -> FastAP
         yield
         await service.stop()
 
-    app = FastAPI(title="fair serve", version="1", lifespan=lifespan)
+    # No /docs or /redoc: they load unpinned JavaScript from a CDN into this authenticated origin. The schema
+    # stays at /openapi.json, behind the token.
+    app = FastAPI(title="fair serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
     add_auth(app, service)
     app.add_middleware(BodyCap, max_upload=int(config.max_upload_mb * 2**20))  # outside auth: before any read
@@ -131,25 +130,9 @@ def make_app(config: ServeConfig, teachers: list[Teacher], token: str) -> FastAP
     return app
 
 
-def authorized(request: Request, token: str) -> bool:
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and same_token(given.strip(), token):
-        return True
-    return same_token(request.cookies.get(COOKIE), token)
-
-
 def add_auth(app: FastAPI, service: Service) -> None:
-    @app.middleware("http")
-    async def auth(request: Request, call_next):
-        if request.url.path in ("/healthz", "/login") or authorized(request, service.token):
-            return await call_next(request)
-        if request.url.path == "/" and request.method == "GET":
-            return HTMLResponse(LOGIN, status_code=401)
-        return JSONResponse(
-            ApiError(401, "a bearer token is required (Authorization: Bearer TOKEN)").body(),
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    sessions = Sessions()
+    app.add_middleware(Auth, token=service.token, sessions=sessions)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, bool]:
@@ -160,7 +143,7 @@ def add_auth(app: FastAPI, service: Service) -> None:
         if not same_token(token, service.token):
             return HTMLResponse(LOGIN, status_code=401)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(COOKIE, service.token, httponly=True, samesite="strict")
+        response.set_cookie(COOKIE, sessions.open(), httponly=True, samesite="strict")
         return response
 
     @app.get("/", include_in_schema=False)
@@ -185,6 +168,16 @@ def add_errors(app: FastAPI) -> None:
         if first.get("type") == "extra_forbidden":
             message = f"{where}: not a setting of this route (keys, base URLs and limits are the server's)"
         return JSONResponse(ApiError(400, message, where).body(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, e: Exception) -> JSONResponse:
+        # Never the exception's text, which may name server paths; Starlette re-raises it to the log after.
+        if out_of_resources(e):
+            error = ApiError(503, "the server is short of file descriptors or disk space: retry later",
+                             code="server_busy")
+            return JSONResponse(error.body(), status_code=503, headers={"Retry-After": "5"})
+        error = ApiError(500, "an unexpected error in the server (its log has the details)", code="server_error")
+        return JSONResponse(error.body(), status_code=500)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, e: HTTPException) -> JSONResponse:
@@ -307,8 +300,8 @@ def add_jobs(app: FastAPI, service: Service) -> None:
 
 def add_teachers(app: FastAPI, service: Service) -> None:
     @app.post("/v1/chat/completions", response_model=None, openapi_extra=chat.openapi(service.teachers))
-    async def chat_completions(body: Any = Body(...)) -> dict[str, Any] | Response:  # noqa: B008 (a raw body)
-        return await service.proxy.answer(body)
+    async def chat_completions(request: Request, body: Any = Body(...)) -> dict[str, Any] | Response:  # noqa: B008
+        return await service.proxy.answer(body, request.is_disconnected)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

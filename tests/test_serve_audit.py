@@ -93,7 +93,7 @@ def test_a_server_started_over_an_empty_token_file_refuses_empty_credentials(own
     url = own_token.url
     assert raw(url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 401")
     assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer"}).status_code == 401
-    assert httpx.get(url + "/v1/models", cookies={"fair_serve_token": ""}).status_code == 401
+    assert httpx.get(url + "/v1/models", cookies={"fair_serve_session": ""}).status_code == 401
     login = httpx.post(url + "/login", data={"token": ""})
     assert login.status_code == 401 and "set-cookie" not in login.headers
     token = (own_token.state / "token").read_text().strip()
@@ -185,3 +185,30 @@ def test_headers_over_the_limit_are_refused_before_they_are_read(own_token):
     pad = b"X-Pad: " + b"a" * 2**20 + b"\r\n"
     reply = raw(own_token.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + pad * 8 + b"Connection: close\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+
+
+def test_the_cookie_is_a_session_not_the_token_and_changes_need_the_pages_origin(own_token):
+    token = (own_token.state / "token").read_text().strip()
+    with httpx.Client(base_url=own_token.url) as browser:
+        login = browser.post("/login", data={"token": token})
+        assert login.status_code == 303
+        session = browser.cookies["fair_serve_session"]
+        assert token not in login.headers["set-cookie"] and len(session) >= 43
+        assert browser.get("/v1/fair/jobs").status_code == 200  # a read needs no Origin
+        cancel = "/v1/fair/jobs/job-none/cancel"
+        refused = browser.post(cancel, content=b"{}", headers={"content-type": "text/plain"})  # a cross-site form
+        assert refused.status_code == 403 and "Origin" in refused.json()["error"]["message"]
+        assert browser.post(cancel, headers={"origin": "http://evil.example"}).status_code == 403
+        assert browser.post(cancel, headers={"origin": own_token.url}).status_code == 404  # the page: let through
+    bearer = {"Authorization": f"Bearer {token}"}  # API clients send no Origin and need none
+    assert httpx.post(own_token.url + "/v1/fair/jobs/job-none/cancel", headers=bearer).status_code == 404
+    assert httpx.get(own_token.url + "/v1/models", cookies={"fair_serve_session": token}).status_code == 401
+
+
+def test_no_docs_page_loads_a_cdns_javascript_and_the_schema_stays_behind_the_token(own_token):
+    token = (own_token.state / "token").read_text().strip()
+    bearer = {"Authorization": f"Bearer {token}"}
+    for path in ("/docs", "/redoc"):
+        assert httpx.get(own_token.url + path, headers=bearer).status_code == 404
+    assert httpx.get(own_token.url + "/openapi.json").status_code == 401
+    assert httpx.get(own_token.url + "/openapi.json", headers=bearer).json()["paths"]
