@@ -7,7 +7,7 @@
     POST /v1/chat/completions                       a teacher, through the shared gates and a cache; `stream: true`
                                                     as OpenAI's server-sent events (serve/chat.py)
     GET  /v1/models                                 the teachers
-    POST /v1/fair/jobs  GET /v1/fair/jobs[/{id}]  POST /v1/fair/jobs/{id}/cancel
+    POST /v1/fair/jobs  GET /v1/fair/jobs[/{id}]  POST /v1/fair/jobs/{id}/cancel  POST /v1/fair/jobs/{id}/resume
     GET  /v1/fair/jobs/{id}/events                  progress as server-sent events, until the job ends
     GET  /v1/fair/jobs/{id}/files[/{name}]          committee.jsonl, committee_stats.json, the paper's files
     GET  /v1/fair/limits                            each gate: limits, use over the last minute, cool-down, 429s
@@ -88,7 +88,8 @@ class Service:
         """Everything that touches the state folder or the event loop: made when the app starts, not before."""
         self.store = Store(Path(self.config.state))
         self.budget = Budget(self.config.reserve)
-        self.jobs = Jobs(self.store, self.budget, list(self.teachers.values()), self.config.teachers)
+        self.jobs = Jobs(self.store, self.budget, list(self.teachers.values()), self.config.teachers,
+                         self.config.max_jobs)
         for path in self.store.sweep():
             print(f"fair serve: removed {path}, left without a record by the last stop", flush=True)
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=256))
@@ -248,7 +249,7 @@ def add_jobs(app: FastAPI, service: Service) -> None:
 
     @app.post("/v1/fair/jobs")
     async def submit_job(spec: JobSpec) -> dict[str, Any]:
-        return service.jobs.submit(spec.model_dump())
+        return await service.jobs.submit(spec.model_dump())
 
     @app.get("/v1/fair/jobs")
     async def list_jobs(limit: int = 20, after: str | None = None) -> dict[str, Any]:
@@ -262,6 +263,10 @@ def add_jobs(app: FastAPI, service: Service) -> None:
     @app.post("/v1/fair/jobs/{job_id}/cancel")
     async def cancel_job(job_id: str) -> dict[str, Any]:
         return service.jobs.cancel(job_id)
+
+    @app.post("/v1/fair/jobs/{job_id}/resume")
+    async def resume_job(job_id: str) -> dict[str, Any]:
+        return service.jobs.resume_job(job_id)
 
     @app.get("/v1/fair/jobs/{job_id}/events")
     async def job_events(job_id: str, request: Request) -> EventSourceResponse:

@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from fair.wire.errors import ApiError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, created REAL NOT NULL, doc TEXT NOT NULL
@@ -84,12 +86,14 @@ class Store:
     def list(
         self, kind: str, limit: int = 100, after: str | None = None
     ) -> tuple[list[dict[str, Any]], bool]:
-        """Newest first, `limit` of them after the object `after` (OpenAI's cursor); and whether more follow."""
+        """Newest first, `limit` of them after the object `after` (OpenAI's cursor: an id of `kind` this store
+        holds, else a 400); and whether more follow."""
         since = ""
         args: list[Any] = [kind]
-        if after is not None and (
-            row := self.db.execute("SELECT created, id FROM objects WHERE id = ?", (after,)).fetchone()
-        ):
+        if after is not None:
+            row = self.db.execute("SELECT created, id FROM objects WHERE id = ? AND kind = ?", (after, kind)).fetchone()
+            if row is None:  # not silently the first page again: a client paging on would loop forever
+                raise ApiError(400, f"after: no {kind} {after!r} on this server to page after", "after")
             since = " AND (created < ? OR (created = ? AND id < ?))"
             args += [row[0], row[0], row[1]]
         rows = self.db.execute(
