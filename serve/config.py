@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fair.config import Validated
 from fair.errors import FairError
-from gen.teachers.cache import is_loopback
+from fair.wire.listen import is_loopback
 
 TOKEN_ENV = "FAIR_SERVE_TOKEN"
 

@@ -16,14 +16,16 @@ server per state folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
 from fair.config import save_config
 from fair.errors import FairError
 from fair.lock import folder_lock
-from fair.wire.listen import listen
+from fair.wire.listen import http_url, listen
 from gen.teachers.config import load_committee, missing_keys
 from serve.config import TOKEN_ENV, ServeConfig, bearer_token
 
@@ -38,7 +40,26 @@ def make_private(state: Path) -> None:
             path.chmod(0o700 if path.is_dir() else 0o600)
 
 
+class Stopped(BaseException):
+    """SIGTERM, raised in the main thread wherever it is, so that every `finally` of the shutdown path runs."""
+
+
+def stopped(signum: int, frame: object) -> None:
+    raise Stopped
+
+
 def serve(config: ServeConfig) -> int:
+    """Run until SIGTERM or Ctrl-C. uvicorn handles SIGTERM while it serves (the app's shutdown: jobs, batches
+    and the proxy stop) and then raises it again: to `stopped`, not to the default action, which would end the
+    process before the simulator stops and the last line is printed."""
+    signal.signal(signal.SIGTERM, stopped)
+    with contextlib.suppress(Stopped):
+        _serve(config)
+    print("fair serve: stopped; open jobs and batches resume at the next start", file=sys.stderr, flush=True)
+    return 0
+
+
+def _serve(config: ServeConfig) -> None:
     import uvicorn
 
     from serve.app import make_app
@@ -62,7 +83,7 @@ def serve(config: ServeConfig) -> int:
             app = make_app(config, teachers, token)
             where = "$" + TOKEN_ENV if os.environ.get(TOKEN_ENV) else state / "token"
             print(
-                f"fair serve: http://{config.host}:{port}/ (bearer token in {where}); committee "
+                f"fair serve: {http_url(config.host, port)}/ (bearer token in {where}); committee "
                 f"{config.teachers}: {', '.join(t.name for t in teachers)}; state in {state}",
                 flush=True,
             )
@@ -82,5 +103,3 @@ def serve(config: ServeConfig) -> int:
         finally:
             if simulator is not None:
                 simulator.stop()
-    print("fair serve: stopped; open jobs and batches resume at the next start", file=sys.stderr)
-    return 0

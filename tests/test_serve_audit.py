@@ -212,3 +212,44 @@ def test_no_docs_page_loads_a_cdns_javascript_and_the_schema_stays_behind_the_to
         assert httpx.get(own_token.url + path, headers=bearer).status_code == 404
     assert httpx.get(own_token.url + "/openapi.json").status_code == 401
     assert httpx.get(own_token.url + "/openapi.json", headers=bearer).json()["paths"]
+
+
+def test_fair_committee_server_writes_only_a_jobs_files_and_keeps_the_local_token_local(tmp_path, monkeypatch):
+    from serve import remote
+
+    for bad in ("../../.bashrc", "/etc/passwd", "sub/x_round0.json", ".x_round0.json", "notes.txt", None):
+        with pytest.raises(FairError, match="not one of a job's outputs"):
+            remote.output_name(bad)
+    assert remote.output_name("student_svamp_feedback_round0.json") == "student_svamp_feedback_round0.json"
+    monkeypatch.delenv("FAIR_SERVE_TOKEN", raising=False)
+    monkeypatch.setattr(remote, "LOCAL_TOKEN", tmp_path / "token")
+    (tmp_path / "token").write_text(STRONG + "\n")
+    assert remote.client_token("http://127.0.0.1:8765") == STRONG
+    with pytest.raises(FairError, match="FAIR_SERVE_TOKEN"):
+        remote.client_token("https://committee.example.org")  # the local token is not sent to another host
+
+
+def test_urls_name_an_ipv6_host_in_brackets():
+    from fair.wire.listen import http_url
+
+    assert http_url("::1", 8765) == "http://[::1]:8765" and http_url("127.0.0.1", 80) == "http://127.0.0.1:80"
+
+
+def test_fair_teachers_serve_warns_when_it_binds_beyond_loopback(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port_file = tmp_path / "port"
+    process = subprocess.Popen([sys.executable, "-m", "simulator.cli", "--host", "0.0.0.0", "--port", "0",
+                                "--port-file", str(port_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert "warning: 0.0.0.0 is not loopback" in err, err[-2000:]

@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import ipaddress
 import logging
 import sqlite3
 import time
@@ -53,6 +52,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from fair.wire.listen import is_loopback
 from gen.teachers.providers import ChatRequest, ChatResponse
 
 log = logging.getLogger("gen.teachers.cache")
@@ -110,13 +110,6 @@ def endpoint(url: str) -> str:
         return f"loopback{parts.path.rstrip('/')}"
     port = f":{parts.port}" if parts.port not in (None, DEFAULT_PORTS.get(parts.scheme)) else ""
     return f"{host}{port}{parts.path.rstrip('/')}"
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class ResponseCache:
