@@ -89,7 +89,7 @@ class Service:
         self.store = Store(Path(self.config.state))
         self.budget = Budget(self.config.reserve)
         self.jobs = Jobs(self.store, self.budget, list(self.teachers.values()), self.config.teachers,
-                         self.config.max_jobs)
+                         self.config.max_jobs, self.config.base_url)
         for path in self.store.sweep():
             print(f"fair serve: removed {path}, left without a record by the last stop", flush=True)
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=256))

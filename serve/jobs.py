@@ -40,6 +40,7 @@ from typing import Any
 
 import anyio
 
+from fair.config import save_config
 from fair.errors import FairError, out_of_resources
 from fair.jsonl import read_jsonl
 from fair.paper import write_paper_files
@@ -87,8 +88,9 @@ class Live:
 
 
 class Jobs:
-    def __init__(self, store: Store, budget: Budget, teachers: list[Teacher], committee: str, max_running: int = 4):
-        self.store, self.budget, self.committee = store, budget, committee
+    def __init__(self, store: Store, budget: Budget, teachers: list[Teacher], committee: str, max_running: int = 4,
+                 base_url: str | None = None):
+        self.store, self.budget, self.committee, self.base_url = store, budget, committee, base_url
         self.teachers = {t.name: t for t in teachers}
         self.max_running = max_running
         self.tasks: dict[str, asyncio.Task] = {}  # the jobs running, at most max_running
@@ -255,6 +257,8 @@ class Jobs:
         self, job_id: str, config: CommitteeConfig, repeated: int, clients: dict[str, TeacherClient]
     ) -> None:
         doc = self.get(job_id)
+        # Over the run's own, which names this server's paths.
+        save_config(self.shareable(doc["spec"]), config.out_path.with_name("committee.yaml"))
         self.live[job_id] = Live(
             clients,
             count_mistakes(config),
@@ -312,6 +316,13 @@ class Jobs:
             max_cost_usd=spec["max_cost_usd"],
             progress=False,
         )
+
+    def shareable(self, spec: dict[str, Any]) -> CommitteeConfig:
+        """The job's settings as its committee.yaml tells them to whoever downloads it: its files by name (beside
+        it), the server's committee by name and the server's base_url (where its teachers were sent), the job's
+        priority, and no student (the server knows only the mistakes file)."""
+        return dataclasses.replace(self.config(spec, Path()), student="unknown", teachers=Path(self.committee).name,
+                                   base_url=self.base_url, priority=spec["priority"])
 
     def check_task(self, path: Path, config: CommitteeConfig) -> None:
         task = get_task(config.task).name

@@ -28,6 +28,7 @@ from fair.lock import folder_lock
 from fair.wire.listen import http_url, listen
 from gen.teachers.config import load_committee, missing_keys
 from serve.config import TOKEN_ENV, ServeConfig, bearer_token
+from serve.store import foreign
 
 
 def make_private(state: Path) -> None:
@@ -67,6 +68,9 @@ def _serve(config: ServeConfig) -> None:
     from simulator.server import OfflineServer
 
     state = Path(config.state)
+    if found := foreign(state):  # before make_private, which would change their modes
+        raise FairError(f"{state} holds files that are not fair serve's ({', '.join(found[:5])}"
+                        f"{', ...' if len(found) > 5 else ''}): pick an empty or fair serve state folder for --state")
     make_private(state)
     with folder_lock(state, "serve"):
         token = bearer_token(state, config.host)

@@ -253,3 +253,35 @@ def test_fair_teachers_serve_warns_when_it_binds_beyond_loopback(tmp_path):
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)
     assert "warning: 0.0.0.0 is not loopback" in err, err[-2000:]
+
+
+def test_a_state_folder_with_foreign_files_is_refused_untouched(tmp_path):
+    import subprocess
+    import sys
+
+    state = tmp_path / "home"
+    (state / "jobs").mkdir(parents=True)
+    (state / "notes.txt").write_text("mine")
+    (state / "jobs" / "plan.md").write_text("mine too")
+    os.chmod(state / "notes.txt", 0o644)
+    run = subprocess.run([sys.executable, "-m", "cli.main", "serve", "--state", str(state), "--port", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "jobs/plan.md, notes.txt" in lines[0] and "not fair serve's" in lines[0], run.stderr
+    assert (state / "notes.txt").read_text() == "mine" and (state / "jobs" / "plan.md").exists()
+    assert stat.S_IMODE((state / "notes.txt").stat().st_mode) == 0o644  # not even its mode changed
+
+
+def test_a_kills_leftovers_are_swept_and_nothing_else(tmp_path):
+    from serve.store import Store, foreign
+
+    store = Store(tmp_path)
+    (tmp_path / "files" / "file-0123456789abcdef01234567.partial").write_text("torn")
+    (tmp_path / "jobs" / "job-0123456789abcdef01234567").mkdir()
+    assert foreign(tmp_path) == []
+    assert sorted(store.sweep()) == ["files/file-0123456789abcdef01234567.partial",
+                                     "jobs/job-0123456789abcdef01234567"]
+    (tmp_path / "jobs" / "keep.txt").write_text("x")
+    assert foreign(tmp_path) == ["jobs/keep.txt"] and store.sweep() == [] and (tmp_path / "jobs" / "keep.txt").exists()
+    store.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 import fair.jsonl
 from gen.teachers.config import load_committee
@@ -132,15 +133,21 @@ def test_a_job_that_hit_a_full_disk_resumes_and_pays_nothing_twice(tmp_path, dat
 def test_only_a_stopped_or_resource_failed_job_can_be_resumed(tmp_path, data_dir, sim):
     mistakes = import_seed_mistakes(tmp_path, data_dir, count=2)
 
-    async def run() -> httpx.Response:
+    async def run() -> tuple[httpx.Response, str]:
         async with in_process(tmp_path, sim.url) as (_, http):
             file_id = (await upload(http, mistakes)).json()["id"]
-            job = (await http.post("/v1/fair/jobs", json={"mistakes_file_id": file_id})).json()
+            job = (await http.post("/v1/fair/jobs", json={"mistakes_file_id": file_id, "priority": 2})).json()
             assert (await settled(http, job["id"]))["status"] == "completed"
-            return await http.post(f"/v1/fair/jobs/{job['id']}/resume")
+            config = (await http.get(f"/v1/fair/jobs/{job['id']}/files/committee.yaml")).text
+            return await http.post(f"/v1/fair/jobs/{job['id']}/resume"), config
 
-    response = asyncio.run(run())
+    response, config = asyncio.run(run())
     assert response.status_code == 409 and "only a stopped job" in response.json()["error"]["message"]
+    settings = yaml.safe_load(config)  # the downloaded committee.yaml: no server path, where the teachers were
+    assert str(tmp_path) not in config
+    assert (settings["mistakes"], settings["out"], settings["teachers"]) == ("mistakes.jsonl", "committee.jsonl",
+                                                                               "teachers.yaml")
+    assert settings["base_url"] == sim.url and settings["student"] == "unknown" and settings["priority"] == 2
 
 
 def test_unexpected_errors_are_openai_json_and_an_unknown_cursor_is_a_400(tmp_path, sim, monkeypatch):
