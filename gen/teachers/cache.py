@@ -257,8 +257,8 @@ class ResponseCache:
         try:
             self.flush()
         except sqlite3.Error as e:
-            log.warning("%s: a commit failed (%s); kept in memory, tried again in %.0f s", self.path.name, e,
-                        RETRY_S)
+            # INFO: the requests waiting on it carry the error (`fair committee` stops with its one line).
+            log.info("%s: a commit failed (%s); kept in memory, tried again in %.0f s", self.path.name, e, RETRY_S)
             self._flush_in(RETRY_S)
 
     def inflight(self) -> int:
