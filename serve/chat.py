@@ -26,9 +26,9 @@ Each request runs in a task of its own, which is cancelled only while the reques
 moment it is marked in flight (gen/teachers/cache.py) its reply is paid for, so it runs to its end, retries
 included, and the reply lands in the cache for whoever asks next. A streaming client that disconnects stops its
 stream at once (nothing more is written to it) and cancels its request if it is still waiting; so does the client
-of a plain request (its connection is watched every GONE_POLL_S while it waits). A request too large ever to
-fit its teacher's tpm is a 400 before it waits at all (serve/wire.py). A stop of the server cancels the requests still waiting and waits up to STOP_WAIT_S for the
-ones sent.
+of a plain request (its connection is watched every GONE_POLL_S while it waits). A request too large ever to fit
+its teacher's tpm is a 400 before it waits at all (serve/wire.py). A stop of the server cancels the requests
+still waiting and waits up to STOP_WAIT_S for the ones sent.
 """
 
 from __future__ import annotations
@@ -143,15 +143,7 @@ class Proxy:
         teacher, request = chat_request(body, self.teachers, also=STREAMING)
         options = stream_options(body)
         if options is None:
-            waiting = asyncio.ensure_future(self._outliving(teacher, request))
-            watch = asyncio.ensure_future(watch_client(gone))
-            await asyncio.wait({waiting, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if not waiting.done():  # the client left: cancelling the wait cancels the request if it is not sent
-                waiting.cancel()
-                await asyncio.gather(waiting, return_exceptions=True)
-                raise ApiError(499, "the client closed the request before its reply", code="client_closed")
-            watch.cancel()
-            return chat_completion(teacher, request, waiting.result())
+            return chat_completion(teacher, request, await self._unless_gone(teacher, request, gone))
         # sep "\n": OpenAI frames its events with bare newlines (sse-starlette's default is "\r\n").
         return EventSourceResponse(self._stream(teacher, request, options), ping=PING_S, sep="\n")
 
@@ -181,6 +173,23 @@ class Proxy:
         for chunk in chunks.reply(response):
             yield orjson.dumps(chunk).decode()
         yield "[DONE]"
+
+    async def _unless_gone(self, teacher: Teacher, request: ChatRequest,
+                           gone: Callable[[], Awaitable[bool]]) -> ChatResponse:
+        """The reply, unless the client leaves first: its wait is then cancelled, and with it the request if it has
+        not been sent (a 499 that nobody reads)."""
+        waiting = asyncio.ensure_future(self._outliving(teacher, request))
+        watch = asyncio.ensure_future(watch_client(gone))
+        try:
+            await asyncio.wait({waiting, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this route is cancelled (the server stops)
+            watch.cancel()
+            if not waiting.done():
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+        if waiting.cancelled():
+            raise ApiError(499, "the client closed the request before its reply", code="client_closed")
+        return waiting.result()
 
     async def _outliving(self, teacher: Teacher, request: ChatRequest) -> ChatResponse:
         """The reply, from a task of its own: cancelling the wait cancels the request only if it was not sent."""

@@ -34,7 +34,7 @@ class ServeConfig(Validated):
 
     def validate(self) -> None:
         if not 0 <= self.reserve < 1:
-            raise FairError(f"reserve must be in 0..1 (a fraction of each key's rpm), got {self.reserve}")
+            raise FairError(f"reserve must be in 0..1 (a fraction of each key's rpm and tpm), got {self.reserve}")
         if not 0 <= self.port <= 65535 or self.max_upload_mb <= 0:
             raise FairError(
                 f"port must be in 0..65535 and max_upload_mb positive, got {self.port} and "

@@ -329,13 +329,12 @@ class TeacherClient:
         gate.token_balance = charge - want  # what is left: credit (want < 0) or debt (want > capacity)
         if not charge:
             return
-        if gate.tokens.has_capacity(charge):
-            await gate.tokens.acquire(charge)
-            return
+        waits = not gate.tokens.has_capacity(charge)
         await gate.tokens.acquire(charge)
-        with contextlib.suppress(ValueError):  # already out of the window: nothing to move
-            gate.sent.remove(placed)
-        gate.sent.append(asyncio.get_running_loop().time())
+        if waits:
+            with contextlib.suppress(ValueError):  # already out of the window: nothing to move
+                gate.sent.remove(placed)
+            gate.sent.append(asyncio.get_running_loop().time())
 
     def _settle(self, gate: Gate, estimate: int, usage: Usage | None) -> float:
         """Give the gate back what an attempt did not use, and bill what it did; returns the cost billed. usage None:
