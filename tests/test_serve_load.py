@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import sqlite3
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -203,3 +204,44 @@ def upload_sync(http: httpx.Client, path: Path) -> str:
     response = http.post("/v1/files", files={"file": (path.name, path.read_bytes())}, data={"purpose": "fair-mistakes"})
     assert response.status_code == 200, response.text
     return response.json()["id"]
+
+
+class FullDisk:
+    """A cache's SQLite connection whose writes fail as a full disk's do while `full` holds."""
+
+    def __init__(self, db):
+        self.db, self.full = db, True
+
+    def executemany(self, *args):
+        if self.full:
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL
+            raise error
+        return self.db.executemany(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    def __enter__(self):
+        return self.db.__enter__()
+
+    def __exit__(self, *exc):
+        return self.db.__exit__(*exc)
+
+
+def test_the_chat_proxy_works_again_once_a_full_disk_has_space(tmp_path, sim):
+    """It re-raised its first write error to every request until a restart."""
+    def ask(n: int) -> dict:
+        return {"model": "careful", "messages": [{"role": "user", "content": f"What is {n} + {n}?"}]}
+
+    async def run() -> list[httpx.Response]:
+        async with in_process(tmp_path, sim.url) as (service, http):
+            disk = service.proxy.cache.db = FullDisk(service.proxy.cache.db)
+            refused = await http.post("/v1/chat/completions", json=ask(1))
+            disk.full = False
+            return [refused, await http.post("/v1/chat/completions", json=ask(2)),
+                    await http.post("/v1/chat/completions", json=ask(1))]
+
+    refused, later, again = asyncio.run(run())
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "server_busy", refused.text
+    assert later.status_code == 200 and again.status_code == 200, (later.text, again.text)
