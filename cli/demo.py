@@ -39,6 +39,7 @@ from fair.engines.base import EngineName
 from fair.errors import main_guard
 from fair.models import smollm2_dir
 from fair.rss import Peak, release_freed
+from train.trackers import report_evaluation
 from train.train import TrainConfig, train
 
 OUT = Path("data/demo")
@@ -80,8 +81,8 @@ def run(args: DemoConfig) -> dict[str, Stage]:
     gen = GenConfig(task="svamp", teachers="offline", limit=args.limit, engine=args.engine,
                     batch_size=args.batch_size, max_new_tokens=MAX_NEW_TOKENS, dtype=args.dtype, out=str(GEN_DIR))
 
-    def score(model: str, name: str) -> None:
-        evaluate(EvalConfig(task=("svamp",), model=model, engine=args.engine, batch_size=args.batch_size,
+    def score(model: str, name: str) -> list[dict]:
+        return evaluate(EvalConfig(task=("svamp",), model=model, engine=args.engine, batch_size=args.batch_size,
                             max_new_tokens=MAX_NEW_TOKENS, dtype=args.dtype, out=str(OUT / name)))
 
     timed(stages, "student model (GGUF conversion, first run only)", smollm2_dir)
@@ -91,7 +92,8 @@ def run(args: DemoConfig) -> dict[str, Stage]:
     overrides = {"out": str(OUT / "train"), "committee": str(GEN_DIR / "committee.jsonl"), "dtype": args.dtype}
     config = make_config(TrainConfig, load_yaml(args.train_config, names) | overrides, source=args.train_config)
     final = timed(stages, "train", lambda: train(config))
-    timed(stages, "evaluate after", lambda: score(str(final), "eval-after"))
+    rows = timed(stages, "evaluate after", lambda: score(str(final), "eval-after"))
+    report_evaluation(config, rows)  # into the training's runs of the trackers its report_to names, if any
     timed(stages, "report", lambda: build_report(GEN_DIR, OUT / "train", OUT / "eval-before" / "svamp-test",
                                                  OUT / "eval-after" / "svamp-test", OUT))
     return stages

@@ -39,6 +39,7 @@ from fair.config import CONFIGS_DIR, Validated, at_least, build_config, config_p
 from fair.engines.base import EngineName
 from fair.errors import FairError, main_guard
 from fair.tasks import default_data_dir, get_task
+from train.trackers import report_evaluation
 from train.train import TrainConfig, train
 
 SEED_DIR = default_data_dir() / "seed"
@@ -88,17 +89,25 @@ def _units() -> dict[str, Unit]:
     fair, noreview = "FAIR: mixed, peer-reviewed, alpha 0.5", "mixed, no peer review"
     units = [Unit("base", "none", "no training", None),
              Unit("paper-fair-s0", "paper", fair, {"teacher": "mixed", "seed": 0}),
-             Unit("paper-noreview-s0", "paper", noreview, {"teacher": "no-review", "seed": 0}),
+             Unit("paper-noreview-s0", "paper", noreview, {"teacher": "mixed", "filter": "none", "seed": 0}),
              # GPT-3.5 is the single best teacher by the committee's own measure, chosen before any test result:
              # the most rationales accepted by its peers in the paper's file (355 of 387, Mixtral 352, Gemini 267).
-             Unit("paper-single-gpt", "paper", "single best teacher (GPT-3.5), raw", {"teacher": "gpt"}),
+             Unit("paper-single-gpt", "paper", "single best teacher (GPT-3.5), raw", {"teacher": "gpt", "filter": "none"}),
              Unit("paper-alpha0", "paper", "FAIR with alpha 0 (rationales only)", {"teacher": "mixed", "alpha": 0.0}),
              Unit("paper-alpha1", "paper", "FAIR with alpha 1 (feedback only)", {"teacher": "mixed", "alpha": 1.0}),
              Unit("own-fair", "own", fair, {"teacher": "mixed"}),
-             Unit("own-noreview", "own", noreview, {"teacher": "no-review"})]
+             Unit("own-noreview", "own", noreview, {"teacher": "mixed", "filter": "none"})]
     for seed in (1, 2):
         units += [Unit(f"paper-fair-s{seed}", "paper", fair, {"teacher": "mixed", "seed": seed}),
-                  Unit(f"paper-noreview-s{seed}", "paper", noreview, {"teacher": "no-review", "seed": seed})]
+                  Unit(f"paper-noreview-s{seed}", "paper", noreview, {"teacher": "mixed", "filter": "none", "seed": seed})]
+    # The recipes (docs/results.md, "Recipes"): which rationales to keep, and how many a mistake.
+    recipes = [("gold", "mixed, gold check (no review)", {"teacher": "mixed", "filter": "gold"}),
+               ("goldreview", "mixed, gold check + peer review", {"teacher": "mixed", "filter": "gold+review"}),
+               ("all", "every teacher's texts, unfiltered", {"teacher": "all", "filter": "none"}),
+               ("allgold", "every teacher's texts, gold check", {"teacher": "all", "filter": "gold"})]
+    for seed in (0, 1, 2):
+        units += [Unit(f"paper-{name}-s{seed}", "paper", description, train | {"seed": seed})
+                  for name, description, train in recipes]
     return {u.name: u for u in units}
 
 
@@ -120,6 +129,8 @@ def run_unit(unit: Unit, args: ExperimentConfig) -> Path:
                                 dtype=BUDGET["dtype"],
                                 max_new_tokens=MAX_NEW_TOKENS, limit=args.test_limit,
                                 out=str(work / unit.name / "eval")))
+    if unit.train is not None:
+        report_evaluation(config, [row])  # into the training's runs of the trackers its report_to names, if any
     wanted = {e.id for e in get_task("svamp").load("test")[: args.test_limit]}  # what `evaluate` counted
     answers = [json.loads(line) for line in (work / unit.name / "eval" / "svamp-test" / "predictions.jsonl").open()]
     answers = sorted((a for a in answers if a["id"] in wanted), key=lambda a: a["index"])

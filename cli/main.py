@@ -5,8 +5,10 @@
     fair committee   feedback, rationales and peer reviews from the teachers    (gen/committee/run.py)
                      --server URL: as a job of a `fair serve` instead            (serve/remote.py)
     fair serve   the committee as a service: jobs, OpenAI's batches, one budget (serve/server.py)
+    fair view FOLDER the page's record viewer over a local run, read-only     (serve/view.py)
     fair estimate    requests, tokens, USD and hours a committee run will take  (gen/committee/estimate.py)
     fair gen     mine + committee + the paper's files, in one go                (cli/pipeline.py)
+    fair loop    rounds of gen + train + eval, each from the last round's student (cli/loop.py)
     fair teachers serve   the offline committee simulator                       (simulator/cli.py)
     fair train   alpha * feedback loss + (1 - alpha) * rationale loss            (train/train.py)
     fair eval    accuracy and wrong predictions on one or more tasks            (eval/evaluate.py)
@@ -14,7 +16,7 @@
     fair import-mistakes   turn the paper's *_false_round0.json into our mistakes.jsonl   (gen/from_paper.py)
     fair import-committee  the paper's *_feedback/_rationale_round0.json as committee.jsonl  (gen/from_paper.py)
     fair report  one Markdown page with plots for a whole run                   (eval/report.py)
-    fair tasks   list the registered tasks
+    fair tasks   list the tasks: the built-ins and those declared in configs/tasks/*.yaml
 
 Every option of every command is a field of the command's settings class, documented once beside the field;
 `fair COMMAND -h` shows each with its choices and default, and each takes `--config FILE.yaml` and trailing
@@ -71,6 +73,12 @@ def cmd_gen(config, args: argparse.Namespace) -> None:
     generate(config)
 
 
+def cmd_loop(config, args: argparse.Namespace) -> None:
+    from cli.loop import print_done, run_loop
+
+    print_done(run_loop(config))
+
+
 def cmd_teachers_serve(config, args: argparse.Namespace) -> int:
     from simulator.cli import run
 
@@ -81,6 +89,12 @@ def cmd_serve(config, args: argparse.Namespace) -> int:
     from serve.server import serve
 
     return serve(config)
+
+
+def cmd_view(config, args: argparse.Namespace) -> int:
+    from serve.view import view
+
+    return view(config)
 
 
 def cmd_import_committee(config, args: argparse.Namespace) -> None:
@@ -120,16 +134,17 @@ def cmd_report(config, args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(config, args: argparse.Namespace) -> None:
-    from fair.tasks import registry, task_names
+    from fair.tasks import declared_names, get_task, task_names
 
-    for name in task_names():
-        task = registry()[name]
-        print(f"{name:<12} {task.answer_type:<7} splits: {', '.join(task.splits):<24} hub: {task.hub_id}")
+    for name in [*task_names(), *declared_names()]:  # a declared file that does not load stops the list, named
+        task = get_task(name)
+        print(f"{task.name:<12} {task.answer_type:<7} splits: {', '.join(task.splits):<24} {task.describe_source()}")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Every subcommand; `train`'s flags only when it is the command: its module imports torch (seconds, and
     200 MB that a long committee run would otherwise carry)."""
+    from cli.loop import LoopConfig
     from cli.pipeline import GenConfig
     from eval.evaluate import EvalConfig
     from eval.regrade import GradeConfig
@@ -139,6 +154,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from gen.from_paper import ImportCommitteeConfig, ImportMistakesConfig
     from gen.mine import MineConfig
     from serve.config import ServeConfig
+    from serve.view import ViewConfig
     from simulator.cli import SimulatorConfig
 
     parser = Parser(prog="fair", description="FAIR: distil reasoning from a committee of teachers.")
@@ -159,10 +175,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add("estimate", "requests, tokens, cost and hours of a committee run, before it runs", cmd_estimate,
         EstimateConfig)
     add("gen", "mine + committee + the paper's files (what `make gen` runs)", cmd_gen, GenConfig)
+    add("loop", "rounds: mine, committee, train, evaluate, then again from the trained student (what `make loop` runs)",
+        cmd_loop, LoopConfig)
     teachers = sub.add_parser("teachers", help="teacher tools").add_subparsers(dest="teachers_command", required=True)
     add("serve", "serve the offline committee simulator (OpenAI, Gemini and Anthropic wire formats)",
         cmd_teachers_serve, SimulatorConfig, under=teachers)
     add("serve", "the committee as a service: jobs, OpenAI's files and batches, one budget", cmd_serve, ServeConfig)
+    add("view", "the page's record viewer over a local run's folder, read-only", cmd_view, ViewConfig,
+        positional=("folder",))
     add("import-committee", "import the paper's feedback and rationale files", cmd_import_committee,
         ImportCommitteeConfig)
     add("train", "fine-tune the student on the committee's feedback and rationales", cmd_train,
@@ -173,7 +193,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add("import-mistakes", "import the paper's *_false_round0.json as mistakes.jsonl", cmd_import_mistakes,
         ImportMistakesConfig, positional=("file",))
     add("report", "write report.md with plots for a run (accuracy, reviews, loss, time)", cmd_report, ReportConfig)
-    add("tasks", "list the registered tasks", cmd_tasks, None)
+    add("tasks", "list the tasks: the built-ins and those declared in configs/tasks/*.yaml", cmd_tasks, None)
     return parser
 
 

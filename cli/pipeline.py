@@ -5,7 +5,8 @@
     fair gen --task strategyqa --teachers paper --student meta-llama/Llama-2-7b-chat-hf --engine vllm
 
 Everything lands in data/<task>/<student>/: mistakes.jsonl, committee.jsonl, requests.sqlite, and the
-paper's <student>_<task>_{false,feedback,rationale}_round0.json. Each stage resumes where it stopped.
+paper's <student>_<task>_{false,feedback,rationale}_round0.json (--paper-round r: _round<r>, as `fair loop` names
+round r's). Each stage resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 
 from fair.config import Validated, field_doc
 from fair.errors import FairError
-from fair.models import model_short_name
 from fair.paper import write_paper_files
 from fair.tasks import get_task
 from gen.committee.run import CommitteeConfig, committee
@@ -28,8 +28,9 @@ from gen.teachers.config import load_committee, missing_keys
 OFFLINE = "offline"
 # `fair gen`'s settings are its stages': these are taken by name from their configs, where each is typed, given
 # its default and documented once. The command line and configs/gen.yaml see them flat: --task, --limit, --teachers.
-FROM_MINING = ("task", "limit", "engine", "batch_size", "max_new_tokens", "dtype", "data_dir", "out")
-FROM_COMMITTEE = ("student", "teachers", "prompts", "threshold", "window", "batch_api", "max_cost_usd")
+FROM_MINING = ("task", "limit", "engine", "batch_size", "max_new_tokens", "dtype", "data_dir", "out", "paper_student",
+               "paper_round")
+FROM_COMMITTEE = ("student", "teachers", "prompts", "threshold", "window", "batch_api", "max_cost_usd", "cache")
 
 
 def settings_from(stage: type, names: tuple[str, ...], notes: dict[str, str] | None = None) -> Callable[[type], type]:
@@ -53,7 +54,8 @@ def settings_from(stage: type, names: tuple[str, ...], notes: dict[str, str] | N
 
 @dataclass
 @settings_from(MineConfig, FROM_MINING)
-@settings_from(CommitteeConfig, FROM_COMMITTEE, {"teachers": f'"{OFFLINE}": the simulator, started and stopped here'})
+@settings_from(CommitteeConfig, FROM_COMMITTEE, {"teachers": f'"{OFFLINE}": the simulator, started and stopped here',
+                                                  "cache": "max_cost_usd caps what was spent through it"})
 class GenConfig(Validated):
     export_paper: bool = True  # write the paper's feedback and rationale files at the end
     offline_latency_ms: tuple[int, int] = (50, 500)  # the simulator's reply latency range
@@ -78,17 +80,20 @@ class GenConfig(Validated):
 
 
 def generate(config: GenConfig) -> None:
-    teachers = load_committee(config.teachers)
-    if config.teachers != OFFLINE and (missing := missing_keys(teachers)):
-        # Before mining: an hour of student inference should not end in a missing-key error.
-        raise FairError(f"committee {config.teachers!r} needs the environment variable(s) {', '.join(missing)}; "
-                        f"set them, or use the offline simulator: make gen DATASET={config.task} TEACHERS=offline")
+    require_keys(config)
     mine(config.mine_config())
     with offline_server(config) as base_url:
         committee_config = config.committee_config(base_url)
         committee(committee_config)
     if config.export_paper:
         export(config, committee_config)
+
+
+def require_keys(config: GenConfig) -> None:
+    """Before mining: an hour of student inference should not end in a missing-key error."""
+    if config.teachers != OFFLINE and (missing := missing_keys(load_committee(config.teachers))):
+        raise FairError(f"committee {config.teachers!r} needs the environment variable(s) {', '.join(missing)}; "
+                        f"set them, or use the offline simulator: make gen DATASET={config.task} TEACHERS=offline")
 
 
 @contextlib.contextmanager
@@ -99,13 +104,14 @@ def offline_server(config: GenConfig):
         return
     from simulator.server import OfflineServer
 
-    with OfflineServer(port=0, latency_ms=config.offline_latency_ms, data_dir=config.data_dir) as server:
+    with OfflineServer(port=0, latency_ms=config.offline_latency_ms, data_dir=config.data_dir,
+                       tasks=(config.task,)) as server:  # a task declared in YAML is not among the built-ins
         print(f"offline committee (a simulator) listening on {server.url}")
         yield server.url
 
 
 def export(config: GenConfig, committee_config: CommitteeConfig) -> None:
-    task = get_task(config.task)
-    feedback, rationale = write_paper_files(task, committee_config.out_path,
-                                            f"{model_short_name(config.student)}_{task.name}")
+    mining = config.mine_config()
+    feedback, rationale = write_paper_files(get_task(config.task), committee_config.out_path, mining.paper_stem,
+                                            mining.paper_round)
     print(f"wrote the paper's files: {feedback}, {rationale}")

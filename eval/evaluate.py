@@ -25,6 +25,7 @@ from fair.jsonl import append_jsonl, write_json
 from fair.lock import folder_lock
 from fair.models import model_short_name
 from fair.paper import export_mistakes
+from fair.progress import Progress
 from fair.records import answer_examples, check_resumable, finished_answers
 from fair.student import StudentRun
 from fair.tasks import get_task
@@ -64,7 +65,7 @@ def evaluate_locked(config: EvalConfig, engine: Engine | None = None) -> list[di
     """Each task's predictions are appended as they are graded; a rerun with the same settings and the same
     model weights answers only what is missing (nothing, the second time: the engine is not even started)."""
     tasks = [get_task(name) for name in config.task]
-    datasets = {task.name: task.load(config.split, config.data_dir)[: config.limit] for task in tasks}
+    datasets = {task.name: task.load(config.split, config.data_dir, config.limit) for task in tasks}
     precision = resolve_dtype(config.dtype)
     rows = []
     for task in tasks:
@@ -76,9 +77,12 @@ def evaluate_locked(config: EvalConfig, engine: Engine | None = None) -> list[di
         began = time.perf_counter()
         if todo:
             engine = engine or config.start_engine(precision.dtype)
-            for start in range(0, len(todo), CHUNK):
-                chunk = answer_examples(engine, task, todo[start : start + CHUNK], config.sampling, config.prompt_style)
-                append_jsonl(out / "predictions.jsonl", (a.to_json() for a in chunk))
+            with Progress(f"eval {task.name} {config.split}", len(todo), unit="q") as bar:
+                for start in range(0, len(todo), CHUNK):
+                    chunk = answer_examples(engine, task, todo[start : start + CHUNK], config.sampling,
+                                            config.prompt_style)
+                    append_jsonl(out / "predictions.jsonl", (a.to_json() for a in chunk))
+                    bar.update(len(chunk))
         seconds = time.perf_counter() - began
         wanted = {e.id for e in datasets[task.name]}
         answers = [a for a in finished_answers(out / "predictions.jsonl").values() if a.id in wanted]

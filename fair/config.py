@@ -175,7 +175,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, positional:
         elif kind in (list, tuple):
             items = typing.get_args(_field_hint(cls, field)) or (str, Ellipsis)
             count = "+" if items[-1] is Ellipsis else len(items)  # tuple[float, float]: exactly two
-            parser.add_argument(*names, nargs=count, type=items[0], **common)
+            # a list of any length also adds up over repeats: --report-to tensorboard --report-to wandb
+            extend = {"action": "extend"} if count == "+" else {}
+            parser.add_argument(*names, nargs=count, type=items[0], **extend, **common)
         else:
             parser.add_argument(*names, type=kind, **common)  # choices checked by the class: one message
     example = next((f for f in dataclasses.fields(cls)

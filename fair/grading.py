@@ -36,6 +36,17 @@ Options (`extract_option`), letters A-D:
   4. exactly one option's text quoted anywhere in the reply.
   Text matching ignores case, whitespace and punctuation; an option found only inside a longer quoted
   option does not count. Ordinals ("the second option") and numbers ("option 2") are not read.
+
+Exact strings (`extract_exact`, for tasks declared in YAML: fair/tasks/_declared.py), first rule that fires:
+  1. the last `\\boxed{...}`;
+  2. the last answer marker's line (or the first non-empty line below it, as for numbers);
+  3. fallback: a reply of one line, as it stands.
+  Compared after `normalise_text`: case, runs of whitespace, and quotes, brackets, asterisks and punctuation at
+  either end are ignored ("**Paris.**" is "paris"). The answer is the line's first sentence, or as many of its
+  first sentences as make up the gold ("The answer is St. Louis. It lies on the Mississippi." is "St. Louis").
+
+Regular expressions (`grade_regex`): the reply's last match of the task's pattern is its answer: the match's
+  group named `answer`, else its first group, else the whole match; compared with the gold as exact strings.
 """
 
 from __future__ import annotations
@@ -44,6 +55,10 @@ import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Literal
+
+# How a task's replies are graded: the graders below, one per kind. The built-in tasks use the first three.
+AnswerKind = Literal["number", "yesno", "option", "exact", "regex"]
 
 
 @dataclass(frozen=True)
@@ -261,3 +276,74 @@ def grade_option(text: str, options: tuple[str, ...], gold: str) -> Grade:
         raise ValueError(f"gold answer {gold!r} is not a letter A-D")
     answer = extract_option(text, options)
     return Grade(answer, None if answer is None else answer == gold)
+
+
+# --- exact strings and regular expressions ---------------------------------------------------------------
+
+EDGES = " \t\n*_\"'`.,;:!?()[]"
+
+
+def normalise_text(text: str) -> str:
+    """What two exact answers are compared as: lower case, whitespace runs as one space, no quotes, brackets,
+    asterisks or punctuation at either end."""
+    return " ".join(text.split()).lower().strip(EDGES)
+
+
+def extract_exact(text: str) -> str | None:
+    """The answer's line (rules in the module docstring), stripped; None when no rule fires."""
+    if boxed := BOXED_RE.findall(text):
+        return boxed[-1].strip() or None
+    for segment in _segments(MARKER_RE, text):
+        if line := _first_line(segment).strip(" *_"):
+            return line
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[0].strip() if len(lines) == 1 else None
+
+
+def _sentences(line: str) -> list[str]:
+    """The line cut after its first sentence, its first two, ..., and the whole line."""
+    return [line[: m.start()] for m in SENTENCE_END_RE.finditer(line)] + [line]
+
+
+def grade_exact(text: str, gold: str) -> Grade:
+    want = normalise_text(str(gold))
+    if not want:
+        raise ValueError(f"gold answer {gold!r} is empty")
+    line = extract_exact(text)
+    if line is None:
+        return Grade(None, None)
+    heads = _sentences(line)
+    match = next((head for head in heads if normalise_text(head) == want), None)
+    return Grade((match or heads[0]).strip(), match is not None)
+
+
+def regex_answer(text: str, pattern: re.Pattern[str]) -> str | None:
+    """The last match's group `answer`, else its first group, else the whole match; None without a match."""
+    if (last := _last(pattern, text)) is None:
+        return None
+    group = "answer" if "answer" in pattern.groupindex else 1 if pattern.groups else 0
+    return (last.group(group) or "").strip() or None
+
+
+def grade_regex(text: str, gold: str, pattern: str) -> Grade:
+    want = normalise_text(str(gold))
+    if not want:
+        raise ValueError(f"gold answer {gold!r} is empty")
+    answer = regex_answer(text, re.compile(pattern))
+    return Grade(answer, None if answer is None else normalise_text(answer) == want)
+
+
+def grade(kind: AnswerKind, text: str, gold: str, *, options: tuple[str, ...] = (), pattern: str | None = None
+          ) -> Grade:
+    """`text` graded against `gold` by the grader of `kind`."""
+    if kind == "number":
+        return grade_number(text, gold)
+    if kind == "yesno":
+        return grade_yes_no(text, gold)
+    if kind == "option":
+        return grade_option(text, options, gold)
+    if kind == "exact":
+        return grade_exact(text, gold)
+    if pattern is None:
+        raise ValueError("a regex task needs its answer_pattern")
+    return grade_regex(text, gold, pattern)

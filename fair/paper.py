@@ -220,10 +220,18 @@ def export_committee(task: Task, records: Iterable[dict[str, Any]]) -> Iterator[
         yield feedback, rationale
 
 
-def write_paper_files(task: Task, committee_path: Path, stem: str) -> tuple[str, str]:
-    """The paper's two files beside committee.jsonl, `<stem>_{feedback,rationale}_round0.json`, written as it is
+def paper_file_name(stem: str, kind: str, round: int = 0) -> str:
+    """The paper's name for one of its files: `<stem>_<kind>_round<r>.json`, kind false (the student's mistakes),
+    feedback or rationale, `<stem>` its `<student>_<task>`; round r holds what the student of round r got
+    wrong (`fair loop` runs rounds 0, 1, ...)."""
+    return f"{stem}_{kind}_round{round}.json"
+
+
+def write_paper_files(task: Task, committee_path: Path, stem: str, round: int = 0) -> tuple[str, str]:
+    """The paper's two files beside committee.jsonl, `<stem>_{feedback,rationale}_round<r>.json`, written as it is
     read: memory stays flat whatever its size."""
-    names = (f"{committee_path.parent / stem}_feedback_round0.json", f"{committee_path.parent / stem}_rationale_round0.json")
+    names = (str(committee_path.parent / paper_file_name(stem, "feedback", round)),
+             str(committee_path.parent / paper_file_name(stem, "rationale", round)))
     with JsonArrayWriter(names[0]) as feedback, JsonArrayWriter(names[1]) as rationale:
         for feedback_record, rationale_record in export_committee(task, unique_ids(read_jsonl(committee_path))):
             feedback.add(feedback_record)

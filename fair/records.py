@@ -24,6 +24,7 @@ from fair.errors import FairError
 from fair.jsonl import read_jsonl
 from fair.models import resolve_model
 from fair.tasks import OPTION_LETTERS, Example, Task
+from fair.tasks._common import question_block as example_question_block
 
 Messages = tuple[tuple[str, str], ...]  # (role, text) pairs: what a teacher is asked
 
@@ -93,14 +94,21 @@ ANSWER_DEFINING = ("model", "split", "max_new_tokens", "temperature", "top_p", "
 
 
 def finished_answers(*paths: Path) -> dict[str, StudentAnswer]:
-    """Every answered id in these logs (later files win): how `fair mine` and `fair eval` resume."""
-    done: dict[str, StudentAnswer] = {}
-    for path in paths:
+    """Every answered id in these logs (later files win): how `fair eval` resumes."""
+    return {a.id: a for a in answered(*paths)}
+
+
+def answered(*paths: Path) -> Iterator[StudentAnswer]:
+    """Each answered id in these logs once, streamed for logs too large to hold (`fair mine` resumes by it): the
+    later files are read first and win; within a file, an id's first record (none is written twice)."""
+    seen: set[str] = set()
+    for path in reversed(paths):
         if path.exists():
             for i, record in enumerate(read_jsonl(path)):
-                answer = StudentAnswer.from_json(record, f"{path} record {i}")
-                done[answer.id] = answer
-    return done
+                if record.get("id") not in seen:
+                    answer = StudentAnswer.from_json(record, f"{path} record {i}")
+                    seen.add(answer.id)
+                    yield answer
 
 
 def model_fingerprint(model: str) -> str:
@@ -151,10 +159,7 @@ def gold_hint(task: Task, answer: StudentAnswer) -> str:
 
 def question_block(task: Task, answer: StudentAnswer) -> str:
     """The question as the student saw it, options included, without answer-format instructions."""
-    if task.answer_type != "option":
-        return answer.question
-    options = "\n".join(f"{OPTION_LETTERS[k]}. {o}" for k, o in enumerate(answer.options))
-    return f"{answer.context}\n\nQuestion: {answer.question}\n{options}"
+    return example_question_block(answer)
 
 
 def fence(text: str) -> str:

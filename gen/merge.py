@@ -70,7 +70,7 @@ def merge_unlocked(config: MineConfig, force: bool) -> dict:
                         "unsharded run): pass --force to replace them")
     shards = find_shards(run)
     check_settings(config, shards)
-    examples = task.load(config.split, config.data_dir)[: config.limit]
+    examples = task.load(config.split, config.data_dir, config.limit)
     lines, duplicated, left_out = locate(shards, {e.id for e in examples})
     check_complete(examples, lines, duplicated, shards)
 

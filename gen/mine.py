@@ -13,6 +13,10 @@ Each chunk of answers is appended and fsynced as soon as it is graded; a rerun s
 killed run loses at most the chunk in flight and never duplicates a record. One run per folder: a second
 `fair mine` on a folder (or shard) in use fails at once, naming the first one's pid (fair/lock.py).
 
+Memory holds a chunk and the answered ids, never the split: it is read a row at a time, twice (a first pass
+counts the work and checks every row before the model loads), and the answer logs are streamed, so a corpus of
+millions of questions mines as a small one does.
+
 Sharding (`--shard i/N`, 0-based): shard i takes the examples whose row in the split is i modulo N, after
 --limit. Strided rather than hashed or in blocks: shards differ in size by at most one and see the same mix of
 the split; a row's shard never depends on --limit, so raising the limit only extends each shard, and its
@@ -24,11 +28,10 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-
-from tqdm import tqdm
 
 from fair.config import at_least, save_config
 from fair.dtype import resolve_dtype
@@ -37,10 +40,11 @@ from fair.errors import FairError
 from fair.jsonl import append_jsonl, write_json
 from fair.lock import folder_lock
 from fair.models import model_short_name
-from fair.paper import export_mistakes
-from fair.records import StudentAnswer, answer_examples, check_resumable, finished_answers
+from fair.paper import export_mistakes, paper_file_name
+from fair.progress import Progress
+from fair.records import StudentAnswer, answer_examples, answered, check_resumable
 from fair.student import StudentRun, run_dir
-from fair.tasks import Example, get_task
+from fair.tasks import Example, Task, get_task
 
 
 @dataclass
@@ -49,19 +53,27 @@ class MineConfig(StudentRun):  # model, limit, engine, sampling, dtype, ...: fai
     split: str = "train"  # the split to answer; its mistakes are what the committee explains
     chunk_size: int = 256  # prompts per engine call and per durable write: a kill loses at most one chunk
     out: str | None = None  # default data/<task>/<student>
-    export_seed: bool = False  # also write the paper's <student>_<task>_false_round0.json
+    export_seed: bool = False  # also write the paper's <student>_<task>_false_round<r>.json
+    paper_student: str | None = None  # <student> in the paper's file names; default the model's folder or hub name
+    paper_round: int = 0  # <r> in the paper's file names: the round whose student this is (`fair loop`)
     shard: str | None = None  # "i/N": mine only rows i, i+N, i+2N, ... into <out>/shard-<i>-of-<N>/
 
     def validate(self) -> None:
         super().validate()
         get_task(self.task)
         at_least(self, 1, "chunk_size")
+        at_least(self, 0, "paper_round")
         if self.shard is not None:
             parse_shard(self.shard)
 
     @property
     def shard_index_count(self) -> tuple[int, int] | None:
         return None if self.shard is None else parse_shard(self.shard)
+
+    @property
+    def paper_stem(self) -> str:
+        """`<student>_<task>`, the start of the paper's file names (fair/paper.py's paper_file_name)."""
+        return f"{model_short_name(self.paper_student or self.model)}_{get_task(self.task).name}"
 
     @property
     def run_dir(self) -> Path:
@@ -84,39 +96,39 @@ def mine_unlocked(config: MineConfig, engine: Engine | None) -> dict:
     task = get_task(config.task)
     out = config.out_dir
     check_resumable(config, out / "config.yaml", ("task", "shard"))
-    examples = task.load(config.split, config.data_dir)[: config.limit]
-    examples = shard_examples(examples, config.shard_index_count)
     answers_path, mistakes_path = out / "answers.jsonl", out / "mistakes.jsonl"
-    done = finished_answers(mistakes_path, answers_path)
-    todo = [e for e in examples if e.id not in done]
+    done = {a.id for a in answered(mistakes_path, answers_path)}
+    # The first pass: the bar's total, and every row read and checked before the model loads, not hours in.
+    total = todo = 0
+    for example in run_examples(task, config):
+        total, todo = total + 1, todo + (example.id not in done)
     save_config(config, out / "config.yaml")
     precision = resolve_dtype(config.dtype)
 
     generated_tokens, seconds = 0, 0.0
     if todo:
-        print(f"mining {len(todo)} of {len(examples)} {task.name} {config.split} examples ({len(done)} done) in "
+        print(f"mining {todo} of {total} {task.name} {config.split} examples ({len(done)} done) in "
               f"{precision.dtype} ({precision.reason}) -> {out}")
         engine = engine or config.start_engine(precision.dtype)
-        progress = tqdm(total=len(todo), unit="q", desc=f"mine {task.name}", dynamic_ncols=True)
-        for start in range(0, len(todo), config.chunk_size):
+        bar = Progress(f"mine {task.name}", todo, unit="q")
+        for batch in chunks((e for e in run_examples(task, config) if e.id not in done), config.chunk_size):
             began = time.perf_counter()
-            chunk = answer_examples(engine, task, todo[start : start + config.chunk_size], config.sampling, config.prompt_style)
+            chunk = answer_examples(engine, task, batch, config.sampling, config.prompt_style)
             seconds += time.perf_counter() - began
             generated_tokens += sum(a.generated_tokens for a in chunk)
             # Mistakes first: if a kill lands between the two writes, the resume log still knows the id.
             append_jsonl(mistakes_path, (a.to_json() for a in chunk if a.is_mistake))
             append_jsonl(answers_path, (a.to_json() for a in chunk))
-            progress.update(len(chunk))
-            progress.set_postfix(tok_s=f"{generated_tokens / seconds:.0f}", wrong=sum(a.is_mistake for a in chunk))
-        progress.close()
+            bar.note(f"tok/s={generated_tokens / seconds:.0f} wrong={sum(a.is_mistake for a in chunk)}")
+            bar.update(len(chunk))  # after the note: a plain line printed here shows this chunk's
+        bar.close()
 
-    wanted = {e.id for e in examples}
-    answers = [a for a in finished_answers(mistakes_path, answers_path).values() if a.id in wanted]
-    stats = summarize(answers, generated_tokens, seconds) | {"dtype": precision.to_json()}
+    stats = summarize(run_answers(config, mistakes_path, answers_path), generated_tokens, seconds)
+    stats |= {"dtype": precision.to_json()}
     write_json(out / "stats.json", stats)
     if config.export_seed:
-        mistakes = [a for a in answers if a.is_mistake]
-        paper_path = out / f"{model_short_name(config.model)}_{task.name}_false_round0.json"
+        mistakes = [a for a in run_answers(config, mistakes_path, answers_path) if a.is_mistake]
+        paper_path = out / paper_file_name(config.paper_stem, "false", config.paper_round)
         write_json(paper_path, export_mistakes(task, mistakes))
         print(f"wrote {len(mistakes)} mistakes in the paper's format to {paper_path}")
     print(
@@ -137,12 +149,30 @@ def shard_folder_name(index: int, count: int) -> str:
     return f"shard-{index}-of-{count}"
 
 
-def shard_examples(examples: list[Example], shard: tuple[int, int] | None) -> list[Example]:
-    """Shard i of N: the rows i modulo N (see the module docstring for why strided)."""
-    if shard is None:
-        return examples
-    index, count = shard
-    return [e for e in examples if e.index % count == index]
+def shard_examples(examples: Iterable[Example], shard: tuple[int, int] | None) -> Iterator[Example]:
+    """Shard i of N: the rows i modulo N (see the module docstring for why strided), read lazily."""
+    return (e for e in examples if in_shard(e.index, shard))
+
+
+def in_shard(row: int, shard: tuple[int, int] | None) -> bool:
+    return shard is None or row % shard[1] == shard[0]
+
+
+def run_examples(task: Task, config: MineConfig) -> Iterator[Example]:
+    """This run's examples, read from the split afresh: its first --limit rows, of them this shard's."""
+    return shard_examples(islice(task.examples(config.split, config.data_dir), config.limit), config.shard_index_count)
+
+
+def run_answers(config: MineConfig, *paths: Path) -> Iterator[StudentAnswer]:
+    """The answers in the logs to this run's rows (by row number, as `run_examples` picks them), streamed."""
+    return (a for a in answered(*paths) if (config.limit is None or a.index < config.limit)
+            and in_shard(a.index, config.shard_index_count))
+
+
+def chunks(items: Iterable[Example], size: int) -> Iterator[list[Example]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
 
 
 def summarize(answers: Iterable[StudentAnswer], generated_tokens: int, seconds: float) -> dict:

@@ -9,7 +9,10 @@
     GET  /v1/models                                 the teachers
     POST /v1/fair/jobs  GET /v1/fair/jobs[/{id}]  POST /v1/fair/jobs/{id}/cancel  POST /v1/fair/jobs/{id}/resume
     GET  /v1/fair/jobs/{id}/events                  progress as server-sent events, until the job ends
+    POST /v1/fair/estimate                          a job's spec: its cost and time before it runs (`fair estimate`)
     GET  /v1/fair/jobs/{id}/files[/{name}]          committee.jsonl, committee_stats.json, the paper's files
+    GET  /v1/fair/jobs/{id}/records[/{n}]           committee.jsonl a page at a time, filtered (serve/reading.py)
+    GET  /v1/fair/page                              what the page's forms offer (the committee, tasks, bounds)
     GET  /v1/fair/limits                            each gate: limits, use over the last minute, cool-down, 429s
 
 Every body is capped by route before it is read (serve/limits.py). Auth (serve/auth.py) is a middleware, so that
@@ -24,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import httpx
 import orjson
@@ -36,6 +39,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException
 
 from fair.errors import FairError, out_of_resources
+from fair.tasks import task_names
 from fair.wire.batch import page, page_limit
 from fair.wire.batch_api import MAX_FILES
 from fair.wire.errors import ApiError
@@ -48,10 +52,10 @@ from serve.budget import PRIORITY, Budget
 from serve.config import ServeConfig, same_token
 from serve.jobs import OPEN, Jobs
 from serve.limits import CLOSE, BodyCap
+from serve.reading import add_reading, job_index
 from serve.store import Store
 
 PAGE = Path(__file__).with_name("page.html")
-JOB_FILES = ("mistakes.jsonl", "committee.jsonl", "committee_stats.json", "committee.yaml")
 
 
 class JobSpec(BaseModel):
@@ -128,7 +132,20 @@ def make_app(config: ServeConfig, teachers: list[Teacher], token: str) -> FastAP
     add_files(app, service)
     add_jobs(app, service)
     add_teachers(app, service)
+    folder = lambda job_id: service.jobs.folder(job_id)  # noqa: E731 (the jobs exist once the app starts)
+    add_reading(app, folder, job_index(folder), page_settings(teachers))
     return app
+
+
+def page_settings(teachers: list[Teacher]) -> dict[str, Any]:
+    """What the page's forms offer: this server's committee, the tasks, the job settings' choices and bounds."""
+    return {
+        "read_only": False,
+        "teachers": [t.name for t in teachers],
+        "tasks": task_names(),
+        "prompts": list(get_args(JobSpec.model_fields["prompts"].annotation)),
+        "priority": list(PRIORITY),
+    }
 
 
 def add_auth(app: FastAPI, service: Service) -> None:
@@ -286,21 +303,10 @@ def add_jobs(app: FastAPI, service: Service) -> None:
 
         return EventSourceResponse(events())
 
-    @app.get("/v1/fair/jobs/{job_id}/files")
-    async def job_files(job_id: str) -> dict[str, Any]:
-        folder = service.jobs.folder(job_id)
-        names = [n for n in JOB_FILES if (folder / n).exists()] + sorted(
-            p.name for p in folder.glob("*_round0.json")
-        )
-        return {"object": "list", "data": [{"name": n, "bytes": (folder / n).stat().st_size} for n in names]}
-
-    @app.get("/v1/fair/jobs/{job_id}/files/{name}")
-    async def job_file(job_id: str, name: str) -> FileResponse:
-        folder = service.jobs.folder(job_id)
-        allowed = name in JOB_FILES or (name.endswith("_round0.json") and "/" not in name and name[0] != ".")
-        if not allowed or not (folder / name).is_file():
-            raise ApiError(404, f"job {job_id} has no file {name!r}", "name")
-        return FileResponse(folder / name)
+    @app.post("/v1/fair/estimate")
+    async def estimate_job(spec: JobSpec) -> dict[str, Any]:
+        """What the job would cost and how long it would take (`fair estimate`), before it is submitted."""
+        return await service.jobs.estimate(spec.model_dump())
 
 
 def add_teachers(app: FastAPI, service: Service) -> None:

@@ -46,6 +46,7 @@ from fair.jsonl import read_jsonl
 from fair.paper import write_paper_files
 from fair.tasks import get_task
 from fair.wire.errors import ApiError
+from gen.committee.estimate import EstimateConfig, committee_estimate
 from gen.committee.report import write_stats
 from gen.committee.run import (
     CommitteeConfig,
@@ -101,22 +102,8 @@ class Jobs:
     # -- the API -----------------------------------------------------------------------------------------
 
     async def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
-        source = self.store.get("file", spec["mistakes_file_id"])
-        if source is None or source["purpose"] != "fair-mistakes":
-            raise ApiError(
-                400,
-                f"mistakes_file_id {spec['mistakes_file_id']!r} is not a fair-mistakes file of "
-                f"this server (POST /v1/files with purpose=fair-mistakes)",
-                "mistakes_file_id",
-            )
-        unknown = sorted(set(spec["teachers"] or ()) - set(self.teachers))
-        if unknown:
-            raise ApiError(
-                400,
-                f"teachers {', '.join(unknown)} are not in this server's committee "
-                f"(known: {', '.join(self.teachers)})",
-                "teachers",
-            )
+        source = self.source(spec)
+        self.chosen(spec)
         job_id = new_id("job")
         folder = self.store.folder("job", job_id)
         try:
@@ -144,6 +131,50 @@ class Jobs:
         self.store.add("job", doc)
         self.start(job_id)
         return self.view(job_id)
+
+    async def estimate(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """`fair estimate` of a job's spec, over its uploaded mistakes (at most `limit` of them) and its teachers: the
+        store is read here, on the loop; the file (read three times: its task, its count, a sample) in a thread."""
+        path, teachers = self.store.root / self.source(spec)["path"], self.chosen(spec)
+        result = await asyncio.to_thread(self.price, spec, path, teachers)
+        # Named as the user knows them, not by the server's paths.
+        limit = f", at most limit {spec['limit']}" if spec["limit"] else ""
+        return result | {"teachers_file": Path(self.committee).stem,
+                         "mistakes_source": f"{spec['mistakes_file_id']}{limit}"}
+
+    def price(self, spec: dict[str, Any], path: Path, teachers: list[Teacher]) -> dict[str, Any]:
+        try:
+            mistakes = count_mistakes(CommitteeConfig(task=spec["task"], mistakes=str(path), limit=spec["limit"]))
+            config = EstimateConfig(task=spec["task"], teachers=self.committee, mistakes=str(path),
+                                    num_mistakes=mistakes, prompts=spec["prompts"])
+        except FairError as e:
+            raise ApiError(400, str(e)) from None
+        self.check_task(path, config.committee)
+        return committee_estimate(config, teachers)
+
+    def source(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The uploaded mistakes file a spec names; a 400 unless it is one."""
+        source = self.store.get("file", spec["mistakes_file_id"])
+        if source is None or source["purpose"] != "fair-mistakes":
+            raise ApiError(
+                400,
+                f"mistakes_file_id {spec['mistakes_file_id']!r} is not a fair-mistakes file of "
+                f"this server (POST /v1/files with purpose=fair-mistakes)",
+                "mistakes_file_id",
+            )
+        return source
+
+    def chosen(self, spec: dict[str, Any]) -> list[Teacher]:
+        """The teachers a spec names (all when none); a 400 naming any this server's committee lacks."""
+        unknown = sorted(set(spec["teachers"] or ()) - set(self.teachers))
+        if unknown:
+            raise ApiError(
+                400,
+                f"teachers {', '.join(unknown)} are not in this server's committee "
+                f"(known: {', '.join(self.teachers)})",
+                "teachers",
+            )
+        return [t for name, t in self.teachers.items() if not spec["teachers"] or name in spec["teachers"]]
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         doc = self.get(job_id)
@@ -216,9 +247,7 @@ class Jobs:
         doc = self.store.update("job", job_id, status="in_progress")
         spec, folder = doc["spec"], self.store.folder("job", job_id)
         config = self.config(spec, folder)
-        teachers = [
-            t for name, t in self.teachers.items() if not spec["teachers"] or name in spec["teachers"]
-        ]
+        teachers = self.chosen(spec)
         tenant = self.budget.tenant(job_id, spec["priority"])
         hooks = Hooks(
             admission=tenant,

@@ -22,10 +22,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
-from tqdm import tqdm
 
 from fair.errors import FairError
 from fair.jsonl import write_json
+from fair.progress import Progress
 from fair.wire.listen import is_loopback
 from gen.committee.run import CommitteeConfig, existing_mistakes
 from serve.config import TOKEN_ENV
@@ -94,13 +94,7 @@ def submit(http: httpx.Client, config: CommitteeConfig) -> dict[str, Any]:
 
 def follow(http: httpx.Client, job: dict[str, Any], progress: bool) -> dict[str, Any]:
     """The job's events until it ends; the job as it ended."""
-    bar = tqdm(
-        desc=f"job {job['id']}",
-        unit=" mistakes",
-        total=job["progress"].get("total"),
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    bar = Progress(f"job {job['id']}", job["progress"].get("total"), unit="mistakes", enabled=progress)
     try:
         with http.stream(
             "GET", f"/v1/fair/jobs/{job['id']}/events", timeout=httpx.Timeout(60, read=None)
@@ -110,13 +104,9 @@ def follow(http: httpx.Client, job: dict[str, Any], progress: bool) -> dict[str,
                     continue
                 job = orjson.loads(line[5:])
                 p = job["progress"]
-                bar.total = p.get("total")
+                bar.set_total(p.get("total"))
+                bar.note(f"requests={p.get('requests', 0)} 429s={p.get('rate_limited', 0)} ${p.get('cost', 0):.4f}")
                 bar.update(p.get("done", 0) - bar.n)
-                bar.set_postfix_str(
-                    f"requests={p.get('requests', 0)} 429s={p.get('rate_limited', 0)} "
-                    f"${p.get('cost', 0):.4f}",
-                    refresh=False,
-                )
     except httpx.HTTPError as e:
         raise FairError(
             f"server {http.base_url}: lost the job's events ({type(e).__name__}); rerun to follow "

@@ -4,7 +4,8 @@
     STATE/token                 the bearer token when FAIR_SERVE_TOKEN is unset (mode 0600)
     STATE/files/<file-id>       an uploaded file's bytes; batch output and error files live in their batch's folder
     STATE/batches/<batch-id>/   output.jsonl, errors.jsonl, requests.sqlite (the response cache)
-    STATE/jobs/<job-id>/        mistakes.jsonl, committee.jsonl, requests.sqlite, committee_stats.json, paper files
+    STATE/jobs/<job-id>/        mistakes.jsonl, committee.jsonl, requests.sqlite, committee_stats.json, paper files,
+                                committee.index.sqlite (the page's record viewer, serve/records_view.py)
     STATE/proxy/requests.sqlite the chat-completions proxy's response cache
 
 Every file here is 0600 and every folder 0700 (serve/server.py's make_private). Crash safety by order: a file is

@@ -54,6 +54,7 @@ class SimulatorConfig(Validated):
     socket_timeout_s: float = 60.0  # close a connection that sends or reads nothing this long
     log: str | None = None  # append one JSON line per request here (no keys)
     data_dir: str | None = None  # benchmark data for the personas' answers; default $FAIR_DATA_DIR or ../shared/data
+    tasks: tuple[str, ...] = ()  # tasks declared in YAML whose questions the personas answer too (names or paths); the built-ins' always
     personas: dict[str, Any] | None = None  # more or changed personas by model name (simulator/personas.py)
 
     def server(self) -> OfflineServer:

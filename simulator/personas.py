@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from fair.errors import FairError
 from fair.grading import extract_number, extract_option, extract_yes_no
-from fair.tasks import OPTION_LETTERS, Example, Task, default_data_dir, registry
+from fair.tasks import OPTION_LETTERS, Example, Task, default_data_dir, get_task, registry
 
 Kind = Literal["feedback", "rationale", "review", "other"]
 
@@ -97,9 +97,10 @@ class Entry:
 
 
 class QuestionIndex:
-    """Every question of the four tasks, looked up from a prompt in time linear in the prompt's length:
-    at each word start of the normalised prompt, the next 32 characters (or a short question's length) are
-    tried as a dict key, and each hit is confirmed by finding its whole anchor in the prompt."""
+    """Every question of the built-in tasks (and of the declared ones asked for), looked up from a prompt in time
+    linear in the prompt's length: at each word start of the normalised prompt, the next 32 characters (or a
+    short question's length) are tried as a dict key, and each hit is confirmed by finding its whole anchor in
+    the prompt."""
 
     def __init__(self, entries: list[Entry], loaded: list[str]):
         self.loaded = loaded  # "svamp/train", ...: what was found on disk
@@ -110,8 +111,9 @@ class QuestionIndex:
         self.key_lengths = sorted({len(k) for k in self.by_key}, reverse=True)
 
     @classmethod
-    def build(cls, data_dir: str | Path | None = None) -> QuestionIndex:
-        return _build_index(str(data_dir or default_data_dir()))
+    def build(cls, data_dir: str | Path | None = None, tasks: tuple[str, ...] = ()) -> QuestionIndex:
+        """The built-ins' questions, and those of `tasks` (declared in YAML: names or paths)."""
+        return _build_index(str(data_dir or default_data_dir()), tuple(tasks))
 
     def find(self, text: str) -> Entry | None:
         norm = normalise(text)
@@ -137,9 +139,10 @@ class QuestionIndex:
 
 
 @cache
-def _build_index(data_dir: str) -> QuestionIndex:
+def _build_index(data_dir: str, declared: tuple[str, ...]) -> QuestionIndex:
     entries, loaded = [], []
-    for task in sorted(set(registry().values()), key=lambda t: t.name):  # each task once, not once per alias
+    tasks = {t.name: t for t in [*registry().values(), *map(get_task, declared)]}  # each once, not once per alias
+    for task in sorted(tasks.values(), key=lambda t: t.name):
         for split in task.splits:
             try:  # an explicit data_dir: a missing file (LogiQA's train) is skipped, never downloaded from the hub
                 examples = task.load(split, data_dir)
@@ -147,7 +150,7 @@ def _build_index(data_dir: str) -> QuestionIndex:
                 continue
             loaded.append(f"{task.name}/{split}")
             for ex in examples:
-                anchor = normalise(ex.context if ex.options else ex.question)
+                anchor = normalise(ex.context or ex.question)
                 if anchor:
                     entries.append(Entry(task, ex, anchor))
     return QuestionIndex(entries, loaded)
@@ -223,7 +226,9 @@ def wrong_answer(entry: Entry, rng: random.Random) -> str:
     if entry.task.answer_type == "yesno":
         return "no" if gold == "yes" else "yes"
     if entry.task.answer_type == "option":
-        return rng.choice([x for x in OPTION_LETTERS if x != gold])
+        return rng.choice([x for x in OPTION_LETTERS[: len(entry.example.options)] if x != gold])
+    if entry.task.answer_type in ("exact", "regex"):  # a string answer: any other string is wrong
+        return "unknown"
     value = float(gold)
     delta = rng.randint(1, max(2, int(abs(value) // 4))) * rng.choice((-1, 1))
     return number_text(value + delta)
@@ -265,6 +270,8 @@ def rationale_steps(entry: Entry, answer: str) -> list[str]:
         facts = [s.strip() for s in re.split(r"(?<=[.!?])\s+", ex.solution) if s.strip()]
         verdict = "holds" if answer == "yes" else "does not hold"
         return [*facts[:4], f"Putting these facts together, the claim in the question {verdict}."]
+    if not ex.options:  # a declared task's question, with no reference reasoning: generic steps
+        return [f"The question asks: {ex.question}", f"Working through what it gives step by step leads to {answer}."]
     k = OPTION_LETTERS.index(answer)
     first = re.split(r"(?<=[.!?])\s+", ex.context)[0] if ex.context else "the passage"
     return [f"The passage states: \"{first}\"", f"The question asks: {ex.question}",
@@ -290,6 +297,8 @@ MISTAKES = {
     "option": ("chose an option that goes beyond what the passage says", "confused a necessary with a sufficient "
                "condition", "overlooked a statement in the passage that rules the option out"),
 }
+MISTAKES["exact"] = MISTAKES["regex"] = ("misread what the question asks", "stated the answer in another form",
+                                         "reasoned from a fact the question does not give")
 
 
 def write_feedback(entry: Entry | None, persona: Persona, text: str, rng: random.Random) -> str:

@@ -97,7 +97,7 @@ class Simulator:
                  cache_min_tokens: int = 1024, cache_block_tokens: int = 128, seed: int = 0,
                  log_path: str | Path | None = None, data_dir: str | Path | None = None,
                  personas: dict[str, Any] | None = None, batch_delay_s: float = 1.0, batch_store_mb: float = 1024,
-                 socket_timeout_s: float = 60):
+                 socket_timeout_s: float = 60, tasks: tuple[str, ...] = ()):
         self.fault_rates = dict(zip(FAULTS, (p_5xx, p_hang, p_malformed, p_empty), strict=True))
         self.outcome_rates = dict(zip(OUTCOMES, (p_refusal, p_thinking, p_truncate), strict=True))
         for kind, rates in (("fault", self.fault_rates), ("reply", self.outcome_rates)):
@@ -123,7 +123,7 @@ class Simulator:
         self.limiter = Limiter(rpm, tpm)
         self.cache = PromptCache(cache_min_tokens, cache_block_tokens)
         self.personas: dict[str, Persona] = merge_personas(personas)
-        self.index = QuestionIndex.build(data_dir)
+        self.index = QuestionIndex.build(data_dir, tasks)
         self.counters = {"completed": 0, "rate_limited": 0, "errors": 0, **{f"fault_{f}": 0 for f in FAULTS},
                          **{o: 0 for o in (*OUTCOMES, "quota")}, "batch_files": 0, "batches": 0, "batch_lines": 0,
                          "batch_line_errors": 0}

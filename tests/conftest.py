@@ -18,7 +18,7 @@ import pytest
 
 from fair import rss
 from fair.engines.base import Generation, Sampling
-from fair.tasks import default_data_dir
+from fair.tasks import default_data_dir, get_task
 
 if TYPE_CHECKING:
     from train.train import TrainConfig
@@ -32,6 +32,21 @@ def data_dir() -> Path:
     if not (path / "svamp").is_dir():
         pytest.skip(f"benchmark data not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def paper_seed_files(data_dir) -> tuple[Path, Path]:
+    """The paper's SVAMP committee files: its feedback and its reviewed rationales of Llama-2's mistakes."""
+    seed = data_dir / "seed"
+    return seed / "Llama-2-7b-chat-hf_svamp_feedback_round0.json", seed / "Llama-2-7b-chat-hf_svamp_rationale_round0.json"
+
+
+@pytest.fixture(scope="session")
+def paper_records(paper_seed_files, data_dir) -> list[dict]:
+    from train.data import load_records
+
+    feedback, rationale = paper_seed_files
+    return load_records(feedback, get_task("svamp"), rationale_path=rationale, data_dir=data_dir)
 
 
 @pytest.fixture(scope="session")

@@ -23,21 +23,26 @@ def bench():
 def test_each_pair_alternates_which_side_runs_first_and_zero_runs_once(bench):
     args = bench.parse_args(["--repeats", "3", "--zero-procs", "2"])
     order = bench.plan(args, "ours ZeRO-2 x2")
-    assert order[:5] == [
+    assert order[:7] == [
         (0, "ours padding"),
         (0, "TRL padding"),
         (0, "ours packing"),
         (0, "TRL padding-free"),
+        (0, "ours packing bf16"),
+        (0, "TRL padding-free bf16"),
         (0, "ours ZeRO-2 x2"),
     ]
-    assert order[5:9] == [
+    assert order[7:13] == [
+        (1, "TRL padding-free bf16"),
+        (1, "ours packing bf16"),
         (1, "TRL padding-free"),
         (1, "ours packing"),
         (1, "TRL padding"),
         (1, "ours padding"),
     ]
-    assert [name for _, name in order].count("ours ZeRO-2 x2") == 1 and len(order) == 13
-    no_trl = bench.plan(bench.parse_args(["--no-trl", "--no-zero", "--repeats", "2"]), "z")
+    assert [name for _, name in order].count("ours ZeRO-2 x2") == 1 and len(order) == 19
+    no_trl = bench.plan(bench.parse_args(["--no-trl", "--no-zero", "--repeats", "2", "--pairs", "padding,packing"]),
+                        "z")
     assert no_trl == [(0, "ours padding"), (0, "ours packing"), (1, "ours packing"), (1, "ours padding")]
     # compiled shares packing's TRL run: once a round, and compiled and eager alternate too
     shared = bench.plan(bench.parse_args(["--pairs", "packing,compiled", "--no-zero", "--repeats", "2"]), "z")
@@ -65,6 +70,9 @@ def test_the_loss_check_passes_agreement_and_fails_a_difference(bench):
     assert bench.loss_check([1.0, 2.0, 3.0], [1.0 + 1e-6, 2.001, 3.0])["ok"]
     assert not bench.loss_check([1.001, 2.0], [1.0, 2.0])["ok"]  # step 1: same weights, same tokens
     assert not bench.loss_check([1.0, 2.1], [1.0, 2.0])["ok"]
+    # bf16 against fp32: its rounding passes, a real difference does not
+    assert bench.loss_check([1.005, 2.08], [1.0, 2.0], bench.BF16_TOL)["ok"]
+    assert not bench.loss_check([1.02, 2.0], [1.0, 2.0], bench.BF16_TOL)["ok"]
 
 
 def test_our_token_mean_is_rebuilt_from_the_two_kinds(bench):
@@ -132,13 +140,17 @@ def test_a_tiny_run_of_ours_through_the_real_runner(bench, data_dir, tiny_model_
     )
     assert code == 0
     report = json.loads(out.read_text())
-    for name in ("ours padding", "ours packing"):
+    for name in ("ours padding", "ours packing", "ours packing bf16"):
         (run,) = report["runs"][name]
         assert len(run["step_line_s"]) == 3 and run["step_line_s"] == sorted(run["step_line_s"])
         assert run["target_tok_s"] > 0 and 0.05 < run["peak_rss_gib"] < 8
     padding, packing = (report["runs"][n][0]["losses"] for n in ("ours padding", "ours packing"))
     assert bench.loss_check(packing, padding)["ok"]  # packing changes nothing mathematically
     assert "ours packing" in capsys.readouterr().out
+    assert report["checks"]["ours packing bf16 / ours packing"]["tolerance"] == list(bench.BF16_TOL)
+    assert "ours packing bf16 / ours packing" in report["ratios"]
+    page = importlib.import_module("bench.train_report").render(out, tmp_path / "train.md").read_text()
+    assert "| ours packing bf16 / ours packing | **" in page and "ours packing bf16 |" in page
 
 
 def run_gpu_sh(*args: str) -> subprocess.CompletedProcess:

@@ -153,10 +153,10 @@ def test_training_and_the_report_take_only_whole_texts(scripted, tmp_path, capsy
     committee(config(teachers, mistakes))
     out = mistakes.with_name("committee.jsonl")
     records = load_records(out, get_task("svamp"))  # the new fields read as before
-    for mode in ("all", "no-review", "b", "c"):
-        examples, report = build_examples(records, get_task("svamp"), mode, seed=0)
+    for mode, filter in (("all", "review"), ("mixed", "none"), ("b", "none"), ("c", "none"), ("all", "gold")):
+        examples, report = build_examples(records, get_task("svamp"), mode, seed=0, filter=filter)
         assert all(e.teacher == "a" for e in examples), mode  # b's cut-off and c's refused texts never train
-    assert build_examples(records, get_task("svamp"), "b", seed=0)[1].skipped == {"rationale failed": 6}
+    assert build_examples(records, get_task("svamp"), "b", seed=0, filter="none")[1].skipped == {"rationale failed": 6}
     for feedback, rationale in export_committee(get_task("svamp"), records):  # the paper's files cannot mark them
         assert feedback["b_feedback"] is None and feedback["c_feedback"] is None and feedback["a_feedback"]
         assert rationale["b_rationale"][0] is None and rationale["correct_rationale"] == [good("rationale", 0).text]

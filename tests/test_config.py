@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cli.loop import LoopConfig
 from cli.pipeline import GenConfig
 from eval.evaluate import EvalConfig
 from eval.regrade import GradeConfig
@@ -21,6 +22,7 @@ from gen.mine import MineConfig
 from gen.teachers.config import Teacher, load_committee, rebase
 from gen.teachers.providers import Usage
 from serve.config import ServeConfig
+from serve.view import ViewConfig
 from simulator.cli import SimulatorConfig
 from tests.conftest import ROOT
 
@@ -28,9 +30,11 @@ CONFIGS = ROOT / "configs"
 STAGES = {"mine.yaml": MineConfig, "eval.yaml": EvalConfig, "committee.yaml": CommitteeConfig, "gen.yaml": GenConfig,
           "serve.yaml": ServeConfig, "simulator.yaml": SimulatorConfig, "grade.yaml": GradeConfig,
           "report.yaml": ReportConfig, "import-mistakes.yaml": ImportMistakesConfig,
-          "import-committee.yaml": ImportCommitteeConfig, "estimate.yaml": EstimateConfig}
+          "import-committee.yaml": ImportCommitteeConfig, "estimate.yaml": EstimateConfig, "loop.yaml": LoopConfig,
+          "view.yaml": ViewConfig}
 # Each file under configs/ is checked by the test that reads its folder; a file in no folder here fails below.
-CHECKED = {".": "*.yaml", "train": "*.yaml", "teachers": "*.yaml", "deepspeed": "*.json"}
+CHECKED = {".": "*.yaml", "train": "*.yaml", "teachers": "*.yaml", "deepspeed": "*.json",
+           "tasks": "*.yaml", "tasks/arithmetic": "*.csv"}  # declared tasks and their data: tests/test_tasks.py
 
 
 def config_files(folder: str) -> list[str]:

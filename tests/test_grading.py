@@ -13,8 +13,10 @@ from fair.grading import (
     extract_number,
     extract_option,
     extract_yes_no,
+    grade_exact,
     grade_number,
     grade_option,
+    grade_regex,
     grade_yes_no,
 )
 from fair.tasks import default_data_dir, get_task
@@ -333,4 +335,46 @@ def test_degenerate_replies_are_graded_quickly(text):
     assert grade_number(text, "5").correct is not True
     assert grade_yes_no(text, "yes").correct is not True
     assert grade_option(text, ("a", "b", "c", "d"), "A").correct is not True
+    assert grade_exact(text, "5").correct is not True
     assert time.thread_time() - start < 1.0
+
+
+# --- exact strings and regular expressions (tasks declared in YAML) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "gold", "extracted", "correct"),
+    [
+        ("Paris is the capital.\nThe answer is Paris.", "Paris", "Paris", True),
+        ("The answer is **paris**", "Paris", "paris", True),  # case and markup at the ends do not count
+        ('Final answer: "New   York"', "new york", '"New   York"', True),
+        ("The answer is St. Louis. It lies on the Mississippi.", "St. Louis", "St. Louis", True),
+        ("The answer is St. Louis. It lies on the Mississippi.", "St", "St", True),  # its first sentence
+        ("The answer is Lyon. Not Paris.", "Paris", "Lyon", False),
+        ("The answer is:\n\nBerlin", "Berlin", "Berlin", True),  # the line below a marker that ends its line
+        ("We get \\boxed{Rome} after all.", "rome", "Rome", True),
+        ("Madrid", "Madrid", "Madrid", True),  # a one-line reply is its answer
+        ("I am not sure.\nMaybe Oslo, maybe Bergen.", "Oslo", None, None),  # no marker, several lines: no answer
+    ],
+)
+def test_grade_exact(text, gold, extracted, correct):
+    assert grade_exact(text, gold) == Grade(extracted, correct)
+
+
+def test_grade_exact_rejects_an_empty_gold():
+    with pytest.raises(ValueError, match="empty"):
+        grade_exact("The answer is x.", " ** ")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "gold", "extracted", "correct"),
+    [
+        (r"SKU-(\d+)", "First SKU-12, then SKU-0457.", "0457", "0457", True),  # the last match, its first group
+        (r"(?P<answer>[A-Z]{3})-(\d)", "Route ABC-1 to XYZ-2", "xyz", "XYZ", True),  # the group named answer
+        (r"\b[a-z]+@[a-z]+\.com\b", "mail bob@corp.com", "Bob@Corp.com", "bob@corp.com", True),  # the whole match
+        (r"SKU-(\d+)", "SKU-1 and SKU-2", "1", "2", False),
+        (r"SKU-(\d+)", "no code here", "1", None, None),
+    ],
+)
+def test_grade_regex(pattern, text, gold, extracted, correct):
+    assert grade_regex(text, gold, pattern) == Grade(extracted, correct)

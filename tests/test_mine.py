@@ -83,6 +83,16 @@ def test_export_seed_matches_the_papers_schema(tmp_path, data_dir, fake_engine_c
     assert all(isinstance(r["id"], int) and r["student_wrong_final_answer"] == "-1" for r in exported)
 
 
+def test_a_later_round_names_the_papers_file_by_its_first_student_and_round(tmp_path, data_dir, fake_engine_cls):
+    """`fair loop` mines round r's trained student (a folder named final) under the first student's name."""
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "config.json").write_text("{}")
+    mine(config(tmp_path, limit=4, export_seed=True, model=str(tmp_path / "final"), paper_student="Llama-2-7b-chat-hf",
+                paper_round=2), fake_engine_cls(svamp_reply()))
+    assert [p.name for p in (tmp_path / "out").glob("*.json") if "round" in p.name] == [
+        "Llama-2-7b-chat-hf_svamp_false_round2.json"]
+
+
 def test_bad_settings_are_one_line_errors(tmp_path):
     with pytest.raises(FairError, match="unknown task 'svmap'.*did you mean 'svamp'"):
         config(tmp_path, task="svmap")

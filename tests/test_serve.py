@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -294,11 +295,14 @@ def test_our_batch_api_client_drives_the_server_unchanged(server, monkeypatch):
 def test_fair_committee_server_submits_follows_and_downloads(server, mistakes, tmp_path):
     out = tmp_path / "run" / "committee.jsonl"
     command = [sys.executable, "-m", "cli.main", "committee", "--task", "svamp", "--mistakes", str(mistakes),
-               "--limit", "3", "--out", str(out), "--server", server.url, "--no-progress"]
+               "--limit", "3", "--out", str(out), "--server", server.url]
     env = os.environ | {"FAIR_SERVE_TOKEN": TOKEN}
     run = subprocess.run(command, capture_output=True, text=True, timeout=90, env=env)
     assert run.returncode == 0, run.stderr
     assert "completed: 3/3 mistakes" in run.stdout
+    # stderr is a pipe, not a terminal: the job's progress in plain lines (fair/progress.py), no redrawn bar
+    assert re.search(r"^job \S+: 3/3 mistakes \(100%\), .* mistakes/s, .*, requests=\d+", run.stderr, re.M), run.stderr
+    assert "\r" not in run.stderr
     assert len(records(out)) == 3 and (out.parent / "committee_stats.json").exists()
     again = subprocess.run(command, capture_output=True, text=True, timeout=90, env=env)
     assert again.returncode == 0 and "following job" in again.stdout  # the same job, not a second one

@@ -1,23 +1,40 @@
 """`fair serve`'s page in a real browser: Debian's chromium driven by Playwright (Playwright's own browser
-download is not reachable here; `make setup` installs the chromium package where it can)."""
+download is not reachable here; `make setup` installs the chromium package where it can). A user logs in,
+uploads a mistakes file, estimates and submits a job, watches it to the end, filters its records, opens one
+mistake's rationales side by side (docs/img/viewer.png is this screenshot) and downloads committee.jsonl; `fair
+view` shows the same viewer over the job's folder, read-only."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import time
 
+import httpx
 import pytest
 
 from simulator.server import OfflineServer
-from tests.conftest import import_seed_mistakes
+from tests.conftest import ROOT, import_seed_mistakes
 from tests.serve_util import TOKEN, Served, submit, teachers_yaml, upload_mistakes, wait_job
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# The docs' screenshot is this test's: FAIR_UPDATE_SCREENSHOT=1 writes it there (a run's job id differs, so every
+# run would otherwise change the committed image); without it the test still takes it, into its own folder.
+SCREENSHOT = ROOT / "docs" / "img" / "viewer.png"
 pytestmark = [
-    pytest.mark.timeout(120),
+    pytest.mark.timeout(180),
     pytest.mark.skipif(
         CHROMIUM is None, reason="Debian's chromium is not installed: apt-get install chromium"
     ),
 ]
+
+
+def log_in(page, url: str) -> None:
+    page.goto(url + "/")
+    page.fill("input[name=token]", TOKEN)
+    page.click("button")
 
 
 def test_the_page_logs_in_shows_jobs_and_gates_and_cancels_a_job(tmp_path, data_dir):
@@ -47,3 +64,106 @@ def test_the_page_logs_in_shows_jobs_and_gates_and_cancels_a_job(tmp_path, data_
         assert wait_job(http, job["id"])["status"] == "cancelled"
         assert page.locator("#error").text_content() == ""
         browser.close()
+
+
+def test_a_job_is_submitted_watched_and_inspected_from_the_page_alone(tmp_path, data_dir):
+    from playwright.sync_api import expect, sync_playwright
+
+    mistakes = import_seed_mistakes(tmp_path, data_dir, count=12)
+    with (
+        OfflineServer(port=0, data_dir=data_dir, latency_ms=(20, 60)) as sim,
+        Served(tmp_path / "state", teachers_yaml(tmp_path, sim.url), sim.url) as served,
+        served.client() as http,
+        sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        log_in(page, served.url)
+        # Upload, then the form: labels name every field (what a screen reader announces, what a test finds).
+        page.get_by_label("Upload a mistakes file (JSONL)", exact=True).set_input_files(str(mistakes))
+        page.get_by_role("button", name="Upload", exact=True).click()
+        expect(page.get_by_label("Mistakes file", exact=True)).to_contain_text("mistakes.jsonl")
+        page.get_by_label("Task", exact=True).select_option("svamp")
+        page.get_by_label("harsh", exact=True).uncheck()
+        page.get_by_label("Priority (its share of the teachers' limits)").fill("2")
+        submit_button = page.get_by_role("button", name="Submit job")
+        expect(submit_button).to_be_disabled()  # not before its cost is seen
+        page.get_by_label("Cost cap in USD (empty: none)").fill("0")
+        page.get_by_role("button", name="Estimate cost and time").click()
+        expect(page.locator("#error")).to_have_text("max_cost_usd: Input should be greater than 0")  # the API's line
+        page.get_by_label("Cost cap in USD (empty: none)").fill("5")
+        page.get_by_role("button", name="Estimate cost and time").click()
+        expect(page.locator("#estimate")).to_contain_text("12 mistakes, 72 requests (6 a mistake)")
+        submit_button.click()
+        # Watched over the event stream to the end; the heading takes the focus.
+        expect(page.locator("#job-progress")).to_contain_text("completed: 12 of 12 mistakes done", timeout=60_000)
+        expect(page.locator("#job-heading")).to_be_focused()
+        job_id = page.locator("#job-heading").text_content().removeprefix("Job ")
+        job = wait_job(http, job_id)
+        assert (job["spec"]["teachers"], job["spec"]["priority"], job["spec"]["max_cost_usd"]) == (
+            ["careful", "sloppy"], 2.0, 5.0)
+        filter_and_open(page, tmp_path)
+        with page.expect_download() as download:  # downloads are links
+            page.locator("#downloads a", has_text="committee.jsonl").click()
+        download.value.save_as(tmp_path / "downloaded.jsonl")
+        folder = tmp_path / "state" / "jobs" / job_id
+        assert (tmp_path / "downloaded.jsonl").read_bytes() == (folder / "committee.jsonl").read_bytes()
+        assert page.locator("#error").text_content() == ""
+        before = sorted(p.name for p in folder.iterdir())
+        check_fair_view(browser.new_page(), tmp_path, folder)  # a page of its own: its own cookies
+        assert sorted(p.name for p in folder.iterdir()) == before
+        browser.close()
+
+
+def filter_and_open(page, tmp_path) -> None:
+    """The viewer: every record, then the filters (applied on the server), one mistake side by side."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#records-count")).to_contain_text("records 1 to 12 of 12 matching")
+    filters = page.locator("#filters")
+    filters.get_by_label("Teacher").select_option("sloppy")
+    filters.get_by_label("Rationale").select_option("false")
+    filters.get_by_role("button", name="Filter").click()
+    expect(page.locator("#records-count")).not_to_contain_text("of 12 matching")
+    rows = page.locator("#records tbody tr")
+    expect(rows.first).to_contain_text("sloppy")
+    for text in rows.all_inner_texts():
+        assert "rejected" in text
+    # One mistake's rationales side by side, focus on its heading.
+    rows.first.get_by_role("button").click()
+    expect(page.locator("#mistake-heading")).to_be_focused()
+    columns = page.locator("#mistake-columns article")
+    expect(columns).to_have_count(2)
+    expect(columns.nth(0)).to_contain_text("Review by sloppy")
+    page.locator("#job").screenshot(path=str(SCREENSHOT if os.environ.get("FAIR_UPDATE_SCREENSHOT") == "1"
+                                              else tmp_path / "viewer.png"))
+
+
+def check_fair_view(page, tmp_path, folder) -> None:
+    """`fair view FOLDER` (the real command): the same viewer, nothing to submit."""
+    from playwright.sync_api import expect
+
+    port_file, temporary = tmp_path / "view.port", tmp_path / "view-tmp"
+    temporary.mkdir()
+    env = {**os.environ, "FAIR_SERVE_TOKEN": TOKEN, "TMPDIR": str(temporary)}
+    with (tmp_path / "view.log").open("w") as log:
+        view = subprocess.Popen([sys.executable, "-m", "cli.main", "view", str(folder), "--port", "0",
+                                 "--port-file", str(port_file)], cwd=ROOT, env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            assert view.poll() is None and time.monotonic() < deadline, (tmp_path / "view.log").read_text()
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port_file.read_text().strip()}"
+        assert httpx.get(url + "/v1/fair/page").status_code == 401
+        log_in(page, url)
+        expect(page.locator("#title")).to_have_text(f"fair view: {folder.name}")
+        expect(page.locator("#records-count")).to_contain_text("of 12 matching")
+        expect(page.locator("#submit-section")).to_be_hidden()
+        expect(page.locator("#job-cancel")).to_be_hidden()
+        expect(page.locator("#downloads a", has_text="committee.jsonl")).to_be_visible()
+    finally:
+        view.terminate()
+        assert view.wait(10) == 0
+    assert "fair view: stopped" in (tmp_path / "view.log").read_text()
+    assert not list(temporary.iterdir())  # its index went with it; the run's folder was never written

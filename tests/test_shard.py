@@ -35,14 +35,14 @@ def mine_shards(out: Path, count: int, engine_cls, **overrides) -> None:
 def test_shards_partition_the_split_and_ignore_the_limit(data_dir):
     examples = get_task("svamp").load("train")
     for count in (1, 3, 4, 7):
-        shards = [shard_examples(examples[:24], (i, count)) for i in range(count)]
+        shards = [list(shard_examples(examples[:24], (i, count))) for i in range(count)]
         ids = [e.id for shard in shards for e in shard]
         assert sorted(ids) == sorted(e.id for e in examples[:24]) and len(ids) == len(set(ids))
         assert max(map(len, shards)) - min(map(len, shards)) <= 1
         # A larger --limit only extends each shard: what a shard already answered stays its own.
         for i in range(count):
-            smaller = shard_examples(examples[:10], (i, count))
-            assert smaller == shard_examples(examples[:24], (i, count))[: len(smaller)]
+            smaller = list(shard_examples(examples[:10], (i, count)))
+            assert smaller == list(shard_examples(examples[:24], (i, count)))[: len(smaller)]
 
 
 @pytest.mark.parametrize("shard", ["4/4", "1", "a/3", "-1/3", "1/0"])

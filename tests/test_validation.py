@@ -39,6 +39,12 @@ INVALID = [
     (["gen", "--offline-latency-ms", "9", "1"], "offline_latency_ms"),
     (["gen", "--engine", "nope"], "unknown engine 'nope'"),
     (["gen", "offline_latency_ms=[1, a]"], "offline_latency_ms must be a list of 2 int, got [1, 'a']"),
+    (["loop", "--rounds", "0"], "rounds must be at least 1"),
+    (["loop", "--window", "0"], "window must be at least 1"),
+    (["loop", "--eval-split", "dev"], "eval_split: task 'svamp' has no split 'dev'"),
+    (["loop", "--train", "{lr: -1}"], "lr > 0"),
+    (["loop", "--train", "{out: x}"], "train: out are the loop's to set"),
+    (["loop", "--train-config", "dmeo"], "train_config: no 'dmeo' in configs/train/ (known: cpu, default, demo"),
     (["teachers", "serve", "--port", "0", "--rpm", "0"], "rpm and tpm must be >= 1"),
     (["teachers", "serve", "--port", "0", "--p-5xx", "2"], "fault rates"),
     (["teachers", "serve", "--port", "0", "--latency-ms", "9", "1"], "latency_ms"),
@@ -63,6 +69,8 @@ INVALID = [
     (["report", "--gen-dir", ".", "--out", "report", "--threshold", "9"], "threshold must be within the 1-5"),
     (["serve", "--reserve", "1"], "reserve must be in 0..1"),
     (["serve", "--port", "70000"], "port must be in 0..65535"),
+    (["view", "--port", "70000", "run"], "port must be in 0..65535"),
+    (["view", "/nonexistent/run"], "/nonexistent/run: no committee.jsonl"),
     (["tasks", "--bogus"], "unrecognized arguments: --bogus"),
 ]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +35,9 @@ Kind = Literal["feedback", "rationale"]
 PromptFormat = Literal["chat", "paper"]
 FEEDBACK, RATIONALE = 0, 1  # integer codes used in tensors
 KIND_CODES = {"feedback": FEEDBACK, "rationale": RATIONALE}
-MODES = ("mixed", "all", "no-review")  # or a teacher's name
+MODES = ("mixed", "all")  # or a teacher's name: whose texts, and how many a mistake
+Filter = Literal["review", "gold", "gold+review", "none"]
+FILTERS: tuple[Filter, ...] = ("review", "gold", "gold+review", "none")  # which rationales may be trained on
 
 
 @dataclass(frozen=True)
@@ -54,12 +57,13 @@ class BuildReport:
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> mistakes left out for it
     per_teacher: dict[str, dict[str, int]] = field(default_factory=dict)  # teacher -> kind -> examples
     mode: str = ""
+    filter: str = ""
     seed: int = 0
     prompt_format: str = ""
 
     def summary(self) -> str:
         used = self.mistakes - sum(self.skipped.values())
-        lines = [f"{self.mistakes} mistakes, {used} used (mode {self.mode}, seed {self.seed}, "
+        lines = [f"{self.mistakes} mistakes, {used} used (mode {self.mode}, filter {self.filter}, seed {self.seed}, "
                  f"{self.prompt_format} prompts): {self.feedback_examples} feedback + "
                  f"{self.rationale_examples} rationale examples"]
         lines += [f"  skipped {n}: {reason}" for reason, n in self.skipped.items()]
@@ -116,27 +120,35 @@ def teachers_of(records: list[dict]) -> list[str]:
 # Examples
 
 
-def build_examples(records: list[dict], task: Task, mode: str, seed: int,
-                   prompt_format: PromptFormat = "chat") -> tuple[list[TrainExample], BuildReport]:
-    """mode 'mixed' (the paper's FAIR): one random feedback and one random peer-accepted rationale;
-    a teacher's name: that teacher's feedback and rationale, unreviewed (the paper's baselines);
-    'all': every feedback and every accepted rationale; 'no-review': 'mixed' ignoring the reviews."""
+def build_examples(records: list[dict], task: Task, mode: str, seed: int, prompt_format: PromptFormat = "chat",
+                   filter: Filter = "review") -> tuple[list[TrainExample], BuildReport]:
+    """Which texts of each mistake become examples: `mode` says whose and how many, `filter` which rationales qualify.
+
+    mode 'mixed' (the paper's FAIR): one seeded random feedback and one random qualifying rationale; 'all': every
+    feedback and every qualifying rationale; a teacher's name: that teacher's feedback and rationale (the paper's
+    single-teacher baselines, which were unreviewed: `filter none`).
+    filter 'review' (the paper's): rationales the peers accepted; 'gold': rationales in which the task's grader,
+    the one that mined the mistakes, finds the gold answer (free: no review request); 'gold+review': both;
+    'none': every whole rationale."""
     if prompt_format not in ("chat", "paper"):
         raise FairError(f"prompt format must be 'chat' or 'paper', got {prompt_format!r}")
+    if filter not in FILTERS:
+        raise FairError(f"unknown filter {filter!r}: choose {', '.join(FILTERS)}")
     teachers = teachers_of(records)
     if mode not in MODES and mode not in teachers:
         raise FairError(f"unknown teacher mode {mode!r}: choose {', '.join(MODES)} or a teacher ({', '.join(teachers)})")
-    rng = random.Random(seed)  # private: the same (records, mode, seed) always gives the same examples
-    report = BuildReport(mistakes=len(records), mode=mode, seed=seed, prompt_format=prompt_format,
+    rng = random.Random(seed)  # private: the same (records, mode, filter, seed) always gives the same examples
+    report = BuildReport(mistakes=len(records), mode=mode, filter=filter, seed=seed, prompt_format=prompt_format,
                          per_teacher={t: {"feedback": 0, "rationale": 0} for t in teachers})
     skipped: Counter[str] = Counter()
     examples: list[TrainExample] = []
     for record in records:
-        fb, rat, reason = _choose(record, mode, rng)
+        mistake = StudentAnswer.from_json(record["mistake"], f"record {record['id']}")
+        example = mistake.example()
+        fb, rat, reason = _choose(record, mode, filter, rng, lambda text, e=example: task.grade(text, e).correct)
         if reason:
             skipped[reason] += 1
             continue
-        mistake = StudentAnswer.from_json(record["mistake"], f"record {record['id']}")
         fb_prompt, rat_prompt = _prompts(task, mistake, prompt_format)
         for kind, prompt, chosen in (("feedback", fb_prompt, fb), ("rationale", rat_prompt, rat)):
             for teacher, text in chosen:
@@ -149,29 +161,30 @@ def build_examples(records: list[dict], task: Task, mode: str, seed: int,
 
 
 Chosen = list[tuple[str, str]]  # (teacher, text)
+NO_RATIONALE = {"review": "no accepted rationale", "gold": "no rationale with the gold answer",
+                "gold+review": "no accepted rationale with the gold answer", "none": "rationale failed"}
 
 
-def _choose(record: dict, mode: str, rng: random.Random) -> tuple[Chosen, Chosen, str | None]:
+def _choose(record: dict, mode: str, filter: Filter, rng: random.Random,
+            finds_gold: Callable[[str], bool | None]) -> tuple[Chosen, Chosen, str | None]:
     """(feedbacks, rationales, None) for one mistake, or a reason to skip it."""
-    feedbacks = {n: t for n, e in record["feedback"].items() if (t := usable_text(e))}
-    rationales = {n: t for n, e in record["rationales"].items() if (t := usable_text(e))}
-    if mode not in MODES:  # one teacher, unreviewed
-        if mode not in record["feedback"] or mode not in record["rationales"]:
-            return [], [], "teacher missing"
-        if mode not in rationales or mode not in feedbacks:
-            return [], [], "rationale failed" if mode not in rationales else "feedback failed"
-        return [(mode, feedbacks[mode])], [(mode, rationales[mode])], None
-    if mode != "no-review":
+    if mode not in MODES and (mode not in record["feedback"] or mode not in record["rationales"]):
+        return [], [], "teacher missing"
+    feedbacks = {n: t for n, e in record["feedback"].items() if (t := usable_text(e)) and mode in (*MODES, n)}
+    rationales = {n: t for n, e in record["rationales"].items() if (t := usable_text(e)) and mode in (*MODES, n)}
+    if "review" in filter:
         rationales = {n: t for n, t in rationales.items() if record["rationales"][n].get("accepted")}
-    if mode == "all":
-        fb, rat = list(feedbacks.items()), list(rationales.items())
-    else:
+    if "gold" in filter:
+        rationales = {n: t for n, t in rationales.items() if finds_gold(t)}
+    if mode == "mixed":
         # Feedback first, then rationale: the paper's order of random.choice calls, so that on the paper's files
         # with its seed the same texts are drawn (a choice from an empty list draws no random number).
         fb = [rng.choice(list(feedbacks.items()))] if feedbacks else []
         rat = [rng.choice(list(rationales.items()))] if rationales else []
+    else:
+        fb, rat = list(feedbacks.items()), list(rationales.items())
     if not rationales:
-        return [], [], "rationale failed" if mode == "no-review" else "no accepted rationale"
+        return [], [], NO_RATIONALE[filter]
     return fb, rat, None if feedbacks else "feedback failed"
 
 

@@ -29,7 +29,7 @@ from fair.errors import FairError
 from fair.jsonl import read_jsonl
 from train.checkpoint import latest_checkpoint, load_weights
 
-RUN_ONLY = ("micro_batch_size", "deepspeed", "pack", "compile", "out", "save_every", "log_every")
+RUN_ONLY = ("micro_batch_size", "deepspeed", "pack", "compile", "out", "save_every", "log_every", "report_to")
 
 
 def check_settings(config: Any, saved_path: Path) -> None:

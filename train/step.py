@@ -163,17 +163,19 @@ def take_step(run: Run, batch: list, step: int, lr: float) -> dict:
     total_loss, feedback_total, rationale_total = dist.all_sum(sums)
     require_finite_step(step, "loss", total_loss, config)
     if dist.zero:  # DeepSpeed has stepped already (on bf16 it does not skip): the weights in memory are lost
-        require_finite_step(step, "gradient norm", run.engine.get_global_grad_norm(), config)
+        norm = run.engine.get_global_grad_norm()
+        require_finite_step(step, "gradient norm", norm, config)
     else:
-        norm = torch.nn.utils.clip_grad_norm_(run.params, config.grad_clip)
-        require_finite_step(step, "gradient norm", norm.item(), config)
+        norm = torch.nn.utils.clip_grad_norm_(run.params, config.grad_clip).item()  # the norm before clipping
+        require_finite_step(step, "gradient norm", norm, config)
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
     return {
         "step": step + 1, "lr": lr, "loss": total_loss,
         "feedback_loss": feedback_total / n_feedback if n_feedback else None,
         "rationale_loss": rationale_total / n_rationale if n_rationale else None,
-        "target_tokens": n_feedback + n_rationale,
+        "target_tokens": n_feedback + n_rationale, "tokens": sum(len(item.input_ids) for item in batch),
+        "grad_norm": None if norm is None else float(norm),
     }
 
 

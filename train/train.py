@@ -33,7 +33,7 @@ import torch
 from fair.config import Validated, at_least, save_config
 from fair.dtype import Dtype, Precision, dtype_field, resolve_dtype
 from fair.errors import FairError, main_guard
-from fair.jsonl import append_jsonl, write_json
+from fair.jsonl import write_json
 from fair.lock import folder_lock
 from fair.models import DEFAULT_STUDENT, model_short_name, resolve_model
 from fair.student import run_dir
@@ -42,12 +42,14 @@ from train.checkpoint import export, load_optimizer, save_checkpoint, trainable
 from train.data import (
     FEEDBACK,
     RATIONALE,
+    Filter,
     build_examples,
     load_records,
     tokenize_examples,
 )
 from train.resume import check_settings, data_digest, resume_point
 from train.step import Run, take_step
+from train.trackers import RunLog, tracker_names
 from train.varlen import VARLEN, varlen_supported
 
 
@@ -59,7 +61,8 @@ class TrainConfig(Validated):
     committee: str | None = None  # default data/<task>/<student>/committee.jsonl
     paper_feedback: str | None = None  # or the paper's *_feedback_round0.json ...
     paper_rationale: str | None = None  # ... with its *_rationale_round0.json
-    teacher: str = "mixed"  # mixed | all | no-review | a teacher's name (raw, unreviewed)
+    teacher: str = "mixed"  # mixed (one random text a mistake: FAIR) | all | a teacher's name
+    filter: Filter = "review"  # which rationales qualify: review (peer-accepted) | gold | gold+review | none
     prompt_format: Literal["chat", "paper"] = "chat"  # chat: the student's template, as at evaluation
     data_dir: str | None = None  # local data in shared/data layout; default $FAIR_DATA_DIR or ../shared/data
     # --- objective
@@ -88,7 +91,12 @@ class TrainConfig(Validated):
     # --- output
     out: str | None = None  # default checkpoints/<task>-<student>-<teacher>
     save_every: int = 0  # steps between checkpoints; 0 = at the end of each epoch
-    log_every: int = 1  # steps between lines of log.jsonl and of the console
+    log_every: int = 1  # steps between lines of the console (log.jsonl has every step)
+    report_to: tuple[str, ...] = ()  # trackers of each step's losses, lr, grad norm, tokens/s: tensorboard, wandb, mlflow, trackio (train/trackers.py)
+
+    def __post_init__(self) -> None:
+        self.report_to = tracker_names(self.report_to)  # a comma list (`--report-to tensorboard,wandb`) or a list
+        super().__post_init__()
 
     def validate(self) -> None:
         get_task(self.task)
@@ -114,7 +122,8 @@ class TrainConfig(Validated):
 
     @property
     def out_dir(self) -> Path:
-        teacher = self.teacher if self.paper_feedback is None else f"paper-{self.teacher}"
+        teacher = self.teacher if self.filter == "review" else f"{self.teacher}-{self.filter.replace('+', '-')}"
+        teacher = teacher if self.paper_feedback is None else f"paper-{teacher}"
         return Path(self.out or Path("checkpoints") / f"{get_task(self.task).name}-{model_short_name(self.student)}-{teacher}")
 
     @property
@@ -208,7 +217,7 @@ def load_data(config: TrainConfig, tokenizer, dist: Dist):
             raise FairError(f"no committee data at {config.committee_path}: run `fair gen --task {task.name}` "
                             "(or --paper-feedback/--paper-rationale for the paper's files)")
         records = load_records(config.committee_path, task)
-    examples, report = build_examples(records, task, config.teacher, config.seed, config.prompt_format)
+    examples, report = build_examples(records, task, config.teacher, config.seed, config.prompt_format, config.filter)
     tokenized, token_report = tokenize_examples(examples, tokenizer, config.max_length, config.prompt_format)
     if config.alpha == 0 or config.alpha == 1:  # a zero-weight kind costs compute and teaches nothing
         keep = RATIONALE if config.alpha == 0 else FEEDBACK
@@ -293,13 +302,11 @@ def train_locked(config: TrainConfig, dist: Dist) -> Path:
     model.train()
     run_began = time.perf_counter()
     run = Run(config, dist, tokenizer, engine, optimizer, params, device, attention, autocast, accumulation)
-    for step in range(start, total):
-        run_step(config, run, items, step, total, steps_per_epoch, digest, model)
-    if dist.rank == 0:
-        write_json(config.out_dir / "train_summary.json", {
-            "steps": total, "resumed_from": start, "seconds_this_run": round(time.perf_counter() - run_began, 2),
-            "examples": len(items), "processes": dist.world, "dtype": precision.to_json(),
-        })
+    with RunLog(config, start, total, dist) as log:  # log.jsonl, the console, the progress bar, the trackers
+        for step in range(start, total):
+            run_step(config, run, items, step, total, steps_per_epoch, digest, model, log)
+        log.end({"steps": total, "resumed_from": start, "seconds_this_run": round(time.perf_counter() - run_began, 2),
+                 "examples": len(items), "processes": dist.world, "dtype": precision.to_json()})
     target = config.out_dir / "final"
     export(target, model, tokenizer, student=config.student, lora=config.lora, zero=dist.zero, rank=dist.rank)
     if dist.world > 1:
@@ -326,8 +333,8 @@ def optimizer_for(config: TrainConfig, model, params, dist: Dist, accumulation: 
 
 
 def run_step(config: TrainConfig, run: Run, items: list, step: int, total: int, steps_per_epoch: int, digest: str,
-             model) -> None:
-    """One optimizer step: its batch, the step, its log line, and a checkpoint when the save rule says so."""
+             model, log: RunLog) -> None:
+    """One optimizer step: its batch, the step, its record (`log`), and a checkpoint when the save rule says so."""
     dist = run.dist
     began = time.perf_counter()
     batch = [items[i] for i in step_plan(len(items), config, step, steps_per_epoch)]
@@ -335,11 +342,8 @@ def run_step(config: TrainConfig, run: Run, items: list, step: int, total: int, 
     record = take_step(run, batch, step, lr)
     record["step_s"] = round(time.perf_counter() - began, 3)
     record["target_tokens_per_s"] = record["target_tokens"] / (time.perf_counter() - began)
-    if dist.rank == 0:
-        append_jsonl(config.out_dir / "log.jsonl", [record])
-        if (step + 1) % config.log_every == 0 or step + 1 == total:
-            print(f"step {step + 1}/{total} loss {record['loss']:.4f} lr {lr:.2e} "
-                  f"{record['target_tokens_per_s']:.0f} target tok/s", flush=True)
+    record["tokens_per_s"] = record["tokens"] / (time.perf_counter() - began)
+    log.step(record)
     if save_due(config, step + 1, total, steps_per_epoch):
         save_checkpoint(config.out_dir / "checkpoints" / f"step-{step + 1}", model, run.optimizer, dist.zero,
                         step + 1, asdict(config), dist.rank, digest)

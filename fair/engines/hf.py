@@ -36,15 +36,16 @@ class HFEngine:
     def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
         encoded = [encode_prompt(self.tokenizer, p, self.chat) for p in prompts]
         if self.continuous is not None:
+            # disable None: a terminal only; in a log the stage's own lines say it (fair/progress.py)
             with tqdm(total=len(prompts), desc="answers", unit="answer", leave=False,
-                      disable=len(prompts) < 2 * self.batch_size) as progress:
+                      disable=len(prompts) < 2 * self.batch_size or None) as progress:
                 return self.continuous.generate(encoded, sampling, progress)
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
         results: list[Generation | None] = [None] * len(prompts)
         if not sampling.greedy:
             torch.manual_seed(sampling.seed)
         starts = range(0, len(order), self.batch_size)
-        for start in tqdm(starts, desc="batches", unit="batch", leave=False, disable=len(starts) < 2):
+        for start in tqdm(starts, desc="batches", unit="batch", leave=False, disable=len(starts) < 2 or None):
             batch = order[start : start + self.batch_size]
             for i, generation in zip(batch, self._generate_batch([encoded[i] for i in batch], sampling), strict=True):
                 results[i] = generation

@@ -9,6 +9,7 @@ need the `if __name__ == "__main__":` guard. On CPUs the engine core runs in-pro
 from __future__ import annotations
 
 import os
+import sys
 
 from fair.dtype import resolve_dtype
 from fair.engines.base import Generation, Sampling, encode_prompt
@@ -77,7 +78,8 @@ class VLLMEngine:
             stop=list(sampling.stop) or None,
         )
         requests = [{"prompt_token_ids": encode_prompt(self.tokenizer, p, self.chat)} for p in prompts]
-        outputs = self.llm.generate(requests, params, use_tqdm=True)  # per-request progress within a long chunk
+        # per-request progress within a long chunk, on a terminal; in a log the stage's lines say it (fair/progress.py)
+        outputs = self.llm.generate(requests, params, use_tqdm=sys.stderr.isatty())
         return [
             Generation(
                 text=out.outputs[0].text,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fair.errors import FairError
 from fair.tasks import OPTION_LETTERS, Example, MissingDataFile, Task, require_field
+from fair.tasks._common import answer_instruction, question_block
 
 LOCAL_FILES = {"train": "Train.txt", "validation": "Eval.txt", "test": "Test.txt"}
 
@@ -55,14 +56,6 @@ def to_example(row: dict, split: str, index: int) -> Example:
     )
 
 
-def prompt(ex: Example) -> str:
-    options = "\n".join(f"{OPTION_LETTERS[k]}. {o}" for k, o in enumerate(ex.options))
-    return (
-        f"{ex.context}\n\nQuestion: {ex.question}\n{options}\n\nThink step by step. Then write the final answer "
-        'on its own line as "The answer is X." where X is A, B, C or D.'
-    )
-
-
 # The paper's prompt, verbatim with its trailing space (all_prompts.py), which prints the options as a Python list.
 PAPER_PROMPT = (
     "\nGiven the context: {}\nQuery: {}\nThere are four options in the list: {}. \n"
@@ -76,7 +69,7 @@ TASK = Task(
     splits=("train", "validation", "test"),
     read_local=read_local,
     to_example=to_example,
-    prompt=prompt,
+    prompt=lambda ex: f"{question_block(ex)}\n\n{answer_instruction('option')}",
     paper_prompt=lambda ex: PAPER_PROMPT.format(ex.context, ex.question, list(ex.options)),
     aliases=("logiQA",),
     paper_instruction="Answer the following question based on the given context, query and options.",

@@ -2,7 +2,7 @@
 
 from fair.errors import FairError
 from fair.tasks import PAPER_YES_NO, Example, Task, require_field
-from fair.tasks._common import read_split_jsonl
+from fair.tasks._common import answer_instruction, read_split_jsonl
 
 
 def to_example(row: dict, split: str, index: int) -> Example:
@@ -33,10 +33,7 @@ TASK = Task(
     splits=("train", "test"),
     read_local=read_split_jsonl,
     to_example=to_example,
-    prompt=lambda ex: (
-        f"{ex.question}\n\nThink step by step. Then write the final answer on its own line as "
-        '"The answer is yes." or "The answer is no."'
-    ),
+    prompt=lambda ex: f"{ex.question}\n\n{answer_instruction('yesno')}",
     paper_prompt=lambda ex: PAPER_PROMPT.format(ex.question),
     solution_form="facts",
     aliases=("strategyQA",),

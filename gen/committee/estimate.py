@@ -88,6 +88,11 @@ class EstimateConfig(Validated):
         return CommitteeConfig(task=self.task, student=self.student, mistakes=self.mistakes,
                                teachers=self.teachers, prompts=self.prompts)
 
+    @property
+    def stats_path(self) -> Path:
+        """A committee run's committee_stats.json beside the mistakes: its measured output tokens and cache hits."""
+        return self.committee.mistakes_path.with_name("committee_stats.json")
+
 
 # ----------------------------------------------------------------------------------------------------------
 # What one mistake costs
@@ -213,7 +218,7 @@ def mistakes_and_sample(config: EstimateConfig, task: Task) -> tuple[int, str, l
         records = spread(enumerate(read_jsonl(path)), counted, config.sample)
         sample = [StudentAnswer.from_json(r, f"{path} record {i}") for i, r in records]
     else:
-        examples = task.load(config.split, config.data_dir)[: config.limit]
+        examples = task.load(config.split, config.data_dir, config.limit)
         chosen = spread(examples, len(examples), config.sample)
         sample = [stand_in(task, e, config.answer_tokens) for e in chosen]
     if config.num_mistakes is not None:
@@ -234,16 +239,24 @@ def measured_outputs(path: Path) -> dict[str, Any]:
 
 
 def estimate(config: EstimateConfig) -> dict[str, Any]:
+    result = committee_estimate(config)
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() if config.json
+          else table(result, config.stats_path))
+    return result
+
+
+def committee_estimate(config: EstimateConfig, teachers: list[Teacher] | None = None) -> dict[str, Any]:
+    """What `fair estimate` prints, for `teachers` (default: config.teachers' whole committee; `fair serve` passes
+    a job's)."""
     task = get_task(config.task)
-    teachers = load_committee(config.teachers)
+    teachers = load_committee(config.teachers) if teachers is None else teachers
     mistakes, source, sample = mistakes_and_sample(config, task)
-    stats_path = config.committee.mistakes_path.with_name("committee_stats.json")
-    measured = measured_outputs(stats_path)
+    measured = measured_outputs(config.stats_path)
     outputs = {t.name: output_tokens(t, measured.get(t.name)) for t in teachers}
     shares = {t.name: cache_shares(measured.get(t.name)) for t in teachers}
     inputs = mean_prompt_tokens(task, PROMPT_SETS[config.prompts], sample)
     unit = per_mistake(teachers, inputs, outputs, {t.name: thinking_tokens(t, measured.get(t.name)) for t in teachers})
-    result = {
+    return {
         "task": task.name, "teachers_file": config.teachers, "prompts": config.prompts,
         "mistakes": mistakes, "mistakes_source": source, "sample": len(sample),
         "requests_per_mistake": sum(u["requests"] for u in unit.values()),
@@ -253,9 +266,6 @@ def estimate(config: EstimateConfig) -> dict[str, Any]:
         "cached_input_source": "committee_stats" if any(any(v) for v in shares.values()) else "none assumed",
         **costs(teachers, unit, mistakes, shares),
     }
-    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() if config.json
-          else table(result, stats_path))
-    return result
 
 
 def table(result: dict[str, Any], stats_path: Path) -> str:

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import httpx
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fair.config import Validated, at_least, save_config
@@ -52,6 +51,7 @@ from fair.errors import FairError
 from fair.jsonl import JsonlAppender, read_jsonl, unique_ids
 from fair.lock import folder_lock
 from fair.models import DEFAULT_STUDENT
+from fair.progress import Progress
 from fair.records import StudentAnswer
 from fair.student import run_dir
 from fair.tasks import get_task
@@ -85,7 +85,7 @@ class CommitteeConfig(Validated):
     batch_api: bool = False  # feedback and rationales of batch_api teachers via OpenAI's Batch API (half price)
     batch_poll_s: float = 60.0  # longest wait between a batch's status checks (from 1 s, doubling)
     batch_deadline_s: float = DEADLINE_S  # a batch still open this long after its creation is cancelled: live
-    progress: bool = True  # a progress bar on stderr
+    progress: bool = True  # progress on stderr: a bar on a terminal, else a line every 30 s (fair/progress.py)
     server: str | None = None  # a `fair serve` URL: run there as a job (its committee) and download the output
     priority: float = 1.0  # with server: the job's weight where it shares the teachers' limits with other jobs
     max_cost_usd: float | None = None  # USD this folder may spend at most, over all runs (gen/teachers/budget.py)
@@ -208,8 +208,8 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
                 batch = await BatchRun(batched, cache, http, stats, config.batch_poll_s,
                                        deadline_s=config.batch_deadline_s, budget=budget).run(
                     drafts(pending_mistakes(config, done), task, ctx.prompts, batched))
-            bar = tqdm(desc=f"committee {task.name}", unit=" mistakes", initial=len(done), total=total,
-                       disable=not config.progress, dynamic_ncols=True)
+            bar = Progress(f"committee {task.name}", total, unit="mistakes", initial=len(done),
+                           enabled=config.progress)
             started, written = time.perf_counter(), 0
 
             def write(finished: set[asyncio.Task]) -> None:
@@ -220,8 +220,8 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
                 records = [t.result() for t in finished if t.exception() is None]
                 out.write(records)
                 written += len(records)
-                bar.update(len(records))
-                bar.set_postfix_str(progress_line(clients, time.perf_counter() - started, ctx.errors), refresh=False)
+                bar.note(progress_line(clients, time.perf_counter() - started, ctx.errors))
+                bar.update(len(records))  # after the note: a plain line printed here shows the counts as they are
                 if errors:
                     raise errors[0]
                 hooks.written(clients, written)
