@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +28,8 @@ from fair import paper
 from fair.engines.base import encode_prompt
 from fair.errors import FairError
 from fair.jsonl import read_jsonl
-from fair.records import StudentAnswer, fence, gold_hint, question_block, usable_text
+from fair.recipes import FILTERS, PAPER_FILTER, Filter, check_filter, finds_gold, recorded_filter, trainable
+from fair.records import StudentAnswer, fence, gold_hint, question_block, teacher_of, usable_text
 from fair.tasks import Task
 
 Kind = Literal["feedback", "rationale"]
@@ -36,8 +37,6 @@ PromptFormat = Literal["chat", "paper"]
 FEEDBACK, RATIONALE = 0, 1  # integer codes used in tensors
 KIND_CODES = {"feedback": FEEDBACK, "rationale": RATIONALE}
 MODES = ("mixed", "all")  # or a teacher's name: whose texts, and how many a mistake
-Filter = Literal["review", "gold", "gold+review", "none"]
-FILTERS: tuple[Filter, ...] = ("review", "gold", "gold+review", "none")  # which rationales may be trained on
 
 
 @dataclass(frozen=True)
@@ -112,8 +111,18 @@ def load_records(source: str | Path, task: Task, *, rationale_path: str | Path |
 
 
 def teachers_of(records: list[dict]) -> list[str]:
-    """Every teacher named in the records, in first-seen (committee) order."""
-    return list(dict.fromkeys(n for r in records for n in (*r["feedback"], *r["rationales"])))
+    """Every teacher named in the records, in first-seen (committee) order; a rationale sample is its teacher's."""
+    return list(dict.fromkeys(teacher_of(n) for r in records for n in (*r["feedback"], *r["rationales"])))
+
+
+def committee_filter(records: Iterable[dict], where: str) -> Filter:
+    """The filter the committee ran with (fair/recipes.py; "review" for the paper's files, or no records): training's
+    default."""
+    filters = {recorded_filter(r) for r in records} or {PAPER_FILTER}
+    if len(filters) > 1:
+        raise FairError(f"{where}: records written under several filters ({', '.join(sorted(filters))}); "
+                        f"pass --filter")
+    return filters.pop()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -129,11 +138,15 @@ def build_examples(records: list[dict], task: Task, mode: str, seed: int, prompt
     single-teacher baselines, which were unreviewed: `filter none`).
     filter 'review' (the paper's): rationales the peers accepted; 'gold': rationales in which the task's grader,
     the one that mined the mistakes, finds the gold answer (free: no review request); 'gold+review': both;
-    'none': every whole rationale."""
+    'none': every whole rationale. A teacher's several samples (`fair committee --samples`) are all its own: 'all'
+    takes each qualifying one (once, where two coincide), 'mixed' draws one among every teacher's."""
     if prompt_format not in ("chat", "paper"):
         raise FairError(f"prompt format must be 'chat' or 'paper', got {prompt_format!r}")
-    if filter not in FILTERS:
-        raise FairError(f"unknown filter {filter!r}: choose {', '.join(FILTERS)}")
+    check_filter(filter)
+    for record in records:
+        if not trainable(filter, recorded_filter(record)):
+            raise FairError(f"record {record['id']}: the committee ran with --filter {recorded_filter(record)}, "
+                            f"which leaves out the reviews --filter {filter} needs; choose {', '.join(f for f in FILTERS if trainable(f, recorded_filter(record)))}")
     teachers = teachers_of(records)
     if mode not in MODES and mode not in teachers:
         raise FairError(f"unknown teacher mode {mode!r}: choose {', '.join(MODES)} or a teacher ({', '.join(teachers)})")
@@ -144,8 +157,7 @@ def build_examples(records: list[dict], task: Task, mode: str, seed: int, prompt
     examples: list[TrainExample] = []
     for record in records:
         mistake = StudentAnswer.from_json(record["mistake"], f"record {record['id']}")
-        example = mistake.example()
-        fb, rat, reason = _choose(record, mode, filter, rng, lambda text, e=example: task.grade(text, e).correct)
+        fb, rat, reason = _choose(record, mode, filter, rng, lambda text, m=mistake: finds_gold(task, m, text))
         if reason:
             skipped[reason] += 1
             continue
@@ -166,23 +178,26 @@ NO_RATIONALE = {"review": "no accepted rationale", "gold": "no rationale with th
 
 
 def _choose(record: dict, mode: str, filter: Filter, rng: random.Random,
-            finds_gold: Callable[[str], bool | None]) -> tuple[Chosen, Chosen, str | None]:
+            finds_gold: Callable[[str], bool]) -> tuple[Chosen, Chosen, str | None]:
     """(feedbacks, rationales, None) for one mistake, or a reason to skip it."""
     if mode not in MODES and (mode not in record["feedback"] or mode not in record["rationales"]):
         return [], [], "teacher missing"
     feedbacks = {n: t for n, e in record["feedback"].items() if (t := usable_text(e)) and mode in (*MODES, n)}
-    rationales = {n: t for n, e in record["rationales"].items() if (t := usable_text(e)) and mode in (*MODES, n)}
-    if "review" in filter:
-        rationales = {n: t for n, t in rationales.items() if record["rationales"][n].get("accepted")}
+    rationales: dict[tuple[str, str], str] = {}  # (teacher, text) -> key: a teacher's coinciding samples are one
+    for key, entry in record["rationales"].items():
+        if (text := usable_text(entry)) and mode in (*MODES, teacher_of(key)):
+            rationales.setdefault((teacher_of(key), text), key)
+    if "review" in filter:  # `accepted` is the peers' verdict (and the gold check's, after a gold+review run)
+        rationales = {c: k for c, k in rationales.items() if record["rationales"][k].get("accepted")}
     if "gold" in filter:
-        rationales = {n: t for n, t in rationales.items() if finds_gold(t)}
+        rationales = {c: k for c, k in rationales.items() if finds_gold(c[1])}
     if mode == "mixed":
         # Feedback first, then rationale: the paper's order of random.choice calls, so that on the paper's files
         # with its seed the same texts are drawn (a choice from an empty list draws no random number).
         fb = [rng.choice(list(feedbacks.items()))] if feedbacks else []
-        rat = [rng.choice(list(rationales.items()))] if rationales else []
+        rat = [rng.choice(list(rationales))] if rationales else []
     else:
-        fb, rat = list(feedbacks.items()), list(rationales.items())
+        fb, rat = list(feedbacks.items()), list(rationales)
     if not rationales:
         return [], [], NO_RATIONALE[filter]
     return fb, rat, None if feedbacks else "feedback failed"

@@ -24,29 +24,24 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import torch
 
 from fair.config import Validated, at_least, save_config
+from fair.decontam import drop_contaminated
 from fair.dtype import Dtype, Precision, dtype_field, resolve_dtype
 from fair.errors import FairError, main_guard
-from fair.jsonl import write_json
+from fair.jsonl import read_jsonl, write_json
 from fair.lock import folder_lock
 from fair.models import DEFAULT_STUDENT, model_short_name, resolve_model
+from fair.recipes import Filter
 from fair.student import run_dir
 from fair.tasks import get_task
 from train.checkpoint import export, load_optimizer, save_checkpoint, trainable
-from train.data import (
-    FEEDBACK,
-    RATIONALE,
-    Filter,
-    build_examples,
-    load_records,
-    tokenize_examples,
-)
+from train.data import FEEDBACK, RATIONALE, build_examples, committee_filter, load_records, tokenize_examples
 from train.resume import check_settings, data_digest, resume_point
 from train.step import Run, take_step
 from train.trackers import RunLog, tracker_names
@@ -62,7 +57,8 @@ class TrainConfig(Validated):
     paper_feedback: str | None = None  # or the paper's *_feedback_round0.json ...
     paper_rationale: str | None = None  # ... with its *_rationale_round0.json
     teacher: str = "mixed"  # mixed (one random text a mistake: FAIR) | all | a teacher's name
-    filter: Filter = "review"  # which rationales qualify: review (peer-accepted) | gold | gold+review | none
+    filter: Filter | None = None  # which rationales qualify: review | gold | gold+review | none; None: the committee's
+    decontaminate: bool = True  # drop mistakes whose question overlaps a test question (fair/decontam.py)
     prompt_format: Literal["chat", "paper"] = "chat"  # chat: the student's template, as at evaluation
     data_dir: str | None = None  # local data in shared/data layout; default $FAIR_DATA_DIR or ../shared/data
     # --- objective
@@ -122,7 +118,7 @@ class TrainConfig(Validated):
 
     @property
     def out_dir(self) -> Path:
-        teacher = self.teacher if self.filter == "review" else f"{self.teacher}-{self.filter.replace('+', '-')}"
+        teacher = self.teacher if self.filter in (None, "review") else f"{self.teacher}-{self.filter.replace('+', '-')}"
         teacher = teacher if self.paper_feedback is None else f"paper-{teacher}"
         return Path(self.out or Path("checkpoints") / f"{get_task(self.task).name}-{model_short_name(self.student)}-{teacher}")
 
@@ -217,7 +213,9 @@ def load_data(config: TrainConfig, tokenizer, dist: Dist):
             raise FairError(f"no committee data at {config.committee_path}: run `fair gen --task {task.name}` "
                             "(or --paper-feedback/--paper-rationale for the paper's files)")
         records = load_records(config.committee_path, task)
-    examples, report = build_examples(records, task, config.teacher, config.seed, config.prompt_format, config.filter)
+    records, decontamination = drop_contaminated(records, task, config.data_dir) if config.decontaminate else (records, None)
+    filter = config.filter or committee_filter(records, "the records")  # train() resolved it: only for other callers
+    examples, report = build_examples(records, task, config.teacher, config.seed, config.prompt_format, filter)
     tokenized, token_report = tokenize_examples(examples, tokenizer, config.max_length, config.prompt_format)
     if config.alpha == 0 or config.alpha == 1:  # a zero-weight kind costs compute and teaches nothing
         keep = RATIONALE if config.alpha == 0 else FEEDBACK
@@ -225,7 +223,10 @@ def load_data(config: TrainConfig, tokenizer, dist: Dist):
     if dist.rank == 0:
         print(report.summary())
         print(token_report.summary())
-        write_json(config.out_dir / "data_report.json", {"build": asdict(report), "tokenize": asdict(token_report)})
+        print(f"decontamination: {decontamination['dropped']} of {decontamination['checked']} mistakes dropped "
+              f"(their question overlaps {decontamination['against']})" if decontamination else "not decontaminated")
+        write_json(config.out_dir / "data_report.json", {"build": asdict(report), "tokenize": asdict(token_report),
+                                                          "decontamination": decontamination})
     if len(tokenized) < config.batch_size:
         raise FairError(f"{len(tokenized)} training examples is fewer than one batch of {config.batch_size}")
     return tokenized
@@ -253,6 +254,9 @@ def step_plan(n: int, config: TrainConfig, step: int, steps_per_epoch: int) -> l
 
 
 def train(config: TrainConfig) -> Path:
+    if config.filter is None and (config.paper_feedback or config.committee_path.exists()):  # saved resolved,
+        records = [] if config.paper_feedback else read_jsonl(config.committee_path)  # in the folder it names
+        config = replace(config, filter=committee_filter(records, str(config.committee_path)), out=str(config.out_dir))
     dist = setup_distributed(config)
     with contextlib.ExitStack() as stack:
         # One run per folder, held by rank 0 for all ranks (they share the folder, so each taking the lock
