@@ -48,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -251,8 +251,8 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
                 hooks.written(clients, written)
 
             try:
-                stopped = await until_stopped(
-                    stream_window(lambda answer: process(ctx, answer), mistakes, config.window, write), budget, total)
+                window = stream_window(lambda a: process(ctx, a), mistakes, config.window, write, lambda: drain(budget))
+                stopped = await until_stopped(window, budget, total)
             finally:
                 bar.close()
     result = {"written": written, "skipped": len(done), "total": total, "repeated_after_kill": repeated,
@@ -277,15 +277,24 @@ async def until_stopped(run: Coroutine[Any, Any, None], budget: CostBudget, tota
     return None
 
 
+async def drain(budget: CostBudget) -> None:
+    """Send nothing more, and return once every request in flight has its reply (in the cache)."""
+    budget.halt()
+    await budget.drained()
+
+
 def budget_stats(budget: CostBudget) -> dict[str, Any]:
     return {"max_cost_usd": budget.limit_usd, "spent_usd": round(budget.total_usd, 6),
             "spent_this_run_usd": round(budget.spent_usd, 6), "reached": budget.exhausted is not None}
 
 
 async def stream_window(work: Callable[[T], Coroutine[Any, Any, Any]], items: Iterator[T], window: int,
-                        write: Callable[[set[asyncio.Task]], None]) -> None:
+                        write: Callable[[set[asyncio.Task]], None],
+                        drain: Callable[[], Awaitable[None]] | None = None) -> None:
     """`work` on each item, at most `window` at once; `write` gets each group that finishes. When anything fails
     (or on Ctrl-C), the rest are cancelled and awaited, so that none is left running or unread for asyncio's log.
+    On a failure (a full disk), not Ctrl-C, `drain` runs first: the committee's stops sending and waits for the
+    requests in flight, which are paid for, to land in the cache, so that a rerun does not pay for them again.
     (Also `fair serve`'s batches, one request a line.)"""
     in_flight: set[asyncio.Task] = set()
     try:
@@ -297,7 +306,9 @@ async def stream_window(work: Callable[[T], Coroutine[Any, Any, Any]], items: It
         while in_flight:
             finished, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
             write(finished)
-    except BaseException:
+    except BaseException as e:
+        if drain is not None and isinstance(e, Exception):
+            await drain()
         for task in in_flight:
             task.cancel()
         await asyncio.gather(*in_flight, return_exceptions=True)
