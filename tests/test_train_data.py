@@ -217,7 +217,7 @@ def test_load_records_errors(tmp_path, records):
     with pytest.raises(FairError, match="duplicate id"):
         load_records(path, SVAMP)
     path.write_text(f"{good}\n")
-    with pytest.raises(FairError, match="'svamp' mistake, but training task 'gsm8k'"):
+    with pytest.raises(FairError, match="'svamp' mistake, but task 'gsm8k'"):
         load_records(path, get_task("gsm8k"))
     assert [r["id"] for r in load_records(path, SVAMP)] == [records[0]["id"]]
 

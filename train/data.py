@@ -19,7 +19,7 @@ from fair.engines.base import encode_prompt
 from fair.errors import FairError
 from fair.examples import BuildReport, ExampleBuilder, PromptFormat, TrainExample
 from fair.jsonl import read_jsonl
-from fair.records import StudentAnswer
+from fair.records import check_committee_record
 from fair.tasks import Task
 
 FEEDBACK, RATIONALE = 0, 1  # integer codes used in tensors
@@ -45,16 +45,7 @@ def load_records(source: str | Path, task: Task, *, rationale_path: str | Path |
     seen: set[str] = set()
     for i, record in enumerate(records):
         where = f"{source} record {i} (id {record.get('id')!r})"
-        for key in ("id", "mistake", "feedback", "rationales"):
-            if not isinstance(record.get(key), str if key == "id" else dict):
-                raise FairError(f"{where}: missing or malformed field {key!r}")
-        for key in ("feedback", "rationales"):
-            for name, entry in record[key].items():
-                if not isinstance(entry, dict) or "text" not in entry:
-                    raise FairError(f"{where}: {key}.{name} must be an object with a 'text' field")
-        mistake = StudentAnswer.from_json(record["mistake"], f"{where} field 'mistake'")
-        if mistake.task != task.name:
-            raise FairError(f"{where}: a {mistake.task!r} mistake, but training task {task.name!r}")
+        check_committee_record(record, where, task)
         if record["id"] in seen:
             raise FairError(f"{where}: duplicate id")
         seen.add(record["id"])

@@ -38,6 +38,7 @@ from fair.lock import folder_lock
 from fair.models import DEFAULT_STUDENT, model_short_name, resolve_model
 from fair.student import run_dir
 from fair.tasks import get_task
+from train.card import write_cards
 from train.checkpoint import export, load_optimizer, save_checkpoint, trainable
 from train.data import (
     FEEDBACK,
@@ -83,6 +84,7 @@ class TrainConfig(Validated):
     lora_r: int = 16  # LoRA: the adapters' rank
     lora_alpha: int = 32  # LoRA: the adapters' scale is lora_alpha / lora_r
     lora_dropout: float = 0.05  # LoRA: dropout on the adapters' input
+    save_adapter: bool = False  # LoRA: also save the adapter alone in <out>/adapter (PEFT's format), for PEFT users
     dtype: Dtype = dtype_field()  # bf16: autocast, fp32 master weights (auto: fair/dtype.py)
     deepspeed: str | None = None  # a ZeRO config (configs/deepspeed/*.json); needed for more than one process
     # --- output
@@ -109,6 +111,8 @@ class TrainConfig(Validated):
             raise FairError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
         if not 0 <= self.lora_dropout < 1:
             raise FairError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.save_adapter and not self.lora:
+            raise FairError("save_adapter saves a LoRA adapter: it needs lora")
         if self.compile and self.deepspeed:
             raise FairError("compile does not go with deepspeed yet (ZeRO's hooks are untested under compile)")
 
@@ -301,7 +305,10 @@ def train_locked(config: TrainConfig, dist: Dist) -> Path:
             "examples": len(items), "processes": dist.world, "dtype": precision.to_json(),
         })
     target = config.out_dir / "final"
-    export(target, model, tokenizer, student=config.student, lora=config.lora, zero=dist.zero, rank=dist.rank)
+    export(target, model, tokenizer, student=config.student, lora=config.lora, zero=dist.zero, rank=dist.rank,
+           adapter=config.out_dir / "adapter" if config.save_adapter else None)
+    if dist.rank == 0:
+        write_cards(config.out_dir)  # final/'s and adapter/'s: `fair push-model` adds the evaluations
     if dist.world > 1:
         torch.distributed.barrier()
     return target
