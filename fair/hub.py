@@ -22,9 +22,10 @@ RepoType = Literal["dataset", "model"]
 
 def push_folder(folder: Path, repo: str, repo_type: RepoType, public: bool, message: str) -> str:
     """Upload every file of `folder` to the hub repository `repo` in one commit; its URL."""
-    import httpx
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import (
+        HTTPError,  # its HTTP stack's: a refused request and a failed connection
+    )
 
     api = HfApi()
     where = f"{repo_type} repository {repo}"
@@ -33,7 +34,7 @@ def push_folder(folder: Path, repo: str, repo_type: RepoType, public: bool, mess
         if not public and not api.repo_info(repo, repo_type=repo_type).private:
             raise FairError(f"the hub's {where} exists and is public: pass --public to upload {folder} to it")
         api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type=repo_type, commit_message=message)
-    except (HfHubHTTPError, httpx.HTTPError, OSError, ValueError) as e:  # ValueError: a malformed repo id
+    except (HTTPError, OSError, ValueError) as e:  # ValueError: a malformed repo id
         raise FairError(f"uploading {folder} to the hub's {where} failed: {redact(str(e))}") from None
     print(f"uploaded {folder} to {url} ({'public' if public else 'private'})")
     return url

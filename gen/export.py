@@ -126,7 +126,9 @@ def export(config: ExportConfig) -> Path:
     """Write the dataset folder (in the one format there is, hf) (and upload it with push_to_hub); its path."""
     index = index_records(config.committee_path)
     builder = ExampleBuilder(index.task, config.teacher, config.seed, "chat", index.teachers)
-    facts = CardFacts(task=index.task, teachers=index.teachers, config=config,
+    facts = CardFacts(task=index.task, teachers=index.teachers, folder=Path(config.folder),
+                      location=config.push_to_hub or str(config.out_dir), license=config.license,
+                      teacher=config.teacher, seed=config.seed,
                       committee=read_yaml(Path(config.folder) / "committee.yaml"),
                       stats=read_json(Path(config.folder) / "committee_stats.json"), report=builder.report)
     shards = -(-len(index.offsets) // config.shard_rows)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
@@ -24,9 +24,6 @@ from fair.records import usable_text
 from fair.tasks import Task
 from gen.teachers.config import load_committee
 
-if TYPE_CHECKING:
-    from gen.export import ExportConfig
-
 SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
          (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"))
 
@@ -35,7 +32,11 @@ SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_
 class CardFacts:
     task: Task
     teachers: list[str]
-    config: ExportConfig
+    folder: Path  # the committee run folder
+    location: str  # where `load_dataset` finds the export: the hub repository, else the folder
+    license: str
+    teacher: str  # the messages' selection, as `fair train --teacher ... --seed ...`
+    seed: int
     committee: dict[str, Any]  # committee.yaml: the settings the run was made with ({} when absent)
     stats: dict[str, Any]  # committee_stats.json ({} when absent)
     report: BuildReport  # the messages shape's examples
@@ -52,9 +53,9 @@ class CardFacts:
         self.prompts[record.get("prompts") or "unrecorded"] += 1
         self.thresholds[record.get("threshold")] += 1
         for name, entry in record["feedback"].items():
-            self.teacher(name)["feedback"] += usable_text(entry) is not None
+            self.tally(name)["feedback"] += usable_text(entry) is not None
         for name, entry in record["rationales"].items():
-            counts = self.teacher(name)
+            counts = self.tally(name)
             counts["rationales"] += usable_text(entry) is not None
             counts["accepted"] += bool(entry.get("accepted"))
             for review in (entry.get("reviews") or {}).values():
@@ -62,9 +63,9 @@ class CardFacts:
                     counts["score_sum"] += review["score"]
                     counts["scores"] += 1
         for name, usage in (record.get("usage") or {}).items():
-            self.teacher(name).update({k: usage.get(k) or 0 for k in ("input_tokens", "output_tokens", "cost")})
+            self.tally(name).update({k: usage.get(k) or 0 for k in ("input_tokens", "output_tokens", "cost")})
 
-    def teacher(self, name: str) -> Counter[str]:
+    def tally(self, name: str) -> Counter[str]:
         return self.per_teacher.setdefault(name, Counter())
 
 
@@ -76,7 +77,7 @@ def header(facts: CardFacts) -> str:
     files = [{"config_name": shape, "data_files": [{"split": "train", "path": f"{shape}/train-*.parquet"}]}
              for shape in ("messages", "records")]
     files[0]["default"] = True
-    meta = {"license": facts.config.license, "task_categories": ["text-generation"], "language": ["en"],
+    meta = {"license": facts.license, "task_categories": ["text-generation"], "language": ["en"],
             "tags": ["fair-distill", "distillation", "synthetic", facts.task.name],
             "size_categories": [size_category(facts.records)], "configs": files}
     return f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n"
@@ -91,7 +92,7 @@ def models(facts: CardFacts) -> dict[str, str]:
 
 
 def provenance(facts: CardFacts) -> list[str]:
-    c, config = facts.committee, facts.config
+    c = facts.committee
     known = models(facts)
     teachers = ", ".join(f"`{n}` {known.get(n, '(model not recorded)')}" for n in facts.teachers)
     threshold = ", ".join(str(t) for t in facts.thresholds)
@@ -104,7 +105,7 @@ def provenance(facts: CardFacts) -> list[str]:
         f"| prompts | {', '.join(facts.prompts)} |",
         f"| filter | {rule}: a rationale is accepted when the mean of its peers' valid review scores is above "
         f"{threshold} |" if rule == "review" else f"| filter | {rule} (threshold {threshold}) |",
-        f"| messages | `fair train --teacher {config.teacher} --seed {config.seed}`'s examples, chat prompts |",
+        f"| messages | `fair train --teacher {facts.teacher} --seed {facts.seed}`'s examples, chat prompts |",
     ]
 
 
@@ -116,7 +117,7 @@ def counts(facts: CardFacts) -> list[str]:
              "| teacher | feedback | rationales | accepted | mean review score | tokens in | tokens out | cost $ |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name in facts.teachers:
-        t = facts.teacher(name)
+        t = facts.tally(name)
         mean = f"{t['score_sum'] / t['scores']:.2f}" if t["scores"] else "-"
         lines.append(f"| {name} | {t['feedback']} | {t['rationales']} | {t['accepted']} | {mean} | "
                      f"{t['input_tokens']} | {t['output_tokens']} | {t['cost']:.4f} |")
@@ -137,7 +138,7 @@ def cost(facts: CardFacts) -> list[str]:
 
 def decontamination(facts: CardFacts) -> list[str]:
     """The figures the run recorded, as they are: committee_stats.json's, else decontamination.json's."""
-    path = Path(facts.config.folder) / "decontamination.json"
+    path = facts.folder / "decontamination.json"
     figures = facts.stats.get("decontamination")
     if figures is None and path.exists():
         figures = yaml.safe_load(path.read_text())
@@ -159,12 +160,12 @@ def dataset_card(facts: CardFacts) -> str:
         "- `records`: every record whole: the `mistake`, each teacher's `feedback`, `rationales` with their "
         "`reviews` (scores), `mean_score` and `accepted`, and each teacher's `usage`.", "",
         "```python", "from datasets import load_dataset",
-        f'chats = load_dataset("{facts.config.push_to_hub or facts.config.out_dir}", "messages", split="train")',
+        f'chats = load_dataset("{facts.location}", "messages", split="train")',
         "```", "",
         "## Provenance", "", *provenance(facts), "", "## Counts", "", *counts(facts), "",
         "## Cost", "", *cost(facts), "", "## Decontamination", "", *decontamination(facts), "",
         "## Licence", "",
-        f"`{facts.config.license}`. The texts are the teachers' outputs (their providers' terms apply) about "
+        f"`{facts.license}`. The texts are the teachers' outputs (their providers' terms apply) about "
         f"the questions of {facts.task.hub_id} (its own licence applies).", "",
     ]
     return header(facts) + "\n" + "\n".join(sections)

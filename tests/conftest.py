@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -229,3 +230,41 @@ def torchrun(args: list[str], out: Path, nproc: int) -> subprocess.CompletedProc
     command = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(nproc),
                "--master_port", str(29500 + os.getpid() % 1000), "-m", "train.train", *args, "--out", str(out)]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The Hugging Face hub, faked: uploads (fair/hub.py) are tested without a network or an account.
+
+HUB_TOKEN = "hf_TESTtokenThatMustNeverBeShown0123456789"
+
+
+class FakeHfApi:
+    """huggingface_hub's HfApi as fair/hub.py uses it: records the calls, and fails as told."""
+
+    calls: list[tuple] = []
+    public: set[str] = set()  # existing public repositories
+    fail: Exception | None = None
+
+    def create_repo(self, repo_id, *, repo_type, private, exist_ok):
+        self.calls.append(("create_repo", repo_id, repo_type, private, exist_ok))
+        if self.fail:
+            raise self.fail
+        return f"https://huggingface.co/{repo_type}s/{repo_id}"
+
+    def repo_info(self, repo_id, *, repo_type):
+        return types.SimpleNamespace(private=repo_id not in self.public)
+
+    def upload_folder(self, *, repo_id, folder_path, repo_type, commit_message):
+        files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+        self.calls.append(("upload_folder", repo_id, repo_type, files))
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """FakeHfApi in place of huggingface_hub's, with HUB_TOKEN as the environment's token."""
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    FakeHfApi.calls, FakeHfApi.public, FakeHfApi.fail = [], set(), None
+    return FakeHfApi

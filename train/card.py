@@ -6,7 +6,7 @@
 
 The card is made from the files a run leaves beside final/: train.yaml (the recipe: student, teachers' data,
 selection, alpha, LoRA, optimisation), data_report.json (the examples it trained on and those left out),
-train_summary.json (steps), and beside the committee file it trained on, committee.yaml and
+train_summary.json (steps, the committee file), and beside the committee file it trained on, committee.yaml and
 committee_stats.json (the committee, its prompts and threshold, what it spent). Training writes it; push-model
 writes it again before it uploads, with the evaluations found then: eval is a stage of its own and never writes
 into a training run, so the card reads eval's summary.json files at push time, those named with `--eval`, else
@@ -53,18 +53,19 @@ def base_model(student: str) -> str | None:
     return student if student.count("/") == 1 and not Path(student).exists() else None
 
 
-def committee_facts(train: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """(what the data was, committee.yaml, committee_stats.json) of the committee file the run trained on."""
+def committee_facts(train: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(what the data was, committee.yaml, committee_stats.json) of the committee file the run trained on
+    (train_summary.json names it, its default resolved)."""
     if train.get("paper_feedback"):
         return f"the paper's files `{train['paper_feedback']}` and `{train['paper_rationale']}`", {}, {}
-    from train.train import TrainConfig  # its committee_path: the default folder when the setting was null
-
-    path = TrainConfig(**{k: v for k, v in train.items() if k in TrainConfig.__dataclass_fields__}).committee_path
+    if not summary.get("committee"):
+        return "a committee file (train_summary.json does not name it)", {}, {}
+    path = Path(summary["committee"])
     return f"`{path}`", read(path.with_name("committee.yaml")), read(path.with_name("committee_stats.json"))
 
 
 def recipe(train: dict[str, Any], summary: dict[str, Any]) -> list[str]:
-    source, committee, stats = committee_facts(train)
+    source, committee, stats = committee_facts(train, summary)
     lora = (f"LoRA r {train['lora_r']}, alpha {train['lora_alpha']}, dropout {train['lora_dropout']}, on every "
             "linear layer" if train["lora"] else "full fine-tuning")
     spent = (stats.get("budget") or {}).get("spent_usd")

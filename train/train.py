@@ -303,6 +303,7 @@ def train_locked(config: TrainConfig, dist: Dist) -> Path:
         write_json(config.out_dir / "train_summary.json", {
             "steps": total, "resumed_from": start, "seconds_this_run": round(time.perf_counter() - run_began, 2),
             "examples": len(items), "processes": dist.world, "dtype": precision.to_json(),
+            "committee": None if config.paper_feedback else str(config.committee_path),  # for the model card
         })
     target = config.out_dir / "final"
     export(target, model, tokenizer, student=config.student, lora=config.lora, zero=dist.zero, rank=dist.rank,
