@@ -63,6 +63,7 @@ def test_push_model_puts_the_evaluation_on_the_card_and_uploads_privately(lora_r
     assert main(["push-model", str(final), "me/student", "--eval", str(tmp_path / "eval" / "svamp-test")]) == 0
     _, body = card(final)
     assert f"| svamp | test | {summary['accuracy']:.2%} | {summary['correct']}/2 |" in body
+    assert 'AutoModelForCausalLM.from_pretrained("me/student")' in body and "| committee | the paper's" in body
     assert hub.calls[0] == ("create_repo", "me/student", "model", True, True)
     assert hub.calls[1][:3] == ("upload_folder", "me/student", "model")
     assert {"README.md", "model.safetensors", "config.json"} <= set(hub.calls[1][3])
@@ -87,3 +88,29 @@ def test_save_adapter_needs_lora(tmp_path, tiny_model_dir, data_dir):
     config = tiny_train_config(tmp_path, tiny_model_dir, data_dir)
     with pytest.raises(FairError, match="save_adapter saves a LoRA adapter: it needs lora"):
         make_config(TrainConfig, dataclasses.asdict(config) | {"save_adapter": True}, source="test")
+
+
+def test_the_card_of_a_committee_run_names_its_committee_and_spending(tmp_path):
+    """A run on committee.jsonl (not the paper's files): the card reads the committee's settings and spending
+    beside the file train_summary.json names; the bundled student has a hub id for base_model."""
+    from fair.config import save_config
+    from gen.committee.run import CommitteeConfig
+    from train.card import model_card
+
+    committee = tmp_path / "data" / "committee.jsonl"
+    save_config(CommitteeConfig(task="svamp", teachers="offline", threshold=3.5), committee.with_name("committee.yaml"))
+    write_json(committee.with_name("committee_stats.json"), {"budget": {"spent_usd": 1.25}})
+    run = tmp_path / "run"
+    save_config(TrainConfig(committee=str(committee), teacher="all", alpha=0.25), run / "train.yaml")
+    write_json(run / "train_summary.json", {"steps": 40, "committee": str(committee)})
+    write_json(run / "data_report.json", {
+        "build": {"mistakes": 10, "feedback_examples": 9, "rationale_examples": 12, "skipped": {"feedback failed": 1}},
+        "tokenize": {"examples": 21, "skipped_too_long": 0}, "decontamination": {"dropped": 2}})
+    (run / "final").mkdir()
+    header, body = model_card(run / "final", []).split("---\n", 2)[1:]
+    assert yaml.safe_load(header)["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    for fact in (f"`{committee}`", "teachers `offline`, prompts `fair`, filter review (accepted above mean review "
+                 "score 3.5)", "`--teacher all`", "0.25 x feedback loss + 0.75 x rationale loss", "full fine-tuning",
+                 "40 steps", "cost $1.2500", "skipped 1 mistakes: feedback failed", "decontamination: {dropped: 2}"):
+        assert fact in body, fact
+    assert model_card(tmp_path / "elsewhere" / "final", []) is None  # moved away from its run: its card stays

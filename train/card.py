@@ -73,9 +73,9 @@ def recipe(train: dict[str, Any], summary: dict[str, Any]) -> list[str]:
         ("base model", f"`{train['student']}`"),
         ("data", f"{source}: the committee's feedback and rationales on the student's own mistakes on "
                  f"`{train['task']}`'s train split"),
-        ("committee", f"teachers `{committee.get('teachers', 'not recorded')}`, prompts `{committee.get('prompts', '-')}`, "
-                      f"filter {committee.get('filter', 'review')} (accepted above mean review score "
-                      f"{committee.get('threshold', '-')})"),
+        ("committee", f"teachers `{committee['teachers']}`, prompts `{committee['prompts']}`, filter "
+                      f"{committee.get('filter', 'review')} (accepted above mean review score {committee['threshold']})"
+         if committee else "the paper's (its files)" if train.get("paper_feedback") else "not recorded"),
         ("selection", f"`--teacher {train['teacher']}`, seed {train['seed']}, {train['prompt_format']} prompts"),
         ("objective", f"{train['alpha']} x feedback loss + {1 - train['alpha']:g} x rationale loss"),
         ("training", f"{lora}; lr {train['lr']} ({train['schedule']}, warm-up {train['warmup_ratio']}), batch "
@@ -107,11 +107,12 @@ def eval_lines(folder: Path, evals: list[dict[str, Any]]) -> list[str]:
     lines = ["| task | split | accuracy | correct | unparseable | dtype |", "| --- | --- | ---: | ---: | ---: | --- |"]
     lines += [f"| {e['task']} | {e['split']} | {e['accuracy']:.2%} | {e['correct']}/{e['total']} | "
               f"{e['unparseable']} | {(e.get('dtype') or {}).get('dtype', '-')} |" for e in evals]
-    return lines + ["", "Greedy decoding, graded by fair-distill's task graders (`fair eval`)."]
+    return lines + ["", "Graded by fair-distill's task graders (`fair eval`'s summary.json)."]
 
 
-def model_card(folder: Path, evals: list[dict[str, Any]]) -> str | None:
-    """The card of a model folder in a training run; None when the run's train.yaml is not beside it."""
+def model_card(folder: Path, evals: list[dict[str, Any]], repo: str | None = None) -> str | None:
+    """The card of a model folder in a training run (`repo`: where it is pushed, for the code that loads it);
+    None when the run's train.yaml is not beside it."""
     run = folder.parent
     train = read(run / "train.yaml")
     if not train:
@@ -121,11 +122,14 @@ def model_card(folder: Path, evals: list[dict[str, Any]]) -> str | None:
             "tags": ["fair-distill", "distillation", train["task"], *(["lora"] if train["lora"] else [])]}
     if base := base_model(train["student"]):
         meta = {"base_model": base} | meta
+    where = repo or folder
     use = (["```python", "from peft import AutoPeftModelForCausalLM",
-            f'model = AutoPeftModelForCausalLM.from_pretrained("{folder}")  # the base model, then this adapter',
+            f'model = AutoPeftModelForCausalLM.from_pretrained("{where}")  # the base model, then this adapter',
             "```"] if adapter else
            ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-            f'model = AutoModelForCausalLM.from_pretrained("{folder}")', "```"])
+            f'model = AutoModelForCausalLM.from_pretrained("{where}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{where}")  # its chat template: the prompts it was taught with',
+            "```"])
     what = "A LoRA adapter (PEFT) for" if adapter else "A fine-tune of"
     body = [f"# {model_short_name(train['student'])} taught by a committee on {train['task']}", "",
             f"{what} `{train['student']}`, trained by fair-distill (FAIR) on feedback about its own mistakes and on "
@@ -136,8 +140,8 @@ def model_card(folder: Path, evals: list[dict[str, Any]]) -> str | None:
     return f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n\n" + "\n".join(body)
 
 
-def write_card(folder: Path, evals: list[dict[str, Any]] | None = None) -> None:
-    if (card := model_card(folder, evals or [])) is not None:
+def write_card(folder: Path, evals: list[dict[str, Any]] | None = None, repo: str | None = None) -> None:
+    if (card := model_card(folder, evals or [], repo)) is not None:
         (folder / "README.md").write_text(card)
 
 
@@ -172,6 +176,6 @@ def push_model(config: PushModelConfig) -> str:
         raise FairError(f"{folder} is not a model folder (no config.json or adapter_config.json): push <out>/final "
                         "or, after a --save-adapter run, <out>/adapter")
     evals = find_evals(config)
-    write_card(folder, evals)
+    write_card(folder, evals, config.repo)
     return push_folder(folder, config.repo, "model", config.public,
                        f"fair push-model: {folder} ({len(evals)} evaluation(s) on the card)")
