@@ -88,27 +88,29 @@ class Index:
     task: Task
 
 
-def index_records(path: Path) -> Index:
-    """Each record checked as training checks it (fair/records.py), and its place: (index in split, offset)."""
+def index_records(path: Path, task_name: str | None) -> Index:
+    """Each record checked as training checks it (fair/records.py), and its place: (index in split, offset).
+    The task is the one the run named (committee.yaml: a name, or a task file's path), else the first record's."""
     if not path.exists():
         raise FairError(f"no committee file {path}: run `fair committee` first, or name the folder that holds it")
     places: list[tuple[int, int]] = []
     seen: set[str] = set()
     teachers: dict[str, None] = {}
-    task_name = None
+    task = get_task(task_name) if task_name else None
     for i, (offset, record) in enumerate(scan_jsonl(path)):
         where = f"{path} record {i} (id {record.get('id')!r})"
-        task_name = task_name or record.get("mistake", {}).get("task")
-        mistake = check_committee_record(record, where, get_task(task_name) if task_name else None)
+        if task is None and isinstance(record.get("mistake"), dict):
+            task = get_task(str(record["mistake"].get("task")))
+        mistake = check_committee_record(record, where, task)
         if record["id"] in seen:
             raise FairError(f"{where}: duplicate id")
         seen.add(record["id"])
         places.append((mistake.index, offset))
         teachers.update(dict.fromkeys((*record["feedback"], *record["rationales"])))
-    if not places or task_name is None:
+    if not places or task is None:
         raise FairError(f"{path}: no records")
     places.sort()  # by index; records of one index keep the file's order, as train/data.py's stable sort
-    return Index([offset for _, offset in places], list(teachers), get_task(task_name))
+    return Index([offset for _, offset in places], list(teachers), task)
 
 
 def records_in_order(path: Path, offsets: list[int]) -> Iterator[dict]:
@@ -124,12 +126,13 @@ def records_in_order(path: Path, offsets: list[int]) -> Iterator[dict]:
 
 def export(config: ExportConfig) -> Path:
     """Write the dataset folder (in the one format there is, hf) (and upload it with push_to_hub); its path."""
-    index = index_records(config.committee_path)
+    check_out(config)
+    committee = read_yaml(Path(config.folder) / "committee.yaml")
+    index = index_records(config.committee_path, committee.get("task"))
     builder = ExampleBuilder(index.task, config.teacher, config.seed, "chat", index.teachers)
     facts = CardFacts(task=index.task, teachers=index.teachers, folder=Path(config.folder),
                       location=config.push_to_hub or str(config.out_dir), license=config.license,
-                      teacher=config.teacher, seed=config.seed,
-                      committee=read_yaml(Path(config.folder) / "committee.yaml"),
+                      teacher=config.teacher, seed=config.seed, committee=committee,
                       stats=read_json(Path(config.folder) / "committee_stats.json"), report=builder.report)
     shards = -(-len(index.offsets) // config.shard_rows)
     target, partial = config.out_dir, config.out_dir.with_name(config.out_dir.name + ".partial")
@@ -158,6 +161,15 @@ def export(config: ExportConfig) -> Path:
         push_folder(target, config.push_to_hub, "dataset", config.public,
                     f"fair export of {Path(config.folder).resolve().name}: {len(index.offsets)} records")
     return target
+
+
+def check_out(config: ExportConfig) -> None:
+    """An existing OUT is replaced only when it is an earlier export, and never holds the run it exports."""
+    out = config.out_dir
+    if out.exists() and not ((out / "records").is_dir() and (out / "messages").is_dir()):
+        raise FairError(f"{out} exists and is not an earlier export (no records/ and messages/): choose another --out")
+    if config.committee_path.resolve().is_relative_to(out.resolve()):
+        raise FairError(f"--out {out} holds the committee file it exports: choose another --out")
 
 
 def replace_folder(partial: Path, target: Path) -> None:

@@ -42,6 +42,7 @@ class CardFacts:
     report: BuildReport  # the messages shape's examples
     records: int = 0
     messages: int = 0
+    billed: int = 0  # records that carry their usage (an imported one does not)
     splits: Counter[str] = field(default_factory=Counter)
     prompts: Counter[str] = field(default_factory=Counter)
     thresholds: Counter[float] = field(default_factory=Counter)
@@ -62,6 +63,7 @@ class CardFacts:
                 if review.get("score") is not None:
                     counts["score_sum"] += review["score"]
                     counts["scores"] += 1
+        self.billed += bool(record.get("usage"))
         for name, usage in (record.get("usage") or {}).items():
             self.tally(name).update({k: usage.get(k) or 0 for k in ("input_tokens", "output_tokens", "cost")})
 
@@ -95,7 +97,7 @@ def provenance(facts: CardFacts) -> list[str]:
     c = facts.committee
     known = models(facts)
     teachers = ", ".join(f"`{n}` {known.get(n, '(model not recorded)')}" for n in facts.teachers)
-    threshold = ", ".join(str(t) for t in facts.thresholds)
+    threshold = ", ".join(str(t) for t in facts.thresholds if t is not None) or c.get("threshold", "(not recorded)")
     rule = c.get("filter", "review")
     return [
         "| | |", "| --- | --- |",
@@ -129,7 +131,10 @@ def counts(facts: CardFacts) -> list[str]:
 
 def cost(facts: CardFacts) -> list[str]:
     total = sum(t["cost"] for t in facts.per_teacher.values())
-    lines = [f"The teachers billed ${total:.4f} for these records (every reply, at each teacher's prices)."]
+    unknown = facts.records - facts.billed
+    lines = [f"The teachers billed ${total:.4f} for these records (every reply, at each teacher's prices)"
+             + (f"; {unknown} record(s) carry no usage (imported from the paper's files, or written before usage "
+                "was recorded): their cost is not known." if unknown else ".")]
     if budget := facts.stats.get("budget"):
         lines.append(f"The run folder's cache has spent ${budget['spent_usd']:.4f} over all its runs "
                      f"(committee_stats.json; cap {budget['max_cost_usd'] or 'none'}).")

@@ -166,6 +166,10 @@ def test_bad_input_is_one_line_and_leaves_the_last_export_whole(tmp_path, capsys
     assert sorted(p.relative_to(folder) for p in (folder / "hf").rglob("*")) == before
     assert main(["export", str(tmp_path / "nowhere"), "--format", "hf"]) == 2
     assert "no committee file" in capsys.readouterr().err
+    for out in (folder, tmp_path):  # a folder that is not an export is never replaced, the run's least of all
+        assert main(["export", str(folder), "--format", "hf", "--out", str(out)]) == 2
+        assert "is not an earlier export" in capsys.readouterr().err
+    assert (folder / "committee.jsonl").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------
