@@ -20,21 +20,25 @@ The messages are the examples `fair train --teacher T --seed S` trains on (fair/
 records in the same order: by the mistake's index in its split), in the chat prompt format (train's default:
 the paper's format is plain text, with no turns to export).
 
-Memory stays flat whatever the corpus: a first pass over committee.jsonl keeps each record's index and byte
-offset (tens of bytes a record, as a committee run's set of finished ids), the second reads the records one at a
-time in that order and writes Parquet row groups of `row_group_rows` records, and files of `shard_rows`.
+Memory is one row group whatever the corpus, besides 16 bytes and an id a record: a first pass over
+committee.jsonl keeps each record's index and byte offset and the set of ids (as a committee run keeps its
+finished ids), the second reads the records one at a time in index order and writes Parquet row groups of
+`row_group_rows` records, and files of `shard_rows`.
+
 The folder is written as OUT.partial and renamed into place: a killed export leaves no half dataset, and a
-finished one is replaced only by a finished one.
+finished one is replaced only by a finished one; an existing OUT that is not an earlier export is refused.
 """
 
 from __future__ import annotations
 
 import shutil
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import orjson
 import yaml
 from tqdm import tqdm
@@ -83,7 +87,7 @@ class ExportConfig(Validated):
 
 @dataclass
 class Index:
-    offsets: list[int]  # of each record in committee.jsonl, in the order of the mistakes' indices
+    offsets: np.ndarray  # of each record in committee.jsonl, in the order of the mistakes' indices
     teachers: list[str]  # every teacher named, in first-seen order (train/data.py's teachers_of)
     task: Task
 
@@ -93,30 +97,35 @@ def index_records(path: Path, task_name: str | None) -> Index:
     The task is the one the run named (committee.yaml: a name, or a task file's path), else the first record's."""
     if not path.exists():
         raise FairError(f"no committee file {path}: run `fair committee` first, or name the folder that holds it")
-    places: list[tuple[int, int]] = []
+    indices, offsets = array("q"), array("q")  # 16 bytes a record
     seen: set[str] = set()
     teachers: dict[str, None] = {}
     task = get_task(task_name) if task_name else None
     for i, (offset, record) in enumerate(scan_jsonl(path)):
         where = f"{path} record {i} (id {record.get('id')!r})"
-        if task is None and isinstance(record.get("mistake"), dict):
-            task = get_task(str(record["mistake"].get("task")))
         mistake = check_committee_record(record, where, task)
+        if task is None:
+            try:
+                task = get_task(mistake.task)
+            except FairError as e:
+                raise FairError(f"{where}: {e}") from None
         if record["id"] in seen:
             raise FairError(f"{where}: duplicate id")
         seen.add(record["id"])
-        places.append((mistake.index, offset))
+        indices.append(mistake.index)
+        offsets.append(offset)
         teachers.update(dict.fromkeys((*record["feedback"], *record["rationales"])))
-    if not places or task is None:
+    if task is None:
         raise FairError(f"{path}: no records")
-    places.sort()  # by index; records of one index keep the file's order, as train/data.py's stable sort
-    return Index([offset for _, offset in places], list(teachers), task)
+    # By index, then the file's order: train/data.py's stable sort by index.
+    order = np.lexsort((np.frombuffer(offsets, np.int64), np.frombuffer(indices, np.int64)))
+    return Index(np.frombuffer(offsets, np.int64)[order], list(teachers), task)
 
 
-def records_in_order(path: Path, offsets: list[int]) -> Iterator[dict]:
+def records_in_order(path: Path, offsets: np.ndarray) -> Iterator[dict]:
     with path.open("rb") as f:
         for offset in offsets:
-            f.seek(offset)
+            f.seek(int(offset))
             yield orjson.loads(f.readline())
 
 
