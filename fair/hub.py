@@ -31,12 +31,13 @@ def push_folder(folder: Path, repo: str, repo_type: RepoType, public: bool, mess
     where = f"{repo_type} repository {repo}"
     try:
         url = str(api.create_repo(repo, repo_type=repo_type, private=not public, exist_ok=True))
-        if not public and not api.repo_info(repo, repo_type=repo_type).private:
+        private = api.repo_info(repo, repo_type=repo_type).private  # an existing repository keeps its own
+        if not public and not private:
             raise FairError(f"the hub's {where} exists and is public: pass --public to upload {folder} to it")
         api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type=repo_type, commit_message=message)
     except (HTTPError, OSError, ValueError) as e:  # ValueError: a malformed repo id
         raise FairError(f"uploading {folder} to the hub's {where} failed: {redact(str(e))}") from None
-    print(f"uploaded {folder} to {url} ({'public' if public else 'private'})")
+    print(f"uploaded {folder} to {url} ({'private' if private else 'public'})")
     return url
 
 

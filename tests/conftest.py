@@ -242,17 +242,18 @@ class FakeHfApi:
     """huggingface_hub's HfApi as fair/hub.py uses it: records the calls, and fails as told."""
 
     calls: list[tuple] = []
-    public: set[str] = set()  # existing public repositories
+    repos: dict[str, bool] = {}  # repository -> private
     fail: Exception | None = None
 
     def create_repo(self, repo_id, *, repo_type, private, exist_ok):
         self.calls.append(("create_repo", repo_id, repo_type, private, exist_ok))
         if self.fail:
             raise self.fail
+        self.repos.setdefault(repo_id, private)  # exist_ok: an existing one keeps its visibility
         return f"https://huggingface.co/{repo_type}s/{repo_id}"
 
     def repo_info(self, repo_id, *, repo_type):
-        return types.SimpleNamespace(private=repo_id not in self.public)
+        return types.SimpleNamespace(private=self.repos[repo_id])
 
     def upload_folder(self, *, repo_id, folder_path, repo_type, commit_message):
         files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
@@ -266,5 +267,5 @@ def hub(monkeypatch):
 
     monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
-    FakeHfApi.calls, FakeHfApi.public, FakeHfApi.fail = [], set(), None
+    FakeHfApi.calls, FakeHfApi.repos, FakeHfApi.fail = [], {}, None
     return FakeHfApi

@@ -185,13 +185,14 @@ def test_push_to_hub_uploads_the_folder_to_a_private_repository(tmp_path, hub, c
     out = capsys.readouterr()
     assert "uploaded" in out.out and "(private)" in out.out and HUB_TOKEN not in out.out + out.err
 
-    hub.calls, hub.public = [], {"me/open"}  # an existing public repository takes --public
+    hub.calls, hub.repos["me/open"] = [], False  # an existing public repository takes --public
     assert main(["export", str(folder), "--format", "hf", "--push-to-hub", "me/open", "--no-progress"]) == 2
     assert "exists and is public: pass --public" in capsys.readouterr().err
     assert [c[0] for c in hub.calls] == ["create_repo"]
     assert main(["export", str(folder), "--format", "hf", "--push-to-hub", "me/open", "--public", "--no-progress"]) == 0
     assert hub.calls[-2:] == [("create_repo", "me/open", "dataset", False, True),
                               ("upload_folder", "me/open", "dataset", files)]
+    assert "(public)" in capsys.readouterr().out
 
 
 def test_a_failed_upload_is_one_line_without_the_token(tmp_path, hub, capsys):

@@ -26,10 +26,7 @@ import yaml
 
 from fair.config import Validated
 from fair.errors import FairError
-from fair.models import DEFAULT_STUDENT, model_short_name
-
-# The bundled default student is this hub model's Q4_1 GGUF, de-quantised (fair/models.py).
-HUB_IDS = {DEFAULT_STUDENT: "HuggingFaceTB/SmolLM2-135M-Instruct"}
+from fair.models import DEFAULT_STUDENT, SMOLLM2_HUB_ID, model_short_name
 
 
 @dataclass
@@ -48,8 +45,8 @@ def read(path: Path) -> dict[str, Any]:
 
 def base_model(student: str) -> str | None:
     """The student's hub id, for the header's base_model; None for a local folder (no hub page to link)."""
-    if student in HUB_IDS:
-        return HUB_IDS[student]
+    if student == DEFAULT_STUDENT:  # the bundled GGUF of this hub model, de-quantised (fair/models.py)
+        return SMOLLM2_HUB_ID
     return student if student.count("/") == 1 and not Path(student).exists() else None
 
 
