@@ -33,8 +33,8 @@ from fair.models import DEFAULT_STUDENT, SMOLLM2_HUB_ID, model_short_name
 class PushModelConfig(Validated):
     folder: str  # a trained model folder: <out>/final (merged), or <out>/adapter (LoRA's adapter alone)
     repo: str  # the hub model repository to upload to (owner/name); token: HF_TOKEN or `hf auth login`
-    public: bool = False  # make a new repository public, or upload to a public one (default: private only)
-    eval: tuple[str, ...] = ()  # `fair eval` folders (<out>/<task>-<split>) for the card; none: found (see above)
+    public: bool = False  # make a new repository public, or upload to a public one (else private ones only)
+    eval: tuple[str, ...] = ()  # `fair eval` folders (<out>/<task>-<split>) for the card; none: each one under data/eval/<folder's name>/ that evaluated this folder
 
 
 def read(path: Path) -> dict[str, Any]:
