@@ -21,6 +21,7 @@ sample is reviewed, gold-checked and accepted on its own, and belongs to its tea
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 from fair.errors import FairError
@@ -53,6 +54,16 @@ def qualifies(filter: Filter, gold: bool, peers_accept: bool) -> bool:
 
 def recorded_filter(record: dict) -> Filter:
     return record.get("filter", PAPER_FILTER)
+
+
+def run_filter(recorded: Iterable[Filter], where: str) -> Filter:
+    """The one filter a committee run's records were written under (`recorded_filter` of each; "review" for the
+    paper's files or no records): what training and export follow unless told otherwise."""
+    filters = set(recorded) or {PAPER_FILTER}
+    if len(filters) > 1:
+        raise FairError(f"{where}: records written under several filters ({', '.join(sorted(filters))}); "
+                        f"pass --filter")
+    return filters.pop()
 
 
 def trainable(train_filter: Filter, committee_filter: Filter) -> bool:

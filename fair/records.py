@@ -204,6 +204,22 @@ def committee_replies(record: dict) -> Iterator[tuple[str, str, dict]]:
             yield reviewer, "review", review
 
 
+def check_committee_record(record: dict, where: str, task: Task | None) -> StudentAnswer:
+    """A committee.jsonl record's mistake, once its fields are checked as every reader needs them (the ids,
+    the teachers' entries, the mistake's fields and, given a task, its task); a FairError naming `where`."""
+    for key in ("id", "mistake", "feedback", "rationales"):
+        if not isinstance(record.get(key), str if key == "id" else dict):
+            raise FairError(f"{where}: missing or malformed field {key!r}")
+    for key in ("feedback", "rationales"):
+        for name, entry in record[key].items():
+            if not isinstance(entry, dict) or "text" not in entry:
+                raise FairError(f"{where}: {key}.{name} must be an object with a 'text' field")
+    mistake = StudentAnswer.from_json(record["mistake"], f"{where} field 'mistake'")
+    if task is not None and mistake.task != task.name:
+        raise FairError(f"{where}: a {mistake.task!r} mistake, but task {task.name!r}")
+    return mistake
+
+
 def usable_text(entry: dict | None, field: str = "text") -> str | None:
     """The stripped text of a reply that may be reviewed, scored or trained on; None when the request failed,
     the provider refused it (text None, `refused` its reason), it was cut off at max_tokens (`truncated`: a

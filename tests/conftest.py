@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -295,3 +296,42 @@ def scripted(tmp_path, data_dir, monkeypatch):
          "rpm": 100_000, "tpm": 100_000_000, "price_input": 1.0, "price_cached_input": 0.25, "price_output": 4.0}
         for name in ("a", "b", "c")]}))
     return teachers, mistakes, scripts, sent
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The Hugging Face hub, faked: uploads (fair/hub.py) are tested without a network or an account.
+
+HUB_TOKEN = "hf_TESTtokenThatMustNeverBeShown0123456789"
+
+
+class FakeHfApi:
+    """huggingface_hub's HfApi as fair/hub.py uses it: records the calls, and fails as told."""
+
+    calls: list[tuple] = []
+    repos: dict[str, bool] = {}  # repository -> private
+    fail: Exception | None = None
+
+    def create_repo(self, repo_id, *, repo_type, private, exist_ok):
+        self.calls.append(("create_repo", repo_id, repo_type, private, exist_ok))
+        if self.fail:
+            raise self.fail
+        self.repos.setdefault(repo_id, private)  # exist_ok: an existing one keeps its visibility
+        return f"https://huggingface.co/{repo_type}s/{repo_id}"
+
+    def repo_info(self, repo_id, *, repo_type):
+        return types.SimpleNamespace(private=self.repos[repo_id])
+
+    def upload_folder(self, *, repo_id, folder_path, repo_type, commit_message):
+        files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+        self.calls.append(("upload_folder", repo_id, repo_type, files))
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """FakeHfApi in place of huggingface_hub's, with HUB_TOKEN as the environment's token."""
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    FakeHfApi.calls, FakeHfApi.repos, FakeHfApi.fail = [], {}, None
+    return FakeHfApi
