@@ -14,13 +14,14 @@ from fair.errors import FairError
 from fair.jsonl import read_jsonl
 from fair.paper import import_committee
 from fair.prices import Prices, bill, data_cost, load_prices
+from fair.recipes import recorded_filter, run_filter
 from fair.records import StudentAnswer
 from fair.tasks import get_task
 from gen.committee.run import CommitteeConfig, committee
 from gen.teachers.cache import key_for
 from gen.teachers.config import load_committee
 from gen.teachers.providers import ChatResponse, OpenAIProvider
-from train.data import build_examples, committee_filter, load_records
+from train.data import build_examples, load_records
 
 SVAMP = get_task("svamp")
 
@@ -135,13 +136,13 @@ def test_a_gold_filtered_record_set_is_exactly_the_records_whose_rationales_grad
     examples, _ = build_examples(loaded, SVAMP, "all", seed=0, filter="gold")
     chosen = {(e.mistake_id, e.teacher) for e in examples if e.kind == "rationale"}
     assert chosen == {(r["id"], k) for r in records for k, right in rationale_grades(r).items() if right}
-    assert committee_filter(loaded, "test") == "review"
+    assert run_filter(map(recorded_filter, loaded), "test") == "review"
 
 
 def test_training_follows_the_committee_and_refuses_reviews_it_never_asked_for(scripted):
     run(scripted, filter="gold")
     loaded = load_records(scripted[1].with_name("committee.jsonl"), SVAMP)
-    assert committee_filter(loaded, "test") == "gold"
+    assert run_filter(map(recorded_filter, loaded), "test") == "gold"
     for filter in ("review", "gold+review"):
         with pytest.raises(FairError, match="committee ran with --filter gold"):
             build_examples(loaded, SVAMP, "mixed", seed=0, filter=filter)
