@@ -5,7 +5,7 @@ underscores (regex \\w+), and its n-grams every run of N = 8 consecutive words (
 and so never overlaps: too short to tell a copy from a coincidence). A question is *contaminated* by the other set
 when more than THRESHOLD = half of its n-grams occur anywhere in the other set's questions (their n-grams pooled:
 a variation of a problem often takes its sentences from several others). Measured on SVAMP (its 700 train and 300
-test questions, tests/test_decontam.py): 227 test questions share at least one 8-gram with the train split, and
+test questions, tests/test_recipes.py): 227 test questions share at least one 8-gram with the train split, and
 29 share more than half of theirs.
 
 Training (train/train.py, `decontaminate`) drops every example whose question is contaminated by the test split

@@ -70,9 +70,13 @@ def test_results_page_has_every_unit_and_paired_comparisons(tmp_path):
     assert "paper-fair: 27.5% ± 3.5 (sd) over 2 seed(s)" in page
     assert f"Units done: 4 of {len(UNITS)}" in page
     # recipes: seeds pooled as mean ± sd, the gain over no training per $1,000 of the data's teacher calls
-    assert "| paper-fair | FAIR: mixed, peer-reviewed, alpha 0.5 | 2 | 27.5 ± 3.5 | +22.5 | 4,644 | " \
+    assert "| paper-fair | FAIR: mixed, peer-reviewed, alpha 0.5 | 2 | 27.5 ± 3.5 | +22.5 | - | - | 4,644 | " \
            "1,000,000 / 200,000 | 2.50 | +9000 |" in page
-    assert "| paper-gold | mixed, gold check (no review) | 1 | 35.0 | +30.0 | - | - | - | - |" in page
+    assert "| paper-gold | mixed, gold check (no review) | 1 | 35.0 | +30.0 | - | - | - | - | - | - |" in page
+    # on the clean questions only (the last 20 and q5: q0 and q1, right untrained, are not among them)
+    clean = {f"q{i}" for i in range(20, 40)} | {"q5"}
+    page = render_results(folder, UNITS, tmp_path / "results.md", costs, clean).read_text()
+    assert "| paper-fair | FAIR: mixed, peer-reviewed, alpha 0.5 | 2 | 27.5 ± 3.5 | +22.5 | 4.8 ± 0.0 | +4.8 |" in page
     # pairwise on the seeds both ran: seed 0 only, 12 vs 14 right, the 2 discordant questions both go to gold
     assert "| paper-fair vs paper-gold | s0: -5.0 [" in page and "p=0.5 | -5.0 |" in page
 
