@@ -7,7 +7,7 @@ is copied every step. Here a fixed set of `slots` decodes together over a KV cac
     prefill   new prompts, right-padded, go through the model in one forward; each slot's keys and values
               land at positions 0..len-1 of its row, and the last prompt position gives the first token;
     decode    every slot feeds its last token at its own position (position_ids per row); the cache writes
-              it in place and attention reads positions 0..len of each row (a boolean mask per row);
+              it in place and attention reads positions 0..len of each row (an additive mask per row);
     refill    a slot whose answer ended (EOS, a stop string or max_new_tokens) takes the next prompt;
     shrink    once no prompt is left to refill with, the cache keeps only the rows still answering whenever
               half of them are idle, so that the last long answers do not pay for empty rows.
@@ -53,7 +53,8 @@ def slot_attention(module, query, key, value, attention_mask, scaling=None, drop
     Prefill (L > 1): each row's prompt attends causally to itself (right padding: pads come last, so the
     causal mask is right for every real position). Decode (L = 1): the heads of a group share a key head, so
     they are stacked as that head's queries (no copy of the keys, which torch's own grouped-query path makes
-    in bf16) under the row's mask [B,1,1,T] (True = attend). Returns [B,L,H,D], as transformers' do."""
+    in bf16) under the step's additive mask [B,1,1,T] (0 or -inf: made once a step in the model's dtype, where a
+    boolean one is converted by the kernel in every layer). Returns [B,L,H,D], as transformers' do."""
     b, heads, length, dim = query.shape
     if length > 1:
         out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling,
@@ -198,10 +199,10 @@ class ContinuousBatcher:
         ends = [s.length + len(s.tokens) - 1 if s.request >= 0 else 0 for s in slots]  # a free row reads position 0
         positions, width = torch.tensor(ends, device=self.device), max(ends) + 1
         self.cache.decode(positions, width)
-        visible = torch.arange(width, device=self.device)[None, :] <= positions[:, None]
-        logits = self.model(input_ids=next_tokens[:, None], position_ids=positions[:, None],
-                            attention_mask=visible[:, None, None, :], past_key_values=self.cache,
-                            use_cache=True).logits[:, -1]
+        ahead = torch.arange(width, device=self.device)[None, None, None, :] > positions[:, None, None, None]
+        mask = torch.zeros(ahead.shape, dtype=self.model.dtype, device=self.device).masked_fill_(ahead, -torch.inf)
+        logits = self.model(input_ids=next_tokens[:, None], position_ids=positions[:, None], attention_mask=mask,
+                            past_key_values=self.cache, use_cache=True).logits[:, -1]
         chosen = self._choose(logits)
         for slot, token in zip(slots, chosen.tolist(), strict=True):  # one host copy for all rows
             if slot.request >= 0:
