@@ -80,8 +80,8 @@ class SlotCache:
         shape, dtype, device = (slots, heads, length, dim), model.dtype, model.device
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-        self.rows: torch.Tensor = torch.arange(slots, device=device)
-        self.positions: torch.Tensor | None = None  # decode: where each row writes
+        self.rows: torch.Tensor = torch.arange(slots, device=device)  # prefill: the slots the prompts go to
+        self.written: torch.Tensor | None = None  # decode: where each row's key heads go, in a [-1, dim] view
         self.width = 0  # decode: positions visible to attention this step
 
     def keep(self, rows: list[int]) -> None:
@@ -90,10 +90,14 @@ class SlotCache:
         self.values = [v[rows] for v in self.values]
 
     def prefill(self, rows: list[int]) -> None:
-        self.rows, self.positions = torch.tensor(rows, device=self.keys[0].device), None
+        self.rows, self.written = torch.tensor(rows, device=self.keys[0].device), None
 
     def decode(self, positions: torch.Tensor, width: int) -> None:
-        self.rows, self.positions, self.width = torch.arange(len(positions), device=positions.device), positions, width
+        """Row r writes position positions[r] of each of its heads: computed once here for every layer, as
+        indices into the cache seen as [rows x heads x length, dim] (one index_copy_ a layer)."""
+        rows, heads, length, _ = self.keys[0].shape
+        first = torch.arange(rows * heads, device=positions.device).view(rows, heads) * length
+        self.written, self.width = (first + positions[:, None]).view(-1), width
 
     def get_seq_length(self, *_) -> int:
         """transformers 4.x asks when no cache_position is given; positions come from position_ids here."""
@@ -101,12 +105,13 @@ class SlotCache:
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer: int, *_, **__):
         keys, values = self.keys[layer], self.values[layer]
-        if self.positions is None:
+        if self.written is None:
             keys[self.rows, :, : key.shape[2]] = key
             values[self.rows, :, : value.shape[2]] = value
             return key, value
-        keys[self.rows, :, self.positions] = key[:, :, 0]
-        values[self.rows, :, self.positions] = value[:, :, 0]
+        dim = keys.shape[-1]
+        keys.view(-1, dim).index_copy_(0, self.written, key.reshape(-1, dim))  # key [rows, heads, 1, dim]
+        values.view(-1, dim).index_copy_(0, self.written, value.reshape(-1, dim))
         return keys[:, :, : self.width], values[:, :, : self.width]
 
 
