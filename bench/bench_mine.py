@@ -150,6 +150,8 @@ def main() -> None:
     parser.add_argument("--paper-questions", type=int, default=16, help="the paper's loop on the first N only")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="rows 4 to 6: " + DTYPE_HELP)
     parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument("--skip-dtype-static", action="store_true",
+                        help="leave out row 4 (static batching at --dtype: the reference for row 5's completions)")
     parser.add_argument("--vllm-variants", action="store_true", help="vLLM under each CPU setting, side by side")
     parser.add_argument("--vllm-child", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -184,7 +186,7 @@ def engine_runs(args: argparse.Namespace, hf: HFEngine, hf_start: float, prompts
     del hf  # one model in memory at a time
     ours, ours_start = timed(lambda: make_engine("hf", "smollm2-135m", batch_size=args.slots, dtype=args.dtype))
     dtype = ours.precision.dtype
-    if dtype != "float32":  # the reference the continuous engine's completions in this dtype are compared with
+    if dtype != "float32" and not args.skip_dtype_static:  # the reference the continuous engine's completions in this dtype are compared with
         runs[f"ours: HFEngine, generate, batch {args.batch_size}, {dtype}"] = (
             *static(ours, prompts, sampling, args.batch_size), ours_start, dtype)
     runs[f"ours: HFEngine, continuous, {args.slots} slots, {args.dtype} ({dtype})"] = (

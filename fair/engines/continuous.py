@@ -123,8 +123,8 @@ class Slot:
 
 
 class ContinuousBatcher:
-    """`eager=True` runs the decode step as the engine of 2026-12-06 did (torch's fused attention, weights as
-    loaded): the baseline row of make bench-mine, same tokens, slower."""
+    """`eager=True` leaves the weights as loaded (no packing, fair/engines/packed.py): the engine as it was
+    before packing, the baseline row of make bench-mine; the same tokens, slower in bf16."""
 
     def __init__(self, model, tokenizer, eos_ids: set[int], slots: int, eager: bool = False):
         self.model, self.tokenizer, self.eos_ids, self.slots, self.eager = model, tokenizer, eos_ids, slots, eager
