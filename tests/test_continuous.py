@@ -95,6 +95,9 @@ def test_packed_weights_give_the_same_bits_and_are_let_go(tiny_model_dir):
         assert "forward" not in vars(linear)
     for a, b in zip(plain, packed, strict=True):
         assert torch.equal(a, b)
+    with pytest.raises(KeyboardInterrupt), packed_linears(model, rows=4):
+        raise KeyboardInterrupt  # a run stopped mid-generation leaves the model as it was
+    assert not any("forward" in vars(m) for m in model.modules())
 
 
 def test_eager_step_gives_the_same_completions(tiny_model_dir):
@@ -103,3 +106,10 @@ def test_eager_step_gives_the_same_completions(tiny_model_dir):
     fast = engine.generate(PROMPTS, Sampling(max_new_tokens=12))
     engine.continuous.eager = True
     assert [g.text for g in engine.generate(PROMPTS, Sampling(max_new_tokens=12))] == [g.text for g in fast]
+
+
+def test_float32_weights_are_not_packed(engine):
+    """MKL's packed fp32 path measured no faster: an fp32 model runs as loaded."""
+    assert not packing_available(engine.model)
+    with packed_linears(engine.model, rows=2):
+        assert not any("forward" in vars(m) for m in engine.model.modules())
