@@ -73,6 +73,9 @@ INVALID = [
     (["view", "/nonexistent/run"], "/nonexistent/run: no committee.jsonl"),
     (["view", "run", "--index-dir", "/nonexistent/index"], "index_dir /nonexistent/index: no such folder"),
     (["tasks", "--bogus"], "unrecognized arguments: --bogus"),
+    (["export", "/nonexistent/run"], "no committee file /nonexistent/run/committee.jsonl"),
+    (["export", "--shard-rows", "0", "run"], "shard_rows must be at least 1"),
+    (["push-model", "/nonexistent/final", "me/repo"], "/nonexistent/final is not a model folder"),
 ]
 
 
