@@ -28,8 +28,7 @@ from fastapi import FastAPI
 from fair.config import Validated
 from fair.errors import FairError
 from fair.wire.errors import ApiError
-from fair.wire.listen import listen
-from gen.teachers.cache import is_loopback
+from fair.wire.listen import http_url, is_loopback, listen
 from serve.app import add_auth, add_errors
 from serve.config import TOKEN_ENV, bearer_token
 from serve.limits import BodyCap
@@ -106,7 +105,7 @@ def view(config: ViewConfig) -> int:
     token, where = view_token(config)
     sock = listen(config.host, config.port, BACKLOG)
     port = sock.getsockname()[1]
-    print(f"fair view: http://{config.host}:{port}/ (bearer token in {where}); {config.folder}, read-only",
+    print(f"fair view: {http_url(config.host, port)}/ (bearer token in {where}); {config.folder}, read-only",
           flush=True)
     if not is_loopback(config.host):
         print(f"fair view: warning: {config.host} is not loopback: the page and its token cross the network "

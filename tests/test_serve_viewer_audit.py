@@ -238,3 +238,24 @@ def test_fair_view_off_loopback_warns_that_its_token_travels_in_clear(tmp_path):
         output = view.communicate(timeout=10)[0]
     assert "fair view: warning: 0.0.0.0 is not loopback: the page and its token cross the network unencrypted" in (
         output), output
+
+
+def test_fair_view_names_an_ipv6_address_in_brackets(tmp_path):
+    """Its banner is a URL a browser opens: http://[::1]:PORT/, as fair serve's."""
+    write_records(tmp_path / "committee.jsonl", 1)
+    port_file = tmp_path / "view.port"
+    env = {**os.environ, "FAIR_SERVE_TOKEN": TOKEN}
+    view = subprocess.Popen([sys.executable, "-m", "cli.main", "view", str(tmp_path), "--host", "::1", "--port", "0",
+                             "--port-file", str(port_file)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            if view.poll() is not None:
+                pytest.skip("no IPv6 loopback here")
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        view.terminate()
+        output = view.communicate(timeout=10)[0]
+    assert f"fair view: http://[::1]:{port_file.read_text().strip()}/ (bearer token in $FAIR_SERVE_TOKEN)" in output
