@@ -50,7 +50,7 @@ from fair.wire.errors import ApiError
 from gen.teachers.config import Teacher
 from gen.teachers.gates import gate_state
 from serve import chat, uploads
-from serve.auth import COOKIE, LOGIN, Auth, Sessions
+from serve.auth import LOGIN, Auth, Sessions, cookie_name
 from serve.batches import ServeFiles
 from serve.budget import PRIORITY, Budget
 from serve.config import ServeConfig, same_token
@@ -177,11 +177,11 @@ def add_auth(app: FastAPI, service: Service) -> None:
         return {"ok": True}
 
     @app.post("/login", include_in_schema=False)
-    async def login(token: str = Form("")) -> Response:
+    async def login(request: Request, token: str = Form("")) -> Response:
         if not same_token(token, service.token):
             return HTMLResponse(LOGIN, status_code=401)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(COOKIE, sessions.open(), httponly=True, samesite="strict")
+        response.set_cookie(cookie_name(request.scope), sessions.open(), httponly=True, samesite="strict")
         return response
 
     @app.get("/", include_in_schema=False)

@@ -1,12 +1,13 @@
 """Who may talk to `fair serve` (serve/app.py): a bearer token, or the page's session cookie.
 
     Authorization: Bearer TOKEN     API clients: OpenAI's SDKs, curl, `fair committee --server`
-    Cookie: fair_serve_session=ID   the page, after POST /login with the token
+    Cookie: fair_serve_session_PORT=ID   the page, after POST /login with the token
 
 The cookie never holds the token: /login hands out a random session id that this process maps to a login (in
 memory, at most MAX_SESSIONS, the oldest forgotten first; a restart logs the page out). A browser sends a
 127.0.0.1 cookie to every service on that host, so a cookie that leaks there is at worst a session of this
-process, never the token. The cookie is HttpOnly and SameSite=Strict. A request that the cookie authenticates
+process, never the token; its name carries the port (cookie_name), or `fair view` and `fair serve` on one
+machine would each log the other's page out. The cookie is HttpOnly and SameSite=Strict. A request that the cookie authenticates
 and that may change something (any method but GET, HEAD and OPTIONS) must also come from the page itself: its
 Origin header (browsers send one with every such request) must name this server's own host, else 403. Bearer
 requests are not browser requests and need no Origin. Tokens and session ids are compared in constant time.
@@ -28,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from fair.wire.errors import ApiError
 from serve.config import same_token
 
-COOKIE = "fair_serve_session"
+COOKIE = "fair_serve_session"  # and _PORT: cookie_name
 MAX_SESSIONS = 1000
 OPEN = ("/healthz", "/login")  # the routes without credentials
 SAFE = ("GET", "HEAD", "OPTIONS")
@@ -56,6 +57,12 @@ class Sessions:
         return bool(given) and any([same_token(given, known) for known in self.ids])
 
 
+def cookie_name(scope: Scope) -> str:
+    """The page's cookie on this server: COOKIE_PORT (a browser sends a host's cookies to every port on it)."""
+    port = (scope.get("server") or (None, None))[1]
+    return f"{COOKIE}_{port}" if port else COOKIE
+
+
 def same_origin(request: Request) -> bool:
     """The request's Origin names the host it was sent to (scheme aside: a proxy may end TLS before us)."""
     origin, host = request.headers.get("origin"), request.headers.get("host")
@@ -75,7 +82,7 @@ class Auth:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and same_token(given.strip(), self.token):
             return await self.app(scope, receive, send)
-        if self.sessions.valid(request.cookies.get(COOKIE)):
+        if self.sessions.valid(request.cookies.get(cookie_name(scope))):
             if request.method in SAFE or same_origin(request):
                 return await self.app(scope, receive, send)
             error = ApiError(403, "a change made with the page's cookie must come from the page (its Origin)")

@@ -93,7 +93,7 @@ def test_a_server_started_over_an_empty_token_file_refuses_empty_credentials(own
     url = own_token.url
     assert raw(url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 401")
     assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer"}).status_code == 401
-    assert httpx.get(url + "/v1/models", cookies={"fair_serve_session": ""}).status_code == 401
+    assert httpx.get(url + "/v1/models", cookies={f"fair_serve_session_{url.rsplit(':', 1)[1]}": ""}).status_code == 401
     login = httpx.post(url + "/login", data={"token": ""})
     assert login.status_code == 401 and "set-cookie" not in login.headers
     token = (own_token.state / "token").read_text().strip()
@@ -192,7 +192,8 @@ def test_the_cookie_is_a_session_not_the_token_and_changes_need_the_pages_origin
     with httpx.Client(base_url=own_token.url) as browser:
         login = browser.post("/login", data={"token": token})
         assert login.status_code == 303
-        session = browser.cookies["fair_serve_session"]
+        cookie = f"fair_serve_session_{own_token.url.rsplit(':', 1)[1]}"  # the port's: fair view's is another
+        session = browser.cookies[cookie]
         assert token not in login.headers["set-cookie"] and len(session) >= 43
         assert browser.get("/v1/fair/jobs").status_code == 200  # a read needs no Origin
         cancel = "/v1/fair/jobs/job-none/cancel"
@@ -202,7 +203,7 @@ def test_the_cookie_is_a_session_not_the_token_and_changes_need_the_pages_origin
         assert browser.post(cancel, headers={"origin": own_token.url}).status_code == 404  # the page: let through
     bearer = {"Authorization": f"Bearer {token}"}  # API clients send no Origin and need none
     assert httpx.post(own_token.url + "/v1/fair/jobs/job-none/cancel", headers=bearer).status_code == 404
-    assert httpx.get(own_token.url + "/v1/models", cookies={"fair_serve_session": token}).status_code == 401
+    assert httpx.get(own_token.url + "/v1/models", cookies={cookie: token}).status_code == 401
 
 
 def test_no_docs_page_loads_a_cdns_javascript_and_the_schema_stays_behind_the_token(own_token):

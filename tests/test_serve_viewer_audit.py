@@ -66,7 +66,7 @@ def test_every_read_route_wants_the_token(tmp_path, route):
     with TestClient(make_view_app(ViewConfig(str(tmp_path)), TOKEN, tmp_path)) as http:
         for headers, params in [({}, {}), ({"Authorization": "Bearer nope"}, {}), ({}, {"token": TOKEN}),
                                 ({}, {"access_token": TOKEN}), ({"Authorization": f"Basic {TOKEN}"}, {}),
-                                ({"Authorization": TOKEN}, {}), ({"Cookie": "fair_serve_session=x"}, {})]:
+                                ({"Authorization": TOKEN}, {}), ({"Cookie": "fair_serve_session_80=x; fair_serve_session=x"}, {})]:
             response = http.get(route, headers=headers, params=params)
             assert response.status_code == 401, (headers, params)
             assert "q0" not in response.text and "committee.jsonl" not in response.text
