@@ -240,7 +240,7 @@ def run_round(config: LoopConfig, r: int, student: str, before: Path, stages: St
     after = folder / "eval"
     progress.run(f"round{r} eval", lambda: stages.evaluate(config.eval_config(model, after)))
     progress.run(f"round{r} report", lambda: stages.report(folder, folder / "train", before, config.eval_dir(after),
-                                                           folder, config.threshold))
+                                                           folder, config.threshold, config.task))
     return model
 
 

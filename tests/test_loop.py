@@ -76,8 +76,9 @@ class Fakes:
                                              "accuracy": right / 10, "unparseable": 0})
         return [{}]
 
-    def report(self, gen_dir, train_dir, before, after, out, threshold) -> None:
+    def report(self, gen_dir, train_dir, before, after, out, threshold, task) -> None:
         self.calls.append(("report", Path(gen_dir).name, str(before)))
+        self.report_task = task  # as the loop was given it: a task file's path finds it from its records
 
 
 def loop_config(tmp_path: Path, **changes) -> LoopConfig:
@@ -100,6 +101,7 @@ def test_each_round_starts_from_the_round_befores_trained_student(tmp_path):
         ("gen", "round2", final[1]), ("train", "round2", final[1]), ("eval", "round2", final[2]),
         ("report", "round2", str(out / "round1" / "eval" / "svamp-test")),
     ]
+    assert fakes.report_task == "svamp"
     assert [r["student"] for r in summary["rounds"]] == ["smollm2-135m", final[0], final[1]]
     assert [r["test"]["correct"] for r in summary["rounds"]] == [4, 5, 6] and summary["start"]["correct"] == 3
     assert summary["rounds"][1] | {"test": None, "change": None} == {
