@@ -179,6 +179,8 @@ def test_a_bad_task_file_is_one_line_naming_the_file_and_the_key(tmp_path, capsy
     ("number", "question,answer\n1+1?,2\n2+2?,\n", "d.csv row 1: missing field 'answer' (the answer of"),
     ("number", "questoin,answer\n1+1?,2\n", "d.csv row 0: missing field 'question' (the question of"),
     ("number", "question,answer\n1+1?,two\n", "d.csv row 0: field 'answer': gold answer 'two' is not a number"),
+    ("number", "question,answer\n1+1?,2\n1/0?,inf\n", "d.csv row 1: field 'answer': gold answer 'inf' is not a number"),
+    ("number", "question,answer\n0/0?,NaN\n", "d.csv row 0: field 'answer': gold answer 'NaN' is not a number"),
     ("yesno", "question,answer\nIs it?,maybe\n", "d.csv row 0: field 'answer': gold answer 'maybe' is not yes/no"),
     ("option", "question,answer,a,b\nPick.,C\n", "d.csv row 0: missing field 'a' (the options of"),
     ("option", "question,answer,a,b\nPick.,C,x,y\n", "d.csv row 0: field 'answer' must be a letter A-B or an index 0-1"),
@@ -195,6 +197,19 @@ def test_a_bad_row_names_the_data_file_the_row_and_the_field_before_the_model_lo
     code, _, err = run(capsys, "mine", "--task", str(path), "--out", str(tmp_path / "out"))
     assert code == 2 and message in err and "mine.yaml" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out" / "answers.jsonl").exists()
+
+
+def test_an_id_given_twice_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    # A resumed run skips the ids answered and the records are joined by id: a second row of an id would be lost.
+    monkeypatch.setattr("fair.student.make_engine", lambda *a, **k: pytest.fail("the engine must not start"))
+    (tmp_path / "d.csv").write_text("id,question,answer\nq1,1+1?,2\nq2,2+2?,4\nq1,3+3?,6\n")
+    path = declare(tmp_path, "splits: {train: d.csv}\nanswer_kind: number\nid: id\n")
+    code, _, err = run(capsys, "mine", "--task", str(path), "--out", str(tmp_path / "out"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "d.csv row 2: field 'id': id 'q1' is not unique (the id of" in err and "mine.yaml" in err
+    assert [e.id for e in get_task(str(path)).load("train", limit=2)] == ["q1", "q2"]  # no row read past the limit
+    (tmp_path / "d.csv").write_text("id,question,answer\n7,1+1?,2\n8,2+2?,4\n")  # ids need only be unique
+    assert [e.id for e in get_task(str(path)).load("train")] == ["7", "8"]
 
 
 def test_a_missing_data_file_and_a_missing_task_file_are_named(tmp_path):

@@ -6,8 +6,8 @@ split of a Hugging Face dataset), which fields hold the question and the gold an
 documented once, beside its field in `TaskSpec`; docs/tasks.md shows them all.
 
 Checked when loaded: an unknown key, an unknown kind, a pattern that does not compile, a template over what it
-may not use: one line naming the file and the key. Checked when read: a row without a field the task needs, or
-a gold answer its kind cannot take, names the data file, the row (from 0) and the field.
+may not use: one line naming the file and the key. Checked when read: a row without a field the task needs, a
+gold answer its kind cannot take, or an id an earlier row has, names the data file, the row (from 0) and the field.
 
 Rows are read one at a time (CSV, TSV and JSONL a line at a time, Parquet a record batch at a time, a hub split
 from the memory-mapped Arrow cache of `datasets`), so a corpus of millions of questions streams through
@@ -156,11 +156,31 @@ class Declared:
         """The split's rows, read lazily; a missing file is reported now, before the first row is asked for."""
         source = self.spec.splits[split]
         if self.spec.hub is not None:
-            return hub_rows(self.spec.hub, self.spec.hub_config, source, f"{self.shown} reads the hub, but")
-        path = self.path.parent / source
-        if not path.is_file():
-            raise FairError(f"{self.shown}: splits: {split}: no data file {self.shown.parent / source}")
-        return READERS[path.suffix.lower()](path)
+            rows = hub_rows(self.spec.hub, self.spec.hub_config, source, f"{self.shown} reads the hub, but")
+        else:
+            path = self.path.parent / source
+            if not path.is_file():
+                raise FairError(f"{self.shown}: splits: {split}: no data file {self.shown.parent / source}")
+            rows = READERS[path.suffix.lower()](path)
+        return rows if self.spec.id is None else self._unique_ids(rows, split)
+
+    def _unique_ids(self, rows: Iterator[dict[str, Any]], split: str) -> Iterator[dict[str, Any]]:
+        """The rows, refused at the first id seen before: a resumed run skips the ids answered, and the records
+        are joined by id, so a second row of an id would be dropped without a word (the set costs what the
+        resume's set of answered ids costs)."""
+        seen: set[str] = set()
+        for index, row in enumerate(rows):
+            if (value := row.get(self.spec.id)) is not None:
+                if (key := str(value)) in seen:
+                    raise FairError(f"{self.where(split, index)}: field {self.spec.id!r}: id {key!r} is not unique "
+                                    f"(the id of {self.shown})")
+                seen.add(key)
+            yield row
+
+    def where(self, split: str, index: int) -> str:
+        """A row, as messages name it: its data file (or hub split) and its number from 0."""
+        source = self.spec.splits[split]
+        return f"{self.spec.hub} split {source!r} row {index}" if self.spec.hub else f"{self.shown.parent / source} row {index}"
 
     def describe(self) -> str:
         """Where the rows are, for `fair tasks`."""
@@ -172,8 +192,7 @@ class Declared:
     def example_fields(self, row: dict[str, Any], split: str, index: int) -> dict[str, Any]:
         """An `Example`'s fields from one row; a missing field names the data file, the row and the field."""
         spec = self.spec
-        source = spec.splits[split]
-        where = f"{spec.hub} split {source!r} row {index}" if spec.hub else f"{self.shown.parent / source} row {index}"
+        where = self.where(split, index)
 
         def field(name: str, key: str, empty: bool = False) -> Any:
             value = row.get(name)
