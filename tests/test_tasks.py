@@ -164,6 +164,8 @@ KINDS = "'number', 'yesno', 'option', 'exact', 'regex'"
     ("splits: {train: d.csv}\nanswer_kind: regex\n", "mine.yaml: answer_pattern: a regex task needs one"),
     ("splits: {train: d.csv}\nanswer_kind: regex\nanswer_pattern: '(x'\n",
      "mine.yaml: answer_pattern: not a valid regular expression"),
+    ("splits: {train: d.csv}\nanswer_kind: regex\nanswer_pattern: '(\\d*)'\n",
+     "mine.yaml: answer_pattern: it matches the empty string"),
     ("splits: {train: d.csv}\nprompt: '{question} {hint}'\n", "mine.yaml: prompt: a template over {question}"),
     ("splits: {train: d.csv}\nquestion: 'Q: {}'\n", "mine.yaml: question: name a field"),
     ("splits: {train: d.csv}\nhub_config: main\n", "mine.yaml: hub_config: only with hub"),

@@ -45,7 +45,7 @@ class TaskSpec(Validated):
     answer: str = "answer"  # the field holding the gold answer (option: a letter, or an index from 0)
     answer_kind: AnswerKind = "exact"  # the grader: number, yesno (yes/no or true/false), option (a letter A-D), exact (a string), regex (answer_pattern's match)
     options: str | tuple[str, ...] | None = None  # option: the fields holding options A, B, ... in order, or one field holding a list of 2-4 options
-    answer_pattern: str | None = None  # regex: a reply's last match of this regular expression is its answer: the group named `answer`, else the first group, else the whole match
+    answer_pattern: str | None = None  # regex: a reply's last match of this regular expression is its answer: the group named `answer`, else the first group that took part, else the whole match
     id: str | None = None  # the field holding each row's unique id (a resumed run matches answers by it); none: `<split>-<row>`
     prompt: str | None = None  # the student's prompt, a template over `{question}` (an option task's question with its lettered options); none: the question, then how to state the answer for the kind
 
@@ -67,9 +67,12 @@ class TaskSpec(Validated):
                             f"answer_pattern: only a regex task has one (answer_kind is {self.answer_kind})")
         if self.answer_pattern is not None:
             try:
-                re.compile(self.answer_pattern)
+                pattern = re.compile(self.answer_pattern)
             except re.error as e:
                 raise FairError(f"answer_pattern: not a valid regular expression ({e})") from None
+            if pattern.search("") is not None:  # `\d*`: the last match in a reply could be the empty one at its end
+                raise FairError("answer_pattern: it matches the empty string; make the answer required "
+                                "(`+`, not `*`)")
         if self.prompt is not None and set(template_fields(self.prompt)) != {"question"}:
             raise FairError(f"prompt: a template over {{question}} and nothing else, got {self.prompt!r}")
 
