@@ -10,7 +10,8 @@ Round r, in <out>/round<r>/ (default out: data/<task>/<student>-loop/):
               questions), its mistakes go to the committee, and the paper's files are written beside
               mistakes.jsonl and committee.jsonl as <student>_<task>_{false,feedback,rationale}_round<r>.json
     2. train  `fair train` (train/train.py) from the round's student on the round's committee.jsonl -> train/final
-    3. eval   `fair eval` of train/final on the test split -> eval/<task>-<split>/
+    3. eval   `fair eval` of train/final on the test split -> eval/<task>-<split>/ (and to the trackers
+              of training's report_to, `--train '{report_to: [tensorboard]}'`, in the round's runs)
     4. report `fair report`'s page of the round, report.md, compared with the round before
 Round 0's student is --student; round r+1's is round r's train/final. The untrained student is evaluated once,
 in <out>/eval-start/, the row the first round is compared with. After every round, <out>/loop.md and loop.json
@@ -32,7 +33,9 @@ Resuming: kill it anywhere and rerun the same command. A finished stage is recor
 skipped; the one that was cut off resumes as it does alone (mining and the committee skip finished ids, training
 resumes from its last checkpoint, evaluation answers only what is missing). On a rerun --rounds may grow (the
 loop goes on) and so may --max-cost-usd (a run stopped by its budget goes on), as may the other settings in
-FREE, which change how the work is done, not what it is; a change to any other setting is refused, by name.
+FREE, which change how the work is done, not what it is; a change to any other setting is refused, by name, and
+so is a train_config file that now says otherwise than round 0 trained with (train/resume.py's rule: only settings
+of how the steps run may change).
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from fair.records import committee_replies
 from fair.rss import release_freed
 from fair.student import run_dir
 from fair.tasks import get_task
+from train.trackers import report_evaluation
 
 # `fair gen`'s settings are the loop's, but for those the loop sets for each round: its student, where it writes,
 # the committee cache all rounds share, and the paper's file names (the first student's name, the round's number).
@@ -238,10 +242,17 @@ def run_round(config: LoopConfig, r: int, student: str, before: Path, stages: St
         "model": str(stages.train(config.train_settings(r, student))), "student": student, "records": records})
     model = trained["model"]
     after = folder / "eval"
-    progress.run(f"round{r} eval", lambda: stages.evaluate(config.eval_config(model, after)))
+    progress.run(f"round{r} eval", lambda: evaluate_round(config, r, student, model, after, stages))
     progress.run(f"round{r} report", lambda: stages.report(folder, folder / "train", before, config.eval_dir(after),
                                                            folder, config.threshold, config.task))
     return model
+
+
+def evaluate_round(config: LoopConfig, r: int, student: str, model: str, out: Path, stages: Stages) -> None:
+    """Round r's trained student on the test split; its accuracy also goes to the trackers its training reported
+    to (train's report_to), in the same runs, at their last step, as `make demo` sends its evaluation."""
+    rows = stages.evaluate(config.eval_config(model, out))
+    report_evaluation(config.train_settings(r, student), rows)
 
 
 def count_records(path: Path) -> int:
@@ -255,6 +266,11 @@ def check_unchanged(config: LoopConfig, saved_path: Path) -> None:
     names = {f.name for f in dataclasses.fields(LoopConfig)}
     saved = make_config(LoopConfig, load_yaml(saved_path, names), source=str(saved_path))
     changed = [n for n in sorted(names) if n not in FREE and getattr(saved, n) != getattr(config, n)]
+    if not changed:  # the same train_config may say other things now: the file, edited; round 0 trained on its old
+        from train.resume import changed_settings  # torch: not for `fair -h`
+
+        trained = config.round_dir(0) / "train" / "train.yaml"
+        changed = changed_settings(config.train_settings(0, config.student), trained)
     if changed:
         raise FairError(f"{saved_path.parent} holds a loop run with other settings ({', '.join(changed)} changed); "
                         f"rerun with its settings ({saved_path}), use another --out, or delete that folder")

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from cli.loop import LoopConfig, Stages, run_loop
+from fair.config import CONFIGS_DIR, save_config
 from fair.errors import FairError
 from fair.jsonl import append_jsonl, read_jsonl, write_json
 
@@ -57,6 +58,7 @@ class Fakes:
     def train(self, config) -> Path:
         out = Path(config.out)
         self.calls.append(("train", out.parent.name, config.student))
+        save_config(config, out / "train.yaml")  # as training saves its settings, checked when it resumes
         assert config.committee == str(out.parent / "committee.jsonl")
         self.maybe_fail("train", out.parent)
         (out / "final").mkdir(parents=True, exist_ok=True)
@@ -130,6 +132,14 @@ def test_the_round_configs_share_one_cache_and_name_the_papers_files_by_round(tm
     assert train.committee_path == tmp_path / "loop" / "round2" / "committee.jsonl"
 
 
+def test_each_rounds_evaluation_goes_to_the_trackers_its_training_reported_to(tmp_path, monkeypatch):
+    sent = []
+    monkeypatch.setattr("cli.loop.report_evaluation", lambda config, rows: sent.append((config.out, config.report_to,
+                                                                                       rows)))
+    run_loop(loop_config(tmp_path, train={"report_to": ["tensorboard"]}), Fakes().stages())
+    assert sent == [(str(tmp_path / "loop" / f"round{r}" / "train"), ("tensorboard",), [{}]) for r in (0, 1)]
+
+
 def test_a_rerun_skips_every_finished_stage(tmp_path, capsys):
     run_loop(loop_config(tmp_path), Fakes().stages())
     again = Fakes()
@@ -170,6 +180,23 @@ def test_a_rerun_with_other_settings_is_refused_by_name(tmp_path):
     with pytest.raises(FairError, match=r"other settings \(limit, train changed\)"):
         run_loop(loop_config(tmp_path, rounds=1, limit=20, train={"epochs": 2}), fakes.stages())
     assert fakes.calls == []
+
+
+def test_a_training_file_edited_between_runs_is_refused_by_its_setting(tmp_path):
+    """--train-config names a file: the loop's settings hold its name, not what it says; rounds trained under
+    one content and rounds under another would be one loop in loop.md."""
+    settings = tmp_path / "mine.yaml"
+    settings.write_text((CONFIGS_DIR / "train" / "demo.yaml").read_text())
+    run_loop(loop_config(tmp_path, rounds=1, train_config=str(settings)), Fakes().stages())
+    settings.write_text(settings.read_text().replace("epochs: 1", "epochs: 3"))
+    fakes = Fakes()
+    with pytest.raises(FairError, match=r"loop holds a loop run with other settings \(epochs 1 -> 3 changed\)"):
+        run_loop(loop_config(tmp_path, rounds=2, train_config=str(settings)), fakes.stages())
+    assert fakes.calls == []
+    settings.write_text(settings.read_text().replace("micro_batch_size: 1", "micro_batch_size: 2"))  # how, not what
+    settings.write_text(settings.read_text().replace("epochs: 3", "epochs: 1"))
+    run_loop(loop_config(tmp_path, rounds=2, train_config=str(settings)), fakes.stages())
+    assert [c[:2] for c in fakes.calls][0] == ("gen", "round1")
 
 
 def test_a_student_without_mistakes_ends_the_loop(tmp_path):

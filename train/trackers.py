@@ -9,7 +9,7 @@ log.jsonl, prints `step i/N loss ...` every log_every steps, moves the progress 
 the trackers train/loss, train/feedback_loss, train/rationale_loss (a kind absent from the step is left out, not
 sent as 0), train/lr, train/grad_norm (before clipping), train/tokens_per_s (every token the step read) and
 train/target_tokens_per_s (those it learned from). At the end: train_summary.json, and its seconds and examples to
-the trackers. A driver that evaluates the trained model (`make demo`, `make experiment`) adds the evaluation to the
+the trackers. A driver that evaluates the trained model (`make demo`, `make experiment`, `fair loop`) adds the evaluation to the
 same runs with `report_evaluation`: eval/<task>-<split>/accuracy at the last step.
 
 Where each writes, offline first; each reads its own environment for the rest (servers, keys, projects):
