@@ -180,6 +180,7 @@ def test_a_bad_task_file_is_one_line_naming_the_file_and_the_key(tmp_path, capsy
 @pytest.mark.parametrize(("kind", "data", "message"), [
     ("number", "question,answer\n1+1?,2\n2+2?,\n", "d.csv row 1: missing field 'answer' (the answer of"),
     ("number", "questoin,answer\n1+1?,2\n", "d.csv row 0: missing field 'question' (the question of"),
+    ("number", "question, answer\n1+1?,2\n", "mine.yaml; the row's fields: 'question', ' answer')"),
     ("number", "question,answer\n1+1?,two\n", "d.csv row 0: field 'answer': gold answer 'two' is not a number"),
     ("number", "question,answer\n1+1?,2\n1/0?,inf\n", "d.csv row 1: field 'answer': gold answer 'inf' is not a number"),
     ("number", "question,answer\n0/0?,NaN\n", "d.csv row 0: field 'answer': gold answer 'NaN' is not a number"),

@@ -200,7 +200,9 @@ class Declared:
         def field(name: str, key: str, empty: bool = False) -> Any:
             value = row.get(name)
             if value is None or (not empty and isinstance(value, str) and not value.strip()):
-                raise FairError(f"{where}: missing field {name!r} (the {key} of {self.shown})")
+                # a field absent from the row: a misspelt name or a header's stray space (`question, answer`)
+                has = "" if name in row else f"; the row's fields: {', '.join(map(repr, list(row)[:20]))}"
+                raise FairError(f"{where}: missing field {name!r} (the {key} of {self.shown}{has})")
             return value
 
         if "{" in spec.question:
