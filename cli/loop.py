@@ -17,7 +17,8 @@ Round 0's student is --student; round r+1's is round r's train/final. The untrai
 in <out>/eval-start/, the row the first round is compared with. After every round, <out>/loop.md and loop.json
 (cli/loop_report.py) give per round: the mistakes mined, the committee's replies and cost, the examples trained,
 the test accuracy with its 95% interval, and the change from the round before (paired over the questions).
-A round whose student makes no mistake on the questions mined ends the loop: there is nothing left to teach.
+A round whose student makes no mistake on the questions mined ends the loop: there is nothing left to teach; so
+does one whose committee records give training less than one batch of examples (a rerun ends there again).
 
 Training continues from the merged weights. train/final is a plain model folder (LoRA merged into it:
 train/checkpoint.py), and round r+1 trains on it as on any student: new adapters (or every weight) with a new
@@ -222,26 +223,37 @@ def run_loop(config: LoopConfig, stages: Stages | None = None) -> dict[str, Any]
         progress.run("start eval", lambda: stages.evaluate(config.eval_config(config.student, start)))
         student, before, stopped = config.student, config.eval_dir(start), None
         for r in range(config.rounds):
-            student = run_round(config, r, student, before, stages, progress)
-            if student is None:
-                stopped = f"round {r}'s student made no mistake on the train questions mined: nothing is left to teach"
+            try:
+                student = run_round(config, r, student, before, stages, progress)
+            except NothingToTeach as e:
+                stopped = str(e)
                 break
             before = config.eval_dir(config.round_dir(r) / "eval")
             write_summary(config, stopped)
         return write_summary(config, stopped)
 
 
-def run_round(config: LoopConfig, r: int, student: str, before: Path, stages: Stages, progress: Progress) -> str | None:
-    """Round r from `student`: its trained model, or None when the student made no mistake to learn from."""
+class NothingToTeach(Exception):
+    """Not an error: a round with nothing to train on ends the loop, so on every rerun; its reason is in loop.md."""
+
+
+def run_round(config: LoopConfig, r: int, student: str, before: Path, stages: Stages, progress: Progress) -> str:
+    """Round r from `student`: its trained model; NothingToTeach when the student made no mistake to learn from,
+    or too few for one batch of training."""
+    from train.train import TooFewExamples  # torch: when a round runs, not when the command line is read
+
     folder = config.round_dir(r)
     progress.run(f"round{r} gen", lambda: stages.generate(config.gen_config(r, student)))
     records = count_records(folder / "committee.jsonl")
     if not records:
-        return None
-    trained = progress.run(f"round{r} train", lambda: {
-        "model": str(stages.train(config.train_settings(r, student))), "student": student, "records": records})
-    model = trained["model"]
-    after = folder / "eval"
+        raise NothingToTeach(f"round {r}'s student made no mistake on the train questions mined: nothing is left "
+                             "to teach")
+    try:
+        trained = progress.run(f"round{r} train", lambda: {
+            "model": str(stages.train(config.train_settings(r, student))), "student": student, "records": records})
+    except TooFewExamples as e:
+        raise NothingToTeach(f"round {r}'s training: {e}: too little is left to teach") from None
+    model, after = trained["model"], folder / "eval"
     progress.run(f"round{r} eval", lambda: evaluate_round(config, r, student, model, after, stages))
     progress.run(f"round{r} report", lambda: stages.report(folder, folder / "train", before, config.eval_dir(after),
                                                            folder, config.threshold, config.task))

@@ -207,6 +207,27 @@ def test_a_student_without_mistakes_ends_the_loop(tmp_path):
     assert "The loop stopped early: round 1's" in (tmp_path / "loop" / "loop.md").read_text()
 
 
+def test_a_round_with_less_than_a_batch_to_train_on_ends_the_loop_and_a_rerun_ends_there_again(tmp_path):
+    """Round 1's student makes 2 mistakes: too few examples for one batch. Training refuses them, and that must
+    end the loop as "nothing to teach" does, not fail every rerun (no setting of the loop's folder may change)."""
+    from train.train import TooFewExamples
+
+    class Few(Fakes):
+        def train(self, config) -> Path:
+            if len(list(read_jsonl(config.committee_path))) < 3:
+                self.calls.append(("train", Path(config.out).parent.name, config.student))
+                raise TooFewExamples("4 training examples is fewer than one batch of 8")
+            return super().train(config)
+
+    for _ in range(2):
+        fakes = Few(mistakes={1: 2})
+        summary = run_loop(loop_config(tmp_path, rounds=3), fakes.stages())
+        assert fakes.calls[-1][:2] == ("train", "round1") and len(summary["rounds"]) == 2
+        assert summary["stopped"] == ("round 1's training: 4 training examples is fewer than one batch of 8: "
+                                      "too little is left to teach")
+    assert "The loop stopped early: round 1's training" in (tmp_path / "loop" / "loop.md").read_text()
+
+
 def test_missing_api_keys_are_named_before_the_first_evaluation(tmp_path, monkeypatch):
     for name in ("OPENAI_API_KEY", "GEMINI_API_KEY", "ANTHROPIC_API_KEY"):
         monkeypatch.delenv(name, raising=False)
