@@ -39,6 +39,8 @@ class ReportConfig(Validated):
     def validate(self) -> None:
         if not 1 <= self.threshold <= 5:
             raise FairError(f"threshold must be within the 1-5 score range, got {self.threshold}")
+        if self.task is not None:
+            get_task(self.task)
         for name in ("gen_dir", "train_dir", "before", "after"):  # a typo would give a report of nothing
             if getattr(self, name) and not Path(getattr(self, name)).is_dir():
                 raise FairError(f"{name} {getattr(self, name)}: no such folder")
