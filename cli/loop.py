@@ -34,9 +34,9 @@ Resuming: kill it anywhere and rerun the same command. A finished stage is recor
 skipped; the one that was cut off resumes as it does alone (mining and the committee skip finished ids, training
 resumes from its last checkpoint, evaluation answers only what is missing). On a rerun --rounds may grow (the
 loop goes on) and so may --max-cost-usd (a run stopped by its budget goes on), as may the other settings in
-FREE, which change how the work is done, not what it is; a change to any other setting is refused, by name, and
-so is a train_config file that now says otherwise than round 0 trained with (train/resume.py's rule: only settings
-of how the steps run may change).
+FREE, which change how the work is done, not what it is; a change to any other setting is refused, by name.
+Training's settings (train_config's file, then train) are compared as they resolve with those round 0 trained
+with, by `fair train`'s own rule (train/resume.py): an edited file is refused, a tracker added is not.
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ TRAIN_SETS = ("task", "student", "committee", "out", "dtype", "data_dir", "paper
 # Settings that change how the work is done, not what it is: a rerun may change them in a loop's folder.
 # (As mining's own check has it, fair/records.py's ANSWER_DEFINING: the engine and its batch size are not in it.)
 FREE = ("rounds", "max_cost_usd", "window", "batch_api", "engine", "batch_size", "offline_latency_ms")
+TRAINING = ("train_config", "train")  # compared as they resolve, with round 0's train.yaml (the docstring)
 
 
 @dataclass
@@ -277,12 +278,10 @@ def check_unchanged(config: LoopConfig, saved_path: Path) -> None:
         return
     names = {f.name for f in dataclasses.fields(LoopConfig)}
     saved = make_config(LoopConfig, load_yaml(saved_path, names), source=str(saved_path))
-    changed = [n for n in sorted(names) if n not in FREE and getattr(saved, n) != getattr(config, n)]
-    if not changed:  # the same train_config may say other things now: the file, edited; round 0 trained on its old
-        from train.resume import changed_settings  # torch: not for `fair -h`
+    changed = [n for n in sorted(names) if n not in (*FREE, *TRAINING) and getattr(saved, n) != getattr(config, n)]
+    from train.resume import changed_settings  # torch: not for `fair -h`
 
-        trained = config.round_dir(0) / "train" / "train.yaml"
-        changed = changed_settings(config.train_settings(0, config.student), trained)
+    changed += changed_settings(config.train_settings(0, config.student), config.round_dir(0) / "train" / "train.yaml")
     if changed:
         raise FairError(f"{saved_path.parent} holds a loop run with other settings ({', '.join(changed)} changed); "
                         f"rerun with its settings ({saved_path}), use another --out, or delete that folder")
