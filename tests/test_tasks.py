@@ -330,6 +330,22 @@ def test_a_corpus_streams_through_mining_and_resumes_in_memory_far_below_its_siz
     assert peak < size / 5, f"peak {peak / 2**20:.1f} MB of Python memory for a {size / 2**20:.1f} MB corpus"
 
 
+def test_a_task_file_edited_since_a_folders_answers_is_refused_on_a_resume(tmp_path):
+    """The folder's settings name the task file, not what it says: answers to the old prompt or graded by the old
+    kind must not be joined by answers to the new (mining and evaluation resume by id)."""
+    (tmp_path / "d.csv").write_text("question,answer\n" + "".join(f"{i}+1?,{i + 1}\n" for i in range(4)))
+    task = declare(tmp_path, "splits: {train: d.csv}\nanswer_kind: number\n", "quiz")
+    config = make_config(MineConfig, {"task": str(task), "limit": 2, "out": str(tmp_path / "out")}, source="test")
+    mine(config, CountingEngine())
+    task.write_text("splits: {train: d.csv}\nanswer_kind: number\nprompt: 'Q: {question}'\n")
+    grown = make_config(MineConfig, {"task": str(task), "limit": 4, "out": str(tmp_path / "out")}, source="test")
+    with pytest.raises(FairError, match=r"other settings \(task prompt changed\)"):
+        mine(grown, CountingEngine())
+    task.write_text("splits: {train: d.csv}\nanswer_kind: number   # the same task, said again\n")
+    engine = CountingEngine()
+    assert mine(grown, engine)["total"] == 4 and engine.prompts == 2
+
+
 # ----------------------------------------------------------------------------------------------------------
 # End to end
 

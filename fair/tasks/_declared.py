@@ -192,6 +192,10 @@ class Declared:
         shown = self.path.relative_to(REPO_ROOT) if self.path.is_relative_to(REPO_ROOT) else self.path
         return f"{shown}: {', '.join(self.spec.splits.values())}"
 
+    def definition(self) -> dict[str, Any]:
+        """The file's keys as they resolve, as plain YAML values (a resumed run compares them)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.spec).items()}
+
     def example_fields(self, row: dict[str, Any], split: str, index: int) -> dict[str, Any]:
         """An `Example`'s fields from one row; a missing field names the data file, the row and the field."""
         spec = self.spec
