@@ -1,31 +1,20 @@
 """Tasks declared in YAML (fair/tasks/_declared.py): each answer kind from each file format, the one-line errors
-for a bad file and a bad row, `fair tasks`, the example in configs/tasks/, a corpus that streams through
-`fair mine` in bounded memory, and (slow) a declared task mined, sent to the offline committee, trained on and
+for a bad file and a bad row, `fair tasks`, the example in configs/tasks/, and (slow) a declared task mined, sent to the offline committee, trained on and
 evaluated end to end."""
 
 from __future__ import annotations
 
-import tracemalloc
 from pathlib import Path
 
 import orjson
 import pytest
 
 from cli.main import main
-from fair.config import make_config
-from fair.engines.base import Generation
 from fair.errors import FairError
 from fair.jsonl import read_jsonl
 from fair.tasks import DECLARED_DIR, declared_names, get_task
 from fair.tasks._declared import keys_table
-from gen.mine import MineConfig, mine
-from tests.conftest import ROOT
-
-
-def declare(folder: Path, text: str, name: str = "mine") -> Path:
-    path = folder / f"{name}.yaml"
-    path.write_text(text)
-    return path
+from tests.conftest import ROOT, declare
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -281,69 +270,6 @@ def test_the_simulator_answers_a_declared_tasks_questions_from_their_gold(tmp_pa
         assert task.grade(write_rationale(entry, careful, rng), example).correct is True
         assert task.grade(write_rationale(entry, wrong, rng), example).correct is not True
         assert example.gold in write_feedback(entry, careful, "Student's answer:\n<<<\nno idea\n>>>", rng)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Streaming
-
-
-class CountingEngine:
-    """Replies "The answer is 3." to every prompt and keeps nothing but counts (a FakeEngine keeps every prompt)."""
-
-    tokenizer = None
-
-    def __init__(self, fail_after_calls: int | None = None):
-        self.calls = self.prompts = 0
-        self.fail_after_calls = fail_after_calls
-
-    def generate(self, prompts, sampling):
-        if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
-            raise KeyboardInterrupt
-        self.calls, self.prompts = self.calls + 1, self.prompts + len(prompts)
-        return [Generation("The answer is 3.", 10, 5, "stop") for _ in prompts]
-
-
-def test_a_corpus_streams_through_mining_and_resumes_in_memory_far_below_its_size(tmp_path):
-    rows = 3000
-    filler = " ".join(f"word{k}" for k in range(400))  # about 3 KB a question: the file is about 9 MB
-    with (tmp_path / "big.csv").open("w") as f:
-        f.write("question,answer\n")
-        f.writelines(f"Question {i}: {filler}?,{i % 7}\n" for i in range(rows))
-    size = (tmp_path / "big.csv").stat().st_size
-    task = declare(tmp_path, "splits: {train: big.csv}\nanswer_kind: number\n", "big")
-    config = make_config(MineConfig, {"task": str(task), "chunk_size": 32, "out": str(tmp_path / "out")}, source="test")
-
-    with pytest.raises(KeyboardInterrupt):
-        mine(config, CountingEngine(fail_after_calls=20))
-    engine = CountingEngine()
-    tracemalloc.start()
-    try:
-        stats = mine(config, engine)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert engine.prompts == rows - 20 * 32  # the resumed run asks only what the first did not finish
-    assert stats["total"] == rows and stats["correct"] == len(range(3, rows, 7))
-    ids = [a["id"] for a in read_jsonl(tmp_path / "out" / "answers.jsonl")]
-    assert len(ids) == len(set(ids)) == rows
-    # Holding the split's examples alone would take more than the file; a chunk of 32 takes about 0.25 MB.
-    assert peak < size / 5, f"peak {peak / 2**20:.1f} MB of Python memory for a {size / 2**20:.1f} MB corpus"
-
-
-def test_a_task_file_edited_since_a_folders_answers_is_refused_on_a_resume(tmp_path):
-    """The folder's settings name the task file, not what it says: answers to the old prompt or graded by the old
-    kind must not be joined by answers to the new (mining and evaluation resume by id)."""
-    (tmp_path / "d.csv").write_text("question,answer\n" + "".join(f"{i}+1?,{i + 1}\n" for i in range(4)))
-    task = declare(tmp_path, "splits: {train: d.csv}\nanswer_kind: number\n", "quiz")
-    config = make_config(MineConfig, {"task": str(task), "limit": 2, "out": str(tmp_path / "out")}, source="test")
-    mine(config, CountingEngine())
-    task.write_text("splits: {train: d.csv}\nanswer_kind: number\nprompt: 'Q: {question}'\n")
-    grown = make_config(MineConfig, {"task": str(task), "limit": 4, "out": str(tmp_path / "out")}, source="test")
-    with pytest.raises(FairError, match=r"other settings \(task prompt changed\)"):
-        mine(grown, CountingEngine())
-    task.write_text("splits: {train: d.csv}\nanswer_kind: number   # the same task, said again\n")
-    engine = CountingEngine()
-    assert mine(grown, engine)["total"] == 4 and engine.prompts == 2
 
 
 # ----------------------------------------------------------------------------------------------------------

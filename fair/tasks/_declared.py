@@ -126,8 +126,9 @@ def read_parquet(path: Path) -> Iterator[dict[str, Any]]:
         import pyarrow.parquet as pq
     except ImportError:
         raise FairError(f"{path}: reading Parquet needs pyarrow (`pip install pyarrow`)") from None
-    try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+    try:  # through a buffer: by default pyarrow reads a row group's columns whole, and writers make row groups
+        # of up to a million rows (pyarrow's default), so a large corpus would be held entire
+        batches = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False).iter_batches(batch_size=256)
     except Exception as e:  # pyarrow's errors for a file that is not Parquet
         raise FairError(f"{path}: not a Parquet file ({e})") from None
     for batch in batches:
