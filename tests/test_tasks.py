@@ -191,6 +191,14 @@ def test_a_bad_row_names_the_data_file_the_row_and_the_field_before_the_model_lo
     assert not (tmp_path / "out" / "answers.jsonl").exists()
 
 
+def test_a_csv_not_in_utf8_says_so_without_a_line_it_cannot_know(tmp_path):
+    # Excel's "CSV" on Windows is cp1252: the decoder fails a buffer ahead of the csv reader's line count
+    (tmp_path / "d.csv").write_bytes("question,answer\nCafé au lait?,yes\n".encode("cp1252"))
+    task = get_task(str(declare(tmp_path, "splits: {train: d.csv}\n")))
+    with pytest.raises(FairError, match=r"d.csv: not UTF-8 text \(byte b'\\xe9'\): save it as UTF-8$"):
+        task.load("train")
+
+
 def test_an_id_given_twice_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
     # A resumed run skips the ids answered and the records are joined by id: a second row of an id would be lost.
     monkeypatch.setattr("fair.student.make_engine", lambda *a, **k: pytest.fail("the engine must not start"))

@@ -117,7 +117,9 @@ def read_csv(path: Path, delimiter: str = ",") -> Iterator[dict[str, Any]]:
         reader = csv.DictReader(f, delimiter=delimiter)
         try:
             yield from reader
-        except (csv.Error, UnicodeDecodeError) as e:
+        except UnicodeDecodeError as e:  # found a buffer ahead of the reader: no line number would be true
+            raise FairError(f"{path}: not UTF-8 text (byte {e.object[e.start:e.end]!r}): save it as UTF-8") from None
+        except csv.Error as e:
             raise FairError(f"{path}:{reader.line_num}: not readable as {path.suffix[1:]} ({e})") from None
 
 
