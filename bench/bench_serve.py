@@ -64,7 +64,8 @@ def first_record_s(path: Path, started: float, timeout: float = 600) -> float:
 def served(folder: Path, mistakes: list[Path], teachers: Path, sim: OfflineServer) -> dict:
     port_file = folder / "serve.port"
     command = [sys.executable, "-m", "cli.main", "serve", "--port", "0", "--port-file", str(port_file),
-               "--state", str(folder / "state"), "--teachers", str(teachers), "--base-url", sim.url]
+               "--state", str(folder / "state"), "--teachers", str(teachers), "--base-url", sim.url,
+               "--max-jobs", str(len(mistakes))]  # all N at once, as the N processes run: none waits queued
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=os.environ | {"FAIR_SERVE_TOKEN": TOKEN})
     try:
         while not port_file.exists():

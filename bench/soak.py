@@ -63,7 +63,7 @@ from bench.bench_scale import committee_command, line_count, wait_for_records, w
 from fair.jsonl import append_jsonl, read_jsonl, unique_ids, write_json
 from fair.paper import import_mistakes
 from fair.tasks import default_data_dir, get_task
-from gen.teachers.cache import is_loopback
+from fair.wire.listen import is_loopback
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULT_KINDS = ("5xx", "hang", "malformed", "empty", "429")

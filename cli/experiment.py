@@ -36,9 +36,14 @@ from cli.pipeline import GenConfig, generate
 from eval.evaluate import EvalConfig, evaluate
 from eval.results import render_results
 from fair.config import CONFIGS_DIR, Validated, at_least, build_config, config_parser, load_yaml, make_config
+from fair.decontam import clean_ids
 from fair.engines.base import EngineName
 from fair.errors import FairError, main_guard
+from fair.prices import data_cost, load_prices
+from fair.recipes import recorded_filter, run_filter
+from fair.records import teacher_of
 from fair.tasks import default_data_dir, get_task
+from train.data import load_records
 from train.trackers import report_evaluation
 from train.train import TrainConfig, train
 
@@ -139,6 +144,7 @@ def run_unit(unit: Unit, args: ExperimentConfig) -> Path:
         for a in answers:
             out.write(json.dumps({k: a[k] for k in ("id", "prediction", "extracted", "correct")}) + "\n")
     result = {
+        "data_cost": data_cost_of(unit, work),
         "unit": unit.name, "source": unit.source, "description": unit.description, "train": unit.train,
         "budget": BUDGET if unit.train is not None else None, "accuracy": row["accuracy"], "correct": row["correct"],
         "total": row["total"], "unparseable": row["unparseable"], "max_new_tokens": MAX_NEW_TOKENS,
@@ -153,6 +159,47 @@ def run_unit(unit: Unit, args: ExperimentConfig) -> Path:
     path.with_suffix(".json.partial").rename(path)  # last: a unit counts as done only with both files whole
     print(f"unit {unit.name}: {row['correct']}/{row['total']} in {result['wall_s']:.0f} s -> {path}")
     return path
+
+
+# The prices a source's data is costed at: the paper's teachers', and for our loop the offline committee's, which
+# are its real counterparts' (the default committee's models: configs/teachers/offline.yaml).
+PRICES = {"paper": "paper", "own": "offline"}
+
+
+def data_cost_of(unit: Unit, work: Path) -> dict | None:
+    """What the unit's data cost in teacher calls (fair/prices.py): requests, tokens, dollars; None for no training,
+    or our loop's corpus when it is not on this machine."""
+    if unit.train is None:
+        return None
+    task = get_task("svamp")
+    if unit.source == "paper":
+        records = load_records(PAPER_FILES["paper_feedback"], task, rationale_path=PAPER_FILES["paper_rationale"])
+    elif (corpus := work / "own-corpus" / "committee.jsonl").exists():
+        records = load_records(corpus, task)
+    else:
+        return None
+    teacher = unit.train.get("teacher", "mixed")
+    if teacher not in ("mixed", "all"):  # one teacher's data: only its requests were needed
+        records = [r | {"feedback": only(r["feedback"], teacher), "rationales": only(r["rationales"], teacher)}
+                   for r in records]
+    filter = unit.train.get("filter") or run_filter(map(recorded_filter, records), unit.name)
+    total = data_cost(records, load_prices(PRICES[unit.source]), filter, task).total
+    return {"requests": total.requests, "input_tokens": total.input_tokens, "output_tokens": total.output_tokens,
+            "usd": round(total.usd, 4), "prices": PRICES[unit.source], "filter": filter}
+
+
+def only(entries: dict, teacher: str) -> dict:
+    return {k: e for k, e in entries.items() if teacher_of(k) == teacher}
+
+
+def unit_costs(results: Path, work: Path) -> dict[str, dict]:
+    """Each finished unit's data cost: as its file recorded it, else computed now from the same data."""
+    costs = {}
+    for name, unit in UNITS.items():
+        path = results / f"{name}.json"
+        if path.exists() and (cost := json.loads(path.read_text()).get("data_cost") or data_cost_of(unit, work)):
+            costs[name] = cost
+    return costs
 
 
 def train_config(unit: Unit, args: ExperimentConfig, work: Path) -> TrainConfig:
@@ -217,7 +264,8 @@ def experiment(args: ExperimentConfig) -> None:
     if not args.render:
         for name in args.units or [u for u in UNITS if not (Path(args.results) / f"{u}.json").exists()]:
             run_unit(UNITS[name], args)
-    print(f"wrote {render_results(Path(args.results), UNITS, Path(args.results).with_suffix('.md'))}")
+    costs, clean = unit_costs(Path(args.results), Path(args.work)), clean_ids(get_task("svamp"), "test")
+    print(f"wrote {render_results(Path(args.results), UNITS, Path(args.results).with_suffix('.md'), costs, clean)}")
 
 
 def main(argv: list[str] | None = None) -> int:

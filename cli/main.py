@@ -17,6 +17,8 @@
     fair import-committee  the paper's *_feedback/_rationale_round0.json as committee.jsonl  (gen/from_paper.py)
     fair report  one Markdown page with plots for a whole run                   (eval/report.py)
     fair tasks   list the tasks: the built-ins and those declared in configs/tasks/*.yaml
+    fair export  a committee run as a Hugging Face dataset (--push-to-hub REPO)  (gen/export.py)
+    fair push-model  a trained model folder, with its model card, to the hub    (train/card.py)
 
 Every option of every command is a field of the command's settings class, documented once beside the field;
 `fair COMMAND -h` shows each with its choices and default, and each takes `--config FILE.yaml` and trailing
@@ -133,6 +135,18 @@ def cmd_report(config, args: argparse.Namespace) -> int:
     return report.run(config)
 
 
+def cmd_export(config, args: argparse.Namespace) -> None:
+    from gen.export import export
+
+    export(config)
+
+
+def cmd_push_model(config, args: argparse.Namespace) -> None:
+    from train.card import push_model
+
+    push_model(config)
+
+
 def cmd_tasks(config, args: argparse.Namespace) -> None:
     from fair.tasks import declared_names, get_task, task_names
 
@@ -151,11 +165,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from eval.report import ReportConfig
     from gen.committee.estimate import EstimateConfig
     from gen.committee.run import CommitteeConfig
+    from gen.export import ExportConfig
     from gen.from_paper import ImportCommitteeConfig, ImportMistakesConfig
     from gen.mine import MineConfig
     from serve.config import ServeConfig
     from serve.view import ViewConfig
     from simulator.cli import SimulatorConfig
+    from train.card import PushModelConfig
 
     parser = Parser(prog="fair", description="FAIR: distil reasoning from a committee of teachers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -193,6 +209,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add("import-mistakes", "import the paper's *_false_round0.json as mistakes.jsonl", cmd_import_mistakes,
         ImportMistakesConfig, positional=("file",))
     add("report", "write report.md with plots for a run (accuracy, reviews, loss, time)", cmd_report, ReportConfig)
+    add("export", "write a committee run as a Hugging Face dataset (Parquet, card); --push-to-hub uploads it",
+        cmd_export, ExportConfig, positional=("folder",))
+    add("push-model", "upload a trained model folder with its model card to the Hugging Face hub", cmd_push_model,
+        PushModelConfig, positional=("folder", "repo"))
     add("tasks", "list the tasks: the built-ins and those declared in configs/tasks/*.yaml", cmd_tasks, None)
     return parser
 

@@ -7,7 +7,9 @@
 For each task, writes to <out>/<task>-<split>/ (default out: data/eval/<student>):
     predictions.jsonl  every graded answer (StudentAnswer records), appended; a rerun answers only what is missing
     wrong.json         the wrong predictions in the shape of the paper's `*_test.json`
-    summary.json       accuracy and counts, and the dtype the answers were made in (and why: fair/dtype.py)
+    summary.json       accuracy and counts, and the dtype the answers were made in (and why: fair/dtype.py); also
+                       the accuracy on the clean questions, those the task's train split does not contaminate
+                       (fair/decontam.py: SVAMP's test split has 29 of 300 whose 8-grams are mostly in train)
 and prints one summary row per task. Greedy decoding by default; sampling is seeded, so runs repeat.
 """
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fair.config import save_config
+from fair.decontam import clean_ids
 from fair.dtype import resolve_dtype
 from fair.engines.base import Engine
 from fair.jsonl import append_jsonl, write_json
@@ -88,15 +91,20 @@ def evaluate_locked(config: EvalConfig, engine: Engine | None = None) -> list[di
         answers = [a for a in finished_answers(out / "predictions.jsonl").values() if a.id in wanted]
         write_json(out / "wrong.json", export_mistakes(task, [a for a in answers if a.is_mistake]))
         correct = sum(a.correct is True for a in answers)
+        uncontaminated = clean_ids(task, config.split, config.data_dir)
+        clean = [a for a in answers if a.id in uncontaminated]
+        clean_correct = sum(a.correct is True for a in clean)
         row = {
             "task": task.name, "split": config.split, "model": config.model, "total": len(answers),
             "correct": correct, "accuracy": correct / len(answers) if answers else 0.0,
             "unparseable": sum(a.correct is None for a in answers),
             "generated_tokens": sum(a.generated_tokens for a in answers), "seconds": round(seconds, 2),
-            "dtype": precision.to_json(),
+            "dtype": precision.to_json(), "clean_total": len(clean), "clean_correct": clean_correct,
+            "clean_accuracy": clean_correct / len(clean) if clean else 0.0,
         }
         write_json(out / "summary.json", row)
         rows.append(row)
         print(f"{task.name:<12} {config.split:<10} accuracy {row['accuracy']:7.2%}  {correct:>5}/{len(answers):<5}"
-              f"  unparseable {row['unparseable']:>4}  {precision.dtype} ({precision.reason})  -> {out}")
+              f"  unparseable {row['unparseable']:>4}  clean {clean_correct}/{len(clean)}  {precision.dtype} "
+              f"({precision.reason})  -> {out}")
     return rows

@@ -22,7 +22,7 @@ from eval.results import mcnemar_exact, paired_bootstrap
 from fair.config import Validated
 from fair.errors import FairError
 from fair.jsonl import read_jsonl, unique_ids
-from fair.records import StudentAnswer, committee_replies
+from fair.records import StudentAnswer, committee_replies, teacher_of
 from fair.tasks import Task, get_task
 
 
@@ -63,10 +63,10 @@ def review_numbers(records: list[dict], threshold: float, task: str | None = Non
     for record in records:
         mistake = StudentAnswer.from_json(record["mistake"], f"committee record {record['id']}")
         grader = record_task(mistake, task, f"committee record {record['id']}")
-        for author, rationale in record["rationales"].items():
+        for key, rationale in record["rationales"].items():
             if rationale["text"] is None:
                 continue
-            entry = per_teacher[author]
+            entry = per_teacher[teacher_of(key)]  # each sample counts as its teacher's
             entry["written"] += 1
             entry["accepted"] += bool(rationale["accepted"])
             scores = [r["score"] for r in rationale["reviews"].values() if r["score"] is not None]
@@ -129,10 +129,10 @@ def example_rationales(records: list[dict]) -> tuple[dict | None, dict | None]:
     """The first accepted and the first rejected (but reviewed) rationale, for the page."""
     accepted = rejected = None
     for record in records:
-        for author, rationale in record["rationales"].items():
+        for key, rationale in record["rationales"].items():
             if rationale["text"] is None or not rationale["reviews"]:
                 continue
-            item = {"question": record["mistake"]["question"], "gold": record["mistake"]["gold"], "author": author,
+            item = {"question": record["mistake"]["question"], "gold": record["mistake"]["gold"], "author": teacher_of(key),
                     "text": rationale["text"], "scores": {r: v["score"] for r, v in rationale["reviews"].items()}}
             if rationale["accepted"] and accepted is None:
                 accepted = item

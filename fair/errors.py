@@ -42,3 +42,9 @@ def storage_full(e: BaseException) -> bool:
     if isinstance(e, sqlite3.Error):
         return getattr(e, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
     return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def out_of_resources(e: BaseException) -> bool:
+    """The machine, not the request: storage full (above), or the process out of file descriptors or memory.
+    Such a failure passes when the machine recovers (a `fair serve` job that hit it can be resumed)."""
+    return storage_full(e) or isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM)

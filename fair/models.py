@@ -17,6 +17,7 @@ DEFAULT_STUDENT = "smollm2-135m"
 # causal attention through the KV cache's update, and output = lm_head(final hidden state), no scaling or capping.
 PLAIN_DECODERS = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model that GGUF quantises (model cards name it)
 
 
 def cache_dir() -> Path:

@@ -202,21 +202,24 @@ def teacher_names(record: dict[str, Any]) -> list[str]:
 def export_committee(task: Task, records: Iterable[dict[str, Any]]) -> Iterator[tuple[dict, dict]]:
     """Our committee records -> (feedback file record, rationale file record) pairs in the paper's shapes, one
     record at a time: a corpus's committee file need not fit in memory. A reply cut off at max_tokens goes out
-    as null, as a failed one does: the paper's files cannot mark it, and nothing may train on it."""
+    as null, as a failed one does: the paper's files cannot mark it, and nothing may train on it. The paper's shape
+    holds one rationale per teacher: a teacher's first sample fills `<teacher>_rationale` (scores of 0 where the
+    run's filter sent no review), and `correct_rationale` lists every accepted one, later samples included (the
+    texts the paper's training draws from), accepted under the run's filter (fair/recipes.py)."""
     def whole(entry: dict[str, Any]) -> str | None:
         return None if entry.get("truncated") else entry["text"]
 
     for record in records:
         mistake = StudentAnswer.from_json(record["mistake"], f"committee record {record['id']}")
         base = export_mistakes(task, [mistake])[0]
-        names = list(record["rationales"])
+        names = list(record["feedback"])  # the teachers, in committee order
         feedback = base | {f"{n}_feedback": whole(record["feedback"][n]) for n in names}
         rationale = dict(base)
         for author in names:
             entry = record["rationales"][author]
             scores = [entry["reviews"].get(r, {}).get("score") for r in names if r != author]
             rationale[f"{author}_rationale"] = [whole(entry), *(int(round(s)) if s else 0 for s in scores)]
-        rationale["correct_rationale"] = [record["rationales"][n]["text"] for n in names if record["rationales"][n]["accepted"]]
+        rationale["correct_rationale"] = [r["text"] for r in record["rationales"].values() if r["accepted"]]
         yield feedback, rationale
 
 

@@ -182,15 +182,48 @@ def fence(text: str) -> str:
 # The committee's replies (committee.jsonl)
 
 
+SAMPLE_MARK = "#"  # a teacher's k-th rationale (k >= 2) is keyed "<teacher>#<k>" (`fair committee --samples`)
+
+
+def sample_key(teacher: str, k: int) -> str:
+    """The `rationales` key of a teacher's k-th sample (k from 1: the first keeps the teacher's name)."""
+    return teacher if k == 1 else f"{teacher}{SAMPLE_MARK}{k}"
+
+
+def teacher_of(key: str) -> str:
+    """The teacher who wrote the rationale under this key."""
+    return key.split(SAMPLE_MARK, 1)[0]
+
+
+def sample_of(key: str) -> int:
+    return int(key.split(SAMPLE_MARK, 1)[1]) if SAMPLE_MARK in key else 1
+
+
 def committee_replies(record: dict) -> Iterator[tuple[str, str, dict]]:
     """Each teacher reply in a committee.jsonl record as (teacher, kind, entry), kind feedback, rationale or
-    review; a review's teacher is its reviewer."""
+    review; a review's teacher is its reviewer, a rationale's its author (whichever sample it is)."""
     for name, entry in record["feedback"].items():
         yield name, "feedback", entry
     for name, rationale in record["rationales"].items():
-        yield name, "rationale", rationale
+        yield teacher_of(name), "rationale", rationale
         for reviewer, review in rationale.get("reviews", {}).items():
             yield reviewer, "review", review
+
+
+def check_committee_record(record: dict, where: str, task: Task | None) -> StudentAnswer:
+    """A committee.jsonl record's mistake, once its fields are checked as every reader needs them (the ids,
+    the teachers' entries, the mistake's fields and, given a task, its task); a FairError naming `where`."""
+    for key in ("id", "mistake", "feedback", "rationales"):
+        if not isinstance(record.get(key), str if key == "id" else dict):
+            raise FairError(f"{where}: missing or malformed field {key!r}")
+    for key in ("feedback", "rationales"):
+        for name, entry in record[key].items():
+            if not isinstance(entry, dict) or "text" not in entry:
+                raise FairError(f"{where}: {key}.{name} must be an object with a 'text' field")
+    mistake = StudentAnswer.from_json(record["mistake"], f"{where} field 'mistake'")
+    if task is not None and mistake.task != task.name:
+        raise FairError(f"{where}: a {mistake.task!r} mistake, but task {task.name!r}")
+    return mistake
 
 
 def usable_text(entry: dict | None, field: str = "text") -> str | None:

@@ -7,7 +7,7 @@
     POST /v1/chat/completions                       a teacher, through the shared gates and a cache; `stream: true`
                                                     as OpenAI's server-sent events (serve/chat.py)
     GET  /v1/models                                 the teachers
-    POST /v1/fair/jobs  GET /v1/fair/jobs[/{id}]  POST /v1/fair/jobs/{id}/cancel
+    POST /v1/fair/jobs  GET /v1/fair/jobs[/{id}]  POST /v1/fair/jobs/{id}/cancel  POST /v1/fair/jobs/{id}/resume
     GET  /v1/fair/jobs/{id}/events                  progress as server-sent events, until the job ends
     POST /v1/fair/estimate                          a job's spec: its cost and time before it runs (`fair estimate`)
     GET  /v1/fair/jobs/{id}/files[/{name}]          committee.jsonl, committee_stats.json, the paper's files
@@ -15,10 +15,11 @@
     GET  /v1/fair/page                              what the page's forms offer (the committee, tasks, bounds)
     GET  /v1/fair/limits                            each gate: limits, use over the last minute, cool-down, 429s
 
-Every body is capped by route before it is read (serve/limits.py). Auth is a middleware, so that it runs
-before anything reads a body: `Authorization: Bearer TOKEN`, or the page's
-cookie (HttpOnly, SameSite=Strict, set by POST /login), compared in constant time. Errors are OpenAI's shape,
-{"error": {"message", "type", "param", "code"}}; a request the schema refuses is a 400 naming the field.
+Every body is capped by route before it is read (serve/limits.py). Auth (serve/auth.py) is a middleware, so that
+it runs before anything reads a body: `Authorization: Bearer TOKEN`, or the page's session cookie (set by POST
+/login; a change made with it must come from the page's own Origin). Errors are OpenAI's shape,
+{"error": {"message", "type", "param", "code"}}, whatever went wrong: a request the schema refuses is a 400 naming
+the field, an unexpected error a 500 (a 503 when the process is out of descriptors or disk).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException
 
-from fair.errors import FairError
+from fair.errors import FairError, out_of_resources
 from fair.tasks import task_names
 from fair.wire.batch import page, page_limit
 from fair.wire.batch_api import MAX_FILES
@@ -45,6 +46,7 @@ from fair.wire.errors import ApiError
 from gen.teachers.config import Teacher
 from gen.teachers.gates import gate_state
 from serve import chat, uploads
+from serve.auth import COOKIE, LOGIN, Auth, Sessions
 from serve.batches import ServeFiles
 from serve.budget import PRIORITY, Budget
 from serve.config import ServeConfig, same_token
@@ -53,12 +55,7 @@ from serve.limits import CLOSE, BodyCap
 from serve.reading import add_reading, job_index
 from serve.store import Store
 
-COOKIE = "fair_serve_token"
 PAGE = Path(__file__).with_name("page.html")
-LOGIN = (
-    "<!doctype html><title>fair serve</title><form method=post action=/login>"
-    "<label>Token <input name=token type=password autofocus></label> <button>Open</button></form>"
-)
 
 
 class JobSpec(BaseModel):
@@ -95,7 +92,8 @@ class Service:
         """Everything that touches the state folder or the event loop: made when the app starts, not before."""
         self.store = Store(Path(self.config.state))
         self.budget = Budget(self.config.reserve)
-        self.jobs = Jobs(self.store, self.budget, list(self.teachers.values()), self.config.teachers)
+        self.jobs = Jobs(self.store, self.budget, list(self.teachers.values()), self.config.teachers,
+                         self.config.max_jobs, self.config.base_url)
         for path in self.store.sweep():
             print(f"fair serve: removed {path}, left without a record by the last stop", flush=True)
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=256))
@@ -124,7 +122,9 @@ def make_app(config: ServeConfig, teachers: list[Teacher], token: str) -> FastAP
         yield
         await service.stop()
 
-    app = FastAPI(title="fair serve", version="1", lifespan=lifespan)
+    # No /docs or /redoc: they load unpinned JavaScript from a CDN into this authenticated origin. The schema
+    # stays at /openapi.json, behind the token.
+    app = FastAPI(title="fair serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
     add_auth(app, service)
     app.add_middleware(BodyCap, max_upload=int(config.max_upload_mb * 2**20))  # outside auth: before any read
@@ -148,25 +148,9 @@ def page_settings(teachers: list[Teacher]) -> dict[str, Any]:
     }
 
 
-def authorized(request: Request, token: str) -> bool:
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and same_token(given.strip(), token):
-        return True
-    return same_token(request.cookies.get(COOKIE), token)
-
-
 def add_auth(app: FastAPI, service: Service) -> None:
-    @app.middleware("http")
-    async def auth(request: Request, call_next):
-        if request.url.path in ("/healthz", "/login") or authorized(request, service.token):
-            return await call_next(request)
-        if request.url.path == "/" and request.method == "GET":
-            return HTMLResponse(LOGIN, status_code=401)
-        return JSONResponse(
-            ApiError(401, "a bearer token is required (Authorization: Bearer TOKEN)").body(),
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    sessions = Sessions()
+    app.add_middleware(Auth, token=service.token, sessions=sessions)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, bool]:
@@ -177,7 +161,7 @@ def add_auth(app: FastAPI, service: Service) -> None:
         if not same_token(token, service.token):
             return HTMLResponse(LOGIN, status_code=401)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(COOKIE, service.token, httponly=True, samesite="strict")
+        response.set_cookie(COOKIE, sessions.open(), httponly=True, samesite="strict")
         return response
 
     @app.get("/", include_in_schema=False)
@@ -202,6 +186,16 @@ def add_errors(app: FastAPI) -> None:
         if first.get("type") == "extra_forbidden":
             message = f"{where}: not a setting of this route (keys, base URLs and limits are the server's)"
         return JSONResponse(ApiError(400, message, where).body(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, e: Exception) -> JSONResponse:
+        # Never the exception's text, which may name server paths; Starlette re-raises it to the log after.
+        if out_of_resources(e):
+            error = ApiError(503, "the server is short of file descriptors or disk space: retry later",
+                             code="server_busy")
+            return JSONResponse(error.body(), status_code=503, headers={"Retry-After": "5"})
+        error = ApiError(500, "an unexpected error in the server (its log has the details)", code="server_error")
+        return JSONResponse(error.body(), status_code=500)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, e: HTTPException) -> JSONResponse:
@@ -272,7 +266,7 @@ def add_jobs(app: FastAPI, service: Service) -> None:
 
     @app.post("/v1/fair/jobs")
     async def submit_job(spec: JobSpec) -> dict[str, Any]:
-        return service.jobs.submit(spec.model_dump())
+        return await service.jobs.submit(spec.model_dump())
 
     @app.get("/v1/fair/jobs")
     async def list_jobs(limit: int = 20, after: str | None = None) -> dict[str, Any]:
@@ -286,6 +280,10 @@ def add_jobs(app: FastAPI, service: Service) -> None:
     @app.post("/v1/fair/jobs/{job_id}/cancel")
     async def cancel_job(job_id: str) -> dict[str, Any]:
         return service.jobs.cancel(job_id)
+
+    @app.post("/v1/fair/jobs/{job_id}/resume")
+    async def resume_job(job_id: str) -> dict[str, Any]:
+        return service.jobs.resume_job(job_id)
 
     @app.get("/v1/fair/jobs/{job_id}/events")
     async def job_events(job_id: str, request: Request) -> EventSourceResponse:
@@ -313,8 +311,8 @@ def add_jobs(app: FastAPI, service: Service) -> None:
 
 def add_teachers(app: FastAPI, service: Service) -> None:
     @app.post("/v1/chat/completions", response_model=None, openapi_extra=chat.openapi(service.teachers))
-    async def chat_completions(body: Any = Body(...)) -> dict[str, Any] | Response:  # noqa: B008 (a raw body)
-        return await service.proxy.answer(body)
+    async def chat_completions(request: Request, body: Any = Body(...)) -> dict[str, Any] | Response:  # noqa: B008
+        return await service.proxy.answer(body, request.is_disconnected)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

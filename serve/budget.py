@@ -14,9 +14,11 @@ tenant's turn comes:
     refused outside it), so every pass stays finite; a tenant whose job or batch ended is closed and leaves
     every queue, so a turn costs the same after 100k finished jobs as after none.
   * Interactive requests (POST /v1/chat/completions) go before any job's, and a `reserve` fraction of each key's
-    rpm is theirs: a job or batch request waits while the key's last 60 s already hold (1 - reserve) x rpm.
-  * One request holds a gate's turn at a time, from its turn until it has its slot and its limits; then the
-    next is chosen. The reservation itself is gen/teachers/client.py's, unchanged.
+    rpm and tpm is theirs: a job or batch request waits while the key's last 60 s already hold (1 - reserve) x
+    rpm requests, or while less than reserve x tpm of its token bucket is free.
+  * One request holds a gate's turn at a time, from its turn until it has its slot and its place in the request
+    limits; then the next is chosen. It waits for its tokens after its turn (gen/teachers/client.py), so a large
+    request waiting up to a minute for them stalls no other tenant of the key.
 """
 
 from __future__ import annotations
@@ -136,7 +138,17 @@ class FairQueue:
         now = asyncio.get_running_loop().time()
         recent = [t for t in self.gate.sent if t > now - WINDOW_S]
         cap = max(1, math.floor(self.gate.rpm * (1 - self.reserve)))
-        return 0.0 if len(recent) < cap else recent[len(recent) - cap] + WINDOW_S - now
+        requests = 0.0 if len(recent) < cap else recent[len(recent) - cap] + WINDOW_S - now
+        return max(requests, self._tokens_wait())
+
+    def _tokens_wait(self) -> float:
+        """Seconds until reserve x tpm of the gate's token bucket is free; 0 when it is now. The bucket drains at
+        tpm a minute (aiolimiter's leaky bucket; its level is read after has_capacity has drained it to now)."""
+        tokens = self.gate.tokens
+        keep = self.reserve * tokens.max_rate
+        if tokens.has_capacity(keep):
+            return 0.0
+        return (tokens._level + keep - tokens.max_rate) / tokens.max_rate * tokens.time_period
 
     def _wake(self) -> None:
         self.timer = None

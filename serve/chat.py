@@ -25,15 +25,17 @@ event, `data: {"error": {...}}` (the SDKs raise it), and no [DONE].
 Each request runs in a task of its own, which is cancelled only while the request has not been sent: from the
 moment it is marked in flight (gen/teachers/cache.py) its reply is paid for, so it runs to its end, retries
 included, and the reply lands in the cache for whoever asks next. A streaming client that disconnects stops its
-stream at once (nothing more is written to it) and cancels its request if it is still waiting; a plain request
-runs to its end. A stop of the server cancels the requests still waiting and waits up to STOP_WAIT_S for the
-ones sent.
+stream at once (nothing more is written to it) and cancels its request if it is still waiting; so does the client
+of a plain request (its connection is watched every GONE_POLL_S while it waits). A request too large ever to fit
+its teacher's tpm is a 400 before it waits at all (serve/wire.py). A stop of the server cancels the requests
+still waiting and waits up to STOP_WAIT_S for the ones sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,7 @@ from serve.wire import (
 
 PING_S = 15  # sse-starlette's comment line while a stream waits: under the usual idle timeouts of proxies
 STOP_WAIT_S = 10.0
+GONE_POLL_S = 0.5  # how often a plain request's wait asks whether its client is still there
 # Each proxied request's task sees, in a context of its own, the event its cache sets when the request is about
 # to go upstream: the cache sees only keys, and two clients may wait on the same one.
 UPSTREAM: contextvars.ContextVar[asyncio.Event] = contextvars.ContextVar("upstream")
@@ -108,6 +111,12 @@ def openapi(teachers: dict[str, Teacher]) -> dict[str, Any]:
     }
 
 
+async def watch_client(gone: Callable[[], Awaitable[bool]]) -> None:
+    """Return once the client has disconnected (polled: an ASGI app hears of it only when it asks)."""
+    while not await gone():
+        await asyncio.sleep(GONE_POLL_S)
+
+
 class ProxyCache(ResponseCache):
     """The proxy's response cache, which also tells a request's task when that request is about to be sent."""
 
@@ -128,12 +137,13 @@ class Proxy:
         self.clients = {n: TeacherClient(t, self.cache, http, admission=tenant) for n, t in teachers.items()}
         self.running: set[asyncio.Task] = set()  # held: the event loop keeps only weak references to tasks
 
-    async def answer(self, body: Any) -> dict[str, Any] | EventSourceResponse:
-        """A reply, or a stream that starts at once; ApiError before either."""
+    async def answer(self, body: Any, gone: Callable[[], Awaitable[bool]]) -> dict[str, Any] | EventSourceResponse:
+        """A reply, or a stream that starts at once; ApiError before either. `gone`: whether the client of a plain
+        request has disconnected (its request is then cancelled if it still waits)."""
         teacher, request = chat_request(body, self.teachers, also=STREAMING)
         options = stream_options(body)
         if options is None:
-            return chat_completion(teacher, request, await self._outliving(teacher, request))
+            return chat_completion(teacher, request, await self._unless_gone(teacher, request, gone))
         # sep "\n": OpenAI frames its events with bare newlines (sse-starlette's default is "\r\n").
         return EventSourceResponse(self._stream(teacher, request, options), ping=PING_S, sep="\n")
 
@@ -163,6 +173,23 @@ class Proxy:
         for chunk in chunks.reply(response):
             yield orjson.dumps(chunk).decode()
         yield "[DONE]"
+
+    async def _unless_gone(self, teacher: Teacher, request: ChatRequest,
+                           gone: Callable[[], Awaitable[bool]]) -> ChatResponse:
+        """The reply, unless the client leaves first: its wait is then cancelled, and with it the request if it has
+        not been sent (a 499 that nobody reads)."""
+        waiting = asyncio.ensure_future(self._outliving(teacher, request))
+        watch = asyncio.ensure_future(watch_client(gone))
+        try:
+            await asyncio.wait({waiting, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this route is cancelled (the server stops)
+            watch.cancel()
+            if not waiting.done():
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+        if waiting.cancelled():
+            raise ApiError(499, "the client closed the request before its reply", code="client_closed")
+        return waiting.result()
 
     async def _outliving(self, teacher: Teacher, request: ChatRequest) -> ChatResponse:
         """The reply, from a task of its own: cancelling the wait cancels the request only if it was not sent."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fair.config import Validated
 from fair.errors import FairError
-from gen.teachers.cache import is_loopback
+from fair.wire.listen import is_loopback
 
 TOKEN_ENV = "FAIR_SERVE_TOKEN"
 
@@ -27,18 +27,21 @@ class ServeConfig(Validated):
     teachers: str = "offline"  # the committee every job, batch and chat request uses (configs/teachers/)
     base_url: str | None = None  # send every teacher to this server (e.g. `fair teachers serve`)
     offline: bool = False  # start the offline simulator in this process and point the teachers at it
-    reserve: float = 0.0  # fraction of each key's rpm kept for /v1/chat/completions (jobs and batches wait)
+    reserve: float = 0.0  # fraction of each key's rpm and tpm kept for /v1/chat/completions (jobs and batches wait)
     max_upload_mb: float = 200.0  # OpenAI's batch input limit
+    max_jobs: int = 4  # committee jobs running at once; more wait, queued, oldest first
     port_file: str | None = None  # write the bound port here once listening (for scripts and tests)
 
     def validate(self) -> None:
         if not 0 <= self.reserve < 1:
-            raise FairError(f"reserve must be in 0..1 (a fraction of each key's rpm), got {self.reserve}")
+            raise FairError(f"reserve must be in 0..1 (a fraction of each key's rpm and tpm), got {self.reserve}")
         if not 0 <= self.port <= 65535 or self.max_upload_mb <= 0:
             raise FairError(
                 f"port must be in 0..65535 and max_upload_mb positive, got {self.port} and "
                 f"{self.max_upload_mb}"
             )
+        if self.max_jobs < 1:
+            raise FairError(f"max_jobs must be at least 1, got {self.max_jobs}")
         if self.offline and self.base_url:
             raise FairError("offline starts its own simulator: leave base_url unset")
 

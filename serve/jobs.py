@@ -15,6 +15,15 @@ cap; or a teacher's account out of quota; committee_stats.json says which). Canc
 keeps the partial output. Progress (done/total, requests, cache hits, retries, 429s, failures, tokens, cost, an
 estimated final cost and an ETA) is read live from the run's clients and saved to the store once a second;
 counters of runs before a restart are kept as `previous`, so cost and requests add up across restarts.
+
+At most `max_running` jobs run at once (serve's max_jobs): each holds a response cache, its output files and up to
+its teachers' concurrency in connections, so a flood of submissions must queue, not run the process out of file
+descriptors. Queued jobs start oldest first as running ones end; cancelling a queued job ends it at once.
+
+A job that failed for want of disk, descriptors or memory (fair/errors.py's out_of_resources) is `resumable`, as a
+stopped one is: POST /v1/fair/jobs/{id}/resume queues it again once the machine has recovered, and it goes on as
+after a restart (finished mistakes skipped, cached replies free). A failed job's error is one line that names its
+files without the server's paths.
 """
 
 from __future__ import annotations
@@ -25,10 +34,14 @@ import dataclasses
 import os
 import shutil
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
-from fair.errors import FairError
+import anyio
+
+from fair.config import save_config
+from fair.errors import FairError, out_of_resources
 from fair.jsonl import read_jsonl
 from fair.paper import write_paper_files
 from fair.tasks import get_task
@@ -76,16 +89,19 @@ class Live:
 
 
 class Jobs:
-    def __init__(self, store: Store, budget: Budget, teachers: list[Teacher], committee: str):
-        self.store, self.budget, self.committee = store, budget, committee
+    def __init__(self, store: Store, budget: Budget, teachers: list[Teacher], committee: str, max_running: int = 4,
+                 base_url: str | None = None):
+        self.store, self.budget, self.committee, self.base_url = store, budget, committee, base_url
         self.teachers = {t.name: t for t in teachers}
-        self.tasks: dict[str, asyncio.Task] = {}
+        self.max_running = max_running
+        self.tasks: dict[str, asyncio.Task] = {}  # the jobs running, at most max_running
+        self.waiting: deque[str] = deque()  # queued jobs, oldest first
         self.live: dict[str, Live] = {}
         self.cancelled: set[str] = set()
 
     # -- the API -----------------------------------------------------------------------------------------
 
-    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
+    async def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         source = self.source(spec)
         self.chosen(spec)
         job_id = new_id("job")
@@ -94,16 +110,18 @@ class Jobs:
             config = self.config(spec, folder)
         except FairError as e:
             raise ApiError(400, str(e)) from None
-        self.check_task(self.store.root / source["path"], config)
+        # Reading the mistakes file is off the event loop: a large one must not keep every other request waiting.
+        await anyio.to_thread.run_sync(self.check_task, self.store.root / source["path"], config)
         folder.mkdir()
         link(self.store.root / source["path"], config.mistakes_path)  # before the row: see serve/store.py
+        total = await anyio.to_thread.run_sync(count_mistakes, config)
         doc = {
             "id": job_id,
             "object": "fair.job",
             "created_at": time.time(),
             "status": "queued",
             "spec": spec,
-            "progress": {"done": 0, "total": count_mistakes(config)},
+            "progress": {"done": 0, "total": total},
             "previous": {},
             "restarts": 0,
             "repeated_after_restart": 0,
@@ -160,11 +178,27 @@ class Jobs:
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         doc = self.get(job_id)
-        if doc["status"] in OPEN:
+        if job_id in self.waiting:  # never started: nothing to stop
+            self.waiting.remove(job_id)
+            self.store.update("job", job_id, status="cancelled", finished_at=time.time())
+        elif doc["status"] in OPEN:
             self.cancelled.add(job_id)
             self.store.update("job", job_id, status="cancelling")
             if task := self.tasks.get(job_id):
                 task.cancel()
+        return self.view(job_id)
+
+    def resume_job(self, job_id: str) -> dict[str, Any]:
+        """A stopped job, or one that failed for want of disk, descriptors or memory, runs again: its finished
+        mistakes are skipped and its cached replies are free, as after a restart (nothing is paid twice)."""
+        doc = self.get(job_id)
+        if not (doc["status"] == "stopped" or doc["status"] == "failed" and doc.get("resumable")):
+            raise ApiError(409, f"job {job_id} is {doc['status']}: only a stopped job, or one that failed for want "
+                           "of disk, descriptors or memory, can be resumed", "job_id")
+        previous = {k: doc["progress"].get(k, 0) for k in COUNTERS}
+        self.store.update("job", job_id, status="queued", error=None, resumable=False, finished_at=None,
+                          previous=previous)
+        self.start(job_id)
         return self.view(job_id)
 
     def get(self, job_id: str) -> dict[str, Any]:
@@ -186,9 +220,10 @@ class Jobs:
     # -- running -----------------------------------------------------------------------------------------
 
     def resume(self) -> list[str]:
-        """At start-up: every job that was open when the server stopped runs again (a cancelling one ends)."""
+        """At start-up: every job that was open when the server stopped runs again, oldest first (a cancelling
+        one ends)."""
         resumed = []
-        for doc in self.store.list("job", limit=1_000_000)[0]:
+        for doc in reversed(self.store.list("job", limit=1_000_000)[0]):
             if doc["status"] == "cancelling":
                 self.store.update("job", doc["id"], status="cancelled", finished_at=time.time())
             elif doc["status"] in OPEN:
@@ -199,7 +234,14 @@ class Jobs:
         return resumed
 
     def start(self, job_id: str) -> None:
-        self.tasks[job_id] = asyncio.get_running_loop().create_task(self.run(job_id), name=job_id)
+        """Run the job now if fewer than max_running run, else once the jobs queued before it have started."""
+        self.waiting.append(job_id)
+        self.fill()
+
+    def fill(self) -> None:
+        while self.waiting and len(self.tasks) < self.max_running:
+            job_id = self.waiting.popleft()
+            self.tasks[job_id] = asyncio.get_running_loop().create_task(self.run(job_id), name=job_id)
 
     async def run(self, job_id: str) -> None:
         doc = self.store.update("job", job_id, status="in_progress")
@@ -212,7 +254,7 @@ class Jobs:
             started=lambda repeated, clients: self.started(job_id, config, repeated, clients),
             written=lambda clients, written: self.written(job_id, written),
         )
-        status, error = "completed", None
+        status, error, resumable = "completed", None, False
         try:
             write_stats(config.out_path, await run_committee(config, teachers, hooks))
             write_paper_files(get_task(config.task), config.out_path, f"{STEM}_{get_task(config.task).name}")
@@ -225,17 +267,27 @@ class Jobs:
                 raise
             status = "cancelled"
         except Exception as e:  # noqa: BLE001 (one job's failure must not stop the server)
-            status, error = "failed", str(e) if isinstance(e, FairError) else f"{type(e).__name__}: {e}"
+            status, error = "failed", self.error_line(e, folder)
+            resumable = out_of_resources(e)
         finally:
             self.tasks.pop(job_id, None)
             tenant.close()
-        self.save(job_id, status=status, error=error, finished_at=time.time())
+            self.fill()
+        self.save(job_id, status=status, error=error, finished_at=time.time(), resumable=resumable)
         self.live.pop(job_id, None)
+
+    def error_line(self, e: Exception, folder: Path) -> str:
+        """The one line a failed job shows: its own files by name, the state folder as STATE, no server path."""
+        line = str(e) if isinstance(e, FairError) else f"{type(e).__name__}: {e}"
+        return line.replace(f"{folder}/", "").replace(str(self.store.root.resolve()), "STATE").replace(
+            str(self.store.root), "STATE")
 
     def started(
         self, job_id: str, config: CommitteeConfig, repeated: int, clients: dict[str, TeacherClient]
     ) -> None:
         doc = self.get(job_id)
+        # Over the run's own, which names this server's paths.
+        save_config(self.shareable(doc["spec"]), config.out_path.with_name("committee.yaml"))
         self.live[job_id] = Live(
             clients,
             count_mistakes(config),
@@ -272,6 +324,7 @@ class Jobs:
         }
 
     async def close(self) -> None:
+        self.waiting.clear()  # queued in the store: they start at the next start, not as the running ones stop
         tasks = list(self.tasks.values())
         for task in tasks:
             task.cancel()
@@ -292,6 +345,13 @@ class Jobs:
             max_cost_usd=spec["max_cost_usd"],
             progress=False,
         )
+
+    def shareable(self, spec: dict[str, Any]) -> CommitteeConfig:
+        """The job's settings as its committee.yaml tells them to whoever downloads it: its files by name (beside
+        it), the server's committee by name and the server's base_url (where its teachers were sent), the job's
+        priority, and no student (the server knows only the mistakes file)."""
+        return dataclasses.replace(self.config(spec, Path()), student="unknown", teachers=Path(self.committee).name,
+                                   base_url=self.base_url, priority=spec["priority"])
 
     def check_task(self, path: Path, config: CommitteeConfig) -> None:
         task = get_task(config.task).name

@@ -7,14 +7,18 @@ progress (server-sent events) with the same progress bar as a local run, then do
 committee_stats.json and the paper's files beside where a local run would write them. The server's committee
 answers, within the limits it shares with its other jobs. The job's id is kept in committee-job.json there, so
 that a rerun after Ctrl-C follows the same job instead of paying for a second one. The token is
-FAIR_SERVE_TOKEN, else a local server's default token file (data/serve/token).
+FAIR_SERVE_TOKEN, else, for a server on this machine only, a local server's default token file (data/serve/token).
+Only the files a job has are downloaded, by their plain names into the output's folder: a server that lists any
+other name (a path) gets an error, not a file written elsewhere.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -22,19 +26,33 @@ import orjson
 from fair.errors import FairError
 from fair.jsonl import write_json
 from fair.progress import Progress
+from fair.wire.listen import is_loopback
 from gen.committee.run import CommitteeConfig, existing_mistakes
 from serve.config import TOKEN_ENV
 
 LOCAL_TOKEN = Path("data/serve/token")
+OUTPUTS = ("committee.jsonl", "committee_stats.json", "committee.yaml")
+ROUND0 = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*_round0\.json")  # the paper's files: no folder, no leading dot
 TERMINAL = ("completed", "failed", "cancelled", "stopped")
 
 
-def client_token() -> str:
+def client_token(server: str) -> str:
+    """FAIR_SERVE_TOKEN, else the local server's token file, but only for a server on this machine: the local
+    token is never sent to another host."""
     if token := os.environ.get(TOKEN_ENV, "").strip():
         return token
-    if LOCAL_TOKEN.exists():
+    if is_loopback(urlsplit(server).hostname or "") and LOCAL_TOKEN.exists():
         return LOCAL_TOKEN.read_text().strip()
-    raise FairError(f"set {TOKEN_ENV} to the server's token (a local `make serve` keeps it in {LOCAL_TOKEN})")
+    raise FairError(f"set {TOKEN_ENV} to the server's token (a local `make serve` keeps it in {LOCAL_TOKEN}, "
+                    "which is sent only to a server on this machine)")
+
+
+def output_name(name: Any) -> str:
+    """A file name the server listed, if it is one a job has: never a path, so nothing is written outside the
+    output folder whatever a server says."""
+    if isinstance(name, str) and (name in OUTPUTS or ROUND0.fullmatch(name)):
+        return name
+    raise FairError(f"the server listed a job file {name!r}, which is not one of a job's outputs: not downloaded")
 
 
 def call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -102,7 +120,7 @@ def follow(http: httpx.Client, job: dict[str, Any], progress: bool) -> dict[str,
 def download(http: httpx.Client, job_id: str, out: Path) -> list[str]:
     """The job's outputs, committee.jsonl as `out` and the rest beside it, each written whole or not at all."""
     names = [
-        f["name"]
+        output_name(f["name"])
         for f in call(http, "GET", f"/v1/fair/jobs/{job_id}/files")["data"]
         if f["name"] != "mistakes.jsonl"
     ]
@@ -120,7 +138,7 @@ def run_remote(config: CommitteeConfig) -> dict[str, Any]:
     folder = config.out_path.parent
     folder.mkdir(parents=True, exist_ok=True)
     ledger = folder / "committee-job.json"
-    headers = {"Authorization": f"Bearer {client_token()}"}
+    headers = {"Authorization": f"Bearer {client_token(config.server)}"}
     with httpx.Client(base_url=config.server.rstrip("/"), headers=headers, timeout=60) as http:
         if ledger.exists():
             job = call(http, "GET", f"/v1/fair/jobs/{orjson.loads(ledger.read_bytes())['id']}")

@@ -16,16 +16,19 @@ server per state folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
 from fair.config import save_config
 from fair.errors import FairError
 from fair.lock import folder_lock
-from fair.wire.listen import listen
+from fair.wire.listen import http_url, listen
 from gen.teachers.config import load_committee, missing_keys
 from serve.config import TOKEN_ENV, ServeConfig, bearer_token
+from serve.store import foreign
 
 
 def make_private(state: Path) -> None:
@@ -38,7 +41,26 @@ def make_private(state: Path) -> None:
             path.chmod(0o700 if path.is_dir() else 0o600)
 
 
+class Stopped(BaseException):
+    """SIGTERM, raised in the main thread wherever it is, so that every `finally` of the shutdown path runs."""
+
+
+def stopped(signum: int, frame: object) -> None:
+    raise Stopped
+
+
 def serve(config: ServeConfig) -> int:
+    """Run until SIGTERM or Ctrl-C. uvicorn handles SIGTERM while it serves (the app's shutdown: jobs, batches
+    and the proxy stop) and then raises it again: to `stopped`, not to the default action, which would end the
+    process before the simulator stops and the last line is printed."""
+    signal.signal(signal.SIGTERM, stopped)
+    with contextlib.suppress(Stopped):
+        _serve(config)
+    print("fair serve: stopped; open jobs and batches resume at the next start", file=sys.stderr, flush=True)
+    return 0
+
+
+def _serve(config: ServeConfig) -> None:
     import uvicorn
 
     from serve.app import make_app
@@ -46,6 +68,9 @@ def serve(config: ServeConfig) -> int:
     from simulator.server import OfflineServer
 
     state = Path(config.state)
+    if found := foreign(state):  # before make_private, which would change their modes
+        raise FairError(f"{state} holds files that are not fair serve's ({', '.join(found[:5])}"
+                        f"{', ...' if len(found) > 5 else ''}): pick an empty or fair serve state folder for --state")
     make_private(state)
     with folder_lock(state, "serve"):
         token = bearer_token(state, config.host)
@@ -62,7 +87,7 @@ def serve(config: ServeConfig) -> int:
             app = make_app(config, teachers, token)
             where = "$" + TOKEN_ENV if os.environ.get(TOKEN_ENV) else state / "token"
             print(
-                f"fair serve: http://{config.host}:{port}/ (bearer token in {where}); committee "
+                f"fair serve: {http_url(config.host, port)}/ (bearer token in {where}); committee "
                 f"{config.teachers}: {', '.join(t.name for t in teachers)}; state in {state}",
                 flush=True,
             )
@@ -82,5 +107,3 @@ def serve(config: ServeConfig) -> int:
         finally:
             if simulator is not None:
                 simulator.stop()
-    print("fair serve: stopped; open jobs and batches resume at the next start", file=sys.stderr)
-    return 0

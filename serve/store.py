@@ -8,14 +8,17 @@
                                 committee.index.sqlite (the page's record viewer, serve/records_view.py)
     STATE/proxy/requests.sqlite the chat-completions proxy's response cache
 
-Every file here is 0600 and every folder 0700 (serve/server.py's make_private). Crash safety by order: a file is written to `<id>.partial`, renamed, then its row committed; a job's or batch's
-folder is made before its row. So a kill leaves at most a folder or file without a row, which `sweep()` removes
-at the next start: no orphans, and a row always has its bytes. One server per state folder: `fair serve` holds
-fair/lock.py's lock on it for its whole life.
+Every file here is 0600 and every folder 0700 (serve/server.py's make_private). Crash safety by order: a file is
+written to `<id>.partial`, renamed, then its row committed; a job's or batch's folder is made before its row. So a
+kill leaves at most a folder or file without a row, which `sweep()` removes at the next start: no orphans, and a
+row always has its bytes. Only what bears one of this server's ids is ever removed: a state folder that holds
+anything else (`foreign`: a --state pointed at a folder of the user's) is refused before it is touched. One
+server per state folder: `fair serve` holds fair/lock.py's lock on it for its whole life.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import sqlite3
 import time
@@ -24,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from fair.wire.errors import ApiError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -34,8 +39,26 @@ CREATE INDEX IF NOT EXISTS objects_by_kind ON objects (kind, created);
 PREFIX = {"file": "file-", "batch": "batch_", "job": "job-"}
 
 
+FOLDERS = {"file": "files", "batch": "batches", "job": "jobs"}
+OWN_NAMES = {FOLDERS[kind]: re.compile(re.escape(prefix) + r"[0-9a-f]{24}" + (r"(\.partial)?" if kind == "file" else ""))
+             for kind, prefix in PREFIX.items()}  # what a kill may leave in each folder
+TOP = {"serve.sqlite", "serve.sqlite-wal", "serve.sqlite-shm", "serve.yaml", "token", "token.tmp", ".fair-serve.lock",
+       "proxy", *FOLDERS.values()}
+
+
 def new_id(kind: str) -> str:
     return f"{PREFIX[kind]}{uuid.uuid4().hex[:24]}"
+
+
+def foreign(root: Path) -> list[str]:
+    """What in a state folder no `fair serve` made (its top level, and files/, batches/ and jobs/)."""
+    if not root.is_dir():
+        return []
+    found = [p.name for p in root.iterdir() if p.name not in TOP]
+    for folder, names in OWN_NAMES.items():
+        if (root / folder).is_dir():
+            found += [f"{folder}/{p.name}" for p in (root / folder).iterdir() if not names.fullmatch(p.name)]
+    return sorted(found)
 
 
 class Store:
@@ -51,7 +74,7 @@ class Store:
         self.db.executescript(SCHEMA)
 
     def folder(self, kind: str, object_id: str) -> Path:
-        return self.root / {"file": "files", "batch": "batches", "job": "jobs"}[kind] / object_id
+        return self.root / FOLDERS[kind] / object_id
 
     # -- objects -----------------------------------------------------------------------------------------
 
@@ -85,12 +108,14 @@ class Store:
     def list(
         self, kind: str, limit: int = 100, after: str | None = None
     ) -> tuple[list[dict[str, Any]], bool]:
-        """Newest first, `limit` of them after the object `after` (OpenAI's cursor); and whether more follow."""
+        """Newest first, `limit` of them after the object `after` (OpenAI's cursor: an id of `kind` this store
+        holds, else a 400); and whether more follow."""
         since = ""
         args: list[Any] = [kind]
-        if after is not None and (
-            row := self.db.execute("SELECT created, id FROM objects WHERE id = ?", (after,)).fetchone()
-        ):
+        if after is not None:
+            row = self.db.execute("SELECT created, id FROM objects WHERE id = ? AND kind = ?", (after, kind)).fetchone()
+            if row is None:  # not silently the first page again: a client paging on would loop forever
+                raise ApiError(400, f"after: no {kind} {after!r} on this server to page after", "after")
             since = " AND (created < ? OR (created = ? AND id < ?))"
             args += [row[0], row[0], row[1]]
         rows = self.db.execute(
@@ -107,10 +132,10 @@ class Store:
     def sweep(self) -> list[str]:
         """Remove what a kill left without a row (see the module docstring); returns what went."""
         removed = []
-        for kind, folder in (("file", "files"), ("batch", "batches"), ("job", "jobs")):
+        for kind, folder in FOLDERS.items():
             known = self.ids(kind)
             for path in (self.root / folder).iterdir():
-                if path.name not in known:
+                if path.name not in known and OWN_NAMES[folder].fullmatch(path.name):
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
                     removed.append(f"{folder}/{path.name}")
         return removed

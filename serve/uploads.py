@@ -8,7 +8,8 @@ Then the file is checked, each error naming its line: UTF-8, one JSON object per
   batch          OpenAI's batch input: {custom_id (unique), method: POST, url: /v1/chat/completions, body}
                  with a body that serve/wire.py accepts (model = a teacher of this server)
   fair-mistakes  mistakes.jsonl records (fair/records.py's StudentAnswer), ids unique
-A bad file is deleted and answered with a 400; nothing about it stays.
+A bad file is deleted and answered with a 400; nothing about it stays. The check runs in a worker thread
+(serve/batches.py), so a large upload keeps no other request waiting.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ error reply and the Batch API's objects, which the simulator sends too, are fair
 
 A chat body names a teacher of the server's committee as its `model` and may set only the sampling fields
 below; keys, base URLs and limits are the server's own (its committee file), so a body that names one of them
-gets a 400, as does any other field we would not honour (tools, n > 1). The proxy (serve/chat.py) also takes
+gets a 400, as does any other field we would not honour (tools, n > 1), and a request that can never fit its
+teacher's tokens a minute (its estimate, gen/teachers/client.py's, over tpm: it would wait for them forever). The proxy (serve/chat.py) also takes
 `stream` and `stream_options`; a batch line does not, as OpenAI's Batch API does not.
 
 A reply's finish_reason says how it ended, as OpenAI's do: "stop", "length" (truncated at the output limit) or
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fair.wire.errors import ApiError
+from gen.teachers.client import estimate_tokens
 from gen.teachers.config import Teacher
 from gen.teachers.providers import ChatRequest, ChatResponse
 
@@ -96,7 +98,17 @@ def chat_request(
         pairs.append(("system" if message["role"] == "developer" else message["role"], message["content"]))
     if all(role == "system" for role, _ in pairs):  # Anthropic's and Gemini's APIs refuse such a conversation
         raise ApiError(400, f"{where}: messages need a user or assistant message, not only system ones", "messages")
-    return teacher, ChatRequest(tuple(pairs), *_sampling(body, teacher, where))
+    request = ChatRequest(tuple(pairs), *_sampling(body, teacher, where))
+    if (tokens := estimate_tokens(request, teacher)) > teacher.tpm:  # it would wait for tokens forever
+        raise ApiError(
+            400,
+            f"{where}: the request may use {tokens} tokens (its messages at ~4 characters a token, plus "
+            f"max_tokens {request.max_tokens}), more than {teacher.name}'s limit of {teacher.tpm} tokens a minute "
+            "(tpm): shorten the messages or lower max_tokens",
+            "messages",
+            "context_length_exceeded",
+        )
+    return teacher, request
 
 
 def _sampling(body: dict, teacher: Teacher, where: str) -> tuple[float, float, int]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from fair.config import Validated, build_config, config_parser
 from fair.errors import main_guard
+from fair.wire.listen import is_loopback
 from simulator.server import OfflineServer
 
 
@@ -80,6 +81,9 @@ def run(config: SimulatorConfig) -> int:
             tmp.write_text(f"{server.port}\n")
             tmp.replace(config.port_file)  # atomic: a reader never sees a half-written port
         print(f"offline committee listening on {server.url}", flush=True)
+        if not is_loopback(config.host):
+            print(f"fair teachers serve: warning: {config.host} is not loopback: the simulator has no token, so "
+                  "anyone who can reach this address can use it", file=sys.stderr, flush=True)
         while not done.wait(1.0):
             pass
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fair.wire.listen import http_url
 from simulator.simulator import Simulator
 
 
@@ -46,4 +47,4 @@ class OfflineServer(Simulator):
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return http_url(self.host, self.port)

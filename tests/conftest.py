@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -251,3 +252,93 @@ def torchrun(args: list[str], out: Path, nproc: int) -> subprocess.CompletedProc
     command = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(nproc),
                "--master_port", str(29500 + os.getpid() % 1000), "-m", "train.train", *args, "--out", str(out)]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scripted teachers: the committee with no network (tests/test_committee_replies.py, tests/test_recipes.py)
+
+
+def kind_of(request) -> str:
+    """feedback, rationale or review: which of our prompts (gen/committee/prompts.py) a ChatRequest holds."""
+    user = request.messages[-1][1]
+    return "review" if "Solution under review:" in user else "feedback" if "Student's answer:" in user else "rationale"
+
+
+class ScriptedProvider:
+    """One teacher's provider: answers from its script, (kind, mistake number) -> ChatResponse, and logs every
+    request it is sent as (teacher, kind, mistake number, request)."""
+
+    def __init__(self, name: str, scripts: dict, questions: dict[str, int], sent: list):
+        self.name, self.scripts, self.questions, self.sent = name, scripts, questions, sent
+
+    async def complete(self, request):
+        import asyncio
+
+        await asyncio.sleep(0)  # a real send yields to the loop
+        kind, user = kind_of(request), request.messages[-1][1]
+        number = next(n for q, n in self.questions.items() if user.startswith(f"Question:\n{q}\n\n"))
+        self.sent.append((self.name, kind, number, request))
+        return self.scripts[self.name](kind, number)
+
+
+@pytest.fixture
+def scripted(tmp_path, data_dir, monkeypatch):
+    """(teachers file, mistakes file, scripts to fill per teacher, the log of requests sent): three OpenAI-format
+    teachers a, b and c behind ScriptedProviders, on the paper's first 6 SVAMP mistakes."""
+    from fair.jsonl import read_jsonl
+    from fair.records import StudentAnswer, question_block
+    from fair.tasks import get_task
+    from gen.teachers import client as client_module
+
+    mistakes = import_seed_mistakes(tmp_path, data_dir, count=6)
+    answers = [StudentAnswer.from_json(r, "test") for r in read_jsonl(mistakes)]
+    questions = {question_block(get_task("svamp"), a): n for n, a in enumerate(answers)}
+    scripts: dict = {}
+    sent: list = []
+    monkeypatch.setattr(client_module, "make_provider",
+                        lambda view, http: ScriptedProvider(view.name, scripts, questions, sent))
+    teachers = tmp_path / "teachers.yaml"
+    teachers.write_bytes(orjson.dumps({"teachers": [
+        {"name": name, "provider": "openai", "model": f"model-{name}", "base_url": "http://127.0.0.1:9",
+         "rpm": 100_000, "tpm": 100_000_000, "price_input": 1.0, "price_cached_input": 0.25, "price_output": 4.0}
+        for name in ("a", "b", "c")]}))
+    return teachers, mistakes, scripts, sent
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The Hugging Face hub, faked: uploads (fair/hub.py) are tested without a network or an account.
+
+HUB_TOKEN = "hf_TESTtokenThatMustNeverBeShown0123456789"
+
+
+class FakeHfApi:
+    """huggingface_hub's HfApi as fair/hub.py uses it: records the calls, and fails as told."""
+
+    calls: list[tuple] = []
+    repos: dict[str, bool] = {}  # repository -> private
+    fail: Exception | None = None
+
+    def create_repo(self, repo_id, *, repo_type, private, exist_ok):
+        self.calls.append(("create_repo", repo_id, repo_type, private, exist_ok))
+        if self.fail:
+            raise self.fail
+        self.repos.setdefault(repo_id, private)  # exist_ok: an existing one keeps its visibility
+        return f"https://huggingface.co/{repo_type}s/{repo_id}"
+
+    def repo_info(self, repo_id, *, repo_type):
+        return types.SimpleNamespace(private=self.repos[repo_id])
+
+    def upload_folder(self, *, repo_id, folder_path, repo_type, commit_message):
+        files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+        self.calls.append(("upload_folder", repo_id, repo_type, files))
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """FakeHfApi in place of huggingface_hub's, with HUB_TOKEN as the environment's token."""
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    FakeHfApi.calls, FakeHfApi.repos, FakeHfApi.fail = [], {}, None
+    return FakeHfApi

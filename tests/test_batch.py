@@ -53,6 +53,14 @@ def counts(report) -> dict[str, int]:
     return {k: v for k, v in dataclasses.asdict(report).items() if k != "seconds"}
 
 
+def priceless(record: dict) -> dict:
+    """A committee record without its usage, per teacher and per reply."""
+    strip = lambda entry: {k: v for k, v in entry.items() if k != "usage"}  # noqa: E731
+    rationales = {n: strip(r) | {"reviews": {m: strip(v) for m, v in r["reviews"].items()}}
+                  for n, r in record["rationales"].items()}
+    return strip(record) | {"feedback": {n: strip(f) for n, f in record["feedback"].items()}, "rationales": rationales}
+
+
 def log_lines(server: OfflineServer) -> list[dict]:
     return [orjson.loads(line) for line in server.log_path.read_bytes().splitlines()]
 
@@ -68,8 +76,9 @@ def test_batch_run_gives_the_live_records_at_half_price(tmp_path, mistakes, monk
 
     assert_complete(list(batched.values()), LIMIT)
     assert live.keys() == batched.keys()
-    for id_, record in batched.items():  # everything but the price is the live run's
-        assert record | {"usage": None} == live[id_] | {"usage": None}
+    for id_, record in batched.items():  # everything but the price (and each reply's batch flag) is the live run's
+        assert priceless(record) == priceless(live[id_])
+        assert {n: f["usage"]["batch"] for n, f in record["feedback"].items()} == {n: n in BATCHED for n in record["feedback"]}
         for name, usage in record["usage"].items():
             assert usage["input_tokens"] == live[id_]["usage"][name]["input_tokens"]
             assert (usage["cost"] < live[id_]["usage"][name]["cost"]) == (name in BATCHED)

@@ -148,3 +148,40 @@ def test_an_old_cache_file_gains_the_new_columns(tmp_path):
         cache.put("new", "t", REPLIES[1])
     with ResponseCache(path) as cache:
         assert cache.get("new") == REPLIES[1] and cache.get("old").refusal is None
+
+
+FULL_DISK = '''
+import asyncio, resource, signal, sqlite3, sys
+from gen.teachers.cache import ResponseCache
+from gen.teachers.providers import ChatResponse
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write over RLIMIT_FSIZE fails with EFBIG instead of killing
+
+
+async def main(path):
+    cache = ResponseCache(path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, hard))  # the disk is full
+    cache.put("paid", "t", ChatResponse("x" * 2**20, 1, 1))
+    try:
+        await cache.mark_inflight("refused", "t")
+    except sqlite3.Error:
+        print("refused")
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space is back
+    await cache.mark_inflight("later", "t")
+    cache.close()
+
+asyncio.run(main(sys.argv[1]))
+'''
+
+
+def test_a_full_disk_refuses_the_marks_it_held_and_the_cache_works_again_once_space_returns(tmp_path):
+    """RLIMIT_FSIZE stands in for a full disk: the commit fails, the request waiting on it is not sent, the reply
+    already paid stays pending, and the next commit after space returns holds both it and the next mark."""
+    path = tmp_path / "c.sqlite"
+    run = subprocess.run([sys.executable, "-c", FULL_DISK, str(path)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["refused"]
+    with ResponseCache(path) as cache:
+        assert cache.get("paid").text == "x" * 2**20
+        assert cache.abandoned_inflight() == 1  # "later", marked and never answered; "refused" never marked

@@ -268,7 +268,7 @@ def test_never_more_than_rpm_in_any_window(tmp_path, monkeypatch):
         loop = asyncio.get_running_loop()
         times = []
         for _ in range(7):
-            await client._reserve(gate, 1)
+            await client._place(gate)
             times.append(loop.time())
         return times
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -22,55 +21,15 @@ from fair.records import StudentAnswer, question_block
 from fair.tasks import Example, get_task, task_names
 from gen.committee.prompts import PROMPT_SETS, drafts
 from gen.committee.run import CommitteeConfig, committee
-from gen.teachers import client as client_module
 from gen.teachers.cache import key_for
 from gen.teachers.config import Teacher, load_committee
-from gen.teachers.providers import ChatRequest, ChatResponse, QuotaExhausted
-from tests.conftest import import_seed_mistakes
+from gen.teachers.providers import ChatResponse, QuotaExhausted
+from tests.conftest import ScriptedProvider, import_seed_mistakes
 from train.data import build_examples, load_records
-
-Script = Callable[[str, int], ChatResponse]  # (kind, mistake number) -> the reply
-
-
-def kind_of(request: ChatRequest) -> str:
-    user = request.messages[-1][1]
-    return "review" if "Solution under review:" in user else "feedback" if "Student's answer:" in user else "rationale"
-
-
-class ScriptedProvider:
-    """One teacher's provider: answers from its script, logs every request it is sent (kind, mistake, body)."""
-
-    def __init__(self, name: str, scripts: dict[str, Script], questions: dict[str, int], sent: list):
-        self.name, self.scripts, self.questions, self.sent = name, scripts, questions, sent
-
-    async def complete(self, request: ChatRequest) -> ChatResponse:
-        await asyncio.sleep(0)  # a real send yields to the loop
-        kind, user = kind_of(request), request.messages[-1][1]
-        number = next(n for q, n in self.questions.items() if user.startswith(f"Question:\n{q}\n\n"))
-        self.sent.append((self.name, kind, number, request))
-        return self.scripts[self.name](kind, number)
 
 
 def reply(text: str, **flags) -> ChatResponse:
     return ChatResponse(text, 1000, 100, cached_input_tokens=600, **flags)
-
-
-@pytest.fixture
-def scripted(tmp_path, data_dir, monkeypatch):
-    """(teachers file, mistakes file, scripts to fill per teacher, the log of requests sent)."""
-    mistakes = import_seed_mistakes(tmp_path, data_dir, count=6)
-    answers = [StudentAnswer.from_json(r, "test") for r in read_jsonl(mistakes)]
-    questions = {question_block(get_task("svamp"), a): n for n, a in enumerate(answers)}
-    scripts: dict[str, Script] = {}
-    sent: list = []
-    monkeypatch.setattr(client_module, "make_provider",
-                        lambda view, http: ScriptedProvider(view.name, scripts, questions, sent))
-    teachers = tmp_path / "teachers.yaml"
-    teachers.write_bytes(orjson.dumps({"teachers": [
-        {"name": name, "provider": "openai", "model": f"model-{name}", "base_url": "http://127.0.0.1:9",
-         "rpm": 100_000, "tpm": 100_000_000, "price_input": 1.0, "price_cached_input": 0.25, "price_output": 4.0}
-        for name in ("a", "b", "c")]}))
-    return teachers, mistakes, scripts, sent
 
 
 def config(teachers: Path, mistakes: Path, **changes) -> CommitteeConfig:
@@ -112,9 +71,12 @@ def test_refused_and_cut_off_replies_are_recorded_counted_and_never_reviewed(scr
         # b's review was cut off: no score, although its text holds one; c's counts alone.
         assert a["reviews"]["b"]["score"] is None and a["reviews"]["b"]["truncated"] is True
         assert a["reviews"]["c"]["score"] == 4 and (a["mean_score"], a["accepted"]) == (4, True)
+        billed = {"input_tokens": 1000, "output_tokens": 100, "cached_input_tokens": 600, "cache_write_tokens": 0,
+                  "batch": False}  # each reply's own usage (fair/prices.py prices a recipe's data from it)
         assert record["feedback"]["b"] == {"text": "First, the student", "error": None, "truncated": True,
-                                           "refused": None}
-        assert record["feedback"]["c"] == {"text": None, "error": None, "truncated": False, "refused": "SAFETY"}
+                                           "refused": None, "usage": billed}
+        assert record["feedback"]["c"] == {"text": None, "error": None, "truncated": False, "refused": "SAFETY",
+                                           "usage": billed}
         # Billed all the same, with the cached input at its own rate: 400 x 1.0 + 600 x 0.25 + out x 4.0 per reply.
         assert record["usage"]["c"]["cached_input_tokens"] == 3 * 600
         assert record["usage"]["c"]["cost"] == pytest.approx(3 * 950 / 1e6)
@@ -291,12 +253,13 @@ def test_a_mistakes_prompts_share_the_system_message_and_question_as_their_prefi
     assert requests[1][1][1] == prefix + task.prompt(answer.example()).removeprefix(question_block(task, answer)).lstrip()
 
 
-def test_the_batch_drafts_are_the_requests_the_run_sends(scripted):
+@pytest.mark.parametrize("samples", [1, 3])
+def test_the_batch_drafts_are_the_requests_the_run_sends(scripted, samples):
     teachers, mistakes, scripts, sent = scripted
     scripts |= {"a": good, "b": good, "c": good}
-    committee(config(teachers, mistakes, limit=2))
+    committee(config(teachers, mistakes, limit=2, samples=samples))
     members = load_committee(str(teachers))
     answers = [StudentAnswer.from_json(r, "test") for r in list(read_jsonl(mistakes))[:2]]
-    draft_keys = {key_for(t, r) for t, r in drafts(answers, get_task("svamp"), PROMPT_SETS["fair"], members)}
+    draft_keys = {key_for(t, r) for t, r in drafts(answers, get_task("svamp"), PROMPT_SETS["fair"], members, samples)}
     run_keys = {key_for(load_teacher(teachers, name), r) for name, kind, _, r in sent if kind != "review"}
-    assert draft_keys == run_keys and len(draft_keys) == 2 * 2 * 3
+    assert draft_keys == run_keys and len(draft_keys) == 2 * (1 + samples) * 3

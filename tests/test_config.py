@@ -17,6 +17,7 @@ from fair.config import add_config_arguments, build_config, field_default, save_
 from fair.errors import FairError
 from gen.committee.estimate import EstimateConfig
 from gen.committee.run import CommitteeConfig
+from gen.export import ExportConfig
 from gen.from_paper import ImportCommitteeConfig, ImportMistakesConfig
 from gen.mine import MineConfig
 from gen.teachers.config import Teacher, load_committee, rebase
@@ -25,13 +26,14 @@ from serve.config import ServeConfig
 from serve.view import ViewConfig
 from simulator.cli import SimulatorConfig
 from tests.conftest import ROOT
+from train.card import PushModelConfig
 
 CONFIGS = ROOT / "configs"
 STAGES = {"mine.yaml": MineConfig, "eval.yaml": EvalConfig, "committee.yaml": CommitteeConfig, "gen.yaml": GenConfig,
           "serve.yaml": ServeConfig, "simulator.yaml": SimulatorConfig, "grade.yaml": GradeConfig,
           "report.yaml": ReportConfig, "import-mistakes.yaml": ImportMistakesConfig,
           "import-committee.yaml": ImportCommitteeConfig, "estimate.yaml": EstimateConfig, "loop.yaml": LoopConfig,
-          "view.yaml": ViewConfig}
+          "view.yaml": ViewConfig, "export.yaml": ExportConfig, "push-model.yaml": PushModelConfig}
 # Each file under configs/ is checked by the test that reads its folder; a file in no folder here fails below.
 CHECKED = {".": "*.yaml", "train": "*.yaml", "teachers": "*.yaml", "deepspeed": "*.json",
            "tasks": "*.yaml", "tasks/arithmetic": "*.csv"}  # declared tasks and their data: tests/test_tasks.py

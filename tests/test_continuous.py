@@ -8,6 +8,7 @@ import torch
 from fair.engines.base import Sampling, encode_prompt
 from fair.engines.continuous import ContinuousBatcher
 from fair.engines.hf import HFEngine
+from fair.engines.packed import packed_linears, packing_available
 
 PROMPTS = ["What is 2 + 2?", "Name a colour.", "A much longer prompt: " + "count the apples and pears " * 6, "Hi",
            "Seven", "How many legs has a spider? Think step by step.", "x " * 30]
@@ -74,3 +75,41 @@ def test_bf16_continuous_matches_generate_one_at_a_time(tiny_model_dir):
         tokens = alone(engine, prompt, 12)
         end = next((k + 1 for k, t in enumerate(tokens) if t in engine._eos_ids()), len(tokens))
         assert generation.text == engine.tokenizer.decode(tokens[:end], skip_special_tokens=True)
+
+
+def test_packed_weights_give_the_same_bits_and_are_let_go(tiny_model_dir):
+    """bf16 linear layers through oneDNN's packed weights: the same logits bit for bit at the row counts of a
+    decode step (slots, and fewer after a shrink) and of a prefill (rows x prompt width), and the modules
+    answer with their own forward afterwards."""
+    model = HFEngine(str(tiny_model_dir), batch_size=4, dtype="bfloat16").model
+    if not packing_available(model):
+        pytest.skip("this torch has no oneDNN bf16 support on this CPU")
+    linear = model.get_output_embeddings()
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        inputs = [torch.randint(0, 1000, shape) for shape in [(1, 1), (3, 1), (64, 1), (5, 37)]]
+        plain = [model(input_ids=ids).logits for ids in inputs]
+        with packed_linears(model, rows=64):
+            assert "forward" in vars(linear)
+            packed = [model(input_ids=ids).logits for ids in inputs]
+        assert "forward" not in vars(linear)
+    for a, b in zip(plain, packed, strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(KeyboardInterrupt), packed_linears(model, rows=4):
+        raise KeyboardInterrupt  # a run stopped mid-generation leaves the model as it was
+    assert not any("forward" in vars(m) for m in model.modules())
+
+
+def test_eager_step_gives_the_same_completions(tiny_model_dir):
+    """The bench's baseline (weights as loaded) and the packed step decode the same tokens."""
+    engine = HFEngine(str(tiny_model_dir), batch_size=3, dtype="bfloat16")
+    fast = engine.generate(PROMPTS, Sampling(max_new_tokens=12))
+    engine.continuous.eager = True
+    assert [g.text for g in engine.generate(PROMPTS, Sampling(max_new_tokens=12))] == [g.text for g in fast]
+
+
+def test_float32_weights_are_not_packed(engine):
+    """MKL's packed fp32 path measured no faster: an fp32 model runs as loaded."""
+    assert not packing_available(engine.model)
+    with packed_linears(engine.model, rows=2):
+        assert not any("forward" in vars(m) for m in engine.model.modules())

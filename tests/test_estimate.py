@@ -168,3 +168,26 @@ def test_a_measured_mean_counts_the_batch_api_replies_too():
     measured = {"successes": 10, "batched": 10, "output_tokens": 20 * 200}
     assert set(output_tokens(teacher, measured).values()) == {200}
     assert set(output_tokens(teacher, {"successes": 0, "batched": 4, "output_tokens": 4 * 90}).values()) == {90}
+
+
+def test_every_filter_is_priced_side_by_side_and_samples_multiply_rationales(tmp_path, data_dir, capsys):
+    one = run(tmp_path, num_mistakes=100)
+    assert {f: t["requests_per_mistake"] for f, t in one["filters"].items()} == \
+        {"review": 12, "gold": 6, "gold+review": 12, "none": 6}  # gold+review: no gold rate measured, all pass
+    assert one["filters"]["review"]["cost_usd"] == pytest.approx(one["total"]["cost_usd"])
+    assert one["filters"]["gold"]["cost_usd"] < one["total"]["cost_usd"]
+    four = run(tmp_path, num_mistakes=100, samples=4, filter="gold")
+    # Each teacher: 1 feedback + 4 rationales; under review also 4 x 2 reviews of the others' rationales.
+    assert four["requests_per_mistake"] == 15 and four["filters"]["review"]["requests_per_mistake"] == 3 * (5 + 8)
+    assert four["total"]["requests"] == 1500
+    assert "--filter gold, --samples 4: 15 requests per mistake" in capsys.readouterr().out
+
+
+def test_gold_review_prices_the_reviews_of_the_measured_gold_passing_share(tmp_path, data_dir):
+    mistakes = import_seed_mistakes(tmp_path, data_dir, count=5)
+    outcomes = {"gpt": {"written": 10, "gold": 5}, "gemini": {"written": 10, "gold": 10}, "claude": {"written": 4, "gold": 0}}
+    (tmp_path / "committee_stats.json").write_bytes(orjson.dumps({"filter": "review", "teachers": {}, "outcomes": outcomes}))
+    result = run(tmp_path, mistakes=str(mistakes), num_mistakes=10)
+    assert result["gold_rate_source"] == "committee_stats"
+    # Each rationale that passes is reviewed by 2 peers: 2 x (0.5 + 1 + 0) reviews a mistake, beside 6 drafts.
+    assert result["filters"]["gold+review"]["requests_per_mistake"] == pytest.approx(6 + 2 * 1.5)

@@ -59,13 +59,26 @@ def test_results_page_has_every_unit_and_paired_comparisons(tmp_path):
     write_unit(folder, "base", {"q0", "q1"}, ids)
     write_unit(folder, "paper-fair-s0", {f"q{i}" for i in range(12)}, ids, loss={"first_10pct": 1.2, "last_10pct": 0.7})
     write_unit(folder, "paper-fair-s1", {f"q{i}" for i in range(10)}, ids)
-    page = render_results(folder, UNITS, tmp_path / "results.md").read_text()
+    write_unit(folder, "paper-gold-s0", {f"q{i}" for i in range(14)}, ids)
+    cost = {"requests": 4644, "input_tokens": 1_000_000, "output_tokens": 200_000, "usd": 2.5}
+    costs = {"paper-fair-s0": cost, "paper-fair-s1": cost}
+    page = render_results(folder, UNITS, tmp_path / "results.md", costs).read_text()
     assert all(f"| {name} |" in page for name in UNITS if name != "base")
     assert "No training: 5.0% (2/40)." in page
-    assert page.count("not yet run") == len(UNITS) - 3
+    assert page.count("not yet run") == len(UNITS) - 4
     assert "+25.0 [" in page and "p=0.00195" in page  # 10 questions right only after training, 0 only before
     assert "paper-fair: 27.5% ± 3.5 (sd) over 2 seed(s)" in page
-    assert "Units done: 3 of 12" in page
+    assert f"Units done: 4 of {len(UNITS)}" in page
+    # recipes: seeds pooled as mean ± sd, the gain over no training per $1,000 of the data's teacher calls
+    assert "| paper-fair | FAIR: mixed, peer-reviewed, alpha 0.5 | 2 | 27.5 ± 3.5 | +22.5 | - | - | 4,644 | " \
+           "1,000,000 / 200,000 | 2.50 | +9000 |" in page
+    assert "| paper-gold | mixed, gold check (no review) | 1 | 35.0 | +30.0 | - | - | - | - | - | - |" in page
+    # on the clean questions only (the last 20 and q5: q0 and q1, right untrained, are not among them)
+    clean = {f"q{i}" for i in range(20, 40)} | {"q5"}
+    page = render_results(folder, UNITS, tmp_path / "results.md", costs, clean).read_text()
+    assert "| paper-fair | FAIR: mixed, peer-reviewed, alpha 0.5 | 2 | 27.5 ± 3.5 | +22.5 | 4.8 ± 0.0 | +4.8 |" in page
+    # pairwise on the seeds both ran: seed 0 only, 12 vs 14 right, the 2 discordant questions both go to gold
+    assert "| paper-fair vs paper-gold | s0: -5.0 [" in page and "p=0.5 | -5.0 |" in page
 
 
 def test_report_change_line_is_paired_on_the_shared_questions(tmp_path):

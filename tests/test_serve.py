@@ -76,7 +76,7 @@ def test_every_route_without_the_right_token_is_401(server, method, path, token)
         server.url + path,
         headers=headers,
         json={"model": "careful"},
-        cookies={"fair_serve_token": token} if token else None,
+        cookies={"fair_serve_session": token} if token else None,
     )
     assert response.status_code == 401, (method, path, response.text)
     assert httpx.get(server.url + "/healthz").status_code == 200

@@ -93,7 +93,7 @@ def test_a_server_started_over_an_empty_token_file_refuses_empty_credentials(own
     url = own_token.url
     assert raw(url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 401")
     assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer"}).status_code == 401
-    assert httpx.get(url + "/v1/models", cookies={"fair_serve_token": ""}).status_code == 401
+    assert httpx.get(url + "/v1/models", cookies={"fair_serve_session": ""}).status_code == 401
     login = httpx.post(url + "/login", data={"token": ""})
     assert login.status_code == 401 and "set-cookie" not in login.headers
     token = (own_token.state / "token").read_text().strip()
@@ -185,3 +185,103 @@ def test_headers_over_the_limit_are_refused_before_they_are_read(own_token):
     pad = b"X-Pad: " + b"a" * 2**20 + b"\r\n"
     reply = raw(own_token.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + pad * 8 + b"Connection: close\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+
+
+def test_the_cookie_is_a_session_not_the_token_and_changes_need_the_pages_origin(own_token):
+    token = (own_token.state / "token").read_text().strip()
+    with httpx.Client(base_url=own_token.url) as browser:
+        login = browser.post("/login", data={"token": token})
+        assert login.status_code == 303
+        session = browser.cookies["fair_serve_session"]
+        assert token not in login.headers["set-cookie"] and len(session) >= 43
+        assert browser.get("/v1/fair/jobs").status_code == 200  # a read needs no Origin
+        cancel = "/v1/fair/jobs/job-none/cancel"
+        refused = browser.post(cancel, content=b"{}", headers={"content-type": "text/plain"})  # a cross-site form
+        assert refused.status_code == 403 and "Origin" in refused.json()["error"]["message"]
+        assert browser.post(cancel, headers={"origin": "http://evil.example"}).status_code == 403
+        assert browser.post(cancel, headers={"origin": own_token.url}).status_code == 404  # the page: let through
+    bearer = {"Authorization": f"Bearer {token}"}  # API clients send no Origin and need none
+    assert httpx.post(own_token.url + "/v1/fair/jobs/job-none/cancel", headers=bearer).status_code == 404
+    assert httpx.get(own_token.url + "/v1/models", cookies={"fair_serve_session": token}).status_code == 401
+
+
+def test_no_docs_page_loads_a_cdns_javascript_and_the_schema_stays_behind_the_token(own_token):
+    token = (own_token.state / "token").read_text().strip()
+    bearer = {"Authorization": f"Bearer {token}"}
+    for path in ("/docs", "/redoc"):
+        assert httpx.get(own_token.url + path, headers=bearer).status_code == 404
+    assert httpx.get(own_token.url + "/openapi.json").status_code == 401
+    assert httpx.get(own_token.url + "/openapi.json", headers=bearer).json()["paths"]
+
+
+def test_fair_committee_server_writes_only_a_jobs_files_and_keeps_the_local_token_local(tmp_path, monkeypatch):
+    from serve import remote
+
+    for bad in ("../../.bashrc", "/etc/passwd", "sub/x_round0.json", ".x_round0.json", "notes.txt", None):
+        with pytest.raises(FairError, match="not one of a job's outputs"):
+            remote.output_name(bad)
+    assert remote.output_name("student_svamp_feedback_round0.json") == "student_svamp_feedback_round0.json"
+    monkeypatch.delenv("FAIR_SERVE_TOKEN", raising=False)
+    monkeypatch.setattr(remote, "LOCAL_TOKEN", tmp_path / "token")
+    (tmp_path / "token").write_text(STRONG + "\n")
+    assert remote.client_token("http://127.0.0.1:8765") == STRONG
+    with pytest.raises(FairError, match="FAIR_SERVE_TOKEN"):
+        remote.client_token("https://committee.example.org")  # the local token is not sent to another host
+
+
+def test_urls_name_an_ipv6_host_in_brackets():
+    from fair.wire.listen import http_url
+
+    assert http_url("::1", 8765) == "http://[::1]:8765" and http_url("127.0.0.1", 80) == "http://127.0.0.1:80"
+
+
+def test_fair_teachers_serve_warns_when_it_binds_beyond_loopback(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port_file = tmp_path / "port"
+    process = subprocess.Popen([sys.executable, "-m", "simulator.cli", "--host", "0.0.0.0", "--port", "0",
+                                "--port-file", str(port_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert "warning: 0.0.0.0 is not loopback" in err, err[-2000:]
+
+
+def test_a_state_folder_with_foreign_files_is_refused_untouched(tmp_path):
+    import subprocess
+    import sys
+
+    state = tmp_path / "home"
+    (state / "jobs").mkdir(parents=True)
+    (state / "notes.txt").write_text("mine")
+    (state / "jobs" / "plan.md").write_text("mine too")
+    os.chmod(state / "notes.txt", 0o644)
+    run = subprocess.run([sys.executable, "-m", "cli.main", "serve", "--state", str(state), "--port", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "jobs/plan.md, notes.txt" in lines[0] and "not fair serve's" in lines[0], run.stderr
+    assert (state / "notes.txt").read_text() == "mine" and (state / "jobs" / "plan.md").exists()
+    assert stat.S_IMODE((state / "notes.txt").stat().st_mode) == 0o644  # not even its mode changed
+
+
+def test_a_kills_leftovers_are_swept_and_nothing_else(tmp_path):
+    from serve.store import Store, foreign
+
+    store = Store(tmp_path)
+    (tmp_path / "files" / "file-0123456789abcdef01234567.partial").write_text("torn")
+    (tmp_path / "jobs" / "job-0123456789abcdef01234567").mkdir()
+    assert foreign(tmp_path) == []
+    assert sorted(store.sweep()) == ["files/file-0123456789abcdef01234567.partial",
+                                     "jobs/job-0123456789abcdef01234567"]
+    (tmp_path / "jobs" / "keep.txt").write_text("x")
+    assert foreign(tmp_path) == ["jobs/keep.txt"] and store.sweep() == [] and (tmp_path / "jobs" / "keep.txt").exists()
+    store.close()

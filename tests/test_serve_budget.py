@@ -9,9 +9,15 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+import httpx
 import orjson
 import pytest
+from aiolimiter import AsyncLimiter
 
+from gen.teachers.cache import ResponseCache
+from gen.teachers.client import TeacherClient
+from gen.teachers.config import Teacher
+from gen.teachers.providers import ChatRequest, ChatResponse
 from serve.budget import Budget
 from simulator.server import OfflineServer
 from tests.conftest import import_seed_mistakes
@@ -22,6 +28,7 @@ from tests.serve_util import Served, submit, teachers_yaml, upload_mistakes, wai
 class FakeGate:
     rpm: int = 600
     sent: deque = field(default_factory=deque)
+    tokens: AsyncLimiter = field(default_factory=lambda: AsyncLimiter(100_000, 60))
 
 
 async def take_turns(budget: Budget, gate: FakeGate, tenants, turns: int, workers: int = 8) -> Counter:
@@ -105,6 +112,63 @@ def test_the_reserve_keeps_room_for_interactive_requests():
         return await one(job), await one(interactive)
 
     assert asyncio.run(run()) == (False, True)
+
+
+def test_the_reserve_keeps_tokens_for_interactive_requests():
+    """reserve applies to tpm too: with 60% of the key's token bucket taken, a job waits for 10% to drain (6 s at
+    1000 a minute), an interactive request does not."""
+    async def run() -> tuple[bool, bool]:
+        budget, gate = Budget(reserve=0.5), FakeGate(tokens=AsyncLimiter(1000, 60))
+        await gate.tokens.acquire(600)
+        job, interactive = budget.tenant("job"), budget.tenant("interactive", interactive=True)
+
+        async def one(tenant) -> bool:
+            try:
+                async with asyncio.timeout(0.3):
+                    async with tenant.turn(gate):
+                        return True
+            except TimeoutError:
+                return False
+
+        return await one(job), await one(interactive)
+
+    assert asyncio.run(run()) == (False, True)
+
+
+class Instant:
+    """A provider that answers at once with no token counts (the gate keeps each request's estimate)."""
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        return ChatResponse("ok", 0, 0)
+
+
+def test_a_request_waiting_for_tokens_holds_no_turn(tmp_path):
+    """A big request that must wait most of a minute for its tokens waits after its turn: another job's small
+    request on the same key goes meanwhile (it held the turn, and so the whole key, for that minute)."""
+    teacher = Teacher(name="t", provider="openai", model="m", base_url="http://test/v1", rpm=6000, tpm=1000,
+                      max_tokens=900)
+
+    def ask(i: int, max_tokens: int) -> ChatRequest:
+        return ChatRequest((("user", f"q{i}"),), max_tokens=max_tokens)
+
+    async def run() -> bool:
+        budget = Budget()
+        big, small = budget.tenant("big"), budget.tenant("small")
+        async with httpx.AsyncClient() as http:
+            with ResponseCache(tmp_path / "c.sqlite") as cache:
+                clients = {tenant.name: TeacherClient(teacher, cache, http, Instant(), admission=tenant)
+                           for tenant in (big, small)}
+                await clients["big"].complete(ask(1, 880))  # ~890 of the key's 1000 tokens a minute
+                waiting = asyncio.create_task(clients["big"].complete(ask(2, 880)))
+                for _ in range(20):  # its turn, its place, and then the wait for tokens
+                    await asyncio.sleep(0)
+                other = asyncio.create_task(clients["small"].complete(ask(3, 16)))
+                done, _ = await asyncio.wait({waiting, other}, return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+                return other in done and waiting not in done
+
+    assert asyncio.run(run())
 
 
 def sliding_max(times: list[float], window: float = 60.0) -> int:

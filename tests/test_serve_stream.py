@@ -6,7 +6,6 @@ stream as OpenAI error JSON, a teacher's failure as the stream's error event, an
 from __future__ import annotations
 
 import contextlib
-import signal
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -253,6 +252,31 @@ def test_a_request_whose_client_left_while_it_waited_is_never_sent(slow):
     assert "Traceback" not in log and "ERROR" not in log, log[-2000:]
 
 
+def test_a_plain_request_whose_client_left_while_it_waited_is_never_sent(slow):
+    """Not streamed: the proxy watches the connection while the request waits, and cancels it when it closes."""
+    server, sim = slow
+    before = arrivals(sim)
+    with server.client() as http:
+        first, rest = opened(http, "What is 6 + 9?")
+        until(lambda: arrivals(sim) == before + 1)  # it holds the teacher's one slot for 3 s
+        body = {"model": "careful", "messages": ask("What is 60 + 90?")}
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+            http.post("/v1/chat/completions", json=body, timeout=0.5)
+        until(lambda: sum(g["queue"] for g in http.get("/v1/fair/limits").json()["gates"]) == 0, timeout=10)
+        assert b"data: [DONE]" in b"".join(rest)
+        first.close()
+    assert arrivals(sim) == before + 1  # the one that left was taken out of the queue, never sent
+
+
+def test_a_request_that_can_never_fit_its_teachers_tpm_is_a_400(served):
+    server, _ = served
+    big = "word " * 1_000_000  # ~1.25M tokens at 4 characters a token: over the offline teachers' tpm of 1M
+    with server.client() as http:
+        response = http.post("/v1/chat/completions", json={"model": "careful", "messages": ask(big)})
+    assert response.status_code == 400, response.text
+    assert "tpm" in response.json()["error"]["message"] and response.json()["error"]["param"] == "messages"
+
+
 def test_a_stop_waits_for_a_sent_request_whose_client_left(slow):
     server, sim = slow
     before, since = arrivals(sim), time.time()
@@ -260,8 +284,10 @@ def test_a_stop_waits_for_a_sent_request_whose_client_left(slow):
         stream, _ = opened(http, "What is 7 + 70?")
         until(lambda: arrivals(sim) == before + 1)
         stream.close()
-    server.stop()  # SIGTERM while the simulator still holds the request (uvicorn then re-raises it: -15)
-    assert server.process.returncode == -signal.SIGTERM and proxy_replies(server, since) == 1
+    server.stop()  # SIGTERM while the simulator still holds the request: the whole shutdown path runs
+    assert server.process.returncode == 0 and proxy_replies(server, since) == 1
+    log = (server.state.parent / f"{server.state.name}.log").read_text()
+    assert log.rstrip().endswith("fair serve: stopped; open jobs and batches resume at the next start"), log[-500:]
     server.start()
 
 

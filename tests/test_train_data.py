@@ -10,13 +10,13 @@ import torch
 
 from fair.engines.base import encode_prompt
 from fair.errors import FairError
+from fair.examples import TrainExample, chat_feedback_prompt
 from fair.records import StudentAnswer
 from fair.tasks import get_task
 from train.data import (
     FEEDBACK,
     RATIONALE,
     Tokenized,
-    TrainExample,
     attention_mask_4d,
     build_examples,
     collate,
@@ -140,7 +140,7 @@ def test_load_records_errors(tmp_path, records):
     with pytest.raises(FairError, match="duplicate id"):
         load_records(path, SVAMP)
     path.write_text(f"{good}\n")
-    with pytest.raises(FairError, match="'svamp' mistake, but training task 'gsm8k'"):
+    with pytest.raises(FairError, match="'svamp' mistake, but task 'gsm8k'"):
         load_records(path, get_task("gsm8k"))
     assert [r["id"] for r in load_records(path, SVAMP)] == [records[0]["id"]]
 
@@ -305,7 +305,6 @@ def test_varlen_attention_gives_the_padded_batch_its_loss_and_gradients(records,
 def test_the_training_prompt_fences_the_answer_as_the_committee_does():
     """A student's answer that holds '>>>' (a Python session) cannot close the fence early in either prompt."""
     from gen.committee.prompts import fair_feedback
-    from train.data import chat_feedback_prompt
 
     task = get_task("svamp")
     [example] = task.load("train")[:1]

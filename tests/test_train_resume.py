@@ -25,9 +25,10 @@ from train.train import TrainConfig, train
 CHANGES = {
     "task": "gsm8k", "student": "another-model", "committee": "other/committee.jsonl",
     "paper_feedback": "other_feedback.json", "paper_rationale": "other_rationale.json", "teacher": "all",
-    "filter": "none", "prompt_format": "paper", "data_dir": "elsewhere", "alpha": 0.25, "lr": 2e-3, "batch_size": 4, "epochs": 3,
+    "prompt_format": "paper", "data_dir": "elsewhere", "alpha": 0.25, "lr": 2e-3, "batch_size": 4, "epochs": 3,
     "max_length": 64, "weight_decay": 0.1, "grad_clip": 0.5, "schedule": "cosine", "warmup_ratio": 0.1, "seed": 1,
-    "lora": True, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "dtype": "bfloat16",
+    "lora": True, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "dtype": "bfloat16", "filter": "none",
+    "decontaminate": False,
 }
 
 

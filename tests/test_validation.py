@@ -73,6 +73,9 @@ INVALID = [
     (["view", "--port", "70000", "run"], "port must be in 0..65535"),
     (["view", "/nonexistent/run"], "/nonexistent/run: no committee.jsonl"),
     (["tasks", "--bogus"], "unrecognized arguments: --bogus"),
+    (["export", "/nonexistent/run"], "no committee file /nonexistent/run/committee.jsonl"),
+    (["export", "--shard-rows", "0", "run"], "shard_rows must be at least 1"),
+    (["push-model", "/nonexistent/final", "me/repo"], "/nonexistent/final is not a model folder"),
 ]
 
 

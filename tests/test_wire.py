@@ -64,6 +64,8 @@ def test_a_file_over_the_cap_is_a_413_naming_the_setting():
     (form(("purpose", None, b"batch")), None, "no file part"),
     (b"{}", "application/json", "multipart/form-data"),
     (form(("purpose", None, b"x" * 2000), ("file", "a", b"1")), None, "too long"),
+    (form(("purpose", None, b"batch"), ("file", "a", b'{"a": 1}\n' * 9)).rsplit(b"--", 2)[0], None, "closing"),
+    (form(("purpose", None, b"batch"), ("file", "a", b'{"a": 1}\n' * 9))[:-60], None, "closing"),
 ])
 def test_a_form_that_is_not_an_upload_is_a_400(body, content_type, says):
     with pytest.raises(ApiError) as raised:

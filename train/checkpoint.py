@@ -160,10 +160,13 @@ def set_adam_step(optimizer, zero: bool, step: int) -> None:
             param_state["step"] = torch.tensor(float(step))
 
 
-def export(target: Path, model, tokenizer, *, student: str, lora: bool, zero: bool, rank: int) -> None:
+def export(target: Path, model, tokenizer, *, student: str, lora: bool, zero: bool, rank: int,
+           adapter: Path | None = None) -> None:
     """A plain HF directory (safetensors) that `fair eval` and vLLM load: LoRA merged, ZeRO-3 shards gathered.
     LoRA's frozen base comes from the student's own (fp32) files, not from the model in memory, which may hold
-    it in bf16 (train/train.py). Collective under ZeRO: every rank calls it; rank 0 writes."""
+    it in bf16 (train/train.py). With `adapter` (LoRA), the adapter alone is saved there too, before the merge:
+    PEFT's adapter_config.json and adapter_model.safetensors, and the tokenizer. Collective under ZeRO: every
+    rank calls it; rank 0 writes."""
     weights = dict(trainable_state(model, zero))  # full fine-tuning trains every weight
     require_finite(weights, f"export to {target}")  # every rank holds them all: all stop
     if rank == 0:
@@ -180,6 +183,10 @@ def export(target: Path, model, tokenizer, *, student: str, lora: bool, zero: bo
         unplaced = result.unexpected_keys + ([] if lora else sorted(set(result.missing_keys) - tied))
         if unplaced:
             raise RuntimeError(f"export could not place weights: {unplaced[:5]}")
+        if adapter is not None:
+            fresh.save_pretrained(adapter, safe_serialization=True)
+            tokenizer.save_pretrained(adapter)
+            print(f"saved the LoRA adapter alone in {adapter}")
         if lora:
             fresh = fresh.merge_and_unload()
         fresh.save_pretrained(target, safe_serialization=True)

@@ -1,75 +1,30 @@
 """Stage 3 data: committee records -> (prompt, completion) examples -> token ids -> batches.
 
-Per mistake, as in the paper's data.py, one feedback example (the student learns to explain its own mistake)
-and one rationale example (it learns the teacher's solution). A mistake is used only when it has both, as
-the paper's `assert cur_feedback and cur_rationale` did; every mistake left out is counted by reason. A text
-counts only when it is whole (fair/records.py's usable_text): never a failed or refused request, nor one cut
-off at max_tokens, feedback included, since the student would learn to end its explanation mid-sentence.
-
-Two prompt formats. 'chat' (ours): the prompt is the user turn of the student's chat template, and the
-rationale prompt is exactly `task.prompt`, the prompt the student is evaluated with. 'paper': the paper's
-"### Instruction / ### Input / ### Response" text without a chat template, for parity runs.
+Which teachers' texts each mistake is trained on, and the prompts, are fair/examples.py's (`fair export` writes
+the same examples as chat rows); here they are tokenized as the engines encode prompts at evaluation.
 
 Unlike the paper, padding is never trained on (its labels padded with EOS ids), and batches can be packed.
 """
 
 from __future__ import annotations
 
-import random
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from fair import paper
 from fair.engines.base import encode_prompt
 from fair.errors import FairError
+from fair.examples import BuildReport, ExampleBuilder, PromptFormat, TrainExample
 from fair.jsonl import read_jsonl
-from fair.records import StudentAnswer, fence, gold_hint, question_block, usable_text
+from fair.recipes import Filter
+from fair.records import check_committee_record, teacher_of
 from fair.tasks import Task
 
-Kind = Literal["feedback", "rationale"]
-PromptFormat = Literal["chat", "paper"]
 FEEDBACK, RATIONALE = 0, 1  # integer codes used in tensors
 KIND_CODES = {"feedback": FEEDBACK, "rationale": RATIONALE}
-MODES = ("mixed", "all")  # or a teacher's name: whose texts, and how many a mistake
-Filter = Literal["review", "gold", "gold+review", "none"]
-FILTERS: tuple[Filter, ...] = ("review", "gold", "gold+review", "none")  # which rationales may be trained on
-
-
-@dataclass(frozen=True)
-class TrainExample:
-    kind: Kind
-    mistake_id: str
-    teacher: str  # whose text the completion is
-    prompt: str  # user-side text, before any chat template
-    completion: str
-
-
-@dataclass
-class BuildReport:
-    mistakes: int
-    feedback_examples: int = 0
-    rationale_examples: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)  # reason -> mistakes left out for it
-    per_teacher: dict[str, dict[str, int]] = field(default_factory=dict)  # teacher -> kind -> examples
-    mode: str = ""
-    filter: str = ""
-    seed: int = 0
-    prompt_format: str = ""
-
-    def summary(self) -> str:
-        used = self.mistakes - sum(self.skipped.values())
-        lines = [f"{self.mistakes} mistakes, {used} used (mode {self.mode}, filter {self.filter}, seed {self.seed}, "
-                 f"{self.prompt_format} prompts): {self.feedback_examples} feedback + "
-                 f"{self.rationale_examples} rationale examples"]
-        lines += [f"  skipped {n}: {reason}" for reason, n in self.skipped.items()]
-        lines += [f"  from {t}: {c['feedback']} feedback, {c['rationale']} rationale"
-                  for t, c in self.per_teacher.items() if any(c.values())]
-        return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -91,16 +46,7 @@ def load_records(source: str | Path, task: Task, *, rationale_path: str | Path |
     seen: set[str] = set()
     for i, record in enumerate(records):
         where = f"{source} record {i} (id {record.get('id')!r})"
-        for key in ("id", "mistake", "feedback", "rationales"):
-            if not isinstance(record.get(key), str if key == "id" else dict):
-                raise FairError(f"{where}: missing or malformed field {key!r}")
-        for key in ("feedback", "rationales"):
-            for name, entry in record[key].items():
-                if not isinstance(entry, dict) or "text" not in entry:
-                    raise FairError(f"{where}: {key}.{name} must be an object with a 'text' field")
-        mistake = StudentAnswer.from_json(record["mistake"], f"{where} field 'mistake'")
-        if mistake.task != task.name:
-            raise FairError(f"{where}: a {mistake.task!r} mistake, but training task {task.name!r}")
+        check_committee_record(record, where, task)
         if record["id"] in seen:
             raise FairError(f"{where}: duplicate id")
         seen.add(record["id"])
@@ -112,8 +58,8 @@ def load_records(source: str | Path, task: Task, *, rationale_path: str | Path |
 
 
 def teachers_of(records: list[dict]) -> list[str]:
-    """Every teacher named in the records, in first-seen (committee) order."""
-    return list(dict.fromkeys(n for r in records for n in (*r["feedback"], *r["rationales"])))
+    """Every teacher named in the records, in first-seen (committee) order; a rationale sample is its teacher's."""
+    return list(dict.fromkeys(teacher_of(n) for r in records for n in (*r["feedback"], *r["rationales"])))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -122,86 +68,10 @@ def teachers_of(records: list[dict]) -> list[str]:
 
 def build_examples(records: list[dict], task: Task, mode: str, seed: int, prompt_format: PromptFormat = "chat",
                    filter: Filter = "review") -> tuple[list[TrainExample], BuildReport]:
-    """Which texts of each mistake become examples: `mode` says whose and how many, `filter` which rationales qualify.
-
-    mode 'mixed' (the paper's FAIR): one seeded random feedback and one random qualifying rationale; 'all': every
-    feedback and every qualifying rationale; a teacher's name: that teacher's feedback and rationale (the paper's
-    single-teacher baselines, which were unreviewed: `filter none`).
-    filter 'review' (the paper's): rationales the peers accepted; 'gold': rationales in which the task's grader,
-    the one that mined the mistakes, finds the gold answer (free: no review request); 'gold+review': both;
-    'none': every whole rationale."""
-    if prompt_format not in ("chat", "paper"):
-        raise FairError(f"prompt format must be 'chat' or 'paper', got {prompt_format!r}")
-    if filter not in FILTERS:
-        raise FairError(f"unknown filter {filter!r}: choose {', '.join(FILTERS)}")
-    teachers = teachers_of(records)
-    if mode not in MODES and mode not in teachers:
-        raise FairError(f"unknown teacher mode {mode!r}: choose {', '.join(MODES)} or a teacher ({', '.join(teachers)})")
-    rng = random.Random(seed)  # private: the same (records, mode, filter, seed) always gives the same examples
-    report = BuildReport(mistakes=len(records), mode=mode, filter=filter, seed=seed, prompt_format=prompt_format,
-                         per_teacher={t: {"feedback": 0, "rationale": 0} for t in teachers})
-    skipped: Counter[str] = Counter()
-    examples: list[TrainExample] = []
-    for record in records:
-        mistake = StudentAnswer.from_json(record["mistake"], f"record {record['id']}")
-        example = mistake.example()
-        fb, rat, reason = _choose(record, mode, filter, rng, lambda text, e=example: task.grade(text, e).correct)
-        if reason:
-            skipped[reason] += 1
-            continue
-        fb_prompt, rat_prompt = _prompts(task, mistake, prompt_format)
-        for kind, prompt, chosen in (("feedback", fb_prompt, fb), ("rationale", rat_prompt, rat)):
-            for teacher, text in chosen:
-                examples.append(TrainExample(kind, record["id"], teacher, prompt, text))
-                report.per_teacher[teacher][kind] += 1
-    report.feedback_examples = sum(e.kind == "feedback" for e in examples)
-    report.rationale_examples = len(examples) - report.feedback_examples
-    report.skipped = dict(skipped)
-    return examples, report
-
-
-Chosen = list[tuple[str, str]]  # (teacher, text)
-NO_RATIONALE = {"review": "no accepted rationale", "gold": "no rationale with the gold answer",
-                "gold+review": "no accepted rationale with the gold answer", "none": "rationale failed"}
-
-
-def _choose(record: dict, mode: str, filter: Filter, rng: random.Random,
-            finds_gold: Callable[[str], bool | None]) -> tuple[Chosen, Chosen, str | None]:
-    """(feedbacks, rationales, None) for one mistake, or a reason to skip it."""
-    if mode not in MODES and (mode not in record["feedback"] or mode not in record["rationales"]):
-        return [], [], "teacher missing"
-    feedbacks = {n: t for n, e in record["feedback"].items() if (t := usable_text(e)) and mode in (*MODES, n)}
-    rationales = {n: t for n, e in record["rationales"].items() if (t := usable_text(e)) and mode in (*MODES, n)}
-    if "review" in filter:
-        rationales = {n: t for n, t in rationales.items() if record["rationales"][n].get("accepted")}
-    if "gold" in filter:
-        rationales = {n: t for n, t in rationales.items() if finds_gold(t)}
-    if mode == "mixed":
-        # Feedback first, then rationale: the paper's order of random.choice calls, so that on the paper's files
-        # with its seed the same texts are drawn (a choice from an empty list draws no random number).
-        fb = [rng.choice(list(feedbacks.items()))] if feedbacks else []
-        rat = [rng.choice(list(rationales.items()))] if rationales else []
-    else:
-        fb, rat = list(feedbacks.items()), list(rationales.items())
-    if not rationales:
-        return [], [], NO_RATIONALE[filter]
-    return fb, rat, None if feedbacks else "feedback failed"
-
-
-def chat_feedback_prompt(task: Task, mistake: StudentAnswer) -> str:
-    return (
-        "A student answered the question below incorrectly. Point out the mistakes in the student's answer.\n\n"
-        f"Question:\n{question_block(task, mistake)}\n\n"
-        f"Student's answer:\n{fence(mistake.prediction)}\n\n"
-        f"Hint: the correct final answer is {gold_hint(task, mistake)}."
-    )
-
-
-def _prompts(task: Task, mistake: StudentAnswer, prompt_format: PromptFormat) -> tuple[str, str]:
-    """(feedback prompt, rationale prompt) for one mistake."""
-    if prompt_format == "chat":
-        return chat_feedback_prompt(task, mistake), task.prompt(mistake.example())
-    return paper.training_prompts(task, mistake)
+    """Every record's examples (fair/examples.py's ExampleBuilder: the modes, the filters, the draws, the prompts)."""
+    builder = ExampleBuilder(task, mode, seed, prompt_format, teachers_of(records), filter)
+    examples = [example for record in records for example in builder.add(record)]
+    return examples, builder.report
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -4,9 +4,9 @@ A run's folder holds train.yaml (its settings), checkpoints/step-N (train/checkp
 - Settings: any difference from train.yaml in a setting that defines the training is refused, naming the
   fields; continuing old weights under another alpha or schedule, or handing back the old model as "done",
   would pass off one training as another. RUN_ONLY settings change how the same steps are computed or
-  recorded, not what they compute (accumulation is exact, ZeRO matches one process: tests/test_train.py), so
-  they may change. max_steps may only grow (a shorter run would hand back the longer one's model), and only
-  where a step's learning rate does not depend on the run's length (constant schedule, no warm-up): then the
+  recorded, not what they compute (accumulation is exact, ZeRO matches one process: tests/test_train.py; save_adapter
+  only adds a folder at the end), so they may change. max_steps may only grow (a shorter run would hand back the
+  longer one's model), and only where a step's learning rate does not depend on the run's length (constant schedule, no warm-up): then the
   steps taken are those of the longer run.
 - Data: a checkpoint records a digest of the tokenized examples; resuming on other data (the same
   committee.jsonl grown by a later `fair committee`) is refused.
@@ -29,7 +29,8 @@ from fair.errors import FairError
 from fair.jsonl import read_jsonl
 from train.checkpoint import latest_checkpoint, load_weights
 
-RUN_ONLY = ("micro_batch_size", "deepspeed", "pack", "compile", "out", "save_every", "log_every", "report_to")
+RUN_ONLY = ("micro_batch_size", "deepspeed", "pack", "compile", "out", "save_every", "log_every", "report_to",
+            "save_adapter")
 
 
 def check_settings(config: Any, saved_path: Path) -> None:

@@ -96,6 +96,9 @@ class StepConfig(Protocol):
     max_length: int
     pack: bool
     grad_clip: float
+    lr: float  # the schedule's (learning_rate)
+    warmup_ratio: float
+    schedule: str
 
     @property
     def out_dir(self) -> Path: ...
@@ -184,3 +187,13 @@ def require_finite_step(step: int, what: str, value, config: StepConfig) -> None
         last = latest_checkpoint(config.out_dir / "checkpoints")
         raise FairError(f"step {step + 1}: the {what} is {value}, not finite; stopped without saving (last good "
                         f"checkpoint: {last or 'none'}); try a lower lr or grad_clip, or dtype=float32")
+
+
+def learning_rate(config: StepConfig, step: int, total: int) -> float:
+    """The step's learning rate: linear warm-up, then constant or cosine to zero."""
+    warmup = max(1, round(config.warmup_ratio * total))
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    if config.schedule == "constant":
+        return config.lr
+    return config.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))

@@ -24,31 +24,27 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import torch
 
 from fair.config import Validated, at_least, save_config
+from fair.decontam import drop_contaminated
 from fair.dtype import Dtype, Precision, dtype_field, resolve_dtype
 from fair.errors import FairError, main_guard
-from fair.jsonl import write_json
+from fair.jsonl import read_jsonl, write_json
 from fair.lock import folder_lock
 from fair.models import DEFAULT_STUDENT, model_short_name, resolve_model
+from fair.recipes import Filter, recorded_filter, run_filter
 from fair.student import run_dir
 from fair.tasks import get_task
+from train.card import write_cards
 from train.checkpoint import export, load_optimizer, save_checkpoint, trainable
-from train.data import (
-    FEEDBACK,
-    RATIONALE,
-    Filter,
-    build_examples,
-    load_records,
-    tokenize_examples,
-)
+from train.data import FEEDBACK, RATIONALE, build_examples, load_records, tokenize_examples
 from train.resume import check_settings, data_digest, resume_point
-from train.step import Run, take_step
+from train.step import Run, learning_rate, take_step
 from train.trackers import RunLog, tracker_names
 from train.varlen import VARLEN, varlen_supported
 
@@ -62,7 +58,8 @@ class TrainConfig(Validated):
     paper_feedback: str | None = None  # or the paper's *_feedback_round0.json ...
     paper_rationale: str | None = None  # ... with its *_rationale_round0.json
     teacher: str = "mixed"  # mixed (one random text a mistake: FAIR) | all | a teacher's name
-    filter: Filter = "review"  # which rationales qualify: review (peer-accepted) | gold | gold+review | none
+    filter: Filter | None = None  # which rationales qualify: review | gold | gold+review | none; None: the committee's
+    decontaminate: bool = True  # drop mistakes whose question overlaps a test question (fair/decontam.py)
     prompt_format: Literal["chat", "paper"] = "chat"  # chat: the student's template, as at evaluation
     data_dir: str | None = None  # local data in shared/data layout; default $FAIR_DATA_DIR or ../shared/data
     # --- objective
@@ -86,6 +83,7 @@ class TrainConfig(Validated):
     lora_r: int = 16  # LoRA: the adapters' rank
     lora_alpha: int = 32  # LoRA: the adapters' scale is lora_alpha / lora_r
     lora_dropout: float = 0.05  # LoRA: dropout on the adapters' input
+    save_adapter: bool = False  # LoRA: also save the adapter alone in <out>/adapter (PEFT's format), for PEFT users
     dtype: Dtype = dtype_field()  # bf16: autocast, fp32 master weights (auto: fair/dtype.py)
     deepspeed: str | None = None  # a ZeRO config (configs/deepspeed/*.json); needed for more than one process
     # --- output
@@ -117,12 +115,14 @@ class TrainConfig(Validated):
             raise FairError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
         if not 0 <= self.lora_dropout < 1:
             raise FairError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.save_adapter and not self.lora:
+            raise FairError("save_adapter saves a LoRA adapter: it needs lora")
         if self.compile and self.deepspeed:
             raise FairError("compile does not go with deepspeed yet (ZeRO's hooks are untested under compile)")
 
     @property
     def out_dir(self) -> Path:
-        teacher = self.teacher if self.filter == "review" else f"{self.teacher}-{self.filter.replace('+', '-')}"
+        teacher = self.teacher if self.filter in (None, "review") else f"{self.teacher}-{self.filter.replace('+', '-')}"
         teacher = teacher if self.paper_feedback is None else f"paper-{teacher}"
         return Path(self.out or Path("checkpoints") / f"{get_task(self.task).name}-{model_short_name(self.student)}-{teacher}")
 
@@ -221,7 +221,9 @@ def load_data(config: TrainConfig, tokenizer, dist: Dist):
             raise FairError(f"no committee data at {config.committee_path}: run `fair gen --task {task.name}` "
                             "(or --paper-feedback/--paper-rationale for the paper's files)")
         records = load_records(config.committee_path, task)
-    examples, report = build_examples(records, task, config.teacher, config.seed, config.prompt_format, config.filter)
+    records, decontamination = drop_contaminated(records, task, config.data_dir) if config.decontaminate else (records, None)
+    filter = config.filter or run_filter(map(recorded_filter, records), "the records")  # train() resolved it: only for other callers
+    examples, report = build_examples(records, task, config.teacher, config.seed, config.prompt_format, filter)
     tokenized, token_report = tokenize_examples(examples, tokenizer, config.max_length, config.prompt_format)
     if config.alpha == 0 or config.alpha == 1:  # a zero-weight kind costs compute and teaches nothing
         keep = RATIONALE if config.alpha == 0 else FEEDBACK
@@ -229,19 +231,13 @@ def load_data(config: TrainConfig, tokenizer, dist: Dist):
     if dist.rank == 0:
         print(report.summary())
         print(token_report.summary())
-        write_json(config.out_dir / "data_report.json", {"build": asdict(report), "tokenize": asdict(token_report)})
+        print(f"decontamination: {decontamination['dropped']} of {decontamination['checked']} mistakes dropped "
+              f"(their question overlaps {decontamination['against']})" if decontamination else "not decontaminated")
+        write_json(config.out_dir / "data_report.json", {"build": asdict(report), "tokenize": asdict(token_report),
+                                                          "decontamination": decontamination})
     if len(tokenized) < config.batch_size:
         raise TooFewExamples(f"{len(tokenized)} training examples is fewer than one batch of {config.batch_size}")
     return tokenized
-
-
-def learning_rate(config: TrainConfig, step: int, total: int) -> float:
-    warmup = max(1, round(config.warmup_ratio * total))
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    if config.schedule == "constant":
-        return config.lr
-    return config.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -257,6 +253,9 @@ def step_plan(n: int, config: TrainConfig, step: int, steps_per_epoch: int) -> l
 
 
 def train(config: TrainConfig) -> Path:
+    if config.filter is None and (config.paper_feedback or config.committee_path.exists()):  # saved resolved,
+        records = [] if config.paper_feedback else read_jsonl(config.committee_path)  # in the folder it names
+        config = replace(config, filter=run_filter(map(recorded_filter, records), str(config.committee_path)), out=str(config.out_dir))
     dist = setup_distributed(config)
     with contextlib.ExitStack() as stack:
         # One run per folder, held by rank 0 for all ranks (they share the folder, so each taking the lock
@@ -310,9 +309,13 @@ def train_locked(config: TrainConfig, dist: Dist) -> Path:
         for step in range(start, total):
             run_step(config, run, items, step, total, steps_per_epoch, digest, model, log)
         log.end({"steps": total, "resumed_from": start, "seconds_this_run": round(time.perf_counter() - run_began, 2),
-                 "examples": len(items), "processes": dist.world, "dtype": precision.to_json()})
+                 "examples": len(items), "processes": dist.world, "dtype": precision.to_json(),
+                 "committee": None if config.paper_feedback else str(config.committee_path)})  # for the model card
     target = config.out_dir / "final"
-    export(target, model, tokenizer, student=config.student, lora=config.lora, zero=dist.zero, rank=dist.rank)
+    export(target, model, tokenizer, student=config.student, lora=config.lora, zero=dist.zero, rank=dist.rank,
+           adapter=config.out_dir / "adapter" if config.save_adapter else None)
+    if dist.rank == 0:
+        write_cards(config.out_dir)  # final/'s and adapter/'s: `fair push-model` adds the evaluations
     if dist.world > 1:
         torch.distributed.barrier()
     return target

@@ -7,15 +7,17 @@ is copied every step. Here a fixed set of `slots` decodes together over a KV cac
     prefill   new prompts, right-padded, go through the model in one forward; each slot's keys and values
               land at positions 0..len-1 of its row, and the last prompt position gives the first token;
     decode    every slot feeds its last token at its own position (position_ids per row); the cache writes
-              it in place and attention reads positions 0..len of each row (a boolean mask per row);
+              it in place and attention reads positions 0..len of each row (an additive mask per row);
     refill    a slot whose answer ended (EOS, a stop string or max_new_tokens) takes the next prompt;
     shrink    once no prompt is left to refill with, the cache keeps only the rows still answering whenever
               half of them are idle, so that the last long answers do not pay for empty rows.
 
 The model itself is transformers' own, unchanged: attention modules call `cache.update(k, v, layer)` and a
 registered attention function (`slot_attention`: torch's fused attention kernel, grouped-query heads read
-without copying the keys). A decode step is then mostly the weights' matmuls (bench/profile_decode.py shows
-where it goes); greedy decoding takes the argmax of the last position's logits, never a softmax.
+without copying the keys); in bf16 on a CPU its linear layers multiply by weights packed once per
+generation for oneDNN (fair/engines/packed.py: the same bits, faster). A decode step is then mostly the
+weights' matmuls (bench/profile_decode.py shows where it goes); greedy decoding takes the argmax of the last
+position's logits, never a softmax. `eager=True` leaves the weights as loaded: the bench's baseline.
 Why not transformers' `generate_batch` (its paged continuous batching): on a CPU it is slower than plain
 `generate` (docs/benchmarks.md); and vLLM-CPU reserves a core for its scheduler and compiles for minutes
 at every start. Architectures whose attention needs more than a causal mask (sliding windows, soft-capping)
@@ -25,6 +27,7 @@ are not listed in fair.models.PLAIN_DECODERS and keep `generate`.
 from __future__ import annotations
 
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +35,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 
 from fair.engines.base import Generation, Sampling, cut_at_stop
+from fair.engines.packed import packed_linears
 from fair.models import PLAIN_DECODERS
 
 ATTENTION = "fair_slots"
@@ -49,7 +53,8 @@ def slot_attention(module, query, key, value, attention_mask, scaling=None, drop
     Prefill (L > 1): each row's prompt attends causally to itself (right padding: pads come last, so the
     causal mask is right for every real position). Decode (L = 1): the heads of a group share a key head, so
     they are stacked as that head's queries (no copy of the keys, which torch's own grouped-query path makes
-    in bf16) under the row's mask [B,1,1,T] (True = attend). Returns [B,L,H,D], as transformers' do."""
+    in bf16) under the step's additive mask [B,1,1,T] (0 or -inf: made once a step in the model's dtype, where a
+    boolean one is converted by the kernel in every layer). Returns [B,L,H,D], as transformers' do."""
     b, heads, length, dim = query.shape
     if length > 1:
         out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling,
@@ -75,8 +80,8 @@ class SlotCache:
         shape, dtype, device = (slots, heads, length, dim), model.dtype, model.device
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-        self.rows: torch.Tensor = torch.arange(slots, device=device)
-        self.positions: torch.Tensor | None = None  # decode: where each row writes
+        self.rows: torch.Tensor = torch.arange(slots, device=device)  # prefill: the slots the prompts go to
+        self.written: torch.Tensor | None = None  # decode: where each row's key heads go, in a [-1, dim] view
         self.width = 0  # decode: positions visible to attention this step
 
     def keep(self, rows: list[int]) -> None:
@@ -85,11 +90,14 @@ class SlotCache:
         self.values = [v[rows] for v in self.values]
 
     def prefill(self, rows: list[int]) -> None:
-        self.rows, self.positions = torch.tensor(rows, device=self.keys[0].device), None
+        self.rows, self.written = torch.tensor(rows, device=self.keys[0].device), None
 
-    def decode(self, positions: torch.Tensor) -> None:
-        self.rows, self.positions = torch.arange(len(positions), device=positions.device), positions
-        self.width = int(positions.max()) + 1
+    def decode(self, positions: torch.Tensor, width: int) -> None:
+        """Row r writes position positions[r] of each of its heads: computed once here for every layer, as
+        indices into the cache seen as [rows x heads x length, dim] (one index_copy_ a layer)."""
+        rows, heads, length, _ = self.keys[0].shape
+        first = torch.arange(rows * heads, device=positions.device).view(rows, heads) * length
+        self.written, self.width = (first + positions[:, None]).view(-1), width
 
     def get_seq_length(self, *_) -> int:
         """transformers 4.x asks when no cache_position is given; positions come from position_ids here."""
@@ -97,12 +105,13 @@ class SlotCache:
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer: int, *_, **__):
         keys, values = self.keys[layer], self.values[layer]
-        if self.positions is None:
+        if self.written is None:
             keys[self.rows, :, : key.shape[2]] = key
             values[self.rows, :, : value.shape[2]] = value
             return key, value
-        keys[self.rows, :, self.positions] = key[:, :, 0]
-        values[self.rows, :, self.positions] = value[:, :, 0]
+        dim = keys.shape[-1]
+        keys.view(-1, dim).index_copy_(0, self.written, key.reshape(-1, dim))  # key [rows, heads, 1, dim]
+        values.view(-1, dim).index_copy_(0, self.written, value.reshape(-1, dim))
         return keys[:, :, : self.width], values[:, :, : self.width]
 
 
@@ -114,8 +123,11 @@ class Slot:
 
 
 class ContinuousBatcher:
-    def __init__(self, model, tokenizer, eos_ids: set[int], slots: int):
-        self.model, self.tokenizer, self.eos_ids, self.slots = model, tokenizer, eos_ids, slots
+    """`eager=True` leaves the weights as loaded (no packing, fair/engines/packed.py): the engine as it was
+    before packing, the baseline row of make bench-mine; the same tokens, slower in bf16."""
+
+    def __init__(self, model, tokenizer, eos_ids: set[int], slots: int, eager: bool = False):
+        self.model, self.tokenizer, self.eos_ids, self.slots, self.eager = model, tokenizer, eos_ids, slots, eager
 
     def generate(self, encoded: list[list[int]], sampling: Sampling, progress=None) -> list[Generation]:
         """Completions in the order of `encoded`; the model's own attention setting is restored afterwards,
@@ -126,7 +138,8 @@ class ContinuousBatcher:
         usual = self.model.config._attn_implementation
         self.model.set_attn_implementation(ATTENTION)
         try:
-            return self._run(encoded, sampling, progress)
+            with nullcontext() if self.eager else packed_linears(self.model, min(self.slots, len(encoded))):
+                return self._run(encoded, sampling, progress)
         finally:
             self.model.set_attn_implementation(usual)
             self.cache = self.generator = None
@@ -188,13 +201,13 @@ class ContinuousBatcher:
             next_tokens[k] = token
 
     def _decode(self, slots: list[Slot], next_tokens: torch.Tensor) -> None:
-        positions = torch.tensor([s.length + len(s.tokens) - 1 if s.request >= 0 else 0 for s in slots],
-                                 device=self.device)
-        self.cache.decode(positions)
-        visible = torch.arange(self.cache.width, device=self.device)[None, :] <= positions[:, None]
-        logits = self.model(input_ids=next_tokens[:, None], position_ids=positions[:, None],
-                            attention_mask=visible[:, None, None, :], past_key_values=self.cache,
-                            use_cache=True).logits[:, -1]
+        ends = [s.length + len(s.tokens) - 1 if s.request >= 0 else 0 for s in slots]  # a free row reads position 0
+        positions, width = torch.tensor(ends, device=self.device), max(ends) + 1
+        self.cache.decode(positions, width)
+        ahead = torch.arange(width, device=self.device)[None, None, None, :] > positions[:, None, None, None]
+        mask = torch.zeros(ahead.shape, dtype=self.model.dtype, device=self.device).masked_fill_(ahead, -torch.inf)
+        logits = self.model(input_ids=next_tokens[:, None], position_ids=positions[:, None], attention_mask=mask,
+                            past_key_values=self.cache, use_cache=True).logits[:, -1]
         chosen = self._choose(logits)
         for slot, token in zip(slots, chosen.tolist(), strict=True):  # one host copy for all rows
             if slot.request >= 0:

@@ -2,10 +2,13 @@
 
 Bound here, before uvicorn starts, so that a port of 0 is known at once (the simulator's URL, `fair serve
 --port-file`) and a port already taken is one clear line, not a traceback from inside the server's loop.
+Also what both say about where they listen: the URL (an IPv6 address in brackets) and whether only this machine
+can reach it (loopback).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 from fair.errors import FairError
@@ -24,3 +27,16 @@ def listen(host: str, port: int, backlog: int) -> socket.socket:
         raise FairError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.listen(backlog)
     return sock
+
+
+def http_url(host: str, port: int) -> str:
+    """http://host:port, an IPv6 address in brackets (http://[::1]:8765)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host` (a name or an address)."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -4,7 +4,8 @@ The body is parsed as it arrives (python-multipart's push parser, the one Starle
 goes straight into a sink (a file on disk for the service, memory for the simulator), so an upload costs a few
 KB beyond the sink; one over the cap stops at the cap with a 413. Starlette's own form parsing would first spool
 the whole body without a limit, which is why the request stream is read here. The small fields are kept in
-memory, each at most MAX_FIELD bytes.
+memory, each at most MAX_FIELD bytes. A body that ends before its closing boundary is refused: its file part may
+be cut off anywhere.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, BinaryIO
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from fair.wire.errors import ApiError
 
@@ -96,6 +97,8 @@ async def read_form(stream: AsyncIterator[bytes], content_type: str, sink: Binar
         parser.finalize()
     except ValueError as e:  # python-multipart's parse errors
         raise ApiError(400, f"malformed multipart body: {e}") from None
+    if parser.state != MultipartState.END:  # finalize() takes a body cut off anywhere: its last part may be torn
+        raise ApiError(400, "malformed multipart body: it ends before its closing boundary (cut off?)")
     if form.filename is None:
         raise ApiError(400, "no file part in the form", "file")
     return form

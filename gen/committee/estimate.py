@@ -8,8 +8,12 @@
 How many mistakes: --num-mistakes N; else the mistakes.jsonl that `fair committee` would read, when it
 exists; else the split's size (or --limit) times --mistake-rate.
 
-Requests per mistake, as gen/committee/run.py sends them with T teachers: each teacher writes one feedback and
-one rationale, and reviews the other T - 1 teachers' rationales: T(T + 1) requests, 12 for 3 teachers.
+Requests per mistake, as gen/committee/run.py sends them with T teachers and --samples K: each teacher writes one
+feedback and K rationales, and under --filter review reviews the other T - 1 teachers' K rationales each: T(1 + K
++ K(T - 1)) requests, T(T + 1) = 12 for 3 teachers and one sample. Under gold and none no review is sent (T(1 + K));
+under gold+review only the rationales that pass the gold check are reviewed: the share of each teacher's
+rationales that passed it in committee_stats.json beside the mistakes, when a run of this code left one, else all
+of them (an upper bound). Every filter's figures are shown side by side (fair/recipes.py says what each keeps).
 
 Input tokens: the real prompts (gen/committee/prompts.py) built for --sample mistakes spread over the file (or over
 the split, with a student answer of --answer-tokens), counted as the client's rate limiter counts them
@@ -45,6 +49,8 @@ from fair.config import Validated, at_least
 from fair.errors import FairError
 from fair.jsonl import read_jsonl
 from fair.models import DEFAULT_STUDENT
+from fair.prices import REVIEW_OUTPUT_TOKENS
+from fair.recipes import FILTERS, Filter, check_filter, gold_checks, reviews
 from fair.records import Messages, StudentAnswer
 from fair.tasks import Example, Task, get_task
 from gen.committee.prompts import PROMPT_SETS, PromptSet
@@ -56,7 +62,7 @@ from gen.teachers.providers import ChatRequest, Usage
 # Output tokens per request when no committee run has been measured. The paper's SVAMP files
 # (shared/data/seed) average 116-160 tokens of feedback and 28-126 of rationale (chars / 4) from 2023's
 # teachers; current ones write about twice that, and the review prompt asks for a brief judgement and a score.
-DEFAULT_OUTPUT_TOKENS = {"feedback": 300, "rationale": 300, "review": 150}
+DEFAULT_OUTPUT_TOKENS = {"feedback": 300, "rationale": 300, "review": REVIEW_OUTPUT_TOKENS}
 
 
 @dataclass
@@ -71,6 +77,8 @@ class EstimateConfig(Validated):
     mistake_rate: float = 0.5  # with no mistakes file: the share of the split the student gets wrong
     answer_tokens: int = 200  # with no mistakes file: the length of a student's wrong answer, in tokens
     prompts: Literal["fair", "paper"] = "fair"  # the committee's prompts: ours, or the paper's for parity
+    filter: Filter = "review"  # the committee's --filter priced in the table (every filter is shown side by side)
+    samples: int = 1  # the committee's --samples: rationales per teacher and mistake
     sample: int = 200  # mistakes whose prompts are built and measured
     data_dir: str | None = None  # local data in shared/data layout; default $FAIR_DATA_DIR or ../shared/data
     json: bool = False  # print JSON instead of a table
@@ -79,14 +87,15 @@ class EstimateConfig(Validated):
         get_task(self.task)
         if not 0 <= self.mistake_rate <= 1:
             raise FairError(f"mistake_rate must be in [0, 1], got {self.mistake_rate}")
-        at_least(self, 1, "sample", "answer_tokens", "limit")
+        check_filter(self.filter)
+        at_least(self, 1, "sample", "answer_tokens", "limit", "samples")
         at_least(self, 0, "num_mistakes")
 
     @property
     def committee(self) -> CommitteeConfig:
         """The committee run being estimated: it says where the mistakes are, and counts them."""
         return CommitteeConfig(task=self.task, student=self.student, mistakes=self.mistakes,
-                               teachers=self.teachers, prompts=self.prompts)
+                               teachers=self.teachers, prompts=self.prompts, filter=self.filter, samples=self.samples)
 
     @property
     def stats_path(self) -> Path:
@@ -144,21 +153,33 @@ def cache_shares(measured: dict[str, Any] | None) -> tuple[float, float]:
 
 
 def per_mistake(teachers: list[Teacher], inputs: dict[str, float], outputs: dict[str, dict[str, float]],
-                thinking: dict[str, int] | None = None) -> dict[str, dict[str, float]]:
-    """Requests and tokens per mistake for each teacher: what the Batch API could take, and the reviews."""
+                thinking: dict[str, int] | None = None, samples: int = 1,
+                reviewed: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
+    """Requests and tokens per mistake for each teacher: what the Batch API could take (its feedback and its
+    `samples` rationales), and its reviews; `reviewed`: the share of each author's rationales sent for review
+    (default all)."""
     result = {}
     for t in teachers:
         others = [o for o in teachers if o.name != t.name]
+        share = {o.name: samples * (reviewed or {}).get(o.name, 1.0) for o in others}  # o's rationales t reviews
         out = outputs[t.name]
         result[t.name] = {
-            "requests": 2 + len(others),
-            "batchable_input": inputs["feedback"] + inputs["rationale"],
-            "batchable_output": out["feedback"] + out["rationale"],
-            "review_input": sum(inputs["review"] + outputs[o.name]["rationale"] - (thinking or {}).get(o.name, 0)
-                                for o in others),
-            "review_output": len(others) * out["review"],
+            "requests": 1 + samples + sum(share.values()),
+            "batchable_input": inputs["feedback"] + samples * inputs["rationale"],
+            "batchable_output": out["feedback"] + samples * out["rationale"],
+            "review_input": sum(share[o.name] * (inputs["review"] + outputs[o.name]["rationale"]
+                                                 - (thinking or {}).get(o.name, 0)) for o in others),
+            "review_output": sum(share.values()) * out["review"],
         }
     return result
+
+
+def review_shares(filter: Filter, teachers: list[Teacher], gold_rates: dict[str, float]) -> dict[str, float]:
+    """The share of each teacher's rationales that `filter` sends for review: all, none, or those that pass the
+    gold check (its measured rate; all where none was measured)."""
+    if not reviews(filter):
+        return dict.fromkeys((t.name for t in teachers), 0.0)
+    return {t.name: gold_rates.get(t.name, 1.0) if gold_checks(filter) else 1.0 for t in teachers}
 
 
 def usage(input_tokens: float, output_tokens: float, share: tuple[float, float]) -> Usage:
@@ -234,6 +255,15 @@ def measured_outputs(path: Path) -> dict[str, Any]:
     return orjson.loads(path.read_bytes()).get("teachers", {}) if path.exists() else {}
 
 
+def measured_gold_rates(path: Path) -> dict[str, float]:
+    """Per teacher, the share of its rationales so far that passed the gold check, from a committee_stats.json
+    written since runs record it (one with a `filter`); none otherwise."""
+    stats = orjson.loads(path.read_bytes()) if path.exists() else {}
+    if "filter" not in stats:
+        return {}
+    return {n: o["gold"] / o["written"] for n, o in stats.get("outcomes", {}).items() if o.get("written")}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The command
 
@@ -255,16 +285,24 @@ def committee_estimate(config: EstimateConfig, teachers: list[Teacher] | None = 
     outputs = {t.name: output_tokens(t, measured.get(t.name)) for t in teachers}
     shares = {t.name: cache_shares(measured.get(t.name)) for t in teachers}
     inputs = mean_prompt_tokens(task, PROMPT_SETS[config.prompts], sample)
-    unit = per_mistake(teachers, inputs, outputs, {t.name: thinking_tokens(t, measured.get(t.name)) for t in teachers})
+    thinking = {t.name: thinking_tokens(t, measured.get(t.name)) for t in teachers}
+    gold = measured_gold_rates(config.stats_path)
+
+    def unit(filter: Filter) -> dict[str, dict[str, float]]:
+        return per_mistake(teachers, inputs, outputs, thinking, config.samples, review_shares(filter, teachers, gold))
+
     return {
-        "task": task.name, "teachers_file": config.teachers, "prompts": config.prompts,
-        "mistakes": mistakes, "mistakes_source": source, "sample": len(sample),
-        "requests_per_mistake": sum(u["requests"] for u in unit.values()),
+        "task": task.name, "teachers_file": config.teachers, "prompts": config.prompts, "filter": config.filter,
+        "samples": config.samples, "mistakes": mistakes, "mistakes_source": source, "sample": len(sample),
+        "requests_per_mistake": sum(u["requests"] for u in unit(config.filter).values()),
         "input_tokens_per_request": inputs,
         "output_tokens_per_request": outputs,
         "output_tokens_source": "committee_stats" if measured else "defaults",
         "cached_input_source": "committee_stats" if any(any(v) for v in shares.values()) else "none assumed",
-        **costs(teachers, unit, mistakes, shares),
+        "gold_rate_source": "committee_stats" if gold else "none measured: all pass",
+        **costs(teachers, unit(config.filter), mistakes, shares),
+        "filters": {f: {"requests_per_mistake": sum(u["requests"] for u in unit(f).values())}
+                    | costs(teachers, unit(f), mistakes, shares)["total"] for f in FILTERS},
     }
 
 
@@ -281,7 +319,8 @@ def table(result: dict[str, Any], stats_path: Path) -> str:
     inputs = ", ".join(f"{k} {v:.0f}" for k, v in result["input_tokens_per_request"].items())
     lines = [
         f"{result['task']}: {result['mistakes']:,} mistakes ({result['mistakes_source']}), committee "
-        f"{result['teachers_file']!r}, {result['requests_per_mistake']} requests per mistake",
+        f"{result['teachers_file']!r}, --filter {result['filter']}, --samples {result['samples']}: "
+        f"{result['requests_per_mistake']:g} requests per mistake",
         f"input tokens per request (mean of {result['sample']} built prompts): {inputs} "
         "(+ the rationale reviewed)",
         f"output tokens per request: {measured}",
@@ -301,7 +340,22 @@ def table(result: dict[str, Any], stats_path: Path) -> str:
                  f"{'':>11} {duration(t['hours']):>8}")
     lines.append("(time: the rate limits' floor, set by the slowest teacher; batch $: with the feedback and "
                  "rationales of batch_api teachers at the Batch API's half price)")
-    return "\n".join(lines)
+    return "\n".join(lines + filter_table(result))
+
+
+def filter_table(result: dict[str, Any]) -> list[str]:
+    """Every filter's totals side by side (fair/recipes.py): what the review requests cost, and what they save."""
+    gold = "measured in committee_stats.json" if result["gold_rate_source"] == "committee_stats" else \
+        "none measured, so every rationale is assumed to pass: an upper bound"
+    header = (f"{'--filter':<12} {'req/mistake':>11} {'requests':>11} {'input tok':>14} {'output tok':>14} "
+              f"{'cost $':>11} {'batch $':>11} {'time':>8}")
+    lines = ["", f"by filter, {result['samples']} rationale(s) per teacher and mistake (gold+review reviews the "
+             f"rationales that pass the gold check: {gold}):", header, "-" * len(header)]
+    for name, t in result["filters"].items():
+        lines.append(f"{name:<12} {t['requests_per_mistake']:>11.1f} {t['requests']:>11,.0f} {t['input_tokens']:>14,.0f} "
+                     f"{t['output_tokens']:>14,.0f} {t['cost_usd']:>11,.2f} {t['batch_cost_usd']:>11,.2f} "
+                     f"{duration(t['hours']):>8}")
+    return lines
 
 
 def duration(hours: float) -> str:

@@ -1,5 +1,13 @@
-"""One mistake through the committee (gen/committee/run.py streams many): every teacher's feedback and rationale
-at once, each rationale's peer reviews as soon as it exists, and the record that gathers them with their usage.
+"""One mistake through the committee (gen/committee/run.py streams many): every teacher's feedback and its
+rationales (one, or `samples` of them) at once, each rationale's gold check and, where the run's filter asks for
+them, its peer reviews as soon as it exists, and the record that gathers them with their usage (per teacher, and on
+each reply: fair/prices.py prices a recipe's data from it).
+
+The filter (fair/recipes.py) decides which rationales are reviewed: all whole ones (review), only those in which
+the task's grader finds the gold answer (gold+review), or none (gold, none: no review request is sent), and
+`accepted` records whether a rationale qualifies under it. The k-th sample of a teacher (k >= 2) is the same
+prompt asked with sample salt k - 1 (a distinct cache key, and the provider's `seed` where it has one), keyed
+"<teacher>#<k>"; the first is the request a one-sample run sends, so its cache entries serve both.
 
 Replies the provider billed but that are not whole answers are kept as such (Reply): a refusal (text None,
 `refused` the reason) and a reply cut off at max_tokens (`truncated`, text kept); neither rationale is reviewed
@@ -16,7 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fair.paper import accept
-from fair.records import Messages, StudentAnswer, usable_text
+from fair.prices import USAGE_FIELDS
+from fair.recipes import Filter, finds_gold, gold_checks, qualifies, reviews
+from fair.records import Messages, StudentAnswer, sample_key, usable_text
 from fair.tasks import Task
 from gen.committee.prompts import PROMPT_VERSION, PromptSet
 from gen.committee.review import parse_review_score
@@ -35,6 +45,8 @@ class Context:
     clients: dict[str, TeacherClient]
     teachers: dict[str, Teacher]
     threshold: float
+    filter: Filter = "review"
+    samples: int = 1  # rationales per teacher and mistake
     errors: int = 0
 
 
@@ -51,7 +63,8 @@ class Reply:
     refused: str | None = None  # the provider's reason ("SAFETY", "content_filter", "refusal")
 
     def entry(self) -> dict[str, Any]:
-        return {"text": self.text, "error": self.error, "truncated": self.truncated, "refused": self.refused}
+        return {"text": self.text, "error": self.error, "truncated": self.truncated, "refused": self.refused,
+                "usage": {**{k: getattr(self.usage, k) for k in USAGE_FIELDS}, "batch": self.batch}}
 
     @property
     def usable(self) -> bool:
@@ -67,8 +80,9 @@ class OutOfQuota(Exception):
         super().__init__(f"teacher {teacher}: the account is out of quota ({reason})")
 
 
-async def ask(ctx: Context, teacher: Teacher, messages: Messages) -> Reply:
-    request = ChatRequest.for_teacher(teacher, messages)  # as gen/teachers/batch.py builds it: the same cache key
+async def ask(ctx: Context, teacher: Teacher, messages: Messages, sample: int = 0) -> Reply:
+    # As gen/committee/prompts.py's drafts build it for the Batch API: the same cache key.
+    request = ChatRequest.for_teacher(teacher, messages, sample)
     try:
         response = await ctx.clients[teacher.name].complete(request)
     except QuotaExhausted as e:
@@ -96,32 +110,35 @@ async def gather_all(*jobs: Coroutine[Any, Any, T]) -> list[T]:
         raise
 
 
-async def rationale_with_reviews(ctx: Context, answer: StudentAnswer, author: Teacher) -> tuple[dict, list[Reply]]:
-    rationale = await ask(ctx, author, ctx.prompts.rationale(ctx.task, answer))
-    record: dict[str, Any] = {**rationale.entry(), "reviews": {}}
+async def rationale_with_reviews(ctx: Context, answer: StudentAnswer, author: Teacher,
+                                 k: int = 1) -> tuple[dict, list[Reply]]:
+    """The author's k-th rationale, its gold check, and the reviews the run's filter asks for."""
+    rationale = await ask(ctx, author, ctx.prompts.rationale(ctx.task, answer), sample=k - 1)
+    gold = rationale.usable and finds_gold(ctx.task, answer, rationale.text)
+    record: dict[str, Any] = {**rationale.entry(), "gold": gold, "reviews": {}}
     replies = [rationale]
-    if rationale.usable:  # a failed, refused or cut-off rationale is never sent for review: no score could count
+    # A failed, refused or cut-off rationale is never sent for review (no score could count), nor, under
+    # gold+review, one that fails the free gold check (it could not qualify whatever the peers say).
+    if rationale.usable and reviews(ctx.filter) and (gold or not gold_checks(ctx.filter)):
         reviewers = [t for name, t in ctx.teachers.items() if name != author.name]
-        reviews = await gather_all(
+        verdicts = await gather_all(
             *(ask(ctx, r, ctx.prompts.review(ctx.task, answer, rationale.text)) for r in reviewers)
         )
-        for reviewer, review in zip(reviewers, reviews, strict=True):
+        for reviewer, review in zip(reviewers, verdicts, strict=True):
             score = parse_review_score(review.text) if review.usable else None  # a cut-off verdict is no verdict
             entry = review.entry()
             record["reviews"][reviewer.name] = {"score": score, "reply": entry.pop("text"), **entry}
             replies.append(review)
-    mean, accepted = accept([r["score"] for r in record["reviews"].values()], ctx.threshold)
-    record |= {"mean_score": mean, "accepted": accepted}
+    mean, peers_accept = accept([r["score"] for r in record["reviews"].values()], ctx.threshold)
+    record |= {"mean_score": mean, "accepted": rationale.usable and qualifies(ctx.filter, gold, peers_accept)}
     return record, replies
-
-
-USAGE_FIELDS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens")
 
 
 async def process(ctx: Context, answer: StudentAnswer) -> dict[str, Any]:
     names = list(ctx.teachers)
+    authors = [(n, k) for n in names for k in range(1, ctx.samples + 1)]  # each teacher's samples, in order
     feedback_jobs = [ask(ctx, ctx.teachers[n], ctx.prompts.feedback(ctx.task, answer)) for n in names]
-    rationale_jobs = [rationale_with_reviews(ctx, answer, ctx.teachers[n]) for n in names]
+    rationale_jobs = [rationale_with_reviews(ctx, answer, ctx.teachers[n], k) for n, k in authors]
     results = await gather_all(*feedback_jobs, *rationale_jobs)
     feedbacks, rationales = results[: len(names)], results[len(names) :]
     usage: dict[str, dict[str, Any]] = {n: dict.fromkeys(USAGE_FIELDS, 0) | {"cost": 0.0} for n in names}
@@ -133,17 +150,18 @@ async def process(ctx: Context, answer: StudentAnswer) -> dict[str, Any]:
 
     for name, feedback in zip(names, feedbacks, strict=True):
         charge(name, feedback)
-    for name, (_, replies) in zip(names, rationales, strict=True):
+    for (name, _), (record, replies) in zip(authors, rationales, strict=True):
         charge(name, replies[0])
-        reviewers = [n for n in names if n != name]
-        for reviewer, reply in zip(reviewers, replies[1:], strict=False):
+        for reviewer, reply in zip(record["reviews"], replies[1:], strict=True):
             charge(reviewer, reply)
     return {
         "id": answer.id,
         "mistake": answer.to_json(),
         "feedback": {n: f.entry() for n, f in zip(names, feedbacks, strict=True)},
-        "rationales": {n: r for n, (r, _) in zip(names, rationales, strict=True)},
+        "rationales": {sample_key(n, k): r for (n, k), (r, _) in zip(authors, rationales, strict=True)},
         "usage": usage,
         "prompts": f"{ctx.prompts_name}-v{PROMPT_VERSION}",
         "threshold": ctx.threshold,
+        "filter": ctx.filter,
+        "samples": ctx.samples,
     }

@@ -80,11 +80,14 @@ PROMPT_SETS = {
 }
 
 
-def drafts(answers: Iterable[StudentAnswer], task: Task, prompts: PromptSet,
-           teachers: list[Teacher]) -> Iterator[tuple[Teacher, ChatRequest]]:
-    """The requests that need no other teacher's reply (what goes to the Batch API first): each teacher's feedback and rationale per mistake, built
-    as run.py builds them (ChatRequest.for_teacher of the same prompts), hence the same cache keys."""
+def drafts(answers: Iterable[StudentAnswer], task: Task, prompts: PromptSet, teachers: list[Teacher],
+           samples: int = 1) -> Iterator[tuple[Teacher, ChatRequest]]:
+    """The requests that need no other teacher's reply (what goes to the Batch API first): each teacher's feedback
+    and rationales (`samples` of them) per mistake, built as gen/committee/mistake.py builds them
+    (ChatRequest.for_teacher of the same prompts and sample salts), hence the same cache keys."""
     for answer in answers:
         for teacher in teachers:
-            for messages in (prompts.feedback(task, answer), prompts.rationale(task, answer)):
-                yield teacher, ChatRequest.for_teacher(teacher, messages)
+            yield teacher, ChatRequest.for_teacher(teacher, prompts.feedback(task, answer))
+            rationale = prompts.rationale(task, answer)
+            for sample in range(samples):
+                yield teacher, ChatRequest.for_teacher(teacher, rationale, sample)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fair.jsonl import read_jsonl, unique_ids, write_json
-from fair.records import committee_replies
+from fair.records import committee_replies, teacher_of
 from gen.teachers.config import Teacher
 
 if TYPE_CHECKING:
@@ -25,15 +25,15 @@ KINDS = ("feedback", "rationale", "review")
 
 
 def new_outcome() -> dict[str, Any]:
-    return {"written": 0, "accepted": 0, "failed": 0, "score_sum": 0, "scores": 0,
+    return {"written": 0, "accepted": 0, "gold": 0, "failed": 0, "score_sum": 0, "scores": 0,
             "refused": {}, "truncated": dict.fromkeys(KINDS, 0)}
 
 
 def review_outcomes(path: Path) -> dict[str, dict[str, Any]]:
     """Per teacher, over every record so far: rationales written (cut-off ones included: written, never
-    accepted), accepted and failed (an error or a refusal); the sum and count of the scores their peers gave
-    them; every reply it refused, by the provider's reason; and its replies cut off, by kind. Counters, not
-    lists: the file may hold a million records."""
+    accepted; every sample counts), accepted (under the run's filter), passing the gold check, and failed (an
+    error or a refusal); the sum and count of the scores their peers gave them; every reply it refused, by the
+    provider's reason; and its replies cut off, by kind. Counters, not lists: the file may hold a million records."""
     outcome: dict[str, dict[str, Any]] = {}
     if path.exists():
         for record in unique_ids(read_jsonl(path)):
@@ -42,13 +42,14 @@ def review_outcomes(path: Path) -> dict[str, dict[str, Any]]:
                 if (reason := entry.get("refused")) is not None:
                     entry_outcome["refused"][reason] = entry_outcome["refused"].get(reason, 0) + 1
                 entry_outcome["truncated"][kind] += bool(entry.get("truncated"))
-            for author, rationale in record["rationales"].items():
-                entry = outcome[author]
+            for key, rationale in record["rationales"].items():
+                entry = outcome[teacher_of(key)]
                 if rationale["text"] is None:
                     entry["failed"] += 1
                     continue
                 entry["written"] += 1
                 entry["accepted"] += bool(rationale["accepted"])
+                entry["gold"] += bool(rationale.get("gold"))
                 scores = [r["score"] for r in rationale["reviews"].values() if r["score"] is not None]
                 entry["score_sum"] += sum(scores)
                 entry["scores"] += len(scores)
@@ -58,21 +59,22 @@ def review_outcomes(path: Path) -> dict[str, dict[str, Any]]:
 def teacher_table(teachers: list[Teacher], stats: dict[str, Any], outcomes: dict[str, dict[str, Any]]) -> str:
     header = (f"{'teacher':<12} {'sent':>6} {'cached':>6} {'batch':>6} {'failed':>6} {'refused':>7} {'cut off':>7} "
               f"{'retries':>7} {'429s':>5} {'tokens in':>10} {'cached in':>10} {'tokens out':>10} {'cost $':>9} "
-              f"{'accepted':>9} {'mean score':>10}")
+              f"{'accepted':>9} {'gold':>5} {'mean score':>10}")
     lines = [header, "-" * len(header)]
     for teacher in teachers:
         s, o = stats[teacher.name], outcomes.get(teacher.name, new_outcome())
         rate = f"{o['accepted'] / o['written']:.0%}" if o["written"] else "-"
+        gold = f"{o['gold'] / o['written']:.0%}" if o["written"] else "-"
         mean = f"{o['score_sum'] / o['scores']:.2f}" if o["scores"] else "-"
         lines.append(
             f"{teacher.name:<12} {s.requests:>6} {s.cache_hits:>6} {s.batched:>6} {s.failures:>6} {s.refused:>7} "
             f"{s.truncated:>7} {s.retries:>7} {s.rate_limited:>5} {s.input_tokens:>10} {s.cached_input_tokens:>10} "
-            f"{s.output_tokens:>10} {s.cost:>9.4f} {rate:>9} {mean:>10}"
+            f"{s.output_tokens:>10} {s.cost:>9.4f} {rate:>9} {gold:>5} {mean:>10}"
         )
     lines.append("(sent, cached (replies from our cache), batch (Batch API replies, then read from the cache), failed, "
                  "refused, cut off (at max_tokens), tokens and cost: this run; cached in: input tokens the provider "
-                 "read from its prompt cache, priced at price_cached_input; accepted and mean score: every record "
-                 "so far)")
+                 "read from its prompt cache, priced at price_cached_input; accepted (under the run's filter), gold "
+                 "(the grader finds the gold answer) and mean score: every rationale so far)")
     lines += [line for teacher in teachers if (line := reply_flags(teacher.name, outcomes.get(teacher.name)))]
     return "\n".join(lines)
 
@@ -96,10 +98,12 @@ def progress_line(clients: dict[str, TeacherClient], seconds: float, errors: int
 
 
 def write_stats(out_path: Path, result: dict[str, Any]) -> None:
-    """committee_stats.json beside the output (committee.jsonl at out_path): this run's counts per teacher (`fair estimate` reads them), why the
-    run stopped early (null when it did not), and per teacher the outcomes of every record so far."""
+    """committee_stats.json beside the output (committee.jsonl at out_path): the run's filter and samples, this
+    run's counts per teacher (`fair estimate` reads them), why the run stopped early (null when it did not), and
+    per teacher the outcomes of every record so far."""
     write_json(out_path.with_name("committee_stats.json"), {
-        "written": result["written"], "skipped": result["skipped"], "seconds": round(result["seconds"], 2),
+        "filter": result["filter"], "samples": result["samples"], "written": result["written"],
+        "skipped": result["skipped"], "seconds": round(result["seconds"], 2),
         "repeated_after_kill": result["repeated_after_kill"], "cache_commits": result["cache_commits"],
         "stopped": result["stopped"], "budget": result["budget"],
         "batch": dataclasses.asdict(result["batch"]) if result["batch"] else None,
@@ -113,5 +117,6 @@ def print_summary(out_path: Path, teachers: list[Teacher], result: dict[str, Any
         print(f"\nBatch API: {batch.answered} replies from {batch.batches} batch(es) in {batch.seconds:.1f}s; "
               f"{batch.fell_back} left to the live path")
     print(f"\n{result['written']} mistakes done this run ({result['skipped']} already done) in "
-          f"{result['seconds']:.1f}s -> {out_path}")
+          f"{result['seconds']:.1f}s, filter {result['filter']}, {result['samples']} rationale(s) per teacher "
+          f"-> {out_path}")
     print(teacher_table(teachers, result["stats"], result["outcomes"]))

@@ -1,7 +1,9 @@
 """Stage 2, ask the committee: every teacher writes feedback and a rationale for each mistake, and every
-rationale is peer-reviewed by the other teachers.
+rationale is peer-reviewed by the other teachers (the paper's recipe: `--filter review`, the default).
 
     fair committee --task svamp --teachers offline --base-url http://127.0.0.1:8765
+    fair committee --task svamp --filter gold          # keep rationales the grader finds correct: no review requests
+    fair committee --task svamp --filter gold --samples 4   # four rationales per teacher and mistake
     fair committee --task svamp --server http://127.0.0.1:8765   # as a job of `fair serve` (serve/)
     fair committee --task gsm8k --teachers default --window 128
     fair committee --task gsm8k --teachers default --batch-api   # OpenAI's Batch API first: half price, slower
@@ -16,6 +18,14 @@ skips finished ids and gets every cached response for free, so after a kill only
 that moment are sent again; the rerun says how many. Memory stays flat whatever the corpus: the window,
 the set of finished ids (tens of bytes each) and counters (make bench-scale measures it). One run per
 folder: a second `fair committee` on a folder in use fails at once, naming the first one's pid (fair/lock.py).
+
+Recipes (fair/recipes.py): --filter says which rationales qualify (`accepted`): review (the peers accept it),
+gold (the task's grader finds the gold answer: no review request is sent, 2T requests a mistake instead of
+T(T + 1)), gold+review (only rationales that pass the gold check are reviewed: fewer review requests) or none.
+Every rationale's gold check is recorded (`gold`). --samples K asks each teacher for K rationales a mistake,
+each seeded apart (gen/committee/mistake.py), at the temperature of the teacher's YAML: at 0 they may coincide,
+and the run says so. A folder keeps one filter: resuming with another is refused (its records would mean two
+things by `accepted`).
 
 Budget: with max_cost_usd, no request is sent that could take what this folder's cache has spent past it
 (gen/teachers/budget.py); the run then stops cleanly, writes what finished and says how many mistakes remain,
@@ -38,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -52,6 +62,7 @@ from fair.jsonl import JsonlAppender, read_jsonl, unique_ids
 from fair.lock import folder_lock
 from fair.models import DEFAULT_STUDENT
 from fair.progress import Progress
+from fair.recipes import Filter, check_filter, recorded_filter
 from fair.records import StudentAnswer
 from fair.student import run_dir
 from fair.tasks import get_task
@@ -77,6 +88,8 @@ class CommitteeConfig(Validated):
     teachers: str = "default"  # a committee in configs/teachers/ or a YAML path
     base_url: str | None = None  # send every teacher to this server (e.g. the offline committee)
     prompts: Literal["fair", "paper"] = "fair"  # ours (gen/committee/prompts.py), or the paper's for parity
+    filter: Filter = "review"  # which rationales qualify: review (peers; the paper's) | gold (no reviews) | gold+review | none
+    samples: int = 1  # rationales per teacher and mistake, each its own seeded sample (reviewed and checked alone)
     threshold: float = 3.0  # a rationale is accepted when its mean valid review score is above this
     window: int = 64  # mistakes in flight at once; bounds memory and what a kill can repeat
     limit: int | None = None  # first N mistakes; None for all
@@ -92,11 +105,15 @@ class CommitteeConfig(Validated):
 
     def validate(self) -> None:
         get_task(self.task)
+        check_filter(self.filter)
         if not 1 <= self.threshold <= 5:
             raise FairError(f"threshold must be within the 1-5 score range, got {self.threshold}")
-        at_least(self, 1, "window", "limit")
+        at_least(self, 1, "window", "limit", "samples")
         if self.server and (self.base_url or self.batch_api):
             raise FairError("with server, the server's committee answers: base_url and batch_api are its own")
+        if self.server and (self.filter != "review" or self.samples != 1):  # a job's spec has neither yet
+            raise FairError(f"with server, jobs run the paper's recipe: filter review and samples 1, got filter "
+                            f"{self.filter} and samples {self.samples}")
         if self.priority <= 0:
             raise FairError(f"priority must be positive, got {self.priority}")
         if self.max_cost_usd is not None and (self.max_cost_usd <= 0 or self.batch_api):
@@ -168,8 +185,15 @@ def count_mistakes(config: CommitteeConfig) -> int:
     return distinct if config.limit is None else min(distinct, config.limit)
 
 
-def finished_ids(path: Path) -> set[str]:
-    return {r["id"] for r in read_jsonl(path)} if path.exists() else set()
+def finished_ids(path: Path, filter: Filter | None = None) -> set[str]:
+    """The ids already in the output; with `filter`, FairError if a record there ran under another one."""
+    done = set()
+    for i, record in enumerate(read_jsonl(path) if path.exists() else ()):
+        if filter is not None and recorded_filter(record) != filter:
+            raise FairError(f"{path} record {i}: written with --filter {recorded_filter(record)}, not {filter}: "
+                            f"one folder holds one filter; use another --out (the cache answers again for free)")
+        done.add(record["id"])
+    return done
 
 
 async def run_committee(config: CommitteeConfig, teachers: list[Teacher], hooks: Hooks | None = None) -> dict[str, Any]:
@@ -183,7 +207,7 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
     """RunStopped (with the result) when a teacher is out of quota or the budget is reached: what finished is
     written, the rest is cancelled once nothing is in flight (their replies are cached) and a rerun resumes."""
     task = get_task(config.task)
-    done = finished_ids(config.out_path)
+    done = finished_ids(config.out_path, config.filter)
     mistakes = pending_mistakes(config, done)
     cache = ResponseCache(config.cache_path)
     repeated = cache.abandoned_inflight()
@@ -200,14 +224,14 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
                 for t in teachers}
             hooks.started(repeated, clients)
             ctx = Context(task, config.prompts, PROMPT_SETS[config.prompts], clients,
-                          {t.name: t for t in teachers}, config.threshold)
+                          {t.name: t for t in teachers}, config.threshold, config.filter, config.samples)
             batch = None
             if config.batch_api:  # fills the cache; the streaming run below then sends only what it still lacks
                 batched = [t for t in teachers if t.batch_api]
                 stats = {t.name: clients[t.name].stats for t in batched}
                 batch = await BatchRun(batched, cache, http, stats, config.batch_poll_s,
                                        deadline_s=config.batch_deadline_s, budget=budget).run(
-                    drafts(pending_mistakes(config, done), task, ctx.prompts, batched))
+                    drafts(pending_mistakes(config, done), task, ctx.prompts, batched, config.samples))
             bar = Progress(f"committee {task.name}", total, unit="mistakes", initial=len(done),
                            enabled=config.progress)
             started, written = time.perf_counter(), 0
@@ -227,14 +251,14 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
                 hooks.written(clients, written)
 
             try:
-                stopped = await until_stopped(
-                    stream_window(lambda answer: process(ctx, answer), mistakes, config.window, write), budget, total)
+                window = stream_window(lambda a: process(ctx, a), mistakes, config.window, write, lambda: drain(budget))
+                stopped = await until_stopped(window, budget, total)
             finally:
                 bar.close()
     result = {"written": written, "skipped": len(done), "total": total, "repeated_after_kill": repeated,
-              "seconds": time.perf_counter() - started, "cache_commits": cache.commits,
-              "stats": {n: c.stats for n, c in clients.items()}, "batch": batch, "stopped": stopped,
-              "budget": budget_stats(budget), "outcomes": review_outcomes(config.out_path)}
+              "seconds": time.perf_counter() - started, "cache_commits": cache.commits, "batch": batch,
+              "stats": {n: c.stats for n, c in clients.items()}, "stopped": stopped, "budget": budget_stats(budget),
+              "outcomes": review_outcomes(config.out_path), "filter": config.filter, "samples": config.samples}
     if stopped:
         result["stopped"] = stopped.format(remaining=max(total - len(done) - written, 0))
         raise RunStopped(result["stopped"], result)
@@ -253,15 +277,24 @@ async def until_stopped(run: Coroutine[Any, Any, None], budget: CostBudget, tota
     return None
 
 
+async def drain(budget: CostBudget) -> None:
+    """Send nothing more, and return once every request in flight has its reply (in the cache)."""
+    budget.halt()
+    await budget.drained()
+
+
 def budget_stats(budget: CostBudget) -> dict[str, Any]:
     return {"max_cost_usd": budget.limit_usd, "spent_usd": round(budget.total_usd, 6),
             "spent_this_run_usd": round(budget.spent_usd, 6), "reached": budget.exhausted is not None}
 
 
 async def stream_window(work: Callable[[T], Coroutine[Any, Any, Any]], items: Iterator[T], window: int,
-                        write: Callable[[set[asyncio.Task]], None]) -> None:
+                        write: Callable[[set[asyncio.Task]], None],
+                        drain: Callable[[], Awaitable[None]] | None = None) -> None:
     """`work` on each item, at most `window` at once; `write` gets each group that finishes. When anything fails
     (or on Ctrl-C), the rest are cancelled and awaited, so that none is left running or unread for asyncio's log.
+    On a failure (a full disk), not Ctrl-C, `drain` runs first: the committee's stops sending and waits for the
+    requests in flight, which are paid for, to land in the cache, so that a rerun does not pay for them again.
     (Also `fair serve`'s batches, one request a line.)"""
     in_flight: set[asyncio.Task] = set()
     try:
@@ -273,7 +306,9 @@ async def stream_window(work: Callable[[T], Coroutine[Any, Any, Any]], items: It
         while in_flight:
             finished, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
             write(finished)
-    except BaseException:
+    except BaseException as e:
+        if drain is not None and isinstance(e, Exception):
+            await drain()
         for task in in_flight:
             task.cancel()
         await asyncio.gather(*in_flight, return_exceptions=True)
@@ -286,6 +321,10 @@ def committee(config: CommitteeConfig) -> dict[str, Any]:
     if config.batch_api and not any(t.batch_api for t in teachers):
         raise FairError(f"batch_api: no teacher of committee {config.teachers!r} has batch_api: true (an OpenAI "
                         f"endpoint that serves the Batch API)")
+    if config.samples > 1 and (same := [t.name for t in teachers if t.temperature == 0]):
+        print(f"warning: teacher(s) {', '.join(same)} sample at temperature 0: their {config.samples} samples may "
+              f"coincide (seeds change little at 0, and Anthropic's API takes none); set a temperature in the "
+              f"teachers' YAML")
     if missing := missing_keys(teachers):
         raise FairError(f"committee {config.teachers!r} needs the environment variable(s) {', '.join(missing)}; "
                         f"set them, or use the offline simulator: make gen TEACHERS=offline")

@@ -15,6 +15,9 @@ was most of the cache's cost per request (make bench-scale times it at 1M rows: 
     kill still has its committed in-flight row, so it is counted like any request in flight.
 SQLite runs in WAL mode with synchronous=NORMAL: every commit survives a process kill (only a power cut can
 lose the last few).
+A commit that fails (a full disk) refuses the marks it held, so those requests are not sent, and keeps its replies
+and the ledger's total pending for the next commit: nothing paid is dropped, and once space returns the cache
+works again without a restart.
 
 The key covers provider, endpoint, model, every message (system prompt included), temperature, top_p,
 max_tokens and the sample salt. The endpoint is the base URL's host and path, so that a mock's or a proxy's
@@ -40,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import ipaddress
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -49,7 +52,11 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from fair.wire.listen import is_loopback
 from gen.teachers.providers import ChatRequest, ChatResponse
+
+log = logging.getLogger("gen.teachers.cache")
+RETRY_S = 2.0  # after a failed timer commit (a full disk), what it held is tried again this much later
 
 if TYPE_CHECKING:
     from gen.teachers.config import Teacher
@@ -105,13 +112,6 @@ def endpoint(url: str) -> str:
     return f"{host}{port}{parts.path.rstrip('/')}"
 
 
-def is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class ResponseCache:
     """One connection, used from one event loop's thread (or from plain code: then every write commits)."""
 
@@ -141,7 +141,6 @@ class ResponseCache:
         self._finished: list[str] = []
         self._spent: float | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._failed: sqlite3.Error | None = None  # a commit the event loop's timer ran failed (disk full)
         self.commits = 0  # transactions so far: the benchmarks report commits per request
 
     def abandoned_inflight(self) -> int:
@@ -175,8 +174,6 @@ class ResponseCache:
 
     async def _committed(self) -> None:
         """Join the next group commit, which runs as soon as the loop is free, and return once it is done."""
-        if self._failed is not None:  # the cache can no longer record what is sent: send nothing more
-            raise self._failed
         waiter = asyncio.get_running_loop().create_future()
         self._waiting.append(waiter)
         self._flush_in(0.0)
@@ -222,6 +219,7 @@ class ResponseCache:
                     self.db.execute("INSERT OR REPLACE INTO spending VALUES (0, ?)", (spent,))
             self.commits += 1
         except sqlite3.Error as e:
+            self._keep(replies, finished, spent)
             for waiter in waiting:
                 if not waiter.done():
                     waiter.set_exception(e)
@@ -229,6 +227,15 @@ class ResponseCache:
         for waiter in waiting:
             if not waiter.done():  # a cancelled request is simply not sent
                 waiter.set_result(None)
+
+    def _keep(self, replies: dict[str, tuple[str, ChatResponse, float]], finished: list[str],
+              spent: float | None) -> None:
+        """A commit failed: what it held stays pending for the next one (newer entries win), except the in-flight
+        marks, whose requests are refused with the error and never sent."""
+        self._replies = replies | self._replies
+        self._finished = finished + self._finished
+        if self._spent is None:
+            self._spent = spent
 
     def _flush_in(self, delay: float) -> None:
         """Commit within `delay` seconds: at once outside an event loop, else in a callback of the loop."""
@@ -243,12 +250,16 @@ class ResponseCache:
             self._timer = loop.call_later(delay, self._flush_from_timer)
 
     def _flush_from_timer(self) -> None:
-        """The timer's commit: a failure (disk full) reaches the requests waiting on it and every later
-        mark_inflight, which stop the run with it, rather than asyncio's log of a callback's traceback."""
+        """The timer's commit: a failure (disk full) reaches the requests waiting on it, which stop a committee
+        run with it, rather than asyncio's log of a callback's traceback. What it held is kept and tried again
+        RETRY_S later and at every later commit, so a long-lived process (the proxy of `fair serve`) works again
+        once space returns, and no reply that was paid for is lost meanwhile."""
         try:
             self.flush()
         except sqlite3.Error as e:
-            self._failed = e
+            # INFO: the requests waiting on it carry the error (`fair committee` stops with its one line).
+            log.info("%s: a commit failed (%s); kept in memory, tried again in %.0f s", self.path.name, e, RETRY_S)
+            self._flush_in(RETRY_S)
 
     def inflight(self) -> int:
         """Requests sent and not yet answered or given up on."""
@@ -267,8 +278,12 @@ class ResponseCache:
         return self.db.execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone() is not None
 
     def close(self) -> None:
-        self.flush()
-        self.db.close()
+        try:
+            self.flush()
+        finally:  # still full: what was pending is lost with the process, its in-flight rows say so at the next start
+            if self._timer is not None:
+                self._timer.cancel()
+            self.db.close()
 
     def __enter__(self) -> ResponseCache:
         return self

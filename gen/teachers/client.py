@@ -288,20 +288,27 @@ class TeacherClient:
         return response
 
     async def _admit(self, gate: Gate, estimate: int) -> None:
-        """A concurrency slot, then the limits (returns holding the slot). With an admission, whose request takes
-        the next slot and the next place in the limits is its choice (fair shares between a server's jobs)."""
+        """A concurrency slot and a place in the request limits, then the tokens (returns holding the slot). With an
+        admission, whose request takes the next slot and place is its choice (fair shares between a server's
+        jobs); the tokens are waited for after the turn, so a request waiting up to a minute for them keeps no
+        other request of the gate waiting behind it."""
         async with self.admission.turn(gate) if self.admission else contextlib.nullcontext():
             await gate.slots.acquire()
             try:
-                await self._reserve(gate, estimate)
+                placed = await self._place(gate)
             except BaseException:
                 gate.slots.release()
                 raise
+        try:
+            await self._take_tokens(gate, estimate, placed)
+        except BaseException:
+            gate.slots.release()
+            raise
 
     # -- limits ------------------------------------------------------------------------------------------
 
-    async def _reserve(self, gate: Gate, estimate: int) -> None:
-        """Take a request token, a place in the last minute's quota, and the token estimate net of the balance."""
+    async def _place(self, gate: Gate) -> float:
+        """Take a request token and a place in the last minute's quota; returns the place's time."""
         await gate.requests.acquire()
         loop = asyncio.get_running_loop()
         while True:
@@ -311,13 +318,23 @@ class TeacherClient:
             cap = gate.rpm if now >= gate.slow_until else max(1, int(gate.rpm * SLOW_FACTOR))
             if len(gate.sent) < cap:
                 gate.sent.append(now)  # no await since the check: no other request can slip in between
-                break
+                return now
             await asyncio.sleep(gate.sent[len(gate.sent) - cap] + WINDOW_S - now)
+
+    async def _take_tokens(self, gate: Gate, estimate: int, placed: float) -> None:
+        """The token estimate net of the balance. A request that had to wait for it moves its place in the last
+        minute's quota to now, when it is sent, so that the window does not let it out a wait too early."""
         want = estimate - gate.token_balance
         charge = min(max(want, 0.0), gate.tokens.max_rate)  # the bucket cannot take more than it holds
         gate.token_balance = charge - want  # what is left: credit (want < 0) or debt (want > capacity)
-        if charge:
-            await gate.tokens.acquire(charge)
+        if not charge:
+            return
+        waits = not gate.tokens.has_capacity(charge)
+        await gate.tokens.acquire(charge)
+        if waits:
+            with contextlib.suppress(ValueError):  # already out of the window: nothing to move
+                gate.sent.remove(placed)
+            gate.sent.append(asyncio.get_running_loop().time())
 
     def _settle(self, gate: Gate, estimate: int, usage: Usage | None) -> float:
         """Give the gate back what an attempt did not use, and bill what it did; returns the cost billed. usage None:

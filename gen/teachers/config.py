@@ -24,24 +24,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from fair.config import CONFIGS_DIR, Validated, load_yaml, make_config
+from fair.config import Validated, load_yaml, make_config
 from fair.errors import FairError
+from fair.prices import TEACHERS_DIR, Usage, bill, committee_path
+from fair.records import SAMPLE_MARK
 from gen.teachers.keys import read_key
-
-
-@dataclass(frozen=True)
-class Usage:
-    """What the provider bills for one reply (the transport reads it off each reply; `Teacher.cost` prices it)."""
-
-    input_tokens: int = 0  # every prompt token, cached reads and cache writes included
-    output_tokens: int = 0  # visible + thinking/reasoning tokens
-    cached_input_tokens: int = 0  # of input_tokens: read from the provider's prompt cache (cheaper rate)
-    cache_write_tokens: int = 0  # of input_tokens: written to the prompt cache (Anthropic; dearer rate)
-
 
 Provider = Literal["openai", "gemini", "anthropic"]
 DEFAULT_BASE_URLS = {
@@ -49,8 +39,7 @@ DEFAULT_BASE_URLS = {
     "gemini": "https://generativelanguage.googleapis.com/v1beta",
     "anthropic": "https://api.anthropic.com/v1",
 }
-CONFIG_DIR = CONFIGS_DIR / "teachers"
-BATCH_PRICE = 0.5  # OpenAI's Batch API bills input and output tokens at half the synchronous price
+CONFIG_DIR = TEACHERS_DIR
 
 
 @dataclass(frozen=True)
@@ -83,6 +72,8 @@ class Teacher(Validated):
     batch_api: bool = False  # the endpoint serves OpenAI's Batch API: `fair committee --batch-api` may use it
 
     def validate(self) -> None:
+        if not self.name or SAMPLE_MARK in self.name:  # "<teacher>#<k>" keys a later sample's rationale
+            raise FairError(f"teacher {self.name!r}: a name must be non-empty and without {SAMPLE_MARK!r}")
         for name in ("rpm", "tpm", "max_concurrency", "max_tokens"):
             if getattr(self, name) < 1:
                 raise FairError(f"teacher {self.name!r}: {name} must be at least 1")
@@ -129,21 +120,8 @@ class Teacher(Validated):
         return (self.max_tokens if max_tokens is None else max_tokens) + (self.thinking_budget or 0)
 
     def cost(self, usage: Usage, batch: bool = False) -> float:
-        """USD for a reply's billed usage: cached reads and cache writes at their own prices, the rest of the input
-        at price_input; halved for the Batch API."""
-        cached, written = usage.cached_input_tokens, usage.cache_write_tokens
-        price_cached = self.price_input if self.price_cached_input is None else self.price_cached_input
-        price_write = self.price_input if self.price_cache_write is None else self.price_cache_write
-        full = ((usage.input_tokens - cached - written) * self.price_input + cached * price_cached
-                + written * price_write + usage.output_tokens * self.price_output) / 1e6
-        return full * BATCH_PRICE if batch else full
-
-
-def committee_path(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        return path
-    return CONFIG_DIR / f"{name_or_path}.yaml"
+        """USD for a reply's billed usage at this teacher's prices (fair/prices.py's `bill`)."""
+        return bill(self, usage, batch)
 
 
 def load_committee(name_or_path: str, base_url_override: str | None = None) -> list[Teacher]:

@@ -114,7 +114,7 @@ class OpenAIProvider(_Provider):
             "temperature": request.temperature,
             "top_p": request.top_p,
             "max_tokens": request.max_tokens,
-        }
+        } | ({"seed": request.sample} if request.sample else {})  # a later sample: seeded (see ChatRequest.sample)
 
     def out_of_quota(self, status: int, data: Any, text: str) -> bool:
         error = lookup(data, "error")
@@ -152,7 +152,7 @@ class GeminiProvider(_Provider):
             "temperature": request.temperature,
             "topP": request.top_p,
             "maxOutputTokens": t.max_output_tokens(request.max_tokens),  # thoughts come out of the same budget
-        }
+        } | ({"seed": request.sample} if request.sample else {})  # a later sample: seeded (see ChatRequest.sample)
         if t.thinking_budget is not None:
             body["generationConfig"]["thinkingConfig"] = {"thinkingBudget": t.thinking_budget}
         headers = {"x-goog-api-key": key} if key else {}  # a header, so the key never lands in a logged URL

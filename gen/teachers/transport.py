@@ -48,7 +48,9 @@ class ChatRequest:
     temperature: float = 0.0
     top_p: float = 1.0
     max_tokens: int = 512
-    sample: int = 0  # salt: a new value asks for a new sample of the same prompt instead of the cached one
+    # Salt: a new value asks for a new sample of the same prompt instead of the cached one. Above 0 it is also sent
+    # as the provider's seed where the API has one (OpenAI, Gemini; Anthropic has none): `fair committee --samples`.
+    sample: int = 0
 
     @classmethod
     def for_teacher(cls, teacher: Teacher, messages: tuple[tuple[str, str], ...], sample: int = 0) -> ChatRequest:
