@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import yaml
 
 from eval.results import mcnemar_exact, paired_bootstrap
 from fair.config import Validated
@@ -34,7 +35,7 @@ class ReportConfig(Validated):
     before: str | None = None  # `fair eval` folder (<out>/<task>-<split>) of the untrained student
     after: str | None = None  # `fair eval` folder of the trained student
     threshold: float = 3.0  # the committee's: a rationale is accepted above this mean review score
-    task: str | None = None  # the run's --task as given to it, for a task file outside configs/tasks/ (the records name it only by its file's name); none: the records' task
+    task: str | None = None  # the run's --task as given to it, for a task file outside configs/tasks/ (the records name it only by its file's name); none: the one gen_dir's committee.yaml names, else the records'
 
     def validate(self) -> None:
         if not 1 <= self.threshold <= 5:
@@ -97,6 +98,17 @@ def record_task(mistake: StudentAnswer, given: str | None, where: str) -> Task:
     if task.name != mistake.task:
         raise FairError(f"{where}: task {mistake.task!r}, but --task {given!r} is {task.name!r}")
     return task
+
+
+def run_task(gen_dir: Path) -> str | None:
+    """The task as the run named it (committee.yaml, as `fair export` reads it), if it loads from this folder: a
+    task file's relative path may not, and then the records' name may find it."""
+    saved = gen_dir / "committee.yaml"
+    named = (yaml.safe_load(saved.read_text()) or {}).get("task") if saved.exists() else None
+    try:
+        return named if named and get_task(named) else None
+    except FairError:
+        return None
 
 
 USAGE_KEYS = ("input_tokens", "cached_input_tokens", "output_tokens", "cost")
@@ -242,7 +254,7 @@ def build_report(gen_dir: Path, train_dir: Path | None, before_dir: Path | None,
     after = load_json(after_dir / "summary.json") if after_dir else None
     log = list(read_jsonl(train_dir / "log.jsonl")) if train_dir and (train_dir / "log.jsonl").exists() else []
     train_summary = load_json(train_dir / "train_summary.json") if train_dir else None
-    reviews = review_numbers(records, threshold, task)
+    reviews = review_numbers(records, threshold, task or run_task(gen_dir))
     plots = plot_all(out, before, after, reviews, log)
     lines = ["# FAIR run report", ""]
     lines += accuracy_section(before, after, before_dir, after_dir, mine_stats)

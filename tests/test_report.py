@@ -82,3 +82,8 @@ def test_a_task_declared_outside_configs_tasks_is_named_by_its_path(tmp_path, mo
     assert "| accepted | 1 | 0 |" in page  # the rationale was graded by the quiz's grader: it reaches the gold
     with pytest.raises(FairError, match="committee record train-0: task 'quiz'.*--task"):
         build_report(gen, None, None, None, tmp_path / "report")
+    (gen / "committee.yaml").write_text("task: quiz.yaml\n")  # what `fair committee` saves: the task as given
+    assert "| accepted | 1 | 0 |" in build_report(gen, None, None, None, tmp_path / "report").read_text()
+    monkeypatch.chdir(gen)  # from another folder its relative path finds nothing: then only --task can
+    with pytest.raises(FairError, match="committee record train-0: task 'quiz'.*--task"):
+        build_report(gen, None, None, None, tmp_path / "report")
