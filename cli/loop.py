@@ -10,13 +10,15 @@ Round r, in <out>/round<r>/ (default out: data/<task>/<student>-loop/):
               questions), its mistakes go to the committee, and the paper's files are written beside
               mistakes.jsonl and committee.jsonl as <student>_<task>_{false,feedback,rationale}_round<r>.json
     2. train  `fair train` (train/train.py) from the round's student on the round's committee.jsonl -> train/final
-    3. eval   `fair eval` of train/final on the test split -> eval/<task>-<split>/
+    3. eval   `fair eval` of train/final on the test split -> eval/<task>-<split>/ (and to the trackers
+              of training's report_to, `--train '{report_to: [tensorboard]}'`, in the round's runs)
     4. report `fair report`'s page of the round, report.md, compared with the round before
 Round 0's student is --student; round r+1's is round r's train/final. The untrained student is evaluated once,
 in <out>/eval-start/, the row the first round is compared with. After every round, <out>/loop.md and loop.json
 (cli/loop_report.py) give per round: the mistakes mined, the committee's replies and cost, the examples trained,
 the test accuracy with its 95% interval, and the change from the round before (paired over the questions).
-A round whose student makes no mistake on the questions mined ends the loop: there is nothing left to teach.
+A round whose student makes no mistake on the questions mined ends the loop: there is nothing left to teach; so
+does one whose committee records give training less than one batch of examples (a rerun ends there again).
 
 Training continues from the merged weights. train/final is a plain model folder (LoRA merged into it:
 train/checkpoint.py), and round r+1 trains on it as on any student: new adapters (or every weight) with a new
@@ -33,6 +35,8 @@ skipped; the one that was cut off resumes as it does alone (mining and the commi
 resumes from its last checkpoint, evaluation answers only what is missing). On a rerun --rounds may grow (the
 loop goes on) and so may --max-cost-usd (a run stopped by its budget goes on), as may the other settings in
 FREE, which change how the work is done, not what it is; a change to any other setting is refused, by name.
+Training's settings (train_config's file, then train) are compared as they resolve with those round 0 trained
+with, by `fair train`'s own rule (train/resume.py): an edited file is refused, a tracker added is not.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ from fair.records import committee_replies
 from fair.rss import release_freed
 from fair.student import run_dir
 from fair.tasks import get_task
+from train.trackers import report_evaluation
 
 # `fair gen`'s settings are the loop's, but for those the loop sets for each round: its student, where it writes,
 # the committee cache all rounds share, and the paper's file names (the first student's name, the round's number).
@@ -79,6 +84,7 @@ TRAIN_SETS = ("task", "student", "committee", "out", "dtype", "data_dir", "paper
 # Settings that change how the work is done, not what it is: a rerun may change them in a loop's folder.
 # (As mining's own check has it, fair/records.py's ANSWER_DEFINING: the engine and its batch size are not in it.)
 FREE = ("rounds", "max_cost_usd", "window", "batch_api", "engine", "batch_size", "offline_latency_ms")
+TRAINING = ("train_config", "train")  # compared as they resolve, with round 0's train.yaml (the docstring)
 
 
 @dataclass
@@ -218,30 +224,48 @@ def run_loop(config: LoopConfig, stages: Stages | None = None) -> dict[str, Any]
         progress.run("start eval", lambda: stages.evaluate(config.eval_config(config.student, start)))
         student, before, stopped = config.student, config.eval_dir(start), None
         for r in range(config.rounds):
-            student = run_round(config, r, student, before, stages, progress)
-            if student is None:
-                stopped = f"round {r}'s student made no mistake on the train questions mined: nothing is left to teach"
+            try:
+                student = run_round(config, r, student, before, stages, progress)
+            except NothingToTeach as e:
+                stopped = str(e)
                 break
             before = config.eval_dir(config.round_dir(r) / "eval")
             write_summary(config, stopped)
         return write_summary(config, stopped)
 
 
-def run_round(config: LoopConfig, r: int, student: str, before: Path, stages: Stages, progress: Progress) -> str | None:
-    """Round r from `student`: its trained model, or None when the student made no mistake to learn from."""
+class NothingToTeach(Exception):
+    """Not an error: a round with nothing to train on ends the loop, so on every rerun; its reason is in loop.md."""
+
+
+def run_round(config: LoopConfig, r: int, student: str, before: Path, stages: Stages, progress: Progress) -> str:
+    """Round r from `student`: its trained model; NothingToTeach when the student made no mistake to learn from,
+    or too few for one batch of training."""
+    from train.train import TooFewExamples  # torch: when a round runs, not when the command line is read
+
     folder = config.round_dir(r)
     progress.run(f"round{r} gen", lambda: stages.generate(config.gen_config(r, student)))
     records = count_records(folder / "committee.jsonl")
     if not records:
-        return None
-    trained = progress.run(f"round{r} train", lambda: {
-        "model": str(stages.train(config.train_settings(r, student))), "student": student, "records": records})
-    model = trained["model"]
-    after = folder / "eval"
-    progress.run(f"round{r} eval", lambda: stages.evaluate(config.eval_config(model, after)))
+        raise NothingToTeach(f"round {r}'s student made no mistake on the train questions mined: nothing is left "
+                             "to teach")
+    try:
+        trained = progress.run(f"round{r} train", lambda: {
+            "model": str(stages.train(config.train_settings(r, student))), "student": student, "records": records})
+    except TooFewExamples as e:
+        raise NothingToTeach(f"round {r}'s training: {e}: too little is left to teach") from None
+    model, after = trained["model"], folder / "eval"
+    progress.run(f"round{r} eval", lambda: evaluate_round(config, r, student, model, after, stages))
     progress.run(f"round{r} report", lambda: stages.report(folder, folder / "train", before, config.eval_dir(after),
-                                                           folder, config.threshold))
+                                                           folder, config.threshold, config.task))
     return model
+
+
+def evaluate_round(config: LoopConfig, r: int, student: str, model: str, out: Path, stages: Stages) -> None:
+    """Round r's trained student on the test split; its accuracy also goes to the trackers its training reported
+    to (train's report_to), in the same runs, at their last step, as `make demo` sends its evaluation."""
+    rows = stages.evaluate(config.eval_config(model, out))
+    report_evaluation(config.train_settings(r, student), rows)
 
 
 def count_records(path: Path) -> int:
@@ -254,7 +278,10 @@ def check_unchanged(config: LoopConfig, saved_path: Path) -> None:
         return
     names = {f.name for f in dataclasses.fields(LoopConfig)}
     saved = make_config(LoopConfig, load_yaml(saved_path, names), source=str(saved_path))
-    changed = [n for n in sorted(names) if n not in FREE and getattr(saved, n) != getattr(config, n)]
+    changed = [n for n in sorted(names) if n not in (*FREE, *TRAINING) and getattr(saved, n) != getattr(config, n)]
+    from train.resume import changed_settings  # torch: not for `fair -h`
+
+    changed += changed_settings(config.train_settings(0, config.student), config.round_dir(0) / "train" / "train.yaml")
     if changed:
         raise FairError(f"{saved_path.parent} holds a loop run with other settings ({', '.join(changed)} changed); "
                         f"rerun with its settings ({saved_path}), use another --out, or delete that folder")

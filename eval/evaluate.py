@@ -73,7 +73,7 @@ def evaluate_locked(config: EvalConfig, engine: Engine | None = None) -> list[di
     rows = []
     for task in tasks:
         out = config.out_dir / f"{task.name}-{config.split}"
-        check_resumable(config, out / "config.yaml")
+        check_resumable(config, out / "config.yaml", task)
         save_config(config, out / "config.yaml")
         done = finished_answers(out / "predictions.jsonl")
         todo = [e for e in datasets[task.name] if e.id not in done]

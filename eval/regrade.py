@@ -1,8 +1,9 @@
 """`fair grade --task T FILE [--json]`: re-grade a predictions file with our graders.
 
 Two formats are read, told apart by their content:
-  - ours: JSON Lines (or a JSON array) of records with `id`, `gold`, `prediction`, and for LogiQA `options`
-    (when a LogiQA record has no `options`, they are looked up by its id, e.g. "validation-12");
+  - ours: JSON Lines (or a JSON array) of records with `id`, `gold`, `prediction`, and for an option task (LogiQA,
+    a declared one) `options`, 2 to 4 of them
+    (when a record has no `options`, they are looked up by its id, e.g. "validation-12");
   - the paper's mistake files: a JSON array of records with `id`, `gold_answer`, `student_wrong_pred`
     (SVAMP "145"; GSM8K a solution ending in "#### N"; StrategyQA "false.\\t<facts>"; LogiQA an option
     index "0"-"3" with the record's `options`).
@@ -22,7 +23,7 @@ import orjson
 
 from fair.config import Validated, build_config, config_parser
 from fair.errors import FairError, main_guard
-from fair.grading import normalise_yes_no
+from fair.grading import LETTERS, normalise_yes_no
 from fair.jsonl import read_jsonl
 from fair.paper import gold_from_paper
 from fair.tasks import Example, Task, get_task
@@ -115,8 +116,8 @@ def grade_file(task_name: str, path: str | Path, data_dir: str | None = None) ->
         if task.answer_type == "option":
             raw = record.get("options")
             options = tuple(raw) if isinstance(raw, list) else lookup.get(record_id, where)
-            if len(options) != 4 or not all(isinstance(o, str) for o in options):
-                raise FairError(f"{where}: field 'options' must be a list of 4 strings")
+            if not 2 <= len(options) <= len(LETTERS) or not all(isinstance(o, str) for o in options):
+                raise FairError(f"{where}: field 'options' must be a list of 2 to {len(LETTERS)} strings")
         try:
             example = Example(id=str(record_id), index=i, split="", question="", gold=gold, options=options)
             grade = task.grade(text, example)

@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 import orjson
+import yaml
 
 from eval.results import mcnemar_exact, paired_bootstrap
 from fair.config import Validated
 from fair.errors import FairError
 from fair.jsonl import read_jsonl, unique_ids
 from fair.records import StudentAnswer, committee_replies, teacher_of
-from fair.tasks import get_task
+from fair.tasks import Task, get_task
 
 
 @dataclass
@@ -34,10 +35,13 @@ class ReportConfig(Validated):
     before: str | None = None  # `fair eval` folder (<out>/<task>-<split>) of the untrained student
     after: str | None = None  # `fair eval` folder of the trained student
     threshold: float = 3.0  # the committee's: a rationale is accepted above this mean review score
+    task: str | None = None  # the run's --task as given to it, for a task file outside configs/tasks/ (the records name it only by its file's name); none: the one gen_dir's committee.yaml names, else the records'
 
     def validate(self) -> None:
         if not 1 <= self.threshold <= 5:
             raise FairError(f"threshold must be within the 1-5 score range, got {self.threshold}")
+        if self.task is not None:
+            get_task(self.task)
         for name in ("gen_dir", "train_dir", "before", "after"):  # a typo would give a report of nothing
             if getattr(self, name) and not Path(getattr(self, name)).is_dir():
                 raise FairError(f"{name} {getattr(self, name)}: no such folder")
@@ -51,14 +55,15 @@ def load_json(path: Path) -> dict | None:
 # Numbers
 
 
-def review_numbers(records: list[dict], threshold: float) -> dict[str, Any]:
-    """Per teacher: acceptance and scores received; overall: do reviewers agree, and with the gold answer?"""
+def review_numbers(records: list[dict], threshold: float, task: str | None = None) -> dict[str, Any]:
+    """Per teacher: acceptance and scores received; overall: do reviewers agree, and with the gold answer?
+    `task`: the run's --task as given, which finds a task file anywhere; else the name each record holds."""
     per_teacher: dict[str, dict[str, Any]] = defaultdict(lambda: {"written": 0, "accepted": 0, "scores": []})
     agree = disagree = 0
     verdicts = Counter()  # (accepted, rationale reaches the gold answer) -> count
     for record in records:
         mistake = StudentAnswer.from_json(record["mistake"], f"committee record {record['id']}")
-        task = get_task(mistake.task)
+        grader = record_task(mistake, task, f"committee record {record['id']}")
         for key, rationale in record["rationales"].items():
             if rationale["text"] is None:
                 continue
@@ -70,7 +75,7 @@ def review_numbers(records: list[dict], threshold: float) -> dict[str, Any]:
             if len(scores) >= 2:
                 passes = {s > threshold for s in scores}
                 agree, disagree = agree + (len(passes) == 1), disagree + (len(passes) > 1)
-            correct = task.grade(rationale["text"], mistake.example()).correct is True
+            correct = grader.grade(rationale["text"], mistake.example()).correct is True
             verdicts[(bool(rationale["accepted"]), correct)] += 1
     accepted = verdicts[(True, True)] + verdicts[(True, False)]
     correct = verdicts[(True, True)] + verdicts[(False, True)]
@@ -81,6 +86,29 @@ def review_numbers(records: list[dict], threshold: float) -> dict[str, Any]:
         "correct_accepted": verdicts[(True, True)] / correct if correct else None,
         "verdicts": verdicts,
     }
+
+
+def record_task(mistake: StudentAnswer, given: str | None, where: str) -> Task:
+    """The task that grades a record's rationales: the one given, else the one the record names."""
+    try:
+        task = get_task(given or mistake.task)
+    except FairError as e:
+        raise FairError(f"{where}: task {mistake.task!r}: {e}; a task file outside configs/tasks/ needs "
+                        "--task with its path") from None
+    if task.name != mistake.task:
+        raise FairError(f"{where}: task {mistake.task!r}, but --task {given!r} is {task.name!r}")
+    return task
+
+
+def run_task(gen_dir: Path) -> str | None:
+    """The task as the run named it (committee.yaml, as `fair export` reads it), if it loads from this folder: a
+    task file's relative path may not, and then the records' name may find it."""
+    saved = gen_dir / "committee.yaml"
+    named = (yaml.safe_load(saved.read_text()) or {}).get("task") if saved.exists() else None
+    try:
+        return named if named and get_task(named) else None
+    except FairError:
+        return None
 
 
 USAGE_KEYS = ("input_tokens", "cached_input_tokens", "output_tokens", "cost")
@@ -216,7 +244,7 @@ def finished_correct(path: Path) -> dict[str, bool]:
 
 
 def build_report(gen_dir: Path, train_dir: Path | None, before_dir: Path | None, after_dir: Path | None,
-                 out: Path, threshold: float = 3.0) -> Path:
+                 out: Path, threshold: float = 3.0, task: str | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     committee = gen_dir / "committee.jsonl"
     records = list(unique_ids(read_jsonl(committee))) if committee.exists() else []
@@ -226,7 +254,7 @@ def build_report(gen_dir: Path, train_dir: Path | None, before_dir: Path | None,
     after = load_json(after_dir / "summary.json") if after_dir else None
     log = list(read_jsonl(train_dir / "log.jsonl")) if train_dir and (train_dir / "log.jsonl").exists() else []
     train_summary = load_json(train_dir / "train_summary.json") if train_dir else None
-    reviews = review_numbers(records, threshold)
+    reviews = review_numbers(records, threshold, task or run_task(gen_dir))
     plots = plot_all(out, before, after, reviews, log)
     lines = ["# FAIR run report", ""]
     lines += accuracy_section(before, after, before_dir, after_dir, mine_stats)
@@ -320,5 +348,5 @@ def training_section(log: list[dict]) -> list[str]:
 
 def run(config: ReportConfig) -> int:
     optional = (Path(p) if p else None for p in (config.train_dir, config.before, config.after))
-    build_report(Path(config.gen_dir), *optional, Path(config.out), config.threshold)
+    build_report(Path(config.gen_dir), *optional, Path(config.out), config.threshold, config.task)
     return 0

@@ -46,7 +46,8 @@ Exact strings (`extract_exact`, for tasks declared in YAML: fair/tasks/_declared
   first sentences as make up the gold ("The answer is St. Louis. It lies on the Mississippi." is "St. Louis").
 
 Regular expressions (`grade_regex`): the reply's last match of the task's pattern is its answer: the match's
-  group named `answer`, else its first group, else the whole match; compared with the gold as exact strings.
+  group named `answer`, else its first group that took part in the match (`A: (\\w+)|B: (\\w+)` has one group
+  per alternative), else the whole match; compared with the gold as exact strings.
 """
 
 from __future__ import annotations
@@ -318,11 +319,13 @@ def grade_exact(text: str, gold: str) -> Grade:
 
 
 def regex_answer(text: str, pattern: re.Pattern[str]) -> str | None:
-    """The last match's group `answer`, else its first group, else the whole match; None without a match."""
+    """The last match's group `answer`, else its first group that took part in the match (a pattern of
+    alternatives has a group each), else the whole match; None without a match."""
     if (last := _last(pattern, text)) is None:
         return None
-    group = "answer" if "answer" in pattern.groupindex else 1 if pattern.groups else 0
-    return (last.group(group) or "").strip() or None
+    if (found := last.groupdict().get("answer")) is None:
+        found = next((g for g in last.groups() if g is not None), "") if pattern.groups else last.group(0)
+    return found.strip() or None
 
 
 def grade_regex(text: str, gold: str, pattern: str) -> Grade:

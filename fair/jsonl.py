@@ -8,6 +8,7 @@ whatever its newline: readers count it, and the repair before the next append ke
 
 from __future__ import annotations
 
+import codecs
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -32,6 +33,8 @@ def scan_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with path.open("rb") as f:
         for number, line in enumerate(f, start=1):
             start, offset = offset, offset + len(line)
+            if number == 1 and line.startswith(codecs.BOM_UTF8):  # a user's file saved by Windows tools
+                start, line = len(codecs.BOM_UTF8), line[len(codecs.BOM_UTF8):]
             if not line.strip():
                 continue
             try:

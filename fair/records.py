@@ -120,20 +120,26 @@ def model_fingerprint(model: str) -> str:
     return ";".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files)
 
 
-def check_resumable(config: Any, saved_path: Path, extra: tuple[str, ...] = ()) -> None:
-    """Refuse to add answers made with other settings (or another build of the model) to an output folder."""
+def check_resumable(config: Any, saved_path: Path, task: Task, extra: tuple[str, ...] = ()) -> None:
+    """Refuse to add answers made with other settings (or another build of the model, or the task's file edited)
+    to an output folder."""
     fingerprint_path = saved_path.with_name("model_fingerprint")
     fingerprint = model_fingerprint(config.model)
+    definition_path, definition = saved_path.with_name("task_definition.yaml"), task.definition()
     if saved_path.exists():
         saved = yaml.safe_load(saved_path.read_text()) or {}
         changed = [k for k in (*extra, *ANSWER_DEFINING) if k in saved and saved[k] != getattr(config, k)]
         if fingerprint_path.exists() and fingerprint_path.read_text() != fingerprint:
             changed.append("model weights")
+        if definition_path.exists():  # a folder older than this file holds none: nothing to compare
+            was = yaml.safe_load(definition_path.read_text()) or {}
+            changed += [f"task {k}" for k in {**was, **definition} if was.get(k) != definition.get(k)]
         if changed:
             raise FairError(f"{saved_path.parent} holds answers made with other settings ({', '.join(changed)} "
                             "changed); use another --out, or delete that folder")
     fingerprint_path.parent.mkdir(parents=True, exist_ok=True)
     fingerprint_path.write_text(fingerprint)
+    definition_path.write_text(yaml.safe_dump(definition, sort_keys=False))
 
 
 def answer_examples(

@@ -9,9 +9,9 @@ config.yaml: what one unsharded run would have written, records in the split's o
 reads the mistakes as usual and `fair mine` without --shard finds nothing left to do there.
 
 Refused, in one line that names the shard folders: a shard (or the run folder) in use by a `fair mine`; a
-missing shard folder; shards made with other settings
-than these flags or than each other (config.yaml, model_fingerprint); an id of the (limited) split that no
-shard answered, or that two shards answered. Answers beyond --limit (a shard mined with a larger one earlier)
+missing shard folder; shards made with other settings than these flags or than each other (config.yaml,
+model_fingerprint, task_definition.yaml); an id of the (limited) split that no shard answered, or that two shards
+answered. Answers beyond --limit (a shard mined with a larger one earlier)
 are left out, as `fair mine` leaves them out of its stats.
 
 Streaming: the first pass keeps only where each id's line is (shard, file, byte offset); the second copies
@@ -91,8 +91,9 @@ def merge_unlocked(config: MineConfig, force: bool) -> dict:
 
     # The run folder now describes itself as one unsharded run with these (checked) settings.
     save_config(config, run / "config.yaml")
-    if (fingerprint := shards[0] / "model_fingerprint").exists():
-        shutil.copyfile(fingerprint, run / "model_fingerprint")
+    for name in ("model_fingerprint", "task_definition.yaml"):  # checked the same in every shard
+        if (made := shards[0] / name).exists():
+            shutil.copyfile(made, run / name)
     stats = summarize((StudentAnswer.from_json(r, f"{answers_path} record {i}")
                        for i, r in enumerate(read_jsonl(answers_path))), *last_runs(shards))
     stats["shards"] = len(shards)
@@ -160,6 +161,10 @@ def check_settings(config: MineConfig, shards: list[Path]) -> None:
                                 "with")
         if (fingerprint := shard / "model_fingerprint").exists():
             fingerprints[shard.name] = fingerprint.read_text()
+        definition = shard / "task_definition.yaml"  # a task file edited between two shards' runs
+        if definition.exists() and yaml.safe_load(definition.read_text()) != get_task(config.task).definition():
+            raise FairError(f"{definition}: mined with another definition of task {config.task!r} than its file "
+                            "gives now: re-mine the shard, or restore the file")
     if len(set(fingerprints.values())) > 1:
         raise FairError(f"shards {', '.join(fingerprints)} were mined with different builds of "
                         f"{config.model} (model_fingerprint differs): re-mine the odd ones")

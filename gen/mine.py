@@ -9,6 +9,7 @@ Writes to data/<task>/<student>/ (or --out):
     answers.jsonl   every graded answer (StudentAnswer records), the resume log
     mistakes.jsonl  the wrong or unparseable ones, read by the committee stage
     stats.json      accuracy, counts, tokens/s, the dtype it ran in and why       config.yaml  the resolved settings
+    model_fingerprint, task_definition.yaml   the student's weight files and the task's definition, checked on a resume
 Each chunk of answers is appended and fsynced as soon as it is graded; a rerun skips finished ids, so a
 killed run loses at most the chunk in flight and never duplicates a record. One run per folder: a second
 `fair mine` on a folder (or shard) in use fails at once, naming the first one's pid (fair/lock.py).
@@ -95,7 +96,7 @@ def mine(config: MineConfig, engine: Engine | None = None) -> dict:
 def mine_unlocked(config: MineConfig, engine: Engine | None) -> dict:
     task = get_task(config.task)
     out = config.out_dir
-    check_resumable(config, out / "config.yaml", ("task", "shard"))
+    check_resumable(config, out / "config.yaml", task, ("task", "shard"))
     answers_path, mistakes_path = out / "answers.jsonl", out / "mistakes.jsonl"
     done = {a.id for a in answered(mistakes_path, answers_path)}
     # The first pass: the bar's total, and every row read and checked before the model loads, not hours in.

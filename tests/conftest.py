@@ -154,6 +154,13 @@ ROOT = Path(__file__).resolve().parents[1]
 PLANTED_KEY = "sk-test-PLANTED-9f8e7d6c"  # a key planted in the environment; no output may carry it
 
 
+def declare(folder: Path, text: str, name: str = "mine") -> Path:
+    """A task file (fair/tasks/_declared.py) <folder>/<name>.yaml holding `text`."""
+    path = folder / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
 def import_seed_mistakes(folder: Path, data_dir: Path, count: int) -> Path:
     """The first `count` of the paper's real SVAMP mistakes, as our mistakes.jsonl."""
     from fair.jsonl import append_jsonl

@@ -374,6 +374,10 @@ def test_grade_exact_rejects_an_empty_gold():
         (r"\b[a-z]+@[a-z]+\.com\b", "mail bob@corp.com", "Bob@Corp.com", "bob@corp.com", True),  # the whole match
         (r"SKU-(\d+)", "SKU-1 and SKU-2", "1", "2", False),
         (r"SKU-(\d+)", "no code here", "1", None, None),
+        # alternatives, each with its group: the group that took part in the match, not the first by number
+        (r"The answer is (\w+)|Answer: (\w+)", "Answer: Lyon", "lyon", "Lyon", True),
+        (r"(?P<answer>\d+) apples|(?P<other>none)", "none", "3", "none", False),
+        (r"Answer: (\w+)?", "Answer: ...", "x", None, None),  # a group that took no part is no answer
     ],
 )
 def test_grade_regex(pattern, text, gold, extracted, correct):

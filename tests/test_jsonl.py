@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from fair.errors import FairError
-from fair.jsonl import JsonlAppender, append_jsonl, read_jsonl
+from fair.jsonl import JsonlAppender, append_jsonl, read_jsonl, scan_jsonl
 
 
 def ids(path) -> list[str]:
@@ -38,3 +39,14 @@ def test_a_bad_line_inside_the_file_is_an_error_naming_it(tmp_path):
     path.write_bytes(b'{"id": "a"}\n{"id": \n{"id": "c"}\n')
     with pytest.raises(FairError, match=r"a.jsonl:2: not valid JSON"):
         ids(path)
+
+
+def test_a_byte_order_mark_before_the_first_record_is_read_past(tmp_path):
+    # Windows PowerShell's `Out-File -Encoding utf8` writes one: a user's data file may open with it
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"id": "a"}\n{"id": "b"}')
+    assert [r["id"] for r in read_jsonl(path)] == ["a", "b"]
+    with path.open("rb") as f:  # the offsets a reader seeks to hold the records, not the mark
+        for offset, record in scan_jsonl(path):
+            f.seek(offset)
+            assert orjson.loads(f.readline()) == record

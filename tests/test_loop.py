@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from cli.loop import LoopConfig, Stages, run_loop
+from fair.config import CONFIGS_DIR, save_config
 from fair.errors import FairError
 from fair.jsonl import append_jsonl, read_jsonl, write_json
 
@@ -57,6 +58,7 @@ class Fakes:
     def train(self, config) -> Path:
         out = Path(config.out)
         self.calls.append(("train", out.parent.name, config.student))
+        save_config(config, out / "train.yaml")  # as training saves its settings, checked when it resumes
         assert config.committee == str(out.parent / "committee.jsonl")
         self.maybe_fail("train", out.parent)
         (out / "final").mkdir(parents=True, exist_ok=True)
@@ -76,8 +78,9 @@ class Fakes:
                                              "accuracy": right / 10, "unparseable": 0})
         return [{}]
 
-    def report(self, gen_dir, train_dir, before, after, out, threshold) -> None:
+    def report(self, gen_dir, train_dir, before, after, out, threshold, task) -> None:
         self.calls.append(("report", Path(gen_dir).name, str(before)))
+        self.report_task = task  # as the loop was given it: a task file's path finds it from its records
 
 
 def loop_config(tmp_path: Path, **changes) -> LoopConfig:
@@ -100,6 +103,7 @@ def test_each_round_starts_from_the_round_befores_trained_student(tmp_path):
         ("gen", "round2", final[1]), ("train", "round2", final[1]), ("eval", "round2", final[2]),
         ("report", "round2", str(out / "round1" / "eval" / "svamp-test")),
     ]
+    assert fakes.report_task == "svamp"
     assert [r["student"] for r in summary["rounds"]] == ["smollm2-135m", final[0], final[1]]
     assert [r["test"]["correct"] for r in summary["rounds"]] == [4, 5, 6] and summary["start"]["correct"] == 3
     assert summary["rounds"][1] | {"test": None, "change": None} == {
@@ -126,6 +130,14 @@ def test_the_round_configs_share_one_cache_and_name_the_papers_files_by_round(tm
     assert (train.student, train.out, train.epochs, train.dtype, train.lora) == (
         "some/final", str(tmp_path / "loop" / "round2" / "train"), 3, "float32", True)  # demo.yaml's LoRA
     assert train.committee_path == tmp_path / "loop" / "round2" / "committee.jsonl"
+
+
+def test_each_rounds_evaluation_goes_to_the_trackers_its_training_reported_to(tmp_path, monkeypatch):
+    sent = []
+    monkeypatch.setattr("cli.loop.report_evaluation", lambda config, rows: sent.append((config.out, config.report_to,
+                                                                                       rows)))
+    run_loop(loop_config(tmp_path, train={"report_to": ["tensorboard"]}), Fakes().stages())
+    assert sent == [(str(tmp_path / "loop" / f"round{r}" / "train"), ("tensorboard",), [{}]) for r in (0, 1)]
 
 
 def test_a_rerun_skips_every_finished_stage(tmp_path, capsys):
@@ -165,9 +177,28 @@ def test_more_rounds_on_a_rerun_go_on_from_the_last(tmp_path):
 def test_a_rerun_with_other_settings_is_refused_by_name(tmp_path):
     run_loop(loop_config(tmp_path, rounds=1), Fakes().stages())
     fakes = Fakes()
-    with pytest.raises(FairError, match=r"other settings \(limit, train changed\)"):
+    with pytest.raises(FairError, match=r"other settings \(limit, epochs 1 -> 2 changed\)"):
         run_loop(loop_config(tmp_path, rounds=1, limit=20, train={"epochs": 2}), fakes.stages())
     assert fakes.calls == []
+
+
+def test_a_training_file_edited_between_runs_is_refused_by_its_setting(tmp_path, monkeypatch):
+    """--train-config names a file: the loop's settings hold its name, not what it says; rounds trained under
+    one content and rounds under another would be one loop in loop.md."""
+    settings = tmp_path / "mine.yaml"
+    settings.write_text((CONFIGS_DIR / "train" / "demo.yaml").read_text())
+    run_loop(loop_config(tmp_path, rounds=1, train_config=str(settings)), Fakes().stages())
+    settings.write_text(settings.read_text().replace("epochs: 1", "epochs: 3"))
+    fakes = Fakes()
+    with pytest.raises(FairError, match=r"loop holds a loop run with other settings \(epochs 1 -> 3 changed\)"):
+        run_loop(loop_config(tmp_path, rounds=2, train_config=str(settings)), fakes.stages())
+    assert fakes.calls == []
+    monkeypatch.setattr("cli.loop.report_evaluation", lambda config, rows: None)  # the fake evaluation's rows
+    settings.write_text(settings.read_text().replace("micro_batch_size: 1", "micro_batch_size: 2"))  # how, not what
+    settings.write_text(settings.read_text().replace("epochs: 3", "epochs: 1"))
+    run_loop(loop_config(tmp_path, rounds=2, train_config=str(settings), train={"report_to": ["tensorboard"]}),
+             fakes.stages())  # a tracker added to a loop under way: as `fair train` takes one on a resume
+    assert [c[:2] for c in fakes.calls][0] == ("gen", "round1")
 
 
 def test_a_student_without_mistakes_ends_the_loop(tmp_path):
@@ -176,6 +207,27 @@ def test_a_student_without_mistakes_ends_the_loop(tmp_path):
     assert [c[:2] for c in fakes.calls][-2:] == [("report", "round0"), ("gen", "round1")]
     assert "round 1's student made no mistake" in summary["stopped"]
     assert "The loop stopped early: round 1's" in (tmp_path / "loop" / "loop.md").read_text()
+
+
+def test_a_round_with_less_than_a_batch_to_train_on_ends_the_loop_and_a_rerun_ends_there_again(tmp_path):
+    """Round 1's student makes 2 mistakes: too few examples for one batch. Training refuses them, and that must
+    end the loop as "nothing to teach" does, not fail every rerun (no setting of the loop's folder may change)."""
+    from train.train import TooFewExamples
+
+    class Few(Fakes):
+        def train(self, config) -> Path:
+            if len(list(read_jsonl(config.committee_path))) < 3:
+                self.calls.append(("train", Path(config.out).parent.name, config.student))
+                raise TooFewExamples("4 training examples is fewer than one batch of 8")
+            return super().train(config)
+
+    for _ in range(2):
+        fakes = Few(mistakes={1: 2})
+        summary = run_loop(loop_config(tmp_path, rounds=3), fakes.stages())
+        assert fakes.calls[-1][:2] == ("train", "round1") and len(summary["rounds"]) == 2
+        assert summary["stopped"] == ("round 1's training: 4 training examples is fewer than one batch of 8: "
+                                      "too little is left to teach")
+    assert "The loop stopped early: round 1's training" in (tmp_path / "loop" / "loop.md").read_text()
 
 
 def test_missing_api_keys_are_named_before_the_first_evaluation(tmp_path, monkeypatch):

@@ -134,6 +134,20 @@ def test_logiqa_options_in_the_record(tmp_path):
     assert [(r["extracted"], r["correct"]) for r in grade_file("logiqa", path)] == [("B", True), ("C", False)]
 
 
+def test_a_declared_option_task_grades_records_of_two_or_three_options(tmp_path):
+    # a declared option task has 2 to 4 options (docs/tasks.md), and `fair grade` takes declared tasks
+    (tmp_path / "quiz.yaml").write_text("splits: {test: quiz.jsonl}\nanswer_kind: option\noptions: choices\n")
+    path = write_jsonl(tmp_path / "p.jsonl", [
+        {"id": "test-0", "gold": "B", "prediction": "The answer is B.", "options": ["red", "blue", "green"]},
+        {"id": "test-1", "gold": "A", "prediction": "The answer is B.", "options": ["yes", "no"]},
+    ])
+    assert [(r["extracted"], r["correct"]) for r in grade_file(str(tmp_path / "quiz.yaml"), path)] == [
+        ("B", True), ("B", False)]
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "test-0", "gold": "A", "prediction": "A", "options": ["one"]}])
+    with pytest.raises(FairError, match="record 0: field 'options' must be a list of 2 to 4 strings"):
+        grade_file(str(tmp_path / "quiz.yaml"), bad)
+
+
 def test_logiqa_options_looked_up_by_id(tmp_path):
     if not (default_data_dir() / "logiqa" / "Eval.txt").exists():
         pytest.skip("LogiQA data absent")
@@ -174,8 +188,8 @@ def test_paper_logiqa_and_gsm8k_records(tmp_path):
         ("strategyqa", b'{"id": "a", "gold": "maybe", "prediction": "yes"}\n', "field 'gold': .*yes/no"),
         ("logiqa", b'[{"id": 0, "options": ["a", "b", "c", "d"], "gold_answer": "7", "student_wrong_pred": "A"}]',
          "record 0: field 'gold_answer' must be an option index 0-3"),
-        ("logiqa", b'{"id": "x", "gold": "A", "prediction": "A", "options": ["a", "b"]}\n',
-         "field 'options' must be a list of 4 strings"),
+        ("logiqa", b'{"id": "x", "gold": "A", "prediction": "A", "options": ["a"]}\n',
+         "field 'options' must be a list of 2 to 4 strings"),
         ("logiqa", b'{"id": "nosplit", "gold": "A", "prediction": "A"}\n', "record 0: missing field 'options'"),
         ("nosuchtask", b"", "unknown task 'nosuchtask'"),
     ],

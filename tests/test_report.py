@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from eval.report import build_report
+from fair.errors import FairError
 from fair.jsonl import append_jsonl, read_jsonl
 from tests.conftest import import_seed_mistakes
 
@@ -59,3 +62,28 @@ def test_report_md_holds_no_python_literal(tmp_path, data_dir):
 def test_the_literal_check_finds_what_it_forbids():
     assert len(PYTHON_LITERAL.findall("scores {'sloppy': 4.0} ['a'] None True False")) == 5
     assert not PYTHON_LITERAL.findall("Nonetheless, a [link](x) {x}; Truer words")
+
+
+def test_a_task_declared_outside_configs_tasks_is_named_by_its_path(tmp_path, monkeypatch):
+    """The records name a declared task by its file's name, which finds only configs/tasks/<name>.yaml: a task
+    file elsewhere (`fair loop --task path/quiz.yaml`, whose every round ends in this report) is passed as given."""
+    (tmp_path / "quiz.csv").write_text("question,answer\nCapital of France?,Paris\n")
+    (tmp_path / "quiz.yaml").write_text("splits: {train: quiz.csv}\n")
+    monkeypatch.chdir(tmp_path)
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    mistake = {"id": "train-0", "index": 0, "task": "quiz", "split": "train", "question": "Capital of France?",
+               "gold": "Paris", "prediction": "The answer is Lyon.", "extracted": "lyon", "correct": False,
+               "prompt_tokens": 5, "generated_tokens": 5, "finish_reason": "stop"}
+    append_jsonl(gen / "committee.jsonl", [{
+        "id": "train-0", "mistake": mistake, "feedback": {}, "usage": {},
+        "rationales": {"gpt": rationale("The answer is Paris.", {"gemini": 5.0}, True)}}])
+    page = build_report(gen, None, None, None, tmp_path / "report", task="quiz.yaml").read_text()
+    assert "| accepted | 1 | 0 |" in page  # the rationale was graded by the quiz's grader: it reaches the gold
+    with pytest.raises(FairError, match="committee record train-0: task 'quiz'.*--task"):
+        build_report(gen, None, None, None, tmp_path / "report")
+    (gen / "committee.yaml").write_text("task: quiz.yaml\n")  # what `fair committee` saves: the task as given
+    assert "| accepted | 1 | 0 |" in build_report(gen, None, None, None, tmp_path / "report").read_text()
+    monkeypatch.chdir(gen)  # from another folder its relative path finds nothing: then only --task can
+    with pytest.raises(FairError, match="committee record train-0: task 'quiz'.*--task"):
+        build_report(gen, None, None, None, tmp_path / "report")

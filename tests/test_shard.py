@@ -134,8 +134,14 @@ def test_merge_checks_settings_and_never_overwrites_without_force(tmp_path, data
     with pytest.raises(FairError, match=r"shard-1-of-2/config.yaml: made with max_new_tokens=64"):
         merge(config(out))
     saved.write_text(saved.read_text().replace("max_new_tokens: 64", "max_new_tokens: 512"))
+    definition = out / "shard-1-of-2" / "task_definition.yaml"  # the task's version (a declared task's keys)
+    definition.write_text(definition.read_text().replace("version: 1", "version: 0"))
+    with pytest.raises(FairError, match=r"shard-1-of-2/task_definition.yaml: mined with another definition of task"):
+        merge(config(out))
+    definition.write_text(definition.read_text().replace("version: 0", "version: 1"))
 
     merge(config(out))
+    assert (out / "task_definition.yaml").read_text() == definition.read_text()  # the run describes itself
     with pytest.raises(FairError, match="already holds answers.jsonl .* --force"):
         merge(config(out))
     assert merge(config(out), force=True)["total"] == 24

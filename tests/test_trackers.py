@@ -113,6 +113,30 @@ def test_a_tracker_not_installed_is_one_line_naming_the_extra(monkeypatch):
         TrainConfig(report_to=("tensorboard", "wandb"))
 
 
+def test_a_tracker_that_cannot_open_is_one_line_without_its_secrets(tmp_path, monkeypatch):
+    """A tracker's own error may quote its server's address as given, credentials and all (mlflow's does:
+    `API request to http://user:token@host/... failed`), or a key; the one line keeps neither, nor its cause."""
+    from train import trackers
+
+    monkeypatch.setenv("WANDB_API_KEY", "wandb-key-0123456789")
+
+    def refused(error: Exception):
+        def open_run(*args):
+            raise error
+        return open_run
+
+    monkeypatch.setitem(trackers.TRACKERS, "mlflow", refused(RuntimeError(
+        "API request to https://alice:s3cret-pass@mlflow.example.com/api/2.0 failed\nwith wandb-key-0123456789")))
+    with pytest.raises(FairError) as info:
+        trackers.open_trackers(("mlflow",), tmp_path, {}, 1)
+    assert str(info.value) == ("report_to mlflow: could not open its run: RuntimeError: API request to "
+                               "https://***@mlflow.example.com/api/2.0 failed")
+    assert info.value.__cause__ is None  # a traceback printed from it would show them again
+    monkeypatch.setitem(trackers.TRACKERS, "mlflow", refused(ValueError("bad key wandb-key-0123456789")))
+    with pytest.raises(FairError, match=r"ValueError: bad key \*\*\*$"):
+        trackers.open_trackers(("mlflow",), tmp_path, {}, 1)
+
+
 def test_the_command_line_takes_a_comma_list_or_the_flag_repeated():
     from fair.config import build_config, config_parser
     from train.train import TrainConfig

@@ -67,6 +67,7 @@ INVALID = [
     (["import-committee", "--task", "svamp", "--feedback", "/nonexistent/f.json", "--rationale",
       "/nonexistent/r.json", "--out", "c.jsonl"], "/nonexistent/f.json"),
     (["report", "--gen-dir", ".", "--out", "report", "--threshold", "9"], "threshold must be within the 1-5"),
+    (["report", "--gen-dir", ".", "--out", "report", "--task", "nosuch.yaml"], "task file nosuch.yaml not found"),
     (["serve", "--reserve", "1"], "reserve must be in 0..1"),
     (["serve", "--port", "70000"], "port must be in 0..65535"),
     (["view", "--port", "70000", "run"], "port must be in 0..65535"),

@@ -35,8 +35,15 @@ RUN_ONLY = ("micro_batch_size", "deepspeed", "pack", "compile", "out", "save_eve
 
 def check_settings(config: Any, saved_path: Path) -> None:
     """Refuse a config that differs from the run's saved one in anything but RUN_ONLY (and max_steps grown)."""
+    if changed := changed_settings(config, saved_path):
+        raise FairError(f"{saved_path.parent} was trained with other settings ({', '.join(changed)}): use "
+                        "another --out, or delete that folder to start over")
+
+
+def changed_settings(config: Any, saved_path: Path) -> list[str]:
+    """Each setting that defines the training and differs from the saved run's, as "name old -> new"."""
     if not saved_path.exists():
-        return
+        return []
     saved = yaml.safe_load(saved_path.read_text()) or {}
     changed = []
     for field in dataclasses.fields(config):
@@ -46,9 +53,7 @@ def check_settings(config: Any, saved_path: Path) -> None:
         if name == "max_steps" and length_free(config) and grows(saved[name], new):
             continue
         changed.append(f"{name} {saved[name]} -> {new}")
-    if changed:
-        raise FairError(f"{saved_path.parent} was trained with other settings ({', '.join(changed)}): use "
-                        "another --out, or delete that folder to start over")
+    return changed
 
 
 def length_free(config: Any) -> bool:

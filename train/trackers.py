@@ -9,7 +9,7 @@ log.jsonl, prints `step i/N loss ...` every log_every steps, moves the progress 
 the trackers train/loss, train/feedback_loss, train/rationale_loss (a kind absent from the step is left out, not
 sent as 0), train/lr, train/grad_norm (before clipping), train/tokens_per_s (every token the step read) and
 train/target_tokens_per_s (those it learned from). At the end: train_summary.json, and its seconds and examples to
-the trackers. A driver that evaluates the trained model (`make demo`, `make experiment`) adds the evaluation to the
+the trackers. A driver that evaluates the trained model (`make demo`, `make experiment`, `fair loop`) adds the evaluation to the
 same runs with `report_evaluation`: eval/<task>-<split>/accuracy at the last step.
 
 Where each writes, offline first; each reads its own environment for the rest (servers, keys, projects):
@@ -25,7 +25,9 @@ resume may change the run-only ones, such as micro_batch_size).
 
 Trackers sit behind `Tracker` (log, summary, close; W&B keeps the end's numbers in its run summary, the others
 as metrics at the last step). Each is imported only when asked for: none is a dependency of the
-package, and a missing one is one line naming `pip install -e .[track]` before anything is trained.
+package, and a missing one is one line naming `pip install -e .[track]` before anything is trained. One that
+cannot open its run (a server down, a login refused) is one line too, without a URL's credentials or the value of
+any *KEY*, *TOKEN*, *PASSWORD* or *SECRET* environment variable, which a tracker's own message may quote.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -183,8 +186,9 @@ def open_trackers(names: tuple[str, ...], out: Path, settings: dict, first_step:
             except FairError:
                 raise
             except Exception as e:  # a server or login refused: one line, and every rank stops (train.Dist)
+                first = str(e).splitlines()[0] if str(e) else ""
                 raise FairError(f"report_to {name}: could not open its run: {type(e).__name__}: "
-                                f"{str(e).splitlines()[0] if str(e) else ''}") from e
+                                f"{without_secrets(first)}") from None  # the cause holds them as it was
             opened.append(tracker)
             ids[name] = tracker.run_id
             write_json(ids_path, ids)  # at once: a run created and then lost to a crash is not created again
@@ -192,6 +196,21 @@ def open_trackers(names: tuple[str, ...], out: Path, settings: dict, first_step:
         close_all(opened)
         raise
     return opened
+
+
+# A URL's user and password (`https://user:token@host`, as MLFLOW_TRACKING_URI may carry them)
+URL_CREDENTIALS = re.compile(r"(?<=://)[^/\s@]+@")
+# The trackers' secrets read from the environment (W&B, MLflow, Databricks, a trackio Space's hub token)
+SECRET_VARIABLE = re.compile(r"KEY|TOKEN|PASSWORD|SECRET")
+
+
+def without_secrets(text: str) -> str:
+    """A tracker's message as it may be shown: no URL credentials, no value of a secret environment variable."""
+    text = URL_CREDENTIALS.sub("***@", text)
+    for name, value in os.environ.items():
+        if SECRET_VARIABLE.search(name) and len(value) >= 4:  # shorter, and it would shred the message
+            text = text.replace(value, "***")
+    return text
 
 
 def _read_ids(path: Path) -> dict[str, str | None]:

@@ -207,6 +207,10 @@ def load_model(config: TrainConfig, device: str):
     return tokenizer, model.to(device)
 
 
+class TooFewExamples(FairError):
+    """Less than one batch to train on: no step can be taken (`fair loop` ends its rounds there)."""
+
+
 def load_data(config: TrainConfig, tokenizer, dist: Dist):
     task = get_task(config.task)
     if config.paper_feedback:
@@ -232,7 +236,7 @@ def load_data(config: TrainConfig, tokenizer, dist: Dist):
         write_json(config.out_dir / "data_report.json", {"build": asdict(report), "tokenize": asdict(token_report),
                                                           "decontamination": decontamination})
     if len(tokenized) < config.batch_size:
-        raise FairError(f"{len(tokenized)} training examples is fewer than one batch of {config.batch_size}")
+        raise TooFewExamples(f"{len(tokenized)} training examples is fewer than one batch of {config.batch_size}")
     return tokenized
 
 

@@ -59,6 +59,8 @@ class RowSource(Protocol):
 
     def describe(self) -> str: ...  # for `fair tasks`
 
+    def definition(self) -> dict[str, Any]: ...  # the file's keys as they resolve: what a resumed run compares
+
 
 @dataclass(frozen=True, kw_only=True)
 class Task:
@@ -100,6 +102,11 @@ class Task:
             raise FairError(f"task {self.name!r} has no split {split!r} (choose from {', '.join(self.splits)})")
         rows = self._rows(split, data_dir)
         return (self.to_example(row, split, i) for i, row in enumerate(rows))
+
+    def definition(self) -> dict[str, Any]:
+        """What makes the task's examples, prompts and grades, as plain YAML values: its version, and a declared
+        task's keys (its file can be edited between two runs in one folder; a built-in's version is bumped)."""
+        return {"version": self.version} | (self.source.definition() if self.source is not None else {})
 
     def describe_source(self) -> str:
         """Where the rows come from, for `fair tasks`."""

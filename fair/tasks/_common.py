@@ -7,6 +7,7 @@ and fair/tasks/_declared.py all build on it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,9 @@ def number_text(value: Any, where: str) -> str:
     try:
         number = float(str(value).replace(",", "").strip())
     except ValueError:
-        raise FairError(f"{where}: gold answer {value!r} is not a number") from None
+        number = math.nan
+    if not math.isfinite(number):  # "nan", "inf" and "1e999" parse, but no reply's number can ever equal them
+        raise FairError(f"{where}: gold answer {value!r} is not a number")
     return str(int(number)) if number.is_integer() else repr(number)
 
 

@@ -6,8 +6,8 @@ split of a Hugging Face dataset), which fields hold the question and the gold an
 documented once, beside its field in `TaskSpec`; docs/tasks.md shows them all.
 
 Checked when loaded: an unknown key, an unknown kind, a pattern that does not compile, a template over what it
-may not use: one line naming the file and the key. Checked when read: a row without a field the task needs, or
-a gold answer its kind cannot take, names the data file, the row (from 0) and the field.
+may not use: one line naming the file and the key. Checked when read: a row without a field the task needs, a
+gold answer its kind cannot take, or an id an earlier row has, names the data file, the row (from 0) and the field.
 
 Rows are read one at a time (CSV, TSV and JSONL a line at a time, Parquet a record batch at a time, a hub split
 from the memory-mapped Arrow cache of `datasets`), so a corpus of millions of questions streams through
@@ -45,7 +45,7 @@ class TaskSpec(Validated):
     answer: str = "answer"  # the field holding the gold answer (option: a letter, or an index from 0)
     answer_kind: AnswerKind = "exact"  # the grader: number, yesno (yes/no or true/false), option (a letter A-D), exact (a string), regex (answer_pattern's match)
     options: str | tuple[str, ...] | None = None  # option: the fields holding options A, B, ... in order, or one field holding a list of 2-4 options
-    answer_pattern: str | None = None  # regex: a reply's last match of this regular expression is its answer: the group named `answer`, else the first group, else the whole match
+    answer_pattern: str | None = None  # regex: a reply's last match of this regular expression is its answer: the group named `answer`, else the first group that took part, else the whole match
     id: str | None = None  # the field holding each row's unique id (a resumed run matches answers by it); none: `<split>-<row>`
     prompt: str | None = None  # the student's prompt, a template over `{question}` (an option task's question with its lettered options); none: the question, then how to state the answer for the kind
 
@@ -67,9 +67,12 @@ class TaskSpec(Validated):
                             f"answer_pattern: only a regex task has one (answer_kind is {self.answer_kind})")
         if self.answer_pattern is not None:
             try:
-                re.compile(self.answer_pattern)
+                pattern = re.compile(self.answer_pattern)
             except re.error as e:
                 raise FairError(f"answer_pattern: not a valid regular expression ({e})") from None
+            if pattern.search("") is not None:  # `\d*`: the last match in a reply could be the empty one at its end
+                raise FairError("answer_pattern: it matches the empty string; make the answer required "
+                                "(`+`, not `*`)")
         if self.prompt is not None and set(template_fields(self.prompt)) != {"question"}:
             raise FairError(f"prompt: a template over {{question}} and nothing else, got {self.prompt!r}")
 
@@ -114,7 +117,9 @@ def read_csv(path: Path, delimiter: str = ",") -> Iterator[dict[str, Any]]:
         reader = csv.DictReader(f, delimiter=delimiter)
         try:
             yield from reader
-        except (csv.Error, UnicodeDecodeError) as e:
+        except UnicodeDecodeError as e:  # found a buffer ahead of the reader: no line number would be true
+            raise FairError(f"{path}: not UTF-8 text (byte {e.object[e.start:e.end]!r}): save it as UTF-8") from None
+        except csv.Error as e:
             raise FairError(f"{path}:{reader.line_num}: not readable as {path.suffix[1:]} ({e})") from None
 
 
@@ -123,8 +128,9 @@ def read_parquet(path: Path) -> Iterator[dict[str, Any]]:
         import pyarrow.parquet as pq
     except ImportError:
         raise FairError(f"{path}: reading Parquet needs pyarrow (`pip install pyarrow`)") from None
-    try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+    try:  # through a buffer: by default pyarrow reads a row group's columns whole, and writers make row groups
+        # of up to a million rows (pyarrow's default), so a large corpus would be held entire
+        batches = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False).iter_batches(batch_size=256)
     except Exception as e:  # pyarrow's errors for a file that is not Parquet
         raise FairError(f"{path}: not a Parquet file ({e})") from None
     for batch in batches:
@@ -156,11 +162,31 @@ class Declared:
         """The split's rows, read lazily; a missing file is reported now, before the first row is asked for."""
         source = self.spec.splits[split]
         if self.spec.hub is not None:
-            return hub_rows(self.spec.hub, self.spec.hub_config, source, f"{self.shown} reads the hub, but")
-        path = self.path.parent / source
-        if not path.is_file():
-            raise FairError(f"{self.shown}: splits: {split}: no data file {self.shown.parent / source}")
-        return READERS[path.suffix.lower()](path)
+            rows = hub_rows(self.spec.hub, self.spec.hub_config, source, f"{self.shown} reads the hub, but")
+        else:
+            path = self.path.parent / source
+            if not path.is_file():
+                raise FairError(f"{self.shown}: splits: {split}: no data file {self.shown.parent / source}")
+            rows = READERS[path.suffix.lower()](path)
+        return rows if self.spec.id is None else self._unique_ids(rows, split)
+
+    def _unique_ids(self, rows: Iterator[dict[str, Any]], split: str) -> Iterator[dict[str, Any]]:
+        """The rows, refused at the first id seen before: a resumed run skips the ids answered, and the records
+        are joined by id, so a second row of an id would be dropped without a word (the set costs what the
+        resume's set of answered ids costs)."""
+        seen: set[str] = set()
+        for index, row in enumerate(rows):
+            if (value := row.get(self.spec.id)) is not None:
+                if (key := str(value)) in seen:
+                    raise FairError(f"{self.where(split, index)}: field {self.spec.id!r}: id {key!r} is not unique "
+                                    f"(the id of {self.shown})")
+                seen.add(key)
+            yield row
+
+    def where(self, split: str, index: int) -> str:
+        """A row, as messages name it: its data file (or hub split) and its number from 0."""
+        source = self.spec.splits[split]
+        return f"{self.spec.hub} split {source!r} row {index}" if self.spec.hub else f"{self.shown.parent / source} row {index}"
 
     def describe(self) -> str:
         """Where the rows are, for `fair tasks`."""
@@ -169,16 +195,21 @@ class Declared:
         shown = self.path.relative_to(REPO_ROOT) if self.path.is_relative_to(REPO_ROOT) else self.path
         return f"{shown}: {', '.join(self.spec.splits.values())}"
 
+    def definition(self) -> dict[str, Any]:
+        """The file's keys as they resolve, as plain YAML values (a resumed run compares them)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.spec).items()}
+
     def example_fields(self, row: dict[str, Any], split: str, index: int) -> dict[str, Any]:
         """An `Example`'s fields from one row; a missing field names the data file, the row and the field."""
         spec = self.spec
-        source = spec.splits[split]
-        where = f"{spec.hub} split {source!r} row {index}" if spec.hub else f"{self.shown.parent / source} row {index}"
+        where = self.where(split, index)
 
         def field(name: str, key: str, empty: bool = False) -> Any:
             value = row.get(name)
             if value is None or (not empty and isinstance(value, str) and not value.strip()):
-                raise FairError(f"{where}: missing field {name!r} (the {key} of {self.shown})")
+                # a field absent from the row: a misspelt name or a header's stray space (`question, answer`)
+                has = "" if name in row else f"; the row's fields: {', '.join(map(repr, list(row)[:20]))}"
+                raise FairError(f"{where}: missing field {name!r} (the {key} of {self.shown}{has})")
             return value
 
         if "{" in spec.question:
