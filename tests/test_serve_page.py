@@ -251,25 +251,7 @@ def test_the_viewer_shows_hostile_records_as_text_and_pages_by_keyboard(tmp_path
         expect(columns).to_have_count(2)
         expect(columns.nth(0)).to_contain_text(f"Review by {HOSTILE}: score {HOSTILE}")
         expect(page.locator("#mistake-question")).to_have_text(f"{HOSTILE} question 3")
-        # A slow answer (an index being built) is said to be one; here held back by the test.
-        held = []
-        page.route("**/v1/fair/jobs/local/records?*", lambda route: held.append(route))
-        filters.get_by_label("Text").fill("")
-        filters.get_by_label("Text").press("Enter")
-        expect(page.locator("#records-count")).to_have_text(
-            "reading committee.jsonl: the first look at a large run indexes it, which takes a while")
-        expect(page.locator("#records")).to_have_attribute("aria-busy", "true")
-        held[0].continue_()
-        page.unroute("**/v1/fair/jobs/local/records?*")
-        expect(page.locator("#records-count")).to_contain_text("records 1 to 20 of 25")
-        # The pages from the keyboard: the last page disables Next, so the focus moves to Previous, and back.
-        page.get_by_role("button", name="Next page").focus()
-        page.keyboard.press("Enter")
-        expect(page.locator("#records-count")).to_contain_text("records 21 to 25 of 25")
-        expect(page.get_by_role("button", name="Previous page")).to_be_focused()
-        page.keyboard.press("Enter")
-        expect(page.locator("#records-count")).to_contain_text("records 1 to 20 of 25")
-        expect(page.get_by_role("button", name="Next page")).to_be_focused()
+        turn_pages_slowly_by_keyboard(page)
         assert page.evaluate("window.pwned") is None and page.locator("img").count() == 0
         assert errors == [] and page.locator("#error").text_content() == ""
         assert not [m for m in console if "Content Security Policy" in m]  # the page's own script and style run
@@ -281,3 +263,29 @@ def test_the_viewer_shows_hostile_records_as_text_and_pages_by_keyboard(tmp_path
         })""", HOSTILE)
         assert page.evaluate("window.pwned") is None
         browser.close()
+
+
+def turn_pages_slowly_by_keyboard(page) -> None:
+    """All 25 records again, the answer held back (as an index being built would), then the pages by keyboard."""
+    from playwright.sync_api import expect
+
+    filters = page.locator("#filters")
+    # A slow answer (an index being built) is said to be one; here held back by the test.
+    held = []
+    page.route("**/v1/fair/jobs/local/records?*", lambda route: held.append(route))
+    filters.get_by_label("Text").fill("")
+    filters.get_by_label("Text").press("Enter")
+    expect(page.locator("#records-count")).to_have_text(
+        "reading committee.jsonl: the first look at a large run indexes it, which takes a while")
+    expect(page.locator("#records")).to_have_attribute("aria-busy", "true")
+    held[0].continue_()
+    page.unroute("**/v1/fair/jobs/local/records?*")
+    expect(page.locator("#records-count")).to_contain_text("records 1 to 20 of 25")
+    # The pages from the keyboard: the last page disables Next, so the focus moves to Previous, and back.
+    page.get_by_role("button", name="Next page").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#records-count")).to_contain_text("records 21 to 25 of 25")
+    expect(page.get_by_role("button", name="Previous page")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#records-count")).to_contain_text("records 1 to 20 of 25")
+    expect(page.get_by_role("button", name="Next page")).to_be_focused()
