@@ -1,0 +1,91 @@
+"""The experiment's own-loop recipe units (cli/experiment_units.py): the configs they build, without a model."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from cli import experiment
+from cli.experiment import BUDGET, MAX_NEW_TOKENS, ExperimentConfig, loop_config, train_config
+from cli.experiment_units import MINING_FILES, UNITS
+from eval.results import render_results
+
+
+@pytest.fixture
+def stages(tmp_path, monkeypatch):
+    """Mining and `fair gen` recorded instead of run; the mining leaves its files as mine.py would."""
+    calls = []
+
+    def mine(config):
+        calls.append(("mine", config))
+        config.out_dir.mkdir(parents=True, exist_ok=True)
+        for name in MINING_FILES:
+            (config.out_dir / name).write_text(f"{name} of {config.out_dir.name}\n")
+
+    monkeypatch.setattr(experiment, "mine", mine)
+    monkeypatch.setattr(experiment, "generate", lambda config: calls.append(("gen", config)))
+    return calls
+
+
+def args(tmp_path, **smoke) -> ExperimentConfig:
+    return ExperimentConfig(results=str(tmp_path / "results"), work=str(tmp_path / "work"), **smoke)
+
+
+def test_k4_gold_asks_four_samples_under_the_gold_check_in_its_own_folder_from_the_shared_mining(tmp_path, stages):
+    config = train_config(UNITS["own-k4-gold"], args(tmp_path, train_limit=5, max_steps=2), tmp_path / "work")
+    (_, shared), (_, gen) = stages
+    assert shared.out_dir == tmp_path / "work" / "own-corpus" and shared.limit == 5 and shared.dtype == BUDGET["dtype"]
+    committee = gen.committee_config()
+    assert (committee.filter, committee.samples, gen.teachers) == ("gold", 4, "offline")
+    assert committee.mistakes_path == tmp_path / "work" / "own-corpus-k4-gold" / "mistakes.jsonl"
+    assert committee.mistakes_path.read_text() == "mistakes.jsonl of own-corpus\n"  # the shared mining's mistakes
+    assert config.committee == str(tmp_path / "work" / "own-corpus-k4-gold" / "committee.jsonl")
+    assert (config.teacher, config.filter, config.max_steps, config.lora_r) == ("all", "gold", 2, BUDGET["lora_r"])
+    assert gen.max_new_tokens == MAX_NEW_TOKENS and gen.dtype == BUDGET["dtype"]
+
+
+def test_the_review_corpus_is_the_mining_folder_itself(tmp_path, stages):
+    train_config(UNITS["own-fair"], args(tmp_path), tmp_path / "work")
+    (_, shared), (_, gen) = stages
+    assert gen.out == str(shared.out_dir) and (gen.filter, gen.samples) == ("review", 1)
+
+
+@pytest.mark.parametrize("name, rounds", [("own-gold", 1), ("own-rounds-r1", 2), ("own-rounds-r2", 3)])
+def test_round_units_are_one_gold_loop_with_the_frozen_budget(tmp_path, name, rounds):
+    loop = loop_config(UNITS[name], args(tmp_path, test_limit=3, max_steps=1), tmp_path / "work")
+    assert loop.rounds == rounds and loop.out_dir == tmp_path / "work" / "own-rounds"
+    assert (loop.filter, loop.samples, loop.teachers, loop.eval_split, loop.eval_limit) == ("gold", 1, "offline", "test", 3)
+    assert (loop.max_new_tokens, loop.dtype) == (MAX_NEW_TOKENS, BUDGET["dtype"])
+    training = loop.train_settings(rounds - 1, "some/student")
+    assert {k: getattr(training, k) for k in BUDGET} == BUDGET  # the budget, dtype included
+    assert (training.teacher, training.filter, training.max_steps) == ("mixed", "gold", 1)
+    assert training.committee == str(tmp_path / "work" / "own-rounds" / f"round{rounds - 1}" / "committee.jsonl")
+    # own-gold is round 0: the same loop folder, so its data and model are round 0's, not a rerun of them
+    assert [p.parent.name for p in UNITS[name].corpora(tmp_path)] == [f"round{r}" for r in range(rounds)]
+
+
+def test_every_round_unit_settles_on_one_loop_folder(tmp_path):
+    """A later round unit resumes the same loop: its settings differ from the earlier one's only in rounds."""
+    configs = [loop_config(UNITS[n], args(tmp_path), tmp_path) for n in ("own-gold", "own-rounds-r1", "own-rounds-r2")]
+    assert len({(c.out_dir, c.filter, tuple(c.train.items()), c.train_config) for c in configs}) == 1
+
+
+def test_the_new_units_are_listed_and_in_the_own_tables(tmp_path, capsys):
+    assert experiment.main(["--list", "--results", str(tmp_path)]) == 0
+    listed = capsys.readouterr().out
+    new = ("own-gold", "own-k4-gold", "own-rounds-r1", "own-rounds-r2")
+    assert all(f"{n} " in listed for n in new)
+    ids = [f"q{i}" for i in range(20)]
+    for k, name in enumerate(("base", *new)):
+        with gzip.open(tmp_path / f"{name}.predictions.jsonl.gz", "wt") as f:
+            f.writelines(json.dumps({"id": i, "correct": int(i[1:]) < 2 + k}) + "\n" for i in ids)
+        (tmp_path / f"{name}.json").write_text(json.dumps({
+            "unit": name, "source": UNITS[name].source, "description": UNITS[name].description,
+            "accuracy": (2 + k) / 20, "correct": 2 + k, "total": 20, "correct_ids": ids[: 2 + k],
+            "max_new_tokens": 256, "wall_s": 6.0, "machine": "test", "device": "cpu", "budget": {}}))
+    page = render_results(tmp_path, UNITS, tmp_path / "page.md").read_text()
+    own = page[page.index("## Our loop"):]
+    assert all(f"| {n} | {UNITS[n].description} | 1 |" in own for n in new)  # a recipe row each
+    assert "| own-gold vs own-rounds-r2 | s0: -15.0 [" in own and "| own-rounds-r1 vs own-rounds-r2 | s0:" in own
