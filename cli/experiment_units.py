@@ -12,7 +12,8 @@ budget's dtype), and every other corpus folder starts from a copy of that mining
 records say what they cost, whatever another folder's cache holds.
 
     own-corpus          filter review, 1 sample (own-fair, own-noreview)
-    own-corpus-k4-gold  filter gold, 4 samples a teacher (own-k4-gold: trains on every accepted sample)
+    own-corpus-k4-gold  filter gold, 4 samples a teacher at temperature 0.7 (own-k4-gold: trains on every
+                        accepted sample)
     own-rounds          `fair loop`'s folder (cli/loop.py), filter gold: round r trains round r-1's student on
                         the mistakes it still makes on the train split (round 0: the untrained student's, the
                         shared mining). own-gold IS round 0 (the same data and model, not a rerun of it), so
@@ -92,8 +93,11 @@ def own_recipes() -> list[Unit]:
                    {"filter": "gold"}, ROUNDS, 0)]
     rounds += [Unit(f"own-rounds-r{r}", "own", f"round {r}: mixed, gold check, on round {r - 1}'s student's "
                     "mistakes", gold, {"filter": "gold"}, ROUNDS, r) for r in (1, 2)]
-    k4 = Unit("own-k4-gold", "own", "4 samples a teacher, every one that passes the gold check",
-              {"teacher": "all", "filter": "gold"}, {"filter": "gold", "samples": 4}, "own-corpus-k4-gold")
+    # Sampled at 0.7 (the offline teachers' YAML says 0: greedy), so that the 4 samples differ, as a user asking
+    # for samples would set it; the simulator then draws each sample apart (docs/committee.md, samples).
+    k4 = Unit("own-k4-gold", "own", "4 samples a teacher at temperature 0.7, every one that passes the gold check",
+              {"teacher": "all", "filter": "gold"}, {"filter": "gold", "samples": 4, "teacher_temperature": 0.7},
+              "own-corpus-k4-gold")
     return [rounds[0], k4, *rounds[1:]]
 
 

@@ -38,7 +38,7 @@ def test_k4_gold_asks_four_samples_under_the_gold_check_in_its_own_folder_from_t
     (_, shared), (_, gen) = stages
     assert shared.out_dir == tmp_path / "work" / "own-corpus" and shared.limit == 5 and shared.dtype == BUDGET["dtype"]
     committee = gen.committee_config()
-    assert (committee.filter, committee.samples, gen.teachers) == ("gold", 4, "offline")
+    assert (committee.filter, committee.samples, committee.teacher_temperature, gen.teachers) == ("gold", 4, 0.7, "offline")
     assert committee.mistakes_path == tmp_path / "work" / "own-corpus-k4-gold" / "mistakes.jsonl"
     assert committee.mistakes_path.read_text() == "mistakes.jsonl of own-corpus\n"  # the shared mining's mistakes
     assert config.committee == str(tmp_path / "work" / "own-corpus-k4-gold" / "committee.jsonl")
@@ -89,3 +89,26 @@ def test_the_new_units_are_listed_and_in_the_own_tables(tmp_path, capsys):
     own = page[page.index("## Our loop"):]
     assert all(f"| {n} | {UNITS[n].description} | 1 |" in own for n in new)  # a recipe row each
     assert "| own-gold vs own-rounds-r2 | s0: -15.0 [" in own and "| own-rounds-r1 vs own-rounds-r2 | s0:" in own
+
+
+def test_the_offline_committee_samples_apart_at_a_temperature(tmp_path, seed_mistakes):
+    """own-k4-gold's committee: above temperature 0 every teacher's 4 samples differ, the Anthropic-format one's
+    (four requests of one body: its API takes no seed) included; at 0 that teacher repeats itself."""
+    from fair.jsonl import read_jsonl
+    from gen.committee.run import CommitteeConfig, committee
+    from simulator.server import OfflineServer
+
+    settings = UNITS["own-k4-gold"].committee
+    texts = {}
+    with OfflineServer(port=0, latency_ms=(0, 0)) as server:
+        for temperature in (settings["teacher_temperature"], None):
+            out = tmp_path / str(temperature) / "committee.jsonl"
+            committee(CommitteeConfig(**settings | {"teacher_temperature": temperature}, task="svamp", limit=6,
+                                      teachers="offline", base_url=server.url, mistakes=str(seed_mistakes),
+                                      out=str(out), progress=False))
+            texts[temperature] = [{t: {v["text"] for k, v in r["rationales"].items() if k.split("#")[0] == t}
+                                   for t in ("careful", "sloppy", "harsh")} for r in read_jsonl(out)]
+    sampled = texts[settings["teacher_temperature"]]
+    assert len(sampled) == 6 and all(len(r[t]) >= 2 for r in sampled for t in r)
+    assert sum(len(r[t]) for r in sampled for t in r) >= 0.8 * 6 * 3 * 4  # mostly four different texts
+    assert all(len(r["harsh"]) == 1 for r in texts[None])
