@@ -16,7 +16,9 @@ experiment can be completed over several sessions and a lost machine loses at mo
 
 Two data sources. `paper`: the paper's published SVAMP files (real GPT-3.5, Gemini and Mixtral texts with
 their peer-review scores, ../shared/data/seed). `own`: our loop, the offline committee on SmolLM2's own
-SVAMP train mistakes (mined once into data/svamp/smollm2-135m, then reused by both units).
+SVAMP train mistakes, mined once into <work>/own-corpus and shared by every own unit's committee folder; the
+round units (own-gold is round 0, own-rounds-r1 and -r2) run `fair loop` in <work>/own-rounds
+(cli/experiment_units.py says which unit's data comes from where).
 """
 
 from __future__ import annotations
