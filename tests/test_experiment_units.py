@@ -112,3 +112,37 @@ def test_the_offline_committee_samples_apart_at_a_temperature(tmp_path, seed_mis
     assert len(sampled) == 6 and all(len(r[t]) >= 2 for r in sampled for t in r)
     assert sum(len(r[t]) for r in sampled for t in r) >= 0.8 * 6 * 3 * 4  # mostly four different texts
     assert all(len(r["harsh"]) == 1 for r in texts[None])
+
+
+@pytest.mark.slow
+def test_the_own_recipe_units_run_shortened(tmp_path, monkeypatch):
+    """The real thing, shortened: SmolLM2 mines 8 train questions, trains a step and answers 3 test questions for
+    a plain committee unit (own-k4-gold) and for rounds 0 and 1 of the gold loop (own-gold, own-rounds-r1)."""
+    from dataclasses import replace
+
+    # A step in micro-batches of one (the loss is the same sum), under the suite's memory guard (tests/conftest.py).
+    monkeypatch.setitem(BUDGET, "micro_batch_size", 1)
+    for name in ("own-gold", "own-rounds-r1", "own-rounds-r2"):  # the loop reads the budget's file: its train adds it
+        monkeypatch.setitem(UNITS, name, replace(UNITS[name], train=UNITS[name].train | {"micro_batch_size": 1}))
+    results, work = tmp_path / "results", tmp_path / "work"
+    assert experiment.main(["--units", "own-gold", "own-rounds-r1", "own-k4-gold", "--test-limit", "3",
+                            "--train-limit", "8", "--max-steps", "1", "--results", str(results),
+                            "--work", str(work)]) == 0
+    units = {n: json.loads((results / f"{n}.json").read_text()) for n in ("own-gold", "own-rounds-r1", "own-k4-gold")}
+    for unit in units.values():
+        assert unit["total"] == 3 and unit["loss"]["steps"] == 1 and unit["data_cost"]["filter"] == "gold"
+        assert unit["dtype"]["train"]["dtype"] == unit["dtype"]["eval"]["dtype"] == BUDGET["dtype"]
+    # one mining, shared: round 0's mistakes and the k4 committee's are the untrained student's
+    mistakes = (work / "own-corpus" / "mistakes.jsonl").read_text()
+    assert mistakes and (work / "own-rounds" / "round0" / "mistakes.jsonl").read_text() == mistakes
+    assert (work / "own-corpus-k4-gold" / "mistakes.jsonl").read_text() == mistakes
+    # gold: no review request; 4 samples: 3 teachers x (1 feedback + 4 rationales) a mistake
+    k4 = units["own-k4-gold"]["data_cost"]
+    assert k4["requests"] > 0 and k4["requests"] % 15 == 0
+    gold, r1 = units["own-gold"]["data_cost"], units["own-rounds-r1"]["data_cost"]
+    assert (gold["rounds"], r1["rounds"]) == (1, 2) and r1["requests"] > gold["requests"] > 0
+    assert gold["requests"] % 6 == 0 and r1["requests"] % 6 == 0
+    # own-gold is round 0 of the loop, own-rounds-r1 trained on from its model
+    stages = json.loads((work / "own-rounds" / "stages.json").read_text())
+    assert stages["round1 train"]["student"] == stages["round0 train"]["model"]
+    assert "| own-rounds-r1 |" in (tmp_path / "results.md").read_text()
