@@ -24,8 +24,8 @@ gold (the task's grader finds the gold answer: no review request is sent, 2T req
 T(T + 1)), gold+review (only rationales that pass the gold check are reviewed: fewer review requests) or none.
 Every rationale's gold check is recorded (`gold`). --samples K asks each teacher for K rationales a mistake,
 each seeded apart (gen/committee/mistake.py), at the temperature of the teacher's YAML (or --teacher-temperature,
-every teacher's): at 0 they may coincide, and the run says so. A folder keeps one filter: resuming with another is refused (its records would mean two
-things by `accepted`).
+every teacher's): at 0 they may coincide, and the run says so. A folder keeps one filter: resuming with another is
+refused (its records would mean two things by `accepted`).
 
 Budget: with max_cost_usd, no request is sent that could take what this folder's cache has spent past it
 (gen/teachers/budget.py); the run then stops cleanly, writes what finished and says how many mistakes remain,
