@@ -16,7 +16,9 @@ experiment can be completed over several sessions and a lost machine loses at mo
 
 Two data sources. `paper`: the paper's published SVAMP files (real GPT-3.5, Gemini and Mixtral texts with
 their peer-review scores, ../shared/data/seed). `own`: our loop, the offline committee on SmolLM2's own
-SVAMP train mistakes (mined once into data/svamp/smollm2-135m, then reused by both units).
+SVAMP train mistakes, mined once into <work>/own-corpus and shared by every own unit's committee folder; the
+round units (own-gold is round 0, own-rounds-r1 and -r2) run `fair loop` in <work>/own-rounds
+(cli/experiment_units.py says which unit's data comes from where).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cli.experiment_units import SHARED_MINING, UNITS, Unit, share_mining
+from cli.loop import LoopConfig, run_loop
 from cli.pipeline import GenConfig, generate
 from eval.evaluate import EvalConfig, evaluate
 from eval.results import render_results
@@ -43,6 +47,7 @@ from fair.prices import data_cost, load_prices
 from fair.recipes import recorded_filter, run_filter
 from fair.records import teacher_of
 from fair.tasks import default_data_dir, get_task
+from gen.mine import mine
 from train.data import load_records
 from train.trackers import report_evaluation
 from train.train import TrainConfig, train
@@ -81,63 +86,27 @@ class ExperimentConfig(Validated):
             raise FairError(f"unknown unit(s) {', '.join(unknown)}; --list shows them")
 
 
-@dataclass(frozen=True)
-class Unit:
-    name: str
-    source: str  # "paper", "own" or "none"
-    description: str
-    train: dict | None  # TrainConfig overrides on top of BUDGET; None: no training
-
-
-def _units() -> dict[str, Unit]:
-    """In the order they run: one of each comparison first, then the other seeds."""
-    fair, noreview = "FAIR: mixed, peer-reviewed, alpha 0.5", "mixed, no peer review"
-    units = [Unit("base", "none", "no training", None),
-             Unit("paper-fair-s0", "paper", fair, {"teacher": "mixed", "seed": 0}),
-             Unit("paper-noreview-s0", "paper", noreview, {"teacher": "mixed", "filter": "none", "seed": 0}),
-             # GPT-3.5 is the single best teacher by the committee's own measure, chosen before any test result:
-             # the most rationales accepted by its peers in the paper's file (355 of 387, Mixtral 352, Gemini 267).
-             Unit("paper-single-gpt", "paper", "single best teacher (GPT-3.5), raw", {"teacher": "gpt", "filter": "none"}),
-             Unit("paper-alpha0", "paper", "FAIR with alpha 0 (rationales only)", {"teacher": "mixed", "alpha": 0.0}),
-             Unit("paper-alpha1", "paper", "FAIR with alpha 1 (feedback only)", {"teacher": "mixed", "alpha": 1.0}),
-             Unit("own-fair", "own", fair, {"teacher": "mixed"}),
-             Unit("own-noreview", "own", noreview, {"teacher": "mixed", "filter": "none"})]
-    for seed in (1, 2):
-        units += [Unit(f"paper-fair-s{seed}", "paper", fair, {"teacher": "mixed", "seed": seed}),
-                  Unit(f"paper-noreview-s{seed}", "paper", noreview, {"teacher": "mixed", "filter": "none", "seed": seed})]
-    # The recipes (docs/results.md, "Recipes"): which rationales to keep, and how many a mistake.
-    recipes = [("gold", "mixed, gold check (no review)", {"teacher": "mixed", "filter": "gold"}),
-               ("goldreview", "mixed, gold check + peer review", {"teacher": "mixed", "filter": "gold+review"}),
-               ("all", "every teacher's texts, unfiltered", {"teacher": "all", "filter": "none"}),
-               ("allgold", "every teacher's texts, gold check", {"teacher": "all", "filter": "gold"})]
-    for seed in (0, 1, 2):
-        units += [Unit(f"paper-{name}-s{seed}", "paper", description, train | {"seed": seed})
-                  for name, description, train in recipes]
-    return {u.name: u for u in units}
-
-
-UNITS = _units()
 
 
 def run_unit(unit: Unit, args: ExperimentConfig) -> Path:
     results, work = Path(args.results), Path(args.work)
     (results / f"{unit.name}.json").unlink(missing_ok=True)  # rerun: the unit counts as missing until both are new
     began = time.perf_counter()
-    model, data_report, losses, train_dtype = "smollm2-135m", None, None, None
+    model, data_report, losses, train_dtype, eval_out = "smollm2-135m", None, None, None, work / unit.name / "eval"
     if unit.train is not None:
-        config = train_config(unit, args, work)
-        model = str(train(config))
+        config, model = train_unit(unit, args, work)
         data_report = json.loads((config.out_dir / "data_report.json").read_text())
         losses = loss_summary(config.out_dir / "log.jsonl")
         train_dtype = json.loads((config.out_dir / "train_summary.json").read_text()).get("dtype")
+    if unit.round is not None:  # the loop evaluated the round as below (loop_config): its answers are reused
+        eval_out = loop_config(unit, args, work).round_dir(unit.round) / "eval"
     [row] = evaluate(EvalConfig(task=("svamp",), model=model, engine=args.engine, batch_size=args.batch_size,
                                 dtype=BUDGET["dtype"],
-                                max_new_tokens=MAX_NEW_TOKENS, limit=args.test_limit,
-                                out=str(work / unit.name / "eval")))
+                                max_new_tokens=MAX_NEW_TOKENS, limit=args.test_limit, out=str(eval_out)))
     if unit.train is not None:
         report_evaluation(config, [row])  # into the training's runs of the trackers its report_to names, if any
     wanted = {e.id for e in get_task("svamp").load("test")[: args.test_limit]}  # what `evaluate` counted
-    answers = [json.loads(line) for line in (work / unit.name / "eval" / "svamp-test" / "predictions.jsonl").open()]
+    answers = [json.loads(line) for line in (eval_out / "svamp-test" / "predictions.jsonl").open()]
     answers = sorted((a for a in answers if a["id"] in wanted), key=lambda a: a["index"])
     results.mkdir(parents=True, exist_ok=True)
     with gzip.open(results / f"{unit.name}.predictions.jsonl.gz.partial", "wt") as out:
@@ -173,19 +142,22 @@ def data_cost_of(unit: Unit, work: Path) -> dict | None:
         return None
     task = get_task("svamp")
     if unit.source == "paper":
-        records = load_records(PAPER_FILES["paper_feedback"], task, rationale_path=PAPER_FILES["paper_rationale"])
-    elif (corpus := work / "own-corpus" / "committee.jsonl").exists():
-        records = load_records(corpus, task)
+        runs = [load_records(PAPER_FILES["paper_feedback"], task, rationale_path=PAPER_FILES["paper_rationale"])]
+    elif all(corpus.exists() for corpus in unit.corpora(work)):
+        runs = [load_records(corpus, task) for corpus in unit.corpora(work)]  # a round unit's: every round's
     else:
         return None
-    teacher = unit.train.get("teacher", "mixed")
-    if teacher not in ("mixed", "all"):  # one teacher's data: only its requests were needed
-        records = [r | {"feedback": only(r["feedback"], teacher), "rationales": only(r["rationales"], teacher)}
-                   for r in records]
-    filter = unit.train.get("filter") or run_filter(map(recorded_filter, records), unit.name)
-    total = data_cost(records, load_prices(PRICES[unit.source]), filter, task).total
-    return {"requests": total.requests, "input_tokens": total.input_tokens, "output_tokens": total.output_tokens,
-            "usd": round(total.usd, 4), "prices": PRICES[unit.source], "filter": filter}
+    teacher, prices = unit.train.get("teacher", "mixed"), load_prices(PRICES[unit.source])
+    totals = []
+    for records in runs:
+        if teacher not in ("mixed", "all"):  # one teacher's data: only its requests were needed
+            records = [r | {"feedback": only(r["feedback"], teacher), "rationales": only(r["rationales"], teacher)}
+                       for r in records]
+        filter = unit.train.get("filter") or run_filter(map(recorded_filter, records), unit.name)
+        totals.append(data_cost(records, prices, filter, task).total)
+    return {"requests": sum(t.requests for t in totals), "input_tokens": sum(t.input_tokens for t in totals),
+            "output_tokens": sum(t.output_tokens for t in totals), "usd": round(sum(t.usd for t in totals), 4),
+            "prices": PRICES[unit.source], "filter": filter, **({"rounds": len(runs)} if unit.round is not None else {})}
 
 
 def only(entries: dict, teacher: str) -> dict:
@@ -202,24 +174,58 @@ def unit_costs(results: Path, work: Path) -> dict[str, dict]:
     return costs
 
 
+def train_unit(unit: Unit, args: ExperimentConfig, work: Path) -> tuple[TrainConfig, str]:
+    """Train the unit's variant: its training's config and the trained model."""
+    if unit.round is None:
+        config = train_config(unit, args, work)
+        return config, str(train(config))
+    loop = loop_config(unit, args, work)
+    mine_shared(args, work, loop.round_dir(0))
+    run_loop(loop)  # resumes: the rounds an earlier unit ran are done (<work>/own-rounds/stages.json)
+    trained = json.loads((loop.out_dir / "stages.json").read_text()).get(f"round{unit.round} train")
+    if trained is None:
+        raise FairError(f"unit {unit.name}: the loop in {loop.out_dir} stopped before round {unit.round} trained "
+                        f"(its loop.md says why)")
+    return loop.train_settings(unit.round, trained["student"]), trained["model"]
+
+
 def train_config(unit: Unit, args: ExperimentConfig, work: Path) -> TrainConfig:
     values = dataclasses.asdict(TrainConfig()) | BUDGET | unit.train | {"out": str(work / unit.name / "train")}
     if unit.source == "paper":
         values |= PAPER_FILES
     else:
-        values["committee"] = str(own_corpus(args, work) / "committee.jsonl")
+        values["committee"] = str(own_corpus(unit, args, work) / "committee.jsonl")
     if args.max_steps:
         values["max_steps"] = args.max_steps
     return make_config(TrainConfig, values, source=f"experiment unit {unit.name}")
 
 
-def own_corpus(args: ExperimentConfig, work: Path) -> Path:
-    """Mine SmolLM2's SVAMP train mistakes into the experiment's own folder and ask the offline committee; both
-    resume, so the second unit finds the work done."""
-    out = work / "own-corpus"
-    generate(GenConfig(task="svamp", teachers="offline", engine=args.engine, batch_size=args.batch_size,
-                       max_new_tokens=MAX_NEW_TOKENS, limit=args.train_limit, out=str(out)))
+def gen_settings(args: ExperimentConfig) -> dict:
+    """How our loop mines and asks the committee, for every corpus: the student answers as it is evaluated."""
+    return {"task": "svamp", "teachers": "offline", "engine": args.engine, "batch_size": args.batch_size,
+            "max_new_tokens": MAX_NEW_TOKENS, "dtype": BUDGET["dtype"], "limit": args.train_limit}
+
+
+def own_corpus(unit: Unit, args: ExperimentConfig, work: Path) -> Path:
+    """Mine SmolLM2's SVAMP train mistakes once (<work>/own-corpus) and ask the offline committee in the unit's
+    corpus folder (experiment_units.py); both resume, so a later unit finds the work done."""
+    out = work / unit.corpus
+    mine_shared(args, work, out)
+    generate(GenConfig(**gen_settings(args) | unit.committee, out=str(out)))
     return out
+
+
+def mine_shared(args: ExperimentConfig, work: Path, folder: Path) -> None:
+    """The shared mining (resumed where it stopped), then copied to start `folder` if that is another one."""
+    mine(GenConfig(**gen_settings(args), out=str(work / SHARED_MINING)).mine_config())
+    share_mining(work, folder)
+
+
+def loop_config(unit: Unit, args: ExperimentConfig, work: Path) -> LoopConfig:
+    """The rounds (cli/loop.py) with the budget, and the engine and evaluation of every other unit."""
+    train = unit.train | ({"max_steps": args.max_steps} if args.max_steps else {})
+    return LoopConfig(**gen_settings(args) | unit.committee, rounds=unit.round + 1, train_config=BUDGET_FILE.stem,
+                      train=train, eval_split="test", eval_limit=args.test_limit, out=str(work / unit.corpus))
 
 
 def loss_summary(log: Path) -> dict:

@@ -30,8 +30,8 @@ OFFLINE = "offline"
 # its default and documented once. The command line and configs/gen.yaml see them flat: --task, --limit, --teachers.
 FROM_MINING = ("task", "limit", "engine", "batch_size", "max_new_tokens", "dtype", "data_dir", "out", "paper_student",
                "paper_round")
-FROM_COMMITTEE = ("student", "teachers", "prompts", "filter", "samples", "threshold", "window", "batch_api",
-                  "max_cost_usd", "cache")
+FROM_COMMITTEE = ("student", "teachers", "prompts", "filter", "samples", "teacher_temperature", "threshold", "window",
+                  "batch_api", "max_cost_usd", "cache")
 
 
 def settings_from(stage: type, names: tuple[str, ...], notes: dict[str, str] | None = None) -> Callable[[type], type]:

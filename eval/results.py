@@ -23,7 +23,8 @@ RECIPES_NOTE = ("A recipe's data cost is what its teacher calls cost at the teac
                 "token; our loop: the tokens each reply recorded, at `configs/teachers/offline.yaml`'s prices, those of "
                 "the default committee's models), counting review requests only where the recipe's filter needs them "
                 "(review, gold+review) and one teacher's requests for a one-teacher recipe; alpha 0 and 1 are costed as "
-                "the FAIR data they were cut from. Points per $1,000: the mean gain over no training divided by that "
+                "the FAIR data they were cut from; a round of our loop (own-rounds-r<r>, whose round 0 is own-gold) "
+                "costs every round's data up to its own. Points per $1,000: the mean gain over no training divided by that "
                 "cost. Clean: accuracy on the test questions the train split does not contaminate (fair/decontam.py), "
                 "where the same questions' no-training accuracy is the baseline.")
 

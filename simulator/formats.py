@@ -60,6 +60,9 @@ class Chat:
     breakpoints: tuple[int, ...] | None = None  # Anthropic cache_control: where cached prefixes end; None: automatic
     boundaries: tuple[int, ...] = ()  # Anthropic: where each block ends (a cache lookup may stop at any of them)
     thinking_budget: int = 0  # Gemini thinkingConfig.thinkingBudget (-1: the model decides); 0: no thoughts
+    # Above 0 the reply is a new sample at each arrival of the body (simulator/simulator.py). A body that sets none
+    # is answered as at 0, unlike the real APIs' default of 1: clients and tests that say nothing stay deterministic.
+    temperature: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ def openai_chat(body: dict) -> Chat:
     stream = body.get("stream") is True
     usage = stream and (body.get("stream_options") or {}).get("include_usage") is True
     return Chat(body["model"], text, int(body.get("max_completion_tokens") or body.get("max_tokens") or 4096),
-                stream, usage)
+                stream, usage, temperature=float(body.get("temperature") or 0))
 
 
 def proto(message: dict, name: str) -> Any:
@@ -126,7 +129,7 @@ def gemini_chat(body: dict, model: str, stream: bool) -> Chat:
     config = proto(body, "generationConfig") or {}
     budget = int(proto(proto(config, "thinkingConfig") or {}, "thinkingBudget") or 0)
     return Chat(model, "\n\n".join(parts), int(proto(config, "maxOutputTokens") or 8192), stream,
-                thinking_budget=budget)
+                thinking_budget=budget, temperature=float(proto(config, "temperature") or 0))
 
 
 def anthropic_chat(body: dict) -> Chat:
@@ -155,7 +158,7 @@ def anthropic_chat(body: dict) -> Chat:
     if body.get("cache_control"):  # top-level: a marker on the last block
         breakpoints.append(len(text))
     return Chat(body["model"], text, int(body["max_tokens"]), body.get("stream") is True, False, tuple(breakpoints),
-                tuple(boundaries))
+                tuple(boundaries), temperature=float(body.get("temperature") or 0))
 
 
 # --- replies -----------------------------------------------------------------------------------------------

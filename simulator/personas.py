@@ -26,6 +26,7 @@ from fair.grading import extract_number, extract_option, extract_yes_no
 from fair.tasks import OPTION_LETTERS, Example, Task, default_data_dir, get_task, registry
 
 Kind = Literal["feedback", "rationale", "review", "other"]
+GREEDY = ("Let's think step by step.", "Step {i}: {s}", "The answer is {answer}.")  # a rationale's wording at temperature 0
 
 
 @dataclass(frozen=True)
@@ -279,14 +280,15 @@ def rationale_steps(entry: Entry, answer: str) -> list[str]:
             "beyond what it says or contradict it."]
 
 
-def write_rationale(entry: Entry, persona: Persona, rng: random.Random) -> str:
+def write_rationale(entry: Entry, persona: Persona, rng: random.Random, wording: tuple[str, ...] = GREEDY) -> str:
     answer = wrong_answer(entry, rng) if rng.random() < persona.p_wrong else entry.example.gold
     steps = rationale_steps(entry, answer)
+    opening, form, closing = wording
     if rng.random() < persona.p_sloppy:
         equation = f"{steps[-1]}\n" if entry.task.answer_type == "number" else ""
-        return f"{equation}The answer is {answer}."
-    body = "\n".join(f"Step {i}: {s}" for i, s in enumerate(steps, 1))
-    return f"Let's think step by step.\n{body}\nThe answer is {answer}."
+        return f"{equation}{closing.format(answer=answer)}"
+    body = "\n".join(form.format(i=i, s=s) for i, s in enumerate(steps, 1))
+    return f"{opening}\n{body}\n{closing.format(answer=answer)}"
 
 
 MISTAKES = {
@@ -387,11 +389,11 @@ def write_other(text: str, rng: random.Random) -> str:
             f"Let's think step by step about what is given and what is asked.\nThe answer is {answer}.")
 
 
-def write_reply(kind: Kind, entry: Entry | None, persona: Persona, text: str, rng: random.Random) -> str:
+def write_reply(kind: Kind, entry: Entry | None, persona: Persona, text: str, rng: random.Random, wording=GREEDY) -> str:
     if kind == "review":
         return write_review(entry, persona, text, rng)
     if kind == "feedback":
         return write_feedback(entry, persona, text, rng)
     if kind == "rationale" and entry is not None:
-        return write_rationale(entry, persona, rng)
+        return write_rationale(entry, persona, rng, wording)
     return write_other(text, rng)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from simulator.api import tokens
 from simulator.formats import REFUSAL, Chat, Finish, Format
-from simulator.personas import Kind, Persona, QuestionIndex, classify, write_reply
+from simulator.personas import GREEDY, Kind, Persona, QuestionIndex, classify, write_reply
 
 OUTCOMES = ("refusal", "thinking", "truncate")
 # What an account out of credit gets: (status, message, OpenAI's type and code).
@@ -56,13 +56,25 @@ def thoughts(chat: Chat, rng: random.Random) -> int:
     return min(rng.randint(budget // 4, budget // 2), max(0, chat.max_tokens - 8)) if budget > 0 else 0
 
 
+# How a sampled rationale (temperature above 0) may open, number its steps and end: a real model words each sample
+# its own way. Every ending keeps "answer is", the line the graders read.
+OPENINGS = ("Let's think step by step.", "Let's work through it.", "Here is the reasoning.",
+            "We solve it one step at a time.")
+STEP_FORMS = ("Step {i}: {s}", "{i}. {s}", "- {s}")
+ENDINGS = ("The answer is {answer}.", "So the answer is {answer}.", "Therefore, the answer is {answer}.")
+
+
+def sampled_wording(rng: random.Random) -> tuple[str, str, str]:
+    return rng.choice(OPENINGS), rng.choice(STEP_FORMS), rng.choice(ENDINGS)
+
+
 def compose(index: QuestionIndex, fmt: Format, chat: Chat, persona: Persona, outcome: str | None,
             rng: random.Random, thought: int = 0) -> tuple[str, Finish, int, Kind]:
     """(text, finish, thinking tokens, kind of request): the persona's reply to the prompt after `thought`
     thinking tokens, cut where they and it reach max_tokens, or the drawn outcome's."""
     entry = index.find(chat.text)
     kind = classify(chat.text, entry)
-    reply = write_reply(kind, entry, persona, chat.text, rng)
+    reply = write_reply(kind, entry, persona, chat.text, rng, sampled_wording(rng) if chat.temperature > 0 else GREEDY)
     if outcome == "thinking":
         return "", "thinking", chat.max_tokens, kind
     if outcome == "refusal":

@@ -27,7 +27,11 @@ files are kept up to batch_store_mb (oldest dropped first), and a malformed requ
 Determinism: replies depend only on (seed, model, sha256 of the body); a fault is drawn from (seed, model,
 body hash, attempt), where `attempt` counts how often this exact body arrived, so a retry can succeed and a
 rerun of the same client sees the same sequence of faults. Refusals, spent thinking and truncations are drawn
-per body: the same request is refused again, as a real model at temperature 0 would.
+per body: the same request is refused again, as a real model at temperature 0 would. A body with a temperature
+above 0 is sampled as a real model samples it: its reply is drawn from (seed, model, body hash, attempt), a new
+one at each arrival, and worded variously (simulator/personas.py); that is how `fair committee --samples` gets
+distinct samples from an API that takes no seed (Anthropic's: its K requests are one body). A fresh server
+draws the same sequence of replies for the same arrivals.
 """
 
 from __future__ import annotations
@@ -208,6 +212,8 @@ class Simulator:
         settle the rate limit, log it and render it in the request's format."""
         rng = draw(self.seed, t.chat.model, t.body_sha)
         rng.random()  # the latency's draw (admit): the reply's draws come after it, on the live path and in a batch
+        if t.chat.temperature > 0:  # sampled: each arrival of the body its own draw (the module docstring)
+            rng = draw(self.seed, t.chat.model, t.body_sha, "sample", t.log["attempt"])
         outcome = self.outcome(t.chat.model, t.body_sha)
         thought = 0
         if t.chat.thinking_budget and not outcome:

@@ -23,9 +23,9 @@ Recipes (fair/recipes.py): --filter says which rationales qualify (`accepted`): 
 gold (the task's grader finds the gold answer: no review request is sent, 2T requests a mistake instead of
 T(T + 1)), gold+review (only rationales that pass the gold check are reviewed: fewer review requests) or none.
 Every rationale's gold check is recorded (`gold`). --samples K asks each teacher for K rationales a mistake,
-each seeded apart (gen/committee/mistake.py), at the temperature of the teacher's YAML: at 0 they may coincide,
-and the run says so. A folder keeps one filter: resuming with another is refused (its records would mean two
-things by `accepted`).
+each seeded apart (gen/committee/mistake.py), at the temperature of the teacher's YAML (or --teacher-temperature,
+every teacher's): at 0 they may coincide, and the run says so. A folder keeps one filter: resuming with another is
+refused (its records would mean two things by `accepted`).
 
 Budget: with max_cost_usd, no request is sent that could take what this folder's cache has spent past it
 (gen/teachers/budget.py); the run then stops cleanly, writes what finished and says how many mistakes remain,
@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -90,6 +91,7 @@ class CommitteeConfig(Validated):
     prompts: Literal["fair", "paper"] = "fair"  # ours (gen/committee/prompts.py), or the paper's for parity
     filter: Filter = "review"  # which rationales qualify: review (peers; the paper's) | gold (no reviews) | gold+review | none
     samples: int = 1  # rationales per teacher and mistake, each its own seeded sample (reviewed and checked alone)
+    teacher_temperature: float | None = None  # every teacher's sampling temperature over its YAML's (None: the YAML's)
     threshold: float = 3.0  # a rationale is accepted when its mean valid review score is above this
     window: int = 64  # mistakes in flight at once; bounds memory and what a kill can repeat
     limit: int | None = None  # first N mistakes; None for all
@@ -111,9 +113,12 @@ class CommitteeConfig(Validated):
         at_least(self, 1, "window", "limit", "samples")
         if self.server and (self.base_url or self.batch_api):
             raise FairError("with server, the server's committee answers: base_url and batch_api are its own")
-        if self.server and (self.filter != "review" or self.samples != 1):  # a job's spec has neither yet
-            raise FairError(f"with server, jobs run the paper's recipe: filter review and samples 1, got filter "
-                            f"{self.filter} and samples {self.samples}")
+        if self.server and (self.filter != "review" or self.samples != 1 or self.teacher_temperature is not None):
+            raise FairError(f"with server, jobs run the paper's recipe: filter review and samples 1 at the teachers' "
+                            f"temperatures (a job's spec has none of them), got filter {self.filter}, samples "
+                            f"{self.samples} and teacher_temperature {self.teacher_temperature}")
+        if self.teacher_temperature is not None and self.teacher_temperature < 0:
+            raise FairError(f"teacher_temperature must be >= 0, got {self.teacher_temperature}")
         if self.priority <= 0:
             raise FairError(f"priority must be positive, got {self.priority}")
         if self.max_cost_usd is not None and (self.max_cost_usd <= 0 or self.batch_api):
@@ -318,13 +323,15 @@ async def stream_window(work: Callable[[T], Coroutine[Any, Any, Any]], items: It
 def committee(config: CommitteeConfig) -> dict[str, Any]:
     existing_mistakes(config)  # before any file is opened: a wrong path leaves nothing behind
     teachers = load_committee(config.teachers, config.base_url)
+    if config.teacher_temperature is not None:
+        teachers = [dataclasses.replace(t, temperature=config.teacher_temperature) for t in teachers]
     if config.batch_api and not any(t.batch_api for t in teachers):
         raise FairError(f"batch_api: no teacher of committee {config.teachers!r} has batch_api: true (an OpenAI "
                         f"endpoint that serves the Batch API)")
     if config.samples > 1 and (same := [t.name for t in teachers if t.temperature == 0]):
         print(f"warning: teacher(s) {', '.join(same)} sample at temperature 0: their {config.samples} samples may "
               f"coincide (seeds change little at 0, and Anthropic's API takes none); set a temperature in the "
-              f"teachers' YAML")
+              f"teachers' YAML or --teacher-temperature")
     if missing := missing_keys(teachers):
         raise FairError(f"committee {config.teachers!r} needs the environment variable(s) {', '.join(missing)}; "
                         f"set them, or use the offline simulator: make gen TEACHERS=offline")
