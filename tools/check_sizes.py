@@ -13,7 +13,7 @@ from pathlib import Path
 
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60
-SKIP = {".venv", ".git", "data", "build"}
+SKIP = {".venv", ".git", ".cache", "data", "build"}  # .cache: the bench venvs (bench/bench_train.py)
 
 
 def oversized(path: Path) -> list[str]:

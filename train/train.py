@@ -36,7 +36,7 @@ from fair.dtype import Dtype, Precision, dtype_field, resolve_dtype
 from fair.errors import FairError, main_guard
 from fair.jsonl import read_jsonl, write_json
 from fair.lock import folder_lock
-from fair.models import DEFAULT_STUDENT, model_short_name, resolve_model
+from fair.models import DEFAULT_STUDENT, load_causal_lm, model_short_name, resolve_model
 from fair.recipes import Filter, recorded_filter, run_filter
 from fair.student import run_dir
 from fair.tasks import get_task
@@ -178,7 +178,7 @@ def setup_distributed(config: TrainConfig) -> Dist:
 
 
 def load_model(config: TrainConfig, device: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     path = resolve_model(config.student)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -187,7 +187,7 @@ def load_model(config: TrainConfig, device: str):
     # fp32 master weights for everything trained. LoRA under bf16 stores the frozen base in bf16 (half its
     # memory; autocast computes in bf16 anyway), and peft makes the adapters, the trained part, fp32.
     bf16_base = config.lora and resolve_dtype(config.dtype).bf16
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16_base else torch.float32)
+    model = load_causal_lm(path, torch.bfloat16 if bf16_base else torch.float32)  # bf16: a tensor at a time
     if config.pack and model.config._attn_implementation != "flash_attention_2" and varlen_supported(model):
         model.set_attn_implementation(VARLEN)  # packed examples without a mask or padding
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:

@@ -85,9 +85,11 @@ class SlotCache:
         self.width = 0  # decode: positions visible to attention this step
 
     def keep(self, rows: list[int]) -> None:
-        """Only these rows, renumbered 0..len(rows)-1 (indexing with a list copies them: the old cache goes)."""
-        self.keys = [k[rows] for k in self.keys]
-        self.values = [v[rows] for v in self.values]
+        """Only these rows, renumbered 0..len(rows)-1 (indexing with a list copies them: the old cache goes, a
+        layer at a time, so that the old cache and the new are never both whole)."""
+        for layer in range(len(self.keys)):
+            self.keys[layer] = self.keys[layer][rows]
+            self.values[layer] = self.values[layer][rows]
 
     def prefill(self, rows: list[int]) -> None:
         self.rows, self.written = torch.tensor(rows, device=self.keys[0].device), None

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from fair.dtype import resolve_dtype
 from fair.engines.base import Generation, Sampling, cut_at_stop, encode_prompt
 from fair.engines.continuous import ContinuousBatcher, supports
-from fair.models import resolve_model
+from fair.models import load_causal_lm, resolve_model
 
 
 class HFEngine:
@@ -27,7 +27,7 @@ class HFEngine:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.precision.torch_dtype).to(self.device).eval()
+        self.model = load_causal_lm(path, self.precision.torch_dtype).to(self.device).eval()  # one copy (fair/models.py)
         self.chat = chat
         self.batch_size = batch_size
         self.continuous = ContinuousBatcher(self.model, self.tokenizer, self._eos_ids(), batch_size) \
