@@ -290,15 +290,23 @@ def make_config(cls: type[C], values: dict[str, Any], source: str) -> C:
         raise FairError(f"{source}: {e}") from None
 
 
-def load_yaml(path: str | Path, known: set[str]) -> dict[str, Any]:
+def read_yaml_mapping(path: str | Path, what: str, shown: str | Path | None = None) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (an empty file is an empty one); one line naming the file (as
+    `shown`, else `path`) when it is missing, not YAML or not a mapping. `what` names the file's kind."""
+    shown = path if shown is None else shown
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
-        raise FairError(f"config file {path} not found") from None
+        raise FairError(f"{what} {shown} not found") from None
     except yaml.YAMLError as e:
-        raise FairError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise FairError(f"{what} {shown} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise FairError(f"config file {path}: expected a mapping of settings")
+        raise FairError(f"{what} {shown}: expected a mapping of settings")
+    return data
+
+
+def load_yaml(path: str | Path, known: set[str]) -> dict[str, Any]:
+    data = read_yaml_mapping(path, "config file")
     unknown = sorted(set(data) - known)
     if unknown:
         raise FairError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")

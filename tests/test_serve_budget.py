@@ -94,32 +94,24 @@ def test_finished_tenants_leave_the_queues():
     assert len(queue.passes) <= 1 and len(queue.waiting) <= 1
 
 
-def test_the_reserve_keeps_room_for_interactive_requests():
+async def half_used_rpm() -> FakeGate:
+    """Half the key's minute used: the jobs' share."""
+    return FakeGate(rpm=10, sent=deque([asyncio.get_running_loop().time()] * 5))
+
+
+async def most_of_the_tokens_taken() -> FakeGate:
+    """60% of the key's token bucket taken: a job waits for 10% to drain (6 s at 1000 a minute)."""
+    gate = FakeGate(tokens=AsyncLimiter(1000, 60))
+    await gate.tokens.acquire(600)
+    return gate
+
+
+@pytest.mark.parametrize("make_gate", [half_used_rpm, most_of_the_tokens_taken], ids=["rpm", "tpm"])
+def test_the_reserve_keeps_room_for_interactive_requests(make_gate):
+    """With reserve 0.5 and the jobs' share of the key's requests (or tokens) spent, a job waits and an
+    interactive request goes."""
     async def run() -> tuple[bool, bool]:
-        budget = Budget(reserve=0.5)
-        now = asyncio.get_running_loop().time()
-        gate = FakeGate(rpm=10, sent=deque([now] * 5))  # half the key's minute is used: the jobs' share
-        job, interactive = budget.tenant("job"), budget.tenant("interactive", interactive=True)
-
-        async def one(tenant) -> bool:
-            try:
-                async with asyncio.timeout(0.3):
-                    async with tenant.turn(gate):
-                        return True
-            except TimeoutError:
-                return False
-
-        return await one(job), await one(interactive)
-
-    assert asyncio.run(run()) == (False, True)
-
-
-def test_the_reserve_keeps_tokens_for_interactive_requests():
-    """reserve applies to tpm too: with 60% of the key's token bucket taken, a job waits for 10% to drain (6 s at
-    1000 a minute), an interactive request does not."""
-    async def run() -> tuple[bool, bool]:
-        budget, gate = Budget(reserve=0.5), FakeGate(tokens=AsyncLimiter(1000, 60))
-        await gate.tokens.acquire(600)
+        budget, gate = Budget(reserve=0.5), await make_gate()
         job, interactive = budget.tenant("job"), budget.tenant("interactive", interactive=True)
 
         async def one(tenant) -> bool:

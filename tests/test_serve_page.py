@@ -34,6 +34,11 @@ pytestmark = [
 ]
 
 
+def launch(playwright):
+    """Debian's chromium (Playwright's own download is not reachable here); no sandbox as root."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+
+
 def log_in(page, url: str) -> None:
     page.goto(url + "/")
     page.fill("input[name=token]", TOKEN)
@@ -51,7 +56,7 @@ def test_the_page_logs_in_shows_jobs_and_gates_and_cancels_a_job(tmp_path, data_
         sync_playwright() as p,
     ):
         job = submit(http, upload_mistakes(http, mistakes), window=1)
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = launch(p)
         page = browser.new_page()
         assert page.goto(served.url + "/").status == 401  # the login form
         page.fill("input[name=token]", "not-the-token")
@@ -97,7 +102,7 @@ def test_a_job_is_submitted_watched_and_inspected_from_the_page_alone(tmp_path, 
         served.client() as http,
         sync_playwright() as p,
     ):
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = launch(p)
         page = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True).new_page()
         log_in(page, served.url)
         # Upload, then the form: labels name every field (what a screen reader announces, what a test finds).
@@ -230,7 +235,7 @@ def test_the_viewer_shows_hostile_records_as_text_and_pages_by_keyboard(tmp_path
     (folder / "committee.jsonl").write_bytes(b"".join(orjson.dumps(hostile_record(i)) + b"\n" for i in range(25)))
     (folder / f"{HOSTILE}_round0.json").write_text("[]")
     with fair_view(tmp_path, folder) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = launch(p)
         page = browser.new_page()
         errors: list[str] = []
         console: list[str] = []

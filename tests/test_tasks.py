@@ -158,8 +158,8 @@ KINDS = "'number', 'yesno', 'option', 'exact', 'regex'"
     ("splits: {train: d.csv}\nprompt: '{question} {hint}'\n", "mine.yaml: prompt: a template over {question}"),
     ("splits: {train: d.csv}\nquestion: 'Q: {}'\n", "mine.yaml: question: name a field"),
     ("splits: {train: d.csv}\nhub_config: main\n", "mine.yaml: hub_config: only with hub"),
-    ("splits: {train: d.csv\n", "mine.yaml: not valid YAML"),
-    ("- a list\n", "mine.yaml: expected a mapping of keys"),
+    ("splits: {train: d.csv\n", "mine.yaml is not valid YAML"),
+    ("- a list\n", "mine.yaml: expected a mapping of settings"),
 ])
 def test_a_bad_task_file_is_one_line_naming_the_file_and_the_key(tmp_path, capsys, text, message):
     code, _, err = run(capsys, "mine", "--task", str(declare(tmp_path, text)), "--out", str(tmp_path / "out"))

@@ -24,9 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from fair.config import REPO_ROOT, Validated, field_default, field_doc, format_value, make_config
+from fair.config import (
+    REPO_ROOT,
+    Validated,
+    field_default,
+    field_doc,
+    format_value,
+    make_config,
+    read_yaml_mapping,
+)
 from fair.errors import FairError
 from fair.grading import LETTERS, AnswerKind, normalise_yes_no
 from fair.jsonl import read_jsonl
@@ -268,12 +274,5 @@ class Declared:
 
 def load_declared(path: Path, shown: Path) -> Declared:
     """The task file at `path` (absolute), checked; `shown` is how messages name it."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FairError(f"task file {shown} not found") from None
-    except yaml.YAMLError as e:
-        raise FairError(f"{shown}: not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise FairError(f"{shown}: expected a mapping of keys (splits, question, answer, answer_kind, ...)")
+    data = read_yaml_mapping(path, "task file", shown)
     return Declared(path, shown, make_config(TaskSpec, data, source=str(shown)))
