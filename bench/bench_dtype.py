@@ -41,22 +41,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bench.provenance import commit, machine
 from cli.experiment import BATCH_SIZE, ENGINE, MAX_NEW_TOKENS
 from cli.pipeline import GenConfig, generate
 from eval.evaluate import EvalConfig, evaluate
 from eval.results import RESAMPLES, mcnemar_exact, paired_bootstrap
 from fair.config import load_yaml, make_config
-from fair.dtype import cpu_flags, resolve_dtype
 from fair.errors import FairError
 from fair.jsonl import write_json
 from fair.models import DEFAULT_STUDENT, smollm2_dir
@@ -74,7 +71,6 @@ STEP1_TOL = 1e-2  # relative, step 1: one forward pass in bf16 against fp32 (2.5
 CURVE_MEAN_TOL = 2e-2  # relative, mean over the steps: the runs' weights drift apart after step 1
 CURVE_MAX_TOL = 5e-2  # relative, any single step
 NOISE = 0.05  # significance level of the accuracy verdict
-CPU_FLAGS_SHOWN = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -175,27 +171,6 @@ def loss_parity(fp32: list[float], bf16: list[float]) -> dict:
 
 # ----------------------------------------------------------------------------------------------------------------
 # The run: what it ran on, the parts in turn, the JSON after each
-
-def machine() -> dict:
-    import torch
-    import transformers
-
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.partition(":")[2].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-                 platform.processor() or platform.machine())
-    flags = cpu_flags()
-    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version(),
-            "cpu_flags": [f for f in CPU_FLAGS_SHOWN if f in flags], "auto": resolve_dtype("auto").to_json()}
-
-
-def commit() -> str:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                           text=True).stdout.strip()
-    return (head or "unknown") + ("+uncommitted changes" if dirty else "")
-
 
 def run(args: argparse.Namespace, out: Path) -> dict:
     result = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "commit": commit(),
