@@ -53,6 +53,7 @@ from pathlib import Path
 
 import torch
 
+from bench.provenance import commit, load_average, machine
 from bench.train_report import BF16_TOL, FP32_TOL, render, report
 from bench.train_runs import ROOT, RunSpec, run
 from fair.config import make_config
@@ -340,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
             "runs": results,
             "ratios": ratios,
             "checks": checks,
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     cwd=ROOT).stdout.strip(),
+            "commit": commit(),
+            "machine": machine(),
+            "load_average_after": load_average(),
         },
     )
     print(f"\nwrote {args.out}")
