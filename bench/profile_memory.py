@@ -1,6 +1,7 @@
 """Where an evaluation's memory goes: the continuous engine's RSS, step by step, on SVAMP test questions.
 
     OMP_NUM_THREADS=1 python -m bench.profile_memory [--questions 64] [--new-tokens 64] [--slots 64] [--dtype auto]
+                                               [--model smollm2-135m]
 
 Prints the process's resident memory (VmRSS, split into anonymous memory and mapped files) and its peak (VmHWM,
 reset before each step through fair/rss.py) after the imports, the engine's load, the answers and the engine's
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--slots", type=int, default=64)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--model", default="smollm2-135m", help="a model name or folder (a trained final/)")
     args = parser.parse_args()
     print("| step | RSS MB | anonymous | files | peak in the step |\n| --- | ---: | ---: | ---: | ---: |")
     show("interpreter and fair/rss.py")
@@ -61,7 +63,7 @@ def main() -> None:
     task = get_task("svamp")
     prompts = [task.prompt(e) for e in task.load("test", None, args.questions)]
     show("imports (torch, transformers), the questions")
-    engine = HFEngine("smollm2-135m", batch_size=args.slots, dtype=args.dtype)
+    engine = HFEngine(args.model, batch_size=args.slots, dtype=args.dtype)
     weights = sum(p.numel() * p.element_size() for p in engine.model.parameters()) / MB
     show(f"engine loaded ({engine.precision.dtype}, weights {weights:,.0f} MB)")
     longest = max(len(encode_prompt(engine.tokenizer, p, engine.chat)) for p in prompts)
