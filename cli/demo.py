@@ -1,4 +1,4 @@
-"""`make demo`: the whole FAIR loop, offline, on a CPU, in under 20 minutes; a table of stage times at the end.
+"""`make demo`: the whole FAIR loop, offline, on a CPU, about 10 minutes on 2 cores; a table of stage times at the end.
 
     .venv/bin/python -m cli.demo                 # what `make demo` runs
     .venv/bin/python -m cli.demo --limit 40      # a quicker taste (fewer mistakes to learn from)
