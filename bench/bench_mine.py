@@ -160,7 +160,8 @@ def main() -> None:
     parser.add_argument("--render", metavar="JSON", help="only write docs/bench/mine.md from a results file")
     args = parser.parse_args()
     if args.render:
-        return print(f"wrote {render(Path(args.render), ROOT / 'docs' / 'bench' / 'mine.md')}")
+        print(f"wrote {render(Path(args.render), ROOT / 'docs' / 'bench' / 'mine.md')}")
+        return
 
     task = get_task("svamp")
     examples = task.load("train")[: args.questions]

@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.max_steps} steps (step 1 warm-up), {args.repeats} round(s); {os.cpu_count()} CPUs; "
         f"target tokens per step {[t['target'] for t in tokens]}; run folders in {workdir}"
     )
+    started = {"commit": commit(), "load_average_before": load_average()}  # the commit that ran, not later edits
     results: dict[str, list[dict]] = {}
     for i, (r, name) in enumerate(order):
         print(f"\n== round {r}: {name}", flush=True)
@@ -341,10 +342,10 @@ def main(argv: list[str] | None = None) -> int:
             "runs": results,
             "ratios": ratios,
             "checks": checks,
-            "commit": commit(),
             "machine": machine(),
             "load_average_after": load_average(),
-        },
+        }
+        | started,
     )
     print(f"\nwrote {args.out}")
     if not args.keep:
