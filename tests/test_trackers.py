@@ -87,7 +87,8 @@ def test_every_tracker_gets_each_step_the_end_and_the_evaluation(offline, tmp_pa
     assert [r["eval/svamp-test/accuracy"] for r in rows if "eval/svamp-test/accuracy" in r] == [0.25]
 
     # W&B's offline runs are binary records (synced later by `wandb sync`); its metric names are in them as written
-    runs = sorted((Path(config.out) / "wandb").glob(f"offline-run-*-{ids['wandb']}/run-{ids['wandb']}.wandb"))
+    # Sessions started within one second share a timestamp; W&B then names the later folders <id>-1, <id>-2
+    runs = sorted((Path(config.out) / "wandb").glob(f"offline-run-*-{ids['wandb']}*/run-{ids['wandb']}.wandb"))
     assert len(runs) == 3  # the training, its resume and the evaluation: one W&B run (one id), three sessions
     written = b"".join(r.read_bytes() for r in runs)
     assert all(name.encode() in written for name in ("train/loss", "train/grad_norm", "eval/svamp-test/accuracy"))
