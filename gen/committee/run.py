@@ -24,8 +24,8 @@ gold (the task's grader finds the gold answer: no review request is sent, 2T req
 T(T + 1)), gold+review (only rationales that pass the gold check are reviewed: fewer review requests) or none.
 Every rationale's gold check is recorded (`gold`). --samples K asks each teacher for K rationales a mistake,
 each seeded apart (gen/committee/mistake.py), at the temperature of the teacher's YAML (or --teacher-temperature,
-every teacher's): at 0 they may coincide, and the run says so. A folder keeps one filter: resuming with another is
-refused (its records would mean two things by `accepted`).
+every teacher's): at 0 they may coincide, and the run says so. A folder keeps one recipe: resuming with another
+filter, sample count, temperature, prompt set or threshold is refused (its records would mean two things).
 
 Budget: with max_cost_usd, no request is sent that could take what this folder's cache has spent past it
 (gen/teachers/budget.py); the run then stops cleanly, writes what finished and says how many mistakes remain,
@@ -57,7 +57,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from fair.config import Validated, at_least, save_config
+from fair.config import Validated, at_least, read_yaml_mapping, save_config
 from fair.errors import FairError
 from fair.jsonl import JsonlAppender, read_jsonl, unique_ids
 from fair.lock import folder_lock
@@ -201,6 +201,23 @@ def finished_ids(path: Path, filter: Filter | None = None) -> set[str]:
     return done
 
 
+RECIPE = ("prompts", "samples", "teacher_temperature", "threshold")  # what a record's texts and `accepted` depend on
+
+
+def check_same_recipe(config: CommitteeConfig, done: set[str]) -> None:
+    """A folder with records keeps the recipe its last run saved in committee.yaml: records written at another
+    temperature, sample count, prompt set or threshold would be mixed with these under one name."""
+    saved = config.out_path.with_name("committee.yaml")
+    if not done or not saved.exists():
+        return
+    before = read_yaml_mapping(saved, "committee settings")
+    for name in RECIPE:
+        if name in before and before[name] != getattr(config, name):
+            raise FairError(f"{config.out_path}: {len(done)} record(s) written with {name} {before[name]} "
+                            f"({saved}), not {getattr(config, name)}: one folder holds one recipe; use another "
+                            f"--out (the cache answers again for free)")
+
+
 async def run_committee(config: CommitteeConfig, teachers: list[Teacher], hooks: Hooks | None = None) -> dict[str, Any]:
     # Before the finished ids and the cache's in-flight marks are read: a second run would take the first
     # one's requests in flight for a crash's leftovers, and answer (and pay for) every mistake again.
@@ -213,6 +230,7 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
     written, the rest is cancelled once nothing is in flight (their replies are cached) and a rerun resumes."""
     task = get_task(config.task)
     done = finished_ids(config.out_path, config.filter)
+    check_same_recipe(config, done)
     mistakes = pending_mistakes(config, done)
     cache = ResponseCache(config.cache_path)
     repeated = cache.abandoned_inflight()
