@@ -43,6 +43,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException
 
 from fair.errors import FairError, out_of_resources
+from fair.recipes import FILTERS, Filter
 from fair.tasks import task_names
 from fair.wire.batch import page, page_limit
 from fair.wire.batch_api import MAX_FILES
@@ -70,6 +71,9 @@ class JobSpec(BaseModel):
     task: str = "svamp"
     teachers: list[str] | None = None  # a subset of the server's committee; default all
     prompts: Literal["fair", "paper"] = "fair"
+    filter: Filter = "review"  # which rationales qualify (fair/recipes.py); gold and none send no review request
+    samples: int = Field(1, ge=1, le=64)  # rationales per teacher and mistake
+    teacher_temperature: float | None = Field(None, ge=0, le=2)  # every teacher's, over the server's YAML
     threshold: float = Field(3.0, ge=1, le=5)
     window: int = Field(64, ge=1, le=4096)
     limit: int | None = Field(None, ge=1, le=2**53)  # the store keeps it as JSON (the page reads it too)
@@ -148,6 +152,7 @@ def page_settings(teachers: list[Teacher]) -> dict[str, Any]:
         "teachers": [t.name for t in teachers],
         "tasks": task_names(),
         "prompts": list(get_args(JobSpec.model_fields["prompts"].annotation)),
+        "filters": list(FILTERS),
         "priority": list(PRIORITY),
     }
 

@@ -1,7 +1,7 @@
 """Committee jobs (/v1/fair/jobs): gen/committee/run.py's run, one per job folder, inside the server's event loop.
 
 A job is a mistakes file (uploaded with purpose fair-mistakes) and the run's settings (task, teachers, prompts,
-threshold, window, limit), plus a priority (its weight in the shared gates' fair queues, serve/budget.py)
+filter, samples, teacher_temperature, threshold, window, limit), plus a priority (its weight in the shared gates' fair queues, serve/budget.py)
 and an optional max_cost_usd. Its folder holds what `fair committee` writes: committee.jsonl, the response
 cache requests.sqlite, committee.yaml, committee_stats.json, and at the end the paper's two files. So a job keeps
 the committee's exactly-once promise: a server killed with SIGKILL and restarted resumes every unfinished job by
@@ -49,6 +49,7 @@ from fair.wire.errors import ApiError
 from gen.committee.estimate import EstimateConfig, committee_estimate
 from gen.committee.report import write_stats
 from gen.committee.run import (
+    RECIPE,
     CommitteeConfig,
     Hooks,
     RunStopped,
@@ -148,8 +149,9 @@ class Jobs:
     def price(self, spec: dict[str, Any], path: Path, teachers: list[Teacher]) -> dict[str, Any]:
         try:
             mistakes = count_mistakes(CommitteeConfig(task=spec["task"], mistakes=str(path), limit=spec["limit"]))
+            job = self.config(spec, Path())
             config = EstimateConfig(task=spec["task"], teachers=self.committee, mistakes=str(path),
-                                    num_mistakes=mistakes, prompts=spec["prompts"])
+                                    num_mistakes=mistakes, prompts=job.prompts, filter=job.filter, samples=job.samples)
         except FairError as e:
             raise ApiError(400, str(e)) from None
         self.check_task(path, config.committee)
@@ -250,7 +252,7 @@ class Jobs:
         doc = self.store.update("job", job_id, status="in_progress")
         spec, folder = doc["spec"], self.store.folder("job", job_id)
         config = self.config(spec, folder)
-        teachers = self.chosen(spec)
+        teachers = config.sampled(self.chosen(spec))
         tenant = self.budget.tenant(job_id, spec["priority"])
         hooks = Hooks(
             admission=tenant,
@@ -341,8 +343,8 @@ class Jobs:
             mistakes=str(folder / "mistakes.jsonl"),
             out=str(folder / "committee.jsonl"),
             teachers=self.committee,
-            prompts=spec["prompts"],
-            threshold=spec["threshold"],
+            # a job stored before its spec had filter, samples and teacher_temperature: their defaults
+            **{name: spec[name] for name in (*RECIPE, "filter") if name in spec},
             window=spec["window"],
             limit=spec["limit"],
             max_cost_usd=spec["max_cost_usd"],

@@ -2,9 +2,9 @@
 
     fair committee --task svamp --mistakes data/svamp/smollm2-135m/mistakes.jsonl --server http://127.0.0.1:8765
 
-Uploads the mistakes file, submits the job (task, prompts, threshold, window, limit, priority), follows its
-progress (server-sent events) with the same progress bar as a local run, then downloads committee.jsonl,
-committee_stats.json and the paper's files beside where a local run would write them. The server's committee
+Uploads the mistakes file, submits the job (task, prompts, filter, samples, teacher_temperature, threshold, window,
+limit, priority), follows its progress (server-sent events) with the same progress bar as a local run, then
+downloads committee.jsonl, committee_stats.json and the paper's files beside where a local run would write them. The server's committee
 answers, within the limits it shares with its other jobs. The job's id is kept in committee-job.json there, so
 that a rerun after Ctrl-C follows the same job instead of paying for a second one. The token is
 FAIR_SERVE_TOKEN, else, for a server on this machine only, a local server's default token file (data/serve/token).
@@ -83,6 +83,9 @@ def submit(http: httpx.Client, config: CommitteeConfig) -> dict[str, Any]:
         "mistakes_file_id": file["id"],
         "task": config.task,
         "prompts": config.prompts,
+        "filter": config.filter,
+        "samples": config.samples,
+        "teacher_temperature": config.teacher_temperature,
         "threshold": config.threshold,
         "window": config.window,
         "limit": config.limit,

@@ -284,8 +284,3 @@ def test_the_offline_committee_answers_each_sample_as_its_own_request(tmp_path, 
     for record in records:
         assert set(record["rationales"]) == {f"{t.name}{s}" for t in teachers for s in ("", "#2")}
         assert all(r["accepted"] == r["gold"] and not r["reviews"] for r in record["rationales"].values())
-
-
-def test_a_server_job_runs_the_papers_recipe_only():
-    with pytest.raises(FairError, match="with server, jobs run the paper's recipe"):
-        CommitteeConfig(task="svamp", server="http://127.0.0.1:9", filter="gold")

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+import yaml
 
 from fair.errors import FairError
 from gen.teachers.config import load_committee
@@ -177,6 +178,26 @@ def test_a_job_runs_the_committee_and_its_cost_is_the_sum_in_committee_stats(ser
     assert http.get(f"/v1/fair/jobs/{job['id']}/files/..%2Fserve.sqlite").status_code == 404
 
 
+def test_a_job_runs_the_recipe_its_spec_names_and_its_estimate_prices_that_recipe(server, http, mistakes):
+    file_id = upload_mistakes(http, mistakes, 4, start=6)
+    recipe = {"filter": "gold", "samples": 2, "teacher_temperature": 0.7}
+    estimate = http.post("/v1/fair/estimate", json={"mistakes_file_id": file_id, **recipe})
+    assert estimate.status_code == 200, estimate.text
+    assert (estimate.json()["filter"], estimate.json()["requests_per_mistake"]) == ("gold", 3 * (1 + 2))  # no review
+    job = wait_job(http, submit(http, file_id, **recipe)["id"])
+    assert job["status"] == "completed", job
+    assert job["progress"]["requests"] + job["progress"]["cache_hits"] == 4 * 3 * (1 + 2)
+    folder = server.state / "jobs" / job["id"]
+    for record in records(folder / "committee.jsonl"):
+        assert (record["filter"], record["samples"]) == ("gold", 2)
+        assert set(record["rationales"]) == {f"{t}{k}" for t in ("careful", "sloppy", "harsh") for k in ("", "#2")}
+        assert all(r["accepted"] == r["gold"] and not r["reviews"] for r in record["rationales"].values())
+    saved = yaml.safe_load((folder / "committee.yaml").read_text())
+    assert {name: saved[name] for name in recipe} == recipe
+    refused = http.post("/v1/fair/jobs", json={"mistakes_file_id": file_id, "filter": "peers"})
+    assert refused.status_code == 400 and "filter" in refused.text
+
+
 def test_job_events_stream_progress_until_the_end(http, mistakes):
     job = submit(http, upload_mistakes(http, mistakes, 3), window=2)
     events = []
@@ -295,7 +316,7 @@ def test_our_batch_api_client_drives_the_server_unchanged(server, monkeypatch):
 def test_fair_committee_server_submits_follows_and_downloads(server, mistakes, tmp_path):
     out = tmp_path / "run" / "committee.jsonl"
     command = [sys.executable, "-m", "cli.main", "committee", "--task", "svamp", "--mistakes", str(mistakes),
-               "--limit", "3", "--out", str(out), "--server", server.url]
+               "--limit", "3", "--filter", "none", "--out", str(out), "--server", server.url]
     env = os.environ | {"FAIR_SERVE_TOKEN": TOKEN}
     run = subprocess.run(command, capture_output=True, text=True, timeout=90, env=env)
     assert run.returncode == 0, run.stderr
@@ -303,7 +324,7 @@ def test_fair_committee_server_submits_follows_and_downloads(server, mistakes, t
     # stderr is a pipe, not a terminal: the job's progress in plain lines (fair/progress.py), no redrawn bar
     assert re.search(r"^job \S+: 3/3 mistakes \(100%\), .* mistakes/s, .*, requests=\d+", run.stderr, re.M), run.stderr
     assert "\r" not in run.stderr
-    assert len(records(out)) == 3 and (out.parent / "committee_stats.json").exists()
+    assert [r["filter"] for r in records(out)] == ["none"] * 3 and (out.parent / "committee_stats.json").exists()
     again = subprocess.run(command, capture_output=True, text=True, timeout=90, env=env)
     assert again.returncode == 0 and "following job" in again.stdout  # the same job, not a second one
 

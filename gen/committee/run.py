@@ -113,10 +113,6 @@ class CommitteeConfig(Validated):
         at_least(self, 1, "window", "limit", "samples")
         if self.server and (self.base_url or self.batch_api):
             raise FairError("with server, the server's committee answers: base_url and batch_api are its own")
-        if self.server and (self.filter != "review" or self.samples != 1 or self.teacher_temperature is not None):
-            raise FairError(f"with server, jobs run the paper's recipe: filter review and samples 1 at the teachers' "
-                            f"temperatures (a job's spec has none of them), got filter {self.filter}, samples "
-                            f"{self.samples} and teacher_temperature {self.teacher_temperature}")
         if self.teacher_temperature is not None and self.teacher_temperature < 0:
             raise FairError(f"teacher_temperature must be >= 0, got {self.teacher_temperature}")
         if self.priority <= 0:
@@ -127,6 +123,12 @@ class CommitteeConfig(Validated):
         if self.batch_poll_s <= 0 or self.batch_deadline_s <= 0:
             raise FairError(f"batch_poll_s and batch_deadline_s must be positive, got {self.batch_poll_s} and "
                             f"{self.batch_deadline_s}")
+
+    def sampled(self, teachers: list[Teacher]) -> list[Teacher]:
+        """The teachers at --teacher-temperature where it is given, else at their YAML's."""
+        if self.teacher_temperature is None:
+            return teachers
+        return [dataclasses.replace(t, temperature=self.teacher_temperature) for t in teachers]
 
     @property
     def mistakes_path(self) -> Path:
@@ -340,9 +342,7 @@ async def stream_window(work: Callable[[T], Coroutine[Any, Any, Any]], items: It
 
 def committee(config: CommitteeConfig) -> dict[str, Any]:
     existing_mistakes(config)  # before any file is opened: a wrong path leaves nothing behind
-    teachers = load_committee(config.teachers, config.base_url)
-    if config.teacher_temperature is not None:
-        teachers = [dataclasses.replace(t, temperature=config.teacher_temperature) for t in teachers]
+    teachers = config.sampled(load_committee(config.teachers, config.base_url))
     if config.batch_api and not any(t.batch_api for t in teachers):
         raise FairError(f"batch_api: no teacher of committee {config.teachers!r} has batch_api: true (an OpenAI "
                         f"endpoint that serves the Batch API)")
