@@ -8,6 +8,7 @@ import dataclasses
 import importlib.util
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,10 @@ def test_every_tracker_gets_each_step_the_end_and_the_evaluation(offline, tmp_pa
     ids = json.loads((Path(config.out) / "trackers.json").read_text())
     train(dataclasses.replace(config, max_steps=3))  # the same command, one step more: it resumes at step 2
     assert json.loads((Path(config.out) / "trackers.json").read_text()) == ids  # the same runs, continued
+    # As if killed after step 3 was reported but before its checkpoint landed: the rerun takes step 3 again,
+    # and every tracker still holds one value a step.
+    shutil.rmtree(Path(config.out) / "checkpoints" / "step-3")
+    train(dataclasses.replace(config, max_steps=3))
     report_evaluation(dataclasses.replace(config, max_steps=3),
                       [{"task": "svamp", "split": "test", "accuracy": 0.25, "total": 4}])
 
@@ -89,7 +94,7 @@ def test_every_tracker_gets_each_step_the_end_and_the_evaluation(offline, tmp_pa
     # W&B's offline runs are binary records (synced later by `wandb sync`); its metric names are in them as written
     # Sessions started within one second share a timestamp; W&B then names the later folders <id>-1, <id>-2
     runs = sorted((Path(config.out) / "wandb").glob(f"offline-run-*-{ids['wandb']}*/run-{ids['wandb']}.wandb"))
-    assert len(runs) == 3  # the training, its resume and the evaluation: one W&B run (one id), three sessions
+    assert len(runs) == 4  # the training, two resumes and the evaluation: one W&B run (one id), four sessions
     written = b"".join(r.read_bytes() for r in runs)
     assert all(name.encode() in written for name in ("train/loss", "train/grad_norm", "eval/svamp-test/accuracy"))
 
