@@ -206,18 +206,21 @@ def finished_ids(path: Path, filter: Filter | None = None) -> set[str]:
 RECIPE = ("prompts", "samples", "teacher_temperature", "threshold")  # what a record's texts and `accepted` depend on
 
 
-def check_same_recipe(config: CommitteeConfig, done: set[str]) -> None:
-    """A folder with records keeps the recipe its last run saved in committee.yaml: records written at another
-    temperature, sample count, prompt set or threshold would be mixed with these under one name."""
+def resumed_ids(config: CommitteeConfig) -> set[str]:
+    """The ids already written, once the folder is known to keep its recipe: its filter (each record's) and what
+    its last run saved in committee.yaml; records written at another temperature, sample count, prompt set or
+    threshold would be mixed with these under one name."""
+    done = finished_ids(config.out_path, config.filter)
     saved = config.out_path.with_name("committee.yaml")
     if not done or not saved.exists():
-        return
+        return done
     before = read_yaml_mapping(saved, "committee settings")
     for name in RECIPE:
         if name in before and before[name] != getattr(config, name):
             raise FairError(f"{config.out_path}: {len(done)} record(s) written with {name} {before[name]} "
                             f"({saved}), not {getattr(config, name)}: one folder holds one recipe; use another "
                             f"--out (the cache answers again for free)")
+    return done
 
 
 async def run_committee(config: CommitteeConfig, teachers: list[Teacher], hooks: Hooks | None = None) -> dict[str, Any]:
@@ -231,8 +234,7 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
     """RunStopped (with the result) when a teacher is out of quota or the budget is reached: what finished is
     written, the rest is cancelled once nothing is in flight (their replies are cached) and a rerun resumes."""
     task = get_task(config.task)
-    done = finished_ids(config.out_path, config.filter)
-    check_same_recipe(config, done)
+    done = resumed_ids(config)
     mistakes = pending_mistakes(config, done)
     cache = ResponseCache(config.cache_path)
     repeated = cache.abandoned_inflight()
