@@ -105,11 +105,11 @@ class Jobs:
 
     async def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         source = self.source(spec)
-        self.chosen(spec)
         job_id = new_id("job")
         folder = self.store.folder("job", job_id)
         try:
             config = self.config(spec, folder)
+            config.sampled(self.chosen(spec))  # a temperature outside a teacher's API's range
         except FairError as e:
             raise ApiError(400, str(e)) from None
         # Reading the mistakes file is off the event loop: a large one must not keep every other request waiting.

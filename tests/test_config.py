@@ -152,6 +152,21 @@ def test_thinking_budget_is_gemini_only_and_adds_to_the_output_limit():
         Teacher(name="o", provider="openai", model="m", price_cached_input=-0.1)
 
 
+def test_a_temperature_outside_the_providers_range_is_refused_also_when_overridden():
+    import dataclasses
+
+    from gen.committee.run import CommitteeConfig
+
+    claude = Teacher(name="h", provider="anthropic", model="m", temperature=1.0)
+    with pytest.raises(FairError, match=r"teacher 'h': temperature must be within 0-1 for provider anthropic"):
+        dataclasses.replace(claude, temperature=1.5)
+    assert Teacher(name="g", provider="gemini", model="m", temperature=1.5).temperature == 1.5
+    with pytest.raises(FairError, match="top_p within"):
+        Teacher(name="o", provider="openai", model="m", top_p=0)
+    with pytest.raises(FairError, match="temperature must be within 0-1"):  # --teacher-temperature over the YAML's
+        CommitteeConfig(teacher_temperature=1.2).sampled([claude])
+
+
 def test_the_default_committee_prices_cached_input_and_bounds_thinking():
     teachers = {t.name: t for t in load_committee("default")}
     assert all(t.price_cached_input is not None and t.price_cached_input < t.price_input for t in teachers.values())

@@ -196,6 +196,11 @@ def test_a_job_runs_the_recipe_its_spec_names_and_its_estimate_prices_that_recip
     assert {name: saved[name] for name in recipe} == recipe
     refused = http.post("/v1/fair/jobs", json={"mistakes_file_id": file_id, "filter": "peers"})
     assert refused.status_code == 400 and "filter" in refused.text
+    jobs = len(http.get("/v1/fair/jobs?limit=100").json()["data"])
+    refused = http.post("/v1/fair/jobs", json={"mistakes_file_id": file_id, "teacher_temperature": 1.5})
+    assert refused.status_code == 400, refused.text  # above Anthropic's 1 (harsh): no job, rather than failed requests
+    assert "temperature must be within 0-1 for provider anthropic" in refused.json()["error"]["message"]
+    assert len(http.get("/v1/fair/jobs?limit=100").json()["data"]) == jobs
 
 
 def test_job_events_stream_progress_until_the_end(http, mistakes):

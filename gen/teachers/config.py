@@ -40,6 +40,8 @@ DEFAULT_BASE_URLS = {
     "anthropic": "https://api.anthropic.com/v1",
 }
 CONFIG_DIR = TEACHERS_DIR
+# The APIs' documented ranges: a request outside them is a 400 for every mistake.
+MAX_TEMPERATURE: dict[str, float] = {"openai": 2.0, "gemini": 2.0, "anthropic": 1.0}
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,10 @@ class Teacher(Validated):
         if self.thinking_budget is not None and (self.provider != "gemini" or self.thinking_budget < 0):
             raise FairError(f"teacher {self.name!r}: thinking_budget must be a whole number >= 0, for provider gemini "
                             f"(Gemini's thinkingConfig.thinkingBudget), got {self.thinking_budget!r}")
+        if not 0 <= self.temperature <= MAX_TEMPERATURE[self.provider] or not 0 < self.top_p <= 1:
+            raise FairError(f"teacher {self.name!r}: temperature must be within 0-{MAX_TEMPERATURE[self.provider]:g} "
+                            f"for provider {self.provider} and top_p within (0, 1], got {self.temperature:g} and "
+                            f"{self.top_p:g}")
         if self.batch_api and self.provider != "openai":
             raise FairError(f"teacher {self.name!r}: batch_api needs provider openai (OpenAI's Batch API)")
 
