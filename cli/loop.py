@@ -52,7 +52,7 @@ from typing import Any
 
 import yaml
 
-from cli.pipeline import GenConfig, generate, require_keys, settings_from
+from cli.pipeline import GenConfig, check_teachers, generate, settings_from
 from eval.evaluate import EvalConfig, evaluate
 from eval.report import build_report, change_line, load_json, percent, wilson
 from fair.config import (
@@ -214,7 +214,7 @@ class Progress:
 def run_loop(config: LoopConfig, stages: Stages | None = None) -> dict[str, Any]:
     """Every round up to config.rounds (or the first with nothing to teach); the summary (loop.json's content)."""
     stages = stages or Stages()
-    require_keys(config.gen_config(0, config.student))  # before the first evaluation, not after it
+    check_teachers(config.gen_config(0, config.student))  # before the first evaluation, not after it
     out = config.out_dir
     with folder_lock(out, "loop"):  # one loop per folder: two would train one round's folder at once
         check_unchanged(config, out / "loop.yaml")

@@ -81,7 +81,7 @@ class GenConfig(Validated):
 
 
 def generate(config: GenConfig) -> None:
-    require_keys(config)
+    check_teachers(config)
     mine(config.mine_config())
     with offline_server(config) as base_url:
         committee_config = config.committee_config(base_url)
@@ -90,9 +90,11 @@ def generate(config: GenConfig) -> None:
         export(config, committee_config)
 
 
-def require_keys(config: GenConfig) -> None:
-    """Before mining: an hour of student inference should not end in a missing-key error."""
-    if config.teachers != OFFLINE and (missing := missing_keys(load_committee(config.teachers))):
+def check_teachers(config: GenConfig) -> None:
+    """Before mining: an hour of student inference should not end in a missing key, or in a temperature the
+    teachers' APIs refuse (--teacher-temperature over their YAML's)."""
+    teachers = config.committee_config().sampled(load_committee(config.teachers))
+    if config.teachers != OFFLINE and (missing := missing_keys(teachers)):
         raise FairError(f"committee {config.teachers!r} needs the environment variable(s) {', '.join(missing)}; "
                         f"set them, or use the offline simulator: make gen DATASET={config.task} TEACHERS=offline")
 

@@ -46,11 +46,10 @@ from sse_starlette.sse import EventSourceResponse
 from fair.wire.errors import ApiError
 from gen.teachers.cache import ResponseCache
 from gen.teachers.client import TeacherClient
-from gen.teachers.config import Teacher
+from gen.teachers.config import MAX_TEMPERATURE, Teacher
 from gen.teachers.providers import ChatRequest, ChatResponse, ProviderError
 from serve.budget import Tenant
 from serve.wire import (
-    RANGES,
     ROLES,
     STREAM_OPTIONS,
     STREAMING,
@@ -89,7 +88,9 @@ def openapi(teachers: dict[str, Teacher]) -> dict[str, Any]:
                     "properties": {"role": {"enum": sorted(ROLES)}, "content": {"type": "string"}},
                 },
             },
-            **{n: {"type": "number", "minimum": low, "maximum": high} for n, (low, high) in RANGES.items()},
+            # The widest of the providers' ranges: a model's own (Anthropic's temperature to 1) is checked per request.
+            "temperature": {"type": "number", "minimum": 0, "maximum": max(MAX_TEMPERATURE.values())},
+            "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
             "max_tokens": tokens,
             "max_completion_tokens": tokens,
             "stream": {"type": "boolean"},

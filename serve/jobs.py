@@ -1,8 +1,8 @@
 """Committee jobs (/v1/fair/jobs): gen/committee/run.py's run, one per job folder, inside the server's event loop.
 
 A job is a mistakes file (uploaded with purpose fair-mistakes) and the run's settings (task, teachers, prompts,
-filter, samples, teacher_temperature, threshold, window, limit), plus a priority (its weight in the shared gates' fair queues, serve/budget.py)
-and an optional max_cost_usd. Its folder holds what `fair committee` writes: committee.jsonl, the response
+filter, samples, teacher_temperature, threshold, window, limit), plus a priority (its weight in the shared gates'
+fair queues, serve/budget.py) and an optional max_cost_usd. Its folder holds what `fair committee` writes: committee.jsonl, the response
 cache requests.sqlite, committee.yaml, committee_stats.json, and at the end the paper's two files. So a job keeps
 the committee's exactly-once promise: a server killed with SIGKILL and restarted resumes every unfinished job by
 itself, finished mistakes are skipped, cached replies are free, and only the requests in flight at the kill can
@@ -49,7 +49,6 @@ from fair.wire.errors import ApiError
 from gen.committee.estimate import EstimateConfig, committee_estimate
 from gen.committee.report import write_stats
 from gen.committee.run import (
-    RECIPE,
     CommitteeConfig,
     Hooks,
     RunStopped,
@@ -74,6 +73,7 @@ COUNTERS = (
     "cost",
 )
 SAVE_EVERY_S = 1.0
+JOB_RECIPE = ("filter", "samples", "teacher_temperature", "threshold")  # a spec's settings of the run's recipe
 STEM = "student"  # the paper's files: student_<task>_{feedback,rationale}_round0.json
 ESTIMATING = anyio.CapacityLimiter(4)  # estimates reading their files at once; the others wait without a thread
 
@@ -109,7 +109,7 @@ class Jobs:
         folder = self.store.folder("job", job_id)
         try:
             config = self.config(spec, folder)
-            config.sampled(self.chosen(spec))  # a temperature outside a teacher's API's range
+            config.sampled(self.chosen(spec))  # a 400 now, not a job whose every request the API refuses
         except FairError as e:
             raise ApiError(400, str(e)) from None
         # Reading the mistakes file is off the event loop: a large one must not keep every other request waiting.
@@ -152,6 +152,7 @@ class Jobs:
             job = self.config(spec, Path())
             config = EstimateConfig(task=spec["task"], teachers=self.committee, mistakes=str(path),
                                     num_mistakes=mistakes, prompts=job.prompts, filter=job.filter, samples=job.samples)
+            teachers = job.sampled(teachers)  # what a submit would refuse, an estimate refuses too
         except FairError as e:
             raise ApiError(400, str(e)) from None
         self.check_task(path, config.committee)
@@ -252,7 +253,6 @@ class Jobs:
         doc = self.store.update("job", job_id, status="in_progress")
         spec, folder = doc["spec"], self.store.folder("job", job_id)
         config = self.config(spec, folder)
-        teachers = config.sampled(self.chosen(spec))
         tenant = self.budget.tenant(job_id, spec["priority"])
         hooks = Hooks(
             admission=tenant,
@@ -261,6 +261,8 @@ class Jobs:
         )
         status, error, resumable = "completed", None, False
         try:
+            # Here, where a failure ends the job: the server's committee file may have changed since the submit.
+            teachers = config.sampled(self.chosen(spec))
             write_stats(config.out_path, await run_committee(config, teachers, hooks))
             write_paper_files(get_task(config.task), config.out_path, f"{STEM}_{get_task(config.task).name}")
         except RunStopped as stop:  # its budget reached, or a teacher out of quota: resumable, nothing lost
@@ -344,7 +346,7 @@ class Jobs:
             out=str(folder / "committee.jsonl"),
             teachers=self.committee,
             # a job stored before its spec had filter, samples and teacher_temperature: their defaults
-            **{name: spec[name] for name in (*RECIPE, "filter") if name in spec},
+            **{name: spec[name] for name in JOB_RECIPE if name in spec},
             window=spec["window"],
             limit=spec["limit"],
             max_cost_usd=spec["max_cost_usd"],

@@ -29,11 +29,13 @@ from fair.progress import Progress
 from fair.wire.listen import is_loopback
 from gen.committee.run import CommitteeConfig, existing_mistakes
 from serve.config import TOKEN_ENV
+from serve.jobs import JOB_RECIPE
 
 LOCAL_TOKEN = Path("data/serve/token")
 OUTPUTS = ("committee.jsonl", "committee_stats.json", "committee.yaml")
 ROUND0 = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*_round0\.json")  # the paper's files: no folder, no leading dot
 TERMINAL = ("completed", "failed", "cancelled", "stopped")
+DEFAULT = CommitteeConfig()  # the settings a job's spec may leave out
 
 
 def client_token(server: str) -> str:
@@ -83,16 +85,24 @@ def submit(http: httpx.Client, config: CommitteeConfig) -> dict[str, Any]:
         "mistakes_file_id": file["id"],
         "task": config.task,
         "prompts": config.prompts,
-        "filter": config.filter,
-        "samples": config.samples,
-        "teacher_temperature": config.teacher_temperature,
         "threshold": config.threshold,
         "window": config.window,
         "limit": config.limit,
         "priority": config.priority,
         "max_cost_usd": config.max_cost_usd,
+        # Only where they differ from the defaults: a server older than these settings refuses any it lacks.
+        **{name: getattr(config, name) for name in JOB_RECIPE if getattr(config, name) != getattr(DEFAULT, name)},
     }
     return call(http, "POST", "/v1/fair/jobs", json=spec)
+
+
+def same_recipe(job: dict[str, Any], config: CommitteeConfig, ledger: Path) -> None:
+    """A rerun follows the job it submitted only when that job runs the recipe asked for now."""
+    for name in ("prompts", *JOB_RECIPE):
+        asked, runs = getattr(config, name), job["spec"].get(name, getattr(DEFAULT, name))
+        if runs != asked:
+            raise FairError(f"{ledger}: job {job['id']} runs {name} {runs}, not {asked}: rerun with its settings "
+                            f"to follow it, or write to another --out for a new job")
 
 
 def follow(http: httpx.Client, job: dict[str, Any], progress: bool) -> dict[str, Any]:
@@ -145,6 +155,7 @@ def run_remote(config: CommitteeConfig) -> dict[str, Any]:
     with httpx.Client(base_url=config.server.rstrip("/"), headers=headers, timeout=60) as http:
         if ledger.exists():
             job = call(http, "GET", f"/v1/fair/jobs/{orjson.loads(ledger.read_bytes())['id']}")
+            same_recipe(job, config, ledger)
             print(f"following job {job['id']} (submitted earlier from {ledger})")
         else:
             job = submit(http, config)

@@ -25,7 +25,7 @@ from typing import Any
 
 from fair.wire.errors import ApiError
 from gen.teachers.client import estimate_tokens
-from gen.teachers.config import Teacher
+from gen.teachers.config import Teacher, sampling_range_error
 from gen.teachers.providers import ChatRequest, ChatResponse
 
 SAMPLING = {"temperature", "top_p", "max_tokens", "max_completion_tokens"}
@@ -43,7 +43,6 @@ SERVER_ONLY = {
     "max_retries",
     "provider",
 }
-RANGES = {"temperature": (0, 2), "top_p": (0, 1)}  # OpenAI's
 STREAMING = frozenset({"stream", "stream_options"})  # the proxy's, not a batch line's
 STREAM_OPTIONS = {"include_usage", "include_obfuscation"}
 ROLES = {"system", "user", "assistant", "developer"}
@@ -115,9 +114,10 @@ def _sampling(body: dict, teacher: Teacher, where: str) -> tuple[float, float, i
     temperature, top_p = body.get("temperature", teacher.temperature), body.get("top_p", teacher.top_p)
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens", teacher.max_tokens))
     for name, value in (("temperature", temperature), ("top_p", top_p)):
-        low, high = RANGES[name]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-            raise ApiError(400, f"{where}: {name} must be a number in {low}..{high}", name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ApiError(400, f"{where}: {name} must be a number", name)
+    if wrong := sampling_range_error(teacher.provider, temperature, top_p):  # else a 400 upstream, every time
+        raise ApiError(400, f"{where}: {wrong[1]}", wrong[0])
     if (
         isinstance(max_tokens, bool)
         or not isinstance(max_tokens, int)

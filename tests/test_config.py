@@ -161,7 +161,7 @@ def test_a_temperature_outside_the_providers_range_is_refused_also_when_overridd
     with pytest.raises(FairError, match=r"teacher 'h': temperature must be within 0-1 for provider anthropic"):
         dataclasses.replace(claude, temperature=1.5)
     assert Teacher(name="g", provider="gemini", model="m", temperature=1.5).temperature == 1.5
-    with pytest.raises(FairError, match="top_p within"):
+    with pytest.raises(FairError, match=r"top_p must be within \(0, 1\]"):
         Teacher(name="o", provider="openai", model="m", top_p=0)
     with pytest.raises(FairError, match="temperature must be within 0-1"):  # --teacher-temperature over the YAML's
         CommitteeConfig(teacher_temperature=1.2).sampled([claude])

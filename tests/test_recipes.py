@@ -103,15 +103,17 @@ def test_review_is_the_papers_and_a_folder_keeps_its_filter(scripted):
         run(scripted, filter="gold")
 
 
-@pytest.mark.parametrize("change, said", [({"teacher_temperature": 0.7}, "teacher_temperature None"),
-                                          ({"samples": 2}, "samples 1"), ({"threshold": 4.0}, "threshold 3.0")])
-def test_a_folder_keeps_its_recipe_and_refusing_sends_nothing(scripted, change, said):
-    records, _ = run(scripted, filter="gold")
-    with pytest.raises(FairError, match=rf"6 record\(s\) written with {said} \(.*committee.yaml\), not "):
-        run(scripted, filter="gold", **change)
+@pytest.mark.parametrize("filter, change, said", [
+    ("gold", {"teacher_temperature": 0.7}, "teacher temperatures a 0, b 0, c 0, not a 0.7, b 0.7, c 0.7"),
+    ("gold", {"samples": 2}, "--samples 1, not 2"), ("review", {"threshold": 4.0}, "--threshold 3.0, not 4.0"),
+    ("gold", {"prompts": "paper"}, "--prompts fair-v3, not paper-v3")])
+def test_an_output_keeps_its_recipe_and_refusing_sends_nothing(scripted, filter, change, said):
+    records, _ = run(scripted, filter=filter)
+    with pytest.raises(FairError, match=rf"committee.jsonl record 0: written with {said}: one file holds one recipe"):
+        run(scripted, filter=filter, **change)
     assert not scripted[3]  # nothing sent
     assert list(read_jsonl(scripted[1].with_name("committee.jsonl"))) == records
-    run(scripted, filter="gold", limit=6)  # the same recipe resumes (here: nothing left to ask)
+    run(scripted, filter=filter, threshold=4.0 if filter == "gold" else 3.0)  # under gold the threshold decides nothing
 
 
 def test_samples_are_distinct_seeded_requests_each_checked_and_their_teachers(scripted):

@@ -332,6 +332,9 @@ def test_fair_committee_server_submits_follows_and_downloads(server, mistakes, t
     assert [r["filter"] for r in records(out)] == ["none"] * 3 and (out.parent / "committee_stats.json").exists()
     again = subprocess.run(command, capture_output=True, text=True, timeout=90, env=env)
     assert again.returncode == 0 and "following job" in again.stdout  # the same job, not a second one
+    other = [part if part != "none" else "gold" for part in command]  # another recipe: not that job's
+    refused = subprocess.run(other, capture_output=True, text=True, timeout=90, env=env)
+    assert refused.returncode != 0 and re.search(r"job \S+ runs filter none, not gold", refused.stderr), refused.stderr
 
 
 def test_limits_show_each_gate(http):

@@ -120,6 +120,8 @@ def test_the_sdks_stream_helper_accumulates_the_same_reply(served):
         ({"stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
         ({"stream_options": {"include_everything": True}}, "stream_options"),
         ({"n": 2}, "n"),
+        ({"model": "harsh", "temperature": 1.5}, "temperature"),  # OpenAI's range, over Anthropic's 0-1
+        ({"top_p": 0}, "top_p"),
     ],
 )
 def test_a_bad_request_fails_before_the_stream_as_openai_error_json(served, change, param):

@@ -145,3 +145,11 @@ def test_coercions_still_apply():
     assert EvalConfig(task="svamp").task == ("svamp",)
     assert GenConfig(offline_latency_ms=[5, 9]).offline_latency_ms == (5, 9)
     assert CommitteeConfig(threshold=4).threshold == 4.0 and isinstance(CommitteeConfig(threshold=4).threshold, float)
+
+
+def test_fair_gen_refuses_a_temperature_its_teachers_apis_refuse_before_it_mines(monkeypatch):
+    import cli.pipeline
+
+    monkeypatch.setattr(cli.pipeline, "mine", lambda config: pytest.fail("mined before the teachers were checked"))
+    with pytest.raises(FairError, match="teacher 'harsh': temperature must be within 0-1 for provider anthropic"):
+        cli.pipeline.generate(GenConfig(teachers="offline", teacher_temperature=1.5))

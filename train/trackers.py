@@ -20,9 +20,11 @@ Where each writes, offline first; each reads its own environment for the rest (s
 
 One run per output folder: the trackers' run ids are kept in <out>/trackers.json, so the same command again (a
 resume) and the evaluation after training continue the same run in every tracker instead of starting another.
-A resume repeats the steps a killed run took after its last checkpoint; each tracker keeps one value a step:
-TensorBoard purges the later events, W&B drops a step at or before its run's last, and to MLflow and trackio
-(which would keep both) a step they already have is not sent again.
+A resume repeats the steps a killed run took after its last checkpoint, and a rerun repeats the end's numbers;
+each tracker keeps one value a metric and step: TensorBoard purges the later events, W&B drops a step at or
+before its run's last (its summary takes the new end), and MLflow and trackio (which would keep both) are not
+sent a step at or before the last one they have, nor an end's metric they have at that step: the first value
+stands (trackio: as its local database has them).
 The run's settings are sent once, when the run is created (mlflow refuses a parameter changed later, and a
 resume may change the run-only ones, such as micro_batch_size).
 
@@ -134,15 +136,19 @@ class MLflow:
         self.run_id = self.run.info.run_id
         if settings is not None:
             self.mlflow.log_params(settings)
-        history = self.mlflow.MlflowClient().get_metric_history(self.run_id, STEP_METRICS["loss"])
-        self.logged = max((m.step for m in history), default=0)
+        self.client = self.mlflow.MlflowClient()
+        self.logged = max((m.step for m in self.client.get_metric_history(self.run_id, STEP_METRICS["loss"])),
+                          default=0)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        if step > self.logged:  # a step a killed run sent before its last checkpoint's successor: not twice
-            self.summary(metrics, step)
+        if step > self.logged:
+            self.mlflow.log_metrics(metrics, step=step)
 
     def summary(self, metrics: dict[str, float], step: int) -> None:
-        self.mlflow.log_metrics(metrics, step=step)
+        new = {name: value for name, value in metrics.items()
+               if all(m.step != step for m in self.client.get_metric_history(self.run_id, name))}
+        if new:
+            self.mlflow.log_metrics(new, step=step)
 
     def close(self) -> None:
         self.mlflow.end_run()
@@ -154,15 +160,18 @@ class Trackio:
         # The run's name is its identity in trackio: made unique once (folders named `train` abound), then kept.
         self.run_id = run_id or f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.trackio.init(project=PROJECT, name=self.run_id, config=settings, resume="allow", embed=False)
-        rows = need("trackio.sqlite_storage", "trackio").SQLiteStorage.get_logs(PROJECT, self.run_id)
-        self.logged = max((r["step"] for r in rows if STEP_METRICS["loss"] in r), default=0)
+        self.storage = need("trackio.sqlite_storage", "trackio").SQLiteStorage  # its local database
+        self.logged = self.storage.get_max_step_for_run(PROJECT, self.run_id) or 0
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        if step > self.logged:  # as MLflow's
-            self.summary(metrics, step)
+        if step > self.logged:
+            self.trackio.log(metrics, step=step)
 
     def summary(self, metrics: dict[str, float], step: int) -> None:
-        self.trackio.log(metrics, step=step)
+        new = {name: value for name, value in metrics.items()
+               if not self.storage.get_metric_values(PROJECT, self.run_id, name, step=step)}
+        if new:
+            self.trackio.log(new, step=step)
 
     def close(self) -> None:
         self.trackio.finish()

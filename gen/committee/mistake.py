@@ -28,7 +28,7 @@ from fair.prices import USAGE_FIELDS
 from fair.recipes import Filter, finds_gold, gold_checks, qualifies, reviews
 from fair.records import Messages, StudentAnswer, sample_key, usable_text
 from fair.tasks import Task
-from gen.committee.prompts import PROMPT_VERSION, PromptSet
+from gen.committee.prompts import PromptSet, prompts_label
 from gen.committee.review import parse_review_score
 from gen.teachers.client import TeacherClient
 from gen.teachers.config import Teacher
@@ -160,8 +160,9 @@ async def process(ctx: Context, answer: StudentAnswer) -> dict[str, Any]:
         "feedback": {n: f.entry() for n, f in zip(names, feedbacks, strict=True)},
         "rationales": {sample_key(n, k): r for (n, k), (r, _) in zip(authors, rationales, strict=True)},
         "usage": usage,
-        "prompts": f"{ctx.prompts_name}-v{PROMPT_VERSION}",
+        "prompts": prompts_label(ctx.prompts_name),
         "threshold": ctx.threshold,
         "filter": ctx.filter,
         "samples": ctx.samples,
+        "temperatures": {n: ctx.teachers[n].temperature for n in names},
     }

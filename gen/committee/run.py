@@ -24,8 +24,9 @@ gold (the task's grader finds the gold answer: no review request is sent, 2T req
 T(T + 1)), gold+review (only rationales that pass the gold check are reviewed: fewer review requests) or none.
 Every rationale's gold check is recorded (`gold`). --samples K asks each teacher for K rationales a mistake,
 each seeded apart (gen/committee/mistake.py), at the temperature of the teacher's YAML (or --teacher-temperature,
-every teacher's): at 0 they may coincide, and the run says so. A folder keeps one recipe: resuming with another
-filter, sample count, temperature, prompt set or threshold is refused (its records would mean two things).
+every teacher's): at 0 they may coincide, and the run says so. An output keeps one recipe: resuming it with another
+filter, sample count, teacher temperatures, prompt set or (under review) threshold is refused, naming the record:
+its records would mean two things (each record carries its recipe).
 
 Budget: with max_cost_usd, no request is sent that could take what this folder's cache has spent past it
 (gen/teachers/budget.py); the run then stops cleanly, writes what finished and says how many mistakes remain,
@@ -57,18 +58,18 @@ from typing import Any, Literal, TypeVar
 import httpx
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from fair.config import Validated, at_least, read_yaml_mapping, save_config
+from fair.config import Validated, at_least, save_config
 from fair.errors import FairError
 from fair.jsonl import JsonlAppender, read_jsonl, unique_ids
 from fair.lock import folder_lock
 from fair.models import DEFAULT_STUDENT
 from fair.progress import Progress
-from fair.recipes import Filter, check_filter, recorded_filter
+from fair.recipes import Filter, check_filter, recorded_filter, reviews
 from fair.records import StudentAnswer
 from fair.student import run_dir
 from fair.tasks import get_task
 from gen.committee.mistake import Context, OutOfQuota, process
-from gen.committee.prompts import PROMPT_SETS, drafts
+from gen.committee.prompts import PROMPT_SETS, drafts, prompts_label
 from gen.committee.report import print_summary, progress_line, review_outcomes, write_stats
 from gen.teachers.batch import DEADLINE_S, BatchRun
 from gen.teachers.budget import BudgetExhausted, CostBudget
@@ -192,35 +193,36 @@ def count_mistakes(config: CommitteeConfig) -> int:
     return distinct if config.limit is None else min(distinct, config.limit)
 
 
-def finished_ids(path: Path, filter: Filter | None = None) -> set[str]:
-    """The ids already in the output; with `filter`, FairError if a record there ran under another one."""
+def finished_ids(path: Path, recipe: dict[str, Any] | None = None) -> set[str]:
+    """The ids already in the output; with `recipe` (`run_recipe`), FairError if a record there was written under
+    another one: its texts or `accepted` would mean something else than the new records' under one name."""
     done = set()
     for i, record in enumerate(read_jsonl(path) if path.exists() else ()):
-        if filter is not None and recorded_filter(record) != filter:
-            raise FairError(f"{path} record {i}: written with --filter {recorded_filter(record)}, not {filter}: "
-                            f"one folder holds one filter; use another --out (the cache answers again for free)")
+        for key, value in (recipe or {}).items():
+            # Older records lack temperatures, and the paper's files a filter (theirs was review).
+            had = recorded_filter(record) if key == "filter" else record.get(key, value)
+            if had != value:
+                raise FairError(f"{path} record {i}: written with {RECIPE_NAMES[key]} {shown(had)}, not "
+                                f"{shown(value)}: one file holds one recipe; write to another --out beside it "
+                                f"(its folder's cache answers what is unchanged again for free)")
         done.add(record["id"])
     return done
 
 
-RECIPE = ("prompts", "samples", "teacher_temperature", "threshold")  # what a record's texts and `accepted` depend on
+RECIPE_NAMES = {"prompts": "--prompts", "filter": "--filter", "samples": "--samples", "threshold": "--threshold",
+                "temperatures": "teacher temperatures"}
 
 
-def resumed_ids(config: CommitteeConfig) -> set[str]:
-    """The ids already written, once the folder is known to keep its recipe: its filter (each record's) and what
-    its last run saved in committee.yaml; records written at another temperature, sample count, prompt set or
-    threshold would be mixed with these under one name."""
-    done = finished_ids(config.out_path, config.filter)
-    saved = config.out_path.with_name("committee.yaml")
-    if not done or not saved.exists():
-        return done
-    before = read_yaml_mapping(saved, "committee settings")
-    for name in RECIPE:
-        if name in before and before[name] != getattr(config, name):
-            raise FairError(f"{config.out_path}: {len(done)} record(s) written with {name} {before[name]} "
-                            f"({saved}), not {getattr(config, name)}: one folder holds one recipe; use another "
-                            f"--out (the cache answers again for free)")
-    return done
+def run_recipe(config: CommitteeConfig, teachers: list[Teacher]) -> dict[str, Any]:
+    """The fields of a record (gen/committee/mistake.py) that this run's records will share: the threshold only
+    where reviews decide `accepted`."""
+    recipe = {"prompts": prompts_label(config.prompts), "filter": config.filter, "samples": config.samples,
+              "temperatures": {t.name: t.temperature for t in teachers}}
+    return recipe | ({"threshold": config.threshold} if reviews(config.filter) else {})
+
+
+def shown(value: Any) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in value.items()) if isinstance(value, dict) else f"{value}"
 
 
 async def run_committee(config: CommitteeConfig, teachers: list[Teacher], hooks: Hooks | None = None) -> dict[str, Any]:
@@ -234,7 +236,7 @@ async def stream_committee(config: CommitteeConfig, teachers: list[Teacher], hoo
     """RunStopped (with the result) when a teacher is out of quota or the budget is reached: what finished is
     written, the rest is cancelled once nothing is in flight (their replies are cached) and a rerun resumes."""
     task = get_task(config.task)
-    done = resumed_ids(config)
+    done = finished_ids(config.out_path, run_recipe(config, teachers))
     mistakes = pending_mistakes(config, done)
     cache = ResponseCache(config.cache_path)
     repeated = cache.abandoned_inflight()

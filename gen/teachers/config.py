@@ -44,6 +44,16 @@ CONFIG_DIR = TEACHERS_DIR
 MAX_TEMPERATURE: dict[str, float] = {"openai": 2.0, "gemini": 2.0, "anthropic": 1.0}
 
 
+def sampling_range_error(provider: str, temperature: float, top_p: float) -> tuple[str, str] | None:
+    """(field, what is wrong) when a temperature or top_p is outside the provider's API's range, else None."""
+    if not 0 <= temperature <= MAX_TEMPERATURE[provider]:
+        return "temperature", (f"temperature must be within 0-{MAX_TEMPERATURE[provider]:g} for provider {provider}, "
+                               f"got {temperature:g}")
+    if not 0 < top_p <= 1:
+        return "top_p", f"top_p must be within (0, 1], got {top_p:g}"
+    return None
+
+
 @dataclass(frozen=True)
 class Teacher(Validated):
     name: str  # short and unique in the committee: it keys feedback, rationales and reviews
@@ -93,10 +103,8 @@ class Teacher(Validated):
         if self.thinking_budget is not None and (self.provider != "gemini" or self.thinking_budget < 0):
             raise FairError(f"teacher {self.name!r}: thinking_budget must be a whole number >= 0, for provider gemini "
                             f"(Gemini's thinkingConfig.thinkingBudget), got {self.thinking_budget!r}")
-        if not 0 <= self.temperature <= MAX_TEMPERATURE[self.provider] or not 0 < self.top_p <= 1:
-            raise FairError(f"teacher {self.name!r}: temperature must be within 0-{MAX_TEMPERATURE[self.provider]:g} "
-                            f"for provider {self.provider} and top_p within (0, 1], got {self.temperature:g} and "
-                            f"{self.top_p:g}")
+        if wrong := sampling_range_error(self.provider, self.temperature, self.top_p):
+            raise FairError(f"teacher {self.name!r}: {wrong[1]}")
         if self.batch_api and self.provider != "openai":
             raise FairError(f"teacher {self.name!r}: batch_api needs provider openai (OpenAI's Batch API)")
 
