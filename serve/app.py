@@ -48,7 +48,7 @@ from fair.tasks import task_names
 from fair.wire.batch import page, page_limit
 from fair.wire.batch_api import MAX_FILES
 from fair.wire.errors import ApiError
-from gen.teachers.config import Teacher
+from gen.teachers.config import MAX_TEMPERATURE, Teacher
 from gen.teachers.gates import gate_state
 from serve import chat, uploads
 from serve.auth import LOGIN, Auth, Sessions, cookie_name
@@ -73,7 +73,8 @@ class JobSpec(BaseModel):
     prompts: Literal["fair", "paper"] = "fair"
     filter: Filter = "review"  # which rationales qualify (fair/recipes.py); gold and none send no review request
     samples: int = Field(1, ge=1, le=64)  # rationales per teacher and mistake
-    teacher_temperature: float | None = Field(None, ge=0, le=2)  # every teacher's, over the server's YAML
+    # Every teacher's, over the server's YAML; each provider's own range is checked at submit (MAX_TEMPERATURE).
+    teacher_temperature: float | None = Field(None, ge=0, le=max(MAX_TEMPERATURE.values()))
     threshold: float = Field(3.0, ge=1, le=5)
     window: int = Field(64, ge=1, le=4096)
     limit: int | None = Field(None, ge=1, le=2**53)  # the store keeps it as JSON (the page reads it too)

@@ -2,8 +2,9 @@
 
 A job is a mistakes file (uploaded with purpose fair-mistakes) and the run's settings (task, teachers, prompts,
 filter, samples, teacher_temperature, threshold, window, limit), plus a priority (its weight in the shared gates'
-fair queues, serve/budget.py) and an optional max_cost_usd. Its folder holds what `fair committee` writes: committee.jsonl, the response
-cache requests.sqlite, committee.yaml, committee_stats.json, and at the end the paper's two files. So a job keeps
+fair queues, serve/budget.py) and an optional max_cost_usd. Its folder holds what `fair committee` writes:
+committee.jsonl, the response cache requests.sqlite, committee.yaml, committee_stats.json, and at the end the
+paper's two files. So a job keeps
 the committee's exactly-once promise: a server killed with SIGKILL and restarted resumes every unfinished job by
 itself, finished mistakes are skipped, cached replies are free, and only the requests in flight at the kill can
 be sent twice; each restart adds that count to the job's `repeated_after_restart`.

@@ -34,6 +34,7 @@ def prompts_label(name: str) -> str:
     """What a committee record says made its texts: the prompt set and its version, e.g. fair-v3."""
     return f"{name}-v{PROMPT_VERSION}"
 
+
 SYSTEM = "You are an expert teacher. You are precise, concise and never invent facts."
 
 
