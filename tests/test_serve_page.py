@@ -49,8 +49,10 @@ def test_the_page_logs_in_shows_jobs_and_gates_and_cancels_a_job(tmp_path, data_
     from playwright.sync_api import expect, sync_playwright
 
     mistakes = import_seed_mistakes(tmp_path, data_dir, count=20)
+    # Replies of 1-2 s, one mistake at a time: the job needs 40 s at the least, so it is still running when the page
+    # cancels it however slow the browser starts (with 0.1-0.2 s a CI run once saw it finish first).
     with (
-        OfflineServer(port=0, data_dir=data_dir, latency_ms=(100, 200)) as sim,
+        OfflineServer(port=0, data_dir=data_dir, latency_ms=(1000, 2000)) as sim,
         Served(tmp_path / "state", teachers_yaml(tmp_path, sim.url), sim.url) as served,
         served.client() as http,
         sync_playwright() as p,
