@@ -19,7 +19,8 @@ TRAIN_ARGS ?=
 TEACHERS ?= default
 BATCH_API ?=
 MAX_COST ?=
-# review (the paper's) | gold (no review requests) | gold+review | none: which rationales qualify (docs/committee.md)
+# gold (empty: the default; no review requests) | review (the paper's) | gold+review | none: which rationales
+# qualify (docs/committee.md)
 FILTER ?=
 filter_flag = $(if $(FILTER),--filter $(FILTER))
 limit_flag = $(if $(LIMIT),--limit $(LIMIT))
@@ -80,7 +81,7 @@ loop: $(STAMP) ## rounds of mine, committee, train, evaluate: make loop DATASET=
 mine: $(STAMP) ## mine a student's mistakes: make mine DATASET=gsm8k [STUDENT=...] [LIMIT=N]
 	$(FAIR) mine --task $(DATASET) --model $(STUDENT) --engine $(ENGINE) --dtype $(DTYPE) $(limit_flag)
 
-committee: $(STAMP) ## the committee stage alone, on data/<task>/<student>/mistakes.jsonl [MAX_COST=USD] [FILTER=gold]
+committee: $(STAMP) ## the committee stage alone, on data/<task>/<student>/mistakes.jsonl [MAX_COST=USD] [FILTER=review]
 	$(FAIR) committee --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) $(limit_flag) $(batch_flag) $(cost_flag) $(filter_flag)
 
 SERVE_ARGS ?= --offline

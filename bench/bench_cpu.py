@@ -113,6 +113,7 @@ def ours(args, workdir: Path, name: str, mistakes_path: Path) -> dict:
             mistakes=str(mistakes_path),
             out=str(workdir / name / "committee.jsonl"),
             prompts="paper",
+            filter="review",  # the paper's loop, reviews included: what the peers run
             progress=False,
         )
         print(f"  {name}: {args.mistakes} mistakes ...", flush=True)

@@ -129,7 +129,8 @@ def run_ours(args, workdir: Path, mistakes_path: Path) -> tuple[dict, list[dict]
     server = Server(workdir, "ours", args)
     try:
         config = CommitteeConfig(task="svamp", mistakes=str(mistakes_path), out=str(workdir / "committee.jsonl"),
-                                 cache=str(workdir / "ours.sqlite"), prompts="paper", progress=False)
+                                 cache=str(workdir / "ours.sqlite"), prompts="paper", filter="review",
+                                 progress=False)  # the paper's loop, reviews included: what the peers run
         began = time.perf_counter()
         result = asyncio.run(run_committee(config, bench_teachers(server.url, args.rpm)))
         wall = time.perf_counter() - began

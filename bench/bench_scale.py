@@ -108,7 +108,8 @@ def committee_command(workdir: Path, task: str, url: str, window: int) -> list[s
     """The `fair committee` command line on workdir's mistakes.jsonl and teachers.yaml."""
     return [sys.executable, "-m", "cli.main", "committee", "--task", task, "--mistakes",
             str(workdir / "mistakes.jsonl"), "--out", str(workdir / "committee.jsonl"), "--teachers",
-            str(workdir / "teachers.yaml"), "--base-url", url, "--window", str(window), "--no-progress"]
+            str(workdir / "teachers.yaml"), "--base-url", url, "--window", str(window), "--no-progress",
+            "--filter", "review"]  # every kind of request: REQUESTS_PER_MISTAKE
 
 
 def committee(workdir: Path, name: str, args, server: Server, kill_at: int | None = None) -> Run:

@@ -81,7 +81,7 @@ def served(folder: Path, mistakes: list[Path], teachers: Path, sim: OfflineServe
         started, jobs = time.monotonic(), []
         for path in mistakes:
             upload = http.post("/v1/files", files={"file": path.open("rb")}, data={"purpose": "fair-mistakes"})
-            job = {"mistakes_file_id": upload.json()["id"], "task": "svamp", "window": 8}
+            job = {"mistakes_file_id": upload.json()["id"], "task": "svamp", "window": 8, "filter": "review"}
             jobs.append(http.post("/v1/fair/jobs", json=job).json())
         outputs = [folder / "state" / "jobs" / j["id"] / "committee.jsonl" for j in jobs]
         firsts = [first_record_s(path, started) for path in outputs]
@@ -101,7 +101,8 @@ def served(folder: Path, mistakes: list[Path], teachers: Path, sim: OfflineServe
 def separate(folder: Path, mistakes: list[Path], teachers: Path, sim: OfflineServer) -> dict:
     def command(path: Path) -> list[str]:
         return [sys.executable, "-m", "cli.main", "committee", "--task", "svamp", "--mistakes", str(path),
-                "--teachers", str(teachers), "--base-url", sim.url, "--window", "8", "--no-progress"]
+                "--teachers", str(teachers), "--base-url", sim.url, "--window", "8", "--no-progress",
+                "--filter", "review"]  # as the jobs: every kind of request
 
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     started = time.monotonic()

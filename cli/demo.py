@@ -6,6 +6,7 @@
 
     1. mine       SmolLM2-135M-Instruct answers `limit` SVAMP train questions; its mistakes are kept
     2. committee  the offline committee (a simulator on loopback) writes feedback, rationales and peer reviews
+                  (the paper's recipe, `--filter review`)
     3. before     the untrained student on the 300 SVAMP test questions
     4. train      LoRA on the committee's feedback and accepted rationales (configs/train/demo.yaml)
     5. after      the trained student on the same 300 questions
@@ -92,7 +93,8 @@ def train_apart(train_config: str, overrides: dict[str, str]) -> Path:
 
 def run(args: DemoConfig) -> dict[str, Stage]:
     stages: dict[str, Stage] = {}
-    gen = GenConfig(task="svamp", teachers="offline", limit=args.limit, engine=args.engine,
+    # The paper's recipe (peer review), not the default gold check: the demo shows every stage of FAIR at work.
+    gen = GenConfig(task="svamp", teachers="offline", limit=args.limit, engine=args.engine, filter="review",
                     batch_size=args.batch_size, max_new_tokens=MAX_NEW_TOKENS, dtype=args.dtype, out=str(GEN_DIR))
 
     def score(model: str, name: str) -> list[dict]:

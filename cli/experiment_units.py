@@ -30,6 +30,7 @@ from pathlib import Path
 SHARED_MINING = "own-corpus"
 MINING_FILES = ("answers.jsonl", "mistakes.jsonl", "stats.json", "config.yaml", "model_fingerprint")
 ROUNDS = "own-rounds"
+REVIEWED = {"filter": "review"}  # the shared corpus's committee: the paper's recipe, whatever the default
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,8 @@ def _units() -> dict[str, Unit]:
              Unit("paper-single-gpt", "paper", "single best teacher (GPT-3.5), raw", {"teacher": "gpt", "filter": "none"}),
              Unit("paper-alpha0", "paper", "FAIR with alpha 0 (rationales only)", {"teacher": "mixed", "alpha": 0.0}),
              Unit("paper-alpha1", "paper", "FAIR with alpha 1 (feedback only)", {"teacher": "mixed", "alpha": 1.0}),
-             Unit("own-fair", "own", fair, {"teacher": "mixed"}),
-             Unit("own-noreview", "own", noreview, {"teacher": "mixed", "filter": "none"})]
+             Unit("own-fair", "own", fair, {"teacher": "mixed"}, REVIEWED),
+             Unit("own-noreview", "own", noreview, {"teacher": "mixed", "filter": "none"}, REVIEWED)]
     for seed in (1, 2):
         units += [Unit(f"paper-fair-s{seed}", "paper", fair, {"teacher": "mixed", "seed": seed}),
                   Unit(f"paper-noreview-s{seed}", "paper", noreview, {"teacher": "mixed", "filter": "none", "seed": seed})]

@@ -2,7 +2,7 @@
 
     fair mine    run the student over a train split and keep its mistakes      (gen/mine.py)
     fair merge   join the shards of `fair mine --shard i/N` runs, checked       (gen/merge.py)
-    fair committee   feedback, rationales and peer reviews from the teachers    (gen/committee/run.py)
+    fair committee   feedback, rationales (and peer reviews) from the teachers  (gen/committee/run.py)
                      --server URL: as a job of a `fair serve` instead            (serve/remote.py)
     fair serve   the committee as a service: jobs, OpenAI's batches, one budget (serve/server.py)
     fair view FOLDER the page's record viewer over a local run, read-only     (serve/view.py)
@@ -187,7 +187,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add("merge", "join the shards of a sharded `fair mine` run (give it the same flags)", cmd_merge,
         MineConfig).add_argument("--force", action="store_true",
                                  help="replace an earlier merge's answers and mistakes (default: keep them)")
-    add("committee", "collect the teachers' feedback, rationales and peer reviews", cmd_committee, CommitteeConfig)
+    add("committee", "collect the teachers' feedback and rationales (and peer reviews: --filter review)", cmd_committee,
+        CommitteeConfig)
     add("estimate", "requests, tokens, cost and hours of a committee run, before it runs", cmd_estimate,
         EstimateConfig)
     add("gen", "mine + committee + the paper's files (what `make gen` runs)", cmd_gen, GenConfig)

@@ -21,7 +21,7 @@ from fair.config import Validated, field_doc
 from fair.errors import FairError
 from fair.paper import write_paper_files
 from fair.tasks import get_task
-from gen.committee.run import CommitteeConfig, committee
+from gen.committee.run import CommitteeConfig, committee, finished_ids, run_recipe
 from gen.mine import MineConfig, mine
 from gen.teachers.config import load_committee, missing_keys
 
@@ -91,12 +91,14 @@ def generate(config: GenConfig) -> None:
 
 
 def check_teachers(config: GenConfig) -> None:
-    """Before mining: an hour of student inference should not end in a missing key, or in a temperature the
-    teachers' APIs refuse (--teacher-temperature over their YAML's)."""
-    teachers = config.committee_config().sampled(load_committee(config.teachers))
+    """Before mining: an hour of student inference should not end in a missing key, in a temperature the
+    teachers' APIs refuse (--teacher-temperature over their YAML's), or in a committee output of another recipe."""
+    committee_config = config.committee_config()
+    teachers = committee_config.sampled(load_committee(config.teachers))
     if config.teachers != OFFLINE and (missing := missing_keys(teachers)):
         raise FairError(f"committee {config.teachers!r} needs the environment variable(s) {', '.join(missing)}; "
                         f"set them, or use the offline simulator: make gen DATASET={config.task} TEACHERS=offline")
+    finished_ids(committee_config.out_path, run_recipe(committee_config, teachers))
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ import orjson
 import yaml
 
 from eval.results import mcnemar_exact, paired_bootstrap
+from fair import recipes
 from fair.config import Validated
 from fair.errors import FairError
 from fair.jsonl import read_jsonl, unique_ids
@@ -80,6 +81,7 @@ def review_numbers(records: list[dict], threshold: float, task: str | None = Non
     accepted = verdicts[(True, True)] + verdicts[(True, False)]
     correct = verdicts[(True, True)] + verdicts[(False, True)]
     return {
+        "filter": recipes.run_filter(map(recipes.recorded_filter, records), "the committee records"),
         "per_teacher": dict(per_teacher),
         "agreement": agree / (agree + disagree) if agree + disagree else None,
         "accepted_correct": verdicts[(True, True)] / accepted if accepted else None,
@@ -189,7 +191,7 @@ def plot_all(out: Path, before: dict | None, after: dict | None, reviews: dict, 
         axes[0].legend()
         rates = [reviews["per_teacher"][t]["accepted"] / max(1, reviews["per_teacher"][t]["written"]) for t in teachers]
         axes[1].bar(teachers, [r * 100 for r in rates], color="#47a")
-        axes[1].set(ylabel="accepted (%)", ylim=(0, 105), title="rationales accepted by peer review")
+        axes[1].set(ylabel="accepted (%)", ylim=(0, 105), title=f"rationales accepted (filter {reviews['filter']})")
         fig.tight_layout()
         fig.savefig(out / "reviews.png", dpi=120)
         written.append("reviews.png")
@@ -313,11 +315,14 @@ def committee_section(records: list[dict], reviews: dict, threshold: float, gen_
               "feedback, rationales and reviews that reached max_tokens (a cut-off rationale is never reviewed or "
               "accepted, a cut-off review gives no score, and training uses neither). Cost is at each teacher's "
               "prices, cached input at its cached rate."]
-    lines += ["", f"Review agreement: on {percent(reviews['agreement'])} of the rationales with two or more valid "
-              f"scores, every reviewer gave the same verdict (above {threshold} or not).",
-              f"Peer review against the gold answer: {percent(reviews['accepted_correct'])} of accepted rationales "
-              f"reach the gold answer, and {percent(reviews['correct_accepted'])} of the rationales that reach it were "
-              "accepted:", "", *verdict_table(reviews["verdicts"]), "", "![reviews](reviews.png)", ""]
+    lines += ["", f"Filter {recipes.filter_rule(reviews['filter'], threshold)}."]
+    if recipes.reviews(reviews["filter"]):
+        lines += [f"Review agreement: on {percent(reviews['agreement'])} of the rationales with two or more valid "
+                  f"scores, every reviewer gave the same verdict (above {threshold} or not).",
+                  f"Peer review against the gold answer: {percent(reviews['accepted_correct'])} of accepted "
+                  f"rationales reach the gold answer, and {percent(reviews['correct_accepted'])} of the rationales that "
+                  "reach it were accepted:", "", *verdict_table(reviews["verdicts"])]
+    lines += ["", "![reviews](reviews.png)", ""]
     accepted, rejected = example_rationales(records)
     for title, item in (("An accepted rationale", accepted), ("A rejected rationale", rejected)):
         if item:

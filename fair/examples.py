@@ -82,7 +82,7 @@ class ExampleBuilder:
     committee's names, in its order (a mode may name one)."""
 
     def __init__(self, task: Task, mode: str, seed: int, prompt_format: PromptFormat, teachers: list[str],
-                 filter: Filter = "review"):
+                 filter: Filter):
         if prompt_format not in ("chat", "paper"):
             raise FairError(f"prompt format must be 'chat' or 'paper', got {prompt_format!r}")
         check_filter(filter)

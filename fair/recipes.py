@@ -31,6 +31,9 @@ from fair.tasks import Task
 Filter = Literal["review", "gold", "gold+review", "none"]
 FILTERS: tuple[Filter, ...] = ("review", "gold", "gold+review", "none")
 PAPER_FILTER: Filter = "review"  # what records without a `filter` field ran (the paper's, and ours before it)
+# What a committee runs unless told: the gold check is free and sends no review request, and over three seeds of
+# the paper's files review bought nothing measurable for 2.8x the data's cost (docs/results.md, "Recipes").
+DEFAULT_FILTER: Filter = "gold"
 
 
 def check_filter(filter: str) -> Filter:
@@ -50,6 +53,15 @@ def gold_checks(filter: Filter) -> bool:
 def qualifies(filter: Filter, gold: bool, peers_accept: bool) -> bool:
     """Whether a whole (usable) rationale qualifies: `peers_accept` is read only where the filter reviews."""
     return (gold or not gold_checks(filter)) and (peers_accept or not reviews(filter))
+
+
+def filter_rule(filter: Filter, threshold: object) -> str:
+    """What `filter` accepts, in words (the model and dataset cards say it)."""
+    peers = f"the mean of its peers' valid review scores is above {threshold}"
+    return {"review": f"review: a rationale is accepted when {peers}",
+            "gold": "gold: a rationale is accepted when the task's grader finds the gold answer in it (no review)",
+            "gold+review": f"gold+review: a rationale is accepted when it has the gold answer and {peers}",
+            "none": "none: every whole rationale is accepted (no review)"}[filter]
 
 
 def recorded_filter(record: dict) -> Filter:

@@ -20,6 +20,7 @@ import yaml
 
 from fair.errors import FairError
 from fair.examples import BuildReport
+from fair.recipes import filter_rule
 from fair.records import usable_text
 from fair.tasks import Task
 from gen.teachers.config import load_committee
@@ -98,15 +99,13 @@ def provenance(facts: CardFacts) -> list[str]:
     known = models(facts)
     teachers = ", ".join(f"`{n}` {known.get(n, '(model not recorded)')}" for n in facts.teachers)
     threshold = ", ".join(str(t) for t in facts.thresholds if t is not None) or c.get("threshold", "(not recorded)")
-    rule = c.get("filter", "review")
     return [
         "| | |", "| --- | --- |",
         f"| source | task `{facts.task.name}` (`{facts.task.hub_id}`), split {', '.join(facts.splits)} |",
         f"| student | `{c.get('student', 'not recorded')}` (whose mistakes these are) |",
         f"| teachers | {teachers} (committee `{c.get('teachers', 'not recorded')}`) |",
         f"| prompts | {', '.join(facts.prompts)} |",
-        f"| filter | {rule}: a rationale is accepted when the mean of its peers' valid review scores is above "
-        f"{threshold} |" if rule == "review" else f"| filter | {rule} (threshold {threshold}) |",
+        f"| filter | {filter_rule(facts.report.filter, threshold)} |",
         f"| messages | `fair train --teacher {facts.teacher} --seed {facts.seed}`'s examples, chat prompts |",
     ]
 

@@ -43,7 +43,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException
 
 from fair.errors import FairError, out_of_resources
-from fair.recipes import FILTERS, Filter
+from fair.recipes import DEFAULT_FILTER, FILTERS, Filter
 from fair.tasks import task_names
 from fair.wire.batch import page, page_limit
 from fair.wire.batch_api import MAX_FILES
@@ -71,7 +71,7 @@ class JobSpec(BaseModel):
     task: str = "svamp"
     teachers: list[str] | None = None  # a subset of the server's committee; default all
     prompts: Literal["fair", "paper"] = "fair"
-    filter: Filter = "review"  # which rationales qualify (fair/recipes.py); gold and none send no review request
+    filter: Filter = DEFAULT_FILTER  # which rationales qualify (fair/recipes.py); gold and none send no review request
     samples: int = Field(1, ge=1, le=64)  # rationales per teacher and mistake
     # Every teacher's, over the server's YAML; each provider's own range is checked at submit (MAX_TEMPERATURE).
     teacher_temperature: float | None = Field(None, ge=0, le=max(MAX_TEMPERATURE.values()))
@@ -154,6 +154,7 @@ def page_settings(teachers: list[Teacher]) -> dict[str, Any]:
         "tasks": task_names(),
         "prompts": list(get_args(JobSpec.model_fields["prompts"].annotation)),
         "filters": list(FILTERS),
+        "default_filter": DEFAULT_FILTER,
         "priority": list(PRIORITY),
     }
 

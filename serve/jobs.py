@@ -45,6 +45,7 @@ from fair.config import save_config
 from fair.errors import FairError, out_of_resources
 from fair.jsonl import read_jsonl
 from fair.paper import write_paper_files
+from fair.recipes import PAPER_FILTER
 from fair.tasks import get_task
 from fair.wire.errors import ApiError
 from gen.committee.estimate import EstimateConfig, committee_estimate
@@ -77,6 +78,13 @@ SAVE_EVERY_S = 1.0
 JOB_RECIPE = ("filter", "samples", "teacher_temperature", "threshold")  # a spec's settings of the run's recipe
 STEM = "student"  # the paper's files: student_<task>_{feedback,rationale}_round0.json
 ESTIMATING = anyio.CapacityLimiter(4)  # estimates reading their files at once; the others wait without a thread
+
+
+def job_recipe(spec: dict[str, Any]) -> dict[str, Any]:
+    """A spec's recipe. A job stored before its spec had filter, samples and teacher_temperature ran the paper's
+    filter (the default then, not now) and one sample at its YAML's temperatures."""
+    return {name: spec.get(name, PAPER_FILTER if name == "filter" else getattr(CommitteeConfig, name))
+            for name in JOB_RECIPE}
 
 
 @dataclasses.dataclass
@@ -346,8 +354,7 @@ class Jobs:
             mistakes=str(folder / "mistakes.jsonl"),
             out=str(folder / "committee.jsonl"),
             teachers=self.committee,
-            # a job stored before its spec had filter, samples and teacher_temperature: their defaults
-            **{name: spec[name] for name in JOB_RECIPE if name in spec},
+            **job_recipe(spec),
             window=spec["window"],
             limit=spec["limit"],
             max_cost_usd=spec["max_cost_usd"],

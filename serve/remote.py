@@ -29,7 +29,7 @@ from fair.progress import Progress
 from fair.wire.listen import is_loopback
 from gen.committee.run import CommitteeConfig, existing_mistakes
 from serve.config import TOKEN_ENV
-from serve.jobs import JOB_RECIPE
+from serve.jobs import JOB_RECIPE, job_recipe
 
 LOCAL_TOKEN = Path("data/serve/token")
 OUTPUTS = ("committee.jsonl", "committee_stats.json", "committee.yaml")
@@ -90,7 +90,9 @@ def submit(http: httpx.Client, config: CommitteeConfig) -> dict[str, Any]:
         "limit": config.limit,
         "priority": config.priority,
         "max_cost_usd": config.max_cost_usd,
-        # Only where they differ from the defaults: a server older than these settings refuses any it lacks.
+        # The filter always (a server's default depends on its version); the others only where they differ from
+        # the defaults, which a server older than them runs (it refuses any setting it lacks).
+        "filter": config.filter,
         **{name: getattr(config, name) for name in JOB_RECIPE if getattr(config, name) != getattr(DEFAULT, name)},
     }
     return call(http, "POST", "/v1/fair/jobs", json=spec)
@@ -98,8 +100,9 @@ def submit(http: httpx.Client, config: CommitteeConfig) -> dict[str, Any]:
 
 def same_recipe(job: dict[str, Any], config: CommitteeConfig, ledger: Path) -> None:
     """A rerun follows the job it submitted only when that job runs the recipe asked for now."""
-    for name in ("prompts", *JOB_RECIPE):
-        asked, runs = getattr(config, name), job["spec"].get(name, getattr(DEFAULT, name))
+    runs_recipe = {"prompts": job["spec"].get("prompts", DEFAULT.prompts)} | job_recipe(job["spec"])
+    for name, runs in runs_recipe.items():
+        asked = getattr(config, name)
         if runs != asked:
             raise FairError(f"{ledger}: job {job['id']} runs {name} {runs}, not {asked}: rerun with its settings "
                             f"to follow it, or write to another --out for a new job")

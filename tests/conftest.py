@@ -181,16 +181,18 @@ def fast(teachers, **changes):
     return [dataclasses.replace(t, **(defaults | changes)) for t in teachers]
 
 
-def run_small_committee(folder: Path, mistakes: Path, teachers, limit: int = 12, **config) -> tuple[dict, list[dict]]:
+def run_small_committee(folder: Path, mistakes: Path, teachers, limit: int = 12, filter: str = "review",
+                        **config) -> tuple[dict, list[dict]]:
     """The committee stage in-process on the first `limit` mistakes: (its result, the records it wrote). A run that
-    stopped cleanly (its budget reached, a teacher out of quota) gives the result it stopped with."""
+    stopped cleanly (its budget reached, a teacher out of quota) gives the result it stopped with. The paper's
+    filter unless told: its peer reviews send every kind of request there is."""
     import asyncio
 
     from fair.jsonl import read_jsonl
     from gen.committee.run import CommitteeConfig, RunStopped, run_committee
 
     config = CommitteeConfig(task="svamp", mistakes=str(mistakes), out=str(folder / "committee.jsonl"),
-                             limit=limit, progress=False, **config)
+                             limit=limit, filter=filter, progress=False, **config)
     try:
         result = asyncio.run(run_committee(config, teachers))
     except RunStopped as stop:

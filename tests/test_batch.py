@@ -40,8 +40,9 @@ def mistakes(tmp_path_factory, data_dir):
 
 
 def config_for(folder, mistakes, **changes) -> CommitteeConfig:
+    """The paper's filter: its reviews are the requests that go live after the batches."""
     return CommitteeConfig(task="svamp", mistakes=str(mistakes), out=str(folder / "committee.jsonl"), limit=LIMIT,
-                           progress=False, batch_poll_s=0.02, **changes)
+                           filter="review", progress=False, batch_poll_s=0.02, **changes)
 
 
 def run(config: CommitteeConfig, teachers) -> tuple[dict, dict[str, dict]]:
@@ -167,7 +168,7 @@ def test_sigkill_while_polling_then_rerun_reattaches(tmp_path, mistakes):
     """The same with a real `fair committee --batch-api` process killed by SIGKILL."""
     command = [sys.executable, "-m", "cli.main", "committee", "--task", "svamp", "--mistakes", str(mistakes),
                "--out", str(tmp_path / "committee.jsonl"), "--teachers", "offline", "--limit", str(LIMIT),
-               "--no-progress", "--batch-api", "--batch-poll-s", "0.05"]
+               "--no-progress", "--batch-api", "--batch-poll-s", "0.05", "--filter", "review"]
     with OfflineServer(port=0, batch_delay_s=2.0) as server:
         process = subprocess.Popen([*command, "--base-url", server.url], stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 300  # only a bound on a hang: the kill waits for both batch ids

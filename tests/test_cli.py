@@ -205,7 +205,8 @@ def test_teachers_serve_answers_a_committee_run_until_sigterm(tmp_path, data_dir
         line = server.stdout.readline()  # printed once it listens
         url = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line).group(1)
         code, _, err = run(capsys, "committee", "--task", "svamp", "--teachers", "offline", "--base-url", url,
-                           "--mistakes", str(mistakes), "--out", str(tmp_path / "committee.jsonl"), "--no-progress")
+                           "--mistakes", str(mistakes), "--out", str(tmp_path / "committee.jsonl"), "--no-progress",
+                           "--filter", "review")
         assert code == 0, err
         server.send_signal(signal.SIGTERM)
         summary, _ = server.communicate(timeout=30)

@@ -105,7 +105,7 @@ def test_paper_files_round_trip(tmp_path, data_dir):
 def committee_cli(tmp_path, mistakes, url, limit):
     return [sys.executable, "-m", "cli.main", "committee", "--task", "svamp", "--mistakes", str(mistakes),
             "--out", str(tmp_path / "committee.jsonl"), "--teachers", str(tmp_path / "teachers.yaml"),
-            "--base-url", url, "--limit", str(limit), "--window", "8", "--no-progress"]
+            "--base-url", url, "--limit", str(limit), "--window", "8", "--no-progress", "--filter", "review"]
 
 
 @pytest.mark.slow

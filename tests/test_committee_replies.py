@@ -33,7 +33,9 @@ def reply(text: str, **flags) -> ChatResponse:
 
 
 def config(teachers: Path, mistakes: Path, **changes) -> CommitteeConfig:
-    return CommitteeConfig(task="svamp", teachers=str(teachers), mistakes=str(mistakes), progress=False, **changes)
+    """The paper's filter unless told: what a refused or cut-off reply does to the reviews is the question here."""
+    return CommitteeConfig(task="svamp", teachers=str(teachers), mistakes=str(mistakes), progress=False,
+                           **{"filter": "review"} | changes)
 
 
 def good(kind: str, number: int) -> ChatResponse:

@@ -19,7 +19,9 @@ from tests.conftest import import_seed_mistakes
 
 
 def run(tmp_path, **overrides) -> dict:
-    values = {"task": "svamp", "teachers": "default", "mistakes": str(tmp_path / "absent.jsonl")} | overrides
+    """The paper's filter unless told: its review requests are the ones whose tokens are hardest to predict."""
+    values = {"task": "svamp", "teachers": "default", "mistakes": str(tmp_path / "absent.jsonl"),
+              "filter": "review"} | overrides
     return estimate(make_config(EstimateConfig, values, source="test"))
 
 
@@ -78,7 +80,7 @@ def test_estimate_predicts_an_offline_committee_run(tmp_path, data_dir, capsys):
     mistakes = import_seed_mistakes(tmp_path, data_dir, count=5)
     with OfflineServer(port=0) as server:
         committee(CommitteeConfig(task="svamp", mistakes=str(mistakes), teachers="offline", base_url=server.url,
-                                  progress=False))
+                                  filter="review", progress=False))
     actual = orjson.loads((tmp_path / "committee_stats.json").read_bytes())["teachers"]
     result = run(tmp_path, teachers="offline", mistakes=str(mistakes))
     assert result["output_tokens_source"] == "committee_stats" and result["mistakes"] == 5
@@ -99,7 +101,8 @@ def test_estimate_through_the_cli(tmp_path, data_dir, capsys):
     code = main(["estimate", "--task", "gsm8k", "--teachers", "offline", "--num-mistakes", "10", "--sample", "20",
                  "--mistakes", str(tmp_path / "absent.jsonl"), "--json"])
     result = orjson.loads(capsys.readouterr().out)
-    assert code == 0 and result["total"]["requests"] == 120 and result["sample"] == 20
+    # The default filter, the gold check: feedback and a rationale from each of 3 teachers, no reviews.
+    assert code == 0 and result["total"]["requests"] == 60 and result["sample"] == 20
     code = main(["estimate", "--task", "gsm8k", "--teachers", "offline", "--mistakes", str(tmp_path / "absent.jsonl")])
     table = capsys.readouterr().out
     rows = round(len(get_task("gsm8k").load("train")) * 0.5)

@@ -60,6 +60,8 @@ def committee_folder(folder: Path, count: int, filler: str = "") -> Path:
     order = list(range(count))
     random.Random(1).shuffle(order)
     append_jsonl(folder / "committee.jsonl", (record(i, filler) for i in order))
+    # committee.yaml names today's default filter; the records, with no filter field, ran the paper's (review):
+    # the card says what the messages were built under, the records' filter.
     save_config(CommitteeConfig(task="svamp", student="smollm2-135m", teachers="offline"), folder / "committee.yaml")
     write_json(folder / "committee_stats.json", {"budget": {"max_cost_usd": None, "spent_usd": 0.25}})
     return folder
@@ -101,7 +103,7 @@ def test_both_shapes_load_with_datasets_and_the_messages_are_what_training_build
     assert {c["config_name"]: c["data_files"][0]["path"] for c in header["configs"]} == {
         "messages": "messages/train-*.parquet", "records": "records/train-*.parquet"}
     for fact in ("`svamp` (`ChilleD/SVAMP`), split train", "`smollm2-135m`", "`careful` sim-careful (openai)",
-                 "fair-v3", "above 3.0", "--teacher mixed --seed 3", f"{len(examples)} messages rows",
+                 "fair-v3", "review: a rationale is accepted when the mean of its peers' valid review scores is above 3.0", "--teacher mixed --seed 3", f"{len(examples)} messages rows",
                  "billed $0.0600", "spent $0.2500", "None recorded", "left out of messages: 2 (no accepted rationale)"):
         assert fact in card, fact
 

@@ -46,7 +46,7 @@ class Fakes:
         write_json(folder / "stats.json", {"total": 10, "correct": 10 - n, "mistakes": n, "accuracy": (10 - n) / 10})
         self.maybe_fail("gen", folder)
         append_jsonl(folder / "committee.jsonl", ({
-            "id": f"q{i}", "feedback": {"a": {"text": "f"}, "b": {"text": "f"}},
+            "id": f"q{i}", "filter": config.filter, "feedback": {"a": {"text": "f"}, "b": {"text": "f"}},
             "rationales": {"a": {"text": "r", "accepted": True, "reviews": {"b": {"score": 4}}},
                            "b": {"text": "r", "accepted": False, "reviews": {"a": {"score": 2}}}},
             "usage": {"a": {"cost": 0.01}, "b": {"cost": 0.02}}} for i in range(n)))

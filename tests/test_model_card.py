@@ -98,10 +98,12 @@ def test_the_card_of_a_committee_run_names_its_committee_and_spending(tmp_path):
     from train.card import model_card
 
     committee = tmp_path / "data" / "committee.jsonl"
-    save_config(CommitteeConfig(task="svamp", teachers="offline", threshold=3.5), committee.with_name("committee.yaml"))
+    save_config(CommitteeConfig(task="svamp", teachers="offline", filter="review", threshold=3.5),
+                committee.with_name("committee.yaml"))
     write_json(committee.with_name("committee_stats.json"), {"budget": {"spent_usd": 1.25}})
     run = tmp_path / "run"
-    save_config(TrainConfig(committee=str(committee), teacher="all", alpha=0.25), run / "train.yaml")
+    save_config(TrainConfig(committee=str(committee), teacher="all", alpha=0.25, filter="gold+review"),
+                run / "train.yaml")  # the card says the training's filter, not the committee's
     write_json(run / "train_summary.json", {"steps": 40, "committee": str(committee)})
     write_json(run / "data_report.json", {
         "build": {"mistakes": 10, "feedback_examples": 9, "rationale_examples": 12, "skipped": {"feedback failed": 1}},
@@ -109,8 +111,8 @@ def test_the_card_of_a_committee_run_names_its_committee_and_spending(tmp_path):
     (run / "final").mkdir()
     header, body = model_card(run / "final", []).split("---\n", 2)[1:]
     assert yaml.safe_load(header)["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    for fact in (f"`{committee}`", "teachers `offline`, prompts `fair`, filter review (accepted above mean review "
-                 "score 3.5)", "`--teacher all`", "0.25 x feedback loss + 0.75 x rationale loss", "full fine-tuning",
+    for fact in (f"`{committee}`", "teachers `offline`, prompts `fair`", "gold+review: a rationale is accepted when "
+                 "it has the gold answer and the mean of its peers' valid review scores is above 3.5", "`--teacher all`", "0.25 x feedback loss + 0.75 x rationale loss", "full fine-tuning",
                  "40 steps", "cost $1.2500", "skipped 1 mistakes: feedback failed", "decontamination: {dropped: 2}"):
         assert fact in body, fact
     assert model_card(tmp_path / "elsewhere" / "final", []) is None  # moved away from its run: its card stays

@@ -95,8 +95,26 @@ def test_none_sends_no_review_and_gold_review_reviews_only_the_rationales_that_p
             assert bool(r["reviews"]) == r["gold"] == r["accepted"], key
 
 
-def test_review_is_the_papers_and_a_folder_keeps_its_filter(scripted):
+def test_the_default_is_the_gold_check_with_no_review_request(scripted):
     records, kinds = run(scripted)
+    assert kinds == {"feedback": 18, "rationale": 18}  # 2T = 6 a mistake
+    assert {record["filter"] for record in records} == {"gold"}
+
+
+def test_a_folder_of_the_old_default_is_refused_before_mining_with_the_flag_that_continues_it(tmp_path):
+    from cli.pipeline import GenConfig, check_teachers
+
+    gen = GenConfig(task="svamp", teachers="offline", out=str(tmp_path))
+    out = gen.committee_config().out_path
+    out.write_bytes(orjson.dumps({"id": "chal-1", "filter": "review"}) + b"\n")  # as a run before gold was the default
+    with pytest.raises(FairError, match="record 0: written with --filter review, not gold: one file holds one recipe; "
+                                        "rerun with --filter review to continue it"):
+        check_teachers(gen)
+    check_teachers(GenConfig(task="svamp", teachers="offline", out=str(tmp_path), filter="review"))
+
+
+def test_review_is_the_papers_and_a_folder_keeps_its_filter(scripted):
+    records, kinds = run(scripted, filter="review")
     assert kinds == {"feedback": 18, "rationale": 18, "review": 36}  # T(T + 1) = 12 a mistake
     assert all(r["accepted"] and r["mean_score"] == 4 for record in records for r in record["rationales"].values())
     with pytest.raises(FairError, match="written with --filter review, not gold"):
@@ -144,7 +162,7 @@ def test_samples_are_distinct_seeded_requests_each_checked_and_their_teachers(sc
 
 
 def test_a_gold_filtered_record_set_is_exactly_the_records_whose_rationales_grade_correct(scripted):
-    records, _ = run(scripted)  # reviewed: every filter may train on it
+    records, _ = run(scripted, filter="review")  # reviewed: every filter may train on it
     loaded = load_records(scripted[1].with_name("committee.jsonl"), SVAMP)
     examples, _ = build_examples(loaded, SVAMP, "all", seed=0, filter="gold")
     chosen = {(e.mistake_id, e.teacher) for e in examples if e.kind == "rationale"}
@@ -167,7 +185,7 @@ def test_training_follows_the_committee_and_refuses_reviews_it_never_asked_for(s
 
 
 def test_data_cost_counts_reviews_only_where_the_recipe_needs_them(scripted):
-    records, _ = run(scripted)
+    records, _ = run(scripted, filter="review")
     prices = {n: Prices(1.0, 4.0, 0.25) for n in "abc"}
     reply = bill(prices["a"], ChatResponse("", 1000, 100).usage)  # every scripted reply: 1000 in, 100 out
     # 6 mistakes x (3 feedbacks + 3 rationales), plus 2 reviews of each rationale reviewed: all 18 under review,

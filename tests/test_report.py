@@ -59,6 +59,20 @@ def test_report_md_holds_no_python_literal(tmp_path, data_dir):
     assert "(by gemini; scores: gpt 2, mistral 1.5)" in page
 
 
+def test_a_gold_run_is_reported_as_a_gold_run(tmp_path, data_dir):
+    gen, _ = write_run(tmp_path, data_dir)
+    records = list(read_jsonl(gen / "committee.jsonl"))
+    for record in records:  # as a `--filter gold` run writes them: no reviews, accepted = the gold check
+        record["filter"] = "gold"
+        for r in record["rationales"].values():
+            r |= {"reviews": {}, "mean_score": None}
+    (gen / "committee.jsonl").unlink()
+    append_jsonl(gen / "committee.jsonl", records)
+    page = build_report(gen, None, None, None, tmp_path / "report").read_text()
+    assert "Filter gold: a rationale is accepted when the task's grader finds the gold answer in it" in page
+    assert "Review agreement" not in page and "Peer review against the gold answer" not in page
+
+
 def test_the_literal_check_finds_what_it_forbids():
     assert len(PYTHON_LITERAL.findall("scores {'sloppy': 4.0} ['a'] None True False")) == 5
     assert not PYTHON_LITERAL.findall("Nonetheless, a [link](x) {x}; Truer words")

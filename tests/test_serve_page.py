@@ -122,13 +122,11 @@ def test_a_job_is_submitted_watched_and_inspected_from_the_page_alone(tmp_path, 
         expect(page.locator("#error")).to_have_text("max_cost_usd: Input should be greater than 0")  # the API's line
         page.get_by_label("Cost cap in USD (empty: none)").fill("5")
         page.get_by_role("button", name="Estimate cost and time").click()
-        expect(page.locator("#estimate")).to_contain_text("12 mistakes, 72 requests (6 a mistake)")
         recipe = page.get_by_label("Which rationales qualify (gold, none: no review requests)")
-        recipe.select_option("gold")  # a change closes Submit until the next estimate, which prices the recipe
-        expect(submit_button).to_be_disabled()
-        page.get_by_role("button", name="Estimate cost and time").click()
+        expect(recipe).to_have_value("gold")  # the server's default filter
         expect(page.locator("#estimate")).to_contain_text("12 mistakes, 48 requests (4 a mistake)")
-        recipe.select_option("review")
+        recipe.select_option("review")  # a change closes Submit until the next estimate, which prices the recipe
+        expect(submit_button).to_be_disabled()
         page.get_by_role("button", name="Estimate cost and time").click()
         expect(page.locator("#estimate")).to_contain_text("12 mistakes, 72 requests (6 a mistake)")
         submit_button.click()

@@ -190,7 +190,9 @@ def test_a_jobs_records_and_its_estimate_in_fair_serve(tmp_path, data_dir):
                                                         "teachers": ["careful", "harsh"], "limit": 4})
         assert estimate.status_code == 200, estimate.text
         body = estimate.json()
-        assert (body["mistakes"], body["requests_per_mistake"], set(body["teachers"])) == (4, 6, {"careful", "harsh"})
+        # The default filter, the gold check: feedback and a rationale from each of the two, no reviews.
+        assert (body["mistakes"], body["requests_per_mistake"], set(body["teachers"])) == (4, 4, {"careful", "harsh"})
+        assert body["filter"] == "gold"
         assert body["teachers_file"] == "teachers" and str(tmp_path) not in estimate.text
         refused = http.post("/v1/fair/estimate", json={"mistakes_file_id": file_id, "teachers": ["nobody"]})
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "teachers"

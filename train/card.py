@@ -27,6 +27,7 @@ import yaml
 from fair.config import Validated
 from fair.errors import FairError
 from fair.models import DEFAULT_STUDENT, SMOLLM2_HUB_ID, model_short_name
+from fair.recipes import filter_rule
 
 
 @dataclass
@@ -70,9 +71,10 @@ def recipe(train: dict[str, Any], summary: dict[str, Any]) -> list[str]:
         ("base model", f"`{train['student']}`"),
         ("data", f"{source}: the committee's feedback and rationales on the student's own mistakes on "
                  f"`{train['task']}`'s train split"),
-        ("committee", f"teachers `{committee['teachers']}`, prompts `{committee['prompts']}`, filter "
-                      f"{committee.get('filter', 'review')} (accepted above mean review score {committee['threshold']})"
+        ("committee", f"teachers `{committee['teachers']}`, prompts `{committee['prompts']}`"
          if committee else "the paper's (its files)" if train.get("paper_feedback") else "not recorded"),
+        ("filter", filter_rule(train["filter"], committee.get("threshold", "3 (the paper's)" if train.get(
+            "paper_feedback") else "(not recorded)")) if train.get("filter") else "not recorded"),
         ("selection", f"`--teacher {train['teacher']}`, seed {train['seed']}, {train['prompt_format']} prompts"),
         ("objective", f"{train['alpha']} x feedback loss + {1 - train['alpha']:g} x rationale loss"),
         ("training", f"{lora}; lr {train['lr']} ({train['schedule']}, warm-up {train['warmup_ratio']}), batch "

@@ -19,7 +19,7 @@ from fair.engines.base import encode_prompt
 from fair.errors import FairError
 from fair.examples import BuildReport, ExampleBuilder, PromptFormat, TrainExample
 from fair.jsonl import read_jsonl
-from fair.recipes import Filter
+from fair.recipes import PAPER_FILTER, Filter
 from fair.records import check_committee_record, teacher_of
 from fair.tasks import Task
 
@@ -67,7 +67,7 @@ def teachers_of(records: list[dict]) -> list[str]:
 
 
 def build_examples(records: list[dict], task: Task, mode: str, seed: int, prompt_format: PromptFormat = "chat",
-                   filter: Filter = "review") -> tuple[list[TrainExample], BuildReport]:
+                   filter: Filter = PAPER_FILTER) -> tuple[list[TrainExample], BuildReport]:
     """Every record's examples (fair/examples.py's ExampleBuilder: the modes, the filters, the draws, the prompts)."""
     builder = ExampleBuilder(task, mode, seed, prompt_format, teachers_of(records), filter)
     examples = [example for record in records for example in builder.add(record)]

@@ -37,7 +37,7 @@ from fair.errors import FairError, main_guard
 from fair.jsonl import read_jsonl, write_json
 from fair.lock import folder_lock
 from fair.models import DEFAULT_STUDENT, load_causal_lm, model_short_name, resolve_model
-from fair.recipes import Filter, recorded_filter, run_filter
+from fair.recipes import DEFAULT_FILTER, Filter, recorded_filter, run_filter
 from fair.student import run_dir
 from fair.tasks import get_task
 from train.card import write_cards
@@ -87,7 +87,7 @@ class TrainConfig(Validated):
     dtype: Dtype = dtype_field()  # bf16: autocast, fp32 master weights (auto: fair/dtype.py)
     deepspeed: str | None = None  # a ZeRO config (configs/deepspeed/*.json); needed for more than one process
     # --- output
-    out: str | None = None  # default checkpoints/<task>-<student>-<teacher>
+    out: str | None = None  # default checkpoints/<task>-<student>-<teacher>[-<filter> but the default's]
     save_every: int = 0  # steps between checkpoints; 0 = at the end of each epoch
     log_every: int = 1  # steps between lines of the console (log.jsonl has every step)
     report_to: tuple[str, ...] = ()  # trackers of each step's losses, lr, grad norm, tokens/s: tensorboard, wandb, mlflow, trackio (train/trackers.py)
@@ -122,7 +122,7 @@ class TrainConfig(Validated):
 
     @property
     def out_dir(self) -> Path:
-        teacher = self.teacher if self.filter in (None, "review") else f"{self.teacher}-{self.filter.replace('+', '-')}"
+        teacher = self.teacher if self.filter in (None, DEFAULT_FILTER) else f"{self.teacher}-{self.filter.replace('+', '-')}"
         teacher = teacher if self.paper_feedback is None else f"paper-{teacher}"
         return Path(self.out or Path("checkpoints") / f"{get_task(self.task).name}-{model_short_name(self.student)}-{teacher}")
 

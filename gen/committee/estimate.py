@@ -50,7 +50,7 @@ from fair.errors import FairError
 from fair.jsonl import read_jsonl
 from fair.models import DEFAULT_STUDENT
 from fair.prices import REVIEW_OUTPUT_TOKENS
-from fair.recipes import FILTERS, Filter, check_filter, gold_checks, reviews
+from fair.recipes import DEFAULT_FILTER, FILTERS, Filter, check_filter, gold_checks, reviews
 from fair.records import Messages, StudentAnswer
 from fair.tasks import Example, Task, get_task
 from gen.committee.prompts import PROMPT_SETS, PromptSet
@@ -77,7 +77,7 @@ class EstimateConfig(Validated):
     mistake_rate: float = 0.5  # with no mistakes file: the share of the split the student gets wrong
     answer_tokens: int = 200  # with no mistakes file: the length of a student's wrong answer, in tokens
     prompts: Literal["fair", "paper"] = "fair"  # the committee's prompts: ours, or the paper's for parity
-    filter: Filter = "review"  # the committee's --filter priced in the table (every filter is shown side by side)
+    filter: Filter = DEFAULT_FILTER  # the committee's --filter priced in the table (every filter is shown side by side)
     samples: int = 1  # the committee's --samples: rationales per teacher and mistake
     sample: int = 200  # mistakes whose prompts are built and measured
     data_dir: str | None = None  # local data in shared/data layout; default $FAIR_DATA_DIR or ../shared/data

@@ -45,8 +45,8 @@ class Context:
     clients: dict[str, TeacherClient]
     teachers: dict[str, Teacher]
     threshold: float
-    filter: Filter = "review"
-    samples: int = 1  # rationales per teacher and mistake
+    filter: Filter
+    samples: int  # rationales per teacher and mistake
     errors: int = 0
 
 

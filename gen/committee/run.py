@@ -1,8 +1,9 @@
-"""Stage 2, ask the committee: every teacher writes feedback and a rationale for each mistake, and every
-rationale is peer-reviewed by the other teachers (the paper's recipe: `--filter review`, the default).
+"""Stage 2, ask the committee: every teacher writes feedback and a rationale for each mistake; by default a
+rationale qualifies when the task's grader finds the gold answer in it (`--filter gold`: no review request), and
+under the paper's recipe (`--filter review`) every rationale is peer-reviewed by the other teachers.
 
     fair committee --task svamp --teachers offline --base-url http://127.0.0.1:8765
-    fair committee --task svamp --filter gold          # keep rationales the grader finds correct: no review requests
+    fair committee --task svamp --filter review        # the paper's recipe: every rationale peer-reviewed
     fair committee --task svamp --filter gold --samples 4   # four rationales per teacher and mistake
     fair committee --task svamp --server http://127.0.0.1:8765   # as a job of `fair serve` (serve/)
     fair committee --task gsm8k --teachers default --window 128
@@ -64,7 +65,7 @@ from fair.jsonl import JsonlAppender, read_jsonl, unique_ids
 from fair.lock import folder_lock
 from fair.models import DEFAULT_STUDENT
 from fair.progress import Progress
-from fair.recipes import Filter, check_filter, recorded_filter, reviews
+from fair.recipes import DEFAULT_FILTER, Filter, check_filter, recorded_filter, reviews
 from fair.records import StudentAnswer
 from fair.student import run_dir
 from fair.tasks import get_task
@@ -90,7 +91,7 @@ class CommitteeConfig(Validated):
     teachers: str = "default"  # a committee in configs/teachers/ or a YAML path
     base_url: str | None = None  # send every teacher to this server (e.g. the offline committee)
     prompts: Literal["fair", "paper"] = "fair"  # ours (gen/committee/prompts.py), or the paper's for parity
-    filter: Filter = "review"  # which rationales qualify: review (peers; the paper's) | gold (no reviews) | gold+review | none
+    filter: Filter = DEFAULT_FILTER  # which rationales qualify: gold (no reviews) | review (peers; the paper's) | gold+review | none
     samples: int = 1  # rationales per teacher and mistake, each its own seeded sample (reviewed and checked alone)
     teacher_temperature: float | None = None  # every teacher's sampling temperature over its YAML's (None: the YAML's)
     threshold: float = 3.0  # a rationale is accepted when its mean valid review score is above this
@@ -202,9 +203,10 @@ def finished_ids(path: Path, recipe: dict[str, Any] | None = None) -> set[str]:
             # Older records lack temperatures, and the paper's files a filter (theirs was review).
             had = recorded_filter(record) if key == "filter" else record.get(key, value)
             if had != value:
-                raise FairError(f"{path} record {i}: written with {RECIPE_NAMES[key]} {shown(had)}, not "
-                                f"{shown(value)}: one file holds one recipe; write to another --out beside it "
-                                f"(its folder's cache answers what is unchanged again for free)")
+                name = RECIPE_NAMES[key]
+                raise FairError(f"{path} record {i}: written with {name} {shown(had)}, not {shown(value)}: one file "
+                                f"holds one recipe; rerun with {name} {shown(had)} to continue it, or write to another "
+                                f"--out beside it (its folder's cache answers what is unchanged again for free)")
         done.add(record["id"])
     return done
 
