@@ -187,8 +187,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add("merge", "join the shards of a sharded `fair mine` run (give it the same flags)", cmd_merge,
         MineConfig).add_argument("--force", action="store_true",
                                  help="replace an earlier merge's answers and mistakes (default: keep them)")
-    add("committee", "collect the teachers' feedback and rationales (and peer reviews: --filter review)", cmd_committee,
-        CommitteeConfig)
+    add("committee", "collect the teachers' feedback, rationales (and reviews)", cmd_committee, CommitteeConfig)
     add("estimate", "requests, tokens, cost and hours of a committee run, before it runs", cmd_estimate,
         EstimateConfig)
     add("gen", "mine + committee + the paper's files (what `make gen` runs)", cmd_gen, GenConfig)
