@@ -1,19 +1,22 @@
 """`fair grade --task T FILE [--json]`: re-grade a predictions file with our graders.
 
 Two formats are read, told apart by their content:
-  - ours: JSON Lines (or a JSON array) of records with `id`, `gold`, `prediction`, and for an option task (LogiQA,
-    a declared one) `options`, 2 to 4 of them
-    (when a record has no `options`, they are looked up by its id, e.g. "validation-12");
+  - ours: JSON Lines (or a JSON array), gzipped or not, of records with `id`, `prediction`, `gold` and for an
+    option task (LogiQA, a declared one) `options`, 2 to 4 of them; a record without `gold` or `options` takes
+    them from the task's example with its id (the experiment's docs/results/<unit>.predictions.jsonl.gz);
   - the paper's mistake files: a JSON array of records with `id`, `gold_answer`, `student_wrong_pred`
     (SVAMP "145"; GSM8K a solution ending in "#### N"; StrategyQA "false.\\t<facts>"; LogiQA an option
     index "0"-"3" with the record's `options`).
 
 Reproduce the numbers in docs/grader_report.md with
     python -m eval.regrade --task svamp ../shared/data/seed/Llama-2-7b-chat-hf_svamp_false_round0.json
+and an experiment unit's accuracy with
+    python -m eval.regrade --task svamp docs/results/own-gold.predictions.jsonl.gz
 """
 
 from __future__ import annotations
 
+import gzip
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +48,11 @@ class GradeConfig(Validated):
 def read_records(path: Path) -> list[dict[str, Any]]:
     """A JSON array or JSON Lines, whichever the file holds."""
     try:
-        data = path.read_bytes()
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except FileNotFoundError:
         raise FairError(f"{path}: no such file") from None
-    except OSError as e:
-        raise FairError(f"{path}: cannot read ({e.strerror})") from None
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise FairError(f"{path}: cannot read ({e.strerror or e})") from None
     if not data.lstrip().startswith(b"["):
         return list(read_jsonl(path))
     try:
@@ -75,25 +78,27 @@ def _text(record: dict[str, Any], key: str, where: str) -> str:
     return value  # may be empty: an empty reply is a real (unparseable) prediction
 
 
-class _Options:
-    """LogiQA options for records that do not carry them, found through the id "<split>-<row>"."""
+class _Examples:
+    """The task's examples by id, a split at a time as needed: the gold and options of records that do not carry
+    them. An id "<split>-<row>" (LogiQA's) is looked up in its split only, any other (SVAMP's "chal-12") in each."""
 
     def __init__(self, task: Task, data_dir: str | None):
         self.task, self.data_dir, self.splits = task, data_dir, {}
 
-    def get(self, record_id: Any, where: str) -> tuple[str, ...]:
-        split, _, row = str(record_id).rpartition("-")
-        if split not in self.task.splits or not row.isdigit():
-            raise FairError(f"{where}: missing field 'options' (and id {record_id!r} is not '<split>-<row>')")
+    def get(self, record_id: Any, field: str, where: str) -> Example:
+        named = str(record_id).rpartition("-")[0]
+        for split in [named] if named in self.task.splits else self.task.splits:
+            if (example := self.split(split, field, where).get(str(record_id))) is not None:
+                return example
+        raise FairError(f"{where}: missing field {field!r} (and no {self.task.name} example has id {record_id!r})")
+
+    def split(self, split: str, field: str, where: str) -> dict[str, Example]:
         if split not in self.splits:
             try:
-                self.splits[split] = self.task.load(split, self.data_dir)
+                self.splits[split] = {e.id: e for e in self.task.load(split, self.data_dir)}
             except FairError as e:
-                raise FairError(f"{where}: missing field 'options', and loading them failed: {e}") from None
-        examples = self.splits[split]
-        if int(row) >= len(examples):
-            raise FairError(f"{where}: missing field 'options' (and {split} has no row {row})")
-        return examples[int(row)].options
+                raise FairError(f"{where}: missing field {field!r}, and loading them failed: {e}") from None
+        return self.splits[split]
 
 
 def grade_file(task_name: str, path: str | Path, data_dir: str | None = None) -> list[dict[str, Any]]:
@@ -102,20 +107,23 @@ def grade_file(task_name: str, path: str | Path, data_dir: str | None = None) ->
     records = read_records(path)
     paper = bool(records) and PAPER_TEXT in records[0]
     text_key, gold_key = (PAPER_TEXT, "gold_answer") if paper else ("prediction", "gold")
-    lookup = _Options(task, data_dir)
+    lookup = _Examples(task, data_dir)
     results = []
     for i, record in enumerate(records):
         where = f"{path}: record {i}"
         record_id = _field(record, "id", where)
         text = _text(record, text_key, where)
-        gold = _field(record, gold_key, where)
+        if paper or record.get(gold_key) is not None:
+            gold = _field(record, gold_key, where)
+        else:  # the experiment's predictions files: the example with its id has it
+            gold = lookup.get(record_id, "gold", where).gold
         if isinstance(gold, bool):  # our StrategyQA gold may be a JSON boolean
             gold = "yes" if gold else "no"
         gold = gold_from_paper(task, gold, where) if paper else str(gold)
         options: tuple[str, ...] = ()
         if task.answer_type == "option":
             raw = record.get("options")
-            options = tuple(raw) if isinstance(raw, list) else lookup.get(record_id, where)
+            options = tuple(raw) if isinstance(raw, list) else lookup.get(record_id, "options", where).options
             if not 2 <= len(options) <= len(LETTERS) or not all(isinstance(o, str) for o in options):
                 raise FairError(f"{where}: field 'options' must be a list of 2 to {len(LETTERS)} strings")
         try:

@@ -9,6 +9,7 @@ whatever its newline: readers count it, and the repair before the next append ke
 from __future__ import annotations
 
 import codecs
+import gzip
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -27,10 +28,11 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
 
 
 def scan_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """read_jsonl's records with the byte offset each line starts at, to read a record again with seek()."""
+    """read_jsonl's records with the byte offset each line starts at, to read a record again with seek(); a .gz
+    file is read through gzip (its offsets are into the decompressed bytes)."""
     path = Path(path)
     offset = 0
-    with path.open("rb") as f:
+    with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as f:
         for number, line in enumerate(f, start=1):
             start, offset = offset, offset + len(line)
             if number == 1 and line.startswith(codecs.BOM_UTF8):  # a user's file saved by Windows tools

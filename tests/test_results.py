@@ -12,6 +12,9 @@ import pytest
 from cli.experiment import UNITS
 from eval.report import change_line, wilson
 from eval.results import mcnemar_exact, paired_bootstrap, render_results
+from tests.conftest import ROOT
+
+RESULTS = ROOT / "docs" / "results"  # the committed units
 
 
 def test_mcnemar_exact_counts_only_the_discordant_questions():
@@ -119,3 +122,14 @@ def test_a_unit_writes_both_files_and_the_page(tmp_path, data_dir, monkeypatch):
         answers = [json.loads(line) for line in f]
     assert len(answers) == 3 and {a["id"] for a in answers if a["correct"]} == set(unit["correct_ids"])
     assert "| paper-alpha1 |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize("name", sorted(p.name.removesuffix(".json") for p in RESULTS.glob("*.json")))
+def test_every_committed_unit_regrades_to_what_it_recorded(name):
+    """`fair grade --task svamp docs/results/<unit>.predictions.jsonl.gz`: the gold comes from each id's example."""
+    from eval.regrade import grade_file
+
+    unit = json.loads((RESULTS / f"{name}.json").read_text())
+    regraded = grade_file("svamp", RESULTS / f"{name}.predictions.jsonl.gz")
+    assert len(regraded) == unit["total"]
+    assert {r["id"] for r in regraded if r["correct"]} == set(unit["correct_ids"])
