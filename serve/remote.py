@@ -7,7 +7,8 @@ limit, priority), follows its progress (server-sent events) with the same progre
 downloads committee.jsonl, committee_stats.json and the paper's files beside where a local run would write them.
 The server's committee answers, within the limits it shares with its other jobs. The job's id is kept in
 committee-job.json there, so that a rerun after Ctrl-C follows the same job instead of paying for a second one
-(a rerun asking for another recipe is refused). The token is FAIR_SERVE_TOKEN, else, for a server on this machine only, a local server's default token file (data/serve/token).
+(a rerun asking for another recipe is refused). The token is FAIR_SERVE_TOKEN, else, for a server on this
+machine only, a local server's default token file (data/serve/token).
 Only the files a job has are downloaded, by their plain names into the output's folder: a server that lists any
 other name (a path) gets an error, not a file written elsewhere.
 """

@@ -30,6 +30,12 @@ def test_training_checkpoints_are_named_by_the_canonical_task():
     assert TrainConfig(task="strategyQA").out_dir == Path("checkpoints/strategyqa-smollm2-135m-mixed")
 
 
+def test_only_a_filter_other_than_the_default_names_the_checkpoint_folder():
+    assert TrainConfig(task="svamp", filter="gold").out_dir == Path("checkpoints/svamp-smollm2-135m-mixed")
+    assert TrainConfig(task="svamp", filter="review").out_dir == Path("checkpoints/svamp-smollm2-135m-mixed-review")
+    assert TrainConfig(task="svamp", teacher="all", filter="gold+review").out_dir.name == "svamp-smollm2-135m-all-gold-review"
+
+
 @pytest.mark.parametrize("config", [MineConfig, EvalConfig])
 def test_mining_and_evaluation_share_the_student_run_settings_and_their_checks(config):
     shared = {f.name for f in dataclasses.fields(StudentRun)}

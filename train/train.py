@@ -122,7 +122,8 @@ class TrainConfig(Validated):
 
     @property
     def out_dir(self) -> Path:
-        teacher = self.teacher if self.filter in (None, DEFAULT_FILTER) else f"{self.teacher}-{self.filter.replace('+', '-')}"
+        default = self.filter in (None, DEFAULT_FILTER)
+        teacher = self.teacher if default else f"{self.teacher}-{self.filter.replace('+', '-')}"
         teacher = teacher if self.paper_feedback is None else f"paper-{teacher}"
         return Path(self.out or Path("checkpoints") / f"{get_task(self.task).name}-{model_short_name(self.student)}-{teacher}")
 
