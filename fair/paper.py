@@ -7,7 +7,9 @@
   `ABSOLUTE_WRONG_FINAL_ANS`. A rationale record holds, per teacher T, `T_feedback` (str or null) and
   `T_rationale` = [text, score by each other teacher in committee order] (0 = no valid score), and
   `correct_rationale`, the accepted texts. The paper's teachers are gpt, gemini and mistral; ours are
-  whatever the committee names, in its order. The functions below convert both ways.
+  whatever the committee names, in its order. The functions below convert both ways. Ours add one field where a
+  run chose its rationales by another filter than the paper's review (fair/recipes.py): `filter`, which the
+  paper's code never reads and which brings the recipe back on import.
 - Its prompts, verbatim from its all_prompts.py: the committee's feedback and review requests, and the
   "### Instruction / ### Input / ### Response" training templates. Where a task differs (its gold, the hint in
   a training prompt, the question shown, the training instruction, matching a file's records by question), its
@@ -26,6 +28,7 @@ from typing import Any
 
 from fair.errors import FairError
 from fair.jsonl import JsonArrayWriter, read_jsonl, unique_ids
+from fair.recipes import PAPER_FILTER, Filter, check_filter, recorded_filter
 from fair.records import Messages, StudentAnswer
 from fair.tasks import OPTION_LETTERS, PAPER_YES_NO, Example, Task
 from fair.tasks._common import read_json_array
@@ -205,7 +208,8 @@ def export_committee(task: Task, records: Iterable[dict[str, Any]]) -> Iterator[
     as null, as a failed one does: the paper's files cannot mark it, and nothing may train on it. The paper's shape
     holds one rationale per teacher: a teacher's first sample fills `<teacher>_rationale` (scores of 0 where the
     run's filter sent no review), and `correct_rationale` lists every accepted one, later samples included (the
-    texts the paper's training draws from), accepted under the run's filter (fair/recipes.py)."""
+    texts the paper's training draws from), accepted under the run's filter (fair/recipes.py), which a run of
+    another filter than the paper's names in `filter`."""
     def whole(entry: dict[str, Any]) -> str | None:
         return None if entry.get("truncated") else entry["text"]
 
@@ -220,6 +224,8 @@ def export_committee(task: Task, records: Iterable[dict[str, Any]]) -> Iterator[
             scores = [entry["reviews"].get(r, {}).get("score") for r in names if r != author]
             rationale[f"{author}_rationale"] = [whole(entry), *(int(round(s)) if s else 0 for s in scores)]
         rationale["correct_rationale"] = [r["text"] for r in record["rationales"].values() if r["accepted"]]
+        if recorded_filter(record) != PAPER_FILTER:
+            rationale["filter"] = record["filter"]
         yield feedback, rationale
 
 
@@ -245,7 +251,8 @@ def write_paper_files(task: Task, committee_path: Path, stem: str, round: int = 
 def import_committee(
     task: Task, feedback_path: str | Path, rationale_path: str | Path, examples: list[Example], threshold: float = 3.0
 ) -> list[dict[str, Any]]:
-    """The paper's two files -> our committee records (feedback, rationales with reviews and acceptance)."""
+    """The paper's two files -> our committee records (feedback, rationales with reviews and acceptance), under
+    the filter a record names (ours, exported from a run of another filter) or else the paper's."""
     feedback = {r["id"]: r for r in read_json_array(Path(feedback_path))}
     match = example_matcher(task, examples)
     records = []
@@ -274,5 +281,13 @@ def import_committee(
             "id": mistake.id, "mistake": mistake.to_json(),
             "feedback": {n: {"text": feedback_row.get(f"{n}_feedback"), "error": None} for n in names},
             "rationales": rationales, "usage": {}, "prompts": "paper-imported", "threshold": threshold,
+            "filter": file_filter(row, where),
         })
     return records
+
+
+def file_filter(row: dict[str, Any], where: str) -> Filter:
+    try:
+        return check_filter(row.get("filter", PAPER_FILTER))
+    except FairError as error:
+        raise FairError(f"{where}: field filter: {error}") from None

@@ -5,6 +5,7 @@ reads samples as their teacher's; the API cost of a recipe's data; and decontami
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import orjson
 import pytest
@@ -272,6 +273,22 @@ def test_samples_leave_the_papers_shape_one_rationale_a_teacher(scripted):
         assert rationale["correct_rationale"] == [r["text"] for r in record["rationales"].values() if r["gold"]]
         assert rationale["a_rationale"][1:] == [0, 0]  # no review was asked
         assert {k for k in feedback if k.endswith("_feedback")} == {"a_feedback", "b_feedback", "c_feedback"}
+
+
+def test_a_gold_run_in_the_papers_files_imports_back_as_gold(scripted, tmp_path, data_dir):
+    from fair.paper import write_paper_files
+
+    records, _ = run(scripted, filter="gold")
+    feedback, rationale = write_paper_files(SVAMP, scripted[1].with_name("committee.jsonl"), "student_svamp")
+    imported = import_committee(SVAMP, feedback, rationale, SVAMP.load("train", data_dir))
+    assert {r["filter"] for r in imported} == {"gold"}
+    assert [{k: v["accepted"] for k, v in r["rationales"].items()} for r in imported] == \
+        [{k: v["accepted"] for k, v in r["rationales"].items()} for r in records]
+    rows = orjson.loads(Path(rationale).read_bytes())
+    rows[1]["filter"] = "peers"
+    Path(rationale).write_bytes(orjson.dumps(rows))
+    with pytest.raises(FairError, match=r"rationale_round0.json record 1: field filter: unknown filter 'peers'"):
+        import_committee(SVAMP, feedback, rationale, SVAMP.load("train", data_dir))
 
 
 def test_training_decontaminates_by_default_and_saves_the_committees_filter(tmp_path, tiny_model_dir, data_dir):
