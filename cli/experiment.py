@@ -86,8 +86,6 @@ class ExperimentConfig(Validated):
             raise FairError(f"unknown unit(s) {', '.join(unknown)}; --list shows them")
 
 
-
-
 def run_unit(unit: Unit, args: ExperimentConfig) -> Path:
     results, work = Path(args.results), Path(args.work)
     (results / f"{unit.name}.json").unlink(missing_ok=True)  # rerun: the unit counts as missing until both are new
