@@ -2,7 +2,8 @@
 
 Every entry point (`fair ...`, `python -m simulator.cli`, `python -m cli.demo`, ...) runs its work through
 `main_guard`, so they all end alike: a FairError is one line `<prog>: error: <message>` and exit 2; Ctrl-C is
-one line and exit 130 (finished work is on disk: every stage resumes); a write refused for want of space is
+one line and exit 130 (finished work is on disk: every stage resumes); a stage that saved its work on a signal
+and stopped (`Stopped`) says so in one line and exits 128 + the signal; a write refused for want of space is
 one line and exit 1. Any other exception keeps its traceback: it is a bug, and the traceback is its report.
 """
 
@@ -18,6 +19,15 @@ class FairError(Exception):
     """A problem with the user's input or environment, explained in one line that names the culprit."""
 
 
+class Stopped(KeyboardInterrupt):
+    """A stage that a signal asked to stop, and that saved its work first (train/preempt.py). A KeyboardInterrupt,
+    so that whatever stands between it and `main_guard` lets it through as it lets Ctrl-C through."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 def main_guard(prog: str, work: Callable[[], int | None]) -> int:
     """Run `work`; its return value (None: 0) is the exit status, or the status of the failure it ended on."""
     try:
@@ -25,6 +35,9 @@ def main_guard(prog: str, work: Callable[[], int | None]) -> int:
     except FairError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; finished work is saved, rerun to resume", file=sys.stderr)
         return 130

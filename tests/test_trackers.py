@@ -158,8 +158,8 @@ def test_the_command_line_takes_a_comma_list_or_the_flag_repeated():
 
 def test_only_rank_zero_reports(tmp_path, tiny_model_dir, data_dir):
     """Under DeepSpeed every rank runs the loop; the others neither open a tracker nor write a line."""
+    from train.distributed import Dist
     from train.trackers import RunLog
-    from train.train import Dist
 
     config = tiny_train_config(tmp_path, tiny_model_dir, data_dir, report_to="tensorboard")
     record = {"step": 1, "loss": 1.0, "lr": 1e-3, "target_tokens_per_s": 10.0}

@@ -105,7 +105,7 @@ class StepConfig(Protocol):
 
 
 class Ranks(Protocol):
-    """The run's processes (train/train.py's Dist): this one's rank, how many, whether ZeRO runs, a sum over all."""
+    """The run's processes (train/distributed.py): this one's rank, how many, whether ZeRO runs, a sum over all."""
 
     rank: int
     world: int

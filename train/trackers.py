@@ -205,7 +205,7 @@ def open_trackers(names: tuple[str, ...], out: Path, settings: dict, first_step:
                 tracker = TRACKERS[name](out, ids.get(name), None if known else settings, first_step)
             except FairError:
                 raise
-            except Exception as e:  # a server or login refused: one line, and every rank stops (train.Dist)
+            except Exception as e:  # a server or login refused: one line, and every rank stops (train/distributed.py)
                 first = str(e).splitlines()[0] if str(e) else ""
                 raise FairError(f"report_to {name}: could not open its run: {type(e).__name__}: "
                                 f"{without_secrets(first)}") from None  # the cause holds them as it was
@@ -271,7 +271,7 @@ class RunLog:
         self.config, self.total, self.rank = config, total, dist.rank
         self.out: Path = config.out_dir
         self.trackers: list[Tracker] = []
-        # on_rank_zero (train.Dist): a tracker that cannot open stops every rank, not rank 0 alone
+        # on_rank_zero (train/distributed.py): a tracker that cannot open stops every rank, not rank 0 alone
         dist.on_rank_zero(lambda: self.trackers.extend(
             open_trackers(config.report_to, self.out, asdict(config), first_step + 1)))
         self.bar = Progress("train", total, unit="step", initial=first_step, enabled=self.rank == 0)

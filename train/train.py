@@ -13,15 +13,16 @@ it divides by the step's global token counts with no communication, and DeepSpee
 The same loop runs with and without DeepSpeed, and checkpoints are the same safetensors either way.
 
 Data: committee.jsonl from `fair committee`, or the paper's feedback/rationale files. Output: checkpoints
-under <out>/checkpoints/step-N (resumable: rerun the same command) and a plain HF model in <out>/final.
+under <out>/checkpoints/step-N (resumable: rerun the same command; SIGTERM or Ctrl-C saves the step in flight
+first, train/preempt.py) and a plain HF model in <out>/final.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -33,7 +34,7 @@ import torch
 from fair.config import Validated, at_least, save_config
 from fair.decontam import drop_contaminated
 from fair.dtype import Dtype, Precision, dtype_field, resolve_dtype
-from fair.errors import FairError, main_guard
+from fair.errors import FairError, Stopped, main_guard
 from fair.jsonl import read_jsonl, write_json
 from fair.lock import folder_lock
 from fair.models import DEFAULT_STUDENT, load_causal_lm, model_short_name, resolve_model
@@ -43,6 +44,8 @@ from fair.tasks import get_task
 from train.card import write_cards
 from train.checkpoint import export, load_optimizer, save_checkpoint, trainable
 from train.data import FEEDBACK, RATIONALE, build_examples, load_records, tokenize_examples
+from train.distributed import Dist, setup_distributed
+from train.preempt import StopRequests
 from train.resume import check_settings, data_digest, resume_point
 from train.step import Run, learning_rate, take_step
 from train.trackers import RunLog, tracker_names
@@ -136,48 +139,6 @@ class TrainConfig(Validated):
 # Setup
 
 
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    zero: bool = False  # DeepSpeed ZeRO engine in use
-
-    def on_rank_zero(self, action) -> None:
-        """Run `action` on rank 0 only; if it fails, every rank raises its error together (a rank left
-        behind would wait in the next collective for ever)."""
-        error = None
-        if self.rank == 0:
-            try:
-                action()
-            except FairError as e:
-                error = str(e)
-        if self.world > 1:
-            box = [error]
-            torch.distributed.broadcast_object_list(box, src=0)
-            error = box[0]
-        if error:
-            raise FairError(error)
-
-    def all_sum(self, values: list[float]) -> list[float]:
-        if self.world == 1:
-            return values
-        tensor = torch.tensor(values, dtype=torch.float64)
-        torch.distributed.all_reduce(tensor)
-        return tensor.tolist()
-
-
-def setup_distributed(config: TrainConfig) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if config.deepspeed is None:
-        if world > 1:
-            raise FairError("training in several processes needs a ZeRO config: --deepspeed configs/deepspeed/zero2.json")
-        return Dist()
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), zero=True)
-
-
 def load_model(config: TrainConfig, device: str):
     from transformers import AutoTokenizer
 
@@ -257,7 +218,7 @@ def train(config: TrainConfig) -> Path:
     if config.filter is None and (config.paper_feedback or config.committee_path.exists()):  # saved resolved,
         records = [] if config.paper_feedback else read_jsonl(config.committee_path)  # in the folder it names
         config = replace(config, filter=run_filter(map(recorded_filter, records), str(config.committee_path)), out=str(config.out_dir))
-    dist = setup_distributed(config)
+    dist = setup_distributed(config.deepspeed)
     with contextlib.ExitStack() as stack:
         # One run per folder, held by rank 0 for all ranks (they share the folder, so each taking the lock
         # would shut out the others); then nothing in the folder changes unless the settings are its own.
@@ -269,8 +230,6 @@ def train(config: TrainConfig) -> Path:
 def train_locked(config: TrainConfig, dist: Dist) -> Path:
     torch.manual_seed(config.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and dist.zero:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     precision = resolve_dtype(config.dtype)
     tokenizer, model = load_model(config, device)
     items = load_data(config, tokenizer, dist)
@@ -306,9 +265,12 @@ def train_locked(config: TrainConfig, dist: Dist) -> Path:
     model.train()
     run_began = time.perf_counter()
     run = Run(config, dist, tokenizer, engine, optimizer, params, device, attention, autocast, accumulation)
-    with RunLog(config, start, total, dist) as log:  # log.jsonl, the console, the progress bar, the trackers
+    # log.jsonl, the console, the progress bar, the trackers; SIGTERM and the like stop it at a step's end
+    with RunLog(config, start, total, dist) as log, StopRequests() as stop:
         for step in range(start, total):
             run_step(config, run, items, step, total, steps_per_epoch, digest, model, log)
+            if signum := stop.agreed(dist):
+                stop_after(config, run, step + 1, total, steps_per_epoch, digest, model, signum)
         log.end({"steps": total, "resumed_from": start, "seconds_this_run": round(time.perf_counter() - run_began, 2),
                  "examples": len(items), "processes": dist.world, "dtype": precision.to_json(),
                  "committee": None if config.paper_feedback else str(config.committee_path)})  # for the model card
@@ -343,7 +305,6 @@ def optimizer_for(config: TrainConfig, model, params, dist: Dist, accumulation: 
 def run_step(config: TrainConfig, run: Run, items: list, step: int, total: int, steps_per_epoch: int, digest: str,
              model, log: RunLog) -> None:
     """One optimizer step: its batch, the step, its record (`log`), and a checkpoint when the save rule says so."""
-    dist = run.dist
     began = time.perf_counter()
     batch = [items[i] for i in step_plan(len(items), config, step, steps_per_epoch)]
     lr = learning_rate(config, step, total)
@@ -353,8 +314,25 @@ def run_step(config: TrainConfig, run: Run, items: list, step: int, total: int, 
     record["tokens_per_s"] = record["tokens"] / (time.perf_counter() - began)
     log.step(record)
     if save_due(config, step + 1, total, steps_per_epoch):
-        save_checkpoint(config.out_dir / "checkpoints" / f"step-{step + 1}", model, run.optimizer, dist.zero,
-                        step + 1, asdict(config), dist.rank, digest)
+        save_step(config, run, step + 1, digest, model)
+
+
+def save_step(config: TrainConfig, run: Run, done: int, digest: str, model) -> None:
+    save_checkpoint(step_folder(config, done), model, run.optimizer, run.dist.zero, done, asdict(config),
+                    run.dist.rank, digest)
+
+
+def step_folder(config: TrainConfig, done: int) -> Path:
+    return config.out_dir / "checkpoints" / f"step-{done}"
+
+
+def stop_after(config: TrainConfig, run: Run, done: int, total: int, steps_per_epoch: int, digest: str, model,
+               signum: int) -> None:
+    """Save step `done` unless run_step just did, and end the run with `Stopped` (train/preempt.py)."""
+    if not save_due(config, done, total, steps_per_epoch):
+        save_step(config, run, done, digest, model)
+    raise Stopped(signum, f"stopped by {signal.Signals(signum).name} after step {done} of {total}, saved in "
+                          f"{step_folder(config, done)}; rerun the same command to resume")
 
 
 def save_due(config: TrainConfig, done: int, total: int, steps_per_epoch: int) -> bool:
