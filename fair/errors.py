@@ -27,6 +27,9 @@ class Stopped(KeyboardInterrupt):
         super().__init__(message)
         self.signum = signum
 
+    def __reduce__(self):  # pickled (a worker's error to its parent) with both arguments
+        return type(self), (self.signum, str(self))
+
 
 def main_guard(prog: str, work: Callable[[], int | None]) -> int:
     """Run `work`; its return value (None: 0) is the exit status, or the status of the failure it ended on."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -80,13 +81,18 @@ def test_a_stop_on_a_step_that_was_saved_anyway_saves_it_once(config, tmp_path, 
 
 def test_ctrl_c_after_a_stop_was_asked_stops_at_once_and_the_handlers_are_restored():
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
-    with StopRequests() as stop:
+    with pytest.raises(KeyboardInterrupt), StopRequests() as stop:
         os.kill(os.getpid(), signal.SIGUSR1)  # SLURM's warning
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.signum == signal.SIGUSR1  # the first signal names the stop
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_a_signal_after_the_last_agreement_is_not_dropped():
+    """A signal that lands after the last step's agreement gets its own handling once the loop's is gone."""
+    with pytest.raises(KeyboardInterrupt), StopRequests():
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 class TwoRanks(Dist):
@@ -112,11 +118,14 @@ def test_a_stopped_command_ends_with_one_line_and_128_plus_the_signal(capsys):
     def work():
         raise Stopped(signal.SIGTERM, "stopped by SIGTERM after step 3 of 6, saved in out/checkpoints/step-3")
     assert main_guard("fair train", work) == 143
+    copy = pickle.loads(pickle.dumps(Stopped(signal.SIGUSR1, "stopped")))  # as a worker's error reaches its parent
+    assert (copy.signum, str(copy)) == (signal.SIGUSR1, "stopped")
     assert capsys.readouterr().err == "fair train: stopped by SIGTERM after step 3 of 6, saved in out/checkpoints/step-3\n"
 
 
 def test_a_gpu_rank_picks_its_gpu_before_the_first_collective(monkeypatch):
-    """NCCL moves CUDA tensors only, on the current device: each rank's must be set before anything is sent."""
+    """NCCL moves CUDA tensors only, on the current device: each rank's must be set before anything is sent
+    (creating the process group sends nothing), and the collectives run there."""
     calls = []
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
@@ -128,7 +137,7 @@ def test_a_gpu_rank_picks_its_gpu_before_the_first_collective(monkeypatch):
     fake = types.SimpleNamespace(init_distributed=lambda dist_backend: calls.append(("init", dist_backend)))
     monkeypatch.setitem(sys.modules, "deepspeed", fake)
     dist = setup_distributed("configs/deepspeed/zero2.json")
-    assert calls == [("set_device", 1), ("init", "nccl")]
+    assert calls == [("init", "nccl"), ("set_device", 1)]  # DeepSpeed sets LOCAL_RANK under mpirun
     assert (dist.rank, dist.world, dist.zero, dist.device) == (1, 2, True, "cuda:1")
 
 

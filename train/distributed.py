@@ -3,8 +3,8 @@ gradient averaging, rank 0 acting for all and a sum over all.
 
 One process (no `--deepspeed`): rank 0 of 1, and both are plain calls. Several (`deepspeed`, `torchrun`, launch/):
 DeepSpeed's process group, NCCL on GPUs and gloo on CPUs. NCCL moves only CUDA tensors, so every collective here
-runs on this rank's GPU, which is chosen before the first one: a collective before `torch.cuda.set_device` would
-put every rank of a node on GPU 0.
+runs on this rank's GPU, which is chosen before the first one (creating the group sends nothing): a collective
+before `torch.cuda.set_device` would put every rank of a node on GPU 0.
 """
 
 from __future__ import annotations
@@ -56,9 +56,10 @@ def setup_distributed(deepspeed_config: str | None) -> Dist:
         return Dist()
     import deepspeed
 
+    gpu = torch.cuda.is_available()
+    deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")  # sets LOCAL_RANK under mpirun and srun
     device = "cpu"
-    if torch.cuda.is_available():
+    if gpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         device = f"cuda:{torch.cuda.current_device()}"
-    deepspeed.init_distributed(dist_backend="nccl" if device != "cpu" else "gloo")
     return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), zero=True, device=device)

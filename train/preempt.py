@@ -10,10 +10,10 @@ stops at once, as Python does by default, back to the last checkpoint on disk.
 
 Under several processes every rank must stop at the same step, since each writes its own shard of a ZeRO
 checkpoint in a collective; a launcher forwards the signal to every rank, but not at the same instant. So the
-ranks agree after every step, in one all-reduce of one number (a step's gradients are millions). The launcher
-must then wait for the save: torchrun waits `--shutdown-timeout` seconds (30 by default) before SIGKILL, and
-DeepSpeed's launcher 30 seconds; a save cut short is never resumed from (train/checkpoint.py), so the worst
-case is the run as it was before this module.
+ranks agree after every step, in an all-reduce of one number: nothing beside the step's own all-reduce of every
+gradient. The launcher must then wait for the save: torchrun waits `--shutdown-timeout` seconds (30 by default)
+before SIGKILL, DeepSpeed's launcher 30 seconds, fixed; a save cut short is never resumed from
+(train/checkpoint.py), so the worst case is the run as it was before this module.
 """
 
 from __future__ import annotations
@@ -40,9 +40,11 @@ class StopRequests:
             self.previous = {s: signal.signal(s, self.handle) for s in CAUGHT}
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, error_type, *exc) -> None:
         for s, handler in self.previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: a handler set from C
+        if self.signum and error_type is None:  # arrived after the last step's agreement: not dropped
+            signal.raise_signal(self.signum)
 
     def handle(self, signum: int, frame) -> None:
         # Nothing printed here: a signal can land inside a print to the same stream, which Python refuses.

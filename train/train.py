@@ -265,12 +265,14 @@ def train_locked(config: TrainConfig, dist: Dist) -> Path:
     model.train()
     run_began = time.perf_counter()
     run = Run(config, dist, tokenizer, engine, optimizer, params, device, attention, autocast, accumulation)
-    # log.jsonl, the console, the progress bar, the trackers; SIGTERM and the like stop it at a step's end
-    with RunLog(config, start, total, dist) as log, StopRequests() as stop:
-        for step in range(start, total):
-            run_step(config, run, items, step, total, steps_per_epoch, digest, model, log)
-            if signum := stop.agreed(dist):
-                stop_after(config, run, step + 1, total, steps_per_epoch, digest, model, signum)
+    with RunLog(config, start, total, dist) as log:  # log.jsonl, the console, the progress bar, the trackers
+        with StopRequests() as stop:  # SIGTERM and the like: stop at the end of the step in flight, saved
+            for step in range(start, total):
+                saved = run_step(config, run, items, step, total, steps_per_epoch, digest, model, log)
+                if signum := stop.agreed(dist):
+                    if not saved:
+                        save_step(config, run, step + 1, digest, model)
+                    stop_run(dist, signum, step + 1, total, step_folder(config, step + 1))
         log.end({"steps": total, "resumed_from": start, "seconds_this_run": round(time.perf_counter() - run_began, 2),
                  "examples": len(items), "processes": dist.world, "dtype": precision.to_json(),
                  "committee": None if config.paper_feedback else str(config.committee_path)})  # for the model card
@@ -303,8 +305,9 @@ def optimizer_for(config: TrainConfig, model, params, dist: Dist, accumulation: 
 
 
 def run_step(config: TrainConfig, run: Run, items: list, step: int, total: int, steps_per_epoch: int, digest: str,
-             model, log: RunLog) -> None:
-    """One optimizer step: its batch, the step, its record (`log`), and a checkpoint when the save rule says so."""
+             model, log: RunLog) -> bool:
+    """One optimizer step: its batch, the step, its record (`log`), and a checkpoint when the save rule says so
+    (then True)."""
     began = time.perf_counter()
     batch = [items[i] for i in step_plan(len(items), config, step, steps_per_epoch)]
     lr = learning_rate(config, step, total)
@@ -313,8 +316,10 @@ def run_step(config: TrainConfig, run: Run, items: list, step: int, total: int, 
     record["target_tokens_per_s"] = record["target_tokens"] / (time.perf_counter() - began)
     record["tokens_per_s"] = record["tokens"] / (time.perf_counter() - began)
     log.step(record)
-    if save_due(config, step + 1, total, steps_per_epoch):
-        save_step(config, run, step + 1, digest, model)
+    if not save_due(config, step + 1, total, steps_per_epoch):
+        return False
+    save_step(config, run, step + 1, digest, model)
+    return True
 
 
 def save_step(config: TrainConfig, run: Run, done: int, digest: str, model) -> None:
@@ -326,13 +331,14 @@ def step_folder(config: TrainConfig, done: int) -> Path:
     return config.out_dir / "checkpoints" / f"step-{done}"
 
 
-def stop_after(config: TrainConfig, run: Run, done: int, total: int, steps_per_epoch: int, digest: str, model,
-               signum: int) -> None:
-    """Save step `done` unless run_step just did, and end the run with `Stopped` (train/preempt.py)."""
-    if not save_due(config, done, total, steps_per_epoch):
-        save_step(config, run, done, digest, model)
+def stop_run(dist: Dist, signum: int, done: int, total: int, folder: Path) -> None:
+    """End the run with `Stopped` once step `done` is saved (train/preempt.py). Rank 0 writes the checkpoint
+    while the others return from the save: they wait for it here, since a launcher that sees one rank exit may
+    kill the rest, rank 0 in the middle of its write."""
+    if dist.world > 1:
+        torch.distributed.barrier()
     raise Stopped(signum, f"stopped by {signal.Signals(signum).name} after step {done} of {total}, saved in "
-                          f"{step_folder(config, done)}; rerun the same command to resume")
+                          f"{folder}; rerun the same command to resume")
 
 
 def save_due(config: TrainConfig, done: int, total: int, steps_per_epoch: int) -> bool:
