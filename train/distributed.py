@@ -1,5 +1,5 @@
 """The processes of one training run: which one this is, and the two things they do together besides DeepSpeed's
-gradient averaging, rank 0 acting for all and a sum over all.
+gradient averaging, rank 0 acting for all, a sum over all and waiting for all.
 
 One process (no `--deepspeed`): rank 0 of 1, and both are plain calls. Several (`deepspeed`, `torchrun`, launch/):
 DeepSpeed's process group, NCCL on GPUs and gloo on CPUs. NCCL moves only CUDA tensors, so every collective here
@@ -39,6 +39,10 @@ class Dist:
             error = box[0]
         if error:
             raise FairError(error)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
 
     def all_sum(self, values: list[float]) -> list[float]:
         if self.world == 1:

@@ -8,8 +8,8 @@ finishes, its checkpoint is saved, and the run ends with `Stopped` (exit 128 + t
 Rerunning the same command resumes from that step, as after any checkpoint. Ctrl-C once a stop is asked for
 stops at once, as Python does by default, back to the last checkpoint on disk.
 
-Under several processes every rank must stop at the same step, since each writes its own shard of a ZeRO
-checkpoint in a collective; a launcher forwards the signal to every rank, but not at the same instant. So the
+Under several processes every rank must stop at the same step, since a ZeRO checkpoint gathers every rank's
+shards in collectives; a launcher forwards the signal to every rank, but not at the same instant. So the
 ranks agree after every step, in an all-reduce of one number: nothing beside the step's own all-reduce of every
 gradient. The launcher must then wait for the save: torchrun waits `--shutdown-timeout` seconds (30 by default)
 before SIGKILL, DeepSpeed's launcher 30 seconds, fixed; a save cut short is never resumed from

@@ -281,8 +281,7 @@ def train_locked(config: TrainConfig, dist: Dist) -> Path:
            adapter=config.out_dir / "adapter" if config.save_adapter else None)
     if dist.rank == 0:
         write_cards(config.out_dir)  # final/'s and adapter/'s: `fair push-model` adds the evaluations
-    if dist.world > 1:
-        torch.distributed.barrier()
+    dist.barrier()
     return target
 
 
@@ -335,8 +334,7 @@ def stop_run(dist: Dist, signum: int, done: int, total: int, folder: Path) -> No
     """End the run with `Stopped` once step `done` is saved (train/preempt.py). Rank 0 writes the checkpoint
     while the others return from the save: they wait for it here, since a launcher that sees one rank exit may
     kill the rest, rank 0 in the middle of its write."""
-    if dist.world > 1:
-        torch.distributed.barrier()
+    dist.barrier()
     raise Stopped(signum, f"stopped by {signal.Signals(signum).name} after step {done} of {total}, saved in "
                           f"{folder}; rerun the same command to resume")
 
