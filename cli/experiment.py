@@ -8,7 +8,7 @@
 One unit trains one variant of SmolLM2-135M-Instruct with the frozen budget of configs/train/experiment.yaml,
 then evaluates it on the 300 SVAMP test questions (`base` only evaluates). A finished unit writes two small files, meant to be
 committed: docs/results/<unit>.json (accuracy, the ids answered correctly, data report, losses, wall time,
-command, commit, machine, the dtype of training and of evaluation) and
+command, commit, machine, the dtype of training and of evaluation: the budget's, bfloat16 for a `-bf16` unit) and
 docs/results/<unit>.predictions.jsonl.gz (every answer: id, raw output, extracted answer), so anyone can re-grade
 a unit without rerunning it. Weights stay in data/experiment/.
 A run skips units whose file exists and rebuilds docs/results.md from the files (eval/results.py): the
@@ -99,7 +99,7 @@ def run_unit(unit: Unit, args: ExperimentConfig) -> Path:
     if unit.round is not None:  # the loop evaluated the round as below (loop_config): its answers are reused
         eval_out = loop_config(unit, args, work).round_dir(unit.round) / "eval"
     [row] = evaluate(EvalConfig(task=("svamp",), model=model, engine=args.engine, batch_size=args.batch_size,
-                                dtype=BUDGET["dtype"],
+                                dtype=unit.dtype or BUDGET["dtype"],
                                 max_new_tokens=MAX_NEW_TOKENS, limit=args.test_limit, out=str(eval_out)))
     if unit.train is not None:
         report_evaluation(config, [row])  # into the training's runs of the trackers its report_to names, if any
@@ -189,6 +189,8 @@ def train_unit(unit: Unit, args: ExperimentConfig, work: Path) -> tuple[TrainCon
 
 def train_config(unit: Unit, args: ExperimentConfig, work: Path) -> TrainConfig:
     values = dataclasses.asdict(TrainConfig()) | BUDGET | unit.train | {"out": str(work / unit.name / "train")}
+    if unit.dtype:
+        values["dtype"] = unit.dtype
     if unit.source == "paper":
         values |= PAPER_FILES
     else:

@@ -12,17 +12,25 @@ budget's dtype), and every other corpus folder starts from a copy of that mining
 records say what they cost, whatever another folder's cache holds.
 
     own-corpus          filter review, 1 sample (own-fair, own-noreview)
-    own-corpus-k4-gold  filter gold, 4 samples a teacher at temperature 0.7 (own-k4-gold: trains on every
+    own-corpus-gold     filter gold, 1 sample: round 0's committee run again outside the loop (own-gold-bf16)
+    own-corpus-k4-gold  filter gold, 4 samples a teacher at temperature 0.7 (own-k4-gold-bf16: trains on every
                         accepted sample)
     own-rounds          `fair loop`'s folder (cli/loop.py), filter gold: round r trains round r-1's student on
                         the mistakes it still makes on the train split (round 0: the untrained student's, the
                         shared mining). own-gold IS round 0 (the same data and model, not a rerun of it), so
                         own-rounds-r1 and -r2 compare with own-gold on the same seed; a round unit's data cost
                         is that of every round up to it (a reply an earlier round bought counts again).
+
+Precision. Every unit trains and answers in the budget's dtype (float32) but those named `-bf16`, which train and
+answer in bfloat16 (the mining they share stays float32, so they explain the same mistakes). docs/results.md compares
+a unit only with units of its own dtype, and a -bf16 unit with its float32 twin where both exist (what bfloat16
+alone changes). own-k4-gold's epoch, about 7 times own-gold's steps, does not fit a session here in float32 (its
+unit file and DISCUSSION.md say how long): it runs in bfloat16, beside own-gold's and base's bfloat16 twins.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +39,7 @@ SHARED_MINING = "own-corpus"
 MINING_FILES = ("answers.jsonl", "mistakes.jsonl", "stats.json", "config.yaml", "model_fingerprint")
 ROUNDS = "own-rounds"
 REVIEWED = {"filter": "review"}  # the shared corpus's committee: the paper's recipe, whatever the default
+BF16 = "bfloat16"
 
 
 @dataclass(frozen=True)
@@ -42,12 +51,23 @@ class Unit:
     committee: dict = field(default_factory=dict)  # own: the committee's filter and samples over `fair gen`'s
     corpus: str = SHARED_MINING  # own: the committee's folder under --work
     round: int | None = None  # own: this unit is round r of the loop in <work>/own-rounds
+    dtype: str | None = None  # training's and evaluation's; None: the budget's (configs/train/experiment.yaml)
+    twin: str | None = None  # the unit this one repeats in another dtype (docs/results.md compares the two)
+
+    def __post_init__(self):
+        if self.dtype is not None and self.round is not None:
+            raise ValueError(f"unit {self.name}: a round of the loop trains in the loop's dtype, the budget's")
 
     def corpora(self, work: Path) -> list[Path]:
         """The committee.jsonl files its data came from: every round's up to its own, for a round unit."""
         if self.round is not None:
             return [work / self.corpus / f"round{r}" / "committee.jsonl" for r in range(self.round + 1)]
         return [work / self.corpus / "committee.jsonl"]
+
+
+def in_bf16(unit: Unit, **changes) -> Unit:
+    """The unit's twin in bfloat16: the same data and budget, named `<unit>-bf16`."""
+    return dataclasses.replace(unit, name=f"{unit.name}-bf16", dtype=BF16, twin=unit.name, **changes)
 
 
 def share_mining(work: Path, folder: Path) -> None:
@@ -63,7 +83,8 @@ def share_mining(work: Path, folder: Path) -> None:
 def _units() -> dict[str, Unit]:
     """In the order they run: one of each comparison first, then the other seeds."""
     fair, noreview = "FAIR: mixed, peer-reviewed, alpha 0.5", "mixed, no peer review"
-    units = [Unit("base", "none", "no training", None),
+    base = Unit("base", "none", "no training", None)
+    units = [base, in_bf16(base),
              Unit("paper-fair-s0", "paper", fair, {"teacher": "mixed", "seed": 0}),
              Unit("paper-noreview-s0", "paper", noreview, {"teacher": "mixed", "filter": "none", "seed": 0}),
              # GPT-3.5, chosen before any test result: in the paper's file the most rationales that reach the gold
@@ -100,7 +121,10 @@ def own_recipes() -> list[Unit]:
     k4 = Unit("own-k4-gold", "own", "4 samples a teacher at temperature 0.7, every one that passes the gold check",
               {"teacher": "all", "filter": "gold"}, {"filter": "gold", "samples": 4, "teacher_temperature": 0.7},
               "own-corpus-k4-gold")
-    return [rounds[0], k4, *rounds[1:]]
+    # own-gold's data from its own committee run (the offline committee is deterministic at one sample), not the
+    # loop's round 0, which trains in the loop's dtype.
+    gold_bf16 = in_bf16(rounds[0], description="mixed, gold check (no review)", corpus="own-corpus-gold", round=None)
+    return [rounds[0], gold_bf16, in_bf16(k4), *rounds[1:]]
 
 
 UNITS = _units()

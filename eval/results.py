@@ -48,6 +48,26 @@ def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> float:
     return min(1.0, 2 * tail)
 
 
+PRECISION_NOTE = ("The same data and budget in bfloat16 against float32 (a unit's `-bf16` twin): what the dtype alone "
+                  "changes. Every other comparison on this page is between units of one dtype.")
+FLOAT32 = "float32"  # every unit from before the unit files recorded their dtype ran in it (configs/train/experiment.yaml)
+
+
+def dtype_of(result: dict) -> str:
+    """The dtype a unit answered in (and trained in: cli/experiment.py gives both the unit's)."""
+    return ((result.get("dtype") or {}).get("eval") or {}).get("dtype", FLOAT32)
+
+
+def same_dtype(result: dict, other: dict | None) -> dict | None:
+    return other if other is not None and dtype_of(other) == dtype_of(result) else None
+
+
+def no_training(result: dict, units: dict, results: dict[str, dict]) -> dict | None:
+    """The untrained student answering in the unit's dtype, the unit's baseline."""
+    return next((r for n, r in results.items() if n in units and units[n].train is None and same_dtype(result, r)),
+                None)
+
+
 def load_units(folder: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
 
@@ -75,7 +95,6 @@ def comparison(result: dict, other: dict | None, order: list[str]) -> str:
 
 
 def source_table(source: str, units: dict, results: dict[str, dict], order: list[str]) -> list[str]:
-    base = results.get("base")
     names = [n for n, u in units.items() if u.source == source]
     lines = ["| unit | variant | accuracy | correct | vs no training: pt [95% CI], McNemar p | vs FAIR (same seed) "
              "| examples | loss first→last 10% | wall min |", "| --- | --- | ---: | ---: | --- | --- | ---: | --- | ---: |"]
@@ -84,12 +103,12 @@ def source_table(source: str, units: dict, results: dict[str, dict], order: list
         if r is None:
             lines.append(f"| {name} | {units[name].description} | not yet run | | | | | | |")
             continue
-        fair = results.get(fair_reference(source, name, units))
+        fair = same_dtype(r, results.get(fair_reference(source, name, units)))
         report = (r.get("data_report") or {}).get("tokenize", {})
         loss = r.get("loss") or {}
         lines.append(
             f"| {name} | {r['description']} | {r['accuracy']:.1%} | {r['correct']}/{r['total']} | "
-            f"{comparison(r, base, order)} | {comparison(r, fair, order)} | {report.get('examples', '')} | "
+            f"{comparison(r, no_training(r, units, results), order)} | {comparison(r, fair, order)} | {report.get('examples', '')} | "
             f"{loss.get('first_10pct', '')}→{loss.get('last_10pct', '')} | {r['wall_s'] / 60:.0f} |")
     return lines
 
@@ -136,12 +155,11 @@ def recipe_table(source: str, units: dict, results: dict[str, dict], costs: dict
                  clean: set[str]) -> list[str]:
     """A row a recipe: accuracy over its seeds (all test questions, and the clean ones), what its data cost in
     teacher calls, and points per $1,000."""
-    base = results.get("base")
     lines = [f"| recipe | variant | seeds | accuracy % (mean ± sd) | vs no training, pt | clean ({len(clean)}) % | "
              "clean vs no training, pt | teacher requests | input / output tokens | data cost $ | pt per $1,000 |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for recipe, names in recipes(source, units, results).items():
-        accuracy = [results[n]["accuracy"] * 100 for n in names]
+        accuracy, base = [results[n]["accuracy"] * 100 for n in names], no_training(results[names[0]], units, results)
         gain = statistics.mean(accuracy) - base["accuracy"] * 100 if base else None
         on_clean = [clean_accuracy(results[n], clean) for n in names] if clean else []
         clean_gain = statistics.mean(on_clean) - clean_accuracy(base, clean) if base and clean else None
@@ -158,12 +176,13 @@ def recipe_table(source: str, units: dict, results: dict[str, dict], costs: dict
 
 
 def pairwise_table(source: str, units: dict, results: dict[str, dict], order: list[str]) -> list[str]:
-    """Every pair of recipes on the seeds both ran: each seed's paired difference, then their mean ± sd."""
+    """Every pair of recipes on the seeds both ran in one dtype: each seed's paired difference, then their mean ± sd."""
     lines = ["| A vs B | per seed: A - B, pt [95% CI], McNemar p | mean ± sd over seeds, pt |", "| --- | --- | ---: |"]
     by_recipe = recipes(source, units, results)
     seed = lambda name: (units[name].train or {}).get("seed", 0)  # noqa: E731
     for a, b in itertools.combinations(by_recipe, 2):
-        pairs = [(x, y) for x in by_recipe[a] for y in by_recipe[b] if seed(x) == seed(y)]
+        pairs = [(x, y) for x in by_recipe[a] for y in by_recipe[b]
+                 if seed(x) == seed(y) and same_dtype(results[x], results[y])]
         if not pairs:
             continue
         cells, diffs = [], []
@@ -172,6 +191,24 @@ def pairwise_table(source: str, units: dict, results: dict[str, dict], order: li
             diffs.append((results[x]["accuracy"] - results[y]["accuracy"]) * 100)
         lines.append(f"| {a} vs {b} | {'; '.join(cells)} | {mean_sd(diffs)} |")
     return lines
+
+
+def precision_table(units: dict, results: dict[str, dict], order: list[str]) -> list[str]:
+    """Each unit run again in another dtype against the unit it repeats."""
+    twins = [(n, u.twin) for n, u in units.items() if u.twin and n in results and u.twin in results]
+    if not twins:
+        return []
+    lines = ["| unit | dtype | accuracy | its twin | twin's dtype | twin's accuracy | unit - twin: pt [95% CI], McNemar p "
+             "| questions graded differently | loss first→last 10%: unit; twin |",
+             "| --- | --- | ---: | --- | --- | ---: | --- | ---: | --- |"]
+    for name, twin in twins:
+        r, t = results[name], results[twin]
+        losses = "; ".join(f"{x['loss']['first_10pct']}→{x['loss']['last_10pct']}" if x.get("loss") else "-"
+                           for x in (r, t))
+        differ = int((correct_vector(r, order) != correct_vector(t, order)).sum())
+        lines.append(f"| {name} | {dtype_of(r)} | {r['accuracy']:.1%} | {twin} | {dtype_of(t)} | {t['accuracy']:.1%} | "
+                     f"{comparison(r, t, order)} | {differ} | {losses} |")
+    return ["## Precision: bfloat16 against float32", "", PRECISION_NOTE, "", *lines, ""]
 
 
 def render_results(folder: Path, units: dict, target: Path, costs: dict[str, dict] | None = None,
@@ -201,15 +238,16 @@ def render_results(folder: Path, units: dict, target: Path, costs: dict[str, dic
     for source, title in (("paper", "The paper's teachers (real GPT-3.5, Gemini and Mixtral texts, peer-review scores)"),
                           ("own", "Our loop (the offline committee on SmolLM2's own SVAMP train mistakes)")):
         lines += [f"## {title}", ""]
-        if "base" in results:
-            b = results["base"]
-            lines += [f"No training: {b['accuracy']:.1%} ({b['correct']}/{b['total']}).", ""]
+        if untrained := [results[n] for n, u in units.items() if u.train is None and n in results]:
+            lines += ["No training: " + "; ".join(f"{b['accuracy']:.1%} ({b['correct']}/{b['total']}) in {dtype_of(b)}"
+                                                 for b in untrained) + ".", ""]
         lines += source_table(source, units, results, order) + [""]
         seeds = [s for p in (f"{source}-fair-s", f"{source}-noreview-s") if (s := seed_summary(results, p))]
         lines += [f"- {s}" for s in seeds] + ([""] if seeds else [])
         lines += [f"### Recipes: what each costs and buys ({source})", "", RECIPES_NOTE, "",
                   *recipe_table(source, units, results, costs, clean), "", "Pairwise, on the same seeds:", "",
                   *pairwise_table(source, units, results, order), ""]
+    lines += precision_table(units, results, order)
     discussion = folder / "DISCUSSION.md"
     if discussion.exists():
         lines += [discussion.read_text().rstrip(), ""]

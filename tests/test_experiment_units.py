@@ -34,7 +34,8 @@ def args(tmp_path, **smoke) -> ExperimentConfig:
 
 
 def test_k4_gold_asks_four_samples_under_the_gold_check_in_its_own_folder_from_the_shared_mining(tmp_path, stages):
-    config = train_config(UNITS["own-k4-gold"], args(tmp_path, train_limit=5, max_steps=2), tmp_path / "work")
+    """In bfloat16 (too long a float32 epoch for a session here); the mining it shares stays in the budget's dtype."""
+    config = train_config(UNITS["own-k4-gold-bf16"], args(tmp_path, train_limit=5, max_steps=2), tmp_path / "work")
     (_, shared), (_, gen) = stages
     assert shared.out_dir == tmp_path / "work" / "own-corpus" and shared.limit == 5 and shared.dtype == BUDGET["dtype"]
     committee = gen.committee_config()
@@ -43,7 +44,25 @@ def test_k4_gold_asks_four_samples_under_the_gold_check_in_its_own_folder_from_t
     assert committee.mistakes_path.read_text() == "mistakes.jsonl of own-corpus\n"  # the shared mining's mistakes
     assert config.committee == str(tmp_path / "work" / "own-corpus-k4-gold" / "committee.jsonl")
     assert (config.teacher, config.filter, config.max_steps, config.lora_r) == ("all", "gold", 2, BUDGET["lora_r"])
-    assert gen.max_new_tokens == MAX_NEW_TOKENS and gen.dtype == BUDGET["dtype"]
+    assert gen.max_new_tokens == MAX_NEW_TOKENS and gen.dtype == BUDGET["dtype"] and config.dtype == "bfloat16"
+
+
+def test_own_gold_in_bfloat16_trains_round_0s_data_in_its_own_committee_folder(tmp_path, stages):
+    config = train_config(UNITS["own-gold-bf16"], args(tmp_path), tmp_path / "work")
+    (_, shared), (_, gen) = stages
+    assert shared.out_dir == tmp_path / "work" / "own-corpus" and shared.dtype == BUDGET["dtype"]
+    assert (gen.out, gen.filter, gen.samples) == (str(tmp_path / "work" / "own-corpus-gold"), "gold", 1)
+    loop = loop_config(UNITS["own-gold"], args(tmp_path), tmp_path / "work").train_settings(0, config.student)
+    assert {k: getattr(config, k) for k in BUDGET} == {k: getattr(loop, k) for k in BUDGET} | {"dtype": "bfloat16"}
+    assert (config.teacher, config.filter, config.seed) == (loop.teacher, loop.filter, loop.seed)
+    assert UNITS["own-gold-bf16"].twin == "own-gold" and UNITS["base-bf16"].twin == "base"
+
+
+def test_a_round_of_the_loop_has_no_dtype_of_its_own():
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="own-gold: a round of the loop trains in the loop's dtype"):
+        replace(UNITS["own-gold"], dtype="bfloat16")
 
 
 def test_the_review_corpus_is_the_mining_folder_itself(tmp_path, stages):
@@ -75,7 +94,7 @@ def test_every_round_unit_settles_on_one_loop_folder(tmp_path):
 def test_the_new_units_are_listed_and_in_the_own_tables(tmp_path, capsys):
     assert experiment.main(["--list", "--results", str(tmp_path)]) == 0
     listed = capsys.readouterr().out
-    new = ("own-gold", "own-k4-gold", "own-rounds-r1", "own-rounds-r2")
+    new = ("own-gold", "own-k4-gold-bf16", "own-rounds-r1", "own-rounds-r2")
     assert all(f"{n} " in listed for n in new)
     ids = [f"q{i}" for i in range(20)]
     for k, name in enumerate(("base", *new)):
@@ -92,13 +111,13 @@ def test_the_new_units_are_listed_and_in_the_own_tables(tmp_path, capsys):
 
 
 def test_the_offline_committee_samples_apart_at_a_temperature(tmp_path, seed_mistakes):
-    """own-k4-gold's committee: above temperature 0 every teacher's 4 samples differ, the Anthropic-format one's
+    """own-k4-gold-bf16's committee: above temperature 0 every teacher's 4 samples differ, the Anthropic-format one's
     (four requests of one body: its API takes no seed) included; at 0 that teacher repeats itself."""
     from fair.jsonl import read_jsonl
     from gen.committee.run import CommitteeConfig, committee
     from simulator.server import OfflineServer
 
-    settings = UNITS["own-k4-gold"].committee
+    settings = UNITS["own-k4-gold-bf16"].committee
     texts = {}
     with OfflineServer(port=0, latency_ms=(0, 0)) as server:
         for temperature in (settings["teacher_temperature"], None):
@@ -117,7 +136,7 @@ def test_the_offline_committee_samples_apart_at_a_temperature(tmp_path, seed_mis
 @pytest.mark.slow
 def test_the_own_recipe_units_run_shortened(tmp_path, monkeypatch):
     """The real thing, shortened: SmolLM2 mines 8 train questions, trains a step and answers 3 test questions for
-    a plain committee unit (own-k4-gold) and for rounds 0 and 1 of the gold loop (own-gold, own-rounds-r1)."""
+    a plain committee unit in bfloat16 (own-k4-gold-bf16) and for rounds 0 and 1 of the gold loop (own-gold, own-rounds-r1)."""
     from dataclasses import replace
 
     # A step in micro-batches of one (the loss is the same sum), under the suite's memory guard (tests/conftest.py).
@@ -125,19 +144,20 @@ def test_the_own_recipe_units_run_shortened(tmp_path, monkeypatch):
     for name in ("own-gold", "own-rounds-r1", "own-rounds-r2"):  # the loop reads the budget's file: its train adds it
         monkeypatch.setitem(UNITS, name, replace(UNITS[name], train=UNITS[name].train | {"micro_batch_size": 1}))
     results, work = tmp_path / "results", tmp_path / "work"
-    assert experiment.main(["--units", "own-gold", "own-rounds-r1", "own-k4-gold", "--test-limit", "3",
+    assert experiment.main(["--units", "own-gold", "own-rounds-r1", "own-k4-gold-bf16", "--test-limit", "3",
                             "--train-limit", "8", "--max-steps", "1", "--results", str(results),
                             "--work", str(work)]) == 0
-    units = {n: json.loads((results / f"{n}.json").read_text()) for n in ("own-gold", "own-rounds-r1", "own-k4-gold")}
-    for unit in units.values():
+    names = ("own-gold", "own-rounds-r1", "own-k4-gold-bf16")
+    units = {n: json.loads((results / f"{n}.json").read_text()) for n in names}
+    for name, unit in units.items():
         assert unit["total"] == 3 and unit["loss"]["steps"] == 1 and unit["data_cost"]["filter"] == "gold"
-        assert unit["dtype"]["train"]["dtype"] == unit["dtype"]["eval"]["dtype"] == BUDGET["dtype"]
+        assert unit["dtype"]["train"]["dtype"] == unit["dtype"]["eval"]["dtype"] == (UNITS[name].dtype or BUDGET["dtype"])
     # one mining, shared: round 0's mistakes and the k4 committee's are the untrained student's
     mistakes = (work / "own-corpus" / "mistakes.jsonl").read_text()
     assert mistakes and (work / "own-rounds" / "round0" / "mistakes.jsonl").read_text() == mistakes
     assert (work / "own-corpus-k4-gold" / "mistakes.jsonl").read_text() == mistakes
     # gold: no review request; 4 samples: 3 teachers x (1 feedback + 4 rationales) a mistake
-    k4 = units["own-k4-gold"]["data_cost"]
+    k4 = units["own-k4-gold-bf16"]["data_cost"]
     assert k4["requests"] > 0 and k4["requests"] % 15 == 0
     gold, r1 = units["own-gold"]["data_cost"], units["own-rounds-r1"]["data_cost"]
     assert (gold["rounds"], r1["rounds"]) == (1, 2) and r1["requests"] > gold["requests"] > 0

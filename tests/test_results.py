@@ -66,9 +66,10 @@ def test_results_page_has_every_unit_and_paired_comparisons(tmp_path):
     cost = {"requests": 4644, "input_tokens": 1_000_000, "output_tokens": 200_000, "usd": 2.5}
     costs = {"paper-fair-s0": cost, "paper-fair-s1": cost}
     page = render_results(folder, UNITS, tmp_path / "results.md", costs).read_text()
-    assert all(f"| {name} |" in page for name in UNITS if name != "base")
-    assert "No training: 5.0% (2/40)." in page
-    assert page.count("not yet run") == len(UNITS) - 4
+    trained = [name for name, unit in UNITS.items() if unit.train is not None]
+    assert all(f"| {name} |" in page for name in trained)
+    assert "No training: 5.0% (2/40) in float32." in page
+    assert page.count("not yet run") == len(trained) - 3
     assert "+25.0 [" in page and "p=0.00195" in page  # 10 questions right only after training, 0 only before
     assert "paper-fair: 27.5% ± 3.5 (sd) over 2 seed(s)" in page
     assert f"Units done: 4 of {len(UNITS)}" in page
@@ -82,6 +83,33 @@ def test_results_page_has_every_unit_and_paired_comparisons(tmp_path):
     assert "| paper-fair | FAIR: mixed, peer-reviewed, alpha 0.5 | 2 | 27.5 ± 3.5 | +22.5 | 4.8 ± 0.0 | +4.8 |" in page
     # pairwise on the seeds both ran: seed 0 only, 12 vs 14 right, the 2 discordant questions both go to gold
     assert "| paper-fair vs paper-gold | s0: -5.0 [" in page and "p=0.5 | -5.0 |" in page
+
+
+def test_units_compare_only_within_their_dtype_and_bfloat16_with_its_float32_twin(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    ids = [f"q{i}" for i in range(40)]
+    bf16 = {"dtype": {"train": {"dtype": "bfloat16"}, "eval": {"dtype": "bfloat16"}}}
+    right = lambda n: {f"q{i}" for i in range(n)}  # noqa: E731
+    write_unit(folder, "base", right(2), ids)  # recorded no dtype: float32, as every unit before they did
+    write_unit(folder, "base-bf16", right(4), ids, **bf16)
+    write_unit(folder, "own-fair", right(10), ids)
+    write_unit(folder, "own-gold", right(12), ids)
+    write_unit(folder, "own-gold-bf16", right(14), ids, **bf16)
+    write_unit(folder, "own-k4-gold-bf16", right(20), ids, **bf16)
+    page = render_results(folder, UNITS, tmp_path / "results.md").read_text()
+    assert "No training: 5.0% (2/40) in float32; 10.0% (4/40) in bfloat16." in page
+    row = lambda n: next(line for line in page.splitlines() if line.startswith(f"| {n} |"))  # noqa: E731
+    # against the untrained student in its own dtype (16 questions more than base-bf16), and no float32 FAIR
+    assert "| +40.0 [" in row("own-k4-gold-bf16") and "| - |" in row("own-k4-gold-bf16")
+    assert "| own-k4-gold-bf16 | 4 samples" in page and "| 1 | 50.0 | +40.0 |" in page
+    assert "| own-gold-bf16 vs own-k4-gold-bf16 | s0: -15.0 [" in page and "| own-fair vs own-gold | s0:" in page
+    assert not any(f"| {a} vs {b} |" in page for a in ("own-fair", "own-gold") for b in ("own-gold-bf16",
+                                                                                          "own-k4-gold-bf16"))
+    precision = page[page.index("## Precision: bfloat16 against float32"):]
+    assert "| base-bf16 | bfloat16 | 10.0% | base | float32 | 5.0% | +5.0 [" in precision
+    assert "| own-gold-bf16 | bfloat16 | 35.0% | own-gold | float32 | 30.0% | +5.0 [" in precision
+    assert "p=0.5 | 2 |" in precision and "own-k4-gold-bf16" not in precision  # it has no float32 twin
 
 
 def test_report_change_line_is_paired_on_the_shared_questions(tmp_path):
