@@ -119,7 +119,7 @@ lint: $(STAMP) ## ruff, the architecture's import contracts (pyproject.toml), fi
 docs: $(STAMP) ## build the documentation site into site/ (open site/index.html); a broken link fails it
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
-experiment: $(STAMP) ## does distillation help? runs the missing units (25-80 min each on 2 cores), rebuilds docs/results.md
+experiment: $(STAMP) ## does distillation help? runs the missing units (25 min to 2 h each on 2 cores), rebuilds docs/results.md
 	$(PY) -m cli.experiment
 
 bench-mine: $(STAMP) ## fp32 and bf16 matmul ceilings; the paper's loop vs our static and continuous batching (fp32, --dtype) vs vLLM, each engine's share of the bf16 ceiling

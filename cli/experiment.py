@@ -99,7 +99,7 @@ def run_unit(unit: Unit, args: ExperimentConfig) -> Path:
     if unit.round is not None:  # the loop evaluated the round as below (loop_config): its answers are reused
         eval_out = loop_config(unit, args, work).round_dir(unit.round) / "eval"
     [row] = evaluate(EvalConfig(task=("svamp",), model=model, engine=args.engine, batch_size=args.batch_size,
-                                dtype=unit.dtype or BUDGET["dtype"],
+                                dtype=unit_budget(unit)["dtype"],
                                 max_new_tokens=MAX_NEW_TOKENS, limit=args.test_limit, out=str(eval_out)))
     if unit.train is not None:
         report_evaluation(config, [row])  # into the training's runs of the trackers its report_to names, if any
@@ -113,7 +113,8 @@ def run_unit(unit: Unit, args: ExperimentConfig) -> Path:
     result = {
         "data_cost": data_cost_of(unit, work),
         "unit": unit.name, "source": unit.source, "description": unit.description, "train": unit.train,
-        "budget": BUDGET if unit.train is not None else None, "accuracy": row["accuracy"], "correct": row["correct"],
+        "budget": unit_budget(unit) if unit.train is not None else None,
+        "accuracy": row["accuracy"], "correct": row["correct"],
         "total": row["total"], "unparseable": row["unparseable"], "max_new_tokens": MAX_NEW_TOKENS,
         "correct_ids": [a["id"] for a in answers if a["correct"] is True], "data_report": data_report,
         "loss": losses, "wall_s": round(time.perf_counter() - began, 1), "command": command(),
@@ -187,10 +188,14 @@ def train_unit(unit: Unit, args: ExperimentConfig, work: Path) -> tuple[TrainCon
     return loop.train_settings(unit.round, trained["student"]), trained["model"]
 
 
+def unit_budget(unit: Unit) -> dict:
+    """The frozen budget as the unit runs it: in its own dtype where it names one (a `-bf16` unit)."""
+    return BUDGET | ({"dtype": unit.dtype} if unit.dtype else {})
+
+
 def train_config(unit: Unit, args: ExperimentConfig, work: Path) -> TrainConfig:
-    values = dataclasses.asdict(TrainConfig()) | BUDGET | unit.train | {"out": str(work / unit.name / "train")}
-    if unit.dtype:
-        values["dtype"] = unit.dtype
+    values = dataclasses.asdict(TrainConfig()) | unit_budget(unit) | unit.train
+    values["out"] = str(work / unit.name / "train")
     if unit.source == "paper":
         values |= PAPER_FILES
     else:

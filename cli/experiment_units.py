@@ -24,8 +24,8 @@ records say what they cost, whatever another folder's cache holds.
 Precision. Every unit trains and answers in the budget's dtype (float32) but those named `-bf16`, which train and
 answer in bfloat16 (the mining they share stays float32, so they explain the same mistakes). docs/results.md compares
 a unit only with units of its own dtype, and a -bf16 unit with its float32 twin where both exist (what bfloat16
-alone changes). own-k4-gold's epoch, about 7 times own-gold's steps, does not fit a session here in float32 (its
-unit file and DISCUSSION.md say how long): it runs in bfloat16, beside own-gold's and base's bfloat16 twins.
+alone changes). own-k4-gold's epoch, about 7 times own-gold's steps, does not fit a session here in float32
+(docs/results/DISCUSSION.md, "Four samples"): it runs in bfloat16, beside own-gold's and base's bfloat16 twins.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ MINING_FILES = ("answers.jsonl", "mistakes.jsonl", "stats.json", "config.yaml", 
 ROUNDS = "own-rounds"
 REVIEWED = {"filter": "review"}  # the shared corpus's committee: the paper's recipe, whatever the default
 BF16 = "bfloat16"
+GOLD = "mixed, gold check (no review)"
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def _units() -> dict[str, Unit]:
         units += [Unit(f"paper-fair-s{seed}", "paper", fair, {"teacher": "mixed", "seed": seed}),
                   Unit(f"paper-noreview-s{seed}", "paper", noreview, {"teacher": "mixed", "filter": "none", "seed": seed})]
     # The recipes (docs/results.md, "Recipes"): which rationales to keep, and how many a mistake.
-    recipes = [("gold", "mixed, gold check (no review)", {"teacher": "mixed", "filter": "gold"}),
+    recipes = [("gold", GOLD, {"teacher": "mixed", "filter": "gold"}),
                ("goldreview", "mixed, gold check + peer review", {"teacher": "mixed", "filter": "gold+review"}),
                ("all", "every teacher's texts, unfiltered", {"teacher": "all", "filter": "none"}),
                ("allgold", "every teacher's texts, gold check", {"teacher": "all", "filter": "gold"})]
@@ -112,19 +113,19 @@ def _units() -> dict[str, Unit]:
 def own_recipes() -> list[Unit]:
     """Our loop's recipes, one seed each (the module docstring says where each one's data comes from)."""
     gold = {"teacher": "mixed", "filter": "gold"}
-    rounds = [Unit("own-gold", "own", "mixed, gold check (no review); round 0 of own-rounds", gold,
+    rounds = [Unit("own-gold", "own", f"{GOLD}; round 0 of own-rounds", gold,
                    {"filter": "gold"}, ROUNDS, 0)]
     rounds += [Unit(f"own-rounds-r{r}", "own", f"round {r}: mixed, gold check, on round {r - 1}'s student's "
                     "mistakes", gold, {"filter": "gold"}, ROUNDS, r) for r in (1, 2)]
     # Sampled at 0.7 (the offline teachers' YAML says 0: greedy), so that the 4 samples differ, as a user asking
     # for samples would set it; the simulator then draws each sample apart (docs/committee.md, samples).
-    k4 = Unit("own-k4-gold", "own", "4 samples a teacher at temperature 0.7, every one that passes the gold check",
-              {"teacher": "all", "filter": "gold"}, {"filter": "gold", "samples": 4, "teacher_temperature": 0.7},
-              "own-corpus-k4-gold")
+    k4 = Unit("own-k4-gold-bf16", "own", "4 samples a teacher at temperature 0.7, every one that passes the gold "
+              "check", {"teacher": "all", "filter": "gold"},
+              {"filter": "gold", "samples": 4, "teacher_temperature": 0.7}, "own-corpus-k4-gold", dtype=BF16)
     # own-gold's data from its own committee run (the offline committee is deterministic at one sample), not the
     # loop's round 0, which trains in the loop's dtype.
-    gold_bf16 = in_bf16(rounds[0], description="mixed, gold check (no review)", corpus="own-corpus-gold", round=None)
-    return [rounds[0], gold_bf16, in_bf16(k4), *rounds[1:]]
+    gold_bf16 = in_bf16(rounds[0], description=GOLD, corpus="own-corpus-gold", round=None)
+    return [rounds[0], gold_bf16, k4, *rounds[1:]]
 
 
 UNITS = _units()

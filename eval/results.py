@@ -24,9 +24,9 @@ RECIPES_NOTE = ("A recipe's data cost is what its teacher calls cost at the teac
                 "the default committee's models), counting review requests only where the recipe's filter needs them "
                 "(review, gold+review) and one teacher's requests for a one-teacher recipe; alpha 0 and 1 are costed as "
                 "the FAIR data they were cut from; a round of our loop (own-rounds-r<r>, whose round 0 is own-gold) "
-                "costs every round's data up to its own. Points per $1,000: the mean gain over no training divided by that "
-                "cost. Clean: accuracy on the test questions the train split does not contaminate (fair/decontam.py), "
-                "where the same questions' no-training accuracy is the baseline.")
+                "costs every round's data up to its own. Points per $1,000: the mean gain over no training (in the "
+                "recipe's dtype) divided by that cost. Clean: accuracy on the test questions the train split does not "
+                "contaminate (fair/decontam.py), where the same questions' no-training accuracy is the baseline.")
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
@@ -49,7 +49,8 @@ def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> float:
 
 
 PRECISION_NOTE = ("The same data and budget in bfloat16 against float32 (a unit's `-bf16` twin): what the dtype alone "
-                  "changes. Every other comparison on this page is between units of one dtype.")
+                  "changes, in answering for the untrained student and in training and answering together for a trained "
+                  "one. Every other comparison on this page is between units of one dtype.")
 FLOAT32 = "float32"  # every unit from before the unit files recorded their dtype ran in it (configs/train/experiment.yaml)
 
 
@@ -195,7 +196,7 @@ def pairwise_table(source: str, units: dict, results: dict[str, dict], order: li
 
 def precision_table(units: dict, results: dict[str, dict], order: list[str]) -> list[str]:
     """Each unit run again in another dtype against the unit it repeats."""
-    twins = [(n, u.twin) for n, u in units.items() if u.twin and n in results and u.twin in results]
+    twins = [(n, u.twin) for n, u in units.items() if u.twin in units and n in results and u.twin in results]
     if not twins:
         return []
     lines = ["| unit | dtype | accuracy | its twin | twin's dtype | twin's accuracy | unit - twin: pt [95% CI], McNemar p "
@@ -226,13 +227,14 @@ def render_results(folder: Path, units: dict, target: Path, costs: dict[str, dic
         return target
     order = question_order(folder, results)
     any_result = next(iter(results.values()))
-    budget = next((r["budget"] for r in results.values() if r.get("budget")), None)
+    budget = next((r["budget"] for r in results.values() if r.get("budget") and dtype_of(r) == FLOAT32), None)
+    budget_line = f"Training budget (frozen for every unit; a `-bf16` unit runs it in bfloat16): `{json.dumps(budget)}`."
     lines += ["The intervals cover the variation over test questions only, not over training runs (the seeds "
               "show that), and each table makes about ten comparisons without correction.", ""]
     lines += [f"Student SmolLM2-135M-Instruct; test: the {any_result['total']} SVAMP test questions, greedy, at most "
               f"{any_result['max_new_tokens']} new tokens, graded as in mining. Units done: {len(results)} of "
               f"{len(units)}. Machines: {'; '.join(sorted({r['device'] + ': ' + r['machine'] for r in results.values()}))}.",
-              "", *([f"Training budget (frozen for every unit): `{json.dumps(budget)}`.", ""] if budget else []),
+              "", *([budget_line, ""] if budget else []),
               "Differences are percentage points, paired on the same questions: 95% paired-bootstrap interval "
               f"({RESAMPLES:,} resamples) and McNemar's exact p.", ""]
     for source, title in (("paper", "The paper's teachers (real GPT-3.5, Gemini and Mixtral texts, peer-review scores)"),
@@ -245,7 +247,7 @@ def render_results(folder: Path, units: dict, target: Path, costs: dict[str, dic
         seeds = [s for p in (f"{source}-fair-s", f"{source}-noreview-s") if (s := seed_summary(results, p))]
         lines += [f"- {s}" for s in seeds] + ([""] if seeds else [])
         lines += [f"### Recipes: what each costs and buys ({source})", "", RECIPES_NOTE, "",
-                  *recipe_table(source, units, results, costs, clean), "", "Pairwise, on the same seeds:", "",
+                  *recipe_table(source, units, results, costs, clean), "", "Pairwise, on the same seeds and dtype:", "",
                   *pairwise_table(source, units, results, order), ""]
     lines += precision_table(units, results, order)
     discussion = folder / "DISCUSSION.md"

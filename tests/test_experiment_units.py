@@ -52,10 +52,23 @@ def test_own_gold_in_bfloat16_trains_round_0s_data_in_its_own_committee_folder(t
     (_, shared), (_, gen) = stages
     assert shared.out_dir == tmp_path / "work" / "own-corpus" and shared.dtype == BUDGET["dtype"]
     assert (gen.out, gen.filter, gen.samples) == (str(tmp_path / "work" / "own-corpus-gold"), "gold", 1)
-    loop = loop_config(UNITS["own-gold"], args(tmp_path), tmp_path / "work").train_settings(0, config.student)
-    assert {k: getattr(config, k) for k in BUDGET} == {k: getattr(loop, k) for k in BUDGET} | {"dtype": "bfloat16"}
-    assert (config.teacher, config.filter, config.seed) == (loop.teacher, loop.filter, loop.seed)
-    assert UNITS["own-gold-bf16"].twin == "own-gold" and UNITS["base-bf16"].twin == "base"
+    loop = loop_config(UNITS["own-gold"], args(tmp_path), tmp_path / "work")
+    # the committee run as the loop's round 0 runs it, but for its folder, cache and the paper-format files' names
+    round0, where = loop.gen_config(0, loop.student), ("out", "cache", "paper_student")
+    assert {k: v for k, v in vars(gen).items() if k not in where} == \
+        {k: v for k, v in vars(round0).items() if k not in where}
+    # and trained as round 0 is, but for the dtype (and where from and to)
+    training = loop.train_settings(0, loop.student)
+    where = ("out", "committee", "dtype")
+    assert {k: v for k, v in vars(config).items() if k not in where} == \
+        {k: v for k, v in vars(training).items() if k not in where}
+    assert (config.dtype, training.dtype) == ("bfloat16", BUDGET["dtype"])
+
+
+def test_every_twin_is_a_unit_of_another_dtype():
+    twins = {name: unit.twin for name, unit in UNITS.items() if unit.twin}
+    assert twins == {"base-bf16": "base", "own-gold-bf16": "own-gold"}
+    assert all(UNITS[name].dtype == "bfloat16" and UNITS[twin].dtype is None for name, twin in twins.items())
 
 
 def test_a_round_of_the_loop_has_no_dtype_of_its_own():
@@ -103,7 +116,8 @@ def test_the_new_units_are_listed_and_in_the_own_tables(tmp_path, capsys):
         (tmp_path / f"{name}.json").write_text(json.dumps({
             "unit": name, "source": UNITS[name].source, "description": UNITS[name].description,
             "accuracy": (2 + k) / 20, "correct": 2 + k, "total": 20, "correct_ids": ids[: 2 + k],
-            "max_new_tokens": 256, "wall_s": 6.0, "machine": "test", "device": "cpu", "budget": {}}))
+            "max_new_tokens": 256, "wall_s": 6.0, "machine": "test", "device": "cpu", "budget": {},
+            "dtype": {"eval": {"dtype": UNITS[name].dtype or BUDGET["dtype"]}}}))
     page = render_results(tmp_path, UNITS, tmp_path / "page.md").read_text()
     own = page[page.index("## Our loop"):]
     assert all(f"| {n} | {UNITS[n].description} | 1 |" in own for n in new)  # a recipe row each
