@@ -89,7 +89,7 @@ class ExperimentConfig(Validated):
 def run_unit(unit: Unit, args: ExperimentConfig) -> Path:
     results, work = Path(args.results), Path(args.work)
     (results / f"{unit.name}.json").unlink(missing_ok=True)  # rerun: the unit counts as missing until both are new
-    began = time.perf_counter()
+    began, revision = time.perf_counter(), commit()  # the code that runs: a checkout during the unit changes HEAD
     model, data_report, losses, train_dtype, eval_out = "smollm2-135m", None, None, None, work / unit.name / "eval"
     if unit.train is not None:
         config, model = train_unit(unit, args, work)
@@ -118,7 +118,7 @@ def run_unit(unit: Unit, args: ExperimentConfig) -> Path:
         "total": row["total"], "unparseable": row["unparseable"], "max_new_tokens": MAX_NEW_TOKENS,
         "correct_ids": [a["id"] for a in answers if a["correct"] is True], "data_report": data_report,
         "loss": losses, "wall_s": round(time.perf_counter() - began, 1), "command": command(),
-        "commit": commit(), "machine": machine(), "device": device(),
+        "commit": revision, "machine": machine(), "device": device(),
         "dtype": {"train": train_dtype, "eval": row["dtype"]},  # each {requested, dtype, reason}: fair/dtype.py
     }
     (results / f"{unit.name}.predictions.jsonl.gz.partial").rename(results / f"{unit.name}.predictions.jsonl.gz")
