@@ -57,8 +57,8 @@ DEMO_LIMIT ?= 100
 # The whole FAIR loop on a CPU, offline (cli/demo.py): mine SmolLM2's mistakes on DEMO_LIMIT SVAMP train
 # questions, ask the offline committee, evaluate on the SVAMP test split, train (configs/train/demo.yaml),
 # evaluate again, report; prints the time of every stage. Every stage resumes: a second run takes seconds.
-demo: $(STAMP) ## the whole loop offline on a CPU (about 10 minutes, 2.7 GB on 2 cores): mine, committee, train, evaluate before/after
-	$(PY) -m cli.demo --limit $(DEMO_LIMIT) --engine $(ENGINE) --dtype $(DTYPE)
+demo: $(STAMP) ## the whole loop offline on a CPU (6-10 minutes, 2.7 GB on 2 cores): mine, committee, train, evaluate before/after [FILTER=review]
+	$(PY) -m cli.demo --limit $(DEMO_LIMIT) --engine $(ENGINE) --dtype $(DTYPE) $(filter_flag)
 
 gen: $(STAMP) ## mine + committee + paper files: make gen DATASET=gsm8k [TEACHERS=offline] [LIMIT=N] [BATCH_API=1] [MAX_COST=USD]
 	$(FAIR) gen --task $(DATASET) --student $(STUDENT) --teachers $(TEACHERS) --engine $(ENGINE) --dtype $(DTYPE) \

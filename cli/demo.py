@@ -3,12 +3,13 @@
     .venv/bin/python -m cli.demo                 # what `make demo` runs
     .venv/bin/python -m cli.demo --limit 40      # a quicker taste (fewer mistakes to learn from)
     .venv/bin/python -m cli.demo --dtype float32 # every stage in fp32 (auto: bf16 on CPUs with AMX or AVX512-BF16)
+    .venv/bin/python -m cli.demo --filter review # the paper's recipe: peer reviews, training on accepted rationales
 
     1. mine       SmolLM2-135M-Instruct answers `limit` SVAMP train questions; its mistakes are kept
-    2. committee  the offline committee (a simulator on loopback) writes feedback, rationales and peer reviews
-                  (the paper's recipe, `--filter review`)
+    2. committee  the offline committee (a simulator on loopback) writes feedback and rationales, gold-checked
+                  (the default recipe; `--filter review` adds the paper's peer reviews)
     3. before     the untrained student on the 300 SVAMP test questions
-    4. train      LoRA on the committee's feedback and accepted rationales (configs/train/demo.yaml)
+    4. train      LoRA on the committee's feedback and kept rationales (configs/train/demo.yaml)
     5. after      the trained student on the same 300 questions
     6. report     data/demo/report.md: accuracy before and after with 95% intervals, the committee, the loss
 
@@ -41,6 +42,7 @@ from fair.dtype import Dtype, dtype_field
 from fair.engines.base import EngineName
 from fair.errors import FairError, main_guard
 from fair.models import smollm2_dir
+from fair.recipes import DEFAULT_FILTER, Filter
 from fair.rss import Peak, release_freed
 from train.trackers import report_evaluation
 from train.train import TrainConfig
@@ -55,6 +57,7 @@ class DemoConfig(Validated):
     engine: EngineName = "auto"  # auto: vLLM on GPUs, continuous-batching transformers on CPUs
     batch_size: int = 64  # rows decoding together (transformers engine)
     dtype: Dtype = dtype_field()  # every stage's (fair/dtype.py)
+    filter: Filter = DEFAULT_FILTER  # the committee's recipe, as `fair committee --filter`; review: the paper's
     train_config: str = "configs/train/demo.yaml"  # the training settings (out, committee and dtype are the demo's)
 
     def validate(self) -> None:
@@ -93,8 +96,7 @@ def train_apart(train_config: str, overrides: dict[str, str]) -> Path:
 
 def run(args: DemoConfig) -> dict[str, Stage]:
     stages: dict[str, Stage] = {}
-    # The paper's recipe (peer review), not the default gold check: the demo shows every stage of FAIR at work.
-    gen = GenConfig(task="svamp", teachers="offline", limit=args.limit, engine=args.engine, filter="review",
+    gen = GenConfig(task="svamp", teachers="offline", limit=args.limit, engine=args.engine, filter=args.filter,
                     batch_size=args.batch_size, max_new_tokens=MAX_NEW_TOKENS, dtype=args.dtype, out=str(GEN_DIR))
 
     def score(model: str, name: str) -> list[dict]:
