@@ -1,7 +1,7 @@
 """Stage 4, evaluate: accuracy of a student on one or more tasks, with the grader mining uses.
 
     fair eval --model smollm2-135m --task svamp
-    fair eval --model checkpoints/svamp-mixed/final --task svamp gsm8k strategyqa --engine vllm
+    fair eval --model checkpoints/svamp-smollm2-135m-mixed/final --task svamp gsm8k strategyqa --engine vllm
     fair eval --config configs/eval.yaml
 
 For each task, writes to <out>/<task>-<split>/ (default out: data/eval/<student>):

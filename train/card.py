@@ -132,7 +132,7 @@ def model_card(folder: Path, evals: list[dict[str, Any]], repo: str | None = Non
     what = "A LoRA adapter (PEFT) for" if adapter else "A fine-tune of"
     body = [f"# {model_short_name(train['student'])} taught by a committee on {train['task']}", "",
             f"{what} `{train['student']}`, trained by fair-distill (FAIR) on feedback about its own mistakes and on "
-            "teachers' step-by-step rationales that their peers accepted.", "",
+            "teachers' step-by-step rationales (which ones: the recipe below).", "",
             "## Recipe", "", *recipe(train, read(run / "train_summary.json")), "",
             "## Data", "", *data_lines(read(run / "data_report.json")), "",
             "## Evaluation", "", *eval_lines(folder, evals), "", "## Use", "", *use, ""]
