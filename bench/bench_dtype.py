@@ -123,7 +123,7 @@ def demo_data(limit: int, name: str) -> Path:
     if not folder.exists() and smaller:  # the first questions' mistakes and replies are the same: resume from them
         shutil.copytree(smaller[-1], folder)
     generate(GenConfig(task="svamp", teachers="offline", limit=limit, engine=ENGINE, batch_size=BATCH_SIZE,
-                       max_new_tokens=MAX_NEW_TOKENS, dtype="auto", filter="review", out=str(folder)))  # the demo's
+                       max_new_tokens=MAX_NEW_TOKENS, dtype="auto", filter="review", out=str(folder)))  # the demo's when recorded
     snapshot = WORK / f"committee-{name}.jsonl"
     shutil.copyfile(folder / "committee.jsonl", snapshot)
     return snapshot

@@ -1,4 +1,4 @@
-"""`make demo`: the whole FAIR loop, offline, on a CPU, about 10 minutes on 2 cores; a table of stage times at the end.
+"""`make demo`: the whole loop, offline, on a CPU, 6 to 10 minutes on 2 cores; a table of stage times at the end.
 
     .venv/bin/python -m cli.demo                 # what `make demo` runs
     .venv/bin/python -m cli.demo --limit 40      # a quicker taste (fewer mistakes to learn from)
@@ -13,7 +13,8 @@
     5. after      the trained student on the same 300 questions
     6. report     data/demo/report.md: accuracy before and after with 95% intervals, the committee, the loss
 
-Every stage resumes, so a second run reuses what exists and takes seconds. The table at the end gives each
+Every stage resumes, so a second run reuses what exists and takes seconds; after changing `--filter`, start
+afresh (`rm -rf data/demo`): the committee refuses a folder of another recipe. The table at the end gives each
 stage's seconds and its own peak RSS (fair/rss.py), training's in the children's column (it runs as `fair train`
 in a process of its own), also in data/demo/stages.json.
 Everything goes to data/demo/, the corpus to data/demo/gen/. Answers are capped at 256 new tokens
